@@ -1,0 +1,5 @@
+import sys
+
+from specsearch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,67 @@
+"""The ``specsearch`` command: a thin layer that parses arguments and calls the library.
+
+Each command group lives in its own module under ``specsearch.cli`` and exposes
+``register(subparsers)``, which adds its parser(s) with ``set_defaults(run=...)``. Library
+errors (:class:`specsearch.errors.SpecsearchError`) become a one-line message and exit code 2.
+Every command's ``--help`` ends with an example (tests check this).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from specsearch import __version__
+from specsearch.errors import SpecsearchError
+
+COMMAND_MODULES: tuple[str, ...] = (
+    "specsearch.cli.ingest",
+)
+"""Modules that register sub-commands, in the order they appear in ``--help``."""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter,
+                    argparse.ArgumentDefaultsHelpFormatter):
+    """Keep example blocks as written and show defaults."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="specsearch",
+        description="Vector similarity search for stellar spectra (LAMOST + Gaia XP).",
+        formatter_class=HelpFormatter,
+        epilog="Example:\n  specsearch demo            # the whole engine on the embedded default\n"
+               "  specsearch COMMAND --help   # every command has an example",
+    )
+    parser.add_argument("--version", action="version", version=f"specsearch {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 1
+    try:
+        result = args.run(args)
+    except SpecsearchError as exc:
+        print(f"specsearch {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"specsearch {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

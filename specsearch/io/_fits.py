@@ -1,0 +1,187 @@
+"""FITS plumbing shared by the spectrum readers: safe opening, cheap header sniffing, header values.
+
+Why not plain ``astropy.io.fits.open``: on a damaged file astropy is forgiving in ways that
+hide the damage (a truncated ``.fits.gz`` opens with its last HDUs silently missing; a
+truncated ``.fits`` only warns, then fails later with a reshape ``ValueError``). Spectrum
+files are small (tens to hundreds of kB), so :func:`open_fits` reads the whole file,
+decompresses gzip itself (which checks the stream's end and CRC) and checks the FITS block
+structure before astropy parses it. Every failure becomes a :class:`ReaderError` naming the
+file and the problem.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import math
+import warnings
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+
+from specsearch.errors import ReaderError
+
+FITS_BLOCK = 2880
+GZIP_MAGIC = b"\x1f\x8b"
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz")
+
+GAIA_ID_KEYS = ("GAIA_SOURCE_ID", "GAIA_DR3_SOURCE_ID", "GAIADR3_SOURCE_ID", "GAIA_ID",
+                "GAIAID", "GAIA_SID", "GAIASID")
+"""Header keys that may carry a Gaia DR3 source_id (later LAMOST releases and other
+pipelines write one of these). Keys labelled DR2 are deliberately absent: DR2 and DR3 ids
+differ for some stars, and ``source_id`` means the DR3 id in this project."""
+
+
+def has_fits_suffix(path: str | Path) -> bool:
+    return str(path).lower().endswith(FITS_SUFFIXES)
+
+
+def sniff(path: str | Path, nbytes: int = FITS_BLOCK) -> bytes:
+    """The first ``nbytes`` of the file's content (gunzipped if gzip); b"" if unreadable."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+        opener = gzip.open if head == GZIP_MAGIC else open
+        with opener(path, "rb") as fh:
+            return fh.read(nbytes)
+    except (OSError, EOFError, zlib.error):
+        return b""
+
+
+def read_primary_header(path: str | Path, max_blocks: int = 40) -> fits.Header | None:
+    """The primary header, read block by block up to the END card; None if not FITS.
+
+    Cheap (reads a few kB, even of a ``.fits.gz``) and never raises: for ``identify``.
+    """
+    raw = sniff(path, max_blocks * FITS_BLOCK)
+    if not raw.startswith(b"SIMPLE  ="):
+        return None
+    for end in range(FITS_BLOCK, len(raw) + 1, FITS_BLOCK):
+        block = raw[end - FITS_BLOCK:end]
+        cards = [block[i:i + 80] for i in range(0, FITS_BLOCK, 80)]
+        if any(c.startswith(b"END ") or c.rstrip() == b"END" for c in cards):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    return fits.Header.fromstring(raw[:end].decode("ascii", "replace"))
+            except Exception:  # noqa: BLE001 - a sniffer must never raise
+                return None
+    return None
+
+
+def _file_bytes(path: Path) -> bytes:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ReaderError(path, f"cannot read the file: {exc.strerror or exc}") from exc
+    if not raw:
+        raise ReaderError(path, "empty file (0 bytes)")
+    if raw[:2] == GZIP_MAGIC:
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as exc:
+            raise ReaderError(path, f"truncated or corrupt gzip stream ({exc}); the download "
+                                    f"is incomplete or damaged: fetch the file again") from exc
+        if not raw:
+            raise ReaderError(path, "empty file (gzip stream holds 0 bytes)")
+    if not raw.startswith(b"SIMPLE"):
+        raise ReaderError(path, f"not a FITS file: it starts with {raw[:16]!r}, "
+                                f"expected the card 'SIMPLE  ='")
+    if len(raw) % FITS_BLOCK:
+        raise ReaderError(path, f"truncated FITS file: {len(raw)} bytes is not a whole number "
+                                f"of {FITS_BLOCK}-byte FITS blocks; fetch the file again")
+    return raw
+
+
+@contextmanager
+def open_fits(path: str | Path) -> Iterator[fits.HDUList]:
+    """Open a whole FITS (or gzipped FITS) file, checked; every HDU header parsed.
+
+    Raises:
+        ReaderError: unreadable, empty, truncated, not FITS, or a header astropy rejects.
+    """
+    path = Path(path)
+    raw = _file_bytes(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            hdul = fits.open(io.BytesIO(raw), memmap=False, lazy_load_hdus=False)
+        except Exception as exc:  # noqa: BLE001 - astropy raises OSError/ValueError/KeyError...
+            raise ReaderError(path, f"corrupt FITS structure: {exc}") from exc
+    truncated = [w for w in caught if "truncated" in str(w.message).lower()]
+    if truncated:
+        hdul.close()
+        raise ReaderError(path, f"truncated FITS file: {truncated[0].message}")
+    try:
+        yield hdul
+    finally:
+        hdul.close()
+
+
+def hdu_data(hdu: Any, path: str | Path, what: str) -> Any:
+    """``hdu.data`` with astropy's parse errors turned into a :class:`ReaderError`."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return hdu.data
+    except Exception as exc:  # noqa: BLE001 - reshape ValueError, TypeError, OSError...
+        raise ReaderError(path, f"cannot read the {what} data of HDU {hdu.name!r} "
+                                f"(damaged or truncated file?): {exc}") from exc
+
+
+def header_float(header: fits.Header, *keys: str) -> float | None:
+    """The first of ``keys`` holding a finite number (numeric strings accepted), else None."""
+    for key in keys:
+        value = header.get(key)
+        if isinstance(value, bool) or value is None:
+            continue
+        try:
+            number = float(str(value).strip()) if isinstance(value, str) else float(value)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(number):
+            return number
+    return None
+
+
+def header_int(header: fits.Header, *keys: str) -> int | None:
+    value = header_float(header, *keys)
+    return None if value is None or value != int(value) else int(value)
+
+
+def header_str(header: fits.Header, *keys: str) -> str | None:
+    """The first of ``keys`` present as a non-empty string (stripped), else None."""
+    for key in keys:
+        value = header.get(key)
+        if value is None or isinstance(value, bool):
+            continue
+        text = str(value).strip()
+        if text:
+            return text
+    return None
+
+
+def header_gaia_source_id(header: fits.Header) -> tuple[int | None, str | None]:
+    """(Gaia DR3 source_id, the key it came from) when the header carries one, else (None, None)."""
+    for key in GAIA_ID_KEYS:
+        value = header.get(key)
+        if value is None or isinstance(value, bool):
+            continue
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            continue
+        if 0 < number < 2 ** 63:
+            return number, key
+    return None, None
+
+
+def as_1d(array: Any) -> np.ndarray:
+    """A table cell or image as a 1-D float64 array (drops length-1 axes, keeps others)."""
+    arr = np.asarray(array, dtype=np.float64)
+    return arr.reshape(-1) if arr.ndim > 1 and sum(n > 1 for n in arr.shape) <= 1 else arr

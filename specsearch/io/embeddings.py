@@ -1,0 +1,155 @@
+"""The embeddings dataset: what the embedding builder writes and the indexes are built from.
+
+Layout::
+
+    EMB/embeddings.json           format version, model hash, dimension, dtype, label names
+    EMB/lamost/part-00000.parquet
+    EMB/xp/part-00000.parquet
+
+Columns: ``spectrum_id``, ``source_id``, ``modality``, ``embedding`` (fixed-size list,
+L2-normalised), for each label ``L``: ``L_pred`` and ``L_err`` (1 sigma), and any metadata
+the builder copies from the catalog for filters and evaluation (``ra``, ``dec``, ``snr``,
+``mag_g``, true labels, ``population``...). A dataset holds the output of exactly one model:
+writers refuse to add rows made by another model hash.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from specsearch.errors import CatalogError
+from specsearch.io.parquet import (
+    FORMAT_VERSION,
+    DatasetWriter,
+    PartitionedDataset,
+    fixed_list_type,
+    list_column_to_numpy,
+    write_json_atomic,
+)
+
+__all__ = ["Embeddings", "EmbeddingsWriter", "embeddings_schema", "open_embeddings"]
+
+EMBEDDING_DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
+
+
+def embeddings_schema(embedding_dim: int, label_names: Sequence[str],
+                      dtype: str = "float32") -> pa.Schema:
+    """Required columns of an embeddings dataset (metadata columns are appended freely)."""
+    if dtype not in EMBEDDING_DTYPES:
+        raise CatalogError(f"embedding dtype must be one of {sorted(EMBEDDING_DTYPES)}, "
+                           f"got {dtype!r}")
+    fields = [
+        pa.field("spectrum_id", pa.string(), nullable=False),
+        pa.field("source_id", pa.int64(), nullable=False),
+        pa.field("modality", pa.string(), nullable=False),
+        pa.field("embedding", fixed_list_type(embedding_dim, EMBEDDING_DTYPES[dtype]),
+                 nullable=False),
+    ]
+    for name in label_names:
+        fields += [pa.field(f"{name}_pred", pa.float32()), pa.field(f"{name}_err", pa.float32())]
+    return pa.schema(fields, metadata={b"specsearch.kind": b"embeddings"})
+
+
+class Embeddings(PartitionedDataset):
+    """An embeddings dataset opened for reading (see :func:`open_embeddings`)."""
+
+    kind = "embeddings"
+
+    @property
+    def model_hash(self) -> str:
+        return str(self.manifest["model_hash"])
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.manifest["embedding_dim"])
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.manifest.get("label_names", []))
+
+    def read_vectors(self, modality: str) -> tuple[np.ndarray, np.ndarray]:
+        """(source_id (n,) int64, embedding (n, D) float32) of one modality.
+
+        Loads the vectors of the modality into memory: for tests and small datasets; index
+        builders stream with :meth:`iter_batches` instead.
+        """
+        ids, vecs = [], []
+        for batch in self.iter_batches(modality, columns=["source_id", "embedding"]):
+            ids.append(batch.column("source_id").to_numpy())
+            vecs.append(list_column_to_numpy(batch.column("embedding"), np.float32))
+        if not ids:
+            return np.zeros(0, np.int64), np.zeros((0, self.embedding_dim), np.float32)
+        return np.concatenate(ids), np.concatenate(vecs)
+
+
+def open_embeddings(root: str | Path) -> Embeddings:
+    """Open an embeddings directory; CatalogError if missing, malformed or another version."""
+    emb = Embeddings(root)
+    for key in ("model_hash", "embedding_dim"):
+        if key not in emb.manifest:
+            raise CatalogError(f"{emb.root / 'embeddings.json'}: missing key {key!r}")
+    return emb
+
+
+class EmbeddingsWriter:
+    """Write embeddings of one modality, made by one model, in atomic Parquet parts.
+
+    Opening a writer on a dataset made by another model hash is a CatalogError unless
+    ``overwrite_model=True`` (then the caller is responsible for removing the old parts).
+    """
+
+    def __init__(self, root: str | Path, modality: str, *, model_hash: str,
+                 embedding_dim: int, label_names: Sequence[str] = (),
+                 class_names: Sequence[str] = (), dtype: str = "float32",
+                 rows_per_file: int = 100_000, file_prefix: str = "part",
+                 extra_manifest: Mapping[str, Any] | None = None,
+                 overwrite_model: bool = False) -> None:
+        self.root = Path(root)
+        self.modality = modality
+        self.schema = embeddings_schema(embedding_dim, label_names, dtype)
+        manifest_path = self.root / "embeddings.json"
+        manifest: dict[str, Any] = {}
+        if manifest_path.is_file():
+            manifest = Embeddings(self.root).manifest
+            if manifest.get("model_hash") != model_hash and not overwrite_model:
+                raise CatalogError(
+                    f"{self.root}: holds embeddings of model {manifest.get('model_hash')!r}, "
+                    f"refusing to add rows of model {model_hash!r}; write to a new directory "
+                    f"or ask to overwrite")
+            if manifest.get("embedding_dim") not in (None, embedding_dim):
+                raise CatalogError(
+                    f"{self.root}: embedding_dim {manifest.get('embedding_dim')} != "
+                    f"{embedding_dim}")
+        manifest.update({
+            "format_version": FORMAT_VERSION, "kind": "embeddings", "model_hash": model_hash,
+            "embedding_dim": int(embedding_dim), "dtype": dtype,
+            "label_names": list(label_names), "class_names": list(class_names),
+            "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        })
+        manifest.update(dict(extra_manifest or {}))
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(manifest_path, manifest)
+        self._writer = DatasetWriter(self.root / modality, self.schema,
+                                     rows_per_file=rows_per_file, file_prefix=file_prefix)
+
+    @property
+    def rows_written(self) -> int:
+        return self._writer.rows_written
+
+    def write(self, columns: Mapping[str, Any] | pa.Table | pa.RecordBatch) -> None:
+        self._writer.write(columns)
+
+    def close(self) -> list[Path]:
+        return self._writer.close()
+
+    def __enter__(self) -> "EmbeddingsWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close()

@@ -1,0 +1,277 @@
+"""Ingest survey files into a catalog: read, put on the canonical grid, join labels, write.
+
+One bad file among thousands is reported and skipped; every good spectrum is written.
+Re-running into an existing catalog adds nothing twice: files already ingested (same path,
+size and modification time) are skipped, and rows whose ``spectrum_id`` is already in the
+catalog are dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from specsearch.errors import CatalogError, ReaderError, SpecsearchError
+from specsearch.io.catalog import LABEL_COLUMNS, CatalogWriter, open_catalog
+from specsearch.io.parquet import write_json_atomic
+from specsearch.preprocess import grid_for, resample
+from specsearch.spectrum import Spectrum
+
+SPECTRUM_SUFFIXES = (".fits", ".fits.gz", ".fit", ".fit.gz", ".fts", ".csv", ".ecsv",
+                     ".txt", ".dat", ".vot", ".xml", ".parquet")
+LEDGER = "ingest_ledger.json"
+LABEL_TARGETS = (*LABEL_COLUMNS, "source_id", "ra", "dec", "snr")
+"""Catalog columns a label table may fill (matched by column name, case-insensitive)."""
+
+
+@dataclass
+class IngestReport:
+    """What an ingest run did. ``skipped_files`` and ``skipped_rows`` hold (name, reason)."""
+
+    files_seen: int = 0
+    files_ingested: int = 0
+    files_already_ingested: int = 0
+    rows_written: int = 0
+    rows_duplicate: int = 0
+    rows_labelled: int = 0
+    skipped_files: list[tuple[str, str]] = field(default_factory=list)
+    skipped_rows: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        lines = [f"files: {self.files_seen} seen, {self.files_ingested} ingested, "
+                 f"{self.files_already_ingested} already in the catalog, "
+                 f"{len(self.skipped_files)} skipped",
+                 f"rows: {self.rows_written} written ({self.rows_labelled} with labels), "
+                 f"{self.rows_duplicate} duplicates dropped, "
+                 f"{len(self.skipped_rows)} bad spectra skipped",
+                 f"time: {self.seconds:.1f} s"]
+        for name, reason in self.skipped_files[:20]:
+            lines.append(f"  skipped file {name}: {reason}")
+        for name, reason in self.skipped_rows[:20]:
+            lines.append(f"  skipped spectrum {name}: {reason}")
+        more = len(self.skipped_files) + len(self.skipped_rows) - 40
+        if more > 0:
+            lines.append(f"  ... and {more} more (see the report JSON)")
+        return "\n".join(lines)
+
+
+def stable_source_id(key: str) -> int:
+    """A stable positive 63-bit id for a star with no survey id (e.g. ``miles:m0001V``)."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Files named, plus spectrum-like files found recursively in folders named (sorted)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*")
+                          if f.is_file() and f.name.lower().endswith(SPECTRUM_SUFFIXES))
+        elif p.exists():
+            out.append(p)
+        else:
+            raise ReaderError(p, "no such file or directory")
+    return out
+
+
+@dataclass
+class LabelTable:
+    """Labels keyed on one column, matched to spectra by ``key_field``."""
+
+    by_key: dict[str, dict[str, Any]]
+    key_field: str
+
+    @classmethod
+    def read(cls, path: str | Path, on: str) -> "LabelTable":
+        """Read a label table; ``on`` is ``COLUMN`` or ``COLUMN=FIELD``.
+
+        FIELD says what the column matches on the spectrum side: ``filename`` (the file's
+        name), ``spectrum_id``, ``source_id``, or a header value in ``Spectrum.meta``.
+        Without ``=FIELD`` a column named filename/file matches the file name, obsid matches
+        spectrum_id, and anything else matches the field of the same name.
+        """
+        from specsearch.io.tables import read_table
+
+        column, _, key_field = on.partition("=")
+        table = read_table(path)
+        names = {n.lower(): n for n in table.column_names}
+        if column.lower() not in names:
+            raise ReaderError(path, f"label table has no column {column!r}; "
+                                    f"columns: {table.column_names}")
+        key_field = key_field or {"filename": "filename", "file": "filename",
+                                  "obsid": "spectrum_id"}.get(column.lower(), column.lower())
+        keys = table.column(names[column.lower()]).to_pylist()
+        wanted = {t: names[t] for t in LABEL_TARGETS if t in names}
+        cols = {t: table.column(src).to_pylist() for t, src in wanted.items()}
+        by_key = {}
+        for i, key in enumerate(keys):
+            if key is not None:
+                by_key[str(key).strip()] = {t: v[i] for t, v in cols.items()}
+        return cls(by_key=by_key, key_field=key_field)
+
+    def lookup(self, spec: Spectrum) -> dict[str, Any] | None:
+        if self.key_field == "filename":
+            key = Path(spec.path or "").name
+        elif self.key_field in ("spectrum_id", "source_id"):
+            key = getattr(spec, self.key_field)
+        else:
+            key = spec.meta.get(self.key_field)
+        return None if key is None else self.by_key.get(str(key).strip())
+
+
+def _read_ledger(root: Path) -> dict[str, Any]:
+    path = root / LEDGER
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CatalogError(f"{path}: unreadable ingest ledger: {exc}; delete it to re-ingest "
+                           f"(duplicates are still dropped by spectrum_id)") from exc
+
+
+def _file_key(path: Path) -> dict[str, Any]:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _existing_ids(root: Path, modality: str) -> set[str]:
+    try:
+        cat = open_catalog(root)
+    except CatalogError:
+        return set()
+    if modality not in cat.modalities:
+        return set()
+    return set(cat.read_column(modality, "spectrum_id").to_pylist())
+
+
+def spectrum_row(spec: Spectrum, modality: str, *, rest_frame: bool = True) -> dict[str, Any]:
+    """One catalog row from a spectrum: resampled onto the canonical grid, metadata kept.
+
+    With ``rest_frame`` the header redshift (``meta['z']``, LAMOST's pipeline value) is
+    removed when present and finite; the row records it in ``rv`` (km/s).
+    """
+    z = spec.meta.get("z")
+    use_z = rest_frame and z is not None and np.isfinite(z) and abs(z) < 0.01
+    flux, ivar = resample(spec, modality, rest_frame_z=float(z) if use_z else None)
+    spectrum_id = spec.spectrum_id or Path(spec.path or "spectrum").name
+    source_id = spec.source_id
+    if source_id is None:
+        source_id = stable_source_id(f"{modality}:{spectrum_id}")
+    snr = spec.snr
+    if snr is None or not np.isfinite(snr):
+        good = ivar > 0
+        snr = float(np.median(flux[good] * np.sqrt(ivar[good]))) if good.any() else np.nan
+    return {"spectrum_id": str(spectrum_id), "source_id": int(source_id),
+            "flux": flux, "ivar": ivar, "ra": spec.ra, "dec": spec.dec, "snr": snr,
+            "rv": float(z) * 299792.458 if use_z else None,
+            "origin": Path(spec.path).name if spec.path else None}
+
+
+def _rows_to_columns(rows: list[dict[str, Any]], modality: str) -> dict[str, Any]:
+    cols: dict[str, Any] = {"modality": [modality] * len(rows)}
+    for key in rows[0]:
+        values = [r.get(key) for r in rows]
+        cols[key] = np.stack(values) if key in ("flux", "ivar") else values
+    for key in ("snr", "rv", *LABEL_COLUMNS):
+        if key in cols:
+            cols[key] = np.array([np.nan if v is None else v for v in cols[key]], np.float32)
+    for key in ("ra", "dec"):
+        cols[key] = np.array([np.nan if v is None else v for v in cols[key]], np.float64)
+    return cols
+
+
+def ingest(paths: Sequence[str | Path], out: str | Path, *, modality: str,
+           labels: str | Path | None = None, on: str | None = None,
+           rest_frame: bool = True, rows_per_file: int = 50_000, batch_rows: int = 2000,
+           progress: bool = True) -> IngestReport:
+    """Turn survey files (LAMOST FITS, Gaia XP tables, generic spectra) into a catalog.
+
+    Args:
+        paths: files and/or folders (searched recursively for spectrum-like files).
+        out: the catalog directory (created, or added to).
+        modality: ``lamost`` or ``xp``: the canonical grid the spectra are put on.
+        labels, on: an optional label table (any format :func:`read_table` reads) and the
+            join spec (see :meth:`LabelTable.read`); matched columns teff, logg, feh,
+            alpha_fe, source_id, ra, dec, snr fill the catalog row.
+        rest_frame: remove the header redshift when the file gives one (LAMOST ``Z``).
+    Returns:
+        An :class:`IngestReport`; bad files and bad spectra are listed there, not raised.
+    """
+    from specsearch.io.registry import read_spectra
+
+    grid_for(modality)  # validates the modality name
+    start = time.perf_counter()
+    root = Path(out)
+    files = expand_paths(paths)
+    label_table = LabelTable.read(labels, on or "source_id") if labels else None
+    report = IngestReport(files_seen=len(files))
+    ledger = _read_ledger(root)
+    done = ledger.get(modality, {})
+    seen_ids = _existing_ids(root, modality)
+    rows: list[dict[str, Any]] = []
+    writer = CatalogWriter(root, modality, rows_per_file=rows_per_file,
+                           file_prefix=f"ingest-{int(time.time())}")
+    bar = _progress(files, progress)
+    try:
+        for path in bar:
+            key = str(path.resolve())
+            if done.get(key) == _file_key(path):
+                report.files_already_ingested += 1
+                continue
+            try:
+                spectra = list(read_spectra(path, modality=modality))
+            except SpecsearchError as exc:
+                report.skipped_files.append((path.name, str(getattr(exc, "reason", exc))))
+                continue
+            except (OSError, ValueError) as exc:  # reader bug or unreadable: keep going
+                report.skipped_files.append((path.name, f"{type(exc).__name__}: {exc}"))
+                continue
+            for spec in spectra:
+                name = spec.spectrum_id or path.name
+                try:
+                    row = spectrum_row(spec, modality, rest_frame=rest_frame)
+                except SpecsearchError as exc:
+                    report.skipped_rows.append((name, str(exc)))
+                    continue
+                if row["spectrum_id"] in seen_ids:
+                    report.rows_duplicate += 1
+                    continue
+                if label_table is not None and (lab := label_table.lookup(spec)) is not None:
+                    row.update({k: v for k, v in lab.items() if v is not None})
+                    report.rows_labelled += 1
+                seen_ids.add(row["spectrum_id"])
+                rows.append(row)
+            done[key] = _file_key(path)
+            report.files_ingested += 1
+            if len(rows) >= batch_rows:
+                writer.write(_rows_to_columns(rows, modality))
+                report.rows_written += len(rows)
+                rows = []
+        if rows:
+            writer.write(_rows_to_columns(rows, modality))
+            report.rows_written += len(rows)
+    finally:
+        writer.close()
+        # The ledger is written after the rows it vouches for are on disk.
+        ledger[modality] = done
+        write_json_atomic(root / LEDGER, ledger)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _progress(items: list[Path], enabled: bool) -> Iterator[Path]:
+    if not enabled:
+        return iter(items)
+    from tqdm import tqdm
+
+    return iter(tqdm(items, unit="file", desc="ingest"))
