@@ -19,6 +19,7 @@ from specsearch.errors import SpecsearchError
 
 COMMAND_MODULES: tuple[str, ...] = (
     "specsearch.cli.ingest",
+    "specsearch.cli.embed",
 )
 """Modules that register sub-commands, in the order they appear in ``--help``."""
 

@@ -42,15 +42,29 @@ def has_fits_suffix(path: str | Path) -> bool:
 
 
 def sniff(path: str | Path, nbytes: int = FITS_BLOCK) -> bytes:
-    """The first ``nbytes`` of the file's content (gunzipped if gzip); b"" if unreadable."""
+    """Up to ``nbytes`` of the file's content (gunzipped if gzip), as much as could be read
+    before any damage; b"" if unreadable. Never raises."""
+    out = bytearray()
     try:
         with open(path, "rb") as fh:
-            head = fh.read(2)
-        opener = gzip.open if head == GZIP_MAGIC else open
-        with opener(path, "rb") as fh:
-            return fh.read(nbytes)
+            gz = fh.read(2) == GZIP_MAGIC
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
+            while len(out) < nbytes:
+                chunk = fh.read(min(16384, nbytes - len(out)))
+                if not chunk:
+                    break
+                out += chunk
     except (OSError, EOFError, zlib.error):
-        return b""
+        pass
+    return bytes(out)
+
+
+def starts_with_gzip_magic(path: str | Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(2) == GZIP_MAGIC
+    except OSError:
+        return False
 
 
 def read_primary_header(path: str | Path, max_blocks: int = 40) -> fits.Header | None:

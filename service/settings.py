@@ -1,0 +1,130 @@
+"""The service's settings: one validated class, read from ``SPECSEARCH_*`` environment variables.
+
+pydantic-settings is not a dependency of specsearch, so :meth:`Settings.from_env` maps
+``SPECSEARCH_<FIELD>`` variables onto this plain pydantic model itself (lists are
+comma-separated). Command-line options of ``specsearch serve`` override the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from specsearch.errors import ConfigError
+
+ENV_PREFIX = "SPECSEARCH_"
+
+
+class Settings(BaseModel):
+    """Everything the HTTP service can be told at start.
+
+    Attributes:
+        index_dir: the index directory to serve (``specsearch index build`` output).
+        model_dir: model directory; None = the model the index was built with if it is the
+            shipped default, i.e. ``load_model(None)``.
+        catalog_dir: catalog whose spectra the web page overlays on the query; None = the
+            catalog recorded by the index's embeddings, if it still exists.
+        max_upload_bytes: largest accepted upload body (413 above it).
+        max_k: largest ``k`` / ``offset + limit`` of a search (10,000 is the engine's limit).
+        max_page: largest ``limit`` of a candidate list page.
+        request_timeout_s: a search or upload slower than this gets 504 (its worker thread
+            finishes on its own, bounded by ``worker_threads``).
+        worker_threads: threads that run searches and model calls off the event loop; more
+            than the cores only adds queueing inside FAISS/torch.
+        faiss_threads: OpenMP threads FAISS may use inside one search. One is fastest for
+            single-vector queries under concurrency (the threadpool is the parallelism).
+        torch_threads: intra-op threads of the model (same reasoning).
+        api_keys: accepted API keys (``X-API-Key`` or ``Authorization: Bearer``); empty and
+            no ``api_keys_file`` = no authentication.
+        api_keys_file: a file with one key per line (``#`` comments allowed).
+        cors_origins: origins allowed to call the API from a browser (``*`` for any).
+        enable_docs: serve the OpenAPI UI at ``/docs`` and the schema at ``/openapi.json``.
+        verify_checksums: verify every shard's sha256 at start (slow on large indexes).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    index_dir: Path
+    model_dir: Path | None = None
+    catalog_dir: Path | None = None
+    max_upload_bytes: int = Field(16 * 2 ** 20, ge=1024, le=2 ** 30)
+    max_k: int = Field(1000, ge=1, le=10_000)
+    max_page: int = Field(500, ge=1, le=10_000)
+    request_timeout_s: float = Field(30.0, gt=0, le=3600)
+    worker_threads: int = Field(default_factory=lambda: max(2, os.cpu_count() or 2), ge=1,
+                                le=256)
+    faiss_threads: int = Field(1, ge=1, le=256)
+    torch_threads: int = Field(1, ge=1, le=256)
+    api_keys: tuple[str, ...] = ()
+    api_keys_file: Path | None = None
+    cors_origins: tuple[str, ...] = ()
+    enable_docs: bool = True
+    verify_checksums: bool = False
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_csv(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_long_enough(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        short = [k for k in value if len(k) < 8]
+        if short:
+            raise ValueError(f"API keys must be at least 8 characters; {len(short)} are "
+                             f"shorter")
+        return value
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any
+                 ) -> "Settings":
+        """Settings from ``SPECSEARCH_<FIELD>`` variables, then ``overrides`` (non-None).
+
+        Raises:
+            ConfigError: a value does not validate (the message names the variable).
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name in cls.model_fields:
+            key = ENV_PREFIX + name.upper()
+            if key in env and env[key] != "":
+                values[name] = env[key]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "index_dir" not in values:
+            raise ConfigError(f"no index directory: pass INDEX_DIR or set "
+                              f"{ENV_PREFIX}INDEX_DIR")
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{ENV_PREFIX}{'.'.join(map(str, e['loc'])).upper()}: {e['msg']} "
+                f"(got {e.get('input')!r})" for e in exc.errors())
+            raise ConfigError(f"invalid service settings: {problems}") from None
+
+    def all_api_keys(self) -> frozenset[str]:
+        """Keys from ``api_keys`` and ``api_keys_file`` (read once, at app start).
+
+        Raises:
+            ConfigError: the keys file is missing or unreadable.
+        """
+        keys = set(self.api_keys)
+        if self.api_keys_file is not None:
+            try:
+                text = Path(self.api_keys_file).read_text()
+            except OSError as exc:
+                raise ConfigError(f"{ENV_PREFIX}API_KEYS_FILE={self.api_keys_file}: cannot "
+                                  f"read the API keys file ({exc.strerror})") from None
+            for line in text.splitlines():
+                line = line.split("#", 1)[0].strip()
+                if line:
+                    keys.add(line)
+            if not keys:
+                raise ConfigError(f"{self.api_keys_file}: the API keys file holds no key; "
+                                  f"add one key a line or unset {ENV_PREFIX}API_KEYS_FILE")
+        return frozenset(keys)

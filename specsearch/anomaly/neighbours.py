@@ -1,0 +1,163 @@
+"""k-nearest-neighbour search over one modality's embeddings, for outlier scoring.
+
+The outlier scores need the k nearest neighbours of *every* object (a self-join), so what
+matters is batched throughput, not single-query latency. Two ways to get them:
+
+* :class:`FaissNeighbours`: a FAISS index over the vectors in memory (exact ``IndexFlatIP``
+  for small sets, ``IndexIVFFlat`` above ``exact_below`` rows), searched in batches;
+* any object with the same ``search(queries, k) -> (similarity, row)`` method, e.g. an
+  adapter over a built index directory (:mod:`specsearch.anomaly.sources`).
+
+Rows are positions in the vector table the searcher was built from; -1 marks a missing
+neighbour (FAISS's convention).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from specsearch.errors import ConfigError
+
+
+class NeighbourSearch(Protocol):
+    """What the outlier scorer needs from an index: cosine top-k by batch."""
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(n, D) float32 unit queries -> (similarity (n, k) float32, row (n, k) int64)."""
+        ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class NeighbourConfig:
+    """How :class:`FaissNeighbours` indexes the vectors.
+
+    Attributes:
+        exact_below: use exact search (``IndexFlatIP``, one BLAS product per batch) below
+            this many vectors; above, an IVF index (cost ~ nprobe/nlist of exact).
+        nlist: IVF lists (None: ~2 sqrt(n), at least 39 vectors a list for k-means).
+        nprobe: lists visited per query: recall of the k-th neighbour vs speed. 16 gives
+            recall@20 ~0.97 on clustered embeddings; a missed neighbour only makes the k-th
+            distance slightly larger, never smaller.
+        train_size: vectors used to train the IVF centroids (seeded sample).
+        seed: k-means seed (results are deterministic for a given seed).
+    """
+
+    exact_below: int = 30_000
+    nlist: int | None = None
+    nprobe: int = 16
+    train_size: int = 100_000
+    seed: int = 1234
+
+
+class FaissNeighbours:
+    """A FAISS cosine index over an in-memory (n, D) array of unit vectors."""
+
+    def __init__(self, vectors: np.ndarray, config: NeighbourConfig | None = None) -> None:
+        import faiss  # imported here: importing specsearch must not load FAISS
+
+        self.config = config or NeighbourConfig()
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
+        if x.ndim != 2 or x.shape[0] == 0:
+            raise ConfigError(f"need a non-empty (n, D) array of vectors, got shape {x.shape}")
+        n, dim = x.shape
+        self.n = n
+        if n < self.config.exact_below:
+            self.index = faiss.IndexFlatIP(dim)
+            self.kind = "flat"
+        else:
+            nlist = self.config.nlist or int(np.clip(2 * math.sqrt(n), 16, n // 39))
+            quantizer = faiss.IndexFlatIP(dim)
+            index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            rng = np.random.default_rng(self.config.seed)
+            sample = x if n <= self.config.train_size else \
+                x[np.sort(rng.choice(n, self.config.train_size, replace=False))]
+            index.cp.seed = self.config.seed
+            index.train(sample)
+            index.nprobe = min(self.config.nprobe, nlist)
+            self.index = index
+            self.kind = f"ivf{nlist},nprobe{index.nprobe}"
+        self.index.add(x)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        sims, rows = self.index.search(q, min(k, self.n))
+        if sims.shape[1] < k:  # fewer vectors than k: pad like FAISS does
+            pad = k - sims.shape[1]
+            sims = np.pad(sims, ((0, 0), (0, pad)), constant_values=-np.inf)
+            rows = np.pad(rows, ((0, 0), (0, pad)), constant_values=-1)
+        return sims, rows.astype(np.int64, copy=False)
+
+
+@dataclass
+class KnnResult:
+    """The k nearest *other* objects of every object of one modality.
+
+    Attributes:
+        kdist: (n,) cosine distance (1 - similarity) to the k-th neighbour; NaN when fewer
+            than k neighbours were found.
+        rows: (n, k) int64 neighbour rows (-1 where missing), nearest first.
+        similarity: (n, k) float32 cosine similarities (-inf where missing).
+    """
+
+    kdist: np.ndarray
+    rows: np.ndarray
+    similarity: np.ndarray
+
+    def lof_ratio(self) -> np.ndarray:
+        """(n,) k-distance over the median k-distance of the object's own neighbours.
+
+        ~1 inside a cluster of any density; >> 1 for an object that is far from its
+        neighbours *relative to how far they are from theirs* (local outlier factor idea).
+        """
+        kd = np.where(np.isfinite(self.kdist), self.kdist, np.nan)
+        nb = np.where(self.rows >= 0, kd[np.clip(self.rows, 0, None)], np.nan)
+        with np.errstate(all="ignore"):
+            ref = np.nanmedian(nb, axis=1) if nb.size else np.full(kd.shape, np.nan)
+            return kd / np.maximum(ref, 1e-9)
+
+
+def self_knn(vectors: np.ndarray, searcher: NeighbourSearch, *, k: int = 20,
+             source_id: np.ndarray | None = None, batch_size: int = 8192,
+             extra: int = 4) -> KnnResult:
+    """k nearest neighbours of every row of ``vectors`` among the others, in batches.
+
+    The object itself and, if ``source_id`` is given, other spectra of the same star
+    (repeat visits are no evidence that an object is normal) are dropped; ``extra`` more
+    neighbours than ``k`` are fetched to make room for them.
+
+    Args:
+        vectors: (n, D) unit vectors; row i must be row i of the searcher's table.
+        searcher: see :class:`NeighbourSearch`.
+        k: neighbours kept per object.
+        source_id: (n,) star ids, or None.
+        batch_size: queries per search call (memory ~ batch_size x (k + extra) x 12 B).
+    """
+    if k < 1:
+        raise ConfigError(f"k must be >= 1, got {k}")
+    n = vectors.shape[0]
+    fetch = k + 1 + max(extra, 0)
+    kdist = np.full(n, np.nan)
+    rows_out = np.full((n, k), -1, dtype=np.int64)
+    sims_out = np.full((n, k), -np.inf, dtype=np.float32)
+    sid = None if source_id is None else np.asarray(source_id)
+    for start in range(0, n, batch_size):
+        stop = min(n, start + batch_size)
+        sims, rows = searcher.search(vectors[start:stop], fetch)
+        me = np.arange(start, stop)[:, None]
+        keep = (rows >= 0) & (rows != me)
+        if sid is not None:
+            keep &= sid[np.clip(rows, 0, None)] != sid[start:stop, None]
+        # Stable compaction of the kept neighbours to the left, nearest first.
+        order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+        got_rows = np.take_along_axis(rows, order, axis=1)
+        got_sims = np.take_along_axis(sims, order, axis=1)
+        got_keep = np.take_along_axis(keep, order, axis=1)
+        rows_out[start:stop] = np.where(got_keep, got_rows, -1)
+        sims_out[start:stop] = np.where(got_keep, got_sims, -np.inf)
+        full = got_keep[:, -1]
+        kdist[start:stop] = np.where(full, 1.0 - got_sims[:, -1].astype(np.float64), np.nan)
+    return KnnResult(kdist=kdist, rows=rows_out, similarity=sims_out)

@@ -1,0 +1,110 @@
+"""Robust standardisation of outlier components and their combination into one score.
+
+Every component (k-NN distance, reconstruction residual, cross-modal disagreement, ...) has
+its own scale and its own dependence on data quality, so each is turned into a robust
+z-score before they are compared: ``z = (x - median) / (1.4826 MAD)``, optionally within
+quantile bins of a conditioning variable (S/N): a noisy spectrum is expected to sit further
+from its neighbours, and comparing it with spectra of similar S/N keeps the list from
+filling up with merely noisy objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+MAD_TO_SIGMA = 1.4826
+"""1 / Phi^-1(3/4): MAD x this = sigma for a Gaussian."""
+
+
+def robust_location_scale(x: np.ndarray) -> tuple[float, float]:
+    """(median, 1.4826 MAD) of the finite values of ``x`` (scale floored at 1e-12)."""
+    v = np.asarray(x, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return float("nan"), float("nan")
+    med = float(np.median(v))
+    mad = float(np.median(np.abs(v - med))) * MAD_TO_SIGMA
+    if mad <= 0:  # more than half the values equal: fall back to the std
+        mad = float(np.std(v))
+    return med, max(mad, 1e-12)
+
+
+def robust_z(x: np.ndarray, *, by: np.ndarray | None = None, n_bins: int = 10,
+             min_per_bin: int = 200) -> np.ndarray:
+    """Robust z-score of ``x``; NaN stays NaN.
+
+    Args:
+        x: (n,) values (e.g. log k-NN distances).
+        by: optional (n,) conditioning variable (e.g. S/N); the median and MAD are then taken
+            within ``n_bins`` quantile bins of ``by`` (each with >= ``min_per_bin`` finite
+            rows; fewer bins are used on small inputs). Rows with non-finite ``by`` use the
+            global median and MAD.
+    Returns:
+        (n,) float64 z-scores.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    z = np.full(x.shape, np.nan)
+    finite = np.isfinite(x)
+    if not finite.any():
+        return z
+    med, scale = robust_location_scale(x)
+    z[finite] = (x[finite] - med) / scale
+    if by is None:
+        return z
+    b = np.asarray(by, dtype=np.float64)
+    ok = finite & np.isfinite(b)
+    bins = int(min(n_bins, ok.sum() // max(min_per_bin, 1)))
+    if bins < 2:
+        return z
+    edges = np.quantile(b[ok], np.linspace(0.0, 1.0, bins + 1))
+    which = np.clip(np.searchsorted(edges, b, side="right") - 1, 0, bins - 1)
+    for i in range(bins):
+        rows = ok & (which == i)
+        if rows.sum() < 2:
+            continue
+        m, s = robust_location_scale(x[rows])
+        z[rows] = (x[rows] - m) / s
+    return z
+
+
+def combine_scores(components: Mapping[str, np.ndarray], *, method: str = "max",
+                   weights: Mapping[str, float] | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Combine robust z-scores of several components into one anomaly score per object.
+
+    Only excess counts (negative z, i.e. *more* typical than the median, is clipped to 0);
+    a NaN component (not available for this object, e.g. no partner spectrum) is ignored.
+
+    Args:
+        components: name -> (n,) z-scores.
+        method: ``max`` (the strongest single piece of evidence; easy to explain: the
+            driver is the component that set the score) or ``rms`` (root mean square of the
+            available components: rewards objects odd in several ways at once).
+        weights: optional multiplier per component (default 1).
+    Returns:
+        (score (n,) float64, driver (n,) object array of component names; "" when no
+        component is available for that object).
+    """
+    names = list(components)
+    if not names:
+        raise ValueError("combine_scores needs at least one component")
+    w = np.array([float((weights or {}).get(k, 1.0)) for k in names])
+    stack = np.vstack([np.asarray(components[k], dtype=np.float64) for k in names])
+    stack = np.clip(stack, 0.0, None) * w[:, None]
+    available = np.isfinite(stack)
+    filled = np.where(available, stack, -np.inf)
+    driver_idx = np.argmax(filled, axis=0)
+    any_available = available.any(axis=0)
+    if method == "max":
+        score = np.where(any_available, filled.max(axis=0), np.nan)
+    elif method == "rms":
+        sq = np.where(available, stack ** 2, 0.0).sum(axis=0)
+        cnt = available.sum(axis=0)
+        score = np.where(any_available, np.sqrt(sq / np.maximum(cnt, 1)), np.nan)
+    else:
+        raise ValueError(f"unknown combination method {method!r}; expected 'max' or 'rms'")
+    driver = np.asarray(names, dtype=object)[driver_idx]
+    driver[~any_available] = ""
+    return score, driver

@@ -1,0 +1,184 @@
+"""The Ray Data engine of the embedding builder (optional extra: ``pip install specsearch[ray]``).
+
+The same steps as the local engine, as a Ray Data pipeline::
+
+    read_parquet(pending catalog files) -> map_batches(EmbedActor: holds the model; num_gpus,
+    concurrency per worker) -> write_parquet(staging, partitioned by input file)
+
+then each input file's rows are put back in catalog order and written atomically with the
+same resume stamp as the local engine, so both engines produce identical datasets and a
+rerun of either skips finished files. ``address`` connects to an existing cluster
+(``ray start --head`` / ``ray://...``); without it a local Ray instance is started.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from specsearch.embed.builder import (
+    EmbedConfig,
+    EmbedReport,
+    embed_table,
+    input_signature,
+    metadata_columns,
+    output_is_current,
+    write_output,
+)
+from specsearch.errors import ConfigError
+from specsearch.io.catalog import open_catalog
+from specsearch.io.embeddings import EmbeddingsWriter
+from specsearch.io.parquet import columns_to_table
+
+INPUT_COLUMN = "_specsearch_input"
+
+
+class EmbedActor:
+    """A Ray actor that holds one model and embeds catalog batches (pyarrow in and out)."""
+
+    def __init__(self, model: str | Callable[[], Any] | None, modality: str, device: str,
+                 with_residual: bool, meta_columns: list[str], schema_bytes: bytes) -> None:
+        self.model = _load(model, device)
+        self.modality = modality
+        self.with_residual = with_residual
+        self.meta_columns = meta_columns
+        self.schema = pa.ipc.read_schema(pa.py_buffer(schema_bytes))
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from collections import Counter
+
+        skipped: Counter = Counter()
+        paths = batch.column("path").to_pylist()
+        rb = batch.drop_columns(["path"]).combine_chunks().to_batches()[0]
+        cols = embed_table(self.model, self.modality, rb, with_residual=self.with_residual,
+                           meta_columns=self.meta_columns, skipped=skipped)
+        if cols is None:
+            empty = columns_to_table({f.name: [] for f in self.schema}, self.schema)
+            return empty.append_column(INPUT_COLUMN, pa.array([], pa.string()))
+        good_ids = set(cols["spectrum_id"].to_pylist())
+        stems = [Path(p).stem for p, sid in zip(paths, rb.column("spectrum_id").to_pylist())
+                 if sid in good_ids]
+        table = columns_to_table(cols, self.schema)
+        return table.append_column(INPUT_COLUMN, pa.array(stems, pa.string()))
+
+
+def _load(model: str | Path | Callable[[], Any] | None, device: str) -> Any:
+    if callable(model):
+        return model()
+    from specsearch.model import load_model
+
+    return load_model(model, device=device)
+
+
+def build_embeddings_ray(catalog: str | Path, model: str | Path | Callable[[], Any] | None,
+                         out: str | Path, config: EmbedConfig | None = None, *,
+                         address: str | None = None, concurrency: int = 1,
+                         num_gpus: float = 0.0, num_cpus: int | None = None,
+                         device: str = "cpu") -> EmbedReport:
+    """Embed a catalog with a Ray Data pipeline; same output as :func:`build_embeddings`.
+
+    Args:
+        catalog, out, config: as for the local engine.
+        model: a model directory, None for the shipped default, or a zero-argument callable
+            returning an encoder; each actor loads its own copy.
+        address: a Ray cluster address; None starts a local instance.
+        concurrency: number of model actors.
+        num_gpus: GPUs per actor (0 on CPU machines); ``device`` is what the actor uses.
+        num_cpus: CPUs for a local instance (None: all).
+    """
+    try:
+        import ray
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ConfigError("the Ray engine needs the ray extra: pip install 'specsearch[ray]'"
+                          ) from exc
+    config = config or EmbedConfig()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    actor_model = model if callable(model) or model is None else str(model)
+    model = _load(model, "cpu")
+    cat = open_catalog(catalog)
+    out = Path(out)
+    start = time.perf_counter()
+    report = EmbedReport()
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, num_cpus=None if address else num_cpus,
+                 include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = bool(config.progress)
+        for modality in config.modalities or cat.modalities:
+            writer = EmbeddingsWriter(
+                out, modality, model_hash=model.model_hash,
+                embedding_dim=model.embedding_dim, label_names=list(model.label_names),
+                class_names=list(model.class_names), dtype=config.dtype,
+                extra_manifest={"catalog": str(cat.root.resolve())},
+                overwrite_model=config.overwrite)
+            meta_cols = metadata_columns(cat.schema(modality))
+            pending = []
+            for path in cat.files(modality):
+                sig = input_signature(path)
+                out_path = out / modality / f"{path.stem}.parquet"
+                report.rows_in += sig["input_rows"]
+                if output_is_current(out_path, sig, model.model_hash):
+                    report.files_reused += 1
+                    report.rows_written += pq.ParquetFile(out_path).metadata.num_rows
+                else:
+                    pending.append((path, sig, out_path))
+            if not pending:
+                continue
+            staging = Path(tempfile.mkdtemp(prefix=".ray-staging-", dir=out))
+            try:
+                schema_bytes = writer.schema.serialize().to_pybytes()
+                ds = ray.data.read_parquet([str(p) for p, _, _ in pending], include_paths=True)
+                ds = ds.map_batches(
+                    EmbedActor, batch_size=config.batch_size, batch_format="pyarrow",
+                    concurrency=concurrency, num_gpus=num_gpus,
+                    fn_constructor_kwargs=dict(
+                        model=actor_model,
+                        modality=modality, device=device,
+                        with_residual=config.with_residual, meta_columns=meta_cols,
+                        schema_bytes=schema_bytes))
+                ds.write_parquet(str(staging), partition_cols=[INPUT_COLUMN])
+                for path, sig, out_path in pending:
+                    table = _collect(staging, path, writer.schema)
+                    write_output(table, out_path, sig, model.model_hash)
+                    report.rows_written += table.num_rows
+                    report.files_written += 1
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+    finally:
+        if started_here:
+            ray.shutdown()
+        report.seconds = time.perf_counter() - start
+    skipped = report.rows_in - report.rows_written
+    if skipped:
+        report.rows_skipped["too few good pixels (masked / NaN / zero flux)"] += skipped
+    return report
+
+
+def _collect(staging: Path, input_path: Path, schema: pa.Schema) -> pa.Table:
+    """One input file's rows from the staging area, back in catalog order."""
+    folder = staging / f"{INPUT_COLUMN}={input_path.stem}"
+    parts = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    if not parts:
+        return columns_to_table({f.name: [] for f in schema}, schema)
+    table = pa.concat_tables([pq.read_table(p) for p in parts], promote_options="permissive")
+    if INPUT_COLUMN in table.column_names:
+        table = table.drop_columns([INPUT_COLUMN])
+    order = pq.read_table(input_path, columns=["spectrum_id"]).column("spectrum_id").to_pylist()
+    rank = {sid: i for i, sid in enumerate(order)}
+    keys = np.array([rank[s] for s in table.column("spectrum_id").to_pylist()])
+    table = table.take(pa.array(np.argsort(keys, kind="stable")))
+    return columns_to_table(table.select([f.name for f in schema if f.name in
+                                          table.column_names] +
+                                         [n for n in table.column_names
+                                          if schema.get_field_index(n) < 0]), schema)

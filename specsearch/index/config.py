@@ -1,0 +1,217 @@
+"""Index backend configurations: one documented dataclass per backend.
+
+Every knob is keyword-only and its trade-off is stated where it is defined. Build-time knobs
+(``nlist``, ``m``, ``ef_construction``...) are fixed when a shard is written; query-time knobs
+(:class:`SearchKnobs`: ``nprobe``, ``ef_search``, ``refine_factor``) are stored in the
+manifest after tuning and may be overridden per query.
+
+Similarity is always cosine, computed as the inner product of L2-normalised float32 vectors
+(the embeddings dataset stores them normalised; the builder re-normalises defensively).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from specsearch.errors import ConfigError
+
+METRIC = "cosine"
+"""The only metric: inner product of L2-normalised vectors (1 = identical direction)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchKnobs:
+    """Query-time parameters (tuned by :mod:`specsearch.index.tuning`, stored in the manifest).
+
+    Attributes:
+        nprobe: IVF lists visited per query. Recall and latency grow roughly linearly with it;
+            ignored by non-IVF backends.
+        ef_search: HNSW candidate-list size (``efSearch`` / hnswlib ``ef``). Larger = higher
+            recall, slower; always raised to at least ``k``. Ignored by non-graph backends.
+        refine_factor: for quantised backends (IVF-PQ, HNSW over SQ8/fp16 codes), fetch
+            ``ceil(refine_factor * k)`` candidates by approximate distance and re-rank them
+            with exact float32 similarities. 1 disables re-ranking. Costs one exact dot
+            product per candidate; repairs most of the ranking error of the codes.
+    """
+
+    nprobe: int = 16
+    ef_search: int = 64
+    refine_factor: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.nprobe < 1 or self.ef_search < 1 or not self.refine_factor >= 1.0:
+            raise ConfigError(
+                f"search knobs need nprobe >= 1, ef_search >= 1, refine_factor >= 1; got {self}")
+
+    def replace(self, **changes: Any) -> "SearchKnobs":
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SearchKnobs":
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+
+
+@dataclass(frozen=True, kw_only=True)
+class IndexConfig:
+    """Base of the backend configs. ``kind`` names the backend in manifests and on the CLI."""
+
+    kind: ClassVar[str] = ""
+
+    def search_defaults(self) -> SearchKnobs:
+        """The knobs used before tuning."""
+        return SearchKnobs()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **dataclasses.asdict(self)}
+
+    def resolved(self, n_vectors: int) -> "IndexConfig":
+        """A copy with data-dependent defaults (``None`` fields) filled in for ``n_vectors``."""
+        return self
+
+
+@dataclass(frozen=True, kw_only=True)
+class FlatConfig(IndexConfig):
+    """Exact search (FAISS ``IndexFlatIP``): 4*D bytes a vector, cost linear in rows.
+
+    The reference every approximate backend is tested against; the right choice below a few
+    hundred thousand vectors, where a scan costs well under a millisecond per query batch.
+    """
+
+    kind: ClassVar[str] = "flat"
+
+
+@dataclass(frozen=True, kw_only=True)
+class IVFFlatConfig(IndexConfig):
+    """Inverted file over exact vectors (FAISS ``IVF{nlist},Flat``).
+
+    Attributes:
+        nlist: number of k-means cells; None = 4*sqrt(n) (clipped to [1, n/39]), the usual
+            balance between coarse-quantiser cost and cell size.
+        nprobe: cells visited per query before tuning (see :class:`SearchKnobs`).
+        train_size: vectors sampled for k-means; more = better cells, slower build.
+    """
+
+    kind: ClassVar[str] = "ivf_flat"
+    nlist: int | None = None
+    nprobe: int = 16
+    train_size: int = 100_000
+
+    def resolved(self, n_vectors: int) -> "IVFFlatConfig":
+        if self.nlist is not None:
+            return self
+        nlist = int(4 * math.sqrt(max(n_vectors, 1)))
+        # FAISS wants >= 39 training points a centroid for stable k-means.
+        nlist = max(1, min(nlist, max(n_vectors, 1) // 39, 65536))
+        return dataclasses.replace(self, nlist=nlist)
+
+    def search_defaults(self) -> SearchKnobs:
+        return SearchKnobs(nprobe=self.nprobe)
+
+
+@dataclass(frozen=True, kw_only=True)
+class IVFPQConfig(IVFFlatConfig):
+    """Inverted file over product-quantised codes, re-ranked exactly (FAISS ``IVF,PQ``).
+
+    The backend for indexes that do not fit in RAM: ``pq_m * pq_nbits / 8`` bytes of code a
+    vector (+ 8 B of id). Approximate code distances rank poorly on their own, so the top
+    ``refine_factor * k`` candidates are re-ranked against the shard's stored float32 vectors
+    (memory-mapped from disk, only the candidates' pages are touched).
+
+    Attributes:
+        pq_m: sub-quantisers; must divide the dimension. More = more bytes, better ranking.
+        pq_nbits: bits a sub-quantiser code (8 is the fast, standard choice).
+        refine_factor: default re-ranking depth (see :class:`SearchKnobs`).
+    """
+
+    kind: ClassVar[str] = "ivf_pq"
+    pq_m: int = 32
+    pq_nbits: int = 8
+    refine_factor: float = 4.0
+
+    def search_defaults(self) -> SearchKnobs:
+        return SearchKnobs(nprobe=self.nprobe, refine_factor=self.refine_factor)
+
+
+HNSW_STORAGES = ("flat", "sq8", "fp16")
+
+
+@dataclass(frozen=True, kw_only=True)
+class HNSWConfig(IndexConfig):
+    """FAISS HNSW graph, optionally over scalar-quantised codes with exact re-ranking.
+
+    Attributes:
+        m: graph degree (2*m links on level 0, 4 B each). Higher = better recall at a given
+            ``ef_search`` and more memory / slower build; 16-48 is typical.
+        ef_construction: candidate list while building; higher = better graph, slower build.
+        ef_search: default query candidate list (see :class:`SearchKnobs`).
+        storage: how vectors are held for graph traversal: ``flat`` (float32, 4*D B),
+            ``fp16`` (2*D B, near-lossless) or ``sq8`` (D B, 8-bit per dimension: 4x less
+            memory traffic, the fastest traversal; ranking error repaired by re-ranking).
+        refine_factor: default re-ranking depth for ``sq8``/``fp16`` storage.
+    """
+
+    kind: ClassVar[str] = "hnsw"
+    m: int = 32
+    ef_construction: int = 80
+    ef_search: int = 48
+    storage: str = "sq8"
+    refine_factor: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.storage not in HNSW_STORAGES:
+            raise ConfigError(
+                f"HNSW storage {self.storage!r} is not one of {HNSW_STORAGES}")
+
+    def search_defaults(self) -> SearchKnobs:
+        return SearchKnobs(ef_search=self.ef_search,
+                           refine_factor=1.0 if self.storage == "flat" else self.refine_factor)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HnswlibConfig(IndexConfig):
+    """hnswlib HNSW graph over float32 vectors (its own file format).
+
+    Attributes:
+        m: graph degree; hnswlib's default is 16.
+        ef_construction: build-time candidate list (hnswlib default 200).
+        ef_search: default query candidate list (hnswlib's own default of 10 gives ~0.9
+            recall@10 on clustered data; tuning raises it to the target recall).
+    """
+
+    kind: ClassVar[str] = "hnswlib"
+    m: int = 16
+    ef_construction: int = 200
+    ef_search: int = 48
+
+    def search_defaults(self) -> SearchKnobs:
+        return SearchKnobs(ef_search=self.ef_search)
+
+
+CONFIG_CLASSES: dict[str, type[IndexConfig]] = {
+    c.kind: c for c in (FlatConfig, IVFFlatConfig, IVFPQConfig, HNSWConfig, HnswlibConfig)}
+KINDS: tuple[str, ...] = tuple(CONFIG_CLASSES)
+
+
+def config_from_dict(data: dict[str, Any]) -> IndexConfig:
+    """Rebuild a config from its manifest form (``{"kind": ..., knobs...}``)."""
+    kind = data.get("kind")
+    cls = CONFIG_CLASSES.get(kind)  # type: ignore[arg-type]
+    if cls is None:
+        raise ConfigError(f"unknown index kind {kind!r}; expected one of {list(KINDS)}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names - {"kind"}
+    if unknown:
+        raise ConfigError(f"index kind {kind!r} has no option(s) {sorted(unknown)}; "
+                          f"valid: {sorted(names)}")
+    return cls(**{k: v for k, v in data.items() if k != "kind"})
+
+
+def make_config(kind: str, **options: Any) -> IndexConfig:
+    """A config of ``kind`` with ``options`` (None values mean "use the default")."""
+    return config_from_dict({"kind": kind, **{k: v for k, v in options.items() if v is not None}})

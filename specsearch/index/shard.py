@@ -1,0 +1,215 @@
+"""One shard at query time: ANN backend + stored vectors + rows table + tombstones.
+
+Every shard answers k-NN the same way, whatever its backend:
+
+1. rows allowed = filter mask AND not deleted (None when everything is allowed: fast path);
+2. if few rows are allowed (selective filters), an exact scan over exactly those rows'
+   stored vectors: the true top-k among passing rows, at a cost proportional to the rows
+   that pass (this is how a 1% filter keeps recall 1.0);
+3. otherwise the backend searches with an ID selector (FAISS ``IDSelectorBitmap`` / hnswlib
+   filter callable), with ``ef_search``/``nprobe`` raised by the inverse pass fraction so the
+   graph/cells still yield k passing candidates;
+4. quantised backends fetch ``refine_factor * k`` candidates and re-rank them with exact
+   inner products against the stored float32 vectors (memory-mapped: only the candidates'
+   pages are read).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from specsearch.errors import QueryError, SearchIndexError
+from specsearch.index.backends import Backend, candidate_count, load_backend
+from specsearch.index.config import SearchKnobs
+from specsearch.index.manifest import ModalityManifest, ShardEntry
+
+EXACT_SCAN_ROWS = 20_000
+"""A filtered shard query scans exactly when at most this many rows pass (or
+:data:`EXACT_SCAN_FRACTION` of the shard, whichever is larger): cheaper than a graph walk
+that rejects most nodes, and exact."""
+EXACT_SCAN_FRACTION = 0.02
+MAX_FILTER_BOOST = 16.0
+"""Cap on the ef_search/nprobe multiplier for filtered ANN search."""
+
+
+def topk_rows(sims: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` of each query row of (nq, m) ``sims``/``rows`` sorted by similarity, padded
+    with -inf / -1 when m < k."""
+    nq, m = sims.shape
+    out_s = np.full((nq, k), -np.inf, dtype=np.float32)
+    out_r = np.full((nq, k), -1, dtype=np.int64)
+    take = min(k, m)
+    if take == 0:
+        return out_s, out_r
+    sims = np.where(rows >= 0, sims, -np.inf)
+    if take < m:
+        part = np.argpartition(-sims, take - 1, axis=1)[:, :take]
+        sims_p = np.take_along_axis(sims, part, axis=1)
+        rows_p = np.take_along_axis(rows, part, axis=1)
+    else:
+        sims_p, rows_p = sims, rows
+    order = np.argsort(-sims_p, axis=1, kind="stable")
+    out_s[:, :take] = np.take_along_axis(sims_p, order, axis=1)
+    out_r[:, :take] = np.take_along_axis(rows_p, order, axis=1)
+    out_r[~np.isfinite(out_s)] = -1
+    return out_s, out_r
+
+
+class Shard:
+    """A loaded shard. ``mmap=True`` maps the FAISS index, vectors and rows table read-only."""
+
+    def __init__(self, folder: Path, entry: ShardEntry, manifest: ModalityManifest, *,
+                 mmap: bool = True, backend: Backend | None = None) -> None:
+        self.folder = Path(folder)
+        self.entry = entry
+        self.manifest = manifest
+        self.number = entry.shard
+        self.count = entry.count
+        self.backend = backend or load_backend(folder / entry.index.name, manifest.backend,
+                                               manifest.embedding_dim, mmap=mmap,
+                                               count=entry.count)
+        if self.backend.ntotal != entry.count:
+            raise SearchIndexError(f"{folder / entry.index.name}: index holds "
+                                   f"{self.backend.ntotal} rows, manifest says {entry.count}")
+        self.backend.set_default_knobs(manifest.search)
+        self.vectors = np.load(folder / entry.vectors.name, mmap_mode="r" if mmap else None)
+        if self.vectors.shape != (entry.count, manifest.embedding_dim):
+            raise SearchIndexError(f"{folder / entry.vectors.name}: shape {self.vectors.shape},"
+                                   f" expected ({entry.count}, {manifest.embedding_dim})")
+        self.rows: pa.Table = pq.read_table(folder / entry.rows.name, memory_map=mmap)
+        if self.rows.num_rows != entry.count:
+            raise SearchIndexError(f"{folder / entry.rows.name}: {self.rows.num_rows} rows, "
+                                   f"manifest says {entry.count}")
+        self.deleted: np.ndarray | None = None
+        if entry.tombstones is not None:
+            self.deleted = np.load(folder / entry.tombstones.name).astype(bool)
+        self._columns: dict[str, np.ndarray] = {}
+
+    # ----------------------------------------------------------------- rows / metadata
+
+    def column(self, name: str) -> np.ndarray:
+        """A rows-table column as numpy (nulls -> NaN for numbers, None for strings)."""
+        if name not in self._columns:
+            if name not in self.rows.column_names:
+                raise QueryError(f"no column {name!r} in the index of modality "
+                                 f"{self.manifest.modality!r}; columns: {self.rows.column_names}")
+            col = self.rows.column(name)
+            if pa.types.is_integer(col.type) and col.null_count:
+                col = col.cast(pa.float64())
+            self._columns[name] = col.to_numpy(zero_copy_only=False)
+        return self._columns[name]
+
+    @cached_property
+    def _source_order(self) -> tuple[np.ndarray, np.ndarray]:
+        ids = self.column("source_id").astype(np.int64)
+        order = np.argsort(ids, kind="stable")
+        return ids[order], order
+
+    def rows_of_source(self, source_id: int) -> np.ndarray:
+        """Live row numbers of ``source_id`` in this shard (empty if none)."""
+        ids, order = self._source_order
+        lo, hi = np.searchsorted(ids, [source_id, source_id + 1])
+        rows = order[lo:hi]
+        if self.deleted is not None:
+            rows = rows[~self.deleted[rows]]
+        return np.sort(rows)
+
+    def live_mask(self) -> np.ndarray | None:
+        return None if self.deleted is None else ~self.deleted
+
+    def allowed(self, filter_mask: np.ndarray | None) -> np.ndarray | None:
+        live = self.live_mask()
+        if filter_mask is None:
+            return live
+        return filter_mask if live is None else filter_mask & live
+
+    # ----------------------------------------------------------------- search
+
+    def exact_scan(self, queries: np.ndarray, k: int,
+                   rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k over ``rows`` (all rows if None) from the stored vectors."""
+        if rows is None:
+            rows = np.arange(self.count)
+        vecs = np.asarray(self.vectors[rows], dtype=np.float32)
+        sims = queries @ vecs.T
+        return topk_rows(sims, np.broadcast_to(rows, sims.shape), k)
+
+    def rerank(self, queries: np.ndarray, cand: np.ndarray, k: int) -> tuple[np.ndarray,
+                                                                             np.ndarray]:
+        """Exact re-rank of candidate rows (nq, m) (-1 = none) to the top-k."""
+        safe = np.where(cand >= 0, cand, 0)
+        vecs = np.asarray(self.vectors[safe.ravel()], dtype=np.float32).reshape(
+            *cand.shape, -1)
+        sims = np.einsum("qmd,qd->qm", vecs, queries)
+        return topk_rows(sims, cand, k)
+
+    def knn(self, queries: np.ndarray, k: int, knobs: SearchKnobs, *,
+            filter_mask: np.ndarray | None = None,
+            threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` live (and filter-passing) rows of this shard for (nq, D) queries."""
+        allowed = self.allowed(filter_mask)
+        if allowed is not None:
+            n_allowed = int(np.count_nonzero(allowed))
+            if n_allowed <= max(EXACT_SCAN_ROWS, EXACT_SCAN_FRACTION * self.count):
+                return self.exact_scan(queries, k, np.flatnonzero(allowed))
+            boost = min(MAX_FILTER_BOOST, self.count / n_allowed)
+            if boost > 1.05:
+                knobs = knobs.replace(
+                    nprobe=int(math.ceil(knobs.nprobe * boost)),
+                    ef_search=int(math.ceil(knobs.ef_search * boost)))
+        if self.backend.quantised:
+            m = candidate_count(k, knobs.refine_factor, self.count)
+            _, cand = self.backend.search(queries, m, knobs, allowed, threads)
+            return self.rerank(queries, cand, k)
+        if k > self.count:
+            sims, rows = self.backend.search(queries, self.count, knobs, allowed, threads)
+            return topk_rows(sims, rows, k)
+        return self.backend.search(queries, k, knobs, allowed, threads)
+
+    def range(self, queries: np.ndarray, threshold: float, knobs: SearchKnobs, *,
+              filter_mask: np.ndarray | None = None,
+              max_results: int = 10_000) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Every row with cosine similarity >= ``threshold`` (at most ``max_results``).
+
+        Flat and IVF-Flat use FAISS's native range search (exact similarities; IVF only sees
+        the probed cells). Other backends have none: the fallback runs k-NN with k doubling
+        from 64 until the k-th similarity falls below the threshold (or ``max_results`` is
+        reached), then keeps candidates by their exact similarity. Its recall is the k-NN
+        recall at that k.
+        """
+        allowed = self.allowed(filter_mask)
+        out: list[tuple[np.ndarray, np.ndarray]] = []
+        if self.backend.supports_range and not (allowed is not None and
+                                                allowed.sum() <= EXACT_SCAN_ROWS):
+            # FAISS keeps sims strictly above the radius; nudge it so ">=" holds.
+            radius = np.nextafter(np.float32(threshold), np.float32(-np.inf))
+            for sims, rows in self.backend.range_search(queries, float(radius), knobs,
+                                                        allowed):
+                keep = sims >= threshold
+                out.append(_sorted(sims[keep], rows[keep], max_results))
+            return out
+        for q in queries:
+            q = q[None]
+            k = min(64, self.count)
+            while True:
+                sims, rows = self.knn(q, k, knobs, filter_mask=filter_mask)
+                valid = rows[0] >= 0
+                done = (k >= min(max_results, self.count) or valid.sum() < k
+                        or sims[0, valid][-1] < threshold)
+                if done:
+                    break
+                k = min(2 * k, max_results, self.count)
+            keep = valid & (sims[0] >= threshold)
+            out.append(_sorted(sims[0, keep], rows[0, keep], max_results))
+        return out
+
+
+def _sorted(sims: np.ndarray, rows: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(-sims, kind="stable")[:limit]
+    return sims[order].astype(np.float32), rows[order].astype(np.int64)

@@ -1,0 +1,379 @@
+"""Generic 1-D spectra: FITS images with a wavelength WCS, and text tables (CSV/TXT/DAT).
+
+**FITS** (e.g. the MILES library): a 1-D image (or (1, N)) in the primary HDU, or in the
+first image extension when the primary is empty. Pixel p (1-based) has
+``x = CRVAL1 + CD1_1 * (p - CRPIX1)`` (CDELT1 when CD1_1 is absent; CRPIX1 defaults to 1):
+
+* ``DC-FLAG = 1`` or ``WFITTYPE = 'LOG-LINEAR'``: x is log10(wavelength) (IRAF/LAMOST);
+* ``CTYPE1 = 'WAVE-LOG'``/``'AWAV-LOG'``: wavelength = CRVAL1 * exp(x' / CRVAL1) with
+  x' = CD1_1 * (p - CRPIX1) (FITS WCS paper III);
+* otherwise linear; ``DC-FLAG = 2`` (IRAF non-linear) is refused.
+
+An error spectrum is taken from an image extension named IVAR/INVVAR, ERR/ERROR/SIGMA/
+NOISE/UNCERTAINTY (1/err^2) or VAR/VARIANCE (1/var) of the same length.
+
+**Text**: see :mod:`specsearch.io._text` (columns wavelength/wave/lambda/loglam, flux, and
+optionally ivar, error/err/sigma, variance, mask).
+
+**Wavelength unit** (result is always Angstrom): the unit the file states (FITS ``CUNIT1``
+or ``WAT1_001 units=``; a text column name such as ``wavelength_nm`` or a ``# wavelength_unit
+= nm`` comment), else, from the values (:func:`guess_wavelength_unit`): all values within
+2.5-5 -> log10 Angstrom; maximum < 30 -> micron; maximum < 2500 -> nm; else Angstrom.
+``wavelength_unit=`` overrides. ``meta['unit_from']`` records which rule decided.
+
+**Air or vacuum** (result is always vacuum; the conversion is
+:func:`specsearch.preprocess.air_to_vacuum`, nowhere else): ``air=True/False`` overrides.
+Otherwise the file decides: FITS ``CTYPE1`` AWAV (air) / WAVE (vacuum), ``AIRORVAC``,
+``VACUUM = T/F``; MILES is recognised by its ``TPLLIB = 'MILES'`` header card (MILES is in
+air but does not say so). Text: ``air``/``vac`` in the wavelength column name, or a
+``# medium = air`` comment. When the file says nothing, FITS images are taken as **air**
+(the IRAF convention that 1-D FITS spectral libraries from ground-based optical
+spectrographs follow) and text tables as **vacuum** (this project's convention, so spectra
+it exports read back unchanged). ``meta['wavelength_medium']`` and ``meta['medium_from']``
+record the decision.
+
+**No error column**: ivar is set to the constant 1/noise^2 with the noise estimated by
+DER_SNR (Stoehr et al. 2008; :func:`estimate_noise`) and ``meta['ivar_from'] =
+'der_snr estimate'`` flags it. Never unit ivar.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy import units as u
+from astropy.io import fits
+
+from specsearch.errors import ReaderError, SpectrumError
+from specsearch.io._fits import (has_fits_suffix, hdu_data, header_float,
+                                 header_gaia_source_id, header_int, header_str, open_fits,
+                                 read_primary_header, sniff)
+from specsearch.io._text import has_text_suffix, looks_like_text_spectrum, parse_text
+from specsearch.preprocess import air_to_vacuum
+from specsearch.spectrum import Spectrum
+
+FORMAT_NAME = "generic"
+NOISE_FLOOR = 1e-4
+"""The DER_SNR noise is floored at this fraction of the median |flux| (S/N <= 10^4), so a
+noiseless model spectrum still gets a finite ivar."""
+
+ERROR_EXTENSIONS = {"IVAR": "ivar", "INVVAR": "ivar", "ERR": "error", "ERROR": "error",
+                    "SIGMA": "error", "NOISE": "error", "UNCERTAINTY": "error",
+                    "VAR": "variance", "VARIANCE": "variance"}
+AIR_LIBRARIES = {"MILES": "TPLLIB=MILES (MILES wavelengths are in air)"}
+"""Spectral libraries known to be in air whose headers do not say so, by ``TPLLIB``."""
+_MILES_ID = re.compile(r"(m\d{4}V)")
+
+
+# --------------------------------------------------------------------------- public API
+
+def identify(path: str | Path) -> bool:
+    """True for a 1-D FITS image with a wavelength WCS, or a text table of a spectrum."""
+    header = read_primary_header(path)
+    if header is not None:
+        return _is_wcs_1d(header) or (header.get("NAXIS") == 0 and b"XTENSION= 'IMAGE" in
+                                      sniff(path, 40 * 2880))
+    return has_text_suffix(path) and looks_like_text_spectrum(path)
+
+
+def read(path: str | Path, *, air: bool | None = None) -> Iterator[Spectrum]:
+    """Registry protocol: the one spectrum of a generic file."""
+    yield read_generic(path, air=air)
+
+
+def read_generic(path: str | Path, *, air: bool | None = None,
+                 wavelength_unit: str | None = None) -> Spectrum:
+    """Read a generic FITS or text spectrum into a validated :class:`Spectrum`.
+
+    Args:
+        path: a ``.fits``/``.fit``/``.fts`` (optionally ``.gz``) image, or a text table.
+        air: True if the file's wavelengths are in air, False if vacuum, None to decide
+            from the file (see the module docstring).
+        wavelength_unit: override the file's wavelength unit ("Angstrom", "nm", "um",
+            "log10 Angstrom").
+    Returns:
+        Vacuum Angstrom wavelengths, increasing; modality None; spectrum_id = the file stem
+        (the MILES star id, e.g. ``m0001V``, for MILES files); decisions recorded in meta.
+    Raises:
+        ReaderError: the file is unreadable, truncated, of the wrong shape, lacks a
+            wavelength or flux, or has no usable flux. The message names the file.
+    """
+    path = Path(path)
+    if sniff(path, 6) == b"SIMPLE" or has_fits_suffix(path):
+        return _read_fits(path, air, wavelength_unit)
+    return _read_text(path, air, wavelength_unit)
+
+
+def estimate_noise(flux: np.ndarray) -> float | None:
+    """DER_SNR noise (Stoehr et al. 2008) of a spectrum: 1.4826/sqrt(6) * median |2f_i -
+    f_(i-2) - f_(i+2)| over finite non-zero pixels, floored at ``NOISE_FLOOR`` x median |f|.
+    None when fewer than 5 usable pixels."""
+    f = np.asarray(flux, dtype=np.float64)
+    f = f[np.isfinite(f) & (f != 0)]
+    if f.size < 5:
+        return None
+    noise = 1.482602 / np.sqrt(6.0) * np.median(np.abs(2.0 * f[2:-2] - f[:-4] - f[4:]))
+    floor = NOISE_FLOOR * float(np.median(np.abs(f)))
+    return float(max(noise, floor)) if max(noise, floor) > 0 else None
+
+
+def guess_wavelength_unit(values: np.ndarray) -> str:
+    """The unit wavelength values look like (rule in the module docstring)."""
+    w = np.asarray(values, dtype=np.float64)
+    w = w[np.isfinite(w)]
+    if w.size and w.min() > 2.5 and w.max() < 5.0:
+        return "log10 Angstrom"
+    top = float(w.max()) if w.size else 0.0
+    return "um" if top < 30.0 else "nm" if top < 2500.0 else "Angstrom"
+
+
+def to_angstrom(values: np.ndarray, unit: str) -> np.ndarray:
+    """Wavelengths in ``unit`` (astropy-parsable, or "log10 Angstrom") to Angstrom."""
+    w = np.asarray(values, dtype=np.float64)
+    if unit.lower().startswith("log10"):
+        return 10.0 ** w
+    try:
+        return (w * u.Unit(unit)).to_value(u.AA, equivalencies=u.spectral())
+    except (ValueError, TypeError, u.UnitsError) as exc:
+        raise ReaderError(None, f"unknown wavelength unit {unit!r}: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- FITS
+
+def _is_wcs_1d(header: fits.Header) -> bool:
+    naxis = header.get("NAXIS", 0)
+    dims = [header.get(f"NAXIS{i}", 0) for i in range(1, naxis + 1)]
+    one_d = naxis == 1 or (naxis == 2 and 1 in dims)
+    return bool(one_d and header_float(header, "CRVAL1") is not None)
+
+
+def _find_image(hdul: fits.HDUList, path: Path) -> tuple[Any, fits.Header]:
+    primary = hdul[0]
+    if primary.header.get("NAXIS", 0) >= 1:
+        return primary, primary.header
+    for hdu in hdul[1:]:
+        if isinstance(hdu, fits.ImageHDU) and hdu.header.get("NAXIS", 0) >= 1:
+            merged = primary.header.copy(strip=True)
+            merged.update(hdu.header.copy(strip=True))
+            return hdu, merged
+    raise ReaderError(path, f"missing HDU: no image holding a spectrum (HDUs found: "
+                            f"{[h.name or type(h).__name__ for h in hdul]})")
+
+
+def _fits_wavelength(header: fits.Header, npix: int, path: Path,
+                     unit_override: str | None) -> tuple[np.ndarray, dict[str, Any]]:
+    crval = header_float(header, "CRVAL1")
+    step = header_float(header, "CD1_1", "CDELT1")
+    if crval is None or not step:
+        raise ReaderError(path, "missing wavelength info: the header needs CRVAL1 and "
+                                "CDELT1 or CD1_1 (a wavelength WCS on axis 1)")
+    crpix = header_float(header, "CRPIX1") or 1.0
+    ctype = (header_str(header, "CTYPE1") or "").upper()
+    dc_flag = header_int(header, "DC-FLAG")
+    if dc_flag == 2:
+        raise ReaderError(path, "DC-FLAG = 2 (IRAF non-linear dispersion) is not supported; "
+                                "resample the spectrum to a linear or log-linear grid")
+    offset = step * (np.arange(npix) + 1.0 - crpix)
+    unit = unit_override or _fits_unit(header)
+    info: dict[str, Any] = {"unit_from": "override" if unit_override else
+                            ("header" if unit else "values")}
+    if ctype.endswith("-LOG"):
+        x, info["wcs"] = crval * np.exp(offset / crval), "WAVE-LOG (natural)"
+    elif dc_flag == 1 or (header_str(header, "WFITTYPE") or "").upper() == "LOG-LINEAR":
+        x, info["wcs"] = 10.0 ** (crval + offset), "log10-linear"
+        unit = unit or "Angstrom"
+    else:
+        x, info["wcs"] = crval + offset, "linear"
+    unit = unit or guess_wavelength_unit(x)
+    info["wavelength_unit"] = unit
+    try:
+        return to_angstrom(x, unit), info
+    except ReaderError as exc:
+        raise ReaderError(path, exc.reason) from exc
+
+
+def _fits_unit(header: fits.Header) -> str | None:
+    cunit = header_str(header, "CUNIT1")
+    if cunit:
+        return {"angstroms": "Angstrom", "microns": "um"}.get(cunit.lower(), cunit)
+    wat = header_str(header, "WAT1_001") or ""
+    match = re.search(r"units=(\w+)", wat)
+    if match:
+        word = match.group(1).lower()
+        return {"angstroms": "Angstrom", "angstrom": "Angstrom", "nanometers": "nm",
+                "microns": "um", "micrometers": "um"}.get(word)
+    return None
+
+
+def _fits_medium(header: fits.Header) -> tuple[str | None, str]:
+    ctype = (header_str(header, "CTYPE1") or "").upper()
+    if ctype.startswith("AWAV"):
+        return "air", "CTYPE1=AWAV"
+    if ctype.startswith("WAVE"):
+        return "vacuum", "CTYPE1=WAVE"
+    airorvac = (header_str(header, "AIRORVAC", "AIRVAC", "WAVEMED") or "").lower()
+    if airorvac.startswith("air"):
+        return "air", f"AIRORVAC={airorvac!r}"
+    if airorvac.startswith("vac"):
+        return "vacuum", f"AIRORVAC={airorvac!r}"
+    if isinstance(header.get("VACUUM"), bool):
+        return ("vacuum" if header["VACUUM"] else "air"), f"VACUUM={header['VACUUM']}"
+    library = (header_str(header, "TPLLIB") or "").upper()
+    if library in AIR_LIBRARIES:
+        return "air", AIR_LIBRARIES[library]
+    return None, ""
+
+
+def _error_extension(hdul: fits.HDUList, path: Path, npix: int) -> tuple[np.ndarray, str] | None:
+    for hdu in hdul[1:]:
+        kind = ERROR_EXTENSIONS.get((hdu.name or "").strip().upper())
+        if kind is None or not isinstance(hdu, fits.ImageHDU):
+            continue
+        values = np.asarray(hdu_data(hdu, path, f"{hdu.name} extension"), dtype=np.float64)
+        values = values.reshape(-1) if values.ndim > 1 else values
+        if values.size != npix:
+            raise ReaderError(path, f"wrong array lengths: the {hdu.name} extension has "
+                                    f"{values.size} pixels, the flux {npix}")
+        return values, kind
+    return None
+
+
+def _read_fits(path: Path, air: bool | None, unit: str | None) -> Spectrum:
+    with open_fits(path) as hdul:
+        hdu, header = _find_image(hdul, path)
+        data = hdu_data(hdu, path, "spectrum image")
+        shape = getattr(data, "shape", None)
+        if data is None or not shape or sum(n > 1 for n in shape) > 1:
+            raise ReaderError(path, f"wrong shape: the image is {shape}, expected a 1-D "
+                                    f"spectrum (N,) or (1, N); multi-row images (IRAF "
+                                    f"multispec) are not supported")
+        flux = np.asarray(data, dtype=np.float64).reshape(-1)
+        wave, meta = _fits_wavelength(header, flux.size, path, unit)
+        errors = _error_extension(hdul, path, flux.size)
+    medium, medium_from = _fits_medium(header)
+    if medium is None:
+        medium, medium_from = "air", "default for FITS images (IRAF convention: air)"
+    library = (header_str(header, "TPLLIB") or "").upper()
+    match = _MILES_ID.search(path.name)
+    spectrum_id = match.group(1) if library == "MILES" and match else _stem(path)
+    if library == "MILES" and match:
+        meta["miles_id"] = match.group(1)
+    meta.update(format="generic-fits", object=header_str(header, "OBJECT", "OBJNAME"),
+                fwhm_A=header_float(header, "FWHM"), library=library or None)
+    source_id, _ = header_gaia_source_id(header)
+    return _finish(path, wave, flux, errors, meta, air=air, medium=medium,
+                   medium_from=medium_from, spectrum_id=spectrum_id, source_id=source_id,
+                   ra=header_float(header, "RA"), dec=header_float(header, "DEC"),
+                   flux_unit=header_str(header, "BUNIT") or
+                   ("relative F_lambda" if library == "MILES" else ""))
+
+
+# --------------------------------------------------------------------------- text
+
+def _read_text(path: Path, air: bool | None, unit: str | None) -> Spectrum:
+    table = parse_text(path)
+    cols = table.columns
+    meta: dict[str, Any] = {"format": "generic-text", "header_less": table.header_less,
+                            "columns": dict(table.names)}
+    if "wavelength" in cols:
+        raw_wave = cols["wavelength"]
+        unit = unit or table.wavelength_unit
+        meta["unit_from"] = "override/header" if unit else "values"
+        unit = unit or guess_wavelength_unit(raw_wave)
+    else:
+        raw_wave, unit, meta["unit_from"] = cols["loglam"], "log10 Angstrom", "loglam column"
+    meta["wavelength_unit"] = unit
+    try:
+        wave = to_angstrom(raw_wave, unit)
+    except ReaderError as exc:
+        raise ReaderError(path, exc.reason) from exc
+    errors = next(((cols[k], k) for k in ("ivar", "error", "variance") if k in cols), None)
+    cm = table.comment_meta
+    medium, medium_from = table.medium, table.medium_from
+    if medium is None:
+        medium, medium_from = "vacuum", "default for text tables (project convention: vacuum)"
+    extra_mask = cols["mask"] != 0 if "mask" in cols else None
+    meta.update({k: cm[k] for k in ("object", "z") if k in cm})
+    if "z" in meta:
+        meta["z"] = _to_float(meta["z"])
+    source_id = cm.get("source_id")
+    return _finish(path, wave, cols["flux"], errors, meta, air=air, medium=medium,
+                   medium_from=medium_from, spectrum_id=str(cm.get("spectrum_id") or
+                                                            _stem(path)),
+                   source_id=int(source_id) if str(source_id or "").isdigit() else None,
+                   ra=_to_float(cm.get("ra")), dec=_to_float(cm.get("dec")),
+                   flux_unit=str(cm.get("flux_unit", "")), extra_mask=extra_mask,
+                   snr=_to_float(cm.get("snr")))
+
+
+# --------------------------------------------------------------------------- shared
+
+def _finish(path: Path, wave: np.ndarray, flux: np.ndarray,
+            errors: tuple[np.ndarray, str] | None, meta: dict[str, Any], *, air: bool | None,
+            medium: str, medium_from: str, spectrum_id: str, source_id: int | None,
+            ra: float | None, dec: float | None, flux_unit: str,
+            extra_mask: np.ndarray | None = None, snr: float | None = None) -> Spectrum:
+    """Common end of both readers: ivar, medium, order, mask, validation."""
+    flux = np.asarray(flux, dtype=np.float64)
+    if not np.isfinite(flux).any():
+        raise ReaderError(path, f"no finite flux value in {flux.size} pixels")
+    if air is not None:
+        medium, medium_from = ("air" if air else "vacuum"), "caller (air= argument)"
+    meta.update(filename=path.name, wavelength_medium=medium, medium_from=medium_from)
+    if medium == "air":
+        wave = air_to_vacuum(wave)
+    if errors is None:
+        noise = estimate_noise(flux)
+        if noise is None:
+            raise ReaderError(path, "no error column and too few finite pixels (< 5) to "
+                                    "estimate the noise")
+        ivar = np.full(flux.size, 1.0 / noise ** 2)
+        meta.update(ivar_from="der_snr estimate", noise_estimate=noise)
+        finite = flux[np.isfinite(flux) & (flux != 0)]
+        snr = snr if snr is not None else float(np.median(finite) / noise)
+    else:
+        values, kind = errors
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ivar = {"ivar": values, "error": 1.0 / values ** 2,
+                    "variance": 1.0 / values}[kind]
+        ivar = np.where(np.isfinite(ivar) & (ivar > 0), ivar, 0.0)
+        meta["ivar_from"] = f"{kind} " + ("column" if meta["format"] == "generic-text"
+                                           else "extension")
+    finite_wave = np.isfinite(wave)
+    if not finite_wave.all():  # drop rows without a wavelength, and say so
+        meta["rows_dropped_no_wavelength"] = int((~finite_wave).sum())
+        keep = finite_wave
+        wave, flux, ivar = wave[keep], flux[keep], ivar[keep]
+        extra_mask = None if extra_mask is None else extra_mask[keep]
+    if wave.size >= 2 and np.all(np.diff(wave) < 0):  # descending: flip everything
+        wave, flux, ivar = wave[::-1], flux[::-1], ivar[::-1]
+        extra_mask = None if extra_mask is None else extra_mask[::-1]
+    mask = ~np.isfinite(flux) | (flux == 0) | (ivar <= 0)
+    if extra_mask is not None:
+        mask |= extra_mask
+    source_id_ok = source_id if source_id is None or 0 < source_id < 2 ** 63 else None
+    spectrum = Spectrum(wavelength=wave, flux=flux, ivar=ivar, mask=mask,
+                        spectrum_id=spectrum_id, source_id=source_id_ok, modality=None,
+                        ra=ra, dec=dec, snr=snr, flux_unit=flux_unit, path=str(path),
+                        meta=meta)
+    try:
+        return spectrum.validated()
+    except SpectrumError as exc:
+        raise ReaderError(path, str(exc).removeprefix(f"{path}: ")) from exc
+
+
+def _stem(path: Path) -> str:
+    name = path.name.removesuffix(".gz")
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+def _to_float(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) else None

@@ -1,0 +1,275 @@
+"""The public inference API used by the embedding builder, the query engine and the service.
+
+    from specsearch.model import load_model
+    model = load_model()                          # the shipped default model
+    batch = model.embed_numpy("lamost", flux, ivar)   # canonical-grid flux / ivar
+    batch.embedding, batch.good, batch.predictions, batch.uncertainties
+
+Inside a DataLoader / GPU pipeline use the tensor path: ``model.encode(modality, x, w)`` or
+``model.forward_outputs(...)`` on the output of ``prepare_model_input``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.resources
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from specsearch.errors import ConfigError, ModelError, SpectrumError
+from specsearch.model.checkpoint import read_model_dir
+from specsearch.model.config import ModelConfig
+from specsearch.model.network import ModelOutputs, SpecCLIPNet
+from specsearch.preprocess import grid_for, prepare_model_input
+
+
+@dataclass
+class EmbeddingBatch:
+    """What the model says about n spectra of one modality (numpy, physical units).
+
+    Attributes:
+        embedding: (n, D) float32, L2-normalised; NaN rows where ``good`` is False.
+        good: (n,) bool, False for spectra ``prepare_model_input`` rejects (too few good
+            pixels: all masked, NaN/inf, zero flux).
+        predictions: (n, L) float32 head predictions (``label_names``; K for teff, dex else).
+        uncertainties: (n, L) float32 calibrated 1-sigma uncertainties.
+        label_names: the L label names.
+        class_prob: (n, C) float32 class probabilities, or None without a classifier.
+        class_names: the C class names.
+        recon_residual: (n,) reduced chi of the own-spectrum reconstruction (noise plus the
+            model's validation error floor; ~1 for a normal star), if asked for.
+        translation_residual: (n,) reduced chi of the translation: against the partner
+            spectrum when one is given, else of the round trip own -> other -> own.
+    """
+
+    embedding: np.ndarray
+    good: np.ndarray
+    predictions: np.ndarray
+    uncertainties: np.ndarray
+    label_names: tuple[str, ...]
+    class_prob: np.ndarray | None = None
+    class_names: tuple[str, ...] = ()
+    recon_residual: np.ndarray | None = None
+    translation_residual: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.embedding.shape[0])
+
+    def label(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(prediction, uncertainty) of one label."""
+        try:
+            i = self.label_names.index(name)
+        except ValueError:
+            raise KeyError(f"no label {name!r}; the model predicts {self.label_names}") from None
+        return self.predictions[:, i], self.uncertainties[:, i]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but no CUDA GPU is available; "
+                          "use --device cpu or auto")
+    return dev
+
+
+def default_model_path() -> Path:
+    """Where the shipped default model lives (inside the installed package)."""
+    return Path(str(importlib.resources.files("specsearch").joinpath("data", "models",
+                                                                     "default")))
+
+
+def reduced_chi(pred: torch.Tensor, x: torch.Tensor, w: torch.Tensor,
+                floor: torch.Tensor) -> torch.Tensor:
+    """(B,) sqrt of the mean over good pixels of (pred - x)^2 / (1/w + floor^2)."""
+    wc = w / (1.0 + w * floor * floor)
+    n = (w > 0).sum(-1).clamp_min(1)
+    return torch.sqrt((wc * (pred - x).square()).sum(-1) / n)
+
+
+class SpecModel:
+    """A loaded model: encoders, decoders and heads with their normalisation constants."""
+
+    def __init__(self, net: SpecCLIPNet, config: dict[str, Any], *,
+                 path: Path | None = None, device: str | torch.device = "cpu") -> None:
+        self.net = net.eval()
+        self.full_config = config
+        self.path = path
+        self.device = resolve_device(device)
+        self.net.to(self.device)
+
+    # --------------------------------------------------------------- description
+    @property
+    def config(self) -> ModelConfig:
+        return self.net.cfg
+
+    @property
+    def model_hash(self) -> str:
+        return str(self.full_config["model_hash"])
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.config.embedding_dim
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return self.config.label_names
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.config.class_names
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return self.config.modalities
+
+    def __repr__(self) -> str:
+        return (f"SpecModel({self.config.name!r}, hash={self.model_hash[:12]}, "
+                f"D={self.embedding_dim}, labels={list(self.label_names)}, "
+                f"device={self.device})")
+
+    def to(self, device: str | torch.device) -> "SpecModel":
+        self.device = resolve_device(device)
+        self.net.to(self.device)
+        return self
+
+    def _check_modality(self, modality: str) -> None:
+        if modality not in self.modalities:
+            raise ConfigError(f"this model encodes {list(self.modalities)}, not {modality!r}")
+
+    def _autocast(self, enabled: bool | None):
+        use = self.device.type == "cuda" if enabled is None else enabled
+        if not use:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    # --------------------------------------------------------------- tensor path
+    def encode(self, modality: str, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """(B, N) prepared flux and weight -> (B, D) L2-normalised embedding (same device)."""
+        self._check_modality(modality)
+        return self.net.encode(modality, x, w)
+
+    def forward_outputs(self, modality: str, x: torch.Tensor, w: torch.Tensor, *,
+                        decode: bool = False) -> ModelOutputs:
+        """Embedding, quality, standardised head outputs and optionally decoded spectra."""
+        self._check_modality(modality)
+        return self.net.forward_outputs(modality, x, w, decode=decode)
+
+    def translate(self, modality_from: str, embedding: torch.Tensor) -> torch.Tensor:
+        """(B, D) embedding of ``modality_from`` -> (B, N) predicted spectrum of the other
+        modality, in ``prepare_model_input`` units (LAMOST: continuum-normalised flux;
+        XP: flux divided by its mean)."""
+        self._check_modality(modality_from)
+        return self.net.decode(modality_from, self.net.other(modality_from), embedding)
+
+    # --------------------------------------------------------------- numpy path
+    @torch.inference_mode()
+    def embed_numpy(self, modality: str, flux: np.ndarray, ivar: np.ndarray, *,
+                    batch_size: int = 4096, with_residual: bool = False,
+                    partner: tuple[np.ndarray, np.ndarray] | None = None,
+                    autocast: bool | None = None) -> EmbeddingBatch:
+        """Embed (n, N) canonical-grid flux/ivar of ``modality`` (see :class:`EmbeddingBatch`).
+
+        Args:
+            partner: optional row-aligned (flux, ivar) of the other modality, used for the
+                translation residual (implies ``with_residual``).
+            autocast: bf16 autocast (default: on for CUDA, off on CPU).
+        Raises:
+            SpectrumError: wrong number of pixels for the modality's grid.
+        """
+        self._check_modality(modality)
+        npix = grid_for(modality).npix
+        flux, ivar = np.atleast_2d(flux), np.atleast_2d(ivar)
+        if flux.shape[-1] != npix or flux.shape != ivar.shape:
+            raise SpectrumError(f"{modality} spectra must be (n, {npix}) on the canonical grid; "
+                                f"got flux {flux.shape} and ivar {ivar.shape}")
+        other = self.net.other(modality)
+        if partner is not None:
+            with_residual = True
+            pf, pi = np.atleast_2d(partner[0]), np.atleast_2d(partner[1])
+            if pf.shape != (flux.shape[0], grid_for(other).npix) or pf.shape != pi.shape:
+                raise SpectrumError(f"partner ({other}) spectra must be "
+                                    f"({flux.shape[0]}, {grid_for(other).npix}); "
+                                    f"got {pf.shape} and {pi.shape}")
+        parts: dict[str, list[np.ndarray]] = {}
+        for start in range(0, flux.shape[0], max(1, int(batch_size))):
+            sl = slice(start, start + batch_size)
+            got = self._embed_chunk(modality, flux[sl], ivar[sl], with_residual,
+                                    None if partner is None else (pf[sl], pi[sl]), autocast)
+            for k, v in got.items():
+                parts.setdefault(k, []).append(v)
+        cat = {k: np.concatenate(v) for k, v in parts.items()}
+        L, C = len(self.label_names), len(self.class_names)
+        n = flux.shape[0]
+        return EmbeddingBatch(
+            embedding=cat.get("embedding", np.zeros((n, self.embedding_dim), np.float32)),
+            good=cat.get("good", np.zeros(n, bool)),
+            predictions=cat.get("pred", np.zeros((n, L), np.float32)),
+            uncertainties=cat.get("err", np.zeros((n, L), np.float32)),
+            label_names=self.label_names,
+            class_prob=cat.get("class_prob") if C else None,
+            class_names=self.class_names,
+            recon_residual=cat.get("recon_residual"),
+            translation_residual=cat.get("translation_residual"))
+
+    def _tensor(self, a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(self.device, non_blocking=True)
+
+    def _embed_chunk(self, modality, flux, ivar, with_residual, partner, autocast
+                     ) -> dict[str, np.ndarray]:
+        mi = prepare_model_input(flux, ivar, modality)
+        x, w = self._tensor(mi.flux), self._tensor(mi.weight)
+        with self._autocast(autocast):
+            out = self.net.forward_outputs(modality, x, w, decode=with_residual)
+            value, err = self.net.labels_physical(modality, out.label_mu, out.label_log_sigma)
+            result = {"embedding": out.embedding, "pred": value, "err": err,
+                      "class_prob": torch.softmax(out.class_logits, -1)}
+            if with_residual:
+                own = self.net.normalisers[modality]
+                result["recon_residual"] = reduced_chi(out.recon, x, w, own.recon_floor)
+                other = self.net.other(modality)
+                if partner is not None:
+                    pm = prepare_model_input(partner[0], partner[1], other)
+                    px, pw = self._tensor(pm.flux), self._tensor(pm.weight)
+                    floor = self.net.normalisers[other].trans_floor
+                    result["translation_residual"] = reduced_chi(out.translation, px, pw,
+                                                                 floor)
+                else:
+                    # Round trip: own -> other spectrum -> re-encoded -> own spectrum.
+                    t = out.translation
+                    tw = torch.full_like(t, 1e4)
+                    back = self.net.decode(other, modality, self.net.encode(other, t, tw))
+                    result["translation_residual"] = reduced_chi(back, x, w, own.trans_floor)
+        arrays = {k: v.float().cpu().numpy() for k, v in result.items()}
+        good = mi.good.copy()
+        for k in arrays:
+            arrays[k][~good] = np.nan
+        arrays["good"] = good
+        return arrays
+
+
+def load_model(path: str | Path | None = None, *, device: str | torch.device = "cpu"
+               ) -> SpecModel:
+    """Load and verify a model directory (None: the default model shipped with specsearch).
+
+    Raises:
+        ModelError: missing/corrupt/tampered files or another format version.
+    """
+    if path is None:
+        path = default_model_path()
+        if not (path / "config.json").is_file():
+            raise ModelError(f"the default model is missing from the installation ({path}); "
+                             f"reinstall specsearch or pass a model directory")
+    path = Path(path)
+    cfg, config, tensors = read_model_dir(path)
+    net = SpecCLIPNet(cfg)
+    missing, unexpected = net.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise ModelError(f"{path}: weights do not fit the architecture {cfg.name!r}: missing "
+                         f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+    return SpecModel(net, config, path=path, device=device)

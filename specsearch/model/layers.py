@@ -1,0 +1,186 @@
+"""Building blocks: input normalisation, encoders, decoders and heads (nanoGPT style).
+
+Shapes: B = batch, N = pixels of a modality's canonical grid, D = embedding dimension,
+H = hidden width, L = labels, C = classes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from specsearch.model.config import DecoderConfig, EncoderConfig, HeadConfig
+
+
+class Normaliser(nn.Module):
+    """Per-pixel normalisation constants of one modality, estimated on the training set.
+
+    Buffers (all (N,), in the units of ``prepare_model_input`` flux):
+        mean, std: mean and standard deviation of the flux over good training pixels.
+        signal_var: the star-to-star variance (total variance minus the mean noise variance),
+            used for the input shrinkage s*w/(s*w+1).
+        recon_floor: the model's own reconstruction error per pixel (from validation),
+            added in quadrature to the noise when residuals become reduced chi values.
+        trans_floor: the same for spectra of this modality predicted from the other one.
+    """
+
+    def __init__(self, npix: int, *, shrinkage: bool) -> None:
+        super().__init__()
+        self.shrinkage = shrinkage
+        self.register_buffer("mean", torch.ones(npix))
+        self.register_buffer("std", torch.ones(npix))
+        self.register_buffer("signal_var", torch.ones(npix))
+        self.register_buffer("recon_floor", torch.full((npix,), 0.01))
+        self.register_buffer("trans_floor", torch.full((npix,), 0.02))
+
+    def features(self, x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Standardised, noise-shrunk flux (B, N) and the good-pixel mask (B, N) bool.
+
+        Masked pixels (w == 0, or non-finite input) give exactly 0, i.e. they do not count.
+        """
+        good = (w > 0) & torch.isfinite(x) & torch.isfinite(w)
+        z = (x - self.mean) / self.std
+        if self.shrinkage:
+            sw = self.signal_var * w
+            z = z * (sw / (sw + 1.0))
+        return torch.where(good, z, torch.zeros((), dtype=z.dtype, device=z.device)), good
+
+    @staticmethod
+    def quality(x: torch.Tensor, w: torch.Tensor, good: torch.Tensor) -> torch.Tensor:
+        """(B, 2): log10(1 + mean per-pixel S/N) and the good-pixel fraction.
+
+        The heads see these next to the embedding so that their uncertainties can grow at
+        low S/N without the embedding itself having to encode the noise level.
+        """
+        gf = good.float()
+        n = gf.sum(-1).clamp_min(1.0)
+        snr = (torch.sqrt(w.clamp_min(0.0)) * x.abs() * gf).sum(-1) / n
+        return torch.stack([torch.log10(1.0 + snr), gf.mean(-1)], dim=-1)
+
+
+def _mask_summary(good: torch.Tensor, pool: int) -> torch.Tensor:
+    """(B, ceil(N/pool)) fraction of masked pixels in consecutive blocks."""
+    bad = (~good).float().unsqueeze(1)
+    return F.avg_pool1d(bad, pool, stride=pool, ceil_mode=True).squeeze(1)
+
+
+class Block(nn.Module):
+    """Pre-norm residual MLP block: h + W2 gelu(W1 LN(h))."""
+
+    def __init__(self, width: int, ratio: float, dropout: float) -> None:
+        super().__init__()
+        inner = max(1, int(round(width * ratio)))
+        self.norm = nn.LayerNorm(width)
+        self.fc1 = nn.Linear(width, inner)
+        self.fc2 = nn.Linear(inner, width)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.drop(self.fc2(F.gelu(self.fc1(self.norm(h)))))
+
+
+class MLPEncoder(nn.Module):
+    """Dense input layer over all pixels (+ coarse mask summary), residual MLP blocks,
+    projection to the embedding (not yet normalised)."""
+
+    def __init__(self, cfg: EncoderConfig, embedding_dim: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.inp = nn.Linear(cfg.npix, cfg.hidden)
+        self.inp_mask = (nn.Linear(math.ceil(cfg.npix / cfg.mask_pool), cfg.hidden, bias=False)
+                         if cfg.mask_pool else None)
+        self.norm0 = nn.LayerNorm(cfg.hidden)
+        self.blocks = nn.ModuleList(Block(cfg.hidden, cfg.mlp_ratio, cfg.dropout)
+                                    for _ in range(cfg.depth))
+        self.norm_out = nn.LayerNorm(cfg.hidden)
+        self.proj = nn.Linear(cfg.hidden, embedding_dim)
+
+    def forward(self, z: torch.Tensor, good: torch.Tensor) -> torch.Tensor:
+        h = self.inp(z)                                          # (B, H)
+        if self.inp_mask is not None:
+            h = h + self.inp_mask(_mask_summary(good, self.cfg.mask_pool))
+        h = F.gelu(self.norm0(h))
+        for block in self.blocks:
+            h = block(h)
+        return self.proj(self.norm_out(h))                       # (B, D)
+
+
+class TransformerEncoder(nn.Module):
+    """ViT-style encoder over non-overlapping pixel patches (SpecCLIP's LAMOST encoder).
+
+    Each patch token is the patch's standardised flux plus its masked fraction; learned
+    position embeddings; pre-norm transformer layers; mean pooling; linear projection.
+    """
+
+    def __init__(self, cfg: EncoderConfig, embedding_dim: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.n_patch = math.ceil(cfg.npix / cfg.patch)
+        self.tokens = nn.Linear(cfg.patch + 1, cfg.hidden)
+        self.pos = nn.Parameter(torch.zeros(1, self.n_patch, cfg.hidden))
+        nn.init.normal_(self.pos, std=0.02)
+        layer = nn.TransformerEncoderLayer(
+            cfg.hidden, cfg.heads, dim_feedforward=int(cfg.hidden * cfg.mlp_ratio),
+            dropout=cfg.dropout, activation="gelu", batch_first=True, norm_first=True)
+        self.layers = nn.TransformerEncoder(layer, cfg.depth, enable_nested_tensor=False)
+        self.norm_out = nn.LayerNorm(cfg.hidden)
+        self.proj = nn.Linear(cfg.hidden, embedding_dim)
+
+    def forward(self, z: torch.Tensor, good: torch.Tensor) -> torch.Tensor:
+        pad = self.n_patch * self.cfg.patch - z.shape[-1]
+        zp = F.pad(z, (0, pad)).view(z.shape[0], self.n_patch, self.cfg.patch)
+        bad = F.pad((~good).float(), (0, pad), value=1.0)
+        bad = bad.view(z.shape[0], self.n_patch, self.cfg.patch).mean(-1, keepdim=True)
+        h = self.tokens(torch.cat([zp, bad], dim=-1)) + self.pos  # (B, P, H)
+        h = self.layers(h)
+        return self.proj(self.norm_out(h.mean(dim=1)))           # (B, D)
+
+
+def build_encoder(cfg: EncoderConfig, embedding_dim: int) -> nn.Module:
+    return (TransformerEncoder if cfg.kind == "transformer" else MLPEncoder)(cfg, embedding_dim)
+
+
+def _mlp(n_in: int, hidden: int, depth: int, n_out: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    width = n_in
+    for _ in range(max(1, depth)):
+        layers += [nn.Linear(width, hidden), nn.GELU()]
+        width = hidden
+    layers.append(nn.Linear(width, n_out))
+    return nn.Sequential(*layers)
+
+
+class Decoder(nn.Module):
+    """Embedding (B, D) -> standardised spectrum (B, N) of the target modality."""
+
+    def __init__(self, cfg: DecoderConfig, embedding_dim: int, npix: int) -> None:
+        super().__init__()
+        self.net = _mlp(embedding_dim, cfg.hidden, cfg.depth, npix)
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        return self.net(emb)
+
+
+class Head(nn.Module):
+    """Embedding + quality features -> label means, log sigmas (standardised) and class logits.
+
+    Buffer ``sigma_scale`` (L,) is the post-hoc calibration factor of each label's
+    uncertainty, fitted on validation data so that z-scores have unit width.
+    """
+
+    def __init__(self, cfg: HeadConfig, embedding_dim: int, n_labels: int,
+                 n_classes: int) -> None:
+        super().__init__()
+        self.n_labels, self.n_classes = n_labels, n_classes
+        self.net = _mlp(embedding_dim + 2, cfg.hidden, cfg.depth, 2 * n_labels + n_classes)
+        self.register_buffer("sigma_scale", torch.ones(n_labels))
+
+    def forward(self, emb: torch.Tensor, quality: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.net(torch.cat([emb, quality], dim=-1))
+        L = self.n_labels
+        mu, log_sigma, logits = out[:, :L], out[:, L:2 * L], out[:, 2 * L:]
+        return mu, log_sigma.clamp(-7.0, 3.0), logits

@@ -1,0 +1,154 @@
+"""The training objective, separate from the model (open_clip style).
+
+Total loss = contrastive * symmetric InfoNCE (learnable temperature)
+           + recon * reconstruction (embedding -> own spectrum)
+           + translation * translation (embedding -> the other modality's spectrum)
+           + labels * Gaussian NLL of the parameter heads (beta-NLL)
+           + classes * cross-entropy of the rare-population classifier.
+
+Spectral terms are reduced chi^2 values: per pixel (pred - flux)^2 * w_c with the clipped
+weight w_c = 1 / (1/ivar + floor^2), i.e. the pixel's noise plus a floor (``floor_*``: the
+precision we ask of the model), so a few very high-S/N spectra cannot dominate; masked
+pixels (ivar = 0) have w_c = 0 and do not count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from specsearch.model.network import ModelOutputs
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Weights of the loss terms and the noise floors (prepared-flux units).
+
+    Attributes:
+        contrastive, recon, translation, labels, classes: term weights (0 disables one).
+        floor_lamost, floor_xp: per-pixel error floors added in quadrature to the noise.
+        nll_beta: beta of the beta-NLL (0: plain Gaussian NLL; 0.5 keeps the means well
+            trained when some stars are hard).
+    """
+
+    contrastive: float = 1.0
+    recon: float = 0.05
+    translation: float = 0.05
+    labels: float = 1.0
+    classes: float = 0.3
+    floor_lamost: float = 0.01
+    floor_xp: float = 0.005
+    nll_beta: float = 0.5
+
+    def floor(self, modality: str) -> float:
+        return self.floor_lamost if modality == "lamost" else self.floor_xp
+
+
+def clipped_weight(w: torch.Tensor, floor: float) -> torch.Tensor:
+    """1 / (1/w + floor^2), written so that w = 0 gives 0 without a division by zero."""
+    return w / (1.0 + w * floor * floor)
+
+
+def reduced_chi2(pred: torch.Tensor, flux: torch.Tensor, w: torch.Tensor,
+                 floor: float) -> torch.Tensor:
+    """(B,) mean over good pixels of (pred - flux)^2 * clipped weight; 0 for empty rows."""
+    wc = clipped_weight(w, floor)
+    n_good = (w > 0).sum(-1).clamp_min(1)
+    return (wc * (pred - flux).square()).sum(-1) / n_good
+
+
+def info_nce(emb_a: torch.Tensor, emb_b: torch.Tensor, logit_scale: torch.Tensor,
+             source_id: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric InfoNCE between row-aligned (B, D) normalised embeddings.
+
+    Off-diagonal pairs of the same star (several visits in one batch) are masked out: they
+    are not negatives.
+    """
+    scale = logit_scale.clamp(max=4.6052).exp()          # temperature >= 0.01
+    logits = scale * emb_a @ emb_b.T                     # (B, B)
+    if source_id is not None:
+        same = source_id[:, None] == source_id[None, :]
+        same.fill_diagonal_(False)
+        logits = logits.masked_fill(same, float("-inf"))
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+def gaussian_nll(mu: torch.Tensor, log_sigma: torch.Tensor, target: torch.Tensor,
+                 beta: float = 0.0) -> torch.Tensor:
+    """Mean beta-NLL over the finite entries of ``target`` (B, L); 0 if there are none."""
+    valid = torch.isfinite(target)
+    if not bool(valid.any()):
+        return mu.sum() * 0.0
+    y = torch.where(valid, target, mu.detach())
+    nll = 0.5 * ((y - mu) * torch.exp(-log_sigma)).square() + log_sigma
+    if beta:
+        nll = nll * torch.exp(2.0 * beta * log_sigma).detach()
+    return (nll * valid).sum() / valid.sum()
+
+
+def class_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over rows with a class (target >= 0); 0 if none or no classifier."""
+    valid = target >= 0
+    if logits.shape[-1] == 0 or not bool(valid.any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[valid], target[valid])
+
+
+@dataclass
+class LossTerms:
+    """The total (a scalar tensor to backpropagate) and each weighted-in term as a float."""
+
+    total: torch.Tensor
+    parts: dict[str, float] = field(default_factory=dict)
+
+
+class SpecCLIPLoss(nn.Module):
+    """Combines the terms for one batch of pairs (see the module docstring)."""
+
+    def __init__(self, cfg: LossConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(self, outputs: dict[str, ModelOutputs],
+                targets: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                logit_scale: torch.Tensor, *, labels: torch.Tensor | None = None,
+                classes: torch.Tensor | None = None,
+                source_id: torch.Tensor | None = None) -> LossTerms:
+        """Args:
+            outputs: per modality, the network's outputs on the (augmented) inputs.
+            targets: per modality, the un-augmented (flux, weight) the decoders must match.
+            logit_scale: the network's learnable log inverse temperature.
+            labels: (B, L) standardised labels, NaN where unknown.
+            classes: (B,) class index, -1 where unknown.
+            source_id: (B,) star ids (masks same-star negatives).
+        """
+        cfg = self.cfg
+        mods = list(outputs)
+        parts: dict[str, torch.Tensor] = {}
+        if len(mods) == 2 and cfg.contrastive:
+            parts["contrastive"] = cfg.contrastive * info_nce(
+                outputs[mods[0]].embedding, outputs[mods[1]].embedding, logit_scale,
+                source_id)
+        for m in mods:
+            out = outputs[m]
+            if cfg.recon and out.recon is not None:
+                x, w = targets[m]
+                parts[f"recon_{m}"] = cfg.recon * reduced_chi2(
+                    out.recon, x, w, cfg.floor(m)).mean()
+            other = [o for o in mods if o != m]
+            if cfg.translation and out.translation is not None and other:
+                x, w = targets[other[0]]
+                parts[f"trans_{m}_to_{other[0]}"] = cfg.translation * reduced_chi2(
+                    out.translation, x, w, cfg.floor(other[0])).mean()
+            if cfg.labels and labels is not None and labels.shape[-1]:
+                parts[f"labels_{m}"] = cfg.labels * gaussian_nll(
+                    out.label_mu, out.label_log_sigma, labels, cfg.nll_beta)
+            if cfg.classes and classes is not None:
+                parts[f"classes_{m}"] = cfg.classes * class_cross_entropy(
+                    out.class_logits, classes)
+        total = sum(parts.values()) if parts else logit_scale * 0.0
+        return LossTerms(total=total, parts={k: float(v.detach()) for k, v in parts.items()})

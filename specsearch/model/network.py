@@ -1,0 +1,121 @@
+"""The aligned two-modality network: encoders, decoders, parameter heads, temperature.
+
+Inputs are what :func:`specsearch.preprocess.prepare_model_input` returns (``flux``,
+``weight``), as tensors. The network never sees raw survey flux.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from specsearch.model.config import ModelConfig
+from specsearch.model.layers import Decoder, Head, Normaliser, build_encoder
+
+
+def decoder_key(source: str, target: str, shared: bool = False) -> str:
+    return target if shared else f"{source}_to_{target}"
+
+
+@dataclass
+class ModelOutputs:
+    """Everything the network says about a batch of one modality (tensors).
+
+    Attributes:
+        embedding: (B, D) L2-normalised embedding.
+        quality: (B, 2) log10(1 + mean S/N per pixel), good-pixel fraction.
+        label_mu: (B, L) standardised label means (see :meth:`SpecCLIPNet.labels_physical`).
+        label_log_sigma: (B, L) standardised log uncertainties (before calibration).
+        class_logits: (B, C) rare-population classifier logits (C may be 0).
+        recon: (B, N_own) reconstructed own spectrum in prepared-flux units, or None.
+        translation: (B, N_other) predicted other-modality spectrum, or None.
+    """
+
+    embedding: torch.Tensor
+    quality: torch.Tensor
+    label_mu: torch.Tensor
+    label_log_sigma: torch.Tensor
+    class_logits: torch.Tensor
+    recon: torch.Tensor | None = None
+    translation: torch.Tensor | None = None
+
+
+class SpecCLIPNet(nn.Module):
+    """Per-modality encoders into one embedding space, decoders for every source->target
+    pair, one parameter head per modality, and the learnable InfoNCE temperature.
+
+    Buffers ``label_mean`` / ``label_std`` (L,) map standardised head outputs to physical
+    units (K for teff, dex for the rest).
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg.validate()
+        D, L, C = cfg.embedding_dim, len(cfg.label_names), len(cfg.class_names)
+        mods = cfg.modalities
+        self.normalisers = nn.ModuleDict(
+            {m: Normaliser(cfg.encoders[m].npix, shrinkage=cfg.input_shrinkage) for m in mods})
+        self.encoders = nn.ModuleDict({m: build_encoder(cfg.encoders[m], D) for m in mods})
+        self.decoders = nn.ModuleDict(
+            {decoder_key(s, t, cfg.shared_decoders): Decoder(cfg.decoders[t], D,
+                                                             cfg.encoders[t].npix)
+             for s in mods for t in mods})
+        self.heads = nn.ModuleDict({m: Head(cfg.head, D, L, C) for m in mods})
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
+        self.register_buffer("label_mean", torch.zeros(L))
+        self.register_buffer("label_std", torch.ones(L))
+
+    # ------------------------------------------------------------------ pieces
+    def other(self, modality: str) -> str:
+        others = [m for m in self.cfg.modalities if m != modality]
+        return others[0] if others else modality
+
+    def encode_with_quality(self, modality: str, x: torch.Tensor, w: torch.Tensor
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, N) prepared flux and weight -> (B, D) normalised embedding, (B, 2) quality."""
+        norm = self.normalisers[modality]
+        z, good = norm.features(x, w)
+        emb = self.encoders[modality](z, good)
+        return F.normalize(emb.float(), dim=-1), norm.quality(x, w, good)
+
+    def encode(self, modality: str, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return self.encode_with_quality(modality, x, w)[0]
+
+    def decode(self, source: str, target: str, emb: torch.Tensor) -> torch.Tensor:
+        """(B, D) embedding of ``source`` -> (B, N_target) spectrum in prepared-flux units."""
+        norm = self.normalisers[target]
+        decoder = self.decoders[decoder_key(source, target, self.cfg.shared_decoders)]
+        return norm.mean + norm.std * decoder(emb).float()
+
+    def head(self, modality: str, emb: torch.Tensor, quality: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mu, log_sigma, logits = self.heads[modality](emb, quality)
+        return mu.float(), log_sigma.float(), logits.float()
+
+    def labels_physical(self, modality: str, mu: torch.Tensor, log_sigma: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Standardised head outputs -> (value, calibrated 1-sigma) in physical units."""
+        scale = self.heads[modality].sigma_scale
+        return (self.label_mean + self.label_std * mu,
+                self.label_std * torch.exp(log_sigma) * scale)
+
+    # ------------------------------------------------------------------ all at once
+    def forward_outputs(self, modality: str, x: torch.Tensor, w: torch.Tensor, *,
+                        decode: bool = True) -> ModelOutputs:
+        emb, quality = self.encode_with_quality(modality, x, w)
+        mu, log_sigma, logits = self.head(modality, emb, quality)
+        out = ModelOutputs(embedding=emb, quality=quality, label_mu=mu,
+                           label_log_sigma=log_sigma, class_logits=logits)
+        if decode:
+            out.recon = self.decode(modality, modality, emb)
+            other = self.other(modality)
+            if other != modality:
+                out.translation = self.decode(modality, other, emb)
+        return out
+
+    def temperature(self) -> float:
+        return float(1.0 / self.logit_scale.detach().exp())

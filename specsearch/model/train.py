@@ -1,0 +1,356 @@
+"""``specsearch train``: the trainer (knows the loss and the data, not the model's insides).
+
+A run writes into OUT/: ``config.json`` + ``model.safetensors`` (the best model so far,
+always a loadable model directory; calibrated at the end), ``checkpoint-last/`` (weights,
+optimizer state and ``state.json`` after every epoch: ``--resume`` continues from it after
+an interruption, reproducibly since every epoch's randomness is seeded by (seed, epoch)),
+``train_log.csv`` / ``train_log.json`` (losses per epoch) and, while it runs, ``cache/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from specsearch.errors import ConfigError
+from specsearch.io.catalog import open_catalog
+from specsearch.io.parquet import write_bytes_atomic, write_json_atomic
+from specsearch.model.api import resolve_device
+from specsearch.model.augment import AugmentConfig, augment
+from specsearch.model.cache import PairCache, build_cache, pixel_statistics, population_classes
+from specsearch.model.calibrate import CalibrationReport, calibrate, iterate, to_device
+from specsearch.model.checkpoint import (optimizer_from_tensors, optimizer_to_tensors,
+                                         read_model_dir, save_model_dir, save_tensors_atomic)
+from specsearch.model.config import model_config
+from specsearch.model.data import catalog_fingerprint, choose_labels, join_pairs
+from specsearch.model.loss import LossConfig, SpecCLIPLoss
+from specsearch.model.network import SpecCLIPNet
+from safetensors.torch import load_file
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (stored in the checkpoint for --resume).
+
+    Attributes:
+        arch: registered architecture (``list_models()``); embedding_dim overrides its D.
+        epochs, batch_size, lr, weight_decay, warmup_steps: the optimisation (AdamW, linear
+            warm-up then cosine decay to lr/20 over ``epochs``).
+        patience: epochs without a better validation loss before stopping early.
+        seed: seeds shuffling, augmentation, dropout and initialisation.
+        device: ``auto`` (CUDA if available), ``cpu`` or ``cuda``; amp: ``auto`` (bf16
+            autocast on CUDA only), ``bf16`` or ``off``.
+        val_fraction, test_fraction: the split by source_id hash (test stars are never
+            read by training; ``specsearch evaluate`` uses them).
+        max_val_pairs: validation subset size (speed).
+        labels: label columns for the heads (None: every known label column present).
+        max_minutes: wall-clock budget; the run validates, saves and stops when it is spent.
+        keep_cache: keep OUT/cache after a finished run (reused by train-heads).
+    """
+
+    arch: str = "small"
+    embedding_dim: int | None = None
+    epochs: int = 30
+    batch_size: int = 512
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    patience: int = 5
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"
+    val_fraction: float = 0.05
+    test_fraction: float = 0.05
+    max_val_pairs: int = 4096
+    labels: tuple[str, ...] | None = None
+    max_minutes: float | None = None
+    keep_cache: bool = False
+    loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        d = dict(d)
+        d["loss"] = LossConfig(**d.get("loss", {}))
+        d["augment"] = AugmentConfig(**d.get("augment", {}))
+        if d.get("labels") is not None:
+            d["labels"] = tuple(d["labels"])
+        return cls(**d)
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    out: str
+    model_hash: str
+    epochs_run: int
+    best_epoch: int
+    best_val_loss: float
+    stopped: str
+    seconds: float
+    n_train: int
+    n_val: int
+    label_names: list[str]
+    class_names: list[str]
+    calibration: CalibrationReport
+    history: list[dict[str, float]]
+
+
+def autocast_context(device: torch.device, amp: str):
+    use = (amp == "bf16") or (amp == "auto" and device.type == "cuda")
+    if amp not in ("auto", "bf16", "off"):
+        raise ConfigError(f"amp must be auto, bf16 or off; got {amp!r}")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use)
+
+
+def param_groups(net: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, p in net.named_parameters():
+        (decay if p.ndim >= 2 and "pos" not in name else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_lambda(warmup: int, total: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        t = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t))
+    return f
+
+
+def init_constants(net: SpecCLIPNet, cache: PairCache, train_pos: np.ndarray,
+                   seed: int) -> None:
+    """Input statistics and label scaling from (a subset of) the training pairs."""
+    rng = np.random.default_rng(seed)
+    sub = np.sort(rng.permutation(train_pos)[:50_000])
+    for m in net.cfg.modalities:
+        stats = pixel_statistics(cache, sub, m)
+        for k, v in stats.items():
+            getattr(net.normalisers[m], k).copy_(torch.from_numpy(v))
+    labels = cache.labels[train_pos]
+    if labels.shape[1]:
+        with np.errstate(all="ignore"):
+            mean = np.nanmean(labels, axis=0)
+            std = np.nanstd(labels, axis=0)
+        net.label_mean.copy_(torch.from_numpy(np.nan_to_num(mean).astype(np.float32)))
+        net.label_std.copy_(torch.from_numpy(np.where(np.isfinite(std) & (std > 0), std, 1.0)
+                                             .astype(np.float32)))
+
+
+@torch.no_grad()
+def validate(net: SpecCLIPNet, loss_fn: SpecCLIPLoss, cache: PairCache, pos: np.ndarray,
+             device: torch.device, amp: str) -> dict[str, float]:
+    """Validation loss terms (un-augmented inputs) and in-set retrieval top-1."""
+    net.eval()
+    sums: dict[str, float] = {}
+    n = 0
+    embs: dict[str, list[torch.Tensor]] = {m: [] for m in net.cfg.modalities}
+    for batch, tb in iterate(cache, pos, device, batch_size=1024):
+        with autocast_context(device, amp):
+            outs = {m: net.forward_outputs(m, tb["x"][m], tb["w"][m], decode=True)
+                    for m in net.cfg.modalities}
+        y = (tb["labels"] - net.label_mean) / net.label_std
+        terms = loss_fn(outs, {m: (tb["x"][m], tb["w"][m]) for m in outs}, net.logit_scale,
+                        labels=y, classes=tb["classes"], source_id=tb["source_id"])
+        k = len(batch.source_id)
+        for name, v in terms.parts.items():
+            sums[name] = sums.get(name, 0.0) + v * k
+        sums["total"] = sums.get("total", 0.0) + float(terms.total) * k
+        n += k
+        for m in outs:
+            embs[m].append(outs[m].embedding.float())
+    result = {f"val_{k}": v / max(n, 1) for k, v in sums.items()}
+    if len(embs) == 2:
+        a, b = (torch.cat(embs[m]) for m in net.cfg.modalities)
+        sim = a @ b.T
+        target = torch.arange(sim.shape[0], device=sim.device)
+        result["val_top1_l2x"] = float((sim.argmax(1) == target).float().mean())
+        result["val_top1_x2l"] = float((sim.argmax(0) == target).float().mean())
+    return result
+
+
+def _write_log(out: Path, history: list[dict[str, float]]) -> None:
+    keys = sorted({k for row in history for k in row}, key=lambda k: (k != "epoch", k))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(history)
+    write_bytes_atomic(out / "train_log.csv", buf.getvalue().encode())
+    write_json_atomic(out / "train_log.json", history)
+
+
+def train(catalog: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bool = False,
+          overwrite: bool = False, progress: bool = True,
+          crash_at_step: int | None = None, command: str = "") -> TrainResult:
+    """Train a model on a paired catalog into the directory ``out`` (see module docstring).
+
+    Args:
+        resume: continue from OUT/checkpoint-last (its stored configuration is used; a
+            larger ``cfg.epochs`` or a new ``cfg.max_minutes`` extend the run).
+        overwrite: allow training into a directory that already holds a run.
+        crash_at_step: raise RuntimeError after this many optimizer steps (tests of resume).
+        command: the command line, recorded in the model's provenance.
+    """
+    t_start = time.time()
+    out = Path(out)
+    ckpt = out / "checkpoint-last"
+    state: dict[str, Any] | None = None
+    if resume and (ckpt / "state.json").is_file():
+        state = json.loads((ckpt / "state.json").read_text())
+        saved = TrainConfig.from_dict(state["train_config"])
+        cfg = dataclasses.replace(saved, epochs=max(saved.epochs, cfg.epochs),
+                                  max_minutes=cfg.max_minutes)
+    elif not overwrite and (ckpt.exists() or (out / "config.json").exists()):
+        raise ConfigError(f"{out} already holds a training run; pass --resume to continue "
+                          f"it, --overwrite to start again, or choose another --out")
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    cat = open_catalog(catalog)
+    fingerprint = catalog_fingerprint(cat)
+    if state and state["fingerprint"] != fingerprint:
+        raise ConfigError(f"{catalog} is not the catalog this run started on (fingerprint "
+                          f"{fingerprint} != {state['fingerprint']}); cannot resume")
+    pairs = join_pairs(cat, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction)
+    trainval = np.flatnonzero(pairs.split != 2)
+    labels = choose_labels(cat, cfg.labels)
+    classes = population_classes(cat, pairs, trainval)
+    cache = build_cache(cat, pairs, trainval, out / "cache", label_names=labels,
+                        class_names=classes, fingerprint=fingerprint, progress=progress)
+    train_pos, val_pos = cache.positions("train"), cache.positions("val")
+    if train_pos.size < 2 or val_pos.size < 2:
+        raise ConfigError(f"{catalog}: too few usable pairs to train ({train_pos.size} train, "
+                          f"{val_pos.size} validation); need a larger catalog")
+    if val_pos.size > cfg.max_val_pairs:
+        val_pos = np.sort(np.random.default_rng(0).permutation(val_pos)[:cfg.max_val_pairs])
+    mcfg = model_config(cfg.arch, embedding_dim=cfg.embedding_dim).with_data(
+        label_names=labels, class_names=classes)
+    net = SpecCLIPNet(mcfg)
+    init_constants(net, cache, train_pos, cfg.seed)
+    net.to(device)
+    loss_fn = SpecCLIPLoss(cfg.loss)
+    opt = torch.optim.AdamW(param_groups(net, cfg.weight_decay), lr=cfg.lr)
+    steps_per_epoch = max(1, round(train_pos.size / cfg.batch_size))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lr_lambda(cfg.warmup_steps, cfg.epochs * steps_per_epoch))
+    start_epoch, step, best, best_epoch, bad = 0, 0, math.inf, -1, 0
+    history: list[dict[str, float]] = []
+    if state:
+        net.load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(device)))
+        opt.load_state_dict(optimizer_from_tensors(
+            load_file(str(ckpt / "optimizer.safetensors")), state["optimizer"]))
+        start_epoch, step = state["epoch"] + 1, state["step"]
+        best, best_epoch, bad = state["best"], state["best_epoch"], state["bad_epochs"]
+        history = state["history"]
+        sched.last_epoch = step - 1
+        sched.step()
+    provenance = {"command": command, "catalog_fingerprint": fingerprint,
+                  "train_config": cfg.to_dict(), "n_train": int(train_pos.size),
+                  "n_val": int(val_pos.size), "device": str(device),
+                  "torch_threads": torch.get_num_threads()}
+    deadline = None if cfg.max_minutes is None else t_start + 60 * cfg.max_minutes
+    stopped = "epochs done"
+    for epoch in range(start_epoch, cfg.epochs):
+        t_epoch = time.time()
+        rng = np.random.default_rng([cfg.seed, epoch])
+        gen = torch.Generator(device=device).manual_seed(cfg.seed * 100_003 + epoch)
+        torch.manual_seed(cfg.seed * 7919 + epoch)
+        net.train()
+        sums: dict[str, float] = {}
+        n_seen = 0
+        bar = tqdm(total=train_pos.size, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="pair",
+                   disable=not progress, leave=False)
+        out_of_time = False
+        for pos in cache.batches(train_pos, cfg.batch_size, rng=rng):
+            tb = to_device(cache.load(pos), device)
+            targets = {m: (tb["x"][m], tb["w"][m]) for m in mcfg.modalities}
+            inputs = {m: augment(m, *targets[m], cfg.augment, gen) for m in mcfg.modalities}
+            with autocast_context(device, cfg.amp):
+                outs = {m: net.forward_outputs(m, *inputs[m], decode=True) for m in inputs}
+            y = (tb["labels"] - net.label_mean) / net.label_std
+            terms = loss_fn(outs, targets, net.logit_scale, labels=y, classes=tb["classes"],
+                            source_id=tb["source_id"])
+            opt.zero_grad(set_to_none=True)
+            terms.total.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+            opt.step()
+            sched.step()
+            step += 1
+            k = len(pos)
+            n_seen += k
+            for name, v in terms.parts.items():
+                sums[name] = sums.get(name, 0.0) + v * k
+            sums["total"] = sums.get("total", 0.0) + float(terms.total) * k
+            bar.update(k)
+            bar.set_postfix(loss=f"{float(terms.total):.3f}", T=f"{net.temperature():.3f}")
+            if crash_at_step is not None and step >= crash_at_step:
+                raise RuntimeError(f"injected crash at step {step}")
+            if deadline is not None and time.time() > deadline:
+                out_of_time = True
+                break
+        bar.close()
+        row = {"epoch": epoch + 1, "step": step, "lr": opt.param_groups[0]["lr"],
+               "temperature": net.temperature(), "train_pairs": n_seen,
+               **{f"train_{k}": v / max(n_seen, 1) for k, v in sums.items()},
+               **validate(net, loss_fn, cache, val_pos, device, cfg.amp),
+               "epoch_seconds": time.time() - t_epoch,
+               "elapsed_seconds": time.time() - t_start}
+        history.append(row)
+        _write_log(out, history)
+        if row["val_total"] < best - 1e-4 * abs(best if math.isfinite(best) else 1.0):
+            best, best_epoch, bad = row["val_total"], epoch + 1, 0
+            save_model_dir(out, net, mcfg, training={**provenance, "calibrated": False})
+        else:
+            bad += 1
+        opt_tensors, skeleton = optimizer_to_tensors(opt.state_dict())
+        save_tensors_atomic(ckpt / "optimizer.safetensors", opt_tensors)
+        save_tensors_atomic(ckpt / "model.safetensors", net.state_dict())
+        write_json_atomic(ckpt / "state.json", {
+            "epoch": epoch, "step": step, "best": best, "best_epoch": best_epoch,
+            "bad_epochs": bad, "history": history, "optimizer": skeleton,
+            "train_config": cfg.to_dict(), "fingerprint": fingerprint})
+        if progress:
+            tqdm.write(f"epoch {epoch + 1}: train {row.get('train_total', float('nan')):.4f} "
+                       f"val {row['val_total']:.4f} top1 L->X "
+                       f"{row.get('val_top1_l2x', float('nan')):.3f} "
+                       f"({row['epoch_seconds']:.0f} s)")
+        if out_of_time:
+            stopped = "time limit"
+            break
+        if bad >= cfg.patience:
+            stopped = "early stopping"
+            break
+    _, _, tensors = read_model_dir(out)
+    net.load_state_dict({k: v.to(device) for k, v in tensors.items()})
+    report = calibrate(net, cache, val_pos, device)
+    seconds = time.time() - t_start
+    best_row = next((r for r in history if r["epoch"] == best_epoch), history[-1])
+    digest = save_model_dir(out, net, mcfg, training={
+        **provenance, "calibrated": True, "epochs_run": len(history),
+        "best_epoch": best_epoch, "stopped": stopped,
+        "val": {k: v for k, v in best_row.items() if k.startswith("val_")},
+        "calibration": dataclasses.asdict(report)})
+    if not cfg.keep_cache:
+        shutil.rmtree(out / "cache", ignore_errors=True)
+    return TrainResult(out=str(out), model_hash=digest, epochs_run=len(history),
+                       best_epoch=best_epoch, best_val_loss=best, stopped=stopped,
+                       seconds=seconds, n_train=int(train_pos.size), n_val=int(val_pos.size),
+                       label_names=labels, class_names=classes, calibration=report,
+                       history=history)

@@ -1,0 +1,109 @@
+"""Format registry: detection order, modality checks, unknown formats, in-memory uploads."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from specsearch.errors import ConfigError, ReaderError, UnknownFormatError
+from specsearch.io import registry
+from specsearch.io.registry import (detect_format, list_formats, read_spectra,
+                                    read_spectra_bytes, safe_upload_name)
+
+HAS_XP_READER = importlib.util.find_spec("specsearch.io.gaia_xp") is not None
+
+
+def _lamost(real: Path, name: str) -> Path:
+    folder = "spectra" if name.endswith(".fits") else ""
+    root = real / "lamost"
+    return next(root.rglob(name)) if not folder else root / "dr1" / folder / name
+
+
+def test_list_formats_in_detection_order():
+    assert list_formats() == ["lamost", "gaia_xp", "generic"]
+    with pytest.raises(ConfigError, match="expected one of"):
+        registry.format_info("sdss")
+
+
+def test_detects_each_real_layout(real_data):
+    samples = real_data / "lamost" / "format_samples"
+    for path in (*samples.glob("*.fits.gz"),
+                 next((real_data / "lamost" / "dr1" / "spectra").glob("*.fits")),
+                 next((real_data / "lamost" / "dr8_xp_matched").glob("*.fits.gz"))):
+        assert detect_format(path).name == "lamost", path.name
+        (spec,) = read_spectra(path, modality="lamost")
+        assert spec.modality == "lamost"
+    miles = next((real_data / "miles" / "spectra").glob("*.fits"))
+    assert detect_format(miles).name == "generic"
+    (spec,) = read_spectra(miles, modality="lamost")
+    assert spec.modality == "lamost" and spec.meta["format"] == "generic-fits"
+    (spec,) = read_spectra(miles)
+    assert spec.modality is None
+
+
+def test_xp_files_go_to_the_xp_reader_or_say_why(real_data):
+    path = real_data / "gaia_xp" / "archive_format" / "XP_CONTINUOUS_RAW.csv"
+    if HAS_XP_READER:
+        assert detect_format(path).name == "gaia_xp"
+    else:
+        with pytest.raises(ReaderError, match="gaia_xp reader could not be imported"):
+            detect_format(path)
+
+
+def test_modality_mismatch_and_bad_options(real_data):
+    path = real_data / "lamost" / "format_samples" / "spec-55859-F5902_sp01-001_dr7.fits.gz"
+    with pytest.raises(ReaderError, match="holds lamost spectra, not xp") as info:
+        next(read_spectra(path, modality="xp"))
+    assert path.name in str(info.value)
+    with pytest.raises(ConfigError, match="air= applies to generic spectra only"):
+        next(read_spectra(path, air=True))
+    with pytest.raises(ConfigError, match="unknown modality"):
+        next(read_spectra(path, modality="sdss"))
+    # a forced format that does not fit still fails with a ReaderError naming the file
+    with pytest.raises(ReaderError, match=path.name):
+        next(read_spectra(path, format="generic"))
+
+
+def test_unknown_format_lists_what_was_tried(real_data, tmp_path):
+    with pytest.raises(UnknownFormatError) as info:
+        next(read_spectra(real_data / "miles" / "labels.csv"))
+    message = str(info.value)
+    assert "labels.csv" in message and all(n in message for n in list_formats())
+    with pytest.raises(ReaderError, match="no such file"):
+        next(read_spectra(tmp_path / "missing.fits"))
+    odd = tmp_path / "blob.bin"
+    odd.write_bytes(np.arange(1000, dtype=np.int32).tobytes())
+    with pytest.raises(UnknownFormatError, match="blob.bin"):
+        next(read_spectra(odd))
+
+
+def test_read_spectra_bytes_upload(real_data):
+    src = next((real_data / "miles" / "spectra").glob("*.fits"))
+    data = src.read_bytes()
+    (spec,) = read_spectra_bytes(data, "../../etc/" + src.name, modality="lamost")
+    assert spec.path == src.name and spec.meta["filename"] == src.name
+    assert spec.spectrum_id == spec.meta["miles_id"] and spec.modality == "lamost"
+    (direct,) = read_spectra(src)
+    np.testing.assert_array_equal(spec.flux, direct.flux)
+    csv = b"wavelength,flux,error\n" + b"".join(
+        f"{4000 + i},{1 + 0.01 * i},0.1\n".encode() for i in range(100))
+    (spec,) = read_spectra_bytes(csv, "C:\\Users\\me\\my star.csv")
+    assert spec.path == "my_star.csv" and spec.spectrum_id == "my_star"
+    with pytest.raises(ReaderError, match=r"^my_spec\.fits: truncated"):
+        read_spectra_bytes(data[:5000], "my spec.fits")
+    with pytest.raises(ReaderError, match="empty upload"):
+        read_spectra_bytes(b"", "x.fits")
+    with pytest.raises(ReaderError, match="exceeds the limit"):
+        read_spectra_bytes(data, "x.fits", max_bytes=1000)
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("spec.fits.gz", "spec.fits.gz"), ("../../etc/passwd", "passwd"),
+    ("..\\a\\b.csv", "b.csv"), ("", "upload"), (".hidden.fits", "hidden.fits"),
+    ("sp ec;rm -rf.txt", "sp_ec_rm_-rf.txt"),
+])
+def test_safe_upload_name(name, expected):
+    assert safe_upload_name(name) == expected
