@@ -26,8 +26,9 @@ class Settings(BaseModel):
         index_dir: the index directory to serve (``specsearch index build`` output).
         model_dir: model directory; None = the model the index was built with if it is the
             shipped default, i.e. ``load_model(None)``.
-        catalog_dir: catalog whose spectra the web page overlays on the query; None = the
-            catalog recorded by the index's embeddings, if it still exists.
+        catalog_dir: the index's catalog (observed spectra), used to screen the anomaly list
+            for data artefacts; None = the catalog recorded by the index's embeddings, if it
+            still exists.
         max_upload_bytes: largest accepted upload body (413 above it).
         max_k: largest ``k`` / ``offset + limit`` of a search (10,000 is the engine's limit).
         max_page: largest ``limit`` of a candidate list page.

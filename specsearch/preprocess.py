@@ -233,6 +233,30 @@ def resample(spectrum: Spectrum, grid: Grid | str, *, rest_frame_z: float | None
     return flux, ivar
 
 
+REST_FRAME_MAX_Z = 0.01
+"""Header redshifts above this (3000 km/s: not a star's radial velocity) are not removed."""
+
+
+def to_canonical_grid(spectrum: Spectrum, modality: str, *, rest_frame: bool = True
+                      ) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """A spectrum on its modality's canonical grid, the way the catalog stores it.
+
+    The one path from an observed spectrum to model input used by ingest, the query engine
+    and the HTTP service alike. With ``rest_frame`` the survey's redshift (``meta['z']``,
+    LAMOST's pipeline value) is removed when it is finite and ``|z| <= REST_FRAME_MAX_Z``.
+
+    Returns:
+        (flux, ivar, z_removed) with float32 arrays of ``grid.npix`` and the redshift that
+        was removed (None if none).
+    """
+    z = spectrum.meta.get("z")
+    use_z = (rest_frame and z is not None and np.isfinite(z)
+             and abs(float(z)) <= REST_FRAME_MAX_Z)
+    z_removed = float(z) if use_z else None
+    flux, ivar = resample(spectrum, modality, rest_frame_z=z_removed)
+    return flux, ivar, z_removed
+
+
 # --------------------------------------------------------------------------- continuum
 
 def _box_smooth(values: np.ndarray, weights: np.ndarray, half_width: int) -> np.ndarray:

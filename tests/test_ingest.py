@@ -75,3 +75,25 @@ def test_stable_source_id_is_stable_and_positive():
     a = stable_source_id("miles:m0001V")
     assert a == stable_source_id("miles:m0001V") and a > 0
     assert a != stable_source_id("miles:m0002V")
+
+
+def test_pairs_table_gives_the_gaia_source_id(real_data, tmp_path):
+    rep = ingest([real_data / "lamost" / "dr8_xp_matched"], tmp_path / "cat",
+                 modality="lamost", labels=real_data / "pairs_lamost_xp.csv", on="obsid",
+                 rename={"gaia_dr3_source_id": "source_id"}, progress=False)
+    assert rep.rows_written == 9 and rep.rows_labelled == 9
+    ids = set(_table(tmp_path / "cat", "lamost").column("source_id").to_pylist())
+    assert ids == {349511554371328, 319343704120704, 120435178731136}
+
+
+def test_label_sentinels_are_read_as_missing(real_data, tmp_path):
+    labels = real_data / "miles" / "labels.csv"
+    sentinel = [line.split(",")[0] for line in labels.read_text().splitlines()
+                if line.endswith(",9999.0")][0]
+    path = real_data / "miles" / "spectra" / f"MILES_res2.50_star_{sentinel}.fits"
+    rep = ingest([path], tmp_path / "cat", modality="lamost", labels=labels, on="miles_id",
+                 progress=False)
+    assert rep.rows_labelled == 1
+    t = _table(tmp_path / "cat", "lamost")
+    assert t.column("feh").to_pylist() == [None] or np.isnan(t.column("feh").to_pylist()[0])
+    assert t.column("teff").to_pylist()[0] > 1000

@@ -46,7 +46,8 @@ def test_every_miles_file(real_data, miles):
     assert first.meta["fwhm_A"] == 2.5 and first.modality is None
     # the label table joins on the MILES id
     ids = {s.meta["miles_id"] for s in miles.values()}
-    labels = {r["miles_id"] for r in csv.DictReader(open(real_data / "miles" / "labels.csv"))}
+    table = (real_data / "miles" / "labels.csv").read_text().splitlines()
+    labels = {r["miles_id"] for r in csv.DictReader(table)}
     assert labels == ids and all(s.spectrum_id == s.meta["miles_id"] for s in miles.values())
 
 

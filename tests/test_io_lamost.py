@@ -22,6 +22,10 @@ def _all_files(real: Path) -> list[Path]:
             + sorted((root / "dr8_xp_matched").glob("*.fits.gz")))
 
 
+def _pairs(real: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader((real / "pairs_lamost_xp.csv").read_text().splitlines()))
+
+
 def _raw_rows(path: Path) -> tuple[fits.Header, dict[str, np.ndarray]]:
     """The file's arrays as astropy gives them, without our reader."""
     with fits.open(path) as hdul:
@@ -118,7 +122,7 @@ def test_dr7_image_and_dr8_coadd_samples(real_data, spectra):
 
 
 def test_matched_files_agree_with_pairs_table(real_data, spectra):
-    rows = list(csv.DictReader(open(real_data / "pairs_lamost_xp.csv")))
+    rows = _pairs(real_data)
     assert len(rows) == 9
     for row in rows:
         spec = spectra[real_data / row["lamost_file"]]
@@ -130,7 +134,7 @@ def test_matched_files_agree_with_pairs_table(real_data, spectra):
 
 def test_repeat_visits_of_one_star_agree(real_data, spectra):
     """Same star, 2-5 visits with different NPIX: the normalised spectra agree pixel by pixel."""
-    rows = list(csv.DictReader(open(real_data / "pairs_lamost_xp.csv")))
+    rows = _pairs(real_data)
     by_star: dict[str, list] = {}
     for row in rows:
         by_star.setdefault(row["gaia_dr3_source_id"], []).append(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,12 +13,6 @@ from specsearch.io.registry import (detect_format, list_formats, read_spectra,
                                     read_spectra_bytes, safe_upload_name)
 
 HAS_XP_READER = importlib.util.find_spec("specsearch.io.gaia_xp") is not None
-
-
-def _lamost(real: Path, name: str) -> Path:
-    folder = "spectra" if name.endswith(".fits") else ""
-    root = real / "lamost"
-    return next(root.rglob(name)) if not folder else root / "dr1" / folder / name
 
 
 def test_list_formats_in_detection_order():

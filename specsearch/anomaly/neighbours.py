@@ -36,17 +36,24 @@ class NeighbourConfig:
     """How :class:`FaissNeighbours` indexes the vectors.
 
     Attributes:
-        exact_below: use exact search (``IndexFlatIP``, one BLAS product per batch) below
-            this many vectors; above, an IVF index (cost ~ nprobe/nlist of exact).
-        nlist: IVF lists (None: ~2 sqrt(n), at least 39 vectors a list for k-means).
-        nprobe: lists visited per query: recall of the k-th neighbour vs speed. 16 gives
-            recall@20 ~0.97 on clustered embeddings; a missed neighbour only makes the k-th
-            distance slightly larger, never smaller.
-        train_size: vectors used to train the IVF centroids (seeded sample).
-        seed: k-means seed (results are deterministic for a given seed).
+        kind: ``auto`` (exact below ``exact_below`` vectors, else ``hnsw``), ``flat``
+            (exact ``IndexFlatIP``: one BLAS product per batch, cost linear in n per
+            query), ``hnsw`` (``IndexHNSWFlat``: ~log n per query, the choice for a
+            self-join of a large catalog) or ``ivf`` (``IndexIVFFlat``).
+        exact_below: the ``auto`` switch point.
+        hnsw_m: HNSW graph degree (memory 8*M B a vector; recall vs build time).
+        ef_search: HNSW candidate list; raised to at least 2k. Recall of the k-th
+            neighbour vs speed; a missed neighbour only makes the k-th distance slightly
+            larger, never smaller, and does so for every object alike.
+        nlist, nprobe: IVF lists (None: ~2 sqrt(n)) and lists visited per query.
+        train_size: vectors used to train IVF centroids (seeded sample).
+        seed: seed of the IVF k-means and the HNSW level draw (deterministic results).
     """
 
-    exact_below: int = 30_000
+    kind: str = "auto"
+    exact_below: int = 20_000
+    hnsw_m: int = 16
+    ef_search: int = 64
     nlist: int | None = None
     nprobe: int = 16
     train_size: int = 100_000
@@ -59,31 +66,43 @@ class FaissNeighbours:
     def __init__(self, vectors: np.ndarray, config: NeighbourConfig | None = None) -> None:
         import faiss  # imported here: importing specsearch must not load FAISS
 
-        self.config = config or NeighbourConfig()
+        self.config = cfg = config or NeighbourConfig()
         x = np.ascontiguousarray(vectors, dtype=np.float32)
         if x.ndim != 2 or x.shape[0] == 0:
             raise ConfigError(f"need a non-empty (n, D) array of vectors, got shape {x.shape}")
         n, dim = x.shape
         self.n = n
-        if n < self.config.exact_below:
+        kind = cfg.kind
+        if kind == "auto":
+            kind = "flat" if n < cfg.exact_below else "hnsw"
+        if kind == "flat":
             self.index = faiss.IndexFlatIP(dim)
             self.kind = "flat"
-        else:
-            nlist = self.config.nlist or int(np.clip(2 * math.sqrt(n), 16, n // 39))
+        elif kind == "hnsw":
+            self.index = faiss.IndexHNSWFlat(dim, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            self.index.hnsw.efConstruction = 40
+            self.kind = f"hnsw{cfg.hnsw_m}"
+        elif kind == "ivf":
+            nlist = cfg.nlist or int(np.clip(2 * math.sqrt(n), 1, max(1, n // 39)))
             quantizer = faiss.IndexFlatIP(dim)
             index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-            rng = np.random.default_rng(self.config.seed)
-            sample = x if n <= self.config.train_size else \
-                x[np.sort(rng.choice(n, self.config.train_size, replace=False))]
-            index.cp.seed = self.config.seed
+            rng = np.random.default_rng(cfg.seed)
+            sample = x if n <= cfg.train_size else \
+                x[np.sort(rng.choice(n, cfg.train_size, replace=False))]
+            index.cp.seed = cfg.seed
             index.train(sample)
-            index.nprobe = min(self.config.nprobe, nlist)
+            index.nprobe = min(cfg.nprobe, nlist)
             self.index = index
             self.kind = f"ivf{nlist},nprobe{index.nprobe}"
+        else:
+            raise ConfigError(f"unknown neighbour index kind {cfg.kind!r}; expected auto, "
+                              f"flat, hnsw or ivf")
         self.index.add(x)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = np.ascontiguousarray(queries, dtype=np.float32)
+        if self.kind.startswith("hnsw"):
+            self.index.hnsw.efSearch = max(self.config.ef_search, 2 * k)
         sims, rows = self.index.search(q, min(k, self.n))
         if sims.shape[1] < k:  # fewer vectors than k: pad like FAISS does
             pad = k - sims.shape[1]

@@ -18,8 +18,15 @@ from specsearch import __version__
 from specsearch.errors import SpecsearchError
 
 COMMAND_MODULES: tuple[str, ...] = (
+    "specsearch.cli.demo",
     "specsearch.cli.ingest",
     "specsearch.cli.embed",
+    "specsearch.cli.synth",
+    "specsearch.cli.train",
+    "specsearch.cli.index",
+    "specsearch.cli.search",
+    "specsearch.cli.anomalies",
+    "specsearch.cli.serve",
 )
 """Modules that register sub-commands, in the order they appear in ``--help``."""
 

@@ -6,12 +6,16 @@ import argparse
 from dataclasses import asdict
 from pathlib import Path
 
+from specsearch.errors import ConfigError
 from specsearch.io.parquet import write_json_atomic
 
 EPILOG = """\
 Example:
   specsearch ingest --modality lamost ../shared/data/real/lamost/dr1/spectra \\
       --labels ../shared/data/real/lamost/dr1/labels.csv --on filename --out catalogs/lamost_dr1
+  specsearch ingest --modality lamost ../shared/data/real/lamost/dr8_xp_matched \
+      --labels ../shared/data/real/pairs_lamost_xp.csv --on obsid \
+      --rename gaia_dr3_source_id=source_id --out catalogs/lamost_dr8
   specsearch ingest --modality xp gaia_xp_chunk.fits --out catalogs/xp
 
 Bad files are reported and skipped; re-running into the same catalog adds nothing twice.
@@ -32,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", help="label table (CSV, ECSV, FITS, VOTable, Parquet)")
     p.add_argument("--on", help="label join: COLUMN or COLUMN=FIELD (FIELD: filename, "
                                 "spectrum_id, source_id or a header key)")
+    p.add_argument("--rename", action="append", default=[], metavar="COLUMN=CATALOG_COLUMN",
+                   help="use a label-table column as a catalog column, e.g. "
+                        "gaia_dr3_source_id=source_id (repeatable)")
     p.add_argument("--observed-frame", action="store_true",
                    help="keep the observed frame (default: remove the header redshift)")
     p.add_argument("--rows-per-file", type=int, default=50_000)
@@ -43,8 +50,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from specsearch.io.ingest import ingest
 
+    rename = {}
+    for item in args.rename:
+        src, sep, dst = item.partition("=")
+        if not sep or not src or not dst:
+            raise ConfigError(f"--rename expects COLUMN=CATALOG_COLUMN, got {item!r}")
+        rename[src] = dst
     report = ingest(args.paths, args.out, modality=args.modality, labels=args.labels,
-                    on=args.on, rest_frame=not args.observed_frame,
+                    on=args.on, rename=rename, rest_frame=not args.observed_frame,
                     rows_per_file=args.rows_per_file, progress=not args.no_progress)
     print(report.summary())
     if args.report:

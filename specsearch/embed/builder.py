@@ -109,11 +109,22 @@ class EmbedReport:
 VECTOR_COLUMNS = ("flux", "ivar")
 
 
-def metadata_columns(schema: pa.Schema) -> list[str]:
-    """Catalog columns copied to the embeddings: everything but spectra and list columns."""
-    return [f.name for f in schema
-            if f.name not in VECTOR_COLUMNS and not pa.types.is_list(f.type)
-            and not pa.types.is_fixed_size_list(f.type)]
+def metadata_fields(files: Sequence[Path]) -> list[pa.Field]:
+    """Catalog columns copied to the embeddings: everything but spectra and list columns.
+
+    The union over all files of a modality (their extra columns may differ: synthetic parts
+    carry ``population``, ingested ones ``origin``), so every output file has the same
+    columns; a column absent from a file is null there.
+    """
+    fields: dict[str, pa.Field] = {}
+    for path in files:
+        for f in pq.read_schema(path):
+            if (f.name in VECTOR_COLUMNS or pa.types.is_list(f.type)
+                    or pa.types.is_fixed_size_list(f.type)):
+                continue
+            if f.name not in fields or pa.types.is_null(fields[f.name].type):
+                fields[f.name] = f
+    return list(fields.values())
 
 
 def input_signature(path: Path) -> dict[str, Any]:
@@ -138,7 +149,7 @@ def output_is_current(out_path: Path, signature: dict[str, Any], model_hash: str
 
 
 def embed_table(model: Encoder, modality: str, batch: pa.RecordBatch, *,
-                with_residual: bool, meta_columns: Sequence[str],
+                with_residual: bool, meta_columns: Sequence[pa.Field],
                 skipped: Counter) -> dict[str, Any] | None:
     """Encode one catalog batch; returns output columns for the good rows (or None)."""
     flux = list_column_to_numpy(batch.column("flux"))
@@ -170,9 +181,14 @@ def embed_table(model: Encoder, modality: str, batch: pa.RecordBatch, *,
         values = getattr(out, name, None)
         if with_residual and values is not None:
             cols[name] = np.asarray(values, np.float32)[idx]
-    for name in meta_columns:
-        if name not in cols:
-            cols[name] = batch.column(name).take(pa.array(idx))
+    names = batch.schema.names
+    for f in meta_columns:
+        if f.name in cols:
+            continue
+        if f.name in names:
+            cols[f.name] = batch.column(f.name).take(pa.array(idx))
+        else:
+            cols[f.name] = pa.nulls(idx.size, type=f.type)
     return cols
 
 
@@ -240,7 +256,7 @@ def build_embeddings(catalog: str | Path, model: Encoder, out: str | Path,
                 extra_manifest={"catalog": str(cat.root.resolve())},
                 overwrite_model=config.overwrite)
             schema = writer.schema
-            meta_cols = metadata_columns(cat.schema(modality))
+            meta_cols = metadata_fields(cat.files(modality))
             for path in cat.files(modality):
                 _embed_file(model, modality, path, out / modality / f"{path.stem}.parquet",
                             schema, meta_cols, config, report, bar)
@@ -254,7 +270,7 @@ def build_embeddings(catalog: str | Path, model: Encoder, out: str | Path,
 
 
 def _embed_file(model: Encoder, modality: str, path: Path, out_path: Path,
-                schema: pa.Schema, meta_cols: list[str], config: EmbedConfig,
+                schema: pa.Schema, meta_cols: list[pa.Field], config: EmbedConfig,
                 report: EmbedReport, bar) -> None:
     signature = input_signature(path)
     if output_is_current(out_path, signature, model.model_hash):

@@ -30,7 +30,7 @@ from specsearch.embed.builder import (
     EmbedReport,
     embed_table,
     input_signature,
-    metadata_columns,
+    metadata_fields,
     output_is_current,
     write_output,
 )
@@ -46,7 +46,7 @@ class EmbedActor:
     """A Ray actor that holds one model and embeds catalog batches (pyarrow in and out)."""
 
     def __init__(self, model: str | Callable[[], Any] | None, modality: str, device: str,
-                 with_residual: bool, meta_columns: list[str], schema_bytes: bytes) -> None:
+                 with_residual: bool, meta_columns: list[pa.Field], schema_bytes: bytes) -> None:
         self.model = _load(model, device)
         self.modality = modality
         self.with_residual = with_residual
@@ -122,7 +122,7 @@ def build_embeddings_ray(catalog: str | Path, model: str | Path | Callable[[], A
                 class_names=list(model.class_names), dtype=config.dtype,
                 extra_manifest={"catalog": str(cat.root.resolve())},
                 overwrite_model=config.overwrite)
-            meta_cols = metadata_columns(cat.schema(modality))
+            meta_cols = metadata_fields(cat.files(modality))
             pending = []
             for path in cat.files(modality):
                 sig = input_signature(path)

@@ -120,8 +120,8 @@ class IVFPQConfig(IVFFlatConfig):
 
     The backend for indexes that do not fit in RAM: ``pq_m * pq_nbits / 8`` bytes of code a
     vector (+ 8 B of id). Approximate code distances rank poorly on their own, so the top
-    ``refine_factor * k`` candidates are re-ranked against the shard's stored float32 vectors
-    (memory-mapped from disk, only the candidates' pages are touched).
+    ``refine_factor * k`` candidates are re-ranked with exact float32 vectors held in the
+    same FAISS file (``IndexRefineFlat``; memory-mapped, so only candidates' pages are read).
 
     Attributes:
         pq_m: sub-quantisers; must divide the dimension. More = more bytes, better ranking.

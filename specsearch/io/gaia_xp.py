@@ -115,21 +115,31 @@ class XPSampled:
     def __len__(self) -> int:
         return int(self.source_id.shape[0])
 
-    def catalog_flux(self) -> tuple[np.ndarray, np.ndarray]:
-        """(flux, ivar) float32 in the catalog unit (XP_FLUX_SCALE); bad pixels 0 / 0."""
-        flux = self.flux / XP_FLUX_SCALE
-        err = self.flux_error / XP_FLUX_SCALE
-        good = np.isfinite(flux) & np.isfinite(err) & (err > 0)
-        ivar = np.where(good, 1.0 / np.where(good, err, 1.0) ** 2, 0.0)
-        return np.where(good, flux, 0.0).astype(np.float32), ivar.astype(np.float32)
+    def catalog_flux(self, dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray]:
+        """(flux, ivar) in the catalog unit (XP_FLUX_SCALE); 0 / 0 where undefined."""
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            ivar = np.square(XP_FLUX_SCALE / self.flux_error).astype(dtype)
+            flux = (self.flux / XP_FLUX_SCALE).astype(dtype)
+        bad = ~(np.isfinite(ivar) & (ivar > 0) & np.isfinite(flux))
+        ivar[bad] = 0.0
+        flux[bad] = 0.0
+        return flux, ivar
 
     def snr(self) -> np.ndarray:
-        """(N,) median of flux / flux_error over the defined pixels (NaN if none)."""
-        good = np.isfinite(self.flux) & np.isfinite(self.flux_error) & (self.flux_error > 0)
-        ratio = np.where(good, self.flux / np.where(good, self.flux_error, 1.0), np.nan)
-        out = np.full(len(self), np.nan, dtype=np.float32)
-        some = good.any(axis=1)
-        out[some] = np.nanmedian(ratio[some], axis=1)
+        """(N,) float32 median of flux / flux_error over the defined pixels (NaN if none)."""
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            ratio = (self.flux / self.flux_error).astype(np.float32)   # half the traffic
+        good = np.isfinite(ratio) & (self.flux_error > 0)
+        count = good.sum(axis=1)
+        out = np.full(len(count), np.nan, dtype=np.float32)
+        full = count == ratio.shape[1]          # the usual case: a partition, not a sort
+        out[full] = np.median(ratio[full], axis=1)
+        part = np.flatnonzero(~full & (count > 0))
+        if part.size:   # a varying number of good pixels: sort with the bad ones last (inf)
+            r = np.sort(np.where(good[part], ratio[part], np.inf), axis=1)
+            c = count[part][:, None]
+            lo = np.take_along_axis(r, (c - 1) // 2, axis=1)[:, 0]
+            out[part] = 0.5 * (lo + np.take_along_axis(r, c // 2, axis=1)[:, 0])
         return out
 
 
@@ -216,16 +226,19 @@ def xp_continuous_from_table(table: pa.Table | pa.RecordBatch,
         raise ReaderError(path, f"{sid.null_count} row(s) have no source_id")
     data: dict = {"source_id": np.asarray(sid.to_numpy(zero_copy_only=False), dtype=np.int64)}
     n = table.num_rows
+    per_coefficient = any(_PER_COEFF.match(c) for c in cols)
+    required = [f"{b}_{k}" for b in BANDS for k in ("coefficients", "coefficient_errors")]
+    missing = [k for k in required if k not in cols]
+    if missing and not per_coefficient:
+        raise ReaderError(path, f"missing column(s) {missing} (or per-coefficient columns "
+                                f"bp_coeff_0..54, e_bp_coeff_0..54, ...); columns: "
+                                f"{table.column_names[:12]}{'...' * (table.num_columns > 12)}")
     for b in BANDS:
         for key, error in ((f"{b}_coefficients", False), (f"{b}_coefficient_errors", True)):
             if key in cols:
                 data[key] = _matrix(table.column(cols[key]), xb.N_COEFF, key, path)
-            elif any(_PER_COEFF.match(c) for c in cols):
-                data[key] = _per_coefficient(cols, table, b, error, path)
             else:
-                raise ReaderError(path, f"missing column {key!r} (or per-coefficient "
-                                        f"columns {b}_coeff_0..54); columns: "
-                                        f"{table.column_names[:12]}...")
+                data[key] = _per_coefficient(cols, table, b, error, path)
         key = f"{b}_coefficient_correlations"
         data[key] = _matrix(table.column(cols[key]), xb.N_CORR, key, path) \
             if key in cols else None
@@ -255,7 +268,7 @@ def read_xp_continuous(path: str | Path) -> XPContinuous:
 # --------------------------------------------------------------------------- calibrate
 
 def calibrate(xp: XPContinuous, *, grid_nm: np.ndarray | None = None, truncation: bool = False,
-              correlations: bool = True, batch_size: int = 4096) -> XPSampled:
+              correlations: bool = True, batch_size: int = 16384) -> XPSampled:
     """Sample continuous XP spectra: GaiaXPy's ``calibrate`` for all sources at once.
 
     Args:
@@ -265,8 +278,8 @@ def calibrate(xp: XPContinuous, *, grid_nm: np.ndarray | None = None, truncation
             ``truncation=True``; off by default there and here; 0 = keep all).
         correlations: use the coefficient correlations when the table has them (as GaiaXPy
             does); False propagates the errors as if uncorrelated (faster, underestimates).
-        batch_size: sources per block (bounds temporary memory: ~40 kB a source with
-            correlations).
+        batch_size: sources per block: bounds the temporaries (~10 kB a source) besides the
+            (N, n) float64 outputs.
     Returns:
         :class:`XPSampled` with flux and flux_error in W m^-2 nm^-1. Where a band is missing
         the other band is used alone and its uncovered range is NaN; sources with neither
@@ -276,50 +289,24 @@ def calibrate(xp: XPContinuous, *, grid_nm: np.ndarray | None = None, truncation
     n = len(xp)
     flux = np.empty((n, design.npix))
     error = np.empty((n, design.npix))
+    keys = [f"{b}_{k}" for k in ("coefficients", "coefficient_errors",
+                                  "coefficient_correlations") for b in BANDS]
     for start in range(0, n, batch_size):
         sl = slice(start, min(n, start + batch_size))
-        flux[sl], error[sl] = _calibrate_block(xp, sl, design, truncation, correlations)
+        arrays = {k: None if getattr(xp, k) is None else getattr(xp, k)[sl] for k in keys}
+        if not correlations:
+            arrays["bp_coefficient_correlations"] = arrays["rp_coefficient_correlations"] = None
+        if truncation:
+            for b in BANDS:
+                nrel = getattr(xp, f"{b}_n_relevant_bases")[sl]
+                cut = np.arange(xb.N_COEFF) >= np.where(nrel > 0, nrel, xb.N_COEFF)[:, None]
+                # A zero error drops the coefficient from every covariance term too.
+                for k in (f"{b}_coefficients", f"{b}_coefficient_errors"):
+                    arrays[k] = np.where(cut, 0.0, arrays[k])
+        xb.sample(*arrays.values(), design=design, out=(flux[sl], error[sl]))
     return XPSampled(source_id=xp.source_id.copy(), wavelength_nm=design.wavelength_nm.copy(),
                      flux=flux, flux_error=error, ra=xp.ra, dec=xp.dec, path=xp.path,
                      continuous=xp)
-
-
-def _calibrate_block(xp: XPContinuous, sl: slice, design: xb.XPDesign, truncation: bool,
-                     correlations: bool) -> tuple[np.ndarray, np.ndarray]:
-    m = sl.stop - sl.start
-    flux = np.zeros((m, design.npix))
-    var = np.zeros((m, design.npix))
-    parts = {}
-    has = {b: np.isfinite(getattr(xp, f"{b}_coefficients")[sl]).all(axis=1) for b in BANDS}
-    for b in BANDS:
-        ops = design.band_operators(b)
-        coef, err, corr, nrel = xp.band(b)
-        coef = np.nan_to_num(coef[sl], nan=0.0)   # missing rows: 0, fixed up below
-        err = np.nan_to_num(err[sl], nan=0.0)
-        if truncation:
-            cut = np.arange(xb.N_COEFF)[None, :] >= np.where(nrel[sl] > 0, nrel[sl],
-                                                              xb.N_COEFF)[:, None]
-            coef[cut] = 0.0
-            err[cut] = 0.0   # zero error removes the coefficient from every covariance term
-        corr = None if corr is None or not correlations else np.nan_to_num(corr[sl], nan=0.0)
-        f = coef @ ops.design
-        v = xb.band_variance(err, ops, corr)
-        flux[:, ops.columns] += f * ops.weight
-        var[:, ops.columns] += v * ops.weight ** 2
-        parts[b] = (ops.columns, f, v)
-    # GaiaXPy: with one band, that band alone (unweighted) where it contributes, else NaN.
-    for b, other in (("bp", "rp"), ("rp", "bp")):
-        only = np.flatnonzero(has[b] & ~has[other])
-        if only.size:
-            cols, f, v = parts[b]
-            flux[only] = np.nan
-            var[only] = np.nan
-            flux[np.ix_(only, cols)] = f[only]
-            var[np.ix_(only, cols)] = v[only]
-    none = ~(has["bp"] | has["rp"])
-    flux[none] = np.nan
-    var[none] = np.nan
-    return flux, np.sqrt(var)
 
 
 # --------------------------------------------------------------------------- sampled tables
@@ -431,16 +418,16 @@ def read(path: str | Path) -> Iterator[Spectrum]:
     """
     path = Path(path)
     for sampled in iter_xp_sampled(path):
-        flux, ivar = sampled.catalog_flux()
+        flux, ivar = sampled.catalog_flux(np.float64)
         snr = sampled.snr()
         wave = sampled.wavelength_nm * 10.0
         for i in np.flatnonzero(_usable(sampled, path, None)):
             sid = int(sampled.source_id[i])
             yield Spectrum(
-                wavelength=wave, flux=flux[i].astype(np.float64),
-                ivar=ivar[i].astype(np.float64), mask=ivar[i] <= 0, spectrum_id=f"xp-{sid}",
-                source_id=sid, modality="xp", ra=_opt(sampled.ra, i), dec=_opt(sampled.dec, i),
-                snr=_opt(snr, i), flux_unit=XP_GRID.flux_unit, path=str(path))
+                wavelength=wave, flux=flux[i], ivar=ivar[i], mask=ivar[i] <= 0,
+                spectrum_id=f"xp-{sid}", source_id=sid, modality="xp",
+                ra=_opt(sampled.ra, i), dec=_opt(sampled.dec, i), snr=_opt(snr, i),
+                flux_unit=XP_GRID.flux_unit, path=str(path))
 
 
 def _opt(values: np.ndarray | None, i: int) -> float | None:
@@ -466,16 +453,18 @@ def iter_xp_catalog_columns(path: str | Path, batch_size: int = 8192, *,
         flux, ivar = sampled.catalog_flux()
         if not np.array_equal(sampled.wavelength_nm * 10.0, XP_GRID.wavelength):
             flux, ivar = rebinner(sampled.wavelength_nm * 10.0, XP_GRID)(flux, ivar)
-        sid = sampled.source_id[ok]
+        keep = slice(None) if ok.all() else ok   # no copies in the usual case
+        sid = sampled.source_id[keep]
+        nan = np.full(len(sampled), np.nan)
         cols: dict = {
             "spectrum_id": [f"xp-{s}" for s in sid.tolist()], "source_id": sid,
-            "modality": ["xp"] * int(ok.sum()), "flux": flux[ok], "ivar": ivar[ok],
-            "ra": np.asarray(sampled.ra, dtype=np.float64)[ok],
-            "dec": np.asarray(sampled.dec, dtype=np.float64)[ok],
-            "snr": sampled.snr()[ok]}
+            "modality": ["xp"] * len(sid), "flux": flux[keep], "ivar": ivar[keep],
+            "ra": np.asarray(nan if sampled.ra is None else sampled.ra, dtype=np.float64)[keep],
+            "dec": np.asarray(nan if sampled.dec is None else sampled.dec,
+                              dtype=np.float64)[keep],
+            "snr": sampled.snr()[keep]}
         if sampled.continuous is not None:
-            xp = sampled.continuous
             for b in BANDS:
                 for key in (f"{b}_coefficients", f"{b}_coefficient_errors"):
-                    cols[key] = getattr(xp, key)[ok].astype(np.float32)
+                    cols[key] = getattr(sampled.continuous, key)[keep].astype(np.float32)
         yield cols

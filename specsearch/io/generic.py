@@ -281,9 +281,9 @@ def _read_text(path: Path, air: bool | None, unit: str | None) -> Spectrum:
                             "columns": dict(table.names)}
     if "wavelength" in cols:
         raw_wave = cols["wavelength"]
-        unit = unit or table.wavelength_unit
-        meta["unit_from"] = "override/header" if unit else "values"
-        unit = unit or guess_wavelength_unit(raw_wave)
+        meta["unit_from"] = ("override" if unit else "column name or comment"
+                             if table.wavelength_unit else "values")
+        unit = unit or table.wavelength_unit or guess_wavelength_unit(raw_wave)
     else:
         raw_wave, unit, meta["unit_from"] = cols["loglam"], "log10 Angstrom", "loglam column"
     meta["wavelength_unit"] = unit

@@ -21,14 +21,31 @@ import numpy as np
 from specsearch.errors import CatalogError, ReaderError, SpecsearchError
 from specsearch.io.catalog import LABEL_COLUMNS, CatalogWriter, open_catalog
 from specsearch.io.parquet import write_json_atomic
-from specsearch.preprocess import grid_for, resample
+from specsearch.preprocess import grid_for, to_canonical_grid
 from specsearch.spectrum import Spectrum
 
-SPECTRUM_SUFFIXES = (".fits", ".fits.gz", ".fit", ".fit.gz", ".fts", ".csv", ".ecsv",
-                     ".txt", ".dat", ".vot", ".xml", ".parquet")
+SPECTRUM_SUFFIXES = (".fits", ".fits.gz", ".fit", ".fit.gz", ".fts", ".fts.gz", ".csv",
+                     ".csv.gz", ".tsv", ".ecsv", ".txt", ".txt.gz", ".dat", ".dat.gz", ".vot",
+                     ".xml", ".parquet")
 LEDGER = "ingest_ledger.json"
 LABEL_TARGETS = (*LABEL_COLUMNS, "source_id", "ra", "dec", "snr")
 """Catalog columns a label table may fill (matched by column name, case-insensitive)."""
+
+LABEL_RANGES = {"teff": (1000.0, 200_000.0), "logg": (-2.0, 10.0), "feh": (-6.0, 2.0),
+                "alpha_fe": (-2.0, 2.0)}
+"""Physically possible label values; anything outside (e.g. the 9999 'unknown' sentinel of
+the MILES compilation) is read as missing."""
+
+
+def _label_value(name: str, value: Any) -> Any:
+    if value is None or name not in LABEL_RANGES:
+        return value
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    lo, hi = LABEL_RANGES[name]
+    return v if np.isfinite(v) and lo <= v <= hi else None
 
 
 @dataclass
@@ -91,8 +108,12 @@ class LabelTable:
     key_field: str
 
     @classmethod
-    def read(cls, path: str | Path, on: str) -> "LabelTable":
+    def read(cls, path: str | Path, on: str,
+             rename: dict[str, str] | None = None) -> "LabelTable":
         """Read a label table; ``on`` is ``COLUMN`` or ``COLUMN=FIELD``.
+
+        ``rename`` maps label-table column names to catalog columns, e.g.
+        ``{"gaia_dr3_source_id": "source_id"}``.
 
         FIELD says what the column matches on the spectrum side: ``filename`` (the file's
         name), ``spectrum_id``, ``source_id``, or a header value in ``Spectrum.meta``.
@@ -104,6 +125,11 @@ class LabelTable:
         column, _, key_field = on.partition("=")
         table = read_table(path)
         names = {n.lower(): n for n in table.column_names}
+        for src, dst in (rename or {}).items():
+            if src.lower() not in names:
+                raise ReaderError(path, f"label table has no column {src!r} to rename; "
+                                        f"columns: {table.column_names}")
+            names[dst.lower()] = names[src.lower()]
         if column.lower() not in names:
             raise ReaderError(path, f"label table has no column {column!r}; "
                                     f"columns: {table.column_names}")
@@ -115,7 +141,7 @@ class LabelTable:
         by_key = {}
         for i, key in enumerate(keys):
             if key is not None:
-                by_key[str(key).strip()] = {t: v[i] for t, v in cols.items()}
+                by_key[str(key).strip()] = {t: _label_value(t, v[i]) for t, v in cols.items()}
         return cls(by_key=by_key, key_field=key_field)
 
     def lookup(self, spec: Spectrum) -> dict[str, Any] | None:
@@ -160,9 +186,7 @@ def spectrum_row(spec: Spectrum, modality: str, *, rest_frame: bool = True) -> d
     With ``rest_frame`` the header redshift (``meta['z']``, LAMOST's pipeline value) is
     removed when present and finite; the row records it in ``rv`` (km/s).
     """
-    z = spec.meta.get("z")
-    use_z = rest_frame and z is not None and np.isfinite(z) and abs(z) < 0.01
-    flux, ivar = resample(spec, modality, rest_frame_z=float(z) if use_z else None)
+    flux, ivar, z = to_canonical_grid(spec, modality, rest_frame=rest_frame)
     spectrum_id = spec.spectrum_id or Path(spec.path or "spectrum").name
     source_id = spec.source_id
     if source_id is None:
@@ -173,13 +197,14 @@ def spectrum_row(spec: Spectrum, modality: str, *, rest_frame: bool = True) -> d
         snr = float(np.median(flux[good] * np.sqrt(ivar[good]))) if good.any() else np.nan
     return {"spectrum_id": str(spectrum_id), "source_id": int(source_id),
             "flux": flux, "ivar": ivar, "ra": spec.ra, "dec": spec.dec, "snr": snr,
-            "rv": float(z) * 299792.458 if use_z else None,
+            "rv": None if z is None else z * 299792.458,
             "origin": Path(spec.path).name if spec.path else None}
 
 
 def _rows_to_columns(rows: list[dict[str, Any]], modality: str) -> dict[str, Any]:
     cols: dict[str, Any] = {"modality": [modality] * len(rows)}
-    for key in rows[0]:
+    keys = dict.fromkeys(k for r in rows for k in r)  # labelled rows add keys: keep them all
+    for key in keys:
         values = [r.get(key) for r in rows]
         cols[key] = np.stack(values) if key in ("flux", "ivar") else values
     for key in ("snr", "rv", *LABEL_COLUMNS):
@@ -192,7 +217,7 @@ def _rows_to_columns(rows: list[dict[str, Any]], modality: str) -> dict[str, Any
 
 def ingest(paths: Sequence[str | Path], out: str | Path, *, modality: str,
            labels: str | Path | None = None, on: str | None = None,
-           rest_frame: bool = True, rows_per_file: int = 50_000, batch_rows: int = 2000,
+           rename: dict[str, str] | None = None, rest_frame: bool = True, rows_per_file: int = 50_000, batch_rows: int = 2000,
            progress: bool = True) -> IngestReport:
     """Turn survey files (LAMOST FITS, Gaia XP tables, generic spectra) into a catalog.
 
@@ -202,7 +227,8 @@ def ingest(paths: Sequence[str | Path], out: str | Path, *, modality: str,
         modality: ``lamost`` or ``xp``: the canonical grid the spectra are put on.
         labels, on: an optional label table (any format :func:`read_table` reads) and the
             join spec (see :meth:`LabelTable.read`); matched columns teff, logg, feh,
-            alpha_fe, source_id, ra, dec, snr fill the catalog row.
+            alpha_fe, source_id, ra, dec, snr fill the catalog row; ``rename`` maps other
+            label-table names onto those (``{"gaia_dr3_source_id": "source_id"}``).
         rest_frame: remove the header redshift when the file gives one (LAMOST ``Z``).
     Returns:
         An :class:`IngestReport`; bad files and bad spectra are listed there, not raised.
@@ -213,7 +239,7 @@ def ingest(paths: Sequence[str | Path], out: str | Path, *, modality: str,
     start = time.perf_counter()
     root = Path(out)
     files = expand_paths(paths)
-    label_table = LabelTable.read(labels, on or "source_id") if labels else None
+    label_table = LabelTable.read(labels, on or "source_id", rename) if labels else None
     report = IngestReport(files_seen=len(files))
     ledger = _read_ledger(root)
     done = ledger.get(modality, {})

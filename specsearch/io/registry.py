@@ -16,6 +16,7 @@ import dataclasses
 import importlib
 import re
 import tempfile
+import warnings
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -99,8 +100,10 @@ def detect_format(path: str | Path) -> FormatInfo:
         except ImportError as exc:
             unavailable[info.name] = f"{type(exc).__name__}: {exc}"
             continue
-        if module.identify(path):
-            return info
+        with warnings.catch_warnings():  # a probe's complaints about a file are noise here
+            warnings.simplefilter("ignore")
+            if module.identify(path):
+                return info
     if "gaia_xp" in unavailable and _looks_like_xp(path):
         raise ReaderError(path, f"this looks like a Gaia XP table (it names bp/rp "
                                 f"coefficients) but the gaia_xp reader could not be "
@@ -172,7 +175,7 @@ def read_spectra(path: str | Path, *, modality: str | None = None, format: str |
                                 f"{modality}; read it with modality={info.modality!r} "
                                 f"(--modality {info.modality})")
     if air is not None and info.modality is not None:
-        raise ConfigError(f"{path}: air= applies to generic spectra only; {info.name} files "
+        raise ConfigError(f"air= applies to generic spectra only; {info.name} files "
                           f"state their own wavelength convention")
     try:
         module = _load(info)

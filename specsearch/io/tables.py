@@ -35,6 +35,8 @@ import pyarrow.compute as pc
 from specsearch.errors import ReaderError
 
 META_KEY = b"specsearch.meta"
+CSV_BLOCK_BYTES = 1 << 24
+"""CSV read block: column types are inferred from the first block (16 MB)."""
 FORMATS = ("csv", "ecsv", "fits", "votable", "parquet", "arrow")
 _SUFFIXES = {".csv": "csv", ".txt": "csv", ".tsv": "csv", ".ecsv": "ecsv",
              ".fits": "fits", ".fit": "fits", ".fts": "fits", ".vot": "votable",
@@ -120,14 +122,17 @@ def parse_array_strings(column: pa.Array | pa.ChunkedArray) -> pa.Array | None:
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None   # e.g. nested "((..),(..))" or text in brackets: leave the strings
     counts = pc.fill_null(pc.list_value_length(parts), 0).to_numpy(zero_copy_only=False)
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
-    # Empty "()" cells (no parts) are empty lists, null cells stay null.
-    mask = pc.is_null(arr)
-    return pa.ListArray.from_arrays(pa.array(offsets), values, mask=mask)
+    offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+    # Empty "()" cells (no parts) are empty lists, null cells stay null; 64-bit offsets only
+    # when a column holds more than 2**31 numbers.
+    big = offsets[-1] >= 2 ** 31
+    cls = pa.LargeListArray if big else pa.ListArray
+    return cls.from_arrays(pa.array(offsets if big else offsets.astype(np.int32)), values,
+                           mask=pc.is_null(arr))
 
 
 def _parse_array_columns(table: pa.Table) -> pa.Table:
-    for i, name in enumerate(table.column_names):
+    for i in range(table.num_columns):
         parsed = parse_array_strings(table.column(i))
         if parsed is not None:
             field = table.schema.field(i).with_type(parsed.type)
@@ -200,6 +205,12 @@ def _read_fits(path: Path) -> pa.Table:
     from astropy.io import fits
     from astropy.table import Table
 
+    with open(path, "rb") as fh:
+        gzipped = fh.read(2) == b"\x1f\x8b"
+    size = path.stat().st_size
+    if not gzipped and size % 2880:
+        raise ReaderError(path, f"truncated FITS file: {size} bytes is not a whole number of "
+                                f"2880-byte FITS blocks; fetch the file again")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -267,12 +278,13 @@ def _csv_skip_rows(path: Path) -> int:
     return n
 
 
-def _csv_options(path: Path, column_types: dict | None = None, block_size: int = 1 << 24):
+def _csv_options(path: Path, column_types: dict | None = None):
     import pyarrow.csv as pcsv
 
     delimiter = "\t" if path.name.lower().replace(".gz", "").endswith(".tsv") else ","
     return dict(
-        read_options=pcsv.ReadOptions(skip_rows=_csv_skip_rows(path), block_size=block_size),
+        read_options=pcsv.ReadOptions(skip_rows=_csv_skip_rows(path),
+                                         block_size=CSV_BLOCK_BYTES),
         parse_options=pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=False),
         convert_options=pcsv.ConvertOptions(
             column_types=column_types or {},
@@ -355,12 +367,14 @@ def read_column_names(path: str | Path) -> list[str]:
         return next(_csv.reader([lines[skip].decode("utf-8", "replace")], delimiter=delim))
     if fmt == "fits":
         from astropy.io import fits
-        try:
-            with fits.open(path, memmap=True) as hdul:
-                for hdu in hdul:
-                    if isinstance(hdu, (fits.BinTableHDU, fits.TableHDU)):
-                        return [hdu.header.get(f"TTYPE{i + 1}", "")
-                                for i in range(hdu.header.get("TFIELDS", 0))]
+        try:   # headers only; a truncated body is reported by the read, not here
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with fits.open(path, memmap=True) as hdul:
+                    for hdu in hdul:
+                        if isinstance(hdu, (fits.BinTableHDU, fits.TableHDU)):
+                            return [hdu.header.get(f"TTYPE{i + 1}", "")
+                                    for i in range(hdu.header.get("TFIELDS", 0))]
         except Exception as exc:  # noqa: BLE001
             raise ReaderError(path, f"corrupt FITS file: {exc}") from exc
         raise ReaderError(path, "FITS file has no table HDU")

@@ -17,16 +17,8 @@ import numpy as np
 import torch
 
 from specsearch.model.cache import MODS, PairBatch, PairCache
+from specsearch.model.metrics import robust_sigma
 from specsearch.model.network import SpecCLIPNet
-
-
-def robust_sigma(values: np.ndarray) -> float:
-    """1.4826 x median absolute deviation of the finite values (NaN if none)."""
-    v = np.asarray(values, dtype=np.float64)
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return float("nan")
-    return float(1.4826 * np.median(np.abs(v - np.median(v))))
 
 
 @dataclass

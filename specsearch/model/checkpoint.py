@@ -40,7 +40,7 @@ def content_hash(config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor])
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
         h.update(f"|{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -131,6 +131,7 @@ def save_tensors_atomic(path: str | Path, tensors: Mapping[str, torch.Tensor],
                         metadata: Mapping[str, str] | None = None) -> None:
     """Write a safetensors file atomically (used for optimizer state in resumable runs)."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
               metadata=dict(metadata or {}))

@@ -58,8 +58,12 @@ def catalog_fingerprint(cat: Catalog) -> str:
     return h.hexdigest()[:16]
 
 
-def choose_labels(cat: Catalog, requested: list[str] | tuple[str, ...] | None) -> list[str]:
-    """Label columns to learn: ``requested`` (checked) or every known label present."""
+def choose_labels(cat: Catalog, requested: list[str] | tuple[str, ...] | None, *,
+                  min_coverage: float = 0.5) -> list[str]:
+    """Label columns the heads learn: ``requested`` (checked), or every known label
+    (:data:`KNOWN_LABELS`) present in the LAMOST rows with finite values for at least
+    ``min_coverage`` of them (a label known only for a rare class, e.g. [C/Fe] of carbon
+    stars, would make a head that extrapolates for every other star)."""
     names = set(cat.schema("lamost").names) | set(cat.schema("xp").names)
     if requested:
         missing = [c for c in requested if c not in names]
@@ -67,7 +71,16 @@ def choose_labels(cat: Catalog, requested: list[str] | tuple[str, ...] | None) -
             raise CatalogError(f"{cat.root}: label column(s) {missing} not in the catalog; "
                                f"columns present: {sorted(names)}")
         return list(requested)
-    return [c for c in KNOWN_LABELS if c in names]
+    chosen = []
+    lamost = set(cat.schema("lamost").names)
+    for c in KNOWN_LABELS:
+        if c not in lamost:
+            continue
+        values = cat.read_column("lamost", c).to_numpy(zero_copy_only=False)
+        values = np.asarray(values, dtype=np.float64)
+        if values.size and np.isfinite(values).mean() >= min_coverage:
+            chosen.append(c)
+    return chosen
 
 
 @dataclass

@@ -173,7 +173,7 @@ def validate(net: SpecCLIPNet, loss_fn: SpecCLIPLoss, cache: PairCache, pos: np.
         k = len(batch.source_id)
         for name, v in terms.parts.items():
             sums[name] = sums.get(name, 0.0) + v * k
-        sums["total"] = sums.get("total", 0.0) + float(terms.total) * k
+        sums["total"] = sums.get("total", 0.0) + float(terms.total.detach()) * k
         n += k
         for m in outs:
             embs[m].append(outs[m].embedding.float())
@@ -297,9 +297,9 @@ def train(catalog: str | Path, out: str | Path, cfg: TrainConfig, *, resume: boo
             n_seen += k
             for name, v in terms.parts.items():
                 sums[name] = sums.get(name, 0.0) + v * k
-            sums["total"] = sums.get("total", 0.0) + float(terms.total) * k
+            sums["total"] = sums.get("total", 0.0) + float(terms.total.detach()) * k
             bar.update(k)
-            bar.set_postfix(loss=f"{float(terms.total):.3f}", T=f"{net.temperature():.3f}")
+            bar.set_postfix(loss=f"{float(terms.total.detach()):.3f}", T=f"{net.temperature():.3f}")
             if crash_at_step is not None and step >= crash_at_step:
                 raise RuntimeError(f"injected crash at step {step}")
             if deadline is not None and time.time() > deadline:

@@ -12,7 +12,8 @@ What is fitted (see :mod:`specsearch.synth.emulator` for how it is used):
   sampled at ``NODE_STEP_A`` nodes; its log ratio to a black body at the star's Teff, s(node),
   is the SED part (normalised at 5500 A);
 * N is modelled per Teff bin as a Cannon-style quadratic in (log Teff, log g, [Fe/H])
-  (ridge-regularised least squares, one solve per bin for all pixels);
+  (ridge-regularised least squares, one solve per bin for all pixels); below 4100 K the
+  quadratic models -ln N (``TAU_BELOW``);
 * s is modelled the same way with one extra nuisance per star, its E(B-V): MILES spectra are
   not dereddened, so the fit alternates (5 rounds) between the quadratic and a per-star
   non-negative E(B-V) along the G23 extinction curve; the 10th percentile star of each bin
@@ -37,8 +38,13 @@ from specsearch.synth.grid import planck_lambda
 NODE_STEP_A = 40.0
 NODE_RANGE_A = (3570.0, 7390.0)          # vacuum; nodes inside the MILES coverage
 NORM_WINDOW_A = (5450.0, 5550.0)
-TEFF_EDGES = (3900.0, 4800.0, 5800.0, 7000.0, 9500.0, 15000.0)
+TEFF_EDGES = (3600.0, 4100.0, 4600.0, 5200.0, 6000.0, 7000.0, 9000.0, 15000.0)
 """Core Teff bin edges (K); each bin is trained on its core widened by ``MARGIN``."""
+TAU_BELOW = 4100.0
+"""Bins cooler than this model the optical depth -ln N instead of N: TiO bands make N of
+M stars vary by factors of several, which is linear in tau but not in N (held-out RMS of
+M stars 0.34 -> 0.04)."""
+TAU_FLOOR_N = 0.02
 MARGIN = 0.12
 RIDGE = 0.02
 HOLDOUT_EVERY = 5
@@ -110,8 +116,11 @@ def split(miles: dict) -> dict:
     s -= s[:, in_norm].mean(axis=1, keepdims=True)
     smooth = planck_lambda(wave[None, :], miles["teff"][:, None]) * np.exp(
         np.stack([np.interp(wave, nodes, si) for si in s]))
+    # The star's flux scale is arbitrary (relative MILES fluxes): it goes into N's
+    # normalisation, not into s, so that S = pi B_lambda exp(s) is a surface flux that is
+    # exactly pi B_lambda(Teff) at 5500 A (composites then add correctly with radii).
     scale = np.median(flux / smooth, axis=1, keepdims=True)
-    return {"nodes": nodes, "s": s + np.log(scale), "N": flux / (smooth * scale)}
+    return {"nodes": nodes, "s": s, "N": flux / (smooth * scale)}
 
 
 def extinction_curve_ln(wave_A: np.ndarray) -> np.ndarray:
@@ -145,7 +154,7 @@ def fit(miles: dict, *, holdout_every: int = HOLDOUT_EVERY) -> dict:
     k_nodes = extinction_curve_ln(parts["nodes"])
     edges = np.concatenate([[2000.0], TEFF_EDGES, [60000.0]])
     out: dict[str, list] = {k: [] for k in ("coef_n", "coef_s", "offset", "scale", "lo", "hi",
-                                            "n_train")}
+                                            "n_train", "tau")}
     ebv = np.zeros(n)
     for b in range(len(edges) - 1):
         t_lo, t_hi = edges[b] * (1 - MARGIN), edges[b + 1] * (1 + MARGIN)
@@ -156,7 +165,10 @@ def fit(miles: dict, *, holdout_every: int = HOLDOUT_EVERY) -> dict:
         offset, scale = lab[sel].mean(axis=0), lab[sel].std(axis=0) + 1e-3
         x = (lab[sel] - offset) / scale
         n_terms = 10 if sel.sum() >= 40 else 5       # few hot stars: linear + (log T)^2
-        coef_n = fit_bin(x, parts["N"][sel], n_terms=n_terms)
+        tau = edges[b + 1] <= TAU_BELOW
+        target = -np.log(np.clip(parts["N"][sel], TAU_FLOOR_N, None)) if tau else parts["N"][sel]
+        coef_n = fit_bin(x, target, n_terms=n_terms)
+        out["tau"].append(tau)
         s = parts["s"][sel]
         e = np.zeros(sel.sum())
         for _ in range(5):
@@ -176,18 +188,20 @@ def fit(miles: dict, *, holdout_every: int = HOLDOUT_EVERY) -> dict:
     meta = {"source": "MILES v9.1 (Sanchez-Blazquez et al. 2006; Falcon-Barroso et al. 2011), "
                       "labels Cenarro et al. 2007", "n_stars": int(n),
             "n_train": int(train.sum()), "holdout_every": holdout_every,
-            "teff_edges": list(TEFF_EDGES), "margin": MARGIN, "ridge": RIDGE,
+            "teff_edges": list(TEFF_EDGES), "tau_below": TAU_BELOW, "margin": MARGIN, "ridge": RIDGE,
             "node_step_A": NODE_STEP_A, "continuum_half_width_px": CONTINUUM_HALF_WIDTH,
             "n_train_per_bin": out["n_train"], "fwhm_A": 2.5}
     return {
         "wave_vac": miles["wave_vac"].astype(np.float64),
         "node_wave_vac": parts["nodes"].astype(np.float64),
         "teff_edges": np.array(TEFF_EDGES),
-        "coef_n": np.stack(out["coef_n"]), "coef_s": np.stack(out["coef_s"]),
+        "coef_n": np.stack(out["coef_n"]), "bin_is_tau": np.array(out["tau"]),
+        "coef_s": np.stack(out["coef_s"]),
         "label_offset": np.stack(out["offset"]), "label_scale": np.stack(out["scale"]),
         "label_lo": np.stack(out["lo"]), "label_hi": np.stack(out["hi"]),
         "holdout_ids": miles["ids"][holdout].astype("U16"),
         "train_ids": miles["ids"][train].astype("U16"),
+        "train_labels": lab[train].astype(np.float64),
         "miles_ebv_estimate": ebv.astype(np.float32),
         "miles_ids": miles["ids"].astype("U16"),
         "meta_json": np.array(json.dumps(meta)),
@@ -205,6 +219,7 @@ def save(arrays: dict, path: str | Path) -> Path:
     os.close(fd)
     try:
         np.savez_compressed(tmp, **arrays)
+        os.chmod(tmp, 0o644)                 # mkstemp makes 0600; data files are shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -51,9 +51,9 @@ def _teff_logg_for_states(rng: np.random.Generator, state: np.ndarray, feh: np.n
                           component: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Teff and log g on isochrone-like tracks; metal-poor HB stars may become BHB."""
     n = state.shape[0]
-    teff = np.zeros(n)
-    logg = np.zeros(n)
-    state = state.copy()
+    teff = np.full(n, np.nan)
+    logg = np.full(n, np.nan)
+    state = np.where(state == "bhb", "clump", state)     # re-drawn: may become BHB again
     old = component != "thin"
     # FGK dwarfs: old populations stop at their turn-off.
     sel = state == "dwarf"
@@ -84,6 +84,8 @@ def _teff_logg_for_states(rng: np.random.Generator, state: np.ndarray, feh: np.n
     teff[bhb] = rng.uniform(7500.0, 11000.0, bhb.sum())
     logg[bhb] = 3.0 + 0.5 * (teff[bhb] - 7500.0) / 3500.0 + rng.normal(0, 0.1, bhb.sum())
     state[bhb] = "bhb"
+    if np.isnan(teff).any():
+        raise ValueError(f"unknown evolutionary state(s) {sorted(set(state[np.isnan(teff)]))}")
     return teff, logg, state
 
 
@@ -94,8 +96,9 @@ def _common(rng: np.random.Generator, n: int, component: np.ndarray) -> dict[str
     rv_sig = np.array([COMPONENTS.get(c, COMPONENTS["thin"])["rv_sigma"] for c in component])
     ebv = np.clip(rng.exponential(ebv_scale), *LABEL_RANGES["ebv"])
     rv = np.clip(rng.normal(rv_mu, rv_sig), -600.0, 600.0)
-    # Magnitude-limited counts rise towards the faint limit: p(G) ~ 10^(0.3 G), 9.5-17.8.
-    lo, hi, k = 9.5, 17.8, 0.3 * np.log(10.0)
+    # Magnitude-limited counts rise towards the faint limit: p(G) ~ 10^(0.3 G), 9.5-17.6
+    # (the faint end of both LAMOST targets and published Gaia DR3 XP spectra).
+    lo, hi, k = 9.5, 17.6, 0.3 * np.log(10.0)
     u = rng.random(n)
     mag = np.log(np.exp(k * lo) + u * (np.exp(k * hi) - np.exp(k * lo))) / k
     return {"ebv": ebv, "rv": rv, "mag_g": mag}

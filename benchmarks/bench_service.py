@@ -1,0 +1,371 @@
+"""Load test of the HTTP service against a large index, compared with in-process queries.
+
+One run:
+1. builds (or reuses, ``--cache``) an index of ``--n`` clustered unit vectors
+   (:func:`specsearch.index.synthetic.clustered_unit_vectors`, the index benchmark's data)
+   with per-row metadata (ra, dec, snr, head predictions), tied to the served model's hash;
+2. measures the in-process rate of ``SearchEngine.search(vec, k=10)`` (the exact call the
+   service makes), single-threaded and with the server's worker-thread count;
+3. starts ``specsearch serve`` in its own process, records its RSS, and runs a separate
+   client process on loopback: ``wrk`` (Debian package; a C client whose own CPU use stays
+   small) when installed, else httpx async (``--httpx``; at most ``--requests`` requests),
+   each phase bounded by ``--duration`` seconds: ``POST /v1/search/embedding`` with k=10,
+   first with one connection (latency of a single query), then ``--clients`` connections;
+4. prints a table (requests/s, p50/p95/p99 latency, errors, server memory before/after,
+   HTTP / in-process throughput) and writes ``benchmarks/results/service.json``.
+
+Goals (issue 8): p99 <= 20 ms for a single k=10 query; HTTP >= 50% of in-process throughput.
+The client shares the machine's cores with the server: on a 2-core machine its CPU use is
+part of what is measured (httpx costs far more than wrk: ~1 ms of client CPU a request).
+
+    python benchmarks/bench_service.py                 # 1M vectors (build ~2-4 min)
+    python benchmarks/bench_service.py --n 100000 --requests 5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+K = 10
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process (Linux /proc), MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def percentiles(lat_s: list[float] | np.ndarray) -> dict[str, float]:
+    a = np.asarray(lat_s) * 1e3
+    if a.size == 0:
+        return {"p50_ms": float("nan"), "p95_ms": float("nan"), "p99_ms": float("nan")}
+    p50, p95, p99 = np.percentile(a, [50, 95, 99])
+    return {"p50_ms": round(float(p50), 2), "p95_ms": round(float(p95), 2),
+            "p99_ms": round(float(p99), 2)}
+
+
+# ----------------------------------------------------------------------------- index
+
+
+def served_model(cache: Path) -> tuple[Path | None, str, int]:
+    """(model dir or None for the shipped default, model hash, embedding dim)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from service_support import model_dir  # the tests' stand-in while no default ships
+
+    from specsearch.model import load_model
+
+    path = model_dir(cache)
+    model = load_model(path)
+    return path, model.model_hash, model.embedding_dim
+
+
+def build(out: Path, n: int, model_hash: str, dim: int, kind: str) -> float:
+    """Build the benchmark index if ``out`` does not hold one of ``n`` rows; build seconds."""
+    from specsearch.index import ArrayEmbeddings, BuildOptions, build_index
+    from specsearch.index.manifest import read_index_manifest
+    from specsearch.index.synthetic import clustered_unit_vectors
+
+    try:
+        top = read_index_manifest(out)
+        from specsearch.query import SearchEngine
+
+        if top.model_hash == model_hash and \
+                SearchEngine.open(out, verify=False).index["lamost"].count == n:
+            return float("nan")
+    except Exception:
+        pass
+    t = time.perf_counter()
+    x = clustered_unit_vectors(n, dim, seed=0)
+    rng = np.random.default_rng(3)
+    cols = {"embedding": x, "source_id": 10 ** 15 + np.arange(n, dtype=np.int64),
+            "ra": rng.uniform(0, 360, n), "dec": np.degrees(np.arcsin(rng.uniform(-1, 1, n))),
+            "snr": rng.gamma(3.0, 15.0, n).astype(np.float32)}
+    for label, (mu, sd) in {"teff": (5500, 900), "logg": (3.8, 0.8), "feh": (-0.4, 0.5)}.items():
+        cols[f"{label}_pred"] = rng.normal(mu, sd, n).astype(np.float32)
+        cols[f"{label}_err"] = np.abs(rng.normal(0.05 * abs(mu) + 0.05, 0.01, n)
+                                      ).astype(np.float32)
+    source = ArrayEmbeddings({"lamost": cols}, model_hash=model_hash,
+                             label_names=["teff", "logg", "feh"])
+    build_index(source, out, BuildOptions(kind=kind, target_recall=0.95, tune_queries=300))
+    return time.perf_counter() - t
+
+
+def queries_for(n: int, dim: int, count: int) -> np.ndarray:
+    from specsearch.index.synthetic import clustered_unit_vectors, held_out_queries
+
+    # Regenerating the data for the queries costs seconds; a 200k prefix has the same mix.
+    x = clustered_unit_vectors(min(n, 200_000), dim, seed=0)
+    return held_out_queries(x, count, seed=11)
+
+
+# ----------------------------------------------------------------------------- in-process
+
+
+def in_process(index: Path, queries: np.ndarray, threads: int, budget_s: float) -> dict:
+    """engine.search(vec, k=10) rate: one thread, then ``threads`` threads."""
+    from specsearch.index import ThreadPolicy
+    from specsearch.query import SearchEngine
+
+    engine = SearchEngine.open(index, verify=False, threads=ThreadPolicy(single=1, batch=1))
+    for q in queries[:200]:
+        engine.search(q, modality="lamost", k=K)
+    lat, t0, i = [], time.perf_counter(), 0
+    while time.perf_counter() - t0 < budget_s:
+        s = time.perf_counter()
+        engine.search(queries[i % len(queries)], modality="lamost", k=K)
+        lat.append(time.perf_counter() - s)
+        i += 1
+    single = {"qps": round(len(lat) / (time.perf_counter() - t0), 1), **percentiles(lat)}
+
+    def worker(offset: int) -> int:
+        done, end = 0, time.perf_counter() + budget_s
+        while time.perf_counter() < end:
+            engine.search(queries[(offset + done) % len(queries)], modality="lamost", k=K)
+            done += 1
+        return done
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        total = sum(pool.map(worker, range(0, threads * 997, 997)))
+    multi = {"qps": round(total / (time.perf_counter() - t0), 1), "threads": threads}
+    return {"single_thread": single, "threaded": multi}
+
+
+# ----------------------------------------------------------------------------- HTTP client
+
+
+async def _load(url: str, bodies: list[bytes], clients: int, requests: int,
+                duration_s: float) -> dict:
+    import httpx
+
+    lat: list[float] = []
+    codes: dict[int, int] = {}
+    errors = 0
+    sent = 0
+    deadline = time.perf_counter() + duration_s
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+        async def one_client(cid: int) -> None:
+            nonlocal sent, errors
+            while sent < requests and time.perf_counter() < deadline:
+                body = bodies[(sent * 7 + cid) % len(bodies)]
+                sent += 1
+                s = time.perf_counter()
+                try:
+                    r = await client.post("/v1/search/embedding", content=body,
+                                          headers={"content-type": "application/json"})
+                    codes[r.status_code] = codes.get(r.status_code, 0) + 1
+                    if r.status_code == 200:
+                        lat.append(time.perf_counter() - s)
+                    else:
+                        errors += 1
+                except httpx.HTTPError:
+                    errors += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one_client(c) for c in range(clients)))
+        wall = time.perf_counter() - t0
+    return {"clients": clients, "requests": sent, "ok": len(lat), "errors": errors,
+            "codes": codes, "wall_s": round(wall, 2), "rps": round(len(lat) / wall, 1),
+            **percentiles(lat)}
+
+
+WRK_SCRIPT = """
+local bodies = {%s}
+local i = 0
+request = function()
+  i = i + 1
+  return wrk.format("POST", "/v1/search/embedding", {["Content-Type"] = "application/json"},
+                    bodies[(i %% #bodies) + 1])
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('{"requests": %%d, "duration_us": %%d, "status_errors": %%d, ' ..
+    '"socket_errors": %%d, "p50_us": %%f, "p95_us": %%f, "p99_us": %%f}\\n',
+    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(95), latency:percentile(99)))
+end
+"""
+
+
+def wrk_load(url: str, bodies: list[bytes], connections: int, duration_s: float,
+             script: Path) -> dict:
+    """One load phase with wrk (a C client: its own CPU use stays small), time-bounded."""
+    script.write_text(WRK_SCRIPT % ", ".join(f"[[{b.decode()}]]" for b in bodies))
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{int(duration_s)}s",
+                          "--timeout", "30s", "-s", str(script), url],
+                         capture_output=True, text=True, check=True,
+                         timeout=duration_s + 60).stdout
+    r = json.loads(out.strip().splitlines()[-1])
+    wall = r["duration_us"] / 1e6
+    errors = r["status_errors"] + r["socket_errors"]
+    return {"client": "wrk", "clients": connections, "requests": r["requests"],
+            "ok": r["requests"] - r["status_errors"], "errors": errors,
+            "wall_s": round(wall, 2), "rps": round((r["requests"] - errors) / wall, 1),
+            "p50_ms": round(r["p50_us"] / 1e3, 2), "p95_ms": round(r["p95_us"] / 1e3, 2),
+            "p99_ms": round(r["p99_us"] / 1e3, 2)}
+
+
+def client_main(args: argparse.Namespace) -> None:
+    """The separate client process: reads queries, runs the load, prints JSON."""
+    queries = np.load(args.client_queries)
+    bodies = [json.dumps({"embedding": q.tolist(), "modality": "lamost", "k": K}).encode()
+              for q in queries]
+    t_cpu = time.process_time()
+    asyncio.run(_load(args.url, bodies, 4, 100, 10))  # warm-up (connections, caches)
+    out = {"single": asyncio.run(_load(args.url, bodies, 1, args.single_requests,
+                                       args.duration)),
+           "concurrent": asyncio.run(_load(args.url, bodies, args.clients, args.requests,
+                                           args.duration))}
+    out["client_cpu_s"] = round(time.process_time() - t_cpu, 1)
+    print(json.dumps(out))
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def serve(index: Path, model: Path | None, port: int, worker_threads: int
+          ) -> subprocess.Popen:
+    import httpx
+
+    cmd = [sys.executable, "-m", "specsearch", "serve", str(index), "--port", str(port),
+           "--log-level", "warning", "--worker-threads", str(worker_threads)]
+    if model is not None:
+        cmd += ["--model", str(model)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v1/health/ready").status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+        time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("server did not become ready in 180 s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=1_000_000, help="vectors in the index")
+    ap.add_argument("--kind", default="ivf_flat",
+                    help="index backend (ivf_flat builds 1M in ~1-2 min on 2 cores)")
+    ap.add_argument("--clients", type=int, default=64)
+    ap.add_argument("--requests", type=int, default=20_000, help="max requests (concurrent)")
+    ap.add_argument("--single-requests", type=int, default=1000)
+    ap.add_argument("--duration", type=float, default=30.0, help="max seconds a phase")
+    ap.add_argument("--worker-threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--cache", default=None, help="where the index is built and kept")
+    ap.add_argument("--out", default=str(RESULTS / "service.json"))
+    ap.add_argument("--httpx", action="store_true",
+                    help="use the Python httpx client even when wrk is installed")
+    ap.add_argument("--client-queries", help=argparse.SUPPRESS)
+    ap.add_argument("--url", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.client_queries:
+        client_main(args)
+        return
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from service_support import free_port
+
+    load = os.getloadavg()
+    cache = Path(args.cache or Path(tempfile.gettempdir()) / f"specsearch-bench-service")
+    cache.mkdir(parents=True, exist_ok=True)
+    model, model_hash, dim = served_model(cache)
+    index = cache / f"index-{args.kind}-{args.n}"
+    build_s = build(index, args.n, model_hash, dim, args.kind)
+    print(f"index {index}: n={args.n} dim={dim} kind={args.kind} "
+          f"build {'reused' if build_s != build_s else f'{build_s:.0f} s'}", flush=True)
+    queries = queries_for(args.n, dim, 2000)
+    inproc = in_process(index, queries, args.worker_threads, budget_s=5.0)
+    print(f"in-process: {inproc}", flush=True)
+
+    port = free_port()
+    proc = serve(index, model, port, args.worker_threads)
+    try:
+        rss_before = rss_mib(proc.pid)
+        qfile = cache / "queries.npy"
+        np.save(qfile, queries)
+        if shutil.which("wrk") and not args.httpx:
+            bodies = [json.dumps({"embedding": [round(float(v), 6) for v in q],
+                                  "modality": "lamost", "k": K}).encode()
+                      for q in queries[:500]]
+            url = f"http://127.0.0.1:{port}"
+            wrk_load(url, bodies, 4, 3, cache / "load.lua")  # warm-up
+            http = {"single": wrk_load(url, bodies, 1, args.duration, cache / "load.lua"),
+                    "concurrent": wrk_load(url, bodies, args.clients, args.duration,
+                                           cache / "load.lua"),
+                    "client_cpu_s": "n/a (wrk)"}
+            rss_after = rss_mib(proc.pid)
+            return_http = True
+        else:
+            return_http = False
+        if not return_http:
+            client = subprocess.run(
+                [sys.executable, __file__, "--client-queries", str(qfile),
+                 "--url", f"http://127.0.0.1:{port}", "--clients", str(args.clients),
+                 "--requests", str(args.requests), "--single-requests",
+                 str(args.single_requests), "--duration", str(args.duration)],
+                capture_output=True, text=True, check=True, timeout=4 * args.duration + 120)
+            http = json.loads(client.stdout.strip().splitlines()[-1])
+            rss_after = rss_mib(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+    best_inproc = max(inproc["single_thread"]["qps"], inproc["threaded"]["qps"])
+    summary = {
+        "n": args.n, "dim": dim, "kind": args.kind, "k": K, "build_s": build_s,
+        "worker_threads": args.worker_threads, "cpus": os.cpu_count(),
+        "load_at_start": load, "load_at_end": os.getloadavg(), "in_process": inproc,
+        "http": http, "server_rss_mib": {"before": round(rss_before, 1),
+                                         "after": round(rss_after, 1)},
+        "http_over_in_process": round(http["concurrent"]["rps"] / best_inproc, 3),
+        "goals": {"single_query_p99_ms<=20": http["single"]["p99_ms"] <= 20.0,
+                  "http>=0.5*in_process": http["concurrent"]["rps"] >= 0.5 * best_inproc},
+    }
+    rows = [("in-process, 1 thread", inproc["single_thread"]["qps"],
+             inproc["single_thread"], "-", "-"),
+            (f"in-process, {args.worker_threads} threads", inproc["threaded"]["qps"], {},
+             "-", "-"),
+            ("HTTP, 1 client", http["single"]["rps"], http["single"],
+             http["single"]["errors"], http["single"]["ok"]),
+            (f"HTTP, {args.clients} clients", http["concurrent"]["rps"], http["concurrent"],
+             http["concurrent"]["errors"], http["concurrent"]["ok"])]
+    print(f"\n{'k=10 search, ' + str(args.n) + ' vectors':<28} {'req/s':>8} {'p50 ms':>8} "
+          f"{'p95 ms':>8} {'p99 ms':>8} {'errors':>7} {'ok':>7}")
+    for name, rps, p, err, ok in rows:
+        print(f"{name:<28} {rps:>8.1f} {p.get('p50_ms', float('nan')):>8.2f} "
+              f"{p.get('p95_ms', float('nan')):>8.2f} {p.get('p99_ms', float('nan')):>8.2f} "
+              f"{err!s:>7} {ok!s:>7}")
+    print(f"server RSS {rss_before:.0f} MiB before, {rss_after:.0f} MiB after; HTTP/in-process "
+          f"throughput {summary['http_over_in_process']:.2f}; client CPU "
+          f"{http['client_cpu_s']} s; load {load[0]:.1f} -> {os.getloadavg()[0]:.1f}")
+    print(f"goals: {summary['goals']}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(summary, indent=1, default=float))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""Anomaly and metal-poor candidate lists of the served index, computed once and cached.
+
+The lists are the library's (:mod:`specsearch.anomaly`, :mod:`specsearch.hunt`) over the
+index's own rows (:func:`specsearch.anomaly.table_from_index`): scoring every object takes
+seconds per million rows, so it runs on the first request for a modality (in a worker
+thread) and is kept; pages and filters are then cheap. Artefact screening needs the
+observed spectra, so it runs only when the index's catalog is available.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from specsearch.errors import QueryError
+from specsearch.query import Filter, SearchEngine
+
+log = logging.getLogger("specsearch.service")
+
+HUNT_CALIBRATION_FILE = "hunt_calibration.json"
+"""A calibration file next to the index manifest (``specsearch hunt`` writes/reads it)."""
+
+
+class _RowsView:
+    """Adapter so :meth:`Filter.mask` evaluates on an Arrow table of rows."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self.rows = table
+        self.count = table.num_rows
+
+    def column(self, name: str) -> np.ndarray:
+        if name not in self.rows.column_names:
+            raise QueryError(f"no column {name!r} to filter on; columns: "
+                             f"{self.rows.column_names}")
+        col = self.rows.column(name)
+        if pa.types.is_integer(col.type) and col.null_count:
+            col = col.cast(pa.float64())
+        return col.to_numpy(zero_copy_only=False)
+
+
+@dataclass
+class ListPage:
+    """One page of a ranked list."""
+
+    total: int
+    table: pa.Table
+    extra: dict[str, Any]
+
+
+class CandidateLists:
+    """Lazily computed, cached candidate lists over a :class:`SearchEngine`'s index."""
+
+    def __init__(self, engine: SearchEngine, catalog: Path | None) -> None:
+        self.engine = engine
+        self.catalog = catalog
+        self._lock = threading.Lock()
+        self._tables: dict[str, Any] = {}
+        self._scores: dict[str, Any] = {}
+        self._flags: dict[str, Any] = {}
+
+    def clear(self) -> None:
+        with self._lock:
+            self._tables.clear()
+            self._scores.clear()
+            self._flags.clear()
+
+    def _check(self, modality: str) -> None:
+        if modality not in self.engine.modalities:
+            raise QueryError(f"no {modality!r} index here; modalities: "
+                             f"{self.engine.modalities}")
+
+    def _table(self, modality: str):
+        from specsearch.anomaly import table_from_index
+
+        if modality not in self._tables:
+            self._tables[modality] = table_from_index(self.engine.index, modality, threads=1)
+        return self._tables[modality]
+
+    def _mask(self, table: pa.Table, flt: Filter) -> np.ndarray | None:
+        return flt.mask(_RowsView(table))
+
+    # ----------------------------------------------------------------- anomalies
+    def _anomaly_scores(self):
+        """Scores of every modality (cross-modal disagreement needs them all at once)."""
+        from specsearch.anomaly import score_tables
+
+        with self._lock:
+            if not self._scores:
+                pairs = {m: self._table(m) for m in self.engine.modalities}
+                scores = score_tables({m: p[0] for m, p in pairs.items()},
+                                      searchers={m: p[1] for m, p in pairs.items()})
+                self._scores.update(scores)
+                if self.catalog is not None:
+                    self._flags.update(self._screen(scores))
+            return self._scores, self._flags
+
+    def _screen(self, scores) -> dict[str, Any]:
+        from specsearch.anomaly import catalog_features, screen
+
+        flags = {}
+        for modality, s in scores.items():
+            try:
+                ids = set(s.table.spectrum_id.astype(str).tolist())
+                feats = catalog_features(self.catalog, modality, spectrum_ids=ids)
+                flags[modality] = screen(feats)
+            except Exception as exc:  # a missing/changed catalog only costs the screening
+                log.warning("artefact screening of %s skipped: %s", modality, exc)
+        return flags
+
+    def anomalies(self, modality: str, *, kind: str, filters: list[str], offset: int,
+                  limit: int) -> ListPage:
+        """A page of the astrophysical or artefact list of ``modality``."""
+        from specsearch.anomaly import CandidateConfig, modality_candidates
+
+        self._check(modality)
+        flt = Filter.parse(filters)
+        scores, flags = self._anomaly_scores()
+        s = scores[modality]
+        mask = self._mask(s.table.meta, flt)
+        screened = modality in flags
+        if kind == "artefacts" and not screened:
+            raise QueryError("the artefact list needs the observed spectra (the index's "
+                             "catalog), which this server does not have; start it with "
+                             "--catalog CATALOG_DIR")
+        f = flags.get(modality)
+        total = modality_candidates(
+            s, f, config=CandidateConfig(top=max(1, len(s.table)), kind=kind, n_neighbours=0),
+            row_mask=mask).num_rows
+        page = modality_candidates(
+            s, f, config=CandidateConfig(top=offset + limit, kind=kind, n_neighbours=3),
+            row_mask=mask).slice(offset, limit)
+        return ListPage(total=total, table=page,
+                        extra={"artefact_screening": screened})
+
+    # ----------------------------------------------------------------- metal-poor
+    def _calibration(self):
+        from specsearch.hunt import HuntCalibration
+
+        path = Path(self.engine.index.root) / HUNT_CALIBRATION_FILE
+        if path.is_file():
+            return HuntCalibration.load(path)
+        return HuntCalibration(modalities={})
+
+    def metal_poor(self, modality: str, *, feh_max: float, min_prob: float,
+                   filters: list[str], offset: int, limit: int) -> ListPage:
+        """A page of the stars most likely to have [Fe/H] < ``feh_max``, from ``modality``'s
+        predictions (``any``: both modalities combined)."""
+        from specsearch.hunt import HuntConfig, hunt
+
+        mods = self.engine.modalities if modality == "any" else [modality]
+        for m in mods:
+            self._check(m)
+        flt = Filter.parse(filters)
+        with self._lock:
+            tables = {m: self._table(m)[0] for m in mods}
+        masks = {m: self._mask(t.meta, flt) for m, t in tables.items()}
+        masks = {m: v for m, v in masks.items() if v is not None}
+        result = hunt(tables, self._calibration(),
+                      config=HuntConfig(feh_max=feh_max, mode=modality, top=None,
+                                        min_prob=min_prob),
+                      row_masks=masks or None)
+        return ListPage(total=result.table.num_rows,
+                        table=result.table.slice(offset, limit),
+                        extra={"calibrated": result.calibrated,
+                               "expected_total": result.expected_total,
+                               "n_stars": result.n_stars})

@@ -1,0 +1,84 @@
+"""Library results -> API response models (JSON-safe: NaN -> null, numpy -> Python)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from service.schemas import Estimate, Neighbour
+from specsearch.query import Neighbours
+
+# Columns shown as first-class fields of a neighbour (the rest go to ``metadata``).
+FIELDS = ("source_id", "spectrum_id", "modality", "ra", "dec", "snr", "mag_g")
+HIDDEN = ("embedding",)
+
+
+def clean(value: Any) -> Any:
+    """A JSON-safe scalar: NaN/inf -> None, numpy -> Python, bytes -> str; lists dropped."""
+    if isinstance(value, (np.generic,)):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (bytes, bytearray)):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, (list, tuple, dict, np.ndarray)):
+        return None
+    return value
+
+
+def estimates(row: dict[str, Any], label_names: Sequence[str]) -> dict[str, Estimate]:
+    """``{label: Estimate}`` from a row's ``<label>_pred`` / ``<label>_err`` columns."""
+    out = {}
+    for name in label_names:
+        if f"{name}_pred" in row:
+            out[name] = Estimate(value=clean(row.get(f"{name}_pred")),
+                                 err=clean(row.get(f"{name}_err")))
+    return out
+
+
+def scalar_columns(table: pa.Table) -> list[str]:
+    """Columns that are not lists (vectors, coefficient arrays)."""
+    return [f.name for f in table.schema
+            if not (pa.types.is_list(f.type) or pa.types.is_fixed_size_list(f.type)
+                    or pa.types.is_large_list(f.type)) and f.name not in HIDDEN]
+
+
+def row_to_neighbour(row: dict[str, Any], *, rank: int, similarity: float,
+                     label_names: Sequence[str], modality: str) -> Neighbour:
+    preds = estimates(row, label_names)
+    used = set(FIELDS) | {f"{n}_pred" for n in preds} | {f"{n}_err" for n in preds}
+    return Neighbour(
+        rank=rank, similarity=float(similarity), source_id=int(row["source_id"]),
+        spectrum_id=str(row.get("spectrum_id") or ""),
+        modality=str(row.get("modality") or modality),
+        ra=clean(row.get("ra")), dec=clean(row.get("dec")), snr=clean(row.get("snr")),
+        mag_g=clean(row.get("mag_g")), predictions=preds,
+        metadata={k: clean(v) for k, v in row.items() if k not in used})
+
+
+def neighbours(result: Neighbours, label_names: Sequence[str]) -> list[Neighbour]:
+    """One :class:`Neighbour` per row of a search result (rank is 1-based)."""
+    table = result.metadata.select(scalar_columns(result.metadata))
+    rows = table.to_pylist()
+    return [row_to_neighbour(row, rank=int(r) + 1, similarity=float(s),
+                             label_names=label_names, modality=result.modality)
+            for row, r, s in zip(rows, result.rank, result.similarity)]
+
+
+def table_rows(table: pa.Table) -> tuple[list[str], list[dict[str, Any]]]:
+    """(columns, JSON-safe rows) of a candidate table; list columns become short lists."""
+    columns = [f.name for f in table.schema if f.name not in HIDDEN]
+    rows = []
+    for row in table.select(columns).to_pylist():
+        out = {}
+        for k, v in row.items():
+            if isinstance(v, list):
+                out[k] = ", ".join("" if clean(x) is None else str(clean(x)) for x in v[:10])
+            else:
+                out[k] = clean(v)
+        rows.append(out)
+    return columns, rows

@@ -1,0 +1,1 @@
+"""One router per resource: search, predict, candidates, objects, info, health, pages."""

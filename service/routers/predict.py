@@ -1,0 +1,85 @@
+"""Predict parameters (and the translated spectrum) for a client spectrum."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Depends, File, Query, UploadFile
+
+from service import convert
+from service.deps import State
+from service.schemas import ArraysPredict, Curve, Modality, Prediction
+from service.security import require_api_key
+from service.spectra import GridSpectrum, display_curve, from_arrays, from_upload, model_curve
+from service.state import ServiceState
+from service.uploads import read_upload
+from specsearch.errors import SpectrumError
+
+router = APIRouter(prefix="/v1/predict", tags=["predict"],
+                   dependencies=[Depends(require_api_key)])
+
+
+def predict_grid(state: ServiceState, grid: GridSpectrum, translate: bool) -> Prediction:
+    """Heads' predictions with uncertainties, class probabilities, and the model's spectrum
+    of the same star in the other modality (runs in a worker thread)."""
+    import torch
+
+    model = state.model
+    batch = model.embed_numpy(grid.modality, grid.flux[None], grid.ivar[None])
+    if not bool(batch.good[0]):
+        raise SpectrumError(f"{grid.filename or 'spectrum'}: only {grid.good_fraction:.0%} "
+                            f"of the {grid.modality} grid has usable pixels; at least 20% "
+                            f"are needed")
+    preds = {n: convert.Estimate(value=convert.clean(float(batch.predictions[0, i])),
+                                 err=convert.clean(float(batch.uncertainties[0, i])))
+             for i, n in enumerate(batch.label_names)}
+    classes = {}
+    if batch.class_prob is not None:
+        classes = {n: float(batch.class_prob[0, i]) for i, n in enumerate(batch.class_names)}
+    w, f = display_curve(grid.flux, grid.ivar, grid.modality)
+    out = Prediction(modality=grid.modality, filename=grid.filename,
+                     spectra_in_file=grid.spectra_in_file, row=grid.row,
+                     good_fraction=grid.good_fraction, predictions=preds,
+                     class_probabilities=classes,
+                     input=Curve(label="input", modality=grid.modality, wavelength=w, flux=f))
+    others = [m for m in model.modalities if m != grid.modality]
+    if translate and others:
+        with torch.inference_mode():
+            emb = torch.from_numpy(np.asarray(batch.embedding[:1], np.float32))
+            t = model.translate(grid.modality, emb)[0].float().numpy()
+        w, f = model_curve(t, others[0])
+        out.translated = Curve(label=f"translated to {others[0]}", modality=others[0],
+                               kind="model", wavelength=w, flux=f)
+    return out
+
+
+@router.post("/upload", response_model=Prediction,
+             summary="parameters and translated spectrum of an uploaded spectrum")
+async def predict_upload(
+    state: State,
+    file: Annotated[UploadFile, File(description="a spectrum file (as for search)")],
+    modality: Annotated[Modality | None, Query()] = None,
+    air: Annotated[bool | None, Query()] = None,
+    row: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    translate: bool = True,
+) -> Prediction:
+    data = await read_upload(file, state.settings.max_upload_bytes)
+
+    def work() -> Prediction:
+        grid = from_upload(data, file.filename or "upload", modality=modality, air=air,
+                           row=row, max_bytes=state.settings.max_upload_bytes)
+        return predict_grid(state, grid, translate)
+
+    return await state.worker.run("predict_upload", work)
+
+
+@router.post("/spectrum", response_model=Prediction,
+             summary="parameters and translated spectrum of JSON arrays")
+async def predict_arrays(state: State, body: ArraysPredict) -> Prediction:
+    def work() -> Prediction:
+        grid = from_arrays(body.wavelength, body.flux, body.ivar, modality=body.modality,
+                           air=body.air)
+        return predict_grid(state, grid, body.translate)
+
+    return await state.worker.run("predict_arrays", work)

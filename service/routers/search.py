@@ -1,0 +1,220 @@
+"""Search routes: by uploaded file, by JSON arrays, by embedding, by source_id."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Depends, File, Query, UploadFile
+
+from service import convert
+from service.deps import FilterParam, OffsetParam, SourceIdParam, State
+from service.errors import NotFoundError
+from service.schemas import (
+    ArraysSearch,
+    Curve,
+    EmbeddingSearch,
+    Modality,
+    QueryInfo,
+    SearchOptions,
+    SearchResponse,
+    Target,
+)
+from service.security import require_api_key
+from service.spectra import GridSpectrum, display_curve, from_arrays, from_upload, model_curve
+from service.state import ServiceState
+from service.uploads import read_upload
+from specsearch.errors import QueryError, SpectrumError
+
+router = APIRouter(prefix="/v1/search", tags=["search"],
+                   dependencies=[Depends(require_api_key)])
+
+PLOT_NEIGHBOURS = 5
+"""Neighbours drawn in the web page's plot (all are in the table)."""
+
+
+def target_modality(target: str, query_modality: str, modalities: list[str]) -> str:
+    """``same``/``cross``/a modality name -> the modality to search."""
+    if target == "same":
+        return query_modality
+    if target == "cross":
+        others = [m for m in modalities if m != query_modality]
+        if not others:
+            raise QueryError(f"cross-modal search needs an index of another modality than "
+                             f"{query_modality!r}; this index has {modalities}")
+        return others[0]
+    return target
+
+
+def _decoded(state: ServiceState, source: str, target: str, vecs: np.ndarray) -> np.ndarray:
+    """(n, N_target) spectra the model decodes from (n, D) embeddings of ``source``.
+
+    No public ``SpecModel.reconstruct`` exists; ``translate`` covers source != target.
+    """
+    import torch
+
+    with torch.inference_mode():
+        emb = torch.from_numpy(np.ascontiguousarray(vecs, dtype=np.float32))
+        if source != target:
+            return state.model.translate(source, emb).float().numpy()
+        return state.model.net.decode(source, target, emb).float().numpy()
+
+
+def _curves(state: ServiceState, query: GridSpectrum | None, query_vec: np.ndarray,
+            query_modality: str, target: str, result) -> list[Curve]:
+    """Curves for the page's plot: the query (observed when uploaded, else as the model
+    decodes it), its translation when cross-modal, and the top neighbours as the model
+    decodes their stored embeddings (the index stores no observed spectra)."""
+    curves: list[Curve] = []
+    if query is not None:
+        w, f = display_curve(query.flux, query.ivar, query.modality)
+        curves.append(Curve(label="query", modality=query.modality, wavelength=w, flux=f))
+    else:
+        w, f = model_curve(_decoded(state, query_modality, query_modality,
+                                    query_vec[None])[0], query_modality)
+        curves.append(Curve(label="query (model)", modality=query_modality, kind="model",
+                            wavelength=w, flux=f))
+    if target != query_modality:
+        w, f = model_curve(_decoded(state, query_modality, target, query_vec[None])[0],
+                           target)
+        curves.append(Curve(label=f"query translated to {target} (model)", modality=target,
+                            kind="model", wavelength=w, flux=f))
+    top = min(PLOT_NEIGHBOURS, len(result))
+    if top:
+        vecs = np.stack([state.engine.vector_of(int(sid), target)[1]
+                         for sid in result.source_id[:top]])
+        for i, spec in enumerate(_decoded(state, target, target, vecs)):
+            w, f = model_curve(spec, target)
+            curves.append(Curve(label=f"#{int(result.rank[i]) + 1} {result.source_id[i]}",
+                                modality=target, kind="model", role="neighbour",
+                                wavelength=w, flux=f))
+    return curves
+
+
+def _respond(state: ServiceState, info: QueryInfo, vec: np.ndarray, opts: SearchOptions,
+             grid: GridSpectrum | None, start: float, *, exclude: int | None = None
+             ) -> SearchResponse:
+    target = target_modality(opts.target, info.modality, state.engine.modalities)
+    result = state.engine.search(vec, modality=target, k=opts.k, offset=opts.offset,
+                                 limit=opts.limit, filter=opts.filters,
+                                 exclude_source_ids=[exclude] if exclude is not None
+                                 and target == info.modality else None)
+    labels = state.engine.index.manifest.label_names
+    spectra = _curves(state, grid, vec, info.modality, target, result) \
+        if opts.include_spectra else None
+    return SearchResponse(
+        query=info, target_modality=target, cross_modal=target != info.modality, k=opts.k,
+        offset=opts.offset, limit=len(result), filters=list(opts.filters),
+        neighbours=convert.neighbours(result, labels),
+        took_ms=(time.perf_counter() - start) * 1e3, spectra=spectra)
+
+
+def search_grid(state: ServiceState, grid: GridSpectrum, opts: SearchOptions,
+                kind: str) -> SearchResponse:
+    """Embed a gridded client spectrum and search (runs in a worker thread)."""
+    start = time.perf_counter()
+    batch = state.model.embed_numpy(grid.modality, grid.flux[None], grid.ivar[None])
+    name = grid.filename or "spectrum"
+    if not bool(batch.good[0]):
+        raise SpectrumError(f"{name}: only {grid.good_fraction:.0%} of the {grid.modality} "
+                            f"grid has usable pixels; at least 20% are needed to embed it")
+    preds = {n: convert.Estimate(value=convert.clean(float(batch.predictions[0, i])),
+                                 err=convert.clean(float(batch.uncertainties[0, i])))
+             for i, n in enumerate(batch.label_names)}
+    info = QueryInfo(kind=kind, modality=grid.modality, filename=grid.filename,
+                     spectrum_id=grid.spectrum.spectrum_id or None,
+                     source_id=grid.spectrum.source_id, spectra_in_file=grid.spectra_in_file,
+                     row=grid.row, good_fraction=grid.good_fraction, predictions=preds)
+    return _respond(state, info, np.asarray(batch.embedding[0], np.float32), opts, grid,
+                    start)
+
+
+def _options(k: int, target: Target, filters: list[str], offset: int, limit: int | None,
+             include_spectra: bool) -> SearchOptions:
+    return SearchOptions(k=k, target=target, filters=filters, offset=offset, limit=limit,
+                         include_spectra=include_spectra)
+
+
+K = Annotated[int, Query(ge=1, le=10_000, description="neighbours (<= server max_k)")]
+LimitParam = Annotated[int | None, Query(ge=1, le=10_000, description="page size")]
+
+
+@router.post("/upload", response_model=SearchResponse,
+             summary="neighbours of an uploaded spectrum file")
+async def search_upload(
+    state: State,
+    file: Annotated[UploadFile, File(description="LAMOST FITS(.gz), generic FITS, CSV/TXT, "
+                                                 "Gaia XP CSV/ECSV/VOTable")],
+    k: K = 10, target: Target = "same", filters: FilterParam = [],
+    offset: OffsetParam = 0, limit: LimitParam = None,
+    modality: Annotated[Modality | None, Query(description="grid (default: from the file)")]
+    = None,
+    air: Annotated[bool | None, Query(description="generic files: wavelengths in air")] = None,
+    row: Annotated[int, Query(ge=0, le=1_000_000, description="spectrum number in a "
+                                                               "multi-spectrum file")] = 0,
+    include_spectra: bool = False,
+) -> SearchResponse:
+    data = await read_upload(file, state.settings.max_upload_bytes)
+    opts = _options(k, target, filters or [], offset, limit, include_spectra)
+
+    def work() -> SearchResponse:
+        grid = from_upload(data, file.filename or "upload", modality=modality, air=air,
+                           row=row, max_bytes=state.settings.max_upload_bytes)
+        return search_grid(state, grid, opts, "upload")
+
+    return await state.worker.run("search_upload", work)
+
+
+@router.post("/spectrum", response_model=SearchResponse,
+             summary="neighbours of a spectrum sent as JSON arrays")
+async def search_arrays(state: State, body: ArraysSearch) -> SearchResponse:
+    def work() -> SearchResponse:
+        grid = from_arrays(body.wavelength, body.flux, body.ivar, modality=body.modality,
+                           air=body.air)
+        return search_grid(state, grid, body, "arrays")
+
+    return await state.worker.run("search_arrays", work)
+
+
+@router.post("/embedding", response_model=SearchResponse,
+             summary="neighbours of an embedding vector")
+async def search_embedding(state: State, body: EmbeddingSearch) -> SearchResponse:
+    def work() -> SearchResponse:
+        start = time.perf_counter()
+        with np.errstate(over="ignore"):  # huge values -> inf, refused by the engine
+            vec = np.asarray(body.embedding, dtype=np.float32)
+        info = QueryInfo(kind="embedding", modality=body.modality)
+        return _respond(state, info, vec, body, None, start)
+
+    return await state.worker.run("search_embedding", work)
+
+
+@router.get("/source/{source_id}", response_model=SearchResponse,
+            summary="neighbours of a star in the index, by source_id")
+async def search_source(
+    state: State, source_id: SourceIdParam,
+    modality: Annotated[Modality | None, Query(description="which of the star's spectra is "
+                                                           "the query (default: first)")]
+    = None,
+    k: K = 10, target: Target = "same", filters: FilterParam = [],
+    offset: OffsetParam = 0, limit: LimitParam = None, include_spectra: bool = False,
+) -> SearchResponse:
+    opts = _options(k, target, filters or [], offset, limit, include_spectra)
+
+    def work() -> SearchResponse:
+        start = time.perf_counter()
+        try:
+            query_modality, vec = state.engine.vector_of(source_id, modality)
+        except QueryError:
+            where = modality or "/".join(state.engine.modalities)
+            raise NotFoundError(f"source_id {source_id} is not in the {where} index of this "
+                                f"server; check the id (GET /v1/objects/{{source_id}})"
+                                ) from None
+        info = QueryInfo(kind="source_id", modality=query_modality, source_id=source_id)
+        row = state.engine.lookup(source_id, query_modality).slice(0, 1).to_pylist()[0]
+        info.spectrum_id = str(row.get("spectrum_id") or "") or None
+        info.predictions = convert.estimates(row, state.engine.index.manifest.label_names)
+        return _respond(state, info, vec, opts, None, start, exclude=source_id)
+
+    return await state.worker.run("search_source", work)

@@ -1,0 +1,172 @@
+"""Request and response models of the HTTP API (the OpenAPI schema is generated from them)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Modality = Literal["lamost", "xp"]
+Target = Literal["same", "cross", "lamost", "xp"]
+MetadataValue = str | int | float | bool | None
+
+MAX_ARRAY_PIXELS = 200_000
+"""Longest wavelength/flux array accepted in JSON (a LAMOST spectrum has ~3,900 pixels)."""
+
+
+class Estimate(BaseModel):
+    """A head prediction: value and 1-sigma uncertainty (K for teff, dex otherwise)."""
+
+    value: float | None
+    err: float | None
+
+
+class Neighbour(BaseModel):
+    rank: int = Field(description="1-based rank among all results (offset included)")
+    source_id: int
+    spectrum_id: str
+    modality: str
+    similarity: float = Field(description="cosine similarity of the embeddings (1 = same)")
+    ra: float | None = None
+    dec: float | None = None
+    snr: float | None = None
+    mag_g: float | None = None
+    predictions: dict[str, Estimate] = Field(default_factory=dict)
+    metadata: dict[str, MetadataValue] = Field(
+        default_factory=dict, description="other stored columns (class, true labels...)")
+
+
+class Curve(BaseModel):
+    """A spectrum for display: normalised flux on a wavelength grid (Angstrom, vacuum)."""
+
+    label: str
+    modality: str
+    kind: Literal["observed", "model"] = "observed"
+    role: Literal["query", "neighbour"] = "query"
+    wavelength: list[float]
+    flux: list[float | None]
+
+
+class QueryInfo(BaseModel):
+    """What was searched for."""
+
+    kind: Literal["upload", "arrays", "source_id", "embedding"]
+    modality: str
+    source_id: int | None = None
+    spectrum_id: str | None = None
+    filename: str | None = None
+    spectra_in_file: int | None = None
+    row: int | None = None
+    good_fraction: float | None = Field(
+        None, description="fraction of usable pixels on the canonical grid")
+    predictions: dict[str, Estimate] = Field(default_factory=dict)
+
+
+class SearchResponse(BaseModel):
+    query: QueryInfo
+    target_modality: str
+    cross_modal: bool
+    k: int
+    offset: int
+    limit: int
+    filters: list[str]
+    neighbours: list[Neighbour]
+    took_ms: float
+    spectra: list[Curve] | None = Field(
+        None, description="query then neighbours (include_spectra=true), for plotting")
+
+
+class SearchOptions(BaseModel):
+    """Search parameters shared by every search route."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    k: int = Field(10, ge=1, description="neighbours to find (at most the server's max_k)")
+    target: Target = Field("same", description="same modality, cross (the other one), or a "
+                                               "modality name")
+    filters: list[str] = Field(default_factory=list, examples=[["snr>=20", "feh_pred<-1"]],
+                               description="e.g. 'snr>=20', 'feh_pred<-2', "
+                                           "'cone=RA,DEC,RADIUS_DEG', 'mag_g<15'")
+    offset: int = Field(0, ge=0)
+    limit: int | None = Field(None, ge=1, description="page size (default: k)")
+    include_spectra: bool = Field(False, description="return curves for a plot")
+
+
+class ArraysSearch(SearchOptions):
+    """A spectrum as JSON arrays (same length; NaN or null flux marks a bad pixel)."""
+
+    wavelength: list[float] = Field(min_length=2, max_length=MAX_ARRAY_PIXELS,
+                                    description="Angstrom, strictly increasing")
+    flux: list[float | None] = Field(min_length=2, max_length=MAX_ARRAY_PIXELS)
+    ivar: list[float | None] | None = Field(
+        None, max_length=MAX_ARRAY_PIXELS,
+        description="inverse variance; default: uniform weights")
+    modality: Modality | None = Field(None, description="grid to put it on (default: "
+                                                        "chosen from the pixel spacing)")
+    air: bool = Field(False, description="wavelengths are in air (converted to vacuum)")
+
+
+class EmbeddingSearch(SearchOptions):
+    embedding: list[float] = Field(min_length=1, max_length=8192)
+    modality: Modality
+
+
+class Prediction(BaseModel):
+    """Head predictions for one uploaded spectrum, and its translation."""
+
+    modality: str
+    filename: str | None = None
+    spectra_in_file: int | None = None
+    row: int | None = None
+    good_fraction: float
+    predictions: dict[str, Estimate]
+    class_probabilities: dict[str, float] = Field(default_factory=dict)
+    input: Curve = Field(description="the spectrum as the model saw it (normalised)")
+    translated: Curve | None = Field(None, description="the model's spectrum of the same "
+                                                       "star in the other modality")
+
+
+class ArraysPredict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    wavelength: list[float] = Field(min_length=2, max_length=MAX_ARRAY_PIXELS)
+    flux: list[float | None] = Field(min_length=2, max_length=MAX_ARRAY_PIXELS)
+    ivar: list[float | None] | None = Field(None, max_length=MAX_ARRAY_PIXELS)
+    modality: Modality | None = None
+    air: bool = False
+    translate: bool = True
+
+
+class Page(BaseModel):
+    """A page of a ranked candidate list."""
+
+    list: str
+    modality: str
+    total: int = Field(description="rows passing the filters")
+    offset: int
+    limit: int
+    filters: list[str]
+    columns: list[str]
+    rows: list[dict[str, MetadataValue]]
+    info: dict[str, MetadataValue] = Field(default_factory=dict,
+                                           description="how the list was made")
+
+
+class ObjectRecord(BaseModel):
+    """Everything the index stores about one star, per modality and observation."""
+
+    source_id: int
+    observations: list[Neighbour]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "starting", "failed"]
+    detail: str = ""
+
+
+class Info(BaseModel):
+    version: str
+    index: dict[str, object]
+    model: dict[str, object]
+    limits: dict[str, object]
+    threads: dict[str, int]

@@ -1,0 +1,98 @@
+"""What the service opens once at start: index, model, thread policy, keys, candidate lists."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from service.candidates import CandidateLists
+from service.metrics import ServiceMetrics
+from service.runtime import Worker, apply_thread_policy
+from service.settings import Settings
+from specsearch.index import ThreadPolicy
+from specsearch.model import SpecModel, load_model
+from specsearch.query import SearchEngine
+
+log = logging.getLogger("specsearch.service")
+
+
+@dataclass
+class ServiceState:
+    """The served resources; shared by all requests, read-only after start.
+
+    ``engine`` and ``model`` are safe to call from several worker threads at once: FAISS and
+    hnswlib searches are const, torch inference under ``inference_mode`` keeps no state.
+    """
+
+    settings: Settings
+    engine: SearchEngine
+    model: SpecModel
+    metrics: ServiceMetrics
+    worker: Worker
+    api_keys: frozenset[str]
+    threads: dict[str, int]
+    lists: CandidateLists
+    catalog_dir: Path | None = None
+    started: float = field(default_factory=time.time)
+
+    def describe(self) -> str:
+        counts = ", ".join(f"{m}: {self.engine.index[m].count:,}"
+                           for m in self.engine.modalities)
+        auth = f"{len(self.api_keys)} API key(s)" if self.api_keys else "no authentication"
+        return f"{counts} vectors; model {self.model.model_hash[:12]}; {auth}"
+
+    def info(self) -> dict[str, Any]:
+        return self.engine.info()
+
+    def close(self) -> None:
+        """Nothing to flush (read-only); drops references so memory maps can close."""
+        self.lists.clear()
+
+
+def catalog_of(index_dir: Path, configured: Path | None) -> Path | None:
+    """The catalog behind an index: the configured one, else the one its embeddings name."""
+    if configured is not None:
+        return Path(configured)
+    import json
+
+    from specsearch.index.manifest import read_index_manifest
+
+    source = read_index_manifest(index_dir).source
+    manifest = Path(source) / "embeddings.json" if source else None
+    if manifest is None or not manifest.is_file():
+        return None
+    try:
+        catalog = json.loads(manifest.read_text()).get("catalog")
+    except (OSError, ValueError):
+        return None
+    return Path(catalog) if catalog and (Path(catalog) / "catalog.json").is_file() else None
+
+
+def open_state(settings: Settings, metrics: ServiceMetrics) -> ServiceState:
+    """Open everything the service needs (called once, in ``lifespan``).
+
+    Raises:
+        SearchIndexError / ModelError / ConfigError: the service cannot start; the message
+            says which file is wrong (the model must be the one the index was built with).
+    """
+    keys = settings.all_api_keys()
+    threads = apply_thread_policy(faiss_threads=settings.faiss_threads,
+                                  torch_threads=settings.torch_threads)
+    engine = SearchEngine.open(settings.index_dir, mmap=True, verify=settings.verify_checksums,
+                               threads=ThreadPolicy(single=settings.faiss_threads,
+                                                    batch=settings.faiss_threads),
+                               max_k=settings.max_k)
+    model = load_model(settings.model_dir)
+    engine.attach_encoder(model)
+    for modality in engine.modalities:
+        metrics.index_vectors.labels(modality).set(engine.index[modality].count)
+    catalog = catalog_of(Path(settings.index_dir), settings.catalog_dir)
+    return ServiceState(
+        settings=settings, engine=engine, model=model, metrics=metrics,
+        worker=Worker(threads=settings.worker_threads, timeout_s=settings.request_timeout_s,
+                      metrics=metrics),
+        api_keys=keys, threads=threads, lists=CandidateLists(engine, catalog),
+        catalog_dir=catalog)

@@ -1,0 +1,229 @@
+"""End-to-end runs behind ``specsearch anomalies`` and ``specsearch more-like-this``.
+
+Input is an index directory (``specsearch index build``: vectors, head predictions and
+metadata next to the shards; neighbour search goes through the index) or, for convenience,
+an embeddings dataset (an in-memory FAISS index is built). The catalog, needed only for the
+artefact screening, is found from the dataset's provenance or given explicitly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from specsearch.anomaly.artefacts import ArtefactConfig
+from specsearch.anomaly.candidates import CandidateConfig, candidate_list
+from specsearch.anomaly.neighbours import NeighbourSearch
+from specsearch.anomaly.scoring import ModalityScores, ScoreConfig, score_tables
+from specsearch.anomaly.screening import ArtefactFlags, catalog_features, screen
+from specsearch.anomaly.sources import (EmbeddingTable, table_from_embeddings,
+                                        table_from_index)
+from specsearch.anomaly.writers import write_table
+from specsearch.errors import CatalogError, ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Loaded:
+    """Tables (and index searchers, if any) of the modalities asked for."""
+
+    tables: dict[str, EmbeddingTable]
+    searchers: dict[str, NeighbourSearch]
+    kind: str                      # "index" or "embeddings"
+    root: Path
+    provenance: dict[str, Any] = field(default_factory=dict)
+    index: Any = None              # the opened IndexDirectory, when kind == "index"
+
+
+def load_source(path: str | Path, modalities: Sequence[str] | None = None, *,
+                embeddings: str | Path | None = None, verify: bool = True) -> Loaded:
+    """Open an index directory or an embeddings dataset and read the modalities' rows.
+
+    Args:
+        path: index directory (``manifest.json``) or embeddings dataset (``embeddings.json``).
+        modalities: which to load (None: all present).
+        embeddings: read rows from this embeddings dataset instead of the index's rows
+            tables (e.g. when the index was built without residual columns); the index is
+            then not used for search.
+    """
+    root = Path(path)
+    if (root / "manifest.json").is_file() and embeddings is None:
+        from specsearch.index import open_index
+
+        index = open_index(root, verify=verify)
+        present = list(index.modalities)
+        want = _want(modalities, present, root)
+        tables, searchers = {}, {}
+        for m in want:
+            tables[m], searchers[m] = table_from_index(index, m)
+        prov = {"index": str(root), "source": index.manifest.source,
+                "model_hash": index.manifest.model_hash}
+        return Loaded(tables, searchers, "index", root, prov, index)
+    emb_root = Path(embeddings) if embeddings is not None else root
+    if not (emb_root / "embeddings.json").is_file():
+        raise CatalogError(f"{root}: neither an index directory (manifest.json) nor an "
+                           f"embeddings dataset (embeddings.json); build one with "
+                           f"`specsearch index build` or `specsearch embed`")
+    from specsearch.io.embeddings import open_embeddings
+
+    emb = open_embeddings(emb_root)
+    want = _want(modalities, emb.modalities, emb_root)
+    tables = {m: table_from_embeddings(emb_root, m) for m in want}
+    prov = {"embeddings": str(emb_root), "catalog": emb.manifest.get("catalog", ""),
+            "model_hash": emb.model_hash}
+    return Loaded(tables, {}, "embeddings", emb_root, prov)
+
+
+def _want(modalities: Sequence[str] | None, present: Sequence[str], root: Path) -> list[str]:
+    if not modalities:
+        return sorted(present)
+    missing = [m for m in modalities if m not in present]
+    if missing:
+        raise ConfigError(f"{root}: no {missing} data (modalities present: {sorted(present)})")
+    return list(modalities)
+
+
+def find_catalog(loaded: Loaded, catalog: str | Path | None = None) -> Path | None:
+    """The catalog to screen: ``catalog`` if given, else the one the embeddings were made
+    from (recorded in the embeddings manifest, which the index manifest points to)."""
+    if catalog is not None:
+        return Path(catalog)
+    candidates = [loaded.provenance.get("catalog")]
+    source = loaded.provenance.get("source")
+    if source and (Path(source) / "embeddings.json").is_file():
+        try:
+            candidates.append(json.loads((Path(source) / "embeddings.json").read_text())
+                              .get("catalog"))
+        except (OSError, ValueError):
+            pass
+    for c in candidates:
+        if c and (Path(c) / "catalog.json").is_file():
+            return Path(c)
+    return None
+
+
+def row_masks(tables: dict[str, EmbeddingTable], filters: Sequence[str] | None
+              ) -> dict[str, np.ndarray]:
+    """Evaluate metadata filters (the query engine's syntax, e.g. ``snr>=20``,
+    ``feh_pred<-2``, ``cone=45,1,0.5``) on each table's rows."""
+    if not filters:
+        return {}
+    from specsearch.query.filters import Filter
+
+    flt = Filter.parse(list(filters))
+    out = {}
+    for m, t in tables.items():
+        view = _RowsView(t)
+        mask = flt.mask(view)
+        if flt.modality and flt.modality != m:
+            mask = np.zeros(len(t), bool)
+        out[m] = np.ones(len(t), bool) if mask is None else mask
+    return out
+
+
+class _RowsView:
+    """What :meth:`specsearch.query.filters.Filter.mask` reads: ``count`` and ``column``."""
+
+    def __init__(self, table: EmbeddingTable) -> None:
+        self.table = table
+        self.count = len(table)
+
+    def column(self, name: str) -> np.ndarray:
+        return self.table.column(name)
+
+
+def screen_tables(catalog: Path, tables: dict[str, EmbeddingTable], *,
+                  config: ArtefactConfig | None = None) -> dict[str, ArtefactFlags]:
+    """Artefact flags for the spectra of ``tables`` (streamed from ``catalog``)."""
+    from specsearch.io.catalog import open_catalog
+
+    cat = open_catalog(catalog)
+    feats = {}
+    for m, t in tables.items():
+        if m in cat.modalities:
+            feats[m] = catalog_features(catalog, m, config=config,
+                                        spectrum_ids=set(t.spectrum_id.astype(str)))
+    if "lamost" in tables and "xp" in cat.modalities and "xp" not in feats:
+        feats["xp"] = catalog_features(catalog, "xp", config=config)
+    out = {}
+    for m, f in feats.items():
+        if m not in tables:
+            continue
+        teff = None
+        t = tables[m]
+        if t.has("teff_pred"):
+            lookup = dict(zip(t.spectrum_id.astype(str), t.column("teff_pred")))
+            teff = np.asarray([lookup.get(s, np.nan) for s in f.spectrum_id.astype(str)])
+        xp_colour = None
+        if m == "lamost" and "xp" in feats:
+            xf = feats["xp"]
+            by_source = dict(zip(xf.source_id.tolist(), xf.features["colour"]))
+            xp_colour = np.asarray([by_source.get(s, np.nan) for s in f.source_id.tolist()])
+        out[m] = screen(f, config=config, teff_pred=teff, xp_colour=xp_colour)
+    return out
+
+
+@dataclass
+class AnomalyRun:
+    """What :func:`run_anomalies` did."""
+
+    out: Path
+    rows: int
+    artefacts_out: Path | None
+    artefact_rows: int
+    n_scored: dict[str, int]
+    seconds_scoring: float
+    seconds_screening: float
+    screened: bool
+    top_rows: list[dict[str, Any]]
+
+
+def run_anomalies(source: str | Path, *, out: str | Path, top: int = 100,
+                  modalities: Sequence[str] | None = None,
+                  filters: Sequence[str] | None = None, include_artefacts: bool = False,
+                  artefacts_out: str | Path | None = None, catalog: str | Path | None = None,
+                  embeddings: str | Path | None = None, score_config: ScoreConfig | None = None,
+                  n_neighbours: int = 5, fmt: str | None = None) -> AnomalyRun:
+    """Score every object, screen artefacts, write the ranked candidate list(s)."""
+    loaded = load_source(source, modalities, embeddings=embeddings)
+    t0 = time.perf_counter()
+    scores: dict[str, ModalityScores] = score_tables(loaded.tables, config=score_config,
+                                                     searchers=loaded.searchers)
+    t_score = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    cat = find_catalog(loaded, catalog)
+    flags = screen_tables(cat, loaded.tables) if cat is not None else {}
+    if cat is None:
+        log.warning("no catalog found for %s: artefact flags not computed (pass --catalog)",
+                    source)
+    t_screen = time.perf_counter() - t0
+    masks = row_masks(loaded.tables, filters)
+    kind = "all" if include_artefacts else "astrophysical"
+    meta = {"model_hash": loaded.provenance.get("model_hash", ""), "source": str(source),
+            "list": kind, "filters": "; ".join(filters or []) or "none",
+            "screened": cat is not None}
+    table = candidate_list(scores, flags, config=CandidateConfig(
+        top=top, kind=kind, n_neighbours=n_neighbours), row_masks=masks)
+    out = write_table(table, out, fmt=fmt, meta=meta)
+    art_path, art_rows = None, 0
+    if artefacts_out is not None:
+        art = candidate_list(scores, flags, config=CandidateConfig(
+            top=top, kind="artefacts", n_neighbours=n_neighbours), row_masks=masks)
+        art_path = write_table(art, artefacts_out, meta={**meta, "list": "artefacts"})
+        art_rows = art.num_rows
+    show = [c for c in ("rank", "source_id", "modality", "anomaly_score", "anomaly_driver",
+                        "artefact_reasons") if c in table.column_names]
+    return AnomalyRun(out=out, rows=table.num_rows, artefacts_out=art_path,
+                      artefact_rows=art_rows,
+                      n_scored={m: len(t) for m, t in loaded.tables.items()},
+                      seconds_scoring=t_score, seconds_screening=t_screen,
+                      screened=cat is not None,
+                      top_rows=table.select(show).slice(0, 10).to_pylist())

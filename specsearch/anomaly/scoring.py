@@ -1,0 +1,217 @@
+"""Outlier scores for every object: k-NN density, residuals, cross-modal disagreement.
+
+Components (each a raw value, then a robust z-score within S/N bins, see
+:mod:`specsearch.anomaly.robust`):
+
+* ``knn``: log cosine distance to the k-th nearest *other* star in the embedding (large for
+  an object in an empty part of the space);
+* ``lof``: log of that distance over the median k-distance of the object's own neighbours
+  (large when an object is far from neighbours that are themselves in a dense region: a
+  local outlier even where the space is crowded);
+* ``recon``: log of the reconstruction residual (reduced chi of embedding -> own spectrum):
+  spectral features the model cannot express;
+* ``translation``: log of the translation residual (the spectrum predicted for the other
+  instrument, or the round trip, disagrees with the data);
+* ``crossmodal``: for stars with both spectra, log(1 - cos) between the star's LAMOST and XP
+  embeddings (the two instruments disagree about what the star is).
+
+The combined ``anomaly_score`` is the strongest component (``max``, the default) or their
+RMS, and ``anomaly_driver`` names the component that set it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from specsearch.anomaly.neighbours import (FaissNeighbours, KnnResult, NeighbourConfig,
+                                           NeighbourSearch, self_knn)
+from specsearch.anomaly.robust import combine_scores, robust_z
+from specsearch.anomaly.sources import EmbeddingTable
+from specsearch.errors import ConfigError
+
+COMPONENTS: tuple[str, ...] = ("knn", "lof", "recon", "translation", "crossmodal")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScoreConfig:
+    """How outlier scores are computed.
+
+    Attributes:
+        k: neighbours per object for the density components. Larger k measures density on
+            a larger scale: a rare *class* with fewer than ~k members stays visible as
+            sparse, at the cost of more search time (linear in k).
+        components: which components enter the combined score (all are computed when their
+            inputs exist; a missing input, e.g. no residual column, is skipped).
+        combine: ``max`` or ``rms`` (:func:`specsearch.anomaly.robust.combine_scores`).
+        weights: per-component multipliers applied before combining.
+        snr_bins: S/N quantile bins for the robust standardisation (0: global).
+        batch_size: queries per neighbour-search call.
+        neighbours: the in-memory FAISS index used when no index searcher is given.
+    """
+
+    k: int = 20
+    components: tuple[str, ...] = COMPONENTS
+    combine: str = "max"
+    weights: Mapping[str, float] = field(default_factory=dict)
+    snr_bins: int = 10
+    batch_size: int = 8192
+    neighbours: NeighbourConfig = field(default_factory=NeighbourConfig)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.components) - set(COMPONENTS)
+        if unknown or not self.components:
+            raise ConfigError(f"unknown score component(s) {sorted(unknown)}; choose from "
+                              f"{list(COMPONENTS)}")
+        if self.k < 1:
+            raise ConfigError(f"k must be >= 1, got {self.k}")
+        if self.combine not in ("max", "rms"):
+            raise ConfigError(f"combine must be 'max' or 'rms', got {self.combine!r}")
+
+
+@dataclass
+class ModalityScores:
+    """Scores of every row of one :class:`EmbeddingTable` (row-aligned arrays).
+
+    Attributes:
+        table: the rows scored.
+        knn: their k nearest other objects (for "nearest normal neighbours").
+        raw: component name -> raw value (knn distance, LOF ratio, residuals...).
+        z: component name -> robust z-score.
+        score: combined anomaly score.
+        driver: name of the component that set ``score``.
+        searcher: the neighbour search used (reused for more-like-this).
+        seconds: wall time of the scoring.
+    """
+
+    table: EmbeddingTable
+    knn: KnnResult
+    raw: dict[str, np.ndarray]
+    z: dict[str, np.ndarray]
+    score: np.ndarray
+    driver: np.ndarray
+    searcher: NeighbourSearch
+    seconds: float = 0.0
+
+    @property
+    def modality(self) -> str:
+        return self.table.modality
+
+    def rank(self) -> np.ndarray:
+        """Row positions by decreasing score (NaN last; ties broken by row for
+        determinism)."""
+        s = np.where(np.isfinite(self.score), self.score, -np.inf)
+        return np.lexsort((np.arange(s.size), -s))
+
+    def to_arrow(self) -> pa.Table:
+        """spectrum_id, source_id, modality, raw components, z-scores, score and driver."""
+        cols: dict[str, pa.Array] = {
+            "spectrum_id": pa.array(self.table.spectrum_id.astype(str), pa.string()),
+            "source_id": pa.array(self.table.source_id, pa.int64()),
+            "modality": pa.array([self.modality] * len(self.table), pa.string()),
+        }
+        names = {"knn": "knn_distance", "lof": "lof_ratio", "recon": "recon_residual",
+                 "translation": "translation_residual", "crossmodal": "crossmodal_distance"}
+        for comp, values in self.raw.items():
+            cols[names[comp]] = pa.array(values.astype(np.float32), pa.float32(),
+                                         mask=~np.isfinite(values))
+        for comp, values in self.z.items():
+            cols[f"z_{comp}"] = pa.array(values.astype(np.float32), pa.float32(),
+                                         mask=~np.isfinite(values))
+        cols["anomaly_score"] = pa.array(self.score.astype(np.float32), pa.float32(),
+                                         mask=~np.isfinite(self.score))
+        cols["anomaly_driver"] = pa.array(self.driver.astype(str), pa.string())
+        return pa.table(cols)
+
+
+def _log(x: np.ndarray, floor: float = 1e-6) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(np.isfinite(x) & (x > 0), np.log(np.maximum(x, floor)), np.nan)
+
+
+def group_mean_vectors(source_id: np.ndarray, vectors: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted unique source_ids, their mean unit vectors): one vector per star from
+    several visits."""
+    order = np.argsort(source_id, kind="stable")
+    sid = source_id[order]
+    uniq, start = np.unique(sid, return_index=True)
+    sums = np.add.reduceat(vectors[order].astype(np.float64), start, axis=0) \
+        if len(sid) else np.zeros((0, vectors.shape[1]))
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    return uniq, (sums / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+
+
+def crossmodal_distance(table: EmbeddingTable, other: EmbeddingTable) -> np.ndarray:
+    """(n,) 1 - cos between each row's vector and its star's mean vector in ``other``
+    (NaN where the star has no spectrum in ``other``)."""
+    uniq, mean = group_mean_vectors(other.source_id, other.vectors)
+    sid = table.source_id
+    out = np.full(len(table), np.nan)
+    if uniq.size == 0:
+        return out
+    pos = np.clip(np.searchsorted(uniq, sid), 0, uniq.size - 1)
+    found = uniq[pos] == sid
+    rows = np.flatnonzero(found)
+    for start in range(0, rows.size, 65_536):
+        r = rows[start:start + 65_536]
+        out[r] = 1.0 - np.einsum("nd,nd->n", table.vectors[r], mean[pos[r]])
+    return out
+
+
+def score_modality(table: EmbeddingTable, *, config: ScoreConfig | None = None,
+                   searcher: NeighbourSearch | None = None,
+                   partner: EmbeddingTable | None = None) -> ModalityScores:
+    """Score every row of ``table``.
+
+    Args:
+        table: one modality's rows.
+        config: see :class:`ScoreConfig`.
+        searcher: neighbour search over exactly ``table``'s rows (e.g. the index's, from
+            :func:`specsearch.anomaly.sources.table_from_index`); None builds an in-memory
+            FAISS index.
+        partner: the other modality's rows, for the cross-modal component.
+    """
+    config = config or ScoreConfig()
+    t0 = time.perf_counter()
+    if len(table) == 0:
+        raise ConfigError(f"no {table.modality} rows to score")
+    searcher = searcher or FaissNeighbours(table.vectors, config.neighbours)
+    knn = self_knn(table.vectors, searcher, k=config.k, source_id=table.source_id,
+                   batch_size=config.batch_size)
+    raw: dict[str, np.ndarray] = {"knn": knn.kdist, "lof": knn.lof_ratio()}
+    for comp, column in (("recon", "recon_residual"), ("translation", "translation_residual")):
+        if table.has(column):
+            values = table.column(column)
+            if np.isfinite(values).any():
+                raw[comp] = values
+    if partner is not None and len(partner):
+        raw["crossmodal"] = crossmodal_distance(table, partner)
+    snr = table.column("snr") if table.has("snr") and config.snr_bins else None
+    z = {comp: robust_z(_log(values), by=snr, n_bins=max(config.snr_bins, 1))
+         for comp, values in raw.items()}
+    used = {c: z[c] for c in config.components if c in z}
+    if not used:
+        raise ConfigError(f"none of the score components {list(config.components)} can be "
+                          f"computed for {table.modality} (available: {sorted(z)})")
+    score, driver = combine_scores(used, method=config.combine, weights=config.weights)
+    return ModalityScores(table=table, knn=knn, raw=raw, z=z, score=score, driver=driver,
+                          searcher=searcher, seconds=time.perf_counter() - t0)
+
+
+def score_tables(tables: Mapping[str, EmbeddingTable], *, config: ScoreConfig | None = None,
+                 searchers: Mapping[str, NeighbourSearch] | None = None
+                 ) -> dict[str, ModalityScores]:
+    """Score several modalities; each gets the others as cross-modal partner (LAMOST<->XP)."""
+    out = {}
+    for modality, table in tables.items():
+        others = [t for m, t in tables.items() if m != modality]
+        out[modality] = score_modality(
+            table, config=config, searcher=(searchers or {}).get(modality),
+            partner=others[0] if others else None)
+    return out

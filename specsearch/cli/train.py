@@ -1,0 +1,157 @@
+"""``specsearch train``, ``specsearch train-heads`` and ``specsearch evaluate``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import sys
+
+TRAIN_EPILOG = """\
+Example:
+  specsearch synth --n 100000 --seed 1 --out catalogs/synth100k
+  specsearch train --catalog catalogs/synth100k --config small --out models/small
+  specsearch train --catalog catalogs/synth100k --out models/small --resume   # after a kill
+
+OUT receives config.json + model.safetensors (the best model, calibrated at the end),
+checkpoint-last/ (for --resume), train_log.csv and train_log.json.
+"""
+
+HEADS_EPILOG = """\
+Example:
+  specsearch train-heads --model models/small --catalog catalogs/synth100k \\
+      --labels teff,logg,feh,alpha_fe,ebv --out models/small-ebv
+"""
+
+EVAL_EPILOG = """\
+Example:
+  specsearch evaluate --model models/small --catalog catalogs/synth100k --out reports/small \\
+      --real-data ../shared/data/real
+
+Writes REPORT_DIR/report.json, report.txt (also printed) and figures/*.png.
+"""
+
+
+def _threads(args: argparse.Namespace) -> None:
+    if getattr(args, "threads", None):
+        import torch
+        torch.set_num_threads(args.threads)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from specsearch.cli import HelpFormatter
+
+    p = sub.add_parser("train", help="train the aligned LAMOST/XP model on a paired catalog",
+                       description="Contrastive LAMOST<->XP encoders with reconstruction, "
+                                   "translation and parameter heads, trained on a paired "
+                                   "catalog (joined on source_id).",
+                       formatter_class=HelpFormatter, epilog=TRAIN_EPILOG)
+    p.add_argument("--catalog", required=True, help="paired catalog directory")
+    p.add_argument("--config", default="small", help="architecture name (see list_models())")
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"],
+                   help="bf16 autocast (auto: on CUDA only)")
+    p.add_argument("--embedding-dim", type=int, help="override the architecture's dimension")
+    p.add_argument("--labels", help="comma-separated label columns (default: known ones "
+                                    "present for most stars)")
+    p.add_argument("--patience", type=int, default=5, help="early-stopping patience (epochs)")
+    p.add_argument("--max-minutes", type=float, help="wall-clock budget for the run")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--resume", action="store_true", help="continue OUT/checkpoint-last")
+    p.add_argument("--overwrite", action="store_true", help="start again in an existing OUT")
+    p.add_argument("--keep-cache", action="store_true", help="keep OUT/cache afterwards")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=run_train)
+
+    h = sub.add_parser("train-heads", help="(re)train the parameter heads on frozen encoders",
+                       description="Fit new parameter heads (Gaussian NLL, calibrated on "
+                                   "validation) and the population classifier on the frozen "
+                                   "embeddings of a trained model.",
+                       formatter_class=HelpFormatter, epilog=HEADS_EPILOG)
+    h.add_argument("--model", required=True, help="trained model directory")
+    h.add_argument("--catalog", required=True, help="paired catalog with labels")
+    h.add_argument("--out", required=True, help="model directory to write (may equal --model)")
+    h.add_argument("--labels", help="comma-separated label columns (default: as for train)")
+    h.add_argument("--epochs", type=int, default=40)
+    h.add_argument("--seed", type=int, default=0)
+    h.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    h.add_argument("--threads", type=int)
+    h.add_argument("--no-progress", action="store_true")
+    h.set_defaults(run=run_train_heads)
+
+    e = sub.add_parser("evaluate", help="evaluate a model: retrieval, parameters, real data",
+                       description="Cross-modal retrieval, parameter accuracy in S/N bins, "
+                                   "translation error, real-data rows and encoder speed.",
+                       formatter_class=HelpFormatter, epilog=EVAL_EPILOG)
+    e.add_argument("--model", help="model directory (default: the shipped default model)")
+    e.add_argument("--catalog", required=True, help="paired catalog")
+    e.add_argument("--out", required=True, help="report directory")
+    e.add_argument("--split", default="auto", choices=["auto", "test", "all"],
+                   help="auto: the test split if the model was trained on this catalog")
+    e.add_argument("--max-pairs", type=int, default=12000)
+    e.add_argument("--real-data", help="folder of real samples (../shared/data/real)")
+    e.add_argument("--no-speed", action="store_true", help="skip the speed comparison")
+    e.add_argument("--no-figures", action="store_true")
+    e.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    e.add_argument("--threads", type=int)
+    e.set_defaults(run=run_evaluate)
+
+
+def _labels(value: str | None) -> tuple[str, ...] | None:
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else None
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from specsearch.model.train import TrainConfig, train
+
+    _threads(args)
+    cfg = TrainConfig(arch=args.config, embedding_dim=args.embedding_dim, epochs=args.epochs,
+                      batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                      device=args.device, amp=args.amp, labels=_labels(args.labels),
+                      patience=args.patience, max_minutes=args.max_minutes,
+                      keep_cache=args.keep_cache)
+    result = train(args.catalog, args.out, cfg, resume=args.resume, overwrite=args.overwrite,
+                   progress=not args.no_progress,
+                   command=shlex.join(["specsearch", *sys.argv[1:]]))
+    cal = result.calibration
+    print(f"trained {cfg.arch} -> {result.out} (hash {result.model_hash[:12]}): "
+          f"{result.epochs_run} epochs ({result.stopped}), best epoch {result.best_epoch}, "
+          f"val loss {result.best_val_loss:.4f}, {result.seconds / 60:.1f} min, "
+          f"{result.n_train} train / {result.n_val} val pairs")
+    for m, widths in cal.z_width_before.items():
+        print(f"  {m} z-score width before calibration: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in widths.items()))
+    return 0
+
+
+def run_train_heads(args: argparse.Namespace) -> int:
+    from specsearch.model.heads_train import HeadsConfig, train_heads
+
+    _threads(args)
+    cfg = HeadsConfig(labels=_labels(args.labels), epochs=args.epochs, seed=args.seed,
+                      device=args.device)
+    result = train_heads(args.model, args.catalog, args.out, cfg, progress=not args.no_progress)
+    print(f"heads trained -> {args.out} (hash {result.model_hash[:12]}), labels "
+          f"{result.label_names}, classes {result.class_names}")
+    for m, widths in result.calibration.z_width_before.items():
+        print(f"  {m} z-score width before calibration: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in widths.items()))
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from specsearch.model.evaluate import EvalConfig, evaluate
+
+    _threads(args)
+    cfg = EvalConfig(split=args.split, max_pairs=args.max_pairs, real_data=args.real_data,
+                     speed=not args.no_speed, figures=not args.no_figures, device=args.device)
+    evaluate(args.model, args.catalog, args.out, cfg)
+    return 0
+
+
+__all__ = ["register", "dataclasses"]

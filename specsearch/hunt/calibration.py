@@ -1,0 +1,301 @@
+"""Calibrating the [Fe/H] heads into probabilities P([Fe/H] < threshold).
+
+The heads give a prediction and a 1-sigma uncertainty per star. Turning them into honest
+probabilities needs a model of how predictions relate to the truth, fitted on a labelled
+held-out set, and Bayes' rule:
+
+1. **Measurement model** (per modality): ``pred = g(true) + noise``, with ``g`` an isotonic
+   (monotone, non-parametric) regression of the prediction on the true [Fe/H] (heads pull
+   metal-poor stars towards the mean: ``g`` is flatter than the identity there) and the
+   noise Gaussian with variance ``(scale * err)^2 + floor^2`` (maximum likelihood after
+   5-sigma clipping; ``scale`` fixes over/under-confident errors, ``floor`` adds what the
+   heads do not know about).
+2. **Prior**: the labelled set's [Fe/H] distribution (a smoothed histogram on a grid, plus a
+   small uniform floor so a star may be more metal-poor than any calibration star).
+3. **Posterior** on the grid: prior x the likelihood of every available measurement of the
+   star (several visits, LAMOST and XP: independent noise given the truth, so likelihoods
+   multiply). ``P([Fe/H] < t)`` is the posterior mass below ``t``; a Gaussian around a
+   regressed mean cannot get this right for a population with a long metal-poor tail.
+
+Stored as JSON (no pickle).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.optimize import isotonic_regression, minimize
+
+from specsearch.errors import ConfigError
+
+FORMAT_VERSION = 2
+MAX_KNOTS = 256
+GRID = np.round(np.arange(-5.0, 1.0 + 1e-9, 0.02), 4)
+"""[Fe/H] grid (dex) of the posterior."""
+PRIOR_SMOOTH = 0.05
+"""Gaussian kernel (dex) smoothing the labelled-set histogram into the prior."""
+PRIOR_FLOOR = 1e-3
+"""Weight of a uniform component in the prior (stars beyond the labelled range)."""
+
+
+@dataclass
+class FehCalibration:
+    """The measurement model of one modality's [Fe/H] head (see the module docstring).
+
+    Attributes:
+        modality: ``lamost`` or ``xp``.
+        knots_true, knots_pred: the isotonic map true -> expected prediction (np.interp
+            knots, flat beyond the ends), dex.
+        scale: multiplier of the head's uncertainty.
+        floor: uncertainty (dex) added in quadrature.
+        n: labelled stars used.
+        checks: reliability measured by 2-fold cross-fitting on the labelled set.
+    """
+
+    modality: str
+    knots_true: list[float]
+    knots_pred: list[float]
+    scale: float = 1.0
+    floor: float = 0.0
+    n: int = 0
+    checks: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def identity(cls, modality: str) -> "FehCalibration":
+        """No calibration: predictions unbiased, uncertainties taken at face value."""
+        return cls(modality=modality, knots_true=[-10.0, 10.0], knots_pred=[-10.0, 10.0])
+
+    def loglik(self, pred: np.ndarray, err: np.ndarray, grid: np.ndarray = GRID
+               ) -> np.ndarray:
+        """(n, G) log-likelihood of each (pred, err) for true [Fe/H] on ``grid``; rows
+        with a NaN input are 0 (no information)."""
+        pred = np.asarray(pred, dtype=np.float64)[:, None]
+        err = np.asarray(err, dtype=np.float64)[:, None]
+        expected = np.interp(grid, self.knots_true, self.knots_pred)[None, :]
+        var = (self.scale * err) ** 2 + self.floor ** 2
+        ok = np.isfinite(pred) & np.isfinite(var) & (var > 0)
+        var = np.where(ok, var, 1.0)
+        out = -0.5 * ((np.where(ok, pred, 0.0) - expected) ** 2 / var + np.log(var))
+        return np.where(ok, out, 0.0)
+
+
+def _isotonic_knots(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Knots of the increasing isotonic regression of y on x (thinned, x strictly up)."""
+    order = np.argsort(x, kind="stable")
+    xs, ys = x[order], y[order]
+    fit = isotonic_regression(ys, increasing=True).x
+    change = np.flatnonzero(np.diff(fit) != 0)
+    idx = np.unique(np.concatenate([[0], change, change + 1, [xs.size - 1]]))
+    if idx.size > MAX_KNOTS:
+        idx = idx[np.unique(np.linspace(0, idx.size - 1, MAX_KNOTS).round().astype(int))]
+    ux, inv = np.unique(xs[idx], return_inverse=True)
+    uy = np.bincount(inv, weights=fit[idx]) / np.bincount(inv)
+    return ux, np.maximum.accumulate(uy)
+
+
+def _fit_width(resid: np.ndarray, err: np.ndarray) -> tuple[float, float]:
+    """ML (scale, floor) of resid ~ N(0, (scale err)^2 + floor^2), with 5-sigma clipping."""
+    keep = np.ones(resid.size, bool)
+    params = np.array([0.0, np.log(0.02)])
+    for _ in range(3):
+        r, e = resid[keep], err[keep]
+
+        def nll(p: np.ndarray) -> float:
+            var = (np.exp(p[0]) * e) ** 2 + np.exp(p[1]) ** 2
+            return float(0.5 * np.sum(r * r / var + np.log(var)))
+
+        params = minimize(nll, params, method="Nelder-Mead",
+                          options={"xatol": 1e-4, "fatol": 1e-6, "maxiter": 2000}).x
+        sigma = np.sqrt((np.exp(params[0]) * err) ** 2 + np.exp(params[1]) ** 2)
+        new_keep = np.abs(resid) < 5.0 * sigma
+        if np.array_equal(new_keep, keep):
+            break
+        keep = new_keep
+    return float(np.exp(params[0])), float(np.exp(params[1]))
+
+
+def fit_measurement(pred: np.ndarray, err: np.ndarray, true: np.ndarray, *,
+                    modality: str) -> FehCalibration:
+    """Fit one modality's measurement model on labelled stars (NaN rows ignored).
+
+    Raises:
+        ConfigError: fewer than 50 usable labelled stars.
+    """
+    pred, err, true = (np.asarray(a, dtype=np.float64) for a in (pred, err, true))
+    ok = np.isfinite(pred) & np.isfinite(err) & np.isfinite(true) & (err > 0)
+    if ok.sum() < 50:
+        raise ConfigError(f"a [Fe/H] calibration needs >= 50 labelled stars with predictions;"
+                          f" got {int(ok.sum())} ({modality})")
+    p, e, t = pred[ok], err[ok], true[ok]
+    kx, ky = _isotonic_knots(t, p)
+    scale, floor = _fit_width(p - np.interp(t, kx, ky), e)
+    return FehCalibration(modality=modality, knots_true=kx.tolist(), knots_pred=ky.tolist(),
+                          scale=scale, floor=floor, n=int(ok.sum()))
+
+
+def fit_prior(true: np.ndarray, grid: np.ndarray = GRID) -> np.ndarray:
+    """(G,) prior density of [Fe/H] on ``grid`` from labelled values (sums to 1)."""
+    t = np.asarray(true, dtype=np.float64)
+    t = t[np.isfinite(t)]
+    if t.size == 0:
+        return np.full(grid.size, 1.0 / grid.size)
+    step = grid[1] - grid[0]
+    edges = np.concatenate([grid - step / 2, [grid[-1] + step / 2]])
+    hist = np.histogram(np.clip(t, grid[0], grid[-1]), bins=edges)[0].astype(np.float64)
+    k = np.arange(-int(4 * PRIOR_SMOOTH / step), int(4 * PRIOR_SMOOTH / step) + 1) * step
+    kernel = np.exp(-0.5 * (k / PRIOR_SMOOTH) ** 2)
+    dens = np.convolve(hist, kernel / kernel.sum(), mode="same")
+    dens = dens / dens.sum()
+    return (1 - PRIOR_FLOOR) * dens + PRIOR_FLOOR / grid.size
+
+
+@dataclass
+class HuntCalibration:
+    """Measurement models of each modality plus the prior.
+
+    Attributes:
+        modalities: modality -> :class:`FehCalibration` (missing: identity model).
+        prior: (G,) prior on :data:`GRID` (empty: flat).
+        label: the label column calibrated (``feh``).
+        model_hash: the model whose heads were calibrated (only valid for that model).
+        created, source: provenance.
+    """
+
+    modalities: dict[str, FehCalibration]
+    prior: list[float] = field(default_factory=list)
+    label: str = "feh"
+    model_hash: str = ""
+    created: str = ""
+    source: str = ""
+
+    def for_modality(self, modality: str) -> FehCalibration:
+        return self.modalities.get(modality) or FehCalibration.identity(modality)
+
+    @property
+    def calibrated(self) -> bool:
+        return bool(self.modalities)
+
+    @property
+    def log_prior(self) -> np.ndarray:
+        if not self.prior:
+            return np.zeros(GRID.size)
+        return np.log(np.maximum(np.asarray(self.prior, dtype=np.float64), 1e-300))
+
+    def posterior(self, loglik: np.ndarray) -> np.ndarray:
+        """(n, G) normalised posterior from summed log-likelihoods (n, G)."""
+        lp = loglik + self.log_prior[None, :]
+        lp -= lp.max(axis=1, keepdims=True)
+        post = np.exp(lp)
+        return post / post.sum(axis=1, keepdims=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format_version": FORMAT_VERSION, "kind": "specsearch.hunt_calibration",
+                "label": self.label, "model_hash": self.model_hash, "created": self.created,
+                "source": self.source, "grid": {"start": float(GRID[0]),
+                                                "stop": float(GRID[-1]), "n": GRID.size},
+                "prior": list(map(float, self.prior)),
+                "modalities": {m: dataclasses.asdict(c) for m, c in self.modalities.items()}}
+
+    def save(self, path: str | Path) -> Path:
+        from specsearch.io.parquet import write_json_atomic
+
+        return write_json_atomic(Path(path), self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "HuntCalibration":
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{path}: unreadable hunt calibration: {exc}") from exc
+        if d.get("kind") != "specsearch.hunt_calibration" or \
+                d.get("format_version") != FORMAT_VERSION:
+            raise ConfigError(f"{path}: not a specsearch hunt calibration of format "
+                              f"{FORMAT_VERSION} (kind {d.get('kind')!r}, version "
+                              f"{d.get('format_version')!r}); refit it with "
+                              f"`specsearch hunt-calibrate`")
+        grid = d.get("grid", {})
+        if grid.get("n") != GRID.size or grid.get("start") != GRID[0]:
+            raise ConfigError(f"{path}: prior grid {grid} differs from this specsearch's "
+                              f"({GRID[0]}..{GRID[-1]}, {GRID.size} points); refit it")
+        try:
+            mods = {m: FehCalibration(**c) for m, c in d["modalities"].items()}
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(f"{path}: malformed hunt calibration ({exc})") from None
+        return cls(modalities=mods, prior=list(d.get("prior", [])),
+                   label=d.get("label", "feh"), model_hash=d.get("model_hash", ""),
+                   created=d.get("created", ""), source=d.get("source", ""))
+
+
+def posterior_summaries(post: np.ndarray, threshold: float
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(P(x < threshold), posterior mean, posterior sd) of (n, G) posteriors on GRID."""
+    # Each grid point stands for a cell of one grid step; a cell cut by the threshold
+    # counts with the fraction of it that lies below.
+    step = GRID[1] - GRID[0]
+    frac = np.clip((threshold - (GRID - step / 2)) / step, 0.0, 1.0)
+    p = post @ frac
+    mean = post @ GRID
+    sd = np.sqrt(np.maximum(post @ GRID ** 2 - mean ** 2, 0.0))
+    return p, mean, sd
+
+
+def cross_fitted_checks(pred: np.ndarray, err: np.ndarray, true: np.ndarray, *,
+                        modality: str, thresholds: tuple[float, ...] = (-1.5, -2.0, -2.5,
+                                                                         -3.0),
+                        seed: int = 0) -> dict[str, Any]:
+    """2-fold cross-fitted reliability of one modality: for each threshold, the expected
+    (sum of p) vs the observed number of stars below it and the expected calibration error
+    over 10 probability bins; and the robust width of (true - posterior mean) / sd."""
+    pred, err, true = (np.asarray(a, dtype=np.float64) for a in (pred, err, true))
+    ok = np.isfinite(pred) & np.isfinite(err) & np.isfinite(true) & (err > 0)
+    pred, err, true = pred[ok], err[ok], true[ok]
+    fold = np.random.default_rng(seed).random(pred.size) < 0.5
+    probs = {t: np.full(pred.size, np.nan) for t in thresholds}
+    z = np.full(pred.size, np.nan)
+    for f in (True, False):
+        train, test = fold == f, fold != f
+        if train.sum() < 50 or test.sum() == 0:
+            continue
+        cal = HuntCalibration({modality: fit_measurement(pred[train], err[train],
+                                                         true[train], modality=modality)},
+                              prior=fit_prior(true[train]).tolist())
+        post = cal.posterior(cal.for_modality(modality).loglik(pred[test], err[test]))
+        for t in thresholds:
+            probs[t][test] = posterior_summaries(post, t)[0]
+        _, mean, sd = posterior_summaries(post, 0.0)
+        z[test] = (true[test] - mean) / np.maximum(sd, 1e-6)
+    zf = z[np.isfinite(z)]
+    out: dict[str, Any] = {"z_robust_width": float(1.4826 * np.median(np.abs(
+        zf - np.median(zf)))) if zf.size else None}
+    for t in thresholds:
+        p = probs[t]
+        use = np.isfinite(p)
+        below = true[use] < t
+        bins = np.clip((p[use] * 10).astype(int), 0, 9)
+        ece = sum((bins == b).sum() / use.sum() * abs(p[use][bins == b].mean()
+                                                      - below[bins == b].mean())
+                  for b in range(10) if (bins == b).any())
+        out[f"feh<{t}"] = {"expected": float(p[use].sum()), "observed": int(below.sum()),
+                           "ece": float(ece)}
+    return out
+
+
+def fit_calibration(pred: np.ndarray, err: np.ndarray, true: np.ndarray, *,
+                    modality: str, check: bool = True, seed: int = 0) -> HuntCalibration:
+    """A one-modality :class:`HuntCalibration` (measurement model + prior + checks)."""
+    model = fit_measurement(pred, err, true, modality=modality)
+    if check:
+        model.checks = cross_fitted_checks(pred, err, true, modality=modality, seed=seed)
+    return HuntCalibration({modality: model}, prior=fit_prior(true).tolist(),
+                           created=now_iso())
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,337 @@
+"""Build an index directory from an embeddings dataset (or in-memory arrays).
+
+Streaming, two passes over each modality's Parquet parts: the first reads ``source_id`` and
+the embeddings to count the valid rows of each shard (shard = splitmix64(source_id) mod N),
+the second writes each shard's vectors into a pre-sized memory-mapped ``.npy`` and its
+metadata rows into a Parquet writer. Then each shard's ANN index is trained on a sample of
+its own vectors and filled in chunks, one shard at a time, so peak memory is one shard's
+index plus a chunk. Everything is written into a temp directory next to the target and
+swapped in atomically (:mod:`specsearch.index.atomic`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from specsearch.errors import CatalogError, ConfigError, SearchIndexError
+from specsearch.index.atomic import AtomicDirectory
+from specsearch.index.backends import Backend, make_backend
+from specsearch.index.config import IndexConfig, make_config
+from specsearch.index.hashing import shard_of
+from specsearch.index.manifest import (MANIFEST, FileEntry, IndexManifest, ModalityManifest,
+                                       ShardEntry, now_iso, read_index_manifest, write_json)
+from specsearch.index.threads import faiss_threads
+from specsearch.io.parquet import list_column_to_numpy
+
+log = logging.getLogger(__name__)
+
+VECTOR_DTYPES = ("float32", "float16")
+
+
+class EmbeddingSource(Protocol):
+    """What the builder reads: :class:`specsearch.io.embeddings.Embeddings` or
+    :class:`ArrayEmbeddings`."""
+
+    model_hash: str
+    embedding_dim: int
+    label_names: list[str]
+    modalities: list[str]
+
+    def count(self, modality: str) -> int: ...
+    def schema(self, modality: str) -> pa.Schema: ...
+    def iter_batches(self, modality: str, columns: list[str] | None = None,
+                     batch_size: int = 8192) -> Iterator[pa.RecordBatch]: ...
+
+
+class ArrayEmbeddings:
+    """An in-memory embeddings source with the embeddings dataset's columns (benchmarks,
+    tests, notebooks): ``{modality: columns}`` where columns hold ``embedding`` (n, D),
+    ``source_id`` (n,) int64, optional ``spectrum_id`` and any metadata columns."""
+
+    def __init__(self, data: Mapping[str, Mapping[str, Any] | pa.Table], *, model_hash: str,
+                 label_names: list[str] | None = None, class_names: list[str] | None = None
+                 ) -> None:
+        self.model_hash = model_hash
+        self.label_names = list(label_names or [])
+        self.class_names = list(class_names or [])
+        self.tables: dict[str, pa.Table] = {}
+        dims = set()
+        for modality, cols in data.items():
+            table = cols if isinstance(cols, pa.Table) else _columns_table(cols, modality)
+            dims.add(table.schema.field("embedding").type.list_size)
+            self.tables[modality] = table
+        if len(dims) != 1:
+            raise ConfigError(f"all modalities need one embedding dimension; got {dims}")
+        self.embedding_dim = dims.pop()
+        self.modalities = sorted(self.tables)
+        self.manifest = {"class_names": self.class_names}
+
+    def count(self, modality: str) -> int:
+        return self.tables[modality].num_rows
+
+    def schema(self, modality: str) -> pa.Schema:
+        return self.tables[modality].schema
+
+    def iter_batches(self, modality: str, columns: list[str] | None = None,
+                     batch_size: int = 8192) -> Iterator[pa.RecordBatch]:
+        table = self.tables[modality]
+        if columns is not None:
+            table = table.select(columns)
+        yield from table.to_batches(max_chunksize=batch_size)
+
+
+def _columns_table(cols: Mapping[str, Any], modality: str) -> pa.Table:
+    vectors = np.ascontiguousarray(cols["embedding"], dtype=np.float32)
+    n, dim = vectors.shape
+    arrays: dict[str, pa.Array] = {
+        "spectrum_id": pa.array(cols.get("spectrum_id",
+                                         [f"{modality}-{i}" for i in range(n)]), pa.string()),
+        "source_id": pa.array(np.asarray(cols["source_id"], dtype=np.int64)),
+        "modality": pa.array([modality] * n, pa.string()),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim),
+    }
+    for name, values in cols.items():
+        if name not in arrays:
+            arrays[name] = pa.array(values)
+    return pa.table(arrays)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildOptions:
+    """How to build (CLI: ``specsearch index build``).
+
+    Attributes:
+        kind: a backend kind (:data:`specsearch.index.config.KINDS`) or ``auto``.
+        config: an explicit backend config (overrides ``kind`` and ``backend_options``).
+        backend_options: knobs for ``kind`` (e.g. ``{"m": 32, "storage": "fp16"}``).
+        shards: shards a modality (rows assigned by splitmix64(source_id) mod shards).
+        memory_budget: bytes of RAM the index may use (``auto``); None = half the RAM.
+        target_recall: tune query knobs to this recall@``tune_k`` (None: keep defaults and
+            only measure).
+        tune_queries: held-out rows used to measure recall.
+        vector_dtype: stored vectors (``float32`` exact; ``float16`` halves the disk).
+        threads: build threads (None: all cores).
+        modalities: subset of the dataset's modalities (None: all).
+    """
+
+    kind: str = "auto"
+    config: IndexConfig | None = None
+    backend_options: dict[str, Any] = field(default_factory=dict)
+    shards: int = 1
+    memory_budget: int | None = None
+    target_recall: float | None = 0.95
+    tune_k: int = 10
+    tune_queries: int = 500
+    vector_dtype: str = "float32"
+    threads: int | None = None
+    batch_size: int = 65_536
+    modalities: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.shards < 1:
+            raise ConfigError(f"--shards must be >= 1, got {self.shards}")
+        if self.vector_dtype not in VECTOR_DTYPES:
+            raise ConfigError(f"vector dtype must be one of {VECTOR_DTYPES}, "
+                              f"got {self.vector_dtype!r}")
+        if self.target_recall is not None and not 0 < self.target_recall <= 1:
+            raise ConfigError(f"--target-recall must be in (0, 1], got {self.target_recall}")
+
+
+def shard_stem(shard: int) -> str:
+    return f"shard-{shard:05d}"
+
+
+def normalise_rows(vectors: np.ndarray, where: str) -> np.ndarray:
+    """L2-normalise float32 rows; zero or non-finite rows are an error naming ``where``."""
+    v = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(v, axis=1)
+    bad = ~np.isfinite(norms) | (norms == 0)
+    if bad.any():
+        raise SearchIndexError(f"{where}: {int(bad.sum())} embedding(s) are zero or "
+                               f"non-finite; drop rows whose spectra the model rejected")
+    return v / norms[:, None]
+
+
+def resolve_config(options: BuildOptions, n_per_shard: int, dim: int) -> IndexConfig:
+    from specsearch.index.tuning import choose_config  # tuning imports reader, not build
+    if options.config is not None:
+        config = options.config
+    elif options.kind == "auto":
+        config = choose_config(n_per_shard * options.shards, dim, options.memory_budget)
+        if options.backend_options:
+            config = make_config(config.kind, **{**config.to_dict(), **options.backend_options,
+                                                 "kind": None})
+    else:
+        config = make_config(options.kind, **options.backend_options)
+    return config.resolved(n_per_shard)
+
+
+def train_and_fill(backend: Backend, vectors: np.ndarray, *, threads: int | None,
+                   chunk: int = 65_536, seed: int = 0) -> None:
+    """Train ``backend`` on a sample of ``vectors`` (rows) and add them all, in chunks."""
+    n = len(vectors)
+    train_size = getattr(backend.config, "train_size", 100_000)
+    rng = np.random.default_rng(seed)
+    sample_rows = np.sort(rng.choice(n, size=min(n, train_size), replace=False))
+    with faiss_threads(threads):
+        if n:
+            backend.train(np.asarray(vectors[sample_rows], dtype=np.float32))
+        for start in range(0, n, chunk):
+            backend.add(np.asarray(vectors[start:start + chunk], dtype=np.float32),
+                        threads=threads)
+
+
+def write_shard(folder: Path, shard: int, backend: Backend, *, deleted: np.ndarray | None,
+                vectors: np.ndarray | None = None, rows: pa.Table | None = None) -> ShardEntry:
+    """Save ``backend`` (and ``vectors``/``rows`` unless already written under their names)
+    as shard ``shard`` in ``folder``; return its manifest entry with sizes and checksums."""
+    stem = shard_stem(shard)
+    index_path = folder / f"{stem}{backend.file_suffix}"
+    backend.save(index_path)
+    vec_path, rows_path = folder / f"{stem}.vectors.npy", folder / f"{stem}.rows.parquet"
+    if vectors is not None:
+        np.save(vec_path, vectors)
+    if rows is not None:
+        pq.write_table(rows, rows_path)
+    tomb = None
+    n_deleted = 0
+    if deleted is not None and deleted.any():
+        tomb_path = folder / f"{stem}.deleted.npy"
+        np.save(tomb_path, deleted.astype(bool))
+        tomb = FileEntry.of(tomb_path)
+        n_deleted = int(deleted.sum())
+    return ShardEntry(shard=shard, count=backend.ntotal, deleted=n_deleted,
+                      index=FileEntry.of(index_path), vectors=FileEntry.of(vec_path),
+                      rows=FileEntry.of(rows_path), tombstones=tomb)
+
+
+def _spool_modality(source: EmbeddingSource, modality: str, folder: Path,
+                    options: BuildOptions) -> tuple[list[int], list[str]]:
+    """Pass 1 + 2: per-shard vectors (.npy) and rows (.parquet). Returns counts, columns."""
+    dim, n_shards = source.embedding_dim, options.shards
+    counts = np.zeros(n_shards, np.int64)
+    for batch in source.iter_batches(modality, ["source_id"], options.batch_size):
+        counts += np.bincount(shard_of(batch.column("source_id").to_numpy(), n_shards),
+                              minlength=n_shards)
+    schema = source.schema(modality)
+    if "embedding" not in schema.names or "source_id" not in schema.names:
+        raise CatalogError(f"embeddings of {modality!r} need columns embedding and source_id;"
+                           f" found {schema.names}")
+    row_schema = pa.schema([f for f in schema if f.name != "embedding"])
+    vec_files = [np.lib.format.open_memmap(folder / f"{shard_stem(s)}.vectors.npy", mode="w+",
+                                           dtype=options.vector_dtype, shape=(int(c), dim))
+                 for s, c in enumerate(counts)]
+    writers = [pq.ParquetWriter(folder / f"{shard_stem(s)}.rows.parquet", row_schema)
+               for s in range(n_shards)]
+    filled = np.zeros(n_shards, np.int64)
+    try:
+        for b, batch in enumerate(source.iter_batches(modality, None, options.batch_size)):
+            vecs = normalise_rows(list_column_to_numpy(batch.column("embedding"), np.float32),
+                                  f"{modality} batch {b}")
+            shards = shard_of(batch.column("source_id").to_numpy(), n_shards)
+            table = pa.Table.from_batches([batch]).drop_columns(["embedding"]).cast(row_schema)
+            for s in np.unique(shards):
+                sel = np.flatnonzero(shards == s)
+                vec_files[s][filled[s]:filled[s] + len(sel)] = vecs[sel]
+                writers[s].write_table(table.take(pa.array(sel)))
+                filled[s] += len(sel)
+    finally:
+        for w in writers:
+            w.close()
+    if not np.array_equal(filled, counts):
+        raise CatalogError(f"{modality}: the dataset changed while it was read "
+                           f"({filled.sum()} rows on pass 2, {counts.sum()} on pass 1)")
+    for v in vec_files:
+        v.flush()
+    del vec_files
+    return [int(c) for c in counts], row_schema.names
+
+
+def build_modality(source: EmbeddingSource, modality: str, folder: Path,
+                   options: BuildOptions, *, atomic: AtomicDirectory | None = None
+                   ) -> ModalityManifest:
+    """Write one modality's shards and manifest into ``folder`` and tune its knobs."""
+    from specsearch.index.reader import ModalityIndex
+    from specsearch.index.shard import Shard
+    from specsearch.index.tuning import tune
+
+    folder.mkdir(parents=True, exist_ok=True)
+    counts, columns = _spool_modality(source, modality, folder, options)
+    if atomic:
+        atomic.checkpoint(f"after_vectors:{modality}")
+    dim = source.embedding_dim
+    config = resolve_config(options, max(1, sum(counts) // options.shards), dim)
+    entries = []
+    for s, count in enumerate(counts):
+        vectors = np.load(folder / f"{shard_stem(s)}.vectors.npy", mmap_mode="r")
+        backend = make_backend(config, dim)
+        train_and_fill(backend, vectors, threads=options.threads, seed=s)
+        entries.append(write_shard(folder, s, backend, deleted=None))
+        del backend, vectors
+        log.info("%s shard %d/%d: %d rows (%s)", modality, s + 1, len(counts), count,
+                 config.kind)
+        if atomic:
+            atomic.checkpoint(f"after_shard:{modality}:{s}")
+    manifest = ModalityManifest(
+        modality=modality, model_hash=source.model_hash, embedding_dim=dim, backend=config,
+        search=config.search_defaults(), n_shards=options.shards, shards=entries,
+        vector_dtype=options.vector_dtype, columns=columns)
+    index = ModalityIndex(folder, manifest,
+                          [Shard(folder, e, manifest, mmap=True) for e in entries])
+    with faiss_threads(options.threads):
+        manifest.tuning = tune(index, target_recall=options.target_recall, k=options.tune_k,
+                               n_queries=options.tune_queries, threads=options.threads)
+    manifest.search = index.knobs
+    write_json(folder / MANIFEST, manifest.to_dict())
+    return manifest
+
+
+def build_index(embeddings: str | Path | EmbeddingSource, out: str | Path,
+                options: BuildOptions | None = None, *,
+                crash_at: str | None = None) -> IndexManifest:
+    """Build ``out`` (an index directory) from an embeddings dataset or source.
+
+    The previous contents of ``out``, if any, stay intact until the new directory is
+    complete, then are replaced in one atomic step. ``crash_at`` (tests) names a point
+    (``after_vectors:<modality>``, ``after_shard:<modality>:<i>``, ``before_manifest``,
+    ``before_swap``) at which to stop as if the process had died.
+    """
+    options = options or BuildOptions()
+    if isinstance(embeddings, (str, Path)):
+        from specsearch.io.embeddings import open_embeddings
+        source: EmbeddingSource = open_embeddings(embeddings)
+    else:
+        source = embeddings
+    modalities = list(options.modalities or source.modalities)
+    missing = sorted(set(modalities) - set(source.modalities))
+    if missing or not modalities:
+        raise CatalogError(f"embeddings have modalities {source.modalities}; asked for "
+                           f"{modalities}")
+    out = Path(out)
+    generation = 1
+    if (out / MANIFEST).is_file():
+        try:
+            generation = read_index_manifest(out).generation + 1
+        except SearchIndexError:
+            pass
+    with AtomicDirectory(out, crash_at=crash_at) as tmp:
+        for modality in modalities:
+            build_modality(source, modality, tmp.path / modality, options, atomic=tmp)
+        tmp.checkpoint("before_manifest")
+        manifest = IndexManifest(
+            model_hash=source.model_hash, embedding_dim=source.embedding_dim,
+            modalities=modalities, label_names=list(source.label_names),
+            class_names=list(getattr(source, "manifest", {}).get("class_names", [])),
+            source=str(getattr(source, "root", "") or "arrays"), created=now_iso(),
+            generation=generation)
+        write_json(tmp.path / MANIFEST, {**manifest.__dict__})
+        tmp.commit()
+    return manifest

@@ -1,0 +1,190 @@
+"""Choosing a backend (``--kind auto``) and tuning query knobs to a target recall.
+
+Auto choice, in the spirit of autofaiss:
+
+* up to :data:`EXACT_MAX_VECTORS` rows a modality: exact ``flat`` (a scan is cheap and
+  recall is 1 by construction);
+* else FAISS HNSW over SQ8 codes + exact re-ranking from the stored vectors, if its RAM
+  (codes + graph, :func:`ram_bytes_per_vector`) fits ``memory_budget``;
+* else IVF-PQ + re-ranking with the largest code size that fits.
+
+Tuning measures recall@k on held-out *stored rows* used as queries (the row itself
+excluded from both the approximate and the exact answer) against exact inner-product search
+over the stored vectors, walking a ladder of ``nprobe`` / ``ef_search`` values (and a larger
+``refine_factor`` if the ladder tops out) and keeping the cheapest setting that reaches the
+target. The measured recall is written to the manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+import numpy as np
+
+from specsearch.errors import ConfigError
+from specsearch.index.config import (FlatConfig, HNSWConfig, HnswlibConfig, IndexConfig,
+                                     IVFFlatConfig, IVFPQConfig, SearchKnobs)
+from specsearch.index.manifest import Tuning
+from specsearch.index.reader import ModalityIndex, global_ids
+
+log = logging.getLogger(__name__)
+
+EXACT_MAX_VECTORS = 200_000
+EF_LADDER = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+NPROBE_LADDER = (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024)
+MAX_REFINE = 32.0
+
+_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 1024, "m": 1e6, "mb": 1e6,
+          "mib": 1024 ** 2, "g": 1e9, "gb": 1e9, "gib": 1024 ** 3, "t": 1e12, "tb": 1e12,
+          "tib": 1024 ** 4}
+
+
+def parse_bytes(text: str | int | float) -> int:
+    """``"8G"``, ``"512MiB"``, ``"1.5GB"`` or a number of bytes -> bytes (int)."""
+    if isinstance(text, (int, float)):
+        return int(text)
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ConfigError(f"memory size {text!r} not understood; use e.g. 512M, 8G, 2GiB")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def default_memory_budget() -> int:
+    """Half the machine's physical RAM."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
+    except (ValueError, OSError, AttributeError):
+        return 8 * 1024 ** 3
+
+
+def ram_bytes_per_vector(config: IndexConfig, dim: int) -> float:
+    """Resident bytes a vector of the ANN structure (stored vectors are memory-mapped from
+    disk and touched only for re-ranked candidates, so they are not counted)."""
+    if isinstance(config, IVFPQConfig):
+        return config.pq_m * config.pq_nbits / 8 + 8  # codes + int64 id in the lists
+    if isinstance(config, IVFFlatConfig):
+        return 4 * dim + 8
+    if isinstance(config, HNSWConfig):
+        code = {"flat": 4 * dim, "fp16": 2 * dim, "sq8": dim}[config.storage]
+        return code + 2 * config.m * 4 * 1.07 + 8  # level-0 links, upper levels, offsets
+    if isinstance(config, HnswlibConfig):
+        return 4 * dim + 2 * config.m * 4 + 8 + 4 + 8 * 1.07
+    return 4 * dim
+
+
+def choose_config(n_vectors: int, dim: int, memory_budget: int | None = None) -> IndexConfig:
+    """The backend ``--kind auto`` picks for ``n_vectors`` (see the module docstring)."""
+    budget = memory_budget or default_memory_budget()
+    if n_vectors <= EXACT_MAX_VECTORS and n_vectors * 4 * dim <= budget:
+        return FlatConfig()
+    hnsw = HNSWConfig(storage="sq8")
+    if n_vectors * ram_bytes_per_vector(hnsw, dim) <= budget:
+        return hnsw
+    for pq_m in (64, 32, 16, 8, 4):
+        if dim % pq_m:
+            continue
+        cfg = IVFPQConfig(pq_m=pq_m).resolved(n_vectors)
+        if n_vectors * ram_bytes_per_vector(cfg, dim) <= budget:
+            return cfg
+    raise ConfigError(
+        f"{n_vectors} vectors of dimension {dim} do not fit a memory budget of {budget} B "
+        f"even as IVF-PQ with 4-byte codes (~{ram_bytes_per_vector(IVFPQConfig(pq_m=4), dim)}"
+        f" B/vector); raise --memory-budget or use more machines (--shards)")
+
+
+def set_knobs(index: ModalityIndex, knobs: SearchKnobs) -> None:
+    """Make ``knobs`` the defaults of every shard (not thread-safe: setup time only)."""
+    index.knobs = knobs
+    index.manifest.search = knobs
+    for shard in index.shards:
+        shard.backend.set_default_knobs(knobs)
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean fraction of each row's true ids (ignoring -1) present in the found ids."""
+    hits, total = 0, 0
+    for f, t in zip(found, truth):
+        t = t[t >= 0]
+        hits += len(np.intersect1d(f[f >= 0], t))
+        total += len(t)
+    return hits / total if total else 1.0
+
+
+def held_out_queries(index: ModalityIndex, n_queries: int, seed: int = 0
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(queries (m, D), their global ids): random live stored rows."""
+    rng = np.random.default_rng(seed)
+    ids, vecs = [], []
+    live_total = index.count
+    for shard in index.shards:
+        live = shard.live_mask()
+        rows = np.arange(shard.count) if live is None else np.flatnonzero(live)
+        take = int(round(n_queries * len(rows) / max(live_total, 1)))
+        if take and len(rows):
+            pick = np.sort(rng.choice(rows, size=min(take, len(rows)), replace=False))
+            ids.append(global_ids(shard.number, pick))
+            vecs.append(np.asarray(shard.vectors[pick], dtype=np.float32))
+    if not ids:
+        return np.zeros((0, index.dim), np.float32), np.zeros(0, np.int64)
+    return np.concatenate(vecs), np.concatenate(ids)
+
+
+def measure_recall(index: ModalityIndex, queries: np.ndarray, query_ids: np.ndarray,
+                   truth: np.ndarray, k: int, knobs: SearchKnobs, threads: int) -> float:
+    set_knobs(index, knobs)
+    _, found = index.knn(queries, k + 1, threads=threads)
+    found = np.where(found == query_ids[:, None], -1, found)
+    # Drop the self hit (if found) and keep the first k others.
+    trimmed = np.array([row[row >= 0][:k] if (row >= 0).sum() >= k else
+                        np.pad(row[row >= 0], (0, k - (row >= 0).sum()), constant_values=-1)
+                        for row in found]) if len(found) else found
+    return recall_at_k(trimmed, truth)
+
+
+def tune(index: ModalityIndex, *, target_recall: float | None, k: int = 10,
+         n_queries: int = 500, threads: int | None = None, seed: int = 0) -> Tuning:
+    """Pick the cheapest knobs reaching ``target_recall`` (None: just measure the current
+    knobs) and leave them set on ``index``; returns what was measured."""
+    threads = threads or os.cpu_count() or 1
+    queries, qids = held_out_queries(index, n_queries, seed)
+    config = index.manifest.backend
+    base = index.knobs
+    if len(queries) == 0:
+        return Tuning(target_recall, 1.0, k, 0, base.to_dict())
+    _, truth = index.exact_knn(queries, k, exclude_ids=qids)
+
+    def measure(knobs: SearchKnobs) -> float:
+        r = measure_recall(index, queries, qids, truth, k, knobs, threads)
+        log.debug("%s %s: recall@%d = %.4f", index.modality, knobs, k, r)
+        return r
+
+    if target_recall is None or isinstance(config, FlatConfig):
+        return Tuning(target_recall, measure(base), k, len(queries), base.to_dict())
+    if isinstance(config, IVFFlatConfig):
+        ladder = [dict(nprobe=p) for p in NPROBE_LADDER if p <= (config.nlist or 1)]
+        if not ladder or ladder[-1]["nprobe"] != config.nlist:
+            ladder.append(dict(nprobe=config.nlist))
+    else:
+        ladder = [dict(ef_search=e) for e in EF_LADDER]
+    refine = base.refine_factor
+    best: tuple[float, SearchKnobs] | None = None
+    while True:
+        for step in ladder:
+            knobs = base.replace(refine_factor=refine, **step)
+            r = measure(knobs)
+            if best is None or r > best[0] + 1e-9:
+                best = (r, knobs)
+            if r >= target_recall:
+                set_knobs(index, knobs)
+                return Tuning(target_recall, r, k, len(queries), knobs.to_dict())
+        quantised = index.shards[0].backend.quantised
+        if not quantised or refine >= MAX_REFINE:
+            break
+        refine = min(MAX_REFINE, refine * 2)
+    assert best is not None
+    log.warning("%s: target recall@%d %.3f not reached; best %.4f with %s", index.modality,
+                k, target_recall, best[0], best[1])
+    set_knobs(index, best[1])
+    return Tuning(target_recall, best[0], k, len(queries), best[1].to_dict())

@@ -1,0 +1,161 @@
+"""``specsearch train-heads``: new parameter heads and classifier on frozen encoders.
+
+The encoders, decoders and temperature of a trained model are kept bit for bit; the
+embeddings (and quality features) of the catalog's training and validation pairs are
+computed once (clean, plus one augmented copy so that the heads see the S/N range), new
+heads are fitted with the Gaussian beta-NLL (+ cross-entropy for the population classes),
+early-stopped on validation, calibrated, and written with the rest of the model to OUT.
+Use it to add a label column (e.g. ``ebv``) or re-fit heads on another labelled catalog.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from specsearch.errors import ConfigError
+from specsearch.io.catalog import open_catalog
+from specsearch.model.api import load_model, resolve_device
+from specsearch.model.augment import AugmentConfig, augment
+from specsearch.model.cache import build_cache, population_classes
+from specsearch.model.calibrate import CalibrationReport, calibrate, iterate
+from specsearch.model.checkpoint import save_model_dir
+from specsearch.model.data import catalog_fingerprint, choose_labels, join_pairs
+from specsearch.model.layers import Head
+from specsearch.model.loss import class_cross_entropy, gaussian_nll
+from specsearch.model.network import SpecCLIPNet
+
+
+@dataclass
+class HeadsConfig:
+    """Options of ``train-heads`` (labels None: as ``train`` chooses them)."""
+
+    labels: tuple[str, ...] | None = None
+    epochs: int = 40
+    batch_size: int = 1024
+    lr: float = 2e-3
+    patience: int = 6
+    nll_beta: float = 0.5
+    class_weight: float = 0.3
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass
+class HeadsResult:
+    model_hash: str
+    label_names: list[str]
+    class_names: list[str]
+    calibration: CalibrationReport
+    best_val: float
+
+
+@torch.no_grad()
+def _features(net: SpecCLIPNet, cache, pos, device, gen=None) -> dict[str, torch.Tensor]:
+    feats = {m: [] for m in net.cfg.modalities}
+    for _, tb in iterate(cache, pos, device, batch_size=2048):
+        for m in feats:
+            x, w = tb["x"][m], tb["w"][m]
+            if gen is not None:
+                x, w = augment(m, x, w, AugmentConfig(), gen)
+            emb, q = net.encode_with_quality(m, x, w)
+            feats[m].append(torch.cat([emb, q], dim=-1))
+    return {m: torch.cat(v) for m, v in feats.items()}
+
+
+def train_heads(model_path: str | Path, catalog: str | Path, out: str | Path,
+                cfg: HeadsConfig = HeadsConfig(), *, progress: bool = True) -> HeadsResult:
+    """Fit new heads on the frozen encoders of ``model_path``; write the model to ``out``."""
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model = load_model(model_path, device=device)
+    old = model.net
+    training = dict(model.full_config.get("training", {}))
+    tcfg = training.get("train_config", {})
+    cat = open_catalog(catalog)
+    pairs = join_pairs(cat, val_fraction=tcfg.get("val_fraction", 0.05),
+                       test_fraction=tcfg.get("test_fraction", 0.05))
+    trainval = np.flatnonzero(pairs.split != 2)
+    labels = choose_labels(cat, cfg.labels)
+    classes = population_classes(cat, pairs, trainval)
+    if not labels and not classes:
+        raise ConfigError(f"{catalog}: no label column and no population classes to fit")
+    out = Path(out)
+    cache = build_cache(cat, pairs, trainval, out / "heads-cache", label_names=labels,
+                        class_names=classes, fingerprint=catalog_fingerprint(cat),
+                        progress=progress)
+    train_pos, val_pos = cache.positions("train"), cache.positions("val")
+    if train_pos.size < 2 or val_pos.size < 2:
+        raise ConfigError(f"{catalog}: too few usable pairs ({train_pos.size} train, "
+                          f"{val_pos.size} validation) to fit heads")
+    new_cfg = old.cfg.with_data(label_names=labels, class_names=classes)
+    net = SpecCLIPNet(new_cfg).to(device)
+    keep = {k: v for k, v in old.state_dict().items()
+            if not k.startswith("heads.") and not k.startswith("label_")}
+    net.load_state_dict(keep, strict=False)
+    y_all = cache.labels
+    with np.errstate(all="ignore"):
+        mean = np.nan_to_num(np.nanmean(y_all[train_pos], 0)) if labels else np.zeros(0)
+        std = np.nanstd(y_all[train_pos], 0) if labels else np.ones(0)
+    net.label_mean.copy_(torch.from_numpy(mean.astype(np.float32)))
+    net.label_std.copy_(torch.from_numpy(np.where(std > 0, std, 1).astype(np.float32)))
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    f_train = {m: torch.cat([a, b]) for (m, a), b in zip(
+        _features(net, cache, train_pos, device).items(),
+        _features(net, cache, train_pos, device, gen).values())}
+    f_val = _features(net, cache, val_pos, device)
+
+    def targets(pos):
+        y = (torch.from_numpy(cache.labels[pos]).to(device) - net.label_mean) / net.label_std
+        c = torch.from_numpy(cache.index["classes"][pos].astype(np.int64)).to(device)
+        return y, c
+    y_tr, c_tr = targets(np.concatenate([train_pos, train_pos]))
+    y_va, c_va = targets(val_pos)
+    D = new_cfg.embedding_dim
+    best_val = float("inf")
+    for m in new_cfg.modalities:
+        head = Head(new_cfg.head, D, len(labels), len(classes)).to(device)
+        opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=1e-4)
+        best, best_state, bad = float("inf"), None, 0
+        rng = np.random.default_rng(cfg.seed)
+        for _ in tqdm(range(cfg.epochs), desc=f"heads {m}", disable=not progress):
+            head.train()
+            order = torch.from_numpy(rng.permutation(y_tr.shape[0])).to(device)
+            for s in range(0, order.numel(), cfg.batch_size):
+                i = order[s:s + cfg.batch_size]
+                f = f_train[m][i]
+                mu, ls, logits = head(f[:, :D], f[:, D:])
+                loss = gaussian_nll(mu, ls, y_tr[i], cfg.nll_beta) + \
+                    cfg.class_weight * class_cross_entropy(logits, c_tr[i])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            head.eval()
+            with torch.no_grad():
+                mu, ls, logits = head(f_val[m][:, :D], f_val[m][:, D:])
+                val = float(gaussian_nll(mu, ls, y_va) +
+                            cfg.class_weight * class_cross_entropy(logits, c_va))
+            if val < best - 1e-4:
+                best, bad = val, 0
+                best_state = {k: v.clone() for k, v in head.state_dict().items()}
+            else:
+                bad += 1
+                if bad >= cfg.patience:
+                    break
+        head.load_state_dict(best_state)
+        net.heads[m] = head
+        best_val = min(best_val, best)
+    report = calibrate(net, cache, val_pos, device)
+    training["heads"] = {"catalog_fingerprint": catalog_fingerprint(cat),
+                         "config": dataclasses.asdict(cfg), "labels": labels,
+                         "classes": classes, "calibration": dataclasses.asdict(report)}
+    digest = save_model_dir(out, net, new_cfg, training=training)
+    import shutil
+    shutil.rmtree(out / "heads-cache", ignore_errors=True)
+    return HeadsResult(model_hash=digest, label_names=labels, class_names=classes,
+                       calibration=report, best_val=best_val)

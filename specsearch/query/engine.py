@@ -1,0 +1,348 @@
+"""The search engine over an index directory: k-NN, cross-modal, filtered and range queries.
+
+    engine = SearchEngine.open("indexes/survey")
+    hits = engine.search_source(1234567890, k=20)                 # LAMOST -> LAMOST
+    partner = engine.search_source(1234567890, target_modality="xp", k=5)   # cross-modal
+    hits = engine.search(vectors, modality="xp", k=100, filter="feh_pred<-2; snr>=20")
+    engine.attach_encoder(load_model(None))
+    hits = engine.search_spectrum(spectrum, target_modality="xp")
+
+Queries are L2-normalised float32 embeddings. Every modality's index was checked at open to
+come from one model (:mod:`specsearch.index.manifest`), so cross-modal search compares
+like with like; an attached encoder must have that model's hash too.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from specsearch.errors import ModelError, QueryError, SpectrumError
+from specsearch.index.config import SearchKnobs
+from specsearch.index.reader import IndexDirectory, ModalityIndex, open_index, split_ids
+from specsearch.index.threads import ThreadPolicy, faiss_threads
+from specsearch.query.filters import Filter
+from specsearch.query.results import Neighbours
+from specsearch.spectrum import Spectrum
+
+MAX_K = 10_000
+"""Largest result window (k, or offset + limit) a query may ask for."""
+
+
+class Encoder(Protocol):
+    """What :meth:`SearchEngine.search_spectrum` needs from a model
+    (:func:`specsearch.model.api.load_model` returns one)."""
+
+    model_hash: str
+
+    def embed_numpy(self, modality: str, flux: np.ndarray, ivar: np.ndarray) -> Any:
+        """Embed (n, npix) canonical-grid spectra; returns an object with ``embedding``
+        (n, D), ``good`` (n,), ``predictions``/``uncertainties`` (n, L), ``label_names``."""
+
+
+FilterLike = Filter | str | list[str] | tuple[str, ...] | None
+
+
+class SearchEngine:
+    """Search an opened index directory (see module docstring).
+
+    Args:
+        index: an :class:`IndexDirectory` (:func:`specsearch.index.open_index`).
+        encoder: optional model for spectrum queries (see :meth:`attach_encoder`).
+        threads: FAISS/hnswlib thread policy (1 thread for single queries, all cores for
+            batches by default).
+        max_k: the largest k / offset+limit accepted.
+    """
+
+    def __init__(self, index: IndexDirectory, *, encoder: Encoder | None = None,
+                 threads: ThreadPolicy | None = None, max_k: int = MAX_K) -> None:
+        self.index = index
+        self.threads = threads or ThreadPolicy()
+        self.max_k = max_k
+        self.encoder: Encoder | None = None
+        self._mask_cache: OrderedDict[tuple[str, Filter], list] = OrderedDict()
+        if encoder is not None:
+            self.attach_encoder(encoder)
+
+    @classmethod
+    def open(cls, index_dir: str | Path, *, encoder: Encoder | None = None, mmap: bool = True,
+             verify: bool = True, knobs: SearchKnobs | None = None,
+             threads: ThreadPolicy | None = None, max_k: int = MAX_K) -> "SearchEngine":
+        """Open ``index_dir`` (checks manifests, model hashes and shard checksums)."""
+        return cls(open_index(index_dir, mmap=mmap, verify=verify, knobs=knobs),
+                   encoder=encoder, threads=threads, max_k=max_k)
+
+    # ----------------------------------------------------------------- properties
+
+    @property
+    def model_hash(self) -> str:
+        return self.index.manifest.model_hash
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.index.modalities)
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.index.manifest.embedding_dim
+
+    def info(self) -> dict[str, Any]:
+        """Sizes, backends, knobs and measured recall per modality (JSON-able)."""
+        out: dict[str, Any] = {"root": str(self.index.root), "model_hash": self.model_hash,
+                               "embedding_dim": self.embedding_dim,
+                               "generation": self.index.manifest.generation, "modalities": {}}
+        for name, mi in self.index.modalities.items():
+            m = mi.manifest
+            out["modalities"][name] = {
+                "count": m.count, "deleted": sum(s.deleted for s in m.shards),
+                "shards": m.n_shards, "backend": m.backend.to_dict(),
+                "search": m.search.to_dict(),
+                "measured_recall": m.tuning.measured_recall if m.tuning else None,
+                "bytes": sum(f.bytes for s in m.shards for f in s.files()),
+                "columns": m.columns}
+        return out
+
+    def attach_encoder(self, encoder: Encoder) -> None:
+        """Use ``encoder`` for spectrum queries; it must be the model the index was built
+        from (its ``model_hash``), else its embeddings would not be comparable."""
+        got = getattr(encoder, "model_hash", None)
+        if got != self.model_hash:
+            raise ModelError(
+                f"the model ({str(got)[:16]}...) is not the one this index was built from "
+                f"({self.model_hash[:16]}...); load that model or rebuild the index with "
+                f"embeddings from this one")
+        self.encoder = encoder
+
+    # ----------------------------------------------------------------- helpers
+
+    def _modality(self, modality: str | None, flt: Filter) -> ModalityIndex:
+        if flt.modality and modality and flt.modality != modality:
+            raise QueryError(f"filter asks for modality {flt.modality!r} but the query "
+                             f"targets {modality!r}")
+        name = modality or flt.modality
+        if name is None:
+            if len(self.index.modalities) != 1:
+                raise QueryError(f"say which modality to search (one of "
+                                 f"{self.modalities})")
+            name = self.modalities[0]
+        return self.index[name]
+
+    def _masks(self, mi: ModalityIndex, flt: Filter) -> list[np.ndarray | None] | None:
+        if flt.empty:
+            return None
+        key = (mi.modality, flt)
+        if key not in self._mask_cache:
+            self._mask_cache[key] = [flt.mask(shard) for shard in mi.shards]
+            while len(self._mask_cache) > 32:
+                self._mask_cache.popitem(last=False)
+        else:
+            self._mask_cache.move_to_end(key)
+        return self._mask_cache[key]
+
+    def _window(self, k: int, offset: int, limit: int | None) -> tuple[int, int]:
+        limit = k - offset if limit is None else limit
+        if k < 1 or offset < 0 or limit < 0 or offset + limit > k:
+            raise QueryError(f"need k >= 1, offset >= 0, limit >= 0 and offset + limit <= k;"
+                             f" got k={k}, offset={offset}, limit={limit}")
+        if k > self.max_k:
+            raise QueryError(f"k={k} exceeds the maximum of {self.max_k}; page through "
+                             f"results with offset/limit within that window")
+        return offset, limit
+
+    def _queries(self, embedding: np.ndarray) -> np.ndarray:
+        q = np.asarray(embedding, dtype=np.float32)
+        if q.ndim != 2 or q.shape[1] != self.embedding_dim:
+            raise QueryError(f"query embedding(s) must have dimension {self.embedding_dim}; "
+                             f"got shape {np.shape(embedding)}")
+        norms = np.linalg.norm(q, axis=1)
+        if not np.all(np.isfinite(norms)) or np.any(norms == 0):
+            raise QueryError("query embeddings must be finite and non-zero")
+        return np.ascontiguousarray(q / norms[:, None])
+
+    def _neighbours(self, mi: ModalityIndex, sims: np.ndarray, ids: np.ndarray,
+                    offset: int, limit: int | None, query: dict[str, Any]) -> Neighbours:
+        valid = ids >= 0
+        total = int(valid.sum())
+        stop = None if limit is None else offset + limit
+        ids, sims = ids[valid][offset:stop], sims[valid][offset:stop]
+
+        def fetch():
+            import pyarrow as pa
+            shard, row = split_ids(ids)
+            if not len(ids):
+                return mi.shards[0].rows.schema.empty_table()
+            if np.all(shard == shard[0]):
+                return mi.shards[shard[0]].rows.take(pa.array(row))
+            return pa.concat_tables([mi.shards[s].rows.slice(int(r), 1)
+                                     for s, r in zip(shard, row)])
+
+        return Neighbours(modality=mi.modality, source_id=self._source_ids(mi, ids),
+                          similarity=sims.astype(np.float32),
+                          rank=np.arange(offset, offset + len(ids)), query=query,
+                          total=total, fetch=fetch)
+
+    # ----------------------------------------------------------------- k-NN
+
+    def search(self, embedding: np.ndarray, *, modality: str | None = None, k: int = 10,
+               offset: int = 0, limit: int | None = None, filter: FilterLike = None,
+               knobs: SearchKnobs | None = None,
+               exclude_source_ids: np.ndarray | list[int] | None = None,
+               query: dict[str, Any] | None = None) -> Neighbours | list[Neighbours]:
+        """k-NN of embedding(s) in ``modality``'s index.
+
+        Args:
+            embedding: (D,) for one query (returns :class:`Neighbours`) or (n, D) for a batch
+                (returns a list).
+            modality: the index to search (the neighbours' modality); may come from a
+                ``modality=`` filter; optional when the index has one modality.
+            k: result window (<= max_k); ``offset``/``limit`` select a page of it.
+            filter: a :class:`Filter` or filter strings (see :mod:`specsearch.query.filters`).
+            knobs: per-query nprobe/ef_search/refine_factor instead of the tuned ones.
+            exclude_source_ids: sources never returned (e.g. the query star itself); handled
+                by over-fetching, so the top-k of the other rows stays exact.
+        """
+        flt = filter if isinstance(filter, Filter) else Filter.parse(filter)
+        mi = self._modality(modality, flt)
+        offset, limit = self._window(k, offset, limit)
+        single = np.ndim(embedding) == 1
+        q = self._queries(np.atleast_2d(embedding))
+        excluded = np.unique(np.asarray(exclude_source_ids if exclude_source_ids is not None
+                                        else [], dtype=np.int64))
+        n_excl = sum(len(mi.locate(int(s))[1]) for s in excluded)
+        fetch = min(k + n_excl, max(mi.count, 1))
+        with faiss_threads(threads := self.threads.threads_for(len(q))):
+            sims, ids = mi.knn(q, fetch, knobs=knobs, filter_masks=self._masks(mi, flt),
+                               threads=threads)
+        if n_excl:
+            sid = self._source_ids(mi, ids)
+            drop = np.isin(sid, excluded) | (ids < 0)
+            sims = np.where(drop, -np.inf, sims)
+            ids = np.where(drop, -1, ids)
+            order = np.argsort(-sims, axis=1, kind="stable")
+            sims = np.take_along_axis(sims, order, 1)
+            ids = np.take_along_axis(ids, order, 1)
+        sims, ids = sims[:, :k], ids[:, :k]
+        base = {"kind": "embedding", "filter": str(flt), **(query or {})}
+        out = [self._neighbours(mi, sims[i], ids[i], offset, limit, base)
+               for i in range(len(q))]
+        return out[0] if single else out
+
+    def _source_ids(self, mi: ModalityIndex, ids: np.ndarray) -> np.ndarray:
+        shard, row = split_ids(ids.ravel())
+        out = np.full(ids.size, -1, np.int64)
+        for s in np.unique(shard[shard >= 0]):
+            sel = shard == s
+            out[sel] = mi.shards[s].column("source_id")[row[sel]]
+        return out.reshape(ids.shape)
+
+    def vector_of(self, source_id: int, modality: str | None = None) -> tuple[str, np.ndarray]:
+        """(modality, (D,) stored vector) of a source; with several spectra of the star in
+        that modality, the highest-S/N one (else the first). Without ``modality``, the first
+        modality (in manifest order) that holds the source."""
+        names = [modality] if modality else self.modalities
+        for name in names:
+            mi = self.index[name]
+            s, rows = mi.locate(int(source_id))
+            if len(rows):
+                shard = mi.shards[s]
+                if len(rows) > 1 and "snr" in shard.rows.column_names:
+                    snr = np.nan_to_num(shard.column("snr")[rows].astype(float), nan=-np.inf)
+                    rows = rows[[int(np.argmax(snr))]]
+                return name, np.asarray(shard.vectors[rows[0]], dtype=np.float32)
+        raise QueryError(f"source_id {source_id} is not in the "
+                         f"{'/'.join(names)} index of {self.index.root}")
+
+    def search_source(self, source_id: int, *, modality: str | None = None,
+                      target_modality: str | None = None, k: int = 10, offset: int = 0,
+                      limit: int | None = None, filter: FilterLike = None,
+                      knobs: SearchKnobs | None = None,
+                      exclude_self: bool | None = None) -> Neighbours:
+        """Neighbours of a star by its source_id, using its stored embedding.
+
+        ``modality`` is the modality of the query spectrum (default: the first that has the
+        star), ``target_modality`` the one searched (default: the same). ``exclude_self``
+        (default: True in-modality, False cross-modal, where finding the star's own partner
+        spectrum is the point) drops the star's own rows.
+        """
+        flt = filter if isinstance(filter, Filter) else Filter.parse(filter)
+        query_modality, vec = self.vector_of(source_id, modality)
+        target = target_modality or flt.modality or query_modality
+        if exclude_self is None:
+            exclude_self = target == query_modality
+        return self.search(vec, modality=target, k=k, offset=offset, limit=limit, filter=flt,
+                           knobs=knobs, exclude_source_ids=[source_id] if exclude_self else None,
+                           query={"kind": "source_id", "source_id": int(source_id),
+                                  "query_modality": query_modality})
+
+    def embed_spectrum(self, spectrum: Spectrum, modality: str | None = None
+                       ) -> tuple[str, np.ndarray, dict[str, Any]]:
+        """(modality, (D,) embedding, predictions) of one spectrum via the attached encoder:
+        put on the modality's canonical grid as ingest does
+        (:func:`specsearch.preprocess.to_canonical_grid`: rest frame where the file gives a
+        redshift) then encoded."""
+        from specsearch.preprocess import to_canonical_grid
+        if self.encoder is None:
+            raise QueryError("spectrum queries need a model: engine.attach_encoder("
+                             "load_model(...)) or `specsearch search --model`")
+        name = modality or spectrum.modality
+        if name is None:
+            raise QueryError(f"{spectrum.path or spectrum.spectrum_id or 'spectrum'}: say which "
+                             f"modality the spectrum is (lamost or xp)")
+        flux, ivar, _ = to_canonical_grid(spectrum, name)
+        batch = self.encoder.embed_numpy(name, flux[None], ivar[None])
+        if not bool(np.asarray(batch.good)[0]):
+            raise SpectrumError(f"{spectrum.path or spectrum.spectrum_id or 'spectrum'}: too few "
+                                f"usable pixels on the {name} grid to embed it")
+        preds = {n: (float(batch.predictions[0, i]), float(batch.uncertainties[0, i]))
+                 for i, n in enumerate(batch.label_names)}
+        return name, np.asarray(batch.embedding[0], np.float32), preds
+
+    def search_spectrum(self, spectrum: Spectrum, *, modality: str | None = None,
+                        target_modality: str | None = None, k: int = 10, offset: int = 0,
+                        limit: int | None = None, filter: FilterLike = None,
+                        knobs: SearchKnobs | None = None) -> Neighbours:
+        """Neighbours of an observed spectrum (any grid; encoded by the attached model).
+        ``query`` of the result holds the model's predictions for it."""
+        flt = filter if isinstance(filter, Filter) else Filter.parse(filter)
+        name, vec, preds = self.embed_spectrum(spectrum, modality)
+        return self.search(vec, modality=target_modality or flt.modality or name, k=k,
+                           offset=offset, limit=limit, filter=flt, knobs=knobs,
+                           query={"kind": "spectrum", "query_modality": name,
+                                  "spectrum_id": spectrum.spectrum_id, "predictions": preds})
+
+    # ----------------------------------------------------------------- range / lookup
+
+    def range_search(self, embedding: np.ndarray, threshold: float, *,
+                     modality: str | None = None, filter: FilterLike = None,
+                     max_results: int | None = None,
+                     knobs: SearchKnobs | None = None) -> Neighbours:
+        """Every row with cosine similarity >= ``threshold`` to one (D,) embedding, best
+        first, at most ``max_results`` (default max_k). Exact for flat indexes; see
+        :meth:`specsearch.index.shard.Shard.range` for the others."""
+        if not -1.0 <= threshold <= 1.0:
+            raise QueryError(f"cosine threshold must be in [-1, 1], got {threshold}")
+        flt = filter if isinstance(filter, Filter) else Filter.parse(filter)
+        mi = self._modality(modality, flt)
+        cap = min(max_results or self.max_k, self.max_k)
+        q = self._queries(np.atleast_2d(embedding))[:1]
+        with faiss_threads(self.threads.single):
+            ((sims, ids),) = mi.range(q, threshold, knobs=knobs,
+                                      filter_masks=self._masks(mi, flt), max_results=cap)
+        return self._neighbours(mi, sims, ids, 0, None, {"kind": "range", "threshold": threshold,
+                                                   "filter": str(flt)})
+
+    def lookup(self, source_id: int, modality: str | None = None):
+        """The stored rows (pyarrow Table, all modalities unless given) of one source."""
+        import pyarrow as pa
+        tables = []
+        for name in ([modality] if modality else self.modalities):
+            mi = self.index[name]
+            s, rows = mi.locate(int(source_id))
+            if len(rows):
+                tables.append(mi.shards[s].rows.take(pa.array(rows)))
+        if not tables:
+            raise QueryError(f"source_id {source_id} is not in this index")
+        return pa.concat_tables(tables, promote_options="permissive")

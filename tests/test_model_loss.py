@@ -1,0 +1,100 @@
+"""Loss terms and augmentations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from specsearch.model.augment import AugmentConfig, augment, mask_segments, shift
+from specsearch.model.loss import (LossConfig, SpecCLIPLoss, gaussian_nll, info_nce,
+                                   reduced_chi2)
+from specsearch.model.network import SpecCLIPNet
+from specsearch.model import model_config
+
+
+def test_reduced_chi2_ignores_masked_pixels_and_clips_weights():
+    x = torch.ones(2, 10)
+    pred = x.clone()
+    pred[:, 3] = 100.0                                 # a wild value under the mask...
+    w = torch.full((2, 10), 1e4)
+    w[:, 3] = 0.0                                      # ...does not count
+    assert torch.allclose(reduced_chi2(pred, x, w, 0.01), torch.zeros(2))
+    pred2 = x + 0.1
+    huge = reduced_chi2(pred2, x, torch.full((2, 10), 1e12), 0.01)
+    assert torch.allclose(huge, torch.full((2,), 0.01 / 0.0001), rtol=1e-3)  # floor caps w
+
+
+def test_info_nce_perfect_alignment_and_same_star_mask():
+    e = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
+    low = info_nce(e, e, torch.tensor(math.log(100.0)))
+    high = info_nce(e, torch.roll(e, 1, 0), torch.tensor(math.log(100.0)))
+    assert float(low) < 0.1 < float(high)
+    dup = e.clone()
+    dup[1] = dup[0]                                    # two visits of one star
+    sid = torch.arange(8)
+    sid[1] = 0
+    masked = info_nce(dup, dup, torch.tensor(math.log(100.0)), sid)
+    assert float(masked) < 0.1                         # the twin is not a negative
+
+
+def test_gaussian_nll_skips_unknown_labels():
+    mu = torch.zeros(3, 2, requires_grad=True)
+    ls = torch.zeros(3, 2)
+    y = torch.tensor([[0.0, float("nan")], [0.0, float("nan")], [0.0, 1.0]])
+    loss = gaussian_nll(mu, ls, y)
+    assert torch.isfinite(loss)
+    assert float(loss.detach()) == pytest.approx(0.5 / 4)
+    loss.backward()
+    assert torch.isfinite(mu.grad).all() and mu.grad[0, 1] == 0
+
+
+def test_augmentations_are_seeded_and_keep_masks():
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    x = torch.rand(16, 500) + 0.5
+    w = torch.full_like(x, 400.0)
+    w[:, 100:120] = 0.0
+    x[:, 100:120] = 0.0
+    a1 = augment("lamost", x, w, AugmentConfig(), g1)
+    a2 = augment("lamost", x, w, AugmentConfig(), g2)
+    assert torch.equal(a1[0], a2[0]) and torch.equal(a1[1], a2[1])
+    assert not torch.equal(a1[0], x) and torch.equal(w[:, 100:120], torch.zeros(16, 20))
+    assert (a1[1][:, 101:119] == 0).all()             # masked stays masked (shift <= 0.5 px)
+    assert (a1[1] >= 0).all() and torch.isfinite(a1[0]).all()
+    # never much more certain than the data (only the small tilt rescales the weights)
+    assert (a1[1] <= w / (1 - AugmentConfig().tilt_lamost) ** 2 + 1e-3).all()
+    xs, ws = shift(x.clone(), w.clone(), 1.0, 2.0, torch.Generator().manual_seed(0))
+    assert ws[:, 0].min() == 0 or ws[:, -1].min() == 0  # pixels shifted in from outside
+    xm, wm = mask_segments(x.clone(), w.clone(), 1.0, 1, 0.2,
+                           torch.Generator().manual_seed(0))
+    assert ((wm == 0) & (w > 0)).any() and torch.equal(xm[wm == 0], torch.zeros_like(xm[wm == 0]))
+
+
+def test_loss_decreases_on_a_fixed_batch():
+    torch.manual_seed(0)
+    cfg = model_config("small", embedding_dim=16).with_data(label_names=("teff",),
+                                                             class_names=("a", "b"))
+    net = SpecCLIPNet(cfg)
+    loss_fn = SpecCLIPLoss(LossConfig())
+    rng = np.random.default_rng(0)
+    n = 32
+    t = torch.from_numpy(rng.normal(size=(n, 1)).astype(np.float32))
+    xl = 1 + 0.1 * t * torch.sin(torch.linspace(0, 50, 3909))[None, :]
+    xx = 1 + 0.2 * t * torch.linspace(-1, 1, 343)[None, :]
+    data = {"lamost": (xl, torch.full_like(xl, 1e4)), "xp": (xx, torch.full_like(xx, 1e4))}
+    classes = (t[:, 0] > 0).long()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(25):
+        outs = {m: net.forward_outputs(m, *data[m], decode=True) for m in data}
+        terms = loss_fn(outs, data, net.logit_scale, labels=t, classes=classes,
+                        source_id=torch.arange(n))
+        opt.zero_grad()
+        terms.total.backward()
+        opt.step()
+        losses.append(float(terms.total))
+    assert losses[-1] < 0.5 * losses[0]
+    assert {"contrastive", "recon_lamost", "trans_xp_to_lamost", "labels_xp",
+            "classes_lamost"} <= set(terms.parts)
