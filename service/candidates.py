@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,9 @@ from specsearch.errors import QueryError
 from specsearch.query import Filter, SearchEngine
 
 log = logging.getLogger("specsearch.service")
+
+RESULT_CACHE = 32
+"""Computed lists kept (keyed by modality, kind/threshold and filters)."""
 
 HUNT_CALIBRATION_FILE = "hunt_calibration.json"
 """A calibration file next to the index manifest (``specsearch hunt`` writes/reads it)."""
@@ -63,12 +68,27 @@ class CandidateLists:
         self._tables: dict[str, Any] = {}
         self._scores: dict[str, Any] = {}
         self._flags: dict[str, Any] = {}
+        self._results: OrderedDict[tuple, Any] = OrderedDict()
 
     def clear(self) -> None:
         with self._lock:
             self._tables.clear()
             self._scores.clear()
             self._flags.clear()
+            self._results.clear()
+
+    def _cached(self, key: tuple, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per key (a small LRU: lists differ only by their filters)."""
+        with self._lock:
+            if key in self._results:
+                self._results.move_to_end(key)
+                return self._results[key]
+        value = compute()
+        with self._lock:
+            self._results[key] = value
+            while len(self._results) > RESULT_CACHE:
+                self._results.popitem(last=False)
+        return value
 
     def _check(self, modality: str) -> None:
         if modality not in self.engine.modalities:
@@ -129,9 +149,9 @@ class CandidateLists:
                              "catalog), which this server does not have; start it with "
                              "--catalog CATALOG_DIR")
         f = flags.get(modality)
-        total = modality_candidates(
+        total = self._cached(("anomalies", modality, kind, flt), lambda: modality_candidates(
             s, f, config=CandidateConfig(top=max(1, len(s.table)), kind=kind, n_neighbours=0),
-            row_mask=mask).num_rows
+            row_mask=mask).num_rows)
         page = modality_candidates(
             s, f, config=CandidateConfig(top=offset + limit, kind=kind, n_neighbours=3),
             row_mask=mask).slice(offset, limit)
@@ -161,10 +181,10 @@ class CandidateLists:
             tables = {m: self._table(m)[0] for m in mods}
         masks = {m: self._mask(t.meta, flt) for m, t in tables.items()}
         masks = {m: v for m, v in masks.items() if v is not None}
-        result = hunt(tables, self._calibration(),
-                      config=HuntConfig(feh_max=feh_max, mode=modality, top=None,
-                                        min_prob=min_prob),
-                      row_masks=masks or None)
+        result = self._cached(("metal_poor", modality, feh_max, min_prob, flt), lambda: hunt(
+            tables, self._calibration(),
+            config=HuntConfig(feh_max=feh_max, mode=modality, top=None, min_prob=min_prob),
+            row_masks=masks or None))
         return ListPage(total=result.table.num_rows,
                         table=result.table.slice(offset, limit),
                         extra={"calibrated": result.calibrated,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from specsearch.preprocess import XP_FLUX_SCALE, air_to_vacuum
 from specsearch.synth.grid import model_wavelength

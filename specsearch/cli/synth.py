@@ -19,6 +19,11 @@ the same command resumes an interrupted run.
 """
 
 
+ARTEFACT_FRACTION = 0.01
+"""Mirrors specsearch.synth.labels.DEFAULT_ARTEFACT_FRACTION (not imported: registering the
+command must stay cheap)."""
+
+
 def parse_fractions(text: str | None) -> dict[str, float] | None:
     """'vmp=0.01,carbon=0.005' -> {'vmp': 0.01, 'carbon': 0.005}."""
     if not text:
@@ -50,8 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metal-poor-boost", type=float, default=1.0,
                    help="multiply the vmp/emp fractions (over-sample [Fe/H] < -2)")
     p.add_argument("--fractions", help="population fractions, e.g. carbon=0.01,wd_md=0.002")
-    p.add_argument("--artefact-fraction", type=float, default=None,
-                   help="fraction of LAMOST spectra with an instrument artefact (default 0.01)")
+    p.add_argument("--artefact-fraction", type=float, default=ARTEFACT_FRACTION,
+                   help="fraction of LAMOST spectra with an instrument artefact")
     p.add_argument("--shard-size", type=int, default=50_000, help="stars per shard file")
     p.add_argument("--workers", type=int, default=1, help="parallel worker processes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -222,7 +222,7 @@ def write_report(out: Path, cfg, *, real: Path | None) -> Path:
     md = ["# specsearch demo report", "",
           f"Synthetic paired survey: {cfg.n} stars (seed {cfg.seed}); real sample spectra: "
           + (", ".join(f"{k} {v}" for k, v in real_counts.items()) or "none") + ".",
-          f"Embeddings: " + ", ".join(f"{m} {c}" for m, c in counts.items())
+          "Embeddings: " + ", ".join(f"{m} {c}" for m, c in counts.items())
           + f"; model `{model.model_hash[:12]}` ({model.config.name}, "
             f"{model.embedding_dim}-d).",
           f"Index: `{json.dumps(info, default=str)[:400]}`", ""]

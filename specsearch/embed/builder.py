@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from specsearch.errors import CatalogError, ConfigError
 from specsearch.io.catalog import open_catalog
-from specsearch.io.embeddings import EmbeddingsWriter, embeddings_schema, open_embeddings
+from specsearch.io.embeddings import EmbeddingsWriter, open_embeddings
 from specsearch.io.parquet import (
     columns_to_table,
     iter_file_batches,
@@ -215,6 +215,17 @@ def _prefetch(iterator: Iterator[Any], depth: int) -> Iterator[Any]:
         yield item
 
 
+def open_output(out: Path, modality: str, model: Encoder, catalog: Path,
+                config: EmbedConfig) -> EmbeddingsWriter:
+    """Create or reopen the embeddings dataset for ``modality`` (refuses another model's
+    dataset unless ``config.overwrite``); its schema is what every output file follows."""
+    return EmbeddingsWriter(
+        out, modality, model_hash=model.model_hash, embedding_dim=model.embedding_dim,
+        label_names=list(model.label_names), class_names=list(model.class_names),
+        dtype=config.dtype, extra_manifest={"catalog": str(Path(catalog).resolve())},
+        overwrite_model=config.overwrite)
+
+
 def build_embeddings(catalog: str | Path, model: Encoder, out: str | Path,
                      config: EmbedConfig | None = None) -> EmbedReport:
     """Embed every spectrum of a catalog with ``model`` into an embeddings dataset.
@@ -249,13 +260,7 @@ def build_embeddings(catalog: str | Path, model: Encoder, out: str | Path,
     bar = _bar(total, config.progress)
     try:
         for modality in modalities:
-            writer = EmbeddingsWriter(
-                out, modality, model_hash=model.model_hash,
-                embedding_dim=model.embedding_dim, label_names=list(model.label_names),
-                class_names=list(model.class_names), dtype=config.dtype,
-                extra_manifest={"catalog": str(cat.root.resolve())},
-                overwrite_model=config.overwrite)
-            schema = writer.schema
+            schema = open_output(out, modality, model, cat.root, config).schema
             meta_cols = metadata_fields(cat.files(modality))
             for path in cat.files(modality):
                 _embed_file(model, modality, path, out / modality / f"{path.stem}.parquet",

@@ -31,12 +31,12 @@ from specsearch.embed.builder import (
     embed_table,
     input_signature,
     metadata_fields,
+    open_output,
     output_is_current,
     write_output,
 )
 from specsearch.errors import ConfigError
 from specsearch.io.catalog import open_catalog
-from specsearch.io.embeddings import EmbeddingsWriter
 from specsearch.io.parquet import columns_to_table
 
 INPUT_COLUMN = "_specsearch_input"
@@ -116,12 +116,7 @@ def build_embeddings_ray(catalog: str | Path, model: str | Path | Callable[[], A
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = bool(config.progress)
         for modality in config.modalities or cat.modalities:
-            writer = EmbeddingsWriter(
-                out, modality, model_hash=model.model_hash,
-                embedding_dim=model.embedding_dim, label_names=list(model.label_names),
-                class_names=list(model.class_names), dtype=config.dtype,
-                extra_manifest={"catalog": str(cat.root.resolve())},
-                overwrite_model=config.overwrite)
+            writer = open_output(out, modality, model, cat.root, config)
             meta_cols = metadata_fields(cat.files(modality))
             pending = []
             for path in cat.files(modality):

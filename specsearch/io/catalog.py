@@ -25,6 +25,7 @@ from specsearch.errors import CatalogError
 from specsearch.io.parquet import (
     FORMAT_VERSION,
     DatasetWriter,
+    ModalityWriter,
     PartitionedDataset,
     fixed_list_type,
     list_column_to_numpy,
@@ -80,7 +81,7 @@ def _update_manifest(root: Path, modality: str) -> None:
     write_json_atomic(path, manifest)
 
 
-class CatalogWriter:
+class CatalogWriter(ModalityWriter):
     """Write rows of one modality into a catalog, in atomic Parquet parts.
 
     Use as a context manager; ``write`` takes a dict of columns (2-D numpy arrays for
@@ -105,10 +106,6 @@ class CatalogWriter:
         self._writer = DatasetWriter(self.root / modality, self.schema,
                                      rows_per_file=rows_per_file, file_prefix=file_prefix)
 
-    @property
-    def rows_written(self) -> int:
-        return self._writer.rows_written
-
     def write(self, columns: Mapping[str, Any] | pa.Table | pa.RecordBatch) -> None:
         if isinstance(columns, Mapping) and "modality" not in columns:
             n = len(next(iter(columns.values()))) if columns else 0
@@ -121,13 +118,3 @@ class CatalogWriter:
                 f"this writer writes {self.modality!r} rows; got modality values "
                 f"{sorted(table_modalities)}")
         self._writer.write(columns)
-
-    def close(self) -> list[Path]:
-        return self._writer.close()
-
-    def __enter__(self) -> "CatalogWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        # Flush what was written even on error: every finished row is kept.
-        self.close()

@@ -27,6 +27,7 @@ from specsearch.errors import CatalogError
 from specsearch.io.parquet import (
     FORMAT_VERSION,
     DatasetWriter,
+    ModalityWriter,
     PartitionedDataset,
     fixed_list_type,
     list_column_to_numpy,
@@ -97,7 +98,7 @@ def open_embeddings(root: str | Path) -> Embeddings:
     return emb
 
 
-class EmbeddingsWriter:
+class EmbeddingsWriter(ModalityWriter):
     """Write embeddings of one modality, made by one model, in atomic Parquet parts.
 
     Opening a writer on a dataset made by another model hash is a CatalogError unless
@@ -137,19 +138,3 @@ class EmbeddingsWriter:
         write_json_atomic(manifest_path, manifest)
         self._writer = DatasetWriter(self.root / modality, self.schema,
                                      rows_per_file=rows_per_file, file_prefix=file_prefix)
-
-    @property
-    def rows_written(self) -> int:
-        return self._writer.rows_written
-
-    def write(self, columns: Mapping[str, Any] | pa.Table | pa.RecordBatch) -> None:
-        self._writer.write(columns)
-
-    def close(self) -> list[Path]:
-        return self._writer.close()
-
-    def __enter__(self) -> "EmbeddingsWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.close()

@@ -9,6 +9,7 @@ whole dataset.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -44,22 +45,35 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder + rename)."""
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temp path in ``path``'s folder; on success fsync it and rename it to ``path``.
+
+    Whatever the body writes to the temp path appears at ``path`` all at once, or not at all
+    (on an exception the temp file is removed; after a crash it is left as ``.NAME.*.tmp``
+    and never read).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
+        yield tmp
+        with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
-    return path
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder + rename)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> Path:
@@ -70,20 +84,9 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
 def write_table_atomic(table: pa.Table, path: str | Path, *,
                        compression: str = "zstd") -> Path:
     """Write a pyarrow Table to a Parquet file atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression=compression)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-    return path
+    return Path(path)
 
 
 # --------------------------------------------------------------------------- columns
@@ -225,6 +228,30 @@ class DatasetWriter:
         if self._buffered:
             self._flush(self._buffered)
         return list(self.written)
+
+
+class ModalityWriter:
+    """Base of the catalog and embeddings writers: one modality, atomic parts, a context
+    manager whose exit flushes what was written (every finished row is kept, even when
+    the body raised)."""
+
+    _writer: DatasetWriter
+
+    @property
+    def rows_written(self) -> int:
+        return self._writer.rows_written
+
+    def write(self, columns: Mapping[str, Any] | pa.Table | pa.RecordBatch) -> None:
+        self._writer.write(columns)
+
+    def close(self) -> list[Path]:
+        return self._writer.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close()
 
 
 class PartitionedDataset:

@@ -20,7 +20,7 @@ from pathlib import Path
 from specsearch.errors import CatalogError
 from specsearch.io.catalog import CatalogWriter
 from specsearch.io.parquet import write_json_atomic
-from specsearch.synth.survey import BATCH, SynthConfig, iter_shard
+from specsearch.synth.survey import SynthConfig, iter_shard
 
 MANIFEST = "synth.json"
 
@@ -195,4 +195,4 @@ def _run_parallel(root: Path, config: SynthConfig, todo: list[int], workers: int
                     finished(shard, rows)
 
 
-__all__ = ["generate_survey", "write_shard", "SurveyReport", "BATCH"]
+__all__ = ["generate_survey", "write_shard", "SurveyReport"]
