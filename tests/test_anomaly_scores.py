@@ -109,7 +109,7 @@ def test_self_knn_excludes_self_and_repeat_visits():
 
 
 def test_hnsw_and_exact_neighbours_agree_on_kdist():
-    x = clustered(6000, seed=13)
+    x = clustered(4000, seed=13)
     exact = self_knn(x, FaissNeighbours(x, NeighbourConfig(kind="flat")), k=10)
     approx = self_knn(x, FaissNeighbours(x, NeighbourConfig(kind="hnsw")), k=10)
     # A missed neighbour can only make the k-distance larger.

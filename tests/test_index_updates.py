@@ -7,6 +7,7 @@ import pytest
 
 from specsearch.errors import SearchIndexError
 from specsearch.index import (ArrayEmbeddings, BuildOptions, HNSWConfig, IVFFlatConfig,
+                              IVFPQConfig,
                               add_embeddings, build_index, compact, delete_sources, open_index)
 from specsearch.index.atomic import SimulatedCrash
 from specsearch.index.synthetic import clustered_unit_vectors
@@ -44,10 +45,11 @@ def _exact(engine, q, k):
     return set(ids[np.argsort(-(vecs @ q))[:k]])
 
 
-@pytest.fixture(params=["hnsw", "ivf_flat", "hnswlib"])
+@pytest.fixture(params=["hnsw", "ivf_flat", "ivf_pq", "hnswlib"])
 def index_dir(request, tmp_path):
     config = {"hnsw": HNSWConfig(m=16, ef_construction=40),
-              "ivf_flat": IVFFlatConfig(nlist=16, nprobe=16)}.get(request.param)
+              "ivf_flat": IVFFlatConfig(nlist=16, nprobe=16),
+              "ivf_pq": IVFPQConfig(nlist=8, nprobe=8, pq_m=8, pq_nbits=5)}.get(request.param)
     build_index(ArrayEmbeddings({"lamost": _arrays(2000, 1)}, model_hash="m"),
                 tmp_path / "idx", BuildOptions(kind=request.param, config=config, shards=3,
                                                target_recall=0.97, tune_queries=100))

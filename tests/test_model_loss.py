@@ -14,6 +14,8 @@ from specsearch.model.loss import (LossConfig, SpecCLIPLoss, gaussian_nll, info_
 from specsearch.model.network import SpecCLIPNet
 from specsearch.model import model_config
 
+from test_model_data import _one_thread  # noqa: F401
+
 
 def test_reduced_chi2_ignores_masked_pixels_and_clips_weights():
     x = torch.ones(2, 10)
@@ -94,7 +96,7 @@ def test_loss_decreases_on_a_fixed_batch():
         opt.zero_grad()
         terms.total.backward()
         opt.step()
-        losses.append(float(terms.total))
+        losses.append(float(terms.total.detach()))
     assert losses[-1] < 0.5 * losses[0]
     assert {"contrastive", "recon_lamost", "trans_xp_to_lamost", "labels_xp",
             "classes_lamost"} <= set(terms.parts)

@@ -14,16 +14,7 @@ from specsearch.errors import ConfigError
 from specsearch.model import load_model
 from specsearch.model.train import TrainConfig, train
 
-from test_model_data import make_paired_catalog
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # A 2-core machine shared by several jobs: one thread avoids OpenMP oversubscription.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from test_model_data import _one_thread, make_paired_catalog  # noqa: F401
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ def emb(tmp_path_factory):
     return synthetic_embeddings(tmp_path_factory.mktemp("emb") / "emb", n=3000, dim=32)
 
 
-@pytest.fixture(scope="module", params=["flat", "hnsw"])
+@pytest.fixture(scope="module", params=["flat", "hnsw", "hnswlib"])
 def engine(request, emb, tmp_path_factory):
     out = tmp_path_factory.mktemp(request.param) / "idx"
     build_index(emb.root, out, BuildOptions(kind=request.param, shards=3, target_recall=0.97,

@@ -61,7 +61,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from specsearch.errors import QueryError
-    from specsearch.index.config import SearchKnobs
     from specsearch.query import SearchEngine
 
     engine = SearchEngine.open(args.index_dir, verify=not args.no_verify)

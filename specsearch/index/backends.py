@@ -156,7 +156,7 @@ class FaissBackend(Backend):
             keep += [bits, sel]  # the selector points into this buffer
         d = self.default_knobs
         kf = float(knobs.refine_factor) if self.quantised else 1.0
-        n_base = candidate_count(k, kf, max(self.ntotal, 1))
+        n_base = int(math.ceil(k * kf))  # an efSearch above ntotal is harmless
         base = None
         if self.ivf is not None:
             if sel is not None or knobs.nprobe != d.nprobe:
@@ -282,22 +282,22 @@ class HnswlibBackend(Backend):
         rows = np.full((nq, k), -1, dtype=np.int64)
         if k_eff == 0:
             return sims, rows
-        if knobs.ef_search != self.default_knobs.ef_search:
-            # hnswlib's ef is global state: a per-query value cannot be passed safely.
-            raise SearchIndexError(
-                "hnswlib takes ef_search only at load (it is global in hnswlib); open the "
-                "index with SearchKnobs(ef_search=...) instead of passing it per query")
         filt = None
         if allowed is not None:
             n_allowed = int(allowed.sum())
             k_eff = min(k_eff, n_allowed)
             if k_eff == 0:
                 return sims, rows
-            filt = allowed.__getitem__  # hnswlib calls it with each candidate label
+            filt = _Allowed(allowed)
             threads = 1  # a Python filter holds the GIL anyway
-        labels, dist = self.index.knn_query(queries, k=k_eff, num_threads=threads, filter=filt)
-        sims[:, :k_eff] = 1.0 - dist  # hnswlib's ip "distance" is 1 - <q, x>
-        rows[:, :k_eff] = labels
+        # hnswlib's ef is global state, so a larger per-query ef is emulated by asking for
+        # ef results (hnswlib searches with max(ef, k)) and keeping the first k: the same
+        # answer as ef = ef_search. An ef below the opened default cannot be applied.
+        k_ask = min(max(k_eff, knobs.ef_search if knobs.ef_search > self.default_knobs.ef_search
+                        else 0), self.ntotal if filt is None else n_allowed)
+        labels, dist = self.index.knn_query(queries, k=k_ask, num_threads=threads, filter=filt)
+        sims[:, :k_eff] = 1.0 - dist[:, :k_eff]  # hnswlib's ip "distance" is 1 - <q, x>
+        rows[:, :k_eff] = labels[:, :k_eff]
         return sims, rows
 
     def save(self, path: Path) -> None:
@@ -320,6 +320,18 @@ class HnswlibBackend(Backend):
         return HnswlibBackend(self.config, self.dim)
 
 
+class _Allowed:
+    """hnswlib filter callable over a bool mask (returns a Python bool, as hnswlib needs)."""
+
+    __slots__ = ("mask",)
+
+    def __init__(self, mask: np.ndarray) -> None:
+        self.mask = mask
+
+    def __call__(self, label: int) -> bool:
+        return bool(self.mask[label])
+
+
 def make_backend(config: IndexConfig, dim: int) -> Backend:
     """A new, empty backend for ``config`` (dimension ``dim``)."""
     if isinstance(config, HnswlibConfig):
@@ -332,8 +344,3 @@ def load_backend(path: Path, config: IndexConfig, dim: int, *, mmap: bool,
     if isinstance(config, HnswlibConfig):
         return HnswlibBackend.load(path, config, dim, mmap=mmap, count=count)
     return FaissBackend.load(path, config, dim, mmap=mmap)
-
-
-def candidate_count(k: int, refine_factor: float, ntotal: int) -> int:
-    """How many approximate candidates to fetch for an exact re-rank to top-``k``."""
-    return min(ntotal, max(k, int(math.ceil(refine_factor * k))))

@@ -248,8 +248,6 @@ def train(catalog: str | Path, out: str | Path, cfg: TrainConfig, *, resume: boo
     loss_fn = SpecCLIPLoss(cfg.loss)
     opt = torch.optim.AdamW(param_groups(net, cfg.weight_decay), lr=cfg.lr)
     steps_per_epoch = max(1, round(train_pos.size / cfg.batch_size))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lr_lambda(cfg.warmup_steps, cfg.epochs * steps_per_epoch))
     start_epoch, step, best, best_epoch, bad = 0, 0, math.inf, -1, 0
     history: list[dict[str, float]] = []
     if state:
@@ -259,8 +257,8 @@ def train(catalog: str | Path, out: str | Path, cfg: TrainConfig, *, resume: boo
         start_epoch, step = state["epoch"] + 1, state["step"]
         best, best_epoch, bad = state["best"], state["best_epoch"], state["bad_epochs"]
         history = state["history"]
-        sched.last_epoch = step - 1
-        sched.step()
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lr_lambda(cfg.warmup_steps, cfg.epochs * steps_per_epoch), last_epoch=step - 1)
     provenance = {"command": command, "catalog_fingerprint": fingerprint,
                   "train_config": cfg.to_dict(), "n_train": int(train_pos.size),
                   "n_val": int(val_pos.size), "device": str(device),

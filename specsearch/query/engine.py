@@ -157,8 +157,8 @@ class SearchEngine:
         if q.ndim != 2 or q.shape[1] != self.embedding_dim:
             raise QueryError(f"query embedding(s) must have dimension {self.embedding_dim}; "
                              f"got shape {np.shape(embedding)}")
-        norms = np.linalg.norm(q, axis=1)
-        if not np.all(np.isfinite(norms)) or np.any(norms == 0):
+        norms = np.sqrt(np.einsum("ij,ij->i", q, q))
+        if not (np.isfinite(norms).all() and norms.min() > 0):
             raise QueryError("query embeddings must be finite and non-zero")
         return np.ascontiguousarray(q / norms[:, None])
 
@@ -209,9 +209,10 @@ class SearchEngine:
         offset, limit = self._window(k, offset, limit)
         single = np.ndim(embedding) == 1
         q = self._queries(np.atleast_2d(embedding))
-        excluded = np.unique(np.asarray(exclude_source_ids if exclude_source_ids is not None
-                                        else [], dtype=np.int64))
-        n_excl = sum(len(mi.locate(int(s))[1]) for s in excluded)
+        n_excl = 0
+        if exclude_source_ids is not None and len(exclude_source_ids):
+            excluded = np.unique(np.asarray(exclude_source_ids, dtype=np.int64))
+            n_excl = sum(len(mi.locate(int(s))[1]) for s in excluded)
         fetch = min(k + n_excl, max(mi.count, 1))
         with faiss_threads(threads := self.threads.threads_for(len(q))):
             sims, ids = mi.knn(q, fetch, knobs=knobs, filter_masks=self._masks(mi, flt),
@@ -231,6 +232,8 @@ class SearchEngine:
         return out[0] if single else out
 
     def _source_ids(self, mi: ModalityIndex, ids: np.ndarray) -> np.ndarray:
+        if len(mi.shards) == 1:  # common case: global id == row, no shard split needed
+            return mi.shards[0].column("source_id")[ids]
         shard, row = split_ids(ids.ravel())
         out = np.full(ids.size, -1, np.int64)
         for s in np.unique(shard[shard >= 0]):

@@ -125,9 +125,15 @@ def stellar_spectra(teff, logg, feh, alpha_fe, *, c_fe=None, state=None,
                ).astype(np.float32)[:, None]
     scale = (1.0 - balmer) * (s_feh * (1.0 + alpha_mask * s_alpha)) + balmer
     # MILES has active M dwarfs; Balmer emission belongs to the 'emission' population, so
-    # the absorption model is capped at the continuum (+ noise margin) in Balmer windows.
-    cap = np.where(balmer > 0.3, np.float32(1.05), np.float32(np.inf))
-    scale *= np.log(np.clip(np.minimum(out.norm_flux, cap), 0.005, None))
+    # for M stars the model is capped in the Balmer cores (1.25: the crowded blue
+    # pseudo-continuum of cool stars legitimately exceeds 1 there).
+    norm_emu = out.norm_flux
+    cool = np.flatnonzero(teff < 4200.0)
+    if cool.size:
+        cores = balmer > 0.5
+        norm_emu[np.ix_(cool, np.flatnonzero(cores))] = np.minimum(
+            norm_emu[np.ix_(cool, np.flatnonzero(cores))], np.float32(1.25))
+    scale *= np.log(np.clip(norm_emu, 0.005, None))
     cov = emu.coverage.astype(np.float32)
     _, interp, coverage = _sed_interpolator()
     norm = np.ones((n, wave.size), dtype=np.float32)
