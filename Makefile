@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.specsearch-installed
 
-.PHONY: demo test install bench clean-venv
+.PHONY: demo test install clean-venv chromium
 
 install: $(STAMP)
 
@@ -24,11 +24,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/specsearch demo
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	RAY_USAGE_STATS_ENABLED=0 $(PY) -m pytest -q tests
 
-bench: $(STAMP)
-	$(PY) benchmarks/run_all.py
+# The web page is tested in a real headless browser: Debian's chromium (root installs it;
+# elsewhere the browser test is skipped with a reason).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "chromium could not be installed: the browser test will be skipped"
 
 clean-venv:
 	rm -rf $(VENV)

@@ -75,8 +75,9 @@ def served_model(cache: Path) -> tuple[Path | None, str, int]:
     return path, model.model_hash, model.embedding_dim
 
 
-def build(out: Path, n: int, model_hash: str, dim: int, kind: str) -> float:
-    """Build the benchmark index if ``out`` does not hold one of ``n`` rows; build seconds."""
+def build(out: Path, n: int, model_hash: str, dim: int, kind: str) -> float | None:
+    """Build the benchmark index unless ``out`` holds one of ``n`` rows; build seconds (None
+    when reused)."""
     from specsearch.index import ArrayEmbeddings, BuildOptions, build_index
     from specsearch.index.manifest import read_index_manifest
     from specsearch.index.synthetic import clustered_unit_vectors
@@ -87,7 +88,7 @@ def build(out: Path, n: int, model_hash: str, dim: int, kind: str) -> float:
 
         if top.model_hash == model_hash and \
                 SearchEngine.open(out, verify=False).index["lamost"].count == n:
-            return float("nan")
+            return None
     except Exception:
         pass
     t = time.perf_counter()
@@ -118,25 +119,37 @@ def queries_for(n: int, dim: int, count: int) -> np.ndarray:
 
 
 def in_process(index: Path, queries: np.ndarray, threads: int, budget_s: float) -> dict:
-    """engine.search(vec, k=10) rate: one thread, then ``threads`` threads."""
+    """What one HTTP search does inside the server, called directly: ``engine.search(vec,
+    k=10)`` plus its rows' metadata (the response carries it). One thread, then
+    ``threads`` threads; and the search alone (ids + similarities) for reference."""
     from specsearch.index import ThreadPolicy
     from specsearch.query import SearchEngine
 
     engine = SearchEngine.open(index, verify=False, threads=ThreadPolicy(single=1, batch=1))
-    for q in queries[:200]:
-        engine.search(q, modality="lamost", k=K)
-    lat, t0, i = [], time.perf_counter(), 0
-    while time.perf_counter() - t0 < budget_s:
-        s = time.perf_counter()
-        engine.search(queries[i % len(queries)], modality="lamost", k=K)
-        lat.append(time.perf_counter() - s)
-        i += 1
-    single = {"qps": round(len(lat) / (time.perf_counter() - t0), 1), **percentiles(lat)}
+
+    def query(i: int, with_metadata: bool = True) -> None:
+        result = engine.search(queries[i % len(queries)], modality="lamost", k=K)
+        if with_metadata:
+            result.to_dicts()
+
+    for i in range(200):
+        query(i)
+
+    def timed(with_metadata: bool) -> dict:
+        lat, t0, i = [], time.perf_counter(), 0
+        while time.perf_counter() - t0 < budget_s:
+            s = time.perf_counter()
+            query(i, with_metadata)
+            lat.append(time.perf_counter() - s)
+            i += 1
+        return {"qps": round(len(lat) / (time.perf_counter() - t0), 1), **percentiles(lat)}
+
+    single, search_only = timed(True), timed(False)
 
     def worker(offset: int) -> int:
         done, end = 0, time.perf_counter() + budget_s
         while time.perf_counter() < end:
-            engine.search(queries[(offset + done) % len(queries)], modality="lamost", k=K)
+            query(offset + done)
             done += 1
         return done
 
@@ -144,7 +157,7 @@ def in_process(index: Path, queries: np.ndarray, threads: int, budget_s: float) 
     with ThreadPoolExecutor(threads) as pool:
         total = sum(pool.map(worker, range(0, threads * 997, 997)))
     multi = {"qps": round(total / (time.perf_counter() - t0), 1), "threads": threads}
-    return {"single_thread": single, "threaded": multi}
+    return {"single_thread": single, "threaded": multi, "search_only": search_only}
 
 
 # ----------------------------------------------------------------------------- HTTP client
@@ -289,13 +302,13 @@ def main() -> None:
     from service_support import free_port
 
     load = os.getloadavg()
-    cache = Path(args.cache or Path(tempfile.gettempdir()) / f"specsearch-bench-service")
+    cache = Path(args.cache or Path(tempfile.gettempdir()) / "specsearch-bench-service")
     cache.mkdir(parents=True, exist_ok=True)
     model, model_hash, dim = served_model(cache)
     index = cache / f"index-{args.kind}-{args.n}"
     build_s = build(index, args.n, model_hash, dim, args.kind)
     print(f"index {index}: n={args.n} dim={dim} kind={args.kind} "
-          f"build {'reused' if build_s != build_s else f'{build_s:.0f} s'}", flush=True)
+          f"build {'reused' if build_s is None else f'{build_s:.0f} s'}", flush=True)
     queries = queries_for(args.n, dim, 2000)
     inproc = in_process(index, queries, args.worker_threads, budget_s=5.0)
     print(f"in-process: {inproc}", flush=True)
@@ -344,9 +357,11 @@ def main() -> None:
         "goals": {"single_query_p99_ms<=20": http["single"]["p99_ms"] <= 20.0,
                   "http>=0.5*in_process": http["concurrent"]["rps"] >= 0.5 * best_inproc},
     }
-    rows = [("in-process, 1 thread", inproc["single_thread"]["qps"],
+    rows = [("in-process search only", inproc["search_only"]["qps"],
+             inproc["search_only"], "-", "-"),
+            ("in-process +metadata, 1 thr", inproc["single_thread"]["qps"],
              inproc["single_thread"], "-", "-"),
-            (f"in-process, {args.worker_threads} threads", inproc["threaded"]["qps"], {},
+            (f"in-process +metadata, {args.worker_threads} thr", inproc["threaded"]["qps"], {},
              "-", "-"),
             ("HTTP, 1 client", http["single"]["rps"], http["single"],
              http["single"]["errors"], http["single"]["ok"]),

@@ -2,9 +2,10 @@
 
 The lists are the library's (:mod:`specsearch.anomaly`, :mod:`specsearch.hunt`) over the
 index's own rows (:func:`specsearch.anomaly.table_from_index`): scoring every object takes
-seconds per million rows, so it runs on the first request for a modality (in a worker
-thread) and is kept; pages and filters are then cheap. Artefact screening needs the
-observed spectra, so it runs only when the index's catalog is available.
+seconds per million rows, so it runs on the first request (in a worker thread) and is kept;
+pages are then cheap and each filtered list is cached. Artefact screening needs the
+observed spectra, so it runs only when the index's catalog is available. The [Fe/H]
+calibration is the one ``specsearch hunt`` uses (given, or stored next to the model).
 """
 
 from __future__ import annotations
@@ -28,26 +29,6 @@ log = logging.getLogger("specsearch.service")
 RESULT_CACHE = 32
 """Computed lists kept (keyed by modality, kind/threshold and filters)."""
 
-HUNT_CALIBRATION_FILE = "hunt_calibration.json"
-"""A calibration file next to the index manifest (``specsearch hunt`` writes/reads it)."""
-
-
-class _RowsView:
-    """Adapter so :meth:`Filter.mask` evaluates on an Arrow table of rows."""
-
-    def __init__(self, table: pa.Table) -> None:
-        self.rows = table
-        self.count = table.num_rows
-
-    def column(self, name: str) -> np.ndarray:
-        if name not in self.rows.column_names:
-            raise QueryError(f"no column {name!r} to filter on; columns: "
-                             f"{self.rows.column_names}")
-        col = self.rows.column(name)
-        if pa.types.is_integer(col.type) and col.null_count:
-            col = col.cast(pa.float64())
-        return col.to_numpy(zero_copy_only=False)
-
 
 @dataclass
 class ListPage:
@@ -61,9 +42,13 @@ class ListPage:
 class CandidateLists:
     """Lazily computed, cached candidate lists over a :class:`SearchEngine`'s index."""
 
-    def __init__(self, engine: SearchEngine, catalog: Path | None) -> None:
+    def __init__(self, engine: SearchEngine, catalog: Path | None, *,
+                 calibration: Path | None = None, model_dir: Path | None = None) -> None:
         self.engine = engine
         self.catalog = catalog
+        self.calibration = calibration
+        self.model_dir = model_dir
+        self._hunt_calibration = None
         self._lock = threading.Lock()
         self._tables: dict[str, Any] = {}
         self._scores: dict[str, Any] = {}
@@ -102,8 +87,11 @@ class CandidateLists:
             self._tables[modality] = table_from_index(self.engine.index, modality, threads=1)
         return self._tables[modality]
 
-    def _mask(self, table: pa.Table, flt: Filter) -> np.ndarray | None:
-        return flt.mask(_RowsView(table))
+    @staticmethod
+    def _masks(tables: dict[str, Any], filters: list[str]) -> dict[str, np.ndarray]:
+        from specsearch.anomaly.pipeline import row_masks
+
+        return row_masks(tables, filters)
 
     # ----------------------------------------------------------------- anomalies
     def _anomaly_scores(self):
@@ -117,21 +105,19 @@ class CandidateLists:
                                       searchers={m: p[1] for m, p in pairs.items()})
                 self._scores.update(scores)
                 if self.catalog is not None:
-                    self._flags.update(self._screen(scores))
+                    self._flags.update(self._screen({m: p[0] for m, p in pairs.items()}))
             return self._scores, self._flags
 
-    def _screen(self, scores) -> dict[str, Any]:
-        from specsearch.anomaly import catalog_features, screen
+    def _screen(self, tables: dict[str, Any]) -> dict[str, Any]:
+        from specsearch.anomaly.pipeline import screen_tables
+        from specsearch.errors import SpecsearchError
 
-        flags = {}
-        for modality, s in scores.items():
-            try:
-                ids = set(s.table.spectrum_id.astype(str).tolist())
-                feats = catalog_features(self.catalog, modality, spectrum_ids=ids)
-                flags[modality] = screen(feats)
-            except Exception as exc:  # a missing/changed catalog only costs the screening
-                log.warning("artefact screening of %s skipped: %s", modality, exc)
-        return flags
+        try:
+            return screen_tables(self.catalog, tables)
+        except (SpecsearchError, OSError) as exc:
+            # A moved or changed catalog costs only the screening, not the lists.
+            log.warning("artefact screening skipped (%s): %s", self.catalog, exc)
+            return {}
 
     def anomalies(self, modality: str, *, kind: str, filters: list[str], offset: int,
                   limit: int) -> ListPage:
@@ -142,7 +128,7 @@ class CandidateLists:
         flt = Filter.parse(filters)
         scores, flags = self._anomaly_scores()
         s = scores[modality]
-        mask = self._mask(s.table.meta, flt)
+        mask = self._masks({modality: s.table}, filters).get(modality)
         screened = modality in flags
         if kind == "artefacts" and not screened:
             raise QueryError("the artefact list needs the observed spectra (the index's "
@@ -160,12 +146,12 @@ class CandidateLists:
 
     # ----------------------------------------------------------------- metal-poor
     def _calibration(self):
-        from specsearch.hunt import HuntCalibration
+        from specsearch.hunt.pipeline import find_calibration
 
-        path = Path(self.engine.index.root) / HUNT_CALIBRATION_FILE
-        if path.is_file():
-            return HuntCalibration.load(path)
-        return HuntCalibration(modalities={})
+        if self._hunt_calibration is None:
+            self._hunt_calibration = find_calibration(self.engine.model_hash,
+                                                      self.calibration, self.model_dir)
+        return self._hunt_calibration
 
     def metal_poor(self, modality: str, *, feh_max: float, min_prob: float,
                    filters: list[str], offset: int, limit: int) -> ListPage:
@@ -179,8 +165,7 @@ class CandidateLists:
         flt = Filter.parse(filters)
         with self._lock:
             tables = {m: self._table(m)[0] for m in mods}
-        masks = {m: self._mask(t.meta, flt) for m, t in tables.items()}
-        masks = {m: v for m, v in masks.items() if v is not None}
+        masks = self._masks(tables, filters)
         result = self._cached(("metal_poor", modality, feh_max, min_prob, flt), lambda: hunt(
             tables, self._calibration(),
             config=HuntConfig(feh_max=feh_max, mode=modality, top=None, min_prob=min_prob),

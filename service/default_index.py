@@ -18,8 +18,9 @@ from specsearch.index.manifest import MANIFEST
 log = logging.getLogger("specsearch.service")
 
 DEFAULT_ROOT = Path("indexes")
-DEMO_INDEX = Path("demo") / "index"
-"""Where ``specsearch demo`` leaves its index, relative to ``indexes/``."""
+DEMO_INDEXES = (Path("demo-output") / "index", DEFAULT_ROOT / "demo" / "index")
+"""Where ``specsearch demo`` leaves its index (its default ``--out demo-output``), relative
+to the working directory; the first that exists is served."""
 DEFAULT_STARS = 5000
 
 
@@ -39,21 +40,22 @@ def build_synthetic_index(root: str | Path, *, n: int = DEFAULT_STARS, seed: int
     from specsearch.model import load_model
     from specsearch.synth import generate_survey
 
+    model = load_model(model_dir)  # first: a missing model fails before any work
     log.info("building the default index under %s (%d synthetic stars; first start only)",
              root, n)
     generate_survey(catalog, n=n, seed=seed, progress=progress)
-    model = load_model(model_dir)
     build_embeddings(catalog, model, embeddings,
                      EmbedConfig(with_residual=True, progress=progress))
     build_index(embeddings, index, BuildOptions(kind="auto", shards=shards))
     return index
 
 
-def ensure_default_index(root: str | Path = DEFAULT_ROOT) -> Path:
+def ensure_default_index(root: str | Path = DEFAULT_ROOT, *,
+                         model_dir: str | Path | None = None,
+                         demo_indexes: tuple[Path, ...] = DEMO_INDEXES) -> Path:
     """The demo's index if ``specsearch demo`` built one, else the cached synthetic default
-    (built now if missing)."""
-    root = Path(root)
-    demo = root / DEMO_INDEX
-    if (demo / MANIFEST).is_file():
-        return demo
-    return build_synthetic_index(root / "default")
+    ``root/default`` (built now with ``model_dir``'s model, default: the shipped one)."""
+    for demo in demo_indexes:
+        if (Path(demo) / MANIFEST).is_file():
+            return Path(demo)
+    return build_synthetic_index(Path(root) / "default", model_dir=model_dir)

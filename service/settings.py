@@ -29,6 +29,9 @@ class Settings(BaseModel):
         catalog_dir: the index's catalog (observed spectra), used to screen the anomaly list
             for data artefacts; None = the catalog recorded by the index's embeddings, if it
             still exists.
+        hunt_calibration: the [Fe/H] calibration of the metal-poor list (``specsearch
+            hunt-calibrate``); None = the one stored next to the model, if any, else the
+            heads' uncertainties as they are (the list says ``calibrated: false``).
         max_upload_bytes: largest accepted upload body (413 above it).
         max_k: largest ``k`` / ``offset + limit`` of a search (10,000 is the engine's limit).
         max_page: largest ``limit`` of a candidate list page.
@@ -52,6 +55,7 @@ class Settings(BaseModel):
     index_dir: Path
     model_dir: Path | None = None
     catalog_dir: Path | None = None
+    hunt_calibration: Path | None = None
     max_upload_bytes: int = Field(16 * 2 ** 20, ge=1024, le=2 ** 30)
     max_k: int = Field(1000, ge=1, le=10_000)
     max_page: int = Field(500, ge=1, le=10_000)

@@ -52,23 +52,13 @@ class ServiceState:
         self.lists.clear()
 
 
-def catalog_of(index_dir: Path, configured: Path | None) -> Path | None:
-    """The catalog behind an index: the configured one, else the one its embeddings name."""
-    if configured is not None:
-        return Path(configured)
-    import json
+def catalog_of(engine: SearchEngine, configured: Path | None) -> Path | None:
+    """The index's catalog: the configured one, else the one its embeddings record."""
+    from specsearch.anomaly.pipeline import Loaded, find_catalog
 
-    from specsearch.index.manifest import read_index_manifest
-
-    source = read_index_manifest(index_dir).source
-    manifest = Path(source) / "embeddings.json" if source else None
-    if manifest is None or not manifest.is_file():
-        return None
-    try:
-        catalog = json.loads(manifest.read_text()).get("catalog")
-    except (OSError, ValueError):
-        return None
-    return Path(catalog) if catalog and (Path(catalog) / "catalog.json").is_file() else None
+    index = engine.index
+    return find_catalog(Loaded({}, {}, "index", Path(index.root),
+                               {"source": index.manifest.source}), configured)
 
 
 def open_state(settings: Settings, metrics: ServiceMetrics) -> ServiceState:
@@ -89,10 +79,12 @@ def open_state(settings: Settings, metrics: ServiceMetrics) -> ServiceState:
     engine.attach_encoder(model)
     for modality in engine.modalities:
         metrics.index_vectors.labels(modality).set(engine.index[modality].count)
-    catalog = catalog_of(Path(settings.index_dir), settings.catalog_dir)
+    catalog = catalog_of(engine, settings.catalog_dir)
     return ServiceState(
         settings=settings, engine=engine, model=model, metrics=metrics,
         worker=Worker(threads=settings.worker_threads, timeout_s=settings.request_timeout_s,
                       metrics=metrics),
-        api_keys=keys, threads=threads, lists=CandidateLists(engine, catalog),
+        api_keys=keys, threads=threads,
+        lists=CandidateLists(engine, catalog, calibration=settings.hunt_calibration,
+                             model_dir=settings.model_dir),
         catalog_dir=catalog)

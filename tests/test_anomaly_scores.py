@@ -158,7 +158,25 @@ def test_scoring_through_a_built_index_matches_in_memory(tmp_path):
     build_index(src, tmp_path / "idx", BuildOptions(kind="flat", shards=3,
                                                     target_recall=None))
     table, searcher = table_from_index(open_index(tmp_path / "idx"), "lamost")
-    via_index = score_modality(table, searcher=searcher)
-    in_memory = score_modality(table)
-    np.testing.assert_allclose(via_index.knn.kdist, in_memory.knn.kdist, atol=1e-5)
+    via_index = score_modality(table, searcher=searcher,
+                               config=ScoreConfig(neighbour_method="index"))
+    exact = score_modality(table, config=ScoreConfig(
+        neighbour_method="faiss", neighbours=NeighbourConfig(kind="flat")))
+    np.testing.assert_allclose(via_index.knn.kdist, exact.knn.kdist, atol=1e-5)
     assert table.source_id[via_index.rank()[0]] == sid[3]
+
+
+def test_selfjoin_finds_nearly_all_true_neighbours():
+    from specsearch.anomaly.selfjoin import CellSelfJoin, SelfJoinConfig
+
+    x = clustered(8000, seed=16)
+    exact = self_knn(x, FaissNeighbours(x, NeighbourConfig(kind="flat")), k=20)
+    join = CellSelfJoin(x, SelfJoinConfig(cell_size=256))
+    approx = self_knn(x, join, k=20)
+    recall = np.mean([len(set(a) & set(b)) / 20 for a, b in zip(approx.rows, exact.rows)])
+    assert recall > 0.9
+    assert np.all(approx.kdist >= exact.kdist - 1e-5)
+    assert np.median(approx.kdist / exact.kdist) < 1.01
+    # Arbitrary queries probe their own cells.
+    sims, rows = join.search(x[:5], 3)
+    assert list(rows[:, 0]) == [0, 1, 2, 3, 4]

@@ -7,8 +7,8 @@ import pytest
 
 from specsearch.errors import SearchIndexError
 from specsearch.index import (ArrayEmbeddings, BuildOptions, HNSWConfig, IVFFlatConfig,
-                              IVFPQConfig,
-                              add_embeddings, build_index, compact, delete_sources, open_index)
+                              IVFPQConfig, add_embeddings, build_index, compact,
+                              delete_sources, open_index)
 from specsearch.index.atomic import SimulatedCrash
 from specsearch.index.synthetic import clustered_unit_vectors
 from specsearch.query import SearchEngine

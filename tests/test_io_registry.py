@@ -100,3 +100,22 @@ def test_read_spectra_bytes_upload(real_data):
 ])
 def test_safe_upload_name(name, expected):
     assert safe_upload_name(name) == expected
+
+
+def test_damaged_header_card_is_a_reader_error(real_data, tmp_path):
+    from specsearch.errors import ReaderError
+    from specsearch.io.registry import read_spectra
+
+    src = sorted((real_data / "lamost" / "dr1" / "spectra").glob("*.fits"))[0]
+    data = bytearray(src.read_bytes())
+    # Overwrite the value of the 8th header card with bytes no FITS parser accepts.
+    card = 7 * 80
+    data[card + 10:card + 30] = b"'unterminated \x00\x01\x02"
+    bad = tmp_path / "damaged-card.fits"
+    bad.write_bytes(bytes(data))
+    try:
+        spectra = list(read_spectra(bad, modality="lamost"))
+    except ReaderError as exc:
+        assert "damaged-card.fits" in str(exc)
+    else:  # astropy may tolerate the card; then the spectrum must still be sane
+        assert spectra and spectra[0].flux.size > 1000

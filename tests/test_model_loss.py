@@ -89,7 +89,7 @@ def test_loss_decreases_on_a_fixed_batch():
     classes = (t[:, 0] > 0).long()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     losses = []
-    for _ in range(25):
+    for _ in range(40):
         outs = {m: net.forward_outputs(m, *data[m], decode=True) for m in data}
         terms = loss_fn(outs, data, net.logit_scale, labels=t, classes=classes,
                         source_id=torch.arange(n))

@@ -4,7 +4,6 @@ mutated bytes of real LAMOST FITS files. Nothing a client sends may produce a 5x
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import httpx
 import pytest
@@ -12,10 +11,6 @@ import pytest
 from service.app import create_app
 from service.settings import Settings
 from service_support import LiveServer, real_lamost_files, small_index
-
-schemathesis = pytest.importorskip("schemathesis", reason="schemathesis (dev extra) is not "
-                                                          "installed")
-hypothesis = pytest.importorskip("hypothesis")
 
 EXAMPLES_PER_OPERATION = 15
 
@@ -30,6 +25,8 @@ def server(tmp_path_factory):
 
 
 def test_schema_driven_requests_never_5xx(server):
+    schemathesis = pytest.importorskip("schemathesis",
+                                       reason="schemathesis (dev extra) is not installed")
     from hypothesis import HealthCheck, Phase, given, settings
 
     spec = httpx.get(f"{server.url}/openapi.json").json()

@@ -3,9 +3,11 @@ checks and the default-index lookup."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from service.default_index import DEMO_INDEX, ensure_default_index
+from service.default_index import DEMO_INDEXES, ensure_default_index
 from service.settings import Settings
 from service_support import small_index
 from specsearch.errors import ConfigError
@@ -59,10 +61,12 @@ def test_serve_command_is_registered_with_example():
 
 
 def test_default_index_prefers_the_demo(tmp_path):
-    demo = tmp_path / DEMO_INDEX
+    demo = tmp_path / "demo-output" / "index"
     demo.mkdir(parents=True)
     (demo / "manifest.json").write_text("{}")
-    assert ensure_default_index(tmp_path) == demo
+    assert ensure_default_index(tmp_path / "indexes", demo_indexes=(
+        tmp_path / "missing", demo)) == demo
+    assert DEMO_INDEXES[0] == Path("demo-output") / "index"  # `specsearch demo`'s default
 
 
 def test_bad_index_or_model_refuses_to_start(tmp_path, tmp_path_factory):

@@ -243,6 +243,11 @@ async function loadList() {
   table.appendChild(thead); table.appendChild(tbody);
   $("#list-status").textContent = res.total === 0 ? "no candidates pass these filters" :
     `rows ${res.offset + 1}-${res.offset + res.rows.length} of ${res.total}`;
+  const info = res.info || {};
+  if (info.calibrated === false) $("#list-status").textContent += " \u2014 probabilities " +
+    "from uncalibrated head uncertainties";
+  if (info.artefact_screening === false) $("#list-status").textContent += " \u2014 no " +
+    "artefact screening (the server has no catalog of the observed spectra)";
   $("#prev").disabled = res.offset === 0;
   $("#next").disabled = res.offset + res.rows.length >= res.total;
 }

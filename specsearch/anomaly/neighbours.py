@@ -139,44 +139,66 @@ class KnnResult:
             return kd / np.maximum(ref, 1e-9)
 
 
+def compact_neighbours(sims: np.ndarray, rows: np.ndarray, first_row: int, k: int,
+                       source_id: np.ndarray | None) -> tuple[np.ndarray, np.ndarray,
+                                                             np.ndarray]:
+    """Drop each query's own row (query i is row ``first_row + i``) and rows of the same
+    star from candidate lists (nearest first); keep the first ``k``.
+
+    Returns (kdist (m,), rows (m, k), similarity (m, k)) as in :class:`KnnResult`.
+    """
+    me = np.arange(first_row, first_row + rows.shape[0])[:, None]
+    keep = (rows >= 0) & (rows != me)
+    if source_id is not None:
+        keep &= source_id[np.clip(rows, 0, None)] != source_id[me[:, 0], None]
+    # Stable compaction of the kept neighbours to the left, nearest first.
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+    got_rows = np.take_along_axis(rows, order, axis=1)
+    got_sims = np.take_along_axis(sims, order, axis=1)
+    got_keep = np.take_along_axis(keep, order, axis=1)
+    if got_rows.shape[1] < k:  # fewer candidates than k
+        pad = k - got_rows.shape[1]
+        got_rows = np.pad(got_rows, ((0, 0), (0, pad)), constant_values=-1)
+        got_sims = np.pad(got_sims, ((0, 0), (0, pad)), constant_values=-np.inf)
+        got_keep = np.pad(got_keep, ((0, 0), (0, pad)), constant_values=False)
+    full = got_keep[:, -1]
+    kdist = np.where(full, 1.0 - got_sims[:, -1].astype(np.float64), np.nan)
+    return (kdist, np.where(got_keep, got_rows, -1),
+            np.where(got_keep, got_sims, -np.inf).astype(np.float32))
+
+
 def self_knn(vectors: np.ndarray, searcher: NeighbourSearch, *, k: int = 20,
              source_id: np.ndarray | None = None, batch_size: int = 8192,
              extra: int = 4) -> KnnResult:
-    """k nearest neighbours of every row of ``vectors`` among the others, in batches.
+    """k nearest neighbours of every row of ``vectors`` among the others.
 
     The object itself and, if ``source_id`` is given, other spectra of the same star
     (repeat visits are no evidence that an object is normal) are dropped; ``extra`` more
-    neighbours than ``k`` are fetched to make room for them.
+    neighbours than ``k`` are fetched to make room for them. A searcher with an
+    ``all_neighbours(k)`` method (:class:`specsearch.anomaly.selfjoin.CellSelfJoin`) is
+    asked once for every row; any other is queried in batches of ``batch_size``.
 
     Args:
         vectors: (n, D) unit vectors; row i must be row i of the searcher's table.
         searcher: see :class:`NeighbourSearch`.
         k: neighbours kept per object.
         source_id: (n,) star ids, or None.
-        batch_size: queries per search call (memory ~ batch_size x (k + extra) x 12 B).
     """
     if k < 1:
         raise ConfigError(f"k must be >= 1, got {k}")
     n = vectors.shape[0]
     fetch = k + 1 + max(extra, 0)
+    sid = None if source_id is None else np.asarray(source_id)
+    if hasattr(searcher, "all_neighbours"):
+        sims, rows = searcher.all_neighbours(fetch)
+        kdist, rows_out, sims_out = compact_neighbours(sims, rows, 0, k, sid)
+        return KnnResult(kdist=kdist, rows=rows_out, similarity=sims_out)
     kdist = np.full(n, np.nan)
     rows_out = np.full((n, k), -1, dtype=np.int64)
     sims_out = np.full((n, k), -np.inf, dtype=np.float32)
-    sid = None if source_id is None else np.asarray(source_id)
     for start in range(0, n, batch_size):
         stop = min(n, start + batch_size)
         sims, rows = searcher.search(vectors[start:stop], fetch)
-        me = np.arange(start, stop)[:, None]
-        keep = (rows >= 0) & (rows != me)
-        if sid is not None:
-            keep &= sid[np.clip(rows, 0, None)] != sid[start:stop, None]
-        # Stable compaction of the kept neighbours to the left, nearest first.
-        order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
-        got_rows = np.take_along_axis(rows, order, axis=1)
-        got_sims = np.take_along_axis(sims, order, axis=1)
-        got_keep = np.take_along_axis(keep, order, axis=1)
-        rows_out[start:stop] = np.where(got_keep, got_rows, -1)
-        sims_out[start:stop] = np.where(got_keep, got_sims, -np.inf)
-        full = got_keep[:, -1]
-        kdist[start:stop] = np.where(full, 1.0 - got_sims[:, -1].astype(np.float64), np.nan)
+        kdist[start:stop], rows_out[start:stop], sims_out[start:stop] = \
+            compact_neighbours(sims, rows, start, k, sid)
     return KnnResult(kdist=kdist, rows=rows_out, similarity=sims_out)

@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--catalog", default=None,
                    help="the index's catalog, for artefact screening of the anomaly list "
                         "(default: the one the index's embeddings record, if present)")
+    p.add_argument("--calibration", default=None,
+                   help="[Fe/H] calibration for the metal-poor list (default: the one "
+                        "next to the model, if any)")
     p.add_argument("--max-upload-bytes", type=int, default=None)
     p.add_argument("--max-k", type=int, default=None)
     p.add_argument("--request-timeout", type=float, default=None, help="seconds")
@@ -57,9 +60,10 @@ def run(args: argparse.Namespace) -> int:
 
     index_dir = args.index_dir
     if index_dir is None:
-        index_dir = ensure_default_index()
+        index_dir = ensure_default_index(model_dir=args.model)
     settings = Settings.from_env(
         index_dir=index_dir, model_dir=args.model, catalog_dir=args.catalog,
+        hunt_calibration=args.calibration,
         max_upload_bytes=args.max_upload_bytes, max_k=args.max_k,
         request_timeout_s=args.request_timeout, worker_threads=args.worker_threads,
         api_keys_file=args.api_keys_file,

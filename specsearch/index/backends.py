@@ -114,6 +114,7 @@ class FaissBackend(Backend):
         self.base = faiss.downcast_index(index.base_index) if self.quantised else index
         self.ivf = faiss.extract_index_ivf(self.base) if self.is_ivf else None
         self.default_knobs = config.search_defaults()
+        self._selectors: dict = {}
         self._apply_defaults()
 
     def _apply_defaults(self) -> None:
@@ -151,9 +152,16 @@ class FaissBackend(Backend):
         faiss = _faiss()
         sel = None
         if allowed is not None:
-            bits = np.packbits(allowed, bitorder="little")
-            sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits))
-            keep += [bits, sel]  # the selector points into this buffer
+            cached = self._selectors.get(id(allowed))
+            if cached is None or cached[0] is not allowed:
+                bits = np.packbits(allowed, bitorder="little")
+                cached = (allowed, bits, faiss.IDSelectorBitmap(len(allowed),
+                                                                faiss.swig_ptr(bits)))
+                self._selectors[id(allowed)] = cached  # the selector points into bits
+                while len(self._selectors) > 4:
+                    self._selectors.pop(next(iter(self._selectors)))
+            sel = cached[2]
+            keep.append(cached)
         d = self.default_knobs
         kf = float(knobs.refine_factor) if self.quantised else 1.0
         n_base = int(math.ceil(k * kf))  # an efSearch above ntotal is harmless

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import logging
 import re
 import tempfile
 import warnings
@@ -23,11 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+from astropy.io.fits.verify import VerifyError
+
 from specsearch.errors import ConfigError, ReaderError, SpecsearchError, UnknownFormatError
 from specsearch.io._fits import has_fits_suffix, open_fits, sniff, starts_with_gzip_magic
 from specsearch.io._text import has_text_suffix
 from specsearch.preprocess import grid_for
 from specsearch.spectrum import Spectrum
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -102,7 +107,14 @@ def detect_format(path: str | Path) -> FormatInfo:
             continue
         with warnings.catch_warnings():  # a probe's complaints about a file are noise here
             warnings.simplefilter("ignore")
-            if module.identify(path):
+            try:
+                claimed = module.identify(path)
+            except (OSError, ValueError, VerifyError) as exc:
+                # identify() should never raise; a damaged header card can still escape
+                # astropy's lazy parsing. The file is not this format's to claim.
+                log.debug("%s: %s.identify raised %r", path, info.name, exc)
+                claimed = False
+            if claimed:
                 return info
     if "gaia_xp" in unavailable and _looks_like_xp(path):
         raise ReaderError(path, f"this looks like a Gaia XP table (it names bp/rp "
@@ -190,7 +202,8 @@ def read_spectra(path: str | Path, *, modality: str | None = None, format: str |
             yield spectrum
     except SpecsearchError:
         raise
-    except (OSError, EOFError, ValueError, IndexError, KeyError, TypeError, zlib.error) as exc:
+    except (OSError, EOFError, ValueError, IndexError, KeyError, TypeError, zlib.error,
+            VerifyError) as exc:
         # Last line of defence: a reader bug or an unforeseen damage still names the file.
         raise ReaderError(path, f"cannot read as {info.name}: {type(exc).__name__}: "
                                 f"{exc}") from exc

@@ -37,34 +37,40 @@ class Normaliser(nn.Module):
         self.register_buffer("trans_floor", torch.full((npix,), 0.02))
 
     def features(self, x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Standardised, noise-shrunk flux (B, N) and the good-pixel mask (B, N) bool.
+        """Standardised, noise-shrunk flux (B, N) and the good-pixel mask (B, N) as 0./1.
 
-        Masked pixels (w == 0, or non-finite input) give exactly 0, i.e. they do not count.
+        z = (x - mean) / std * s w / (s w + 1), written as (x - mean) / (std + std / (s w))
+        so that a masked pixel (w = 0) divides by infinity and gives exactly 0 without a
+        mask operation: masked pixels do not count. (Few element-wise passes: on a CPU
+        they, not the matrix products, would otherwise dominate the encoder's time.)
+        Inputs must be finite (``prepare_model_input`` guarantees it); a NaN in a good pixel
+        propagates to the embedding rather than being silently ignored.
         """
-        good = (w > 0) & torch.isfinite(x) & torch.isfinite(w)
-        z = (x - self.mean) / self.std
+        good = (w > 0).to(x.dtype)
         if self.shrinkage:
-            sw = self.signal_var * w
-            z = z * (sw / (sw + 1.0))
-        return torch.where(good, z, torch.zeros((), dtype=z.dtype, device=z.device)), good
+            denom = (self.std / self.signal_var) / w
+            denom.add_(self.std)
+            z = (x - self.mean).div_(denom)
+        else:
+            z = ((x - self.mean) / self.std) * good
+        return z, good
 
     @staticmethod
-    def quality(x: torch.Tensor, w: torch.Tensor, good: torch.Tensor) -> torch.Tensor:
-        """(B, 2): log10(1 + mean per-pixel S/N) and the good-pixel fraction.
+    def quality(w: torch.Tensor, good: torch.Tensor) -> torch.Tensor:
+        """(B, 2): log10(1 + sqrt(mean over good pixels of w)) and the good-pixel fraction.
 
-        The heads see these next to the embedding so that their uncertainties can grow at
-        low S/N without the embedding itself having to encode the noise level.
+        sqrt(w) is the per-pixel S/N in units of the prepared flux (~1 on the continuum for
+        LAMOST, ~1 on average for XP). The heads see these next to the embedding so that
+        their uncertainties can grow at low S/N without the embedding encoding the noise.
         """
-        gf = good.float()
-        n = gf.sum(-1).clamp_min(1.0)
-        snr = (torch.sqrt(w.clamp_min(0.0)) * x.abs() * gf).sum(-1) / n
-        return torch.stack([torch.log10(1.0 + snr), gf.mean(-1)], dim=-1)
+        n_good = good.sum(-1)
+        snr = torch.sqrt(w.sum(-1) / n_good.clamp_min(1.0))
+        return torch.stack([torch.log10(1.0 + snr), n_good / w.shape[-1]], dim=-1)
 
 
 def _mask_summary(good: torch.Tensor, pool: int) -> torch.Tensor:
     """(B, ceil(N/pool)) fraction of masked pixels in consecutive blocks."""
-    bad = (~good).float().unsqueeze(1)
-    return F.avg_pool1d(bad, pool, stride=pool, ceil_mode=True).squeeze(1)
+    return 1.0 - F.avg_pool1d(good.unsqueeze(1), pool, stride=pool, ceil_mode=True).squeeze(1)
 
 
 class Block(nn.Module):
@@ -132,7 +138,7 @@ class TransformerEncoder(nn.Module):
     def forward(self, z: torch.Tensor, good: torch.Tensor) -> torch.Tensor:
         pad = self.n_patch * self.cfg.patch - z.shape[-1]
         zp = F.pad(z, (0, pad)).view(z.shape[0], self.n_patch, self.cfg.patch)
-        bad = F.pad((~good).float(), (0, pad), value=1.0)
+        bad = F.pad(1.0 - good, (0, pad), value=1.0)
         bad = bad.view(z.shape[0], self.n_patch, self.cfg.patch).mean(-1, keepdim=True)
         h = self.tokens(torch.cat([zp, bad], dim=-1)) + self.pos  # (B, P, H)
         h = self.layers(h)

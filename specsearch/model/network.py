@@ -80,7 +80,7 @@ class SpecCLIPNet(nn.Module):
         norm = self.normalisers[modality]
         z, good = norm.features(x, w)
         emb = self.encoders[modality](z, good)
-        return F.normalize(emb.float(), dim=-1), norm.quality(x, w, good)
+        return F.normalize(emb.float(), dim=-1), norm.quality(w, good)
 
     def encode(self, modality: str, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return self.encode_with_quality(modality, x, w)[0]
