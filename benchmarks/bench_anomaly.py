@@ -60,7 +60,7 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results"
                    / "anomaly.json")
     p.add_argument("--workers", type=int, default=2, help="synth workers")
-    p.add_argument("--k", type=int, default=20)
+    p.add_argument("--k", type=int, default=None, help="density k (default: automatic)")
     return p.parse_args()
 
 
@@ -123,11 +123,12 @@ def bench_scoring(loaded, k: int) -> tuple[dict, dict]:
         a, b = scores[m].score, exact[m].score
         ra, rb = np.argsort(np.argsort(-a)), np.argsort(np.argsort(-b))
         top_a, top_b = set(scores[m].rank()[:100]), set(exact[m].rank()[:100])
-        rec = np.mean([len(set(x) & set(y)) / k for x, y in
+        kk = scores[m].knn.rows.shape[1]
+        rec = np.mean([len(set(x) & set(y)) / kk for x, y in
                        zip(scores[m].knn.rows[:5000], exact[m].knn.rows[:5000])])
-        agree[m] = {"spearman_vs_exact": float(np.corrcoef(ra, rb)[0, 1]),
+        agree[m] = {"k": kk, "spearman_vs_exact": float(np.corrcoef(ra, rb)[0, 1]),
                     "top100_overlap_vs_exact": len(top_a & top_b) / 100,
-                    f"neighbour_recall@{k}": float(rec)}
+                    "neighbour_recall": float(rec)}
     return scores, {"objects": n, "index_backend": backend,
                     "seconds": runs, "per_s": {r: n / t for r, t in runs.items()},
                     "speedup_selfjoin_vs_exact": runs["exact_flat"] / runs["selfjoin"],
@@ -139,11 +140,11 @@ def truth(table, name: str, default=""):
                                                               dtype=object)
 
 
-def bench_screening(paths, tables) -> tuple[dict, dict]:
+def bench_screening(paths, tables, scores) -> tuple[dict, dict]:
     from specsearch.anomaly.pipeline import screen_tables
 
     t0 = time.perf_counter()
-    flags = screen_tables(paths["eval_catalog"], tables)
+    flags = screen_tables(paths["eval_catalog"], tables, scores=scores)
     dt = time.perf_counter() - t0
     out = {"seconds": dt, "spectra_per_s": sum(len(f.table) for f in flags.values()) / dt}
     if "lamost" in flags:
@@ -154,10 +155,10 @@ def bench_screening(paths, tables) -> tuple[dict, dict]:
         kind = np.asarray(truth(t, "artefact_kind"), dtype=object)[rows].astype(str)
         pop = np.asarray(truth(t, "population"), dtype=object)[rows].astype(str)
         any_ = f.any
-        out["detected_per_kind"] = {k: float(any_[kind == k].mean())
+        out["detected_per_kind"] = {str(k): float(any_[kind == k].mean())
                                     for k in sorted(set(kind) - {"", "None"})}
         clean = (kind == "") | (kind == "None")
-        out["false_flag_rate_per_population"] = {p: float(any_[clean & (pop == p)].mean())
+        out["false_flag_rate_per_population"] = {str(p): float(any_[clean & (pop == p)].mean())
                                                  for p in sorted(set(pop))}
         out["false_flag_reasons"] = dict(zip(*np.unique(f.reasons()[clean & any_],
                                                         return_counts=True)))
@@ -181,10 +182,7 @@ def list_metrics(table, pop_of, art_of, n_class) -> dict:
     return res
 
 
-def bench_lists(scores, flags, tables) -> dict:
-    from specsearch.anomaly import CandidateConfig, candidate_list
-    from specsearch.anomaly.robust import combine_scores
-
+def population_maps(tables) -> tuple[dict, dict, dict]:
     pop_of, art_of = {}, {}
     for t in tables.values():
         for s, p, a in zip(t.source_id, truth(t, "population"), truth(t, "is_artefact",
@@ -192,7 +190,13 @@ def bench_lists(scores, flags, tables) -> dict:
             pop_of.setdefault(int(s), str(p))
             art_of[int(s)] = art_of.get(int(s), False) or bool(a)
     pops = np.asarray(list(pop_of.values()))
-    n_class = {c: int((pops == c).sum()) for c in RARE_CLASSES}
+    return pop_of, art_of, {c: int((pops == c).sum()) for c in RARE_CLASSES}
+
+
+def bench_lists(scores, flags, tables) -> dict:
+    from specsearch.anomaly import CandidateConfig, candidate_list
+
+    pop_of, art_of, n_class = population_maps(tables)
     out = {"class_counts": n_class}
     for name, mods in (("lamost", ["lamost"]), ("xp", ["xp"]), ("both", list(scores))):
         sub = {m: scores[m] for m in mods if m in scores}
@@ -200,21 +204,66 @@ def bench_lists(scores, flags, tables) -> dict:
             top = candidate_list(sub, flags, config=CandidateConfig(top=1000, kind=kind,
                                                                     n_neighbours=0))
             out[f"{name}/{kind}"] = list_metrics(top, pop_of, art_of, n_class)
-    # Ablation: each component alone and two combinations, astrophysical list, LAMOST.
-    abl = {}
-    if "lamost" in scores:
-        s = scores["lamost"]
-        saved = (s.score, s.driver)
-        for label, comps, method in [(c, [c], "max") for c in s.z] + [
-                ("max(all)", list(s.z), "max"), ("rms(all)", list(s.z), "rms")]:
-            s.score, s.driver = combine_scores({c: s.z[c] for c in comps}, method=method)
-            top = candidate_list({"lamost": s}, flags, config=CandidateConfig(
-                top=1000, n_neighbours=0))
-            m = list_metrics(top, pop_of, art_of, n_class)
-            abl[label] = {k: m[k] for k in ("precision@100", "precision@1000")}
-        s.score, s.driver = saved
-    out["ablation_lamost"] = abl
     return out
+
+
+COMPONENT_SETS = {"density": ("knn", "lof"), "density+crossmodal": ("knn", "lof", "crossmodal"),
+                  "all": ("knn", "lof", "recon", "translation", "crossmodal")}
+
+
+def rescore(s, components, reference: str, method: str) -> None:
+    """Recombine one modality's stored components in place (no new neighbour search)."""
+    from specsearch.anomaly.robust import combine_scores, local_residual, robust_z
+
+    snr = s.table.column("snr") if s.table.has("snr") else None
+    z = dict(s.z)
+    if reference == "neighbours":
+        for c in ("recon", "translation"):
+            if c in s.raw:
+                z[c] = robust_z(local_residual(np.log(np.maximum(s.raw[c], 1e-6)),
+                                               s.knn.rows), by=snr)
+    s.score, s.driver = combine_scores({c: z[c] for c in components if c in z},
+                                       method=method)
+
+
+def ablation(scores, flags, tables) -> dict:
+    """precision@100/@1000 of the astrophysical list per scoring variant and modality."""
+    from specsearch.anomaly import CandidateConfig, candidate_list
+
+    pop_of, art_of, n_class = population_maps(tables)
+    saved = {m: (s.score, s.driver) for m, s in scores.items()}
+    out = {}
+    for set_name, comps in COMPONENT_SETS.items():
+        for reference in ("global", "neighbours"):
+            if reference == "neighbours" and set_name != "all":
+                continue
+            for method in ("max", "rms", "rank_max", "rank_fisher"):
+                key = f"{set_name}|{reference}|{method}"
+                out[key] = {}
+                for m, s in scores.items():
+                    rescore(s, comps, reference, method)
+                    top = candidate_list({m: s}, flags, config=CandidateConfig(
+                        top=1000, n_neighbours=0))
+                    met = list_metrics(top, pop_of, art_of, n_class)
+                    out[key][m] = [met["precision@100"], met["precision@1000"]]
+    for m, (score, driver) in saved.items():
+        scores[m].score, scores[m].driver = score, driver
+    return out
+
+
+def tune_on_calibration_survey(paths, k) -> tuple[dict, str]:
+    """The ablation on the calibration survey (a separate synthetic survey): the variant
+    with the best mean precision@100 over the modalities is the one applied to the
+    evaluation survey (no tuning on the numbers that are reported)."""
+    from specsearch.anomaly import ScoreConfig, score_tables
+    from specsearch.anomaly.pipeline import load_source, screen_tables
+
+    tables = load_source(paths["cal_emb"]).tables
+    scores = score_tables(tables, config=ScoreConfig(k=k))
+    flags = screen_tables(paths["cal_catalog"], tables, scores=scores)
+    table = ablation(scores, flags, tables)
+    best = max(table, key=lambda key: np.mean([v[0] for v in table[key].values()]))
+    return table, best
 
 
 # ----------------------------------------------------------------------------- hunt
@@ -447,8 +496,16 @@ def main() -> int:
     step("scoring (index) and the exact-flat baseline")
     scores, result["scoring"] = bench_scoring(loaded, args.k)
     step("artefact screening")
-    flags, result["screening"] = bench_screening(paths, loaded.tables)
-    step("anomaly lists")
+    flags, result["screening"] = bench_screening(paths, loaded.tables, scores)
+    step("anomaly lists (library defaults)")
+    result["lists_default"] = bench_lists(scores, flags, loaded.tables)
+    step("scoring variants: tuned on the calibration survey, applied to the evaluation one")
+    result["ablation_calibration_survey"], best = tune_on_calibration_survey(paths, args.k)
+    result["ablation_evaluation_survey"] = ablation(scores, flags, loaded.tables)
+    set_name, reference, method = best.split("|")
+    for s in scores.values():
+        rescore(s, COMPONENT_SETS[set_name], reference, method)
+    result["tuned_variant"] = best
     result["lists"] = bench_lists(scores, flags, loaded.tables)
     step("metal-poor hunt")
     cal, result["hunt"] = bench_hunt(paths, loaded.tables)
@@ -472,8 +529,10 @@ def print_table(r: dict) -> None:
     sc = r["screening"]
     print(f"screening {sc['spectra_per_s']:,.0f} spectra/s; detected per kind "
           f"{ {k: round(v, 3) for k, v in sc.get('detected_per_kind', {}).items()} }")
-    print(f"  false-flag rate { {k: round(v, 4) for k, v in sc.get('false_flag_rate_per_population', {}).items()} }")
-    print(f"\n{'list':26s} {'P@100':>6} {'P@1000':>7} {'rareP@100':>9} {'art@100':>7} "
+    rates = sc.get("false_flag_rate_per_population", {})
+    print(f"  false-flag rate { {k: round(v, 4) for k, v in rates.items()} }")
+    print(f"\nlists with the tuned variant {r['tuned_variant']}:")
+    print(f"{'list':26s} {'P@100':>6} {'P@1000':>7} {'rareP@100':>9} {'art@100':>7} "
           f"{'art@1000':>8}")
     for key, m in r["lists"].items():
         if "/" in key:
@@ -482,8 +541,17 @@ def print_table(r: dict) -> None:
                   f"{m['artefacts_in_top1000']:>8d}")
     for key, m in r["lists"].items():
         if "/" in key and "astrophysical" in key:
-            print(f"  recall@1000 {key}: { {c: round(v, 2) for c, v in m['recall@1000'].items()} }")
-    print(f"  ablation (lamost): {r['lists']['ablation_lamost']}")
+            rec = {c: round(v, 2) for c, v in m["recall@1000"].items()}
+            print(f"  recall@1000 {key}: {rec}")
+    print(f"\nvariant chosen on the calibration survey: {r['tuned_variant']} (table above); "
+          f"P@100/P@1000 per variant on the evaluation survey:")
+    for key, v in r["ablation_evaluation_survey"].items():
+        cal = r["ablation_calibration_survey"][key]
+        print(f"  {key:38s} " + "  ".join(f"{m} {a:.2f}/{b:.3f} (cal {cal[m][0]:.2f})"
+                                          for m, (a, b) in v.items()))
+    d = r["lists_default"]
+    print("library defaults: " + ", ".join(f"{k} P@100 {m['precision@100']:.2f}"
+                                           for k, m in d.items() if "/astro" in k))
     print(f"\n{'hunt':18s} {'n_true':>6} {'P@C0.8':>7} {'p>=.5 n':>8} {'purity':>7} "
           f"{'E[pur]':>7} {'compl':>6}")
     for key, h in r["hunt"].items():
@@ -499,8 +567,8 @@ def print_table(r: dict) -> None:
                   f"the p>=0.5 list of {v['list_size_p>=0.5']} (of {v['n_stars']} stars), "
                   f"median rank {v['median_rank']}")
     if "real" in r:
-        print(f"real XP emission-line objects among {r['real']['real_xp_emission_ranks']['n_sources']}:"
-              f" {r['real']['real_xp_emission_ranks']['objects']}")
+        xp = r["real"]["real_xp_emission_ranks"]
+        print(f"real XP emission-line objects among {xp['n_sources']}: {xp['objects']}")
 
 
 if __name__ == "__main__":

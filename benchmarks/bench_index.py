@@ -155,6 +155,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--backends", default="hnsw,hnswlib,ivf_pq,ivf_flat,flat")
     ap.add_argument("--workdir", help="where to build (default: a temp dir)")
+    ap.add_argument("--hnsw-m", type=int, default=32, help="FAISS HNSW degree")
+    ap.add_argument("--hnsw-efc", type=int, default=80, help="FAISS HNSW efConstruction")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "index.json"))
     args = ap.parse_args()
     n, dim, threads = args.n, args.dim, args.threads
@@ -179,7 +181,8 @@ def main() -> None:
                              model_hash="bench")
     nlist = int(4 * np.sqrt(n))
     plans = {
-        "hnsw": (HNSWConfig(m=32, ef_construction=80, storage="sq8", refine_factor=2.0),
+        "hnsw": (HNSWConfig(m=args.hnsw_m, ef_construction=args.hnsw_efc, storage="sq8",
+                            refine_factor=2.0),
                  [SearchKnobs(ef_search=e, refine_factor=2.0) for e in (16, 24, 32, 48, 64, 96, 128)]),
         "hnswlib": (HnswlibConfig(m=16, ef_construction=200),
                     [SearchKnobs(ef_search=e) for e in (10, 16, 24, 32, 48, 64, 96)]),
@@ -235,8 +238,34 @@ def main() -> None:
     print(f"wrote {args.out} ({summary['total_s']}s, load at end {summary['load_at_end']})")
 
 
+def paired(fn_a, fn_b, queries: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Alternate fn_a and fn_b query by query (so machine load hits both alike), swapping
+    which goes first (the second call of a query finds its graph nodes in cache); returns
+    fn_b's ids and both single-query QPS."""
+    ta = tb = 0.0
+    ids = []
+    for i in range(len(queries)):
+        q = queries[i:i + 1]
+        if i % 2:
+            t0 = time.perf_counter()
+            fn_a(q)
+            t1 = time.perf_counter()
+            ids.append(fn_b(q))
+            t2 = time.perf_counter()
+            ta, tb = ta + t1 - t0, tb + t2 - t1
+        else:
+            t0 = time.perf_counter()
+            ids.append(fn_b(q))
+            t1 = time.perf_counter()
+            fn_a(q)
+            t2 = time.perf_counter()
+            tb, ta = tb + t1 - t0, ta + t2 - t1
+    return np.vstack(ids), len(queries) / ta, len(queries) / tb
+
+
 def overhead(name, engine, mi, out, queries, truth, tuned):
-    """Same parameters: raw library call vs ModalityIndex.knn vs SearchEngine.search."""
+    """Same parameters, interleaved: raw library call vs ModalityIndex.knn vs the full
+    SearchEngine.search (which also builds the result object with source ids)."""
     path = out / "xp" / mi.shards[0].entry.index.name
     if name == "hnswlib":
         import hnswlib
@@ -249,23 +278,30 @@ def overhead(name, engine, mi, out, queries, truth, tuned):
                                      queries)
             row("raw-hnswlib", f"M=16, efC=200, ef={ef}" + (" (default)" if ef == 10 else ""),
                 recall(bids, truth), qps, qpsb)
+        raw.set_ef(tuned.ef_search)
+
+        def raw_call(q):
+            return raw.knn_query(q, K, num_threads=1)[0]
     else:
         import faiss
-        raw = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
-        backend = mi.shards[0].backend
-        backend_raw = type(backend)(backend.config, backend.dim, raw)
-        backend_raw.set_default_knobs(tuned)
-        with faiss_threads(1):
-            ids, qps = timed_single(lambda q: raw.search(q, K)[1], queries)
-        row("raw-faiss", f"{name} {tuned.to_dict()}", recall(ids, truth[:len(ids)]), qps, None)
+        raw = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)  # as the engine loads it
+        backend = type(mi.shards[0].backend)(mi.shards[0].backend.config, mi.dim, raw)
+        backend.set_default_knobs(tuned)  # same efSearch / nprobe / k_factor on the raw index
+
+        def raw_call(q):
+            return raw.search(q, K)[1]
     with faiss_threads(1):
-        ids, qps = timed_single(lambda q: mi.knn(q, K)[1], queries)
-    row("wrapper", f"{name} ModalityIndex.knn", recall(to_input_ids(mi, ids),
-                                                       truth[:len(ids)]), qps, None)
-    ids, qps = timed_single(
-        lambda q: engine.search(q[0], modality="xp", k=K).source_id[None], queries)
-    row("engine", f"{name} SearchEngine.search+metadata", recall(ids, truth[:len(ids)]),
-        qps, None)
+        ids, qps_raw, qps_wrap = paired(raw_call, lambda q: mi.knn(q, K)[1], queries)
+        _, qps_raw2, qps_eng = paired(
+            raw_call, lambda q: engine.search(q[0], modality="xp", k=K).source_id[None],
+            queries)
+    rec = recall(to_input_ids(mi, ids), truth)
+    row("overhead", f"{name} raw {name == 'hnswlib' and 'hnswlib' or 'faiss'}", rec,
+        qps_raw, None)
+    row("overhead", f"{name} ModalityIndex.knn", rec, qps_wrap, None,
+        overhead_pct=round(100 * (qps_raw / qps_wrap - 1), 1))
+    row("overhead", f"{name} SearchEngine.search", rec, qps_eng, None,
+        overhead_pct=round(100 * (qps_raw2 / qps_eng - 1), 1))
 
 
 def filtered(engine, mi, x, queries, sel):
@@ -280,6 +316,9 @@ def filtered(engine, mi, x, queries, sel):
             queries[:200])
         row("filtered", f"hnsw {flt} ({len(passing)} rows)", recall(ids, truth[:len(ids)]),
             qps, None)
+    plain = timed_single(
+        lambda q: engine.search(q[0], modality="xp", k=K).source_id[None], queries[:200])[1]
+    row("filtered", "hnsw no filter (reference)", float("nan"), plain, None)
 
 
 if __name__ == "__main__":

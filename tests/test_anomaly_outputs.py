@@ -75,7 +75,7 @@ def test_candidate_rows_carry_everything(candidates):
     assert (nb > 0).all()
 
 
-@pytest.mark.filterwarnings("ignore:No table::len")   # astropy reading foreign Parquet
+@pytest.mark.filterwarnings("ignore::astropy.utils.exceptions.AstropyUserWarning")
 @pytest.mark.parametrize("suffix", [".parquet", ".csv", ".vot", ".fits"])
 def test_every_format_opens_with_astropy_and_keeps_all_columns(candidates, tmp_path, suffix):
     path = write_table(candidates, tmp_path / f"cand{suffix}", meta={"model_hash": "h",

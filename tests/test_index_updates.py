@@ -49,7 +49,7 @@ def _exact(engine, q, k):
 def index_dir(request, tmp_path):
     config = {"hnsw": HNSWConfig(m=16, ef_construction=40),
               "ivf_flat": IVFFlatConfig(nlist=16, nprobe=16),
-              "ivf_pq": IVFPQConfig(nlist=8, nprobe=8, pq_m=8, pq_nbits=5)}.get(request.param)
+              "ivf_pq": IVFPQConfig(nlist=8, nprobe=8, pq_m=8, pq_nbits=4)}.get(request.param)
     build_index(ArrayEmbeddings({"lamost": _arrays(2000, 1)}, model_hash="m"),
                 tmp_path / "idx", BuildOptions(kind=request.param, config=config, shards=3,
                                                target_recall=0.97, tune_queries=100))

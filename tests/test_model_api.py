@@ -12,7 +12,7 @@ from specsearch.model.speed import fake_inputs
 from specsearch.preprocess import prepare_model_input
 
 from test_model_checkpoint import tiny_model_dir
-from test_model_data import _one_thread  # noqa: F401
+from test_model_data import _one_thread  # noqa: F401  (autouse fixture)
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +75,12 @@ def test_residuals_translation_and_tensor_path(model):
     b = model.embed_numpy("lamost", fl, il, with_residual=True)
     assert b.recon_residual.shape == (3,) and b.translation_residual.shape == (3,)
     assert np.all(np.isfinite(b.recon_residual))
-    p = model.embed_numpy("lamost", fl, il, partner=(fx, ix))
-    assert p.translation_residual.shape == (3,)
-    assert not np.allclose(p.translation_residual, b.translation_residual)
+    ix_bad = ix.copy()
+    ix_bad[1] = 0.0                                    # partner spectrum all masked
+    p = model.embed_numpy("lamost", fl, il, partner=(fx, ix_bad))
+    assert p.translation_residual.shape == (3,) and np.isnan(p.translation_residual[1])
+    assert p.good.all() and np.isfinite(p.translation_residual[[0, 2]]).all()
+    assert not np.allclose(p.translation_residual[[0, 2]], b.translation_residual[[0, 2]])
     with pytest.raises(SpectrumError, match="partner"):
         model.embed_numpy("lamost", fl, il, partner=(fx[:2], ix[:2]))
     mi = prepare_model_input(fl, il, "lamost")

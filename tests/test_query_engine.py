@@ -8,7 +8,7 @@ import pytest
 
 import specsearch.index.shard as shard_mod
 from specsearch.errors import ModelError, QueryError
-from specsearch.index import ArrayEmbeddings, BuildOptions, build_index
+from specsearch.index import ArrayEmbeddings, BuildOptions, HNSWConfig, build_index
 from specsearch.index.synthetic import clustered_unit_vectors, synthetic_embeddings
 from specsearch.preprocess import XP_GRID
 from specsearch.query import Filter, SearchEngine
@@ -23,8 +23,9 @@ def emb(tmp_path_factory):
 @pytest.fixture(scope="module", params=["flat", "hnsw", "hnswlib"])
 def engine(request, emb, tmp_path_factory):
     out = tmp_path_factory.mktemp(request.param) / "idx"
-    build_index(emb.root, out, BuildOptions(kind=request.param, shards=3, target_recall=0.97,
-                                            tune_queries=200))
+    config = HNSWConfig(m=16, ef_construction=40) if request.param == "hnsw" else None
+    build_index(emb.root, out, BuildOptions(kind=request.param, config=config, shards=3,
+                                            target_recall=0.95, tune_queries=200))
     return SearchEngine.open(out)
 
 
@@ -214,3 +215,14 @@ def test_search_by_spectrum_with_attached_encoder(tmp_path):
     hits = engine.search_spectrum(spec, k=3)
     assert hits.source_id[0] == 52 and hits.similarity[0] > 0.999
     assert hits.query["predictions"]["feh"] == (-1.0, 0.1)
+
+
+def test_lookup_returns_every_row_of_a_star(engine, emb):
+    lamost_ids = emb.read_vectors("lamost")[0]
+    xp_ids = set(emb.read_vectors("xp")[0])
+    paired = next(int(s) for s in lamost_ids if s in xp_ids)
+    rows = engine.lookup(paired)
+    assert sorted(rows.column("modality").to_pylist()) == ["lamost", "xp"]
+    assert set(rows.column("source_id").to_pylist()) == {paired}
+    modality, vec = engine.vector_of(paired, "xp")
+    assert modality == "xp" and vec.shape == (32,) and abs(np.linalg.norm(vec) - 1) < 1e-5

@@ -19,7 +19,10 @@ Per spectrum (:func:`quality_features`, vectorised over a batch):
 * ``dead_px``: the longest run of pixels whose flux falls below 10% of the surrounding
   level (a fibre that delivered no light there, with unflagged ivar);
 * ``arm_step``: log10 flux step at the best split between 5740 and 5960 A (LAMOST's blue
-  and red arms join near 5800 A; a wrong relative scale leaves a step);
+  and red arms join near 5800 A; a wrong relative scale leaves a step), and
+  ``arm_profile`` (B, S), the step at every candidate split (stellar features such as an
+  M dwarf's TiO band head at 5847 A have their own profile, which the screening removes
+  by comparing with similar stars);
 * ``colour``: log10 of mean flux at 4200-4600 A over 7600-8200 A, for the flux-calibration
   tilt, judged against the star's Gaia XP colour when it has one, else against stars of the
   same predicted Teff (:func:`screen`).
@@ -30,10 +33,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 from scipy.ndimage import maximum_filter1d, median_filter
 
-from specsearch.anomaly.robust import robust_z
 from specsearch.preprocess import air_to_vacuum, grid_for
 
 C_KMS = 299_792.458
@@ -239,8 +240,9 @@ def quality_features(flux: np.ndarray, ivar: np.ndarray, modality: str, *,
         flux, ivar: (B, npix) on ``modality``'s canonical grid.
         spike_sigma: significance a single-pixel outlier needs to be counted.
     Returns:
-        name -> (B,) array. LAMOST gets every feature; XP (low resolution, no arms, no sky
-        lines) gets masked_fraction, snr, negative_fraction and colour.
+        name -> (B,) array (``arm_profile``: (B, S)). LAMOST gets every feature; XP (low
+        resolution, no arms, no sky lines) gets masked_fraction, snr, negative_fraction
+        and colour.
     """
     grid = grid_for(modality)
     f = np.atleast_2d(np.asarray(flux, dtype=np.float64))
@@ -267,7 +269,9 @@ def quality_features(flux: np.ndarray, ivar: np.ndarray, modality: str, *,
     out["spike_sigma"] = np.where(spike, sig, 0.0).max(1)
     out["sky_sigma"], out["sky_rel"] = _sky_residual(f, iv, good, wave)
     out["dead_px"] = _dead_run(f, good)
-    out["arm_step"] = _arm_step(f, good, wave)
+    profile = arm_step_profile(f, good, wave)
+    out["arm_step"] = largest_step(profile)
+    out["arm_profile"] = profile
     return out
 
 
@@ -306,9 +310,10 @@ def _dead_run(f: np.ndarray, good: np.ndarray, bin_px: int = 16) -> np.ndarray:
     return np.where((length > 0) & abrupt, length * bin_px, 0).astype(np.float64)
 
 
-def _arm_step(f: np.ndarray, good: np.ndarray, wave: np.ndarray, bin_px: int = 8,
-              half: int = 12) -> np.ndarray:
-    """(B,) log10 step (red minus blue) at the split in ARM_JOIN_A with the largest |step|."""
+def arm_step_profile(f: np.ndarray, good: np.ndarray, wave: np.ndarray, bin_px: int = 8,
+                     half: int = 12) -> np.ndarray:
+    """(B, S) log10 step (median of the 12 bins redward minus the 12 blueward) at each
+    of S candidate splits (every 8 px, ~11 A) across ARM_JOIN_A."""
     lo = np.searchsorted(wave, ARM_JOIN_A[0]) - half * bin_px
     hi = np.searchsorted(wave, ARM_JOIN_A[1]) + half * bin_px
     lo, hi = max(lo, 0), min(hi, wave.size)
@@ -325,9 +330,12 @@ def _arm_step(f: np.ndarray, good: np.ndarray, wave: np.ndarray, bin_px: int = 8
         warnings.simplefilter("ignore", RuntimeWarning)
         for s in range(half, nbin - half + 1):
             steps.append(np.nanmedian(lb[:, s:s + half], 1) - np.nanmedian(lb[:, s - half:s], 1))
-    if not steps:
-        return np.full(b, np.nan)
-    st = np.stack(steps, axis=1)
-    absd = np.where(np.isfinite(st), np.abs(st), -1.0)
+    return np.stack(steps, axis=1) if steps else np.full((b, 1), np.nan)
+
+
+def largest_step(profile: np.ndarray) -> np.ndarray:
+    """(B,) the entry of largest |value| of each (B, S) step profile (NaN if none)."""
+    absd = np.where(np.isfinite(profile), np.abs(profile), -1.0)
     best = np.argmax(absd, axis=1)
-    return st[np.arange(b), best]
+    out = profile[np.arange(profile.shape[0]), best]
+    return np.where(absd.max(axis=1) >= 0, out, np.nan)

@@ -118,7 +118,8 @@ class KnnResult:
     Attributes:
         kdist: (n,) cosine distance (1 - similarity) to the k-th neighbour; NaN when fewer
             than k neighbours were found.
-        rows: (n, k) int64 neighbour rows (-1 where missing), nearest first.
+        rows: (n, k) int32 neighbour rows (-1 where missing), nearest first (int32 halves
+            the memory of large k; tables hold < 2^31 rows).
         similarity: (n, k) float32 cosine similarities (-inf where missing).
     """
 
@@ -163,7 +164,7 @@ def compact_neighbours(sims: np.ndarray, rows: np.ndarray, first_row: int, k: in
         got_keep = np.pad(got_keep, ((0, 0), (0, pad)), constant_values=False)
     full = got_keep[:, -1]
     kdist = np.where(full, 1.0 - got_sims[:, -1].astype(np.float64), np.nan)
-    return (kdist, np.where(got_keep, got_rows, -1),
+    return (kdist, np.where(got_keep, got_rows, -1).astype(np.int32),
             np.where(got_keep, got_sims, -np.inf).astype(np.float32))
 
 
@@ -194,7 +195,7 @@ def self_knn(vectors: np.ndarray, searcher: NeighbourSearch, *, k: int = 20,
         kdist, rows_out, sims_out = compact_neighbours(sims, rows, 0, k, sid)
         return KnnResult(kdist=kdist, rows=rows_out, similarity=sims_out)
     kdist = np.full(n, np.nan)
-    rows_out = np.full((n, k), -1, dtype=np.int64)
+    rows_out = np.full((n, k), -1, dtype=np.int32)
     sims_out = np.full((n, k), -np.inf, dtype=np.float32)
     for start in range(0, n, batch_size):
         stop = min(n, start + batch_size)

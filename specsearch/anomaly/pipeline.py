@@ -141,8 +141,12 @@ class _RowsView:
 
 
 def screen_tables(catalog: Path, tables: dict[str, EmbeddingTable], *,
-                  config: ArtefactConfig | None = None) -> dict[str, ArtefactFlags]:
-    """Artefact flags for the spectra of ``tables`` (streamed from ``catalog``)."""
+                  config: ArtefactConfig | None = None,
+                  scores: dict[str, ModalityScores] | None = None
+                  ) -> dict[str, ArtefactFlags]:
+    """Artefact flags for the spectra of ``tables`` (streamed from ``catalog``); with
+    ``scores``, each star's relative features are judged against its embedding
+    neighbours (see :func:`specsearch.anomaly.screening.screen`)."""
     from specsearch.io.catalog import open_catalog
 
     cat = open_catalog(catalog)
@@ -167,7 +171,25 @@ def screen_tables(catalog: Path, tables: dict[str, EmbeddingTable], *,
             xf = feats["xp"]
             by_source = dict(zip(xf.source_id.tolist(), xf.features["colour"]))
             xp_colour = np.asarray([by_source.get(s, np.nan) for s in f.source_id.tolist()])
-        out[m] = screen(f, config=config, teff_pred=teff, xp_colour=xp_colour)
+        neighbours = None
+        if scores is not None and m in scores:
+            neighbours = _neighbours_in(f, t, scores[m].knn.rows)
+        out[m] = screen(f, config=config, teff_pred=teff, xp_colour=xp_colour,
+                        neighbours=neighbours)
+    return out
+
+
+def _neighbours_in(features, table: EmbeddingTable, rows: np.ndarray) -> np.ndarray:
+    """Neighbour rows of ``table`` (row-aligned with it) re-expressed as rows of the
+    feature table (which follows the catalog's order); -1 where a neighbour or the row
+    itself was not screened."""
+    feat_pos = dict(zip(features.spectrum_id.astype(str), range(len(features))))
+    table_to_feat = np.asarray([feat_pos.get(s, -1) for s in table.spectrum_id.astype(str)],
+                               dtype=np.int64)
+    mapped = np.where(rows >= 0, table_to_feat[np.clip(rows, 0, None)], -1)
+    out = np.full((len(features), rows.shape[1]), -1, dtype=np.int64)
+    have = table_to_feat >= 0
+    out[table_to_feat[have]] = mapped[have]
     return out
 
 
@@ -191,16 +213,17 @@ def run_anomalies(source: str | Path, *, out: str | Path, top: int = 100,
                   filters: Sequence[str] | None = None, include_artefacts: bool = False,
                   artefacts_out: str | Path | None = None, catalog: str | Path | None = None,
                   embeddings: str | Path | None = None, score_config: ScoreConfig | None = None,
-                  n_neighbours: int = 5, fmt: str | None = None) -> AnomalyRun:
+                  n_neighbours: int = 5, fmt: str | None = None,
+                  verify: bool = True) -> AnomalyRun:
     """Score every object, screen artefacts, write the ranked candidate list(s)."""
-    loaded = load_source(source, modalities, embeddings=embeddings)
+    loaded = load_source(source, modalities, embeddings=embeddings, verify=verify)
     t0 = time.perf_counter()
     scores: dict[str, ModalityScores] = score_tables(loaded.tables, config=score_config,
                                                      searchers=loaded.searchers)
     t_score = time.perf_counter() - t0
     t0 = time.perf_counter()
     cat = find_catalog(loaded, catalog)
-    flags = screen_tables(cat, loaded.tables) if cat is not None else {}
+    flags = screen_tables(cat, loaded.tables, scores=scores) if cat is not None else {}
     if cat is None:
         log.warning("no catalog found for %s: artefact flags not computed (pass --catalog)",
                     source)

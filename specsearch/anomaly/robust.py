@@ -69,19 +69,66 @@ def robust_z(x: np.ndarray, *, by: np.ndarray | None = None, n_bins: int = 10,
     return z
 
 
+def local_residual(x: np.ndarray, neighbours: np.ndarray, max_neighbours: int = 20,
+                   chunk: int = 50_000) -> np.ndarray:
+    """``x`` minus its median over each row's first ``max_neighbours`` neighbours (rows
+    of the same table, -1 = none); NaN without neighbours. ``x`` is (n,) or (n, S)
+    (profiles: the median is taken per column)."""
+    import warnings
+
+    nb = np.asarray(neighbours)[:, :max_neighbours]
+    out = np.full(np.shape(x), np.nan)
+    for a in range(0, nb.shape[0], chunk):
+        sub = nb[a:a + chunk]
+        vals = x[np.clip(sub, 0, None)]                  # (m, k) or (m, k, S)
+        mask = sub >= 0 if vals.ndim == 2 else (sub >= 0)[..., None]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)   # rows without neighbours
+            out[a:a + chunk] = x[a:a + chunk] - np.nanmedian(np.where(mask, vals, np.nan),
+                                                             axis=1)
+    return out
+
+
+def tail_score(x: np.ndarray) -> np.ndarray:
+    """-log10 of the empirical upper-tail fraction of each value among the finite ones
+    (the largest of n gets log10(n); ties share their mean rank); NaN stays NaN.
+
+    A distribution-free standardisation: whatever the shape of a component's tail, its
+    top 0.1% scores 3. Comparing components this way stops one heavy-tailed component
+    from filling a list on its own.
+    """
+    from scipy.stats import rankdata
+
+    x = np.asarray(x, dtype=np.float64)
+    out = np.full(x.shape, np.nan)
+    ok = np.isfinite(x)
+    n = int(ok.sum())
+    if n:
+        rank_from_top = n + 1 - rankdata(x[ok], method="average")
+        out[ok] = -np.log10(rank_from_top / n)
+    return out
+
+
+COMBINE_METHODS = ("max", "rms", "rank_max", "rank_fisher")
+
+
 def combine_scores(components: Mapping[str, np.ndarray], *, method: str = "max",
                    weights: Mapping[str, float] | None = None
                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Combine robust z-scores of several components into one anomaly score per object.
+    """Combine z-scores of several components into one anomaly score per object.
 
     Only excess counts (negative z, i.e. *more* typical than the median, is clipped to 0);
     a NaN component (not available for this object, e.g. no partner spectrum) is ignored.
 
     Args:
         components: name -> (n,) z-scores.
-        method: ``max`` (the strongest single piece of evidence; easy to explain: the
-            driver is the component that set the score) or ``rms`` (root mean square of the
-            available components: rewards objects odd in several ways at once).
+        method: ``max`` (the strongest z; easy to explain: the driver is the component
+            that set the score), ``rms`` (root mean square of the available z: rewards
+            objects odd in several ways), ``rank_max`` (the strongest
+            :func:`tail_score`: every component gets an equal share of the top of the
+            list however heavy its tail) or ``rank_fisher`` (the sum of tail scores,
+            -log10 of the product of tail fractions: Fisher's combination of
+            independent evidence). Rank methods give scores in -log10(tail fraction).
         weights: optional multiplier per component (default 1).
     Returns:
         (score (n,) float64, driver (n,) object array of component names; "" when no
@@ -90,21 +137,26 @@ def combine_scores(components: Mapping[str, np.ndarray], *, method: str = "max",
     names = list(components)
     if not names:
         raise ValueError("combine_scores needs at least one component")
+    if method not in COMBINE_METHODS:
+        raise ValueError(f"unknown combination method {method!r}; expected one of "
+                         f"{COMBINE_METHODS}")
     w = np.array([float((weights or {}).get(k, 1.0)) for k in names])
     stack = np.vstack([np.asarray(components[k], dtype=np.float64) for k in names])
+    if method.startswith("rank"):
+        stack = np.vstack([tail_score(row) for row in stack])
     stack = np.clip(stack, 0.0, None) * w[:, None]
     available = np.isfinite(stack)
     filled = np.where(available, stack, -np.inf)
     driver_idx = np.argmax(filled, axis=0)
     any_available = available.any(axis=0)
-    if method == "max":
+    if method in ("max", "rank_max"):
         score = np.where(any_available, filled.max(axis=0), np.nan)
-    elif method == "rms":
+    elif method == "rank_fisher":
+        score = np.where(any_available, np.where(available, stack, 0.0).sum(axis=0), np.nan)
+    else:
         sq = np.where(available, stack ** 2, 0.0).sum(axis=0)
         cnt = available.sum(axis=0)
         score = np.where(any_available, np.sqrt(sq / np.maximum(cnt, 1)), np.nan)
-    else:
-        raise ValueError(f"unknown combination method {method!r}; expected 'max' or 'rms'")
     driver = np.asarray(names, dtype=object)[driver_idx]
     driver[~any_available] = ""
     return score, driver

@@ -21,6 +21,7 @@ RMS, and ``anomaly_driver`` names the component that set it.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,7 +31,8 @@ import pyarrow as pa
 
 from specsearch.anomaly.neighbours import (FaissNeighbours, KnnResult, NeighbourConfig,
                                            NeighbourSearch, self_knn)
-from specsearch.anomaly.robust import combine_scores, robust_z
+from specsearch.anomaly.robust import (COMBINE_METHODS, combine_scores, local_residual,
+                                       robust_z)
 from specsearch.anomaly.selfjoin import CellSelfJoin, SelfJoinConfig
 from specsearch.anomaly.sources import EmbeddingTable
 from specsearch.errors import ConfigError
@@ -43,17 +45,27 @@ class ScoreConfig:
     """How outlier scores are computed.
 
     Attributes:
-        k: neighbours per object for the density components. Larger k measures density on
-            a larger scale: a rare *class* with fewer than ~k members stays visible as
-            sparse, at the cost of more search time (linear in k).
+        k: neighbours per object for the density components; None (the default) picks
+            ``clip(n / 500, 20, 200)`` for a table of n rows. k sets the scale on which
+            density is measured: a rare *class* with many more than k members forms its
+            own dense clump and looks normal, so k must grow with the catalog (0.2% of n
+            finds classes of a few tenths of a percent). Memory ~12 k bytes an object;
+            search time grows slowly with k.
         components: which components enter the combined score (all are computed when their
             inputs exist; a missing input, e.g. no residual column, is skipped).
-        combine: ``max`` or ``rms`` (:func:`specsearch.anomaly.robust.combine_scores`).
+        combine: ``max``, ``rms``, ``rank_max`` or ``rank_fisher``
+            (:func:`specsearch.anomaly.robust.combine_scores`).
+        residual_reference: what the reconstruction and translation residuals are
+            compared with: ``global`` (all objects of similar S/N) or ``neighbours``
+            (the object's own nearest neighbours in the embedding: a residual shared by
+            all stars of a kind, e.g. where the model is simply worse, is then no
+            anomaly; only what the object does not share with its look-alikes counts).
         weights: per-component multipliers applied before combining.
         snr_bins: S/N quantile bins for the robust standardisation (0: global).
-        neighbour_method: how every object's neighbours are found: ``selfjoin`` (the
-            default: a cell-blocked BLAS self-join, :mod:`specsearch.anomaly.selfjoin`,
-            ~98% recall of the k nearest, much faster than one query per object),
+        neighbour_method: how every object's neighbours are found: ``auto`` (exact
+            FAISS flat below ``exact_below`` rows, else ``selfjoin``), ``selfjoin`` (a
+            cell-blocked BLAS self-join, :mod:`specsearch.anomaly.selfjoin`, ~98% recall
+            of the k nearest, much faster than one query per object),
             ``index`` (one batched query per object through the given index searcher: its
             own recall/speed trade-off) or ``faiss`` (an in-memory FAISS index,
             ``neighbours``; ``kind="flat"`` is exact).
@@ -62,12 +74,13 @@ class ScoreConfig:
         selfjoin: the knobs of ``selfjoin``.
     """
 
-    k: int = 20
+    k: int | None = None
     components: tuple[str, ...] = COMPONENTS
     combine: str = "max"
+    residual_reference: str = "global"
     weights: Mapping[str, float] = field(default_factory=dict)
     snr_bins: int = 10
-    neighbour_method: str = "selfjoin"
+    neighbour_method: str = "auto"
     batch_size: int = 8192
     neighbours: NeighbourConfig = field(default_factory=NeighbourConfig)
     selfjoin: SelfJoinConfig = field(default_factory=SelfJoinConfig)
@@ -77,12 +90,22 @@ class ScoreConfig:
         if unknown or not self.components:
             raise ConfigError(f"unknown score component(s) {sorted(unknown)}; choose from "
                               f"{list(COMPONENTS)}")
-        if self.k < 1:
+        if self.k is not None and self.k < 1:
             raise ConfigError(f"k must be >= 1, got {self.k}")
-        if self.combine not in ("max", "rms"):
-            raise ConfigError(f"combine must be 'max' or 'rms', got {self.combine!r}")
-        if self.neighbour_method not in ("selfjoin", "index", "faiss"):
-            raise ConfigError(f"neighbour_method must be selfjoin, index or faiss; got "
+
+    def k_for(self, n: int) -> int:
+        """The k used for a table of ``n`` rows."""
+        if self.k is not None:
+            return self.k
+        return int(np.clip(n // 500, 20, 200))
+        if self.combine not in COMBINE_METHODS:
+            raise ConfigError(f"combine must be one of {COMBINE_METHODS}, got "
+                              f"{self.combine!r}")
+        if self.residual_reference not in ("global", "neighbours"):
+            raise ConfigError(f"residual_reference must be 'global' or 'neighbours', got "
+                              f"{self.residual_reference!r}")
+        if self.neighbour_method not in ("auto", "selfjoin", "index", "faiss"):
+            raise ConfigError(f"neighbour_method must be auto, selfjoin, index or faiss; got "
                               f"{self.neighbour_method!r}")
 
 
@@ -198,14 +221,21 @@ def score_modality(table: EmbeddingTable, *, config: ScoreConfig | None = None,
     method = config.neighbour_method
     if method == "index" and searcher is None:
         method = "faiss"
+    if method == "auto":
+        method = "selfjoin" if len(table) >= config.neighbours.exact_below else "exact"
+    if method == "exact":
+        method, config = "faiss", dataclasses.replace(
+            config, neighbours=dataclasses.replace(config.neighbours, kind="flat"))
     if method == "selfjoin":
         join = CellSelfJoin(table.vectors, config.selfjoin)
-        knn = self_knn(table.vectors, join, k=config.k, source_id=table.source_id)
+        knn = self_knn(table.vectors, join, k=config.k_for(len(table)),
+                       source_id=table.source_id)
         searcher = searcher or join
     else:
         if method == "faiss":
             searcher = FaissNeighbours(table.vectors, config.neighbours)
-        knn = self_knn(table.vectors, searcher, k=config.k, source_id=table.source_id,
+        knn = self_knn(table.vectors, searcher, k=config.k_for(len(table)),
+                       source_id=table.source_id,
                        batch_size=config.batch_size)
     raw: dict[str, np.ndarray] = {"knn": knn.kdist, "lof": knn.lof_ratio()}
     for comp, column in (("recon", "recon_residual"), ("translation", "translation_residual")):
@@ -216,8 +246,12 @@ def score_modality(table: EmbeddingTable, *, config: ScoreConfig | None = None,
     if partner is not None and len(partner):
         raw["crossmodal"] = crossmodal_distance(table, partner)
     snr = table.column("snr") if table.has("snr") and config.snr_bins else None
-    z = {comp: robust_z(_log(values), by=snr, n_bins=max(config.snr_bins, 1))
-         for comp, values in raw.items()}
+    z = {}
+    for comp, values in raw.items():
+        x = _log(values)
+        if comp in ("recon", "translation") and config.residual_reference == "neighbours":
+            x = local_residual(x, knn.rows)
+        z[comp] = robust_z(x, by=snr, n_bins=max(config.snr_bins, 1))
     used = {c: z[c] for c in config.components if c in z}
     if not used:
         raise ConfigError(f"none of the score components {list(config.components)} can be "

@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from specsearch.anomaly.artefacts import FLAGS, ArtefactConfig, quality_features
-from specsearch.anomaly.robust import robust_location_scale, robust_z
+from specsearch.anomaly.artefacts import (FLAGS, ArtefactConfig, largest_step,
+                                          quality_features)
+from specsearch.anomaly.robust import local_residual, robust_location_scale, robust_z
 from specsearch.io.catalog import open_catalog
 from specsearch.io.parquet import list_column_to_numpy
 
@@ -166,6 +167,8 @@ class ArtefactFlags:
         cols = {"spectrum_id": pa.array(t.spectrum_id.astype(str)),
                 "source_id": pa.array(t.source_id, pa.int64())}
         for k, v in {**t.features, **self.derived}.items():
+            if np.ndim(v) != 1:
+                continue          # profiles (arm_profile) stay in the FeatureTable
             cols[k] = pa.array(v.astype(np.float32), pa.float32(), mask=~np.isfinite(v))
         for k, v in self.flags.items():
             cols[f"flag_{k}"] = pa.array(v, pa.bool_())
@@ -175,16 +178,27 @@ class ArtefactFlags:
 
 
 def screen(table: FeatureTable, *, config: ArtefactConfig | None = None,
-           teff_pred: np.ndarray | None = None,
-           xp_colour: np.ndarray | None = None) -> ArtefactFlags:
+           teff_pred: np.ndarray | None = None, xp_colour: np.ndarray | None = None,
+           neighbours: np.ndarray | None = None) -> ArtefactFlags:
     """Flags from quality features.
+
+    The arm-join step and the colour are judged against a *reference* for the star:
+
+    * ``neighbours`` given (the star's nearest neighbours in the embedding, which is made
+      from continuum-normalised spectra and so blind to steps and tilts): the median over
+      its neighbours: stars of the same kind, whose natural features (an M dwarf's TiO
+      band head at 5847 A sits in the arm-join window) the star shares;
+    * else stars in the same bin of predicted Teff (``teff_pred``), else all stars.
+
+    The colour is judged against the star's own Gaia XP colour first, where it has one.
 
     Args:
         table: :func:`catalog_features` output.
-        teff_pred: (n,) predicted Teff of each row (the heads'), for the relative flags;
-            None compares every star with all others.
+        teff_pred: (n,) predicted Teff of each row (the heads').
         xp_colour: (n,) the same star's colour measured on its Gaia XP spectrum
             (:func:`specsearch.anomaly.artefacts.colour_index`), NaN where it has none.
+        neighbours: (n, k) rows of ``table`` nearest to each row in the embedding (-1 =
+            none), e.g. from :class:`specsearch.anomaly.neighbours.KnnResult`.
     """
     config = config or ArtefactConfig()
     f = table.features
@@ -202,11 +216,16 @@ def screen(table: FeatureTable, *, config: ArtefactConfig | None = None,
                                                                       > config.sky_rel)
         flags["dead_segment"] = f["dead_px"] >= config.dead_px
         by = None if teff_pred is None else np.log10(np.clip(teff_pred, 1000.0, None))
-        z_step = robust_z(f["arm_step"], by=by, n_bins=20, min_per_bin=50)
-        derived["z_arm_step"] = z_step
-        flags["arm_join"] = (np.abs(z_step) > config.arm_step_z) & (np.abs(f["arm_step"])
+        if neighbours is not None and "arm_profile" in f:
+            step = largest_step(local_residual(f["arm_profile"], neighbours))
+            z_step = robust_z(step)
+        else:
+            step = _minus_binned_median(f["arm_step"], by, np.isfinite(f["arm_step"]))
+            z_step = robust_z(f["arm_step"], by=by, n_bins=20, min_per_bin=50)
+        derived["arm_step_excess"], derived["z_arm_step"] = step, z_step
+        flags["arm_join"] = (np.abs(z_step) > config.arm_step_z) & (np.abs(step)
                                                                    > config.arm_step_min)
-        tilt, z_tilt = _tilt(f["colour"], by, xp_colour)
+        tilt, z_tilt = _tilt(f["colour"], by, xp_colour, neighbours)
         derived["tilt"], derived["z_tilt"] = tilt, z_tilt
         flags["flux_tilt"] = (np.abs(z_tilt) > config.tilt_z) & (np.abs(tilt)
                                                                 > config.tilt_min)
@@ -216,10 +235,10 @@ def screen(table: FeatureTable, *, config: ArtefactConfig | None = None,
     return ArtefactFlags(table=table, flags=ordered, derived=derived)
 
 
-def _tilt(colour: np.ndarray, by: np.ndarray | None, xp_colour: np.ndarray | None
-          ) -> tuple[np.ndarray, np.ndarray]:
+def _tilt(colour: np.ndarray, by: np.ndarray | None, xp_colour: np.ndarray | None,
+          neighbours: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(log10 colour residual, its robust z): against XP where available, else against
-    stars of similar predicted Teff."""
+    the star's embedding neighbours, else stars of similar predicted Teff."""
     tilt = np.full(colour.shape, np.nan)
     z = np.full(colour.shape, np.nan)
     has_xp = (np.isfinite(xp_colour) & np.isfinite(colour)) if xp_colour is not None else \
@@ -231,7 +250,12 @@ def _tilt(colour: np.ndarray, by: np.ndarray | None, xp_colour: np.ndarray | Non
         tilt[has_xp] = diff[has_xp] - med
         z[has_xp] = tilt[has_xp] / scale
     rest = ~has_xp & np.isfinite(colour)
-    if rest.any():
+    if rest.any() and neighbours is not None:
+        resid = local_residual(colour, neighbours)
+        _, scale = robust_location_scale(resid[rest])
+        tilt[rest] = resid[rest]
+        z[rest] = resid[rest] / scale
+    elif rest.any():
         zr = robust_z(np.where(rest, colour, np.nan), by=None if by is None else
                       np.where(rest, by, np.nan), n_bins=20, min_per_bin=50)
         # The residual in dex (colour minus its Teff bin's median) for the dex threshold.

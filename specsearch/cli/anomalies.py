@@ -69,13 +69,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--artefacts-out", help="also write the artefact list to this file")
     p.add_argument("--catalog", help="catalog for the artefact screening (default: the one "
                                      "recorded with the embeddings)")
-    p.add_argument("--k", type=int, default=20, help="neighbours per object for density")
-    p.add_argument("--combine", choices=("max", "rms"), default="max",
-                   help="how components make the combined score")
-    p.add_argument("--knn", choices=("selfjoin", "index", "exact"), default="selfjoin",
+    p.add_argument("--k", type=int, help="neighbours per object for density (default: "
+                                         "0.2%% of the rows, 20..200)")
+    p.add_argument("--combine", choices=("max", "rms", "rank_max", "rank_fisher"),
+                   help="how components make the combined score (default: the library's)")
+    p.add_argument("--residual-reference", choices=("global", "neighbours"),
+                   help="compare residuals with all stars of similar S/N or with the "
+                        "star's embedding neighbours (default: the library's)")
+    p.add_argument("--knn", choices=("auto", "selfjoin", "index", "exact"), default="auto",
                    help="how every object's neighbours are found: a cell-blocked BLAS "
                         "self-join (fast, ~98%% recall), one query per object through the "
-                        "index, or exact (O(N^2), small catalogs)")
+                        "index, or exact (O(N^2)); auto: exact below 20000 rows, else "
+                        "the self-join")
     p.add_argument("--neighbours", type=int, default=5,
                    help="nearest normal neighbours reported per candidate")
     p.set_defaults(run=run_anomalies)
@@ -138,6 +143,9 @@ def _source_args(p: argparse.ArgumentParser) -> None:
                                         "the index's stored rows")
     p.add_argument("--filter", action="append", default=[],
                    help="metadata filter, e.g. snr>=20, mag_g<16, cone=RA,DEC,R (repeatable)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip shard sha256 checks when opening the index (sizes still "
+                        "checked)")
 
 
 def run_anomalies(args: argparse.Namespace) -> int:
@@ -149,10 +157,14 @@ def run_anomalies(args: argparse.Namespace) -> int:
               filters=args.filter, include_artefacts=args.include_artefacts,
               artefacts_out=args.artefacts_out, catalog=args.catalog,
               embeddings=args.embeddings, n_neighbours=args.neighbours,
+              verify=not args.no_verify,
               score_config=ScoreConfig(
-                  k=args.k, combine=args.combine,
+                  k=args.k, **{k: v for k, v in (
+                      ("combine", args.combine),
+                      ("residual_reference", args.residual_reference)) if v is not None},
                   neighbour_method="faiss" if args.knn == "exact" else args.knn,
-                  neighbours=NeighbourConfig(kind="flat")))
+                  neighbours=NeighbourConfig(kind="flat" if args.knn == "exact"
+                                             else "auto")))
     scored = ", ".join(f"{n} {m}" for m, n in res.n_scored.items())
     print(f"scored {scored} in {res.seconds_scoring:.1f} s; artefact screening "
           f"{'%.1f s' % res.seconds_screening if res.screened else 'skipped (no catalog)'}")
@@ -203,7 +215,7 @@ def run_hunt(args: argparse.Namespace) -> int:
               top=args.top, min_prob=args.min_prob, filters=args.filter,
               calibration=args.calibration, seed_spectra=args.seed_spectra,
               seed_source_ids=args.seed_source_id, seed_weight=args.seed_weight,
-              model_dir=args.model, embeddings=args.embeddings)
+              model_dir=args.model, embeddings=args.embeddings, verify=not args.no_verify)
     r = res.result
     print(f"{r.n_stars} stars searched; expected {r.expected_total:.1f} with "
           f"[Fe/H] < {args.feh_max} ({'calibrated' if r.calibrated else 'UNCALIBRATED'})")
@@ -216,7 +228,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from specsearch.hunt.pipeline import run_calibrate as run
 
     cal = run(args.index_dir, out=args.out, label=args.label, filters=args.filter,
-              embeddings=args.embeddings)
+              embeddings=args.embeddings, verify=not args.no_verify)
     for m, c in cal.modalities.items():
         checks = {k: v for k, v in c.checks.items() if k.startswith("feh<")}
         print(f"{m}: n={c.n} scale={c.scale:.3f} floor={c.floor:.3f} dex "

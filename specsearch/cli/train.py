@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import shlex
 import sys
 
@@ -153,5 +152,3 @@ def run_evaluate(args: argparse.Namespace) -> int:
     evaluate(args.model, args.catalog, args.out, cfg)
     return 0
 
-
-__all__ = ["register", "dataclasses"]

@@ -71,14 +71,17 @@ def plot_umap_labels(xy: np.ndarray, teff: np.ndarray, feh: np.ndarray,
     for ax, values, name, cmap in ((axes[0], teff, "Teff [K]", "RdYlBu"),
                                    (axes[1], feh, "[Fe/H]", "viridis")):
         ok = np.isfinite(values)
+        # Percentile limits: a few hot stars or white dwarfs would wash out the colour scale.
+        lo, hi = np.percentile(values[ok], [1, 99]) if ok.any() else (0.0, 1.0)
         sc = ax.scatter(xy[ok, 0], xy[ok, 1], c=values[ok], s=2, cmap=cmap, alpha=0.6,
-                        rasterized=True, linewidths=0)
+                        rasterized=True, linewidths=0, vmin=lo, vmax=hi)
         ax.scatter(xy[~ok, 0], xy[~ok, 1], c="lightgrey", s=2, alpha=0.4, rasterized=True)
         fig.colorbar(sc, ax=ax, label=name)
         for (gname, mask), marker in zip(groups.items(), markers):
             if mask.any():
-                ax.scatter(xy[mask, 0], xy[mask, 1], s=28, marker=marker, facecolors="none",
-                           edgecolors="k", linewidths=0.7, label=f"{gname} ({mask.sum()})")
+                ax.scatter(xy[mask, 0], xy[mask, 1], s=12, marker=marker, facecolors="none",
+                           edgecolors="k", linewidths=0.4, alpha=0.7,
+                           label=f"{gname} ({mask.sum()})")
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(f"{title}: coloured by {name}", fontsize=10)

@@ -225,7 +225,10 @@ def write_report(out: Path, cfg, *, real: Path | None) -> Path:
           "Embeddings: " + ", ".join(f"{m} {c}" for m, c in counts.items())
           + f"; model `{model.model_hash[:12]}` ({model.config.name}, "
             f"{model.embedding_dim}-d).",
-          f"Index: `{json.dumps(info, default=str)[:400]}`", ""]
+          "Index: " + "; ".join(
+              f"{m}: {d.get('count')} vectors in {d.get('shards')} shards, "
+              f"{(d.get('backend') or {}).get('kind', '?')}"
+              for m, d in (info.get("modalities") or {}).items()) + ".", ""]
     md += _query_section(out, engine, model, real, figures)
     md += _list_section(out / "lists" / "anomalies.parquet", "Top anomaly candidates",
                         ("rank", "source_id", "modality", "anomaly_score", "anomaly_driver",

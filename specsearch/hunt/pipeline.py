@@ -92,10 +92,11 @@ def run_hunt(source: str | Path, *, out: str | Path, feh_max: float = -2.0,
              filters: Sequence[str] | None = None, calibration: str | Path | None = None,
              seed_spectra: Sequence[str | Path] = (), seed_source_ids: Sequence[int] = (),
              seed_weight: float = 0.3, model_dir: str | Path | None = None,
-             embeddings: str | Path | None = None, fmt: str | None = None) -> HuntRun:
+             embeddings: str | Path | None = None, fmt: str | None = None,
+             verify: bool = True) -> HuntRun:
     """Rank the stars of an index (or embeddings dataset) and write the chosen list."""
     modalities = None if mode in ("any", "both") else [mode]
-    loaded = load_source(source, modalities, embeddings=embeddings)
+    loaded = load_source(source, modalities, embeddings=embeddings, verify=verify)
     cal = find_calibration(loaded.provenance.get("model_hash", ""), calibration, model_dir)
     seeds = seed_vectors(loaded, seed_spectra=seed_spectra, seed_source_ids=seed_source_ids,
                          model_dir=model_dir)
@@ -117,10 +118,11 @@ def run_hunt(source: str | Path, *, out: str | Path, feh_max: float = -2.0,
 
 def run_calibrate(source: str | Path, *, out: str | Path, label: str = "feh",
                   filters: Sequence[str] | None = None,
-                  embeddings: str | Path | None = None) -> HuntCalibration:
+                  embeddings: str | Path | None = None, verify: bool = True
+                  ) -> HuntCalibration:
     """Fit a calibration on the labelled rows of an index or embeddings dataset (a held-out
     validation set: never the stars you will hunt in) and save it as JSON."""
-    loaded = load_source(source, None, embeddings=embeddings)
+    loaded = load_source(source, None, embeddings=embeddings, verify=verify)
     tables = {m: t for m, t in loaded.tables.items() if t.has(label)}
     if not tables:
         raise ConfigError(f"{source}: no modality has a true {label!r} column to calibrate on")

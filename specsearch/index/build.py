@@ -167,8 +167,8 @@ def resolve_config(options: BuildOptions, n_per_shard: int, dim: int) -> IndexCo
     elif options.kind == "auto":
         config = choose_config(n_per_shard * options.shards, dim, options.memory_budget)
         if options.backend_options:
-            config = make_config(config.kind, **{**config.to_dict(), **options.backend_options,
-                                                 "kind": None})
+            knobs = {k: v for k, v in config.to_dict().items() if k != "kind"}
+            config = make_config(config.kind, **{**knobs, **options.backend_options})
     else:
         config = make_config(options.kind, **options.backend_options)
     return config.resolved(n_per_shard)

@@ -38,8 +38,8 @@ EXACT_SCAN_FRACTION = 0.02
 MAX_FILTER_BOOST = 16.0
 """Cap on the ef_search/nprobe multiplier for filtered ANN search. IVF lists hold the pass
 fraction f of their rows, so nprobe grows by 1/f; a filtered HNSW walk already continues
-until it holds ef passing candidates, so ef only grows by 1/sqrt(f) (measured: recall of a
-50%-filtered query at the unfiltered ef is at least the unfiltered recall)."""
+until it holds ef passing candidates, so ef grows more slowly, by (1/f)^0.75 (at 50%: 1.7x;
+at 10%: 5.6x; very selective filters take the exact scan instead)."""
 SCAN_CACHE_BYTES = 64 << 20
 """Gathered vectors of a selective filter are kept (per shard, last few filters) up to this
 size, so repeated queries with one filter do not re-read scattered rows."""
@@ -192,7 +192,7 @@ class Shard:
             boost = min(MAX_FILTER_BOOST, self.count / max(n_allowed, 1))
             knobs = knobs.replace(
                 nprobe=int(math.ceil(knobs.nprobe * boost)),
-                ef_search=int(math.ceil(knobs.ef_search * math.sqrt(boost))))
+                ef_search=int(math.ceil(knobs.ef_search * boost ** 0.75)))
         if k > self.count:
             sims, rows = self.backend.search(queries, self.count, knobs, allowed, threads)
             return topk_rows(sims, rows, k)

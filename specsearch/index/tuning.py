@@ -10,9 +10,9 @@ Auto choice, in the spirit of autofaiss:
 
 Tuning measures recall@k on held-out *stored rows* used as queries (the row itself
 excluded from both the approximate and the exact answer) against exact inner-product search
-over the stored vectors, walking a ladder of ``nprobe`` / ``ef_search`` values (and a larger
-``refine_factor`` if the ladder tops out) and keeping the cheapest setting that reaches the
-target. The measured recall is written to the manifest.
+over the stored vectors, walking a ladder of ``nprobe`` / ``ef_search`` values up from the cheapest and keeping the
+first that reaches the target (for quantised backends, a deeper ``refine_factor`` is tried
+when the top of the ladder falls short). The measured recall is written to the manifest.
 """
 
 from __future__ import annotations
@@ -168,21 +168,34 @@ def tune(index: ModalityIndex, *, target_recall: float | None, k: int = 10,
             ladder.append(dict(nprobe=config.nlist))
     else:
         ladder = [dict(ef_search=e) for e in EF_LADDER]
-    refine = base.refine_factor
     best: tuple[float, SearchKnobs] | None = None
-    while True:
-        for step in ladder:
-            knobs = base.replace(refine_factor=refine, **step)
-            r = measure(knobs)
-            if best is None or r > best[0] + 1e-9:
-                best = (r, knobs)
-            if r >= target_recall:
-                set_knobs(index, knobs)
-                return Tuning(target_recall, r, k, len(queries), knobs.to_dict())
-        quantised = index.shards[0].backend.quantised
-        if not quantised or refine >= MAX_REFINE:
-            break
+
+    def consider(knobs: SearchKnobs) -> float:
+        nonlocal best
+        r = measure(knobs)
+        if best is None or r > best[0] + 1e-9:
+            best = (r, knobs)
+        return r
+
+    def walk(refine: float, steps: range) -> tuple[SearchKnobs, float] | None:
+        """The first ladder step (cheapest first) reaching the target and its recall."""
+        for i in steps:
+            knobs = base.replace(refine_factor=refine, **ladder[i])
+            if (r := consider(knobs)) >= target_recall:
+                return knobs, r
+        return None
+
+    refine = base.refine_factor
+    found = walk(refine, range(len(ladder)))
+    # Quantised backends: graph/cell misses are not repaired by re-ranking, code error is:
+    # if the top of the ladder falls short, deepen the re-ranking there, then walk again.
+    while found is None and index.shards[0].backend.quantised and refine < MAX_REFINE:
         refine = min(MAX_REFINE, refine * 2)
+        if walk(refine, range(len(ladder) - 1, len(ladder))) is not None:
+            found = walk(refine, range(len(ladder)))
+    if found is not None:
+        set_knobs(index, found[0])
+        return Tuning(target_recall, found[1], k, len(queries), found[0].to_dict())
     assert best is not None
     log.warning("%s: target recall@%d %.3f not reached; best %.4f with %s", index.modality,
                 k, target_recall, best[0], best[1])

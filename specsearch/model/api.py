@@ -237,8 +237,10 @@ class SpecModel:
                     pm = prepare_model_input(partner[0], partner[1], other)
                     px, pw = self._tensor(pm.flux), self._tensor(pm.weight)
                     floor = self.net.normalisers[other].trans_floor
-                    result["translation_residual"] = reduced_chi(out.translation, px, pw,
-                                                                 floor)
+                    res = reduced_chi(out.translation, px, pw, floor)
+                    partner_good = torch.from_numpy(pm.good).to(res.device)
+                    result["translation_residual"] = torch.where(
+                        partner_good, res, torch.full_like(res, float("nan")))
                 else:
                     # Round trip: own -> other spectrum -> re-encoded -> own spectrum.
                     t = out.translation

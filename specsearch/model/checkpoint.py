@@ -18,7 +18,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -163,7 +162,3 @@ def optimizer_from_tensors(tensors: Mapping[str, torch.Tensor], skeleton: str) -
         state[int(pid)] = {name: (tensors[v["tensor"]] if isinstance(v, dict) and "tensor" in v
                                   else v) for name, v in slots.items()}
     return {"param_groups": data["param_groups"], "state": state}
-
-
-def numpy_state(arrays: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}

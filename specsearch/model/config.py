@@ -10,7 +10,9 @@ The two registered architectures:
 * ``small`` (the default): residual MLP encoders. The LAMOST encoder's first layer is one
   dense (3909 -> 256) matrix product, the cheapest way on a CPU to let every pixel reach the
   features (a strided 1-D conv stem measured ~6k spectra/s here against ~40k/s for the dense
-  layer in float32). Trains on a 2-core CPU.
+  layer in float32). The XP trunk and the heads are 128 wide: at 256 they cost 2.4x more
+  time per XP spectrum (the builder's goal is >= 50k XP spectra/s on 2 cores) for no
+  needed accuracy. Trains on a 2-core CPU.
 * ``specclip``: the SpecCLIP sizes (Zhao et al. 2025): a 768-d, 6-layer, 6-head transformer
   over 20-pixel patches for LAMOST and a width-1290 MLP (auto)encoder for XP, with a 768-d
   embedding. For GPU training and as the speed baseline.
@@ -174,11 +176,11 @@ def _small() -> ModelConfig:
         name="small", embedding_dim=128,
         encoders={"lamost": EncoderConfig(kind="mlp", npix=3909, hidden=256, depth=2,
                                           mlp_ratio=2.0, mask_pool=32),
-                  "xp": EncoderConfig(kind="mlp", npix=343, hidden=256, depth=2,
+                  "xp": EncoderConfig(kind="mlp", npix=343, hidden=128, depth=2,
                                       mlp_ratio=2.0, mask_pool=7)},
         decoders={"lamost": DecoderConfig(hidden=256, depth=1),
                   "xp": DecoderConfig(hidden=256, depth=1)},
-        head=HeadConfig(hidden=256, depth=2),
+        head=HeadConfig(hidden=128, depth=2),
         shared_decoders=True,
     )
 

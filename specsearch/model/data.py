@@ -18,15 +18,13 @@ import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from specsearch.errors import CatalogError
 from specsearch.io.catalog import Catalog, list_column_to_numpy
-from specsearch.io.parquet import write_json_atomic
-from specsearch.preprocess import grid_for, prepare_model_input
+from specsearch.preprocess import grid_for
 
 KNOWN_LABELS: tuple[str, ...] = ("teff", "logg", "feh", "alpha_fe", "vmic", "vsini", "c_fe",
                                  "n_fe", "mg_fe", "ebv", "mass", "age")

@@ -11,6 +11,7 @@ Use it to add a label column (e.g. ``ebv``) or re-fit heads on another labelled 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,7 +156,6 @@ def train_heads(model_path: str | Path, catalog: str | Path, out: str | Path,
                          "config": dataclasses.asdict(cfg), "labels": labels,
                          "classes": classes, "calibration": dataclasses.asdict(report)}
     digest = save_model_dir(out, net, new_cfg, training=training)
-    import shutil
     shutil.rmtree(out / "heads-cache", ignore_errors=True)
     return HeadsResult(model_hash=digest, label_names=labels, class_names=classes,
                        calibration=report, best_val=best_val)

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from specsearch.errors import ConfigError
@@ -37,7 +38,6 @@ from specsearch.model.config import model_config
 from specsearch.model.data import catalog_fingerprint, choose_labels, join_pairs
 from specsearch.model.loss import LossConfig, SpecCLIPLoss
 from specsearch.model.network import SpecCLIPNet
-from safetensors.torch import load_file
 
 
 @dataclass
