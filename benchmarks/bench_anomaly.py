@@ -168,9 +168,12 @@ def bench_screening(paths, tables, scores) -> tuple[dict, dict]:
 
 
 def list_metrics(table, pop_of, art_of, n_class) -> dict:
+    """Precision of the anomaly classes, recall per class, true artefacts in the list (a
+    spectrum with an injected artefact; XP spectra never have one)."""
     sid = table.column("source_id").to_numpy()
     pops = np.asarray([pop_of.get(int(s), "") for s in sid])
-    arts = np.asarray([art_of.get(int(s), False) for s in sid])
+    arts = np.asarray([art_of.get(str(s), False) for s in
+                       table.column("spectrum_id").to_pylist()])
     res = {}
     for n in (100, 1000):
         top = pops[:n]
@@ -185,10 +188,10 @@ def list_metrics(table, pop_of, art_of, n_class) -> dict:
 def population_maps(tables) -> tuple[dict, dict, dict]:
     pop_of, art_of = {}, {}
     for t in tables.values():
-        for s, p, a in zip(t.source_id, truth(t, "population"), truth(t, "is_artefact",
-                                                                      False)):
+        for s, sp, p, a in zip(t.source_id, t.spectrum_id, truth(t, "population"),
+                               truth(t, "is_artefact", False)):
             pop_of.setdefault(int(s), str(p))
-            art_of[int(s)] = art_of.get(int(s), False) or bool(a)
+            art_of[str(sp)] = bool(a)
     pops = np.asarray(list(pop_of.values()))
     return pop_of, art_of, {c: int((pops == c).sum()) for c in RARE_CLASSES}
 
@@ -217,11 +220,12 @@ def rescore(s, components, reference: str, method: str) -> None:
 
     snr = s.table.column("snr") if s.table.has("snr") else None
     z = dict(s.z)
-    if reference == "neighbours":
-        for c in ("recon", "translation"):
-            if c in s.raw:
-                z[c] = robust_z(local_residual(np.log(np.maximum(s.raw[c], 1e-6)),
-                                               s.knn.rows), by=snr)
+    for c in ("recon", "translation"):
+        if c in s.raw:
+            x = np.log(np.maximum(s.raw[c], 1e-6))
+            if reference == "neighbours":
+                x = local_residual(x, s.knn.rows)
+            z[c] = robust_z(x, by=snr)
     s.score, s.driver = combine_scores({c: z[c] for c in components if c in z},
                                        method=method)
 

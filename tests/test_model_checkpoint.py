@@ -121,3 +121,15 @@ def test_no_pickle_in_model_code():
     for p in Path(pkg.__file__).parent.glob("*.py"):
         text = p.read_text()
         assert "torch.load" not in text and "import pickle" not in text, p
+
+
+def test_model_of_another_grid_is_refused(tmp_path):
+    from specsearch.model.checkpoint import content_hash
+    from safetensors.torch import load_file
+    d = tiny_model_dir(tmp_path / "m")
+    cfg = json.loads((d / CONFIG_FILE).read_text())
+    cfg["grids"]["xp"]["npix"] = 300                 # a model of another XP sampling...
+    cfg["model_hash"] = content_hash(cfg, load_file(str(d / WEIGHTS_FILE)))  # ...hashed
+    (d / CONFIG_FILE).write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="differs from this specsearch's canonical grid"):
+        load_model(d)

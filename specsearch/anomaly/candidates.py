@@ -112,18 +112,28 @@ def _meta_columns(scores: ModalityScores, rows: np.ndarray, skip: set[str]) -> d
 
 def modality_candidates(scores: ModalityScores, flags: ArtefactFlags | None = None, *,
                         config: CandidateConfig | None = None,
-                        row_mask: np.ndarray | None = None) -> pa.Table:
+                        row_mask: np.ndarray | None = None,
+                        partner_flagged: np.ndarray | None = None) -> pa.Table:
     """The top ``config.top`` candidates of one modality as an Arrow table (ranked).
 
     Args:
         scores: :func:`specsearch.anomaly.scoring.score_modality` output.
         flags: artefact flags of the same spectra (joined on spectrum_id), or None.
         row_mask: (n,) bool, rows allowed (metadata filters); None: all.
+        partner_flagged: source_ids whose spectrum in the *other* modality has an artefact
+            flag: a row of such a star driven by cross-modal disagreement is an artefact
+            (reason ``partner_artefact``), since the disagreement comes from the bad
+            partner spectrum.
     """
     config = config or CandidateConfig()
     aligned = align_flags(scores, flags)
     artefact = (aligned.column("artefact_flag").fill_null(False).to_numpy(zero_copy_only=False)
                 if aligned is not None else np.zeros(len(scores.table), bool))
+    partner_bad = np.zeros(len(scores.table), bool)
+    if partner_flagged is not None and len(partner_flagged):
+        partner_bad = (scores.driver == "crossmodal") & np.isin(scores.table.source_id,
+                                                                partner_flagged)
+        artefact = artefact | partner_bad
     order = scores.rank()
     keep = np.isfinite(scores.score[order])
     if row_mask is not None:
@@ -142,6 +152,12 @@ def modality_candidates(scores: ModalityScores, flags: ArtefactFlags | None = No
     else:
         cols["artefact_flag"] = pa.array(np.zeros(rows.size, bool))
         cols["artefact_reasons"] = pa.array([""] * rows.size, pa.string())
+    if partner_bad[rows].any():
+        reasons = [r or "" for r in cols["artefact_reasons"].to_pylist()]
+        cols["artefact_reasons"] = pa.array(
+            [";".join(x for x in (r, "partner_artefact") if x) if bad else r
+             for r, bad in zip(reasons, partner_bad[rows])], pa.string())
+        cols["artefact_flag"] = pa.array(artefact[rows])
     nb_id, nb_sim = normal_neighbours(scores, rows, n=config.n_neighbours,
                                       normal_z=config.normal_z, artefact=artefact)
     if config.n_neighbours:
@@ -154,6 +170,10 @@ def modality_candidates(scores: ModalityScores, flags: ArtefactFlags | None = No
     return pa.table(cols)
 
 
+def _flagged_sources(flags: ArtefactFlags) -> np.ndarray:
+    return np.unique(flags.table.source_id[flags.any])
+
+
 def candidate_list(scores: Mapping[str, ModalityScores],
                    flags: Mapping[str, ArtefactFlags] | None = None, *,
                    config: CandidateConfig | None = None,
@@ -161,9 +181,13 @@ def candidate_list(scores: Mapping[str, ModalityScores],
     """Candidates over one or several modalities, merged by score (one row per star when
     ``config.dedupe_sources``), re-ranked from 1."""
     config = config or CandidateConfig()
-    parts = [modality_candidates(s, (flags or {}).get(m), config=config,
-                                 row_mask=(row_masks or {}).get(m))
-             for m, s in scores.items()]
+    flagged = {m: _flagged_sources(f) for m, f in (flags or {}).items()}
+    parts = []
+    for m, s in scores.items():
+        others = [v for k, v in flagged.items() if k != m]
+        parts.append(modality_candidates(
+            s, (flags or {}).get(m), config=config, row_mask=(row_masks or {}).get(m),
+            partner_flagged=np.concatenate(others) if others else None))
     if not parts:
         raise ConfigError("no modality to list candidates from")
     table = pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 \

@@ -89,13 +89,20 @@ def local_residual(x: np.ndarray, neighbours: np.ndarray, max_neighbours: int = 
     return out
 
 
-def tail_score(x: np.ndarray) -> np.ndarray:
-    """-log10 of the empirical upper-tail fraction of each value among the finite ones
-    (the largest of n gets log10(n); ties share their mean rank); NaN stays NaN.
+TAIL_QUANTILE = 0.99
+"""Above this quantile a component's tail is modelled (exponential peaks-over-threshold)."""
 
-    A distribution-free standardisation: whatever the shape of a component's tail, its
-    top 0.1% scores 3. Comparing components this way stops one heavy-tailed component
-    from filling a list on its own.
+
+def tail_score(x: np.ndarray) -> np.ndarray:
+    """-log10 of the upper-tail probability of each value among the finite ones (NaN
+    stays NaN): 3 means "1 in 1000 objects is this extreme".
+
+    Below the 99th percentile the empirical tail fraction is used (distribution-free).
+    Above it, the tail is modelled as exponential, P(X > x) = 0.01 exp(-(x - u) / beta)
+    with u the 99th percentile and beta the median excess / ln 2 (peaks over threshold):
+    the score keeps growing for objects far beyond the rest, instead of saturating at
+    log10(n) for the top object of every component, and a component whose tail is heavy
+    for ordinary objects is tempered by its own large beta.
     """
     from scipy.stats import rankdata
 
@@ -103,9 +110,19 @@ def tail_score(x: np.ndarray) -> np.ndarray:
     out = np.full(x.shape, np.nan)
     ok = np.isfinite(x)
     n = int(ok.sum())
-    if n:
-        rank_from_top = n + 1 - rankdata(x[ok], method="average")
-        out[ok] = -np.log10(rank_from_top / n)
+    if n == 0:
+        return out
+    v = x[ok]
+    rank_from_top = n + 1 - rankdata(v, method="average")
+    score = -np.log10(rank_from_top / n)
+    u = np.quantile(v, TAIL_QUANTILE)
+    excess = v[v > u] - u
+    if excess.size >= 5:
+        beta = max(float(np.median(excess)) / np.log(2.0), 1e-9)
+        p_tail = 1.0 - TAIL_QUANTILE
+        top = v > u
+        score[top] = -np.log10(p_tail) + (v[top] - u) / beta / np.log(10.0)
+    out[ok] = score
     return out
 
 
@@ -125,10 +142,11 @@ def combine_scores(components: Mapping[str, np.ndarray], *, method: str = "max",
         method: ``max`` (the strongest z; easy to explain: the driver is the component
             that set the score), ``rms`` (root mean square of the available z: rewards
             objects odd in several ways), ``rank_max`` (the strongest
-            :func:`tail_score`: every component gets an equal share of the top of the
-            list however heavy its tail) or ``rank_fisher`` (the sum of tail scores,
-            -log10 of the product of tail fractions: Fisher's combination of
-            independent evidence). Rank methods give scores in -log10(tail fraction).
+            :func:`tail_score`: components compared by how rare a value is among all
+            objects, not by a z-score, so a component with a heavy tail for ordinary
+            objects cannot fill the list on its own) or ``rank_fisher`` (the sum of tail
+            scores, -log10 of the product of tail probabilities: Fisher's combination of
+            independent evidence). Rank methods give scores in -log10(tail probability).
         weights: optional multiplier per component (default 1).
     Returns:
         (score (n,) float64, driver (n,) object array of component names; "" when no

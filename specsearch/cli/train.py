@@ -39,6 +39,7 @@ def _threads(args: argparse.Namespace) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     from specsearch.cli import HelpFormatter
+    from specsearch.model.config import list_models
 
     p = sub.add_parser("train", help="train the aligned LAMOST/XP model on a paired catalog",
                        description="Contrastive LAMOST<->XP encoders with reconstruction, "
@@ -46,7 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "catalog (joined on source_id).",
                        formatter_class=HelpFormatter, epilog=TRAIN_EPILOG)
     p.add_argument("--catalog", required=True, help="paired catalog directory")
-    p.add_argument("--config", default="small", help="architecture name (see list_models())")
+    p.add_argument("--config", default="small",
+                   help=f"architecture: {', '.join(list_models())}")
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=512)
@@ -64,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue OUT/checkpoint-last")
     p.add_argument("--overwrite", action="store_true", help="start again in an existing OUT")
     p.add_argument("--keep-cache", action="store_true", help="keep OUT/cache afterwards")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(run=run_train)
 
     h = sub.add_parser("train-heads", help="(re)train the parameter heads on frozen encoders",
@@ -79,8 +81,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--epochs", type=int, default=40)
     h.add_argument("--seed", type=int, default=0)
     h.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    h.add_argument("--threads", type=int)
-    h.add_argument("--no-progress", action="store_true")
+    h.add_argument("--threads", type=int, help="torch CPU threads")
+    h.add_argument("--no-progress", action="store_true", help="no progress bars")
     h.set_defaults(run=run_train_heads)
 
     e = sub.add_parser("evaluate", help="evaluate a model: retrieval, parameters, real data",
@@ -97,7 +99,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--no-speed", action="store_true", help="skip the speed comparison")
     e.add_argument("--no-figures", action="store_true")
     e.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
-    e.add_argument("--threads", type=int)
+    e.add_argument("--threads", type=int, help="torch CPU threads")
     e.set_defaults(run=run_evaluate)
 
 

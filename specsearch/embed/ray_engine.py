@@ -136,7 +136,7 @@ def build_embeddings_ray(catalog: str | Path, model: str | Path | Callable[[], A
                 ds = ray.data.read_parquet([str(p) for p, _, _ in pending], include_paths=True)
                 ds = ds.map_batches(
                     EmbedActor, batch_size=config.batch_size, batch_format="pyarrow",
-                    concurrency=concurrency, num_gpus=num_gpus,
+                    compute=ray.data.ActorPoolStrategy(size=concurrency), num_gpus=num_gpus,
                     fn_constructor_kwargs=dict(
                         model=actor_model,
                         modality=modality, device=device,

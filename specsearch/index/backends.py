@@ -119,6 +119,9 @@ class FaissBackend(Backend):
 
     def _apply_defaults(self) -> None:
         d = self.default_knobs
+        # Largest k the defaults serve as they are (HNSW needs efSearch >= candidates).
+        self._fast_k = (int(d.ef_search / (d.refine_factor if self.quantised else 1.0))
+                        if self.is_hnsw else 1 << 30)
         if self.ivf is not None:
             self.ivf.nprobe = d.nprobe
         if self.is_hnsw:
@@ -189,6 +192,8 @@ class FaissBackend(Backend):
 
     def search(self, queries: np.ndarray, k: int, knobs: SearchKnobs,
                allowed: np.ndarray | None = None, threads: int = 1) -> SearchOutput:
+        if allowed is None and k <= self._fast_k and knobs == self.default_knobs:
+            return self.index.search(queries, k)  # hot path: the index's own defaults
         keep: list = []
         params = self._params(k, knobs, allowed, keep)
         if params is None:

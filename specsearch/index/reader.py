@@ -76,6 +76,10 @@ class ModalityIndex:
             threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (similarity, global id) for (nq, D) float32 unit queries."""
         knobs = knobs or self.knobs
+        if len(self.shards) == 1 and self.shards[0].number == 0 and self.shards[0].count:
+            # One shard: its rows are the global ids (shard 0), nothing to merge.
+            mask = None if filter_masks is None else filter_masks[0]
+            return self.shards[0].knn(queries, k, knobs, filter_mask=mask, threads=threads)
         parts = []
         for s, shard in enumerate(self.shards):
             mask = None if filter_masks is None else filter_masks[s]

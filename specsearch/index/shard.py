@@ -185,6 +185,8 @@ class Shard:
             filter_mask: np.ndarray | None = None,
             threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` live (and filter-passing) rows of this shard for (nq, D) queries."""
+        if filter_mask is None and self.deleted is None and k <= self.count:
+            return self.backend.search(queries, k, knobs, None, threads)  # hot path
         allowed, n_allowed, rows, vecs = self._plan(filter_mask)
         if rows is not None:
             return self.exact_scan(queries, k, rows, vecs)

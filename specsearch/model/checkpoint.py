@@ -119,11 +119,21 @@ def read_model_dir(path: str | Path) -> tuple[ModelConfig, dict[str, Any], dict[
     except (KeyError, ConfigError) as exc:
         raise ModelError(f"{cfg_path}: invalid model section: {exc}") from exc
     for m, grid in config.get("grids", {}).items():
-        if grid != grid_for(m).describe():
+        if not _same_grid(grid, grid_for(m).describe()):
             raise ModelError(f"{cfg_path}: the model was trained on a {m} grid {grid} that "
                              f"differs from this specsearch's canonical grid "
                              f"{grid_for(m).describe()}; retrain the model")
     return cfg, config, tensors
+
+
+def _same_grid(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Grid descriptions agree (wavelength ends to 1e-9 relative: float formatting and
+    libm may differ in the last bit between machines)."""
+    try:
+        return (all(a[k] == b[k] for k in ("name", "npix", "log_spacing", "flux_unit"))
+                and all(abs(a[k] - b[k]) <= 1e-9 * abs(b[k]) for k in ("start_A", "end_A")))
+    except (KeyError, TypeError):
+        return False
 
 
 def save_tensors_atomic(path: str | Path, tensors: Mapping[str, torch.Tensor],

@@ -23,7 +23,8 @@ def parameter_figure(path: Path, title: str, label_names, pred: np.ndarray,
     """Predicted vs true, one panel per label present in ``true``."""
     plt = _plt()
     names = [n for n in label_names if n in true]
-    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(3.6 * max(1, len(names)), 3.4))
+    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(3.8 * max(1, len(names)), 3.6),
+                             constrained_layout=True)
     axes = np.atleast_1d(axes)
     for ax, name in zip(axes, names):
         j = list(label_names).index(name)
