@@ -419,7 +419,7 @@ def _subset(batch, good):
 
 # ----------------------------------------------------------------------------- figure
 
-def figure(scores, flags, paths, out_dir: Path) -> list[str]:
+def figure(scores, flags, paths, out_dir: Path, variant: str = "") -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -443,7 +443,9 @@ def figure(scores, flags, paths, out_dir: Path) -> list[str]:
                     label=f"{c} ({sel.sum()})")
     ax.hist(s.score[art], bins=bins, histtype="step", ls="--", color="k", log=True,
             label=f"artefacts ({art.sum()})")
-    ax.set_xlabel("anomaly score (robust z of the driving component)")
+    ax.set_xlabel("anomaly score (" + ("-log10 tail probability" if "rank" in variant
+                                       else "robust z") + f" of the driving component; "
+                  f"variant {variant})")
     ax.set_ylabel("spectra")
     ax.set_title("LAMOST-like synthetic survey: anomaly scores by true population")
     ax.legend(fontsize=7, ncol=2)
@@ -517,7 +519,7 @@ def main() -> int:
     if REAL.is_dir():
         result["real"] = bench_real(model, loaded.tables, cal, args.k)
     step("figures")
-    result["figures"] = figure(scores, flags, paths, args.out.parent)
+    result["figures"] = figure(scores, flags, paths, args.out.parent, best)
     result["machine"]["load_avg_end"] = os.getloadavg()
     args.out.write_text(json.dumps(result, indent=1, default=float))
     print_table(result)

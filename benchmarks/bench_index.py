@@ -1,6 +1,6 @@
 """Index benchmark: recall@10 vs single-query and batched QPS per backend and setting.
 
-Run (the issue's configuration, ~30-40 min on 2 cores):
+Run (the issue's configuration, ~50-60 min on 2 shared cores):
     .venv/bin/python benchmarks/bench_index.py --n 1000000
 Quick run (default, ~3-5 min): 100k vectors.
     .venv/bin/python benchmarks/bench_index.py
@@ -156,7 +156,7 @@ def main() -> None:
     ap.add_argument("--backends", default="hnsw,hnswlib,ivf_pq,ivf_flat,flat")
     ap.add_argument("--workdir", help="where to build (default: a temp dir)")
     ap.add_argument("--hnsw-m", type=int, default=32, help="FAISS HNSW degree")
-    ap.add_argument("--hnsw-efc", type=int, default=80, help="FAISS HNSW efConstruction")
+    ap.add_argument("--hnsw-efc", type=int, default=200, help="FAISS HNSW efConstruction")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "index.json"))
     args = ap.parse_args()
     n, dim, threads = args.n, args.dim, args.threads

@@ -25,3 +25,14 @@ def real_data() -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(20261125)
+
+
+@pytest.fixture(autouse=True)
+def _no_tex_from_gaiaxpy():
+    """GaiaXPy's plotter sets matplotlib's text.usetex = True when gaiaxpy is imported (the
+    XP equality tests import it); our figures must not need a LaTeX install."""
+    import sys
+
+    if "matplotlib" in sys.modules:
+        sys.modules["matplotlib"].rcParams["text.usetex"] = False
+    yield

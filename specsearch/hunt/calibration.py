@@ -7,9 +7,10 @@ held-out set, and Bayes' rule:
 1. **Measurement model** (per modality): ``pred = g(true) + noise``, with ``g`` an isotonic
    (monotone, non-parametric) regression of the prediction on the true [Fe/H] (heads pull
    metal-poor stars towards the mean: ``g`` is flatter than the identity there) and the
-   noise Gaussian with variance ``(scale * err)^2 + floor^2`` (maximum likelihood after
-   5-sigma clipping; ``scale`` fixes over/under-confident errors, ``floor`` adds what the
-   heads do not know about).
+   noise Student-t with squared scale ``(scale * err)^2 + floor^2`` and ``nu`` degrees of
+   freedom (maximum likelihood; ``scale`` fixes over/under-confident errors, ``floor`` adds
+   what the heads do not know about, ``nu`` the heavy tails: the rare star predicted far
+   from its truth, which a Gaussian would turn into a confident false detection).
 2. **Prior**: the labelled set's [Fe/H] distribution (a smoothed histogram on a grid, plus a
    small uniform floor so a star may be more metal-poor than any calibration star).
 3. **Posterior** on the grid: prior x the likelihood of every available measurement of the
@@ -54,6 +55,13 @@ class FehCalibration:
             knots, flat beyond the ends), dex.
         scale: multiplier of the head's uncertainty.
         floor: uncertainty (dex) added in quadrature.
+        nu: degrees of freedom of the Student-t noise (None: Gaussian). Heads have
+            heavier tails than a Gaussian (a normal star now and then predicted very
+            metal-poor); a Gaussian likelihood would then call such a star certain.
+        width_true, width_mult: the noise width as a function of the true [Fe/H]
+            (np.interp knots; empty: 1). A head is often much less precise for the rare
+            metal-poor stars than its per-star errors say (XP: ~4x), which a single
+            scale fitted on all stars cannot capture.
         n: labelled stars used.
         checks: reliability measured by 2-fold cross-fitting on the labelled set.
     """
@@ -63,6 +71,9 @@ class FehCalibration:
     knots_pred: list[float]
     scale: float = 1.0
     floor: float = 0.0
+    nu: float | None = None
+    width_true: list[float] = field(default_factory=list)
+    width_mult: list[float] = field(default_factory=list)
     n: int = 0
     checks: dict[str, Any] = field(default_factory=dict)
 
@@ -78,10 +89,16 @@ class FehCalibration:
         pred = np.asarray(pred, dtype=np.float64)[:, None]
         err = np.asarray(err, dtype=np.float64)[:, None]
         expected = np.interp(grid, self.knots_true, self.knots_pred)[None, :]
-        var = (self.scale * err) ** 2 + self.floor ** 2
+        mult = (np.interp(grid, self.width_true, self.width_mult) if self.width_true
+                else np.ones(grid.size))[None, :]
+        var = ((self.scale * err) ** 2 + self.floor ** 2) * mult ** 2
         ok = np.isfinite(pred) & np.isfinite(var) & (var > 0)
         var = np.where(ok, var, 1.0)
-        out = -0.5 * ((np.where(ok, pred, 0.0) - expected) ** 2 / var + np.log(var))
+        r2 = (np.where(ok, pred, 0.0) - expected) ** 2 / var
+        if self.nu is None:
+            out = -0.5 * (r2 + np.log(var))
+        else:   # Student-t (constants dropped: they cancel in the posterior)
+            out = -0.5 * np.log(var) - 0.5 * (self.nu + 1.0) * np.log1p(r2 / self.nu)
         return np.where(ok, out, 0.0)
 
 
@@ -99,25 +116,26 @@ def _isotonic_knots(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return ux, np.maximum.accumulate(uy)
 
 
-def _fit_width(resid: np.ndarray, err: np.ndarray) -> tuple[float, float]:
-    """ML (scale, floor) of resid ~ N(0, (scale err)^2 + floor^2), with 5-sigma clipping."""
-    keep = np.ones(resid.size, bool)
-    params = np.array([0.0, np.log(0.02)])
-    for _ in range(3):
-        r, e = resid[keep], err[keep]
+def _fit_noise(resid: np.ndarray, err: np.ndarray) -> tuple[float, float, float | None]:
+    """ML (scale, floor, nu) of resid ~ t_nu(0, (scale err)^2 + floor^2); nu is None
+    (Gaussian) when the fit prefers more than 200 degrees of freedom."""
+    from scipy.special import gammaln
 
-        def nll(p: np.ndarray) -> float:
-            var = (np.exp(p[0]) * e) ** 2 + np.exp(p[1]) ** 2
-            return float(0.5 * np.sum(r * r / var + np.log(var)))
+    def nll(p: np.ndarray) -> float:
+        var = (np.exp(p[0]) * err) ** 2 + np.exp(p[1]) ** 2
+        nu = 1.0 + np.exp(p[2])
+        ll = (gammaln((nu + 1) / 2) - gammaln(nu / 2) - 0.5 * np.log(nu * np.pi * var)
+              - 0.5 * (nu + 1) * np.log1p(resid * resid / (nu * var)))
+        return float(-ll.sum())
 
-        params = minimize(nll, params, method="Nelder-Mead",
-                          options={"xatol": 1e-4, "fatol": 1e-6, "maxiter": 2000}).x
-        sigma = np.sqrt((np.exp(params[0]) * err) ** 2 + np.exp(params[1]) ** 2)
-        new_keep = np.abs(resid) < 5.0 * sigma
-        if np.array_equal(new_keep, keep):
-            break
-        keep = new_keep
-    return float(np.exp(params[0])), float(np.exp(params[1]))
+    best = None
+    for log_nu in (np.log(3.0), np.log(30.0)):        # two starts: heavy and light tails
+        res = minimize(nll, np.array([0.0, np.log(0.02), log_nu]), method="Nelder-Mead",
+                       options={"xatol": 1e-4, "fatol": 1e-4, "maxiter": 4000})
+        if best is None or res.fun < best.fun:
+            best = res
+    scale, floor, nu = np.exp(best.x[0]), np.exp(best.x[1]), 1.0 + np.exp(best.x[2])
+    return float(scale), float(floor), (None if nu > 200 else float(nu))
 
 
 def fit_measurement(pred: np.ndarray, err: np.ndarray, true: np.ndarray, *,
@@ -134,9 +152,40 @@ def fit_measurement(pred: np.ndarray, err: np.ndarray, true: np.ndarray, *,
                           f" got {int(ok.sum())} ({modality})")
     p, e, t = pred[ok], err[ok], true[ok]
     kx, ky = _isotonic_knots(t, p)
-    scale, floor = _fit_width(p - np.interp(t, kx, ky), e)
+    resid = p - np.interp(t, kx, ky)
+    scale, floor, nu = _fit_noise(resid, e)
+    wx, wy = _width_by_truth(t, resid / np.sqrt((scale * e) ** 2 + floor ** 2))
+    if wx.size:
+        # Refit scale/floor/nu on the residuals with the width profile divided out.
+        mult = np.interp(t, wx, wy)
+        scale, floor, nu = _fit_noise(resid / mult, e)
     return FehCalibration(modality=modality, knots_true=kx.tolist(), knots_pred=ky.tolist(),
-                          scale=scale, floor=floor, n=int(ok.sum()))
+                          scale=scale, floor=floor, nu=nu, width_true=wx.tolist(),
+                          width_mult=wy.tolist(), n=int(ok.sum()))
+
+
+def _width_by_truth(true: np.ndarray, z: np.ndarray, *, step: float = 0.25,
+                    min_count: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """Knots of the robust width (1.4826 MAD) of ``z`` as a function of the true value:
+    bins of ``step`` dex, merged from the sparse (metal-poor) end until each holds
+    ``min_count`` stars. Empty when there are too few stars for two bins."""
+    order = np.argsort(true)
+    t, zz = true[order], z[order]
+    edges = np.arange(np.floor(t[0] / step) * step, t[-1] + step, step)
+    idx = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, None)
+    groups, current = [], []
+    for b in np.unique(idx):
+        current.extend(np.flatnonzero(idx == b).tolist())
+        if len(current) >= min_count:
+            groups.append(np.asarray(current))
+            current = []
+    if current and groups:
+        groups[-1] = np.concatenate([groups[-1], np.asarray(current)])
+    if len(groups) < 2:
+        return np.zeros(0), np.zeros(0)
+    cx = np.array([np.median(t[g]) for g in groups])
+    cw = np.array([1.4826 * np.median(np.abs(zz[g] - np.median(zz[g]))) for g in groups])
+    return cx, np.maximum(cw, 0.2)
 
 
 def fit_prior(true: np.ndarray, grid: np.ndarray = GRID) -> np.ndarray:

@@ -149,6 +149,9 @@ class HNSWConfig(IndexConfig):
         m: graph degree (2*m links on level 0, 4 B each). Higher = better recall at a given
             ``ef_search`` and more memory / slower build; 16-48 is typical.
         ef_construction: candidate list while building; higher = better graph, slower build.
+            Measured on 1M clustered 128-d vectors (M=32, SQ8 + refine): 80 -> recall@10
+            0.84 at ef_search 16 (0.956 needs ef 96); 200 -> 0.96 at ef 16, for ~3x the
+            build time. The default favours query speed: an index is built once.
         ef_search: default query candidate list (see :class:`SearchKnobs`).
         storage: how vectors are held for graph traversal: ``flat`` (float32, 4*D B),
             ``fp16`` (2*D B, near-lossless) or ``sq8`` (D B, 8-bit per dimension: 4x less
@@ -158,7 +161,7 @@ class HNSWConfig(IndexConfig):
 
     kind: ClassVar[str] = "hnsw"
     m: int = 32
-    ef_construction: int = 80
+    ef_construction: int = 200
     ef_search: int = 48
     storage: str = "sq8"
     refine_factor: float = 2.0

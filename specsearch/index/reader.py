@@ -62,10 +62,8 @@ class ModalityIndex:
         self.modality = manifest.modality
         self.shards = shards
         self.knobs = manifest.search
-
-    @property
-    def count(self) -> int:
-        return self.manifest.count
+        self.count = manifest.count
+        """Live rows (fixed for an opened index: updates write a new generation)."""
 
     @property
     def dim(self) -> int:

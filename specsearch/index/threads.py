@@ -12,8 +12,6 @@ so concurrent searches from a thread pool each get their own setting.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 
@@ -38,13 +36,23 @@ class ThreadPolicy:
         return max(1, self.batch or os.cpu_count() or 1)
 
 
-@contextmanager
-def faiss_threads(n: int | None) -> Iterator[None]:
-    """Run the block with FAISS/OpenMP using ``n`` threads (None: all cores)."""
-    import faiss
-    old = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(n or os.cpu_count() or 1)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(old)
+class faiss_threads:  # noqa: N801 - used like a function: ``with faiss_threads(1):``
+    """Run the block with FAISS/OpenMP using ``n`` threads (None: all cores); restores the
+    calling thread's previous setting. A plain class, not a generator: it sits on the
+    single-query hot path."""
+
+    __slots__ = ("n", "old", "faiss")
+
+    def __init__(self, n: int | None) -> None:
+        import faiss
+        self.faiss = faiss
+        self.n = n or os.cpu_count() or 1
+
+    def __enter__(self) -> None:
+        self.old = self.faiss.omp_get_max_threads()
+        if self.old != self.n:
+            self.faiss.omp_set_num_threads(self.n)
+
+    def __exit__(self, *exc) -> None:
+        if self.old != self.n:
+            self.faiss.omp_set_num_threads(self.old)

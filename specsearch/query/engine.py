@@ -14,6 +14,7 @@ like with like; an attached encoder must have that model's hash too.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Protocol
@@ -157,6 +158,11 @@ class SearchEngine:
         if q.ndim != 2 or q.shape[1] != self.embedding_dim:
             raise QueryError(f"query embedding(s) must have dimension {self.embedding_dim}; "
                              f"got shape {np.shape(embedding)}")
+        if q.shape[0] == 1:  # scalar path: a few numpy calls cost more than the search
+            norm2 = float(q[0] @ q[0])
+            if not (norm2 > 0 and math.isfinite(norm2)):
+                raise QueryError("query embedding must be finite and non-zero")
+            return q / np.float32(math.sqrt(norm2))
         norms = np.sqrt(np.einsum("ij,ij->i", q, q))
         if not (np.isfinite(norms).all() and norms.min() > 0):
             raise QueryError("query embeddings must be finite and non-zero")
