@@ -2,7 +2,7 @@
 
 Run (the issue's configuration, ~50-60 min on 2 shared cores):
     .venv/bin/python benchmarks/bench_index.py --n 1000000
-Quick run (default, ~3-5 min): 100k vectors.
+Quick run (default, ~5-10 min): 100k vectors.
     .venv/bin/python benchmarks/bench_index.py
 
 Vectors: ``specsearch.index.synthetic.clustered_unit_vectors`` (seeded Gaussian mixture on the

@@ -83,3 +83,13 @@ def test_embeddings_refuse_another_model(tmp_path):
     assert pq.read_schema(emb.files("xp")[0]).field("embedding").type.value_type == "halffloat"
     with pytest.raises(CatalogError, match="refusing to add rows of model 'm2'"):
         EmbeddingsWriter(tmp_path, "xp", model_hash="m2", embedding_dim=4)
+
+
+def test_atomic_files_get_the_usual_mode(tmp_path):
+    import os
+
+    from specsearch.io.parquet import write_bytes_atomic
+
+    write_bytes_atomic(tmp_path / "a.json", b"{}")
+    (tmp_path / "b.json").write_bytes(b"{}")
+    assert os.stat(tmp_path / "a.json").st_mode == os.stat(tmp_path / "b.json").st_mode

@@ -93,11 +93,16 @@ def _labelled_set(model, spectra_dir: Path, labels_csv: Path, key, note: str,
     return result
 
 
+MISSING_SENTINELS = (9999.0, -9999.0, 999.0, -999.0)
+"""Values label tables use for 'unknown' (the MILES compilation writes [Fe/H] = 9999)."""
+
+
 def _float(v: Any) -> float:
     try:
-        return float(v)
+        x = float(v)
     except (TypeError, ValueError):
         return float("nan")
+    return float("nan") if x in MISSING_SENTINELS else x
 
 
 def _multivisit(model, real: Path) -> dict[str, Any]:
