@@ -89,7 +89,10 @@ class Shard:
         if self.vectors.shape != (entry.count, manifest.embedding_dim):
             raise SearchIndexError(f"{folder / entry.vectors.name}: shape {self.vectors.shape},"
                                    f" expected ({entry.count}, {manifest.embedding_dim})")
-        self.rows: pa.Table = pq.read_table(folder / entry.rows.name, memory_map=mmap)
+        # One chunk per column: taking a few result rows from a many-chunk table costs ~8 ms
+        # at 1M rows (a per-chunk search), from one chunk ~0.05 ms.
+        self.rows: pa.Table = pq.read_table(folder / entry.rows.name,
+                                            memory_map=mmap).combine_chunks()
         if self.rows.num_rows != entry.count:
             raise SearchIndexError(f"{folder / entry.rows.name}: {self.rows.num_rows} rows, "
                                    f"manifest says {entry.count}")
