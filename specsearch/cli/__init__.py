@@ -57,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        # FAISS logs every CPU-feature probe it makes at INFO: noise for a user.
+        logging.getLogger("faiss").setLevel(logging.WARNING)
     if not getattr(args, "run", None):
         parser.print_help()
         return 1
