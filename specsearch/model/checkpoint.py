@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from specsearch.errors import ConfigError, ModelError
-from specsearch.io.parquet import write_bytes_atomic, write_json_atomic
+from specsearch.io.parquet import atomic_path, write_json_atomic
 from specsearch.model.config import FORMAT_VERSION, ModelConfig
 from specsearch.preprocess import grid_for
 
@@ -66,11 +66,8 @@ def save_model_dir(path: str | Path, net: torch.nn.Module, cfg: ModelConfig, *,
     config = json.loads(json.dumps(config))      # canonical JSON types (tuples -> lists)
     digest = content_hash(config, tensors)
     config["model_hash"] = digest
-    tmp = path / f".{WEIGHTS_FILE}.tmp"
-    save_file(tensors, str(tmp), metadata={"format_version": str(FORMAT_VERSION),
-                                           "model_hash": digest})
-    write_bytes_atomic(path / WEIGHTS_FILE, tmp.read_bytes())
-    tmp.unlink(missing_ok=True)
+    save_tensors_atomic(path / WEIGHTS_FILE, tensors,
+                        {"format_version": str(FORMAT_VERSION), "model_hash": digest})
     write_json_atomic(path / CONFIG_FILE, config)
     return digest
 
@@ -138,14 +135,10 @@ def _same_grid(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
 
 def save_tensors_atomic(path: str | Path, tensors: Mapping[str, torch.Tensor],
                         metadata: Mapping[str, str] | None = None) -> None:
-    """Write a safetensors file atomically (used for optimizer state in resumable runs)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
-              metadata=dict(metadata or {}))
-    write_bytes_atomic(path, tmp.read_bytes())
-    tmp.unlink(missing_ok=True)
+    """Write a safetensors file atomically (model weights, optimizer state of resumable runs)."""
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
+                  metadata=dict(metadata or {}))
 
 
 def optimizer_to_tensors(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
