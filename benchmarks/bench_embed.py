@@ -1,18 +1,24 @@
 """Embedding builder benchmark (issue 5): raw forward vs end-to-end, local vs Ray, memory.
 
 In one run, for each modality:
-  * raw model forward throughput (spectra/s) of the default ``small`` model and of the
-    ``specclip``-size model (random weights: speed does not depend on them), same threads;
+  * raw forward throughput (spectra/s) of the default ``small`` model and of the
+    ``specclip``-size model (random weights: speed does not depend on them), same threads,
+    measured two ways on in-memory arrays: the network alone on prepared tensors
+    (``net``: encoder + heads), and ``SpecModel.embed_numpy`` (``+prep``: the shared
+    preprocessing, then the network);
   * end-to-end builder throughput (read Parquet -> preprocess -> encode -> heads -> write
-    Parquet) and its ratio to the raw forward (goal >= 0.8; the raw forward here includes
-    ``prepare_model_input``, the same preprocessing the builder runs);
-  * the Ray engine vs the local engine on the same catalog;
+    Parquet) and its ratio to both raw figures (goal >= 0.8); the specclip-size model runs
+    end to end on a small sub-catalog (it does ~13 LAMOST spectra/s here);
+  * the Ray engine vs the local engine on the same catalog (same process settings);
   * peak resident memory of ``specsearch embed`` on a catalog 10x larger than the batch
-    buffer vs one 1x as large (bounded memory: the two should be close).
+    buffer vs one batch-sized catalog (bounded memory: the two should be close).
+
+The catalog is read once before timing (page cache warm: the timings are CPU-bound, as a
+catalog on a fast local disk is; ``--cold`` drops the page cache first, as root).
 
 Usage:
-  python benchmarks/bench_embed.py                  # 20k-star synthetic catalog
-  python benchmarks/bench_embed.py --n 100000 --skip-ray
+  python benchmarks/bench_embed.py                       # 20k-star synthetic catalog
+  python benchmarks/bench_embed.py --catalog CATALOG --skip-ray --device cuda
 Writes benchmarks/results/embed.json.
 """
 
@@ -22,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,17 +36,19 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 
 from specsearch.embed import EmbedConfig, build_embeddings
-from specsearch.io.catalog import list_column_to_numpy, open_catalog
+from specsearch.embed.runtime import configure_process
+from specsearch.io.catalog import CatalogWriter, list_column_to_numpy, open_catalog
 from specsearch.model import load_model
-from specsearch.preprocess import grid_for
+from specsearch.preprocess import default_batch_size, grid_for, prepare_model_input_torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def random_model(name: str, workdir: Path):
+def random_model(name: str, workdir: Path, device: str):
     """A model of architecture ``name`` with random weights, through the public save/load."""
     from specsearch.model.checkpoint import save_model_dir
     from specsearch.model.config import model_config
@@ -49,8 +58,9 @@ def random_model(name: str, workdir: Path):
     cfg = model_config(name).with_data(label_names=list(default.label_names),
                                        class_names=list(default.class_names))
     path = workdir / f"random-{name}"
-    save_model_dir(path, SpecCLIPNet(cfg), cfg)
-    return load_model(path)
+    if not (path / "config.json").is_file():
+        save_model_dir(path, SpecCLIPNet(cfg), cfg)
+    return load_model(path, device=device)
 
 
 def sample_spectra(catalog: Path, modality: str, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -65,27 +75,87 @@ def sample_spectra(catalog: Path, modality: str, n: int) -> tuple[np.ndarray, np
     return np.concatenate(fl)[:n], np.concatenate(iv)[:n]
 
 
-def raw_forward(model, modality: str, flux: np.ndarray, ivar: np.ndarray,
-                batch_size: int, min_seconds: float = 3.0) -> float:
-    """Spectra/s of ``embed_numpy`` (preprocessing + encoder + heads) on in-memory arrays."""
-    model.embed_numpy(modality, flux[:batch_size], ivar[:batch_size])  # warm-up
+def _sync(model) -> None:
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def rate(fn, n_per_call: int, model, min_seconds: float) -> float:
+    """Calls per second x n_per_call, after one warm-up call."""
+    fn()
+    _sync(model)
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < min_seconds:
-        for i in range(0, flux.shape[0], batch_size):
-            model.embed_numpy(modality, flux[i:i + batch_size], ivar[i:i + batch_size],
-                              batch_size=batch_size)
-            done += min(batch_size, flux.shape[0] - i)
+        fn()
+        done += n_per_call
+    _sync(model)
     return done / (time.perf_counter() - start)
 
 
-def peak_rss_of_embed(catalog: Path, out: Path, batch_size: int, modality: str) -> float:
-    """Peak RSS (MB) of a ``specsearch embed`` child process."""
-    code = ("import resource,sys\nfrom specsearch.cli import main\n"
+def raw_rates(model, modality: str, flux: np.ndarray, ivar: np.ndarray, batch: int,
+              min_seconds: float) -> tuple[float, float]:
+    """(network alone on prepared tensors, embed_numpy incl. preprocessing) spectra/s."""
+    batch = min(batch, flux.shape[0])
+    f, iv = flux[:batch], ivar[:batch]
+    dev = model.device
+    mi = prepare_model_input_torch(torch.from_numpy(f.copy()).to(dev),
+                                   torch.from_numpy(iv.copy()).to(dev), modality)
+
+    @torch.inference_mode()
+    def net():
+        with model._autocast(None):
+            out = model.forward_outputs(modality, mi.flux, mi.weight)
+            model.net.labels_physical(modality, out.label_mu, out.label_log_sigma)
+
+    r_net = rate(net, batch, model, min_seconds)
+    r_prep = rate(lambda: model.embed_numpy(modality, f, iv, batch_size=batch), batch, model,
+                  min_seconds)
+    return r_net, r_prep
+
+
+def sub_catalog(catalog: Path, out: Path, modality: str, n: int) -> Path:
+    """The first ``n`` rows of one modality as a catalog of its own (one file)."""
+    if (out / modality).is_dir():
+        return out
+    table = next(iter(pq.ParquetFile(open_catalog(catalog).files(modality)[0])
+                      .iter_batches(batch_size=n)))
+    with CatalogWriter(out, modality, rows_per_file=n) as w:
+        w.write(table)
+    return out
+
+
+def warm(catalog: Path, modality: str) -> None:
+    for p in open_catalog(catalog).files(modality):
+        with open(p, "rb") as fh:
+            while fh.read(1 << 24):
+                pass
+
+
+def e2e(catalog: Path, model, out: Path, modality: str, **kw) -> float:
+    shutil.rmtree(out, ignore_errors=True)
+    rep = build_embeddings(catalog, model, out, EmbedConfig(modalities=[modality],
+                                                            progress=False, **kw))
+    if rep.rows_written == 0:
+        raise RuntimeError(f"nothing embedded: {rep.summary()}")
+    return rep.spectra_per_s
+
+
+def peak_rss_of_embed(catalog: Path, out: Path, batch_size: int, modality: str,
+                      threads: int) -> float:
+    """Peak RSS (MB) of a ``specsearch embed`` child process.
+
+    Read from the child's own VmHWM: ``getrusage`` would report the parent's RSS at fork
+    (Linux carries ru_maxrss across fork and exec).
+    """
+    code = ("import sys\nfrom specsearch.cli import main\n"
             "rc=main(sys.argv[1:])\n"
-            "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+            "hwm=[l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')]\n"
+            "print('PEAK_KB', hwm[0])\n")
+    shutil.rmtree(out, ignore_errors=True)
     res = subprocess.run([sys.executable, "-c", code, "embed", "--catalog", str(catalog),
                           "--out", str(out), "--batch-size", str(batch_size),
-                          "--modality", modality, "--no-progress"],
+                          "--modality", modality, "--no-progress", "--device", "cpu",
+                          "--threads", str(threads)],
                          capture_output=True, text=True, check=True)
     kb = [line.split()[1] for line in res.stdout.splitlines() if line.startswith("PEAK_KB")]
     return int(kb[-1]) / 1024.0
@@ -93,8 +163,8 @@ def peak_rss_of_embed(catalog: Path, out: Path, batch_size: int, modality: str) 
 
 def make_catalog(n: int, out: Path, seed: int, rows_per_file: int) -> Path:
     subprocess.run([sys.executable, "-m", "specsearch", "synth", "--n", str(n), "--seed",
-                    str(seed), "--out", str(out), "--shard-size", str(rows_per_file)],
-                   check=True, capture_output=True)
+                    str(seed), "--out", str(out), "--shard-size", str(rows_per_file),
+                    "--no-progress"], check=True)
     return out
 
 
@@ -102,80 +172,107 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=20_000, help="stars in the benchmark catalog")
-    ap.add_argument("--batch-size", type=int, default=2048)
+    ap.add_argument("--catalog", type=Path, default=None,
+                    help="use this catalog instead of generating one")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    ap.add_argument("--seconds", type=float, default=3.0, help="per raw measurement")
     ap.add_argument("--skip-ray", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--cold", action="store_true", help="drop the page cache (root)")
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    configure_process(args.threads)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-embed-"))
     work.mkdir(parents=True, exist_ok=True)
-    catalog = work / "catalog"
+    catalog = args.catalog or work / "catalog"
     if not (catalog / "catalog.json").is_file():
         print(f"generating a {args.n}-star synthetic catalog in {catalog} ...", flush=True)
         make_catalog(args.n, catalog, seed=1, rows_per_file=max(args.n // 4, 1000))
-    small = load_model()
-    specclip = random_model("specclip", work)
+    small = load_model(device=args.device)
+    specclip = random_model("specclip", work, args.device)
+    gpu = small.device.type == "cuda"
     rows = []
     for modality in ("lamost", "xp"):
-        flux, ivar = sample_spectra(catalog, modality, 8192 if modality == "xp" else 4096)
-        r_small = raw_forward(small, modality, flux, ivar, args.batch_size)
-        n_big = 256 if modality == "lamost" else 4096
-        r_big = raw_forward(specclip, modality, flux[:n_big], ivar[:n_big],
-                            min(args.batch_size, 64 if modality == "lamost" else 1024),
-                            min_seconds=5.0)
-        out = work / f"emb-local-{modality}"
-        rep = build_embeddings(catalog, small, out, EmbedConfig(
-            modalities=[modality], batch_size=args.batch_size, progress=False,
-            overwrite=True))
-        # a rerun would reuse the files: time a fresh directory each run
-        e2e = rep.spectra_per_s
-        row = {"modality": modality, "npix": grid_for(modality).npix,
-               "raw_small_per_s": r_small, "raw_specclip_per_s": r_big,
-               "small_over_specclip": r_small / r_big,
-               "e2e_local_per_s": e2e, "e2e_over_raw": e2e / r_small,
-               "rows": rep.rows_in}
+        bs = default_batch_size(modality, gpu=gpu)
+        flux, ivar = sample_spectra(catalog, modality, bs)
+        net_small, prep_small = raw_rates(small, modality, flux, ivar, bs, args.seconds)
+        n_big = 64 if modality == "lamost" else 1024
+        net_big, prep_big = raw_rates(specclip, modality, flux, ivar, n_big, args.seconds)
+        if args.cold:
+            subprocess.run(["sh", "-c", "sync; echo 1 > /proc/sys/vm/drop_caches"], check=True)
+        else:
+            warm(catalog, modality)
+        e2e_small = e2e(catalog, small, work / f"emb-local-{modality}", modality)
+        big_cat = sub_catalog(catalog, work / f"sub-{modality}", modality,
+                              256 if modality == "lamost" else 8192)
+        e2e_big = e2e(big_cat, specclip, work / f"emb-specclip-{modality}", modality,
+                      batch_size=n_big)
+        row = {"modality": modality, "npix": grid_for(modality).npix, "batch_size": bs,
+               "rows": open_catalog(catalog).count(modality),
+               "net_small_per_s": net_small, "prep_small_per_s": prep_small,
+               "net_specclip_per_s": net_big, "prep_specclip_per_s": prep_big,
+               "small_over_specclip": prep_small / prep_big,
+               "e2e_local_per_s": e2e_small,
+               "e2e_over_prep": e2e_small / prep_small, "e2e_over_net": e2e_small / net_small,
+               "e2e_specclip_per_s": e2e_big, "e2e_specclip_over_prep": e2e_big / prep_big}
         if not args.skip_ray:
             from specsearch.embed.ray_engine import build_embeddings_ray
 
-            rrep = build_embeddings_ray(catalog, None, work / f"emb-ray-{modality}",
-                                        EmbedConfig(modalities=[modality],
-                                                    batch_size=args.batch_size,
-                                                    progress=False),
-                                        num_cpus=args.threads)
+            out = work / f"emb-ray-{modality}"
+            shutil.rmtree(out, ignore_errors=True)
+            rrep = build_embeddings_ray(catalog, None, out,
+                                        EmbedConfig(modalities=[modality], progress=False),
+                                        num_cpus=args.threads, device=args.device,
+                                        num_gpus=1.0 if gpu else 0.0)
             row["e2e_ray_per_s"] = rrep.spectra_per_s
-            row["ray_over_local"] = rrep.spectra_per_s / e2e
+            row["ray_startup_s"] = rrep.startup_seconds
+            row["e2e_ray_steady_per_s"] = rrep.steady_spectra_per_s
+            row["ray_over_local"] = rrep.spectra_per_s / e2e_small
+            row["ray_steady_over_local"] = rrep.steady_spectra_per_s / e2e_small
         rows.append(row)
+        print(json.dumps(row), flush=True)
     memory = {}
-    if not args.skip_memory:
-        small_bs = 256
-        memory = {
-            "batch_size": small_bs,
-            "catalog_rows": args.n,
-            "peak_rss_mb_full_catalog": peak_rss_of_embed(catalog, work / "mem-a", small_bs,
-                                                           "lamost"),
-        }
-    print(f"\nEmbedding builder benchmark  ({platform.processor() or platform.machine()}, "
-          f"{args.threads} threads, torch {torch.__version__})")
-    head = (f"{'modality':8} {'raw small/s':>12} {'raw specclip/s':>15} {'ratio':>7} "
-            f"{'e2e local/s':>12} {'e2e/raw':>8} {'e2e ray/s':>10} {'ray/local':>9}")
+    if not args.skip_memory and not gpu:
+        bs, modality = 256, "lamost"
+        n_rows = open_catalog(catalog).count(modality)
+        one = sub_catalog(catalog, work / "sub-memory", modality, bs)
+        memory = {"batch_size": bs, "modality": modality, "catalog_rows": n_rows,
+                  "peak_rss_mb_full_catalog": peak_rss_of_embed(
+                      catalog, work / "mem-full", bs, modality, args.threads),
+                  "peak_rss_mb_one_batch_catalog": peak_rss_of_embed(
+                      one, work / "mem-one", bs, modality, args.threads)}
+    dev = torch.cuda.get_device_name() if gpu else (platform.processor() or platform.machine())
+    print(f"\nEmbedding builder benchmark  ({dev}, {args.threads} threads, "
+          f"torch {torch.__version__}, spectra/s)")
+    head = (f"{'modality':8} {'net':>9} {'net+prep':>9} {'specclip':>9} {'small/big':>9} "
+            f"{'e2e':>8} {'e2e/prep':>8} {'e2e/net':>8} {'big e2e':>8} {'big e2e/prep':>12} "
+            f"{'ray':>8} {'ray/local':>9} {'ray*':>8} {'ray*/local':>10}")
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['modality']:8} {r['raw_small_per_s']:12,.0f} {r['raw_specclip_per_s']:15,.1f} "
-              f"{r['small_over_specclip']:7.0f} {r['e2e_local_per_s']:12,.0f} "
-              f"{r['e2e_over_raw']:8.2f} {r.get('e2e_ray_per_s', float('nan')):10,.0f} "
-              f"{r.get('ray_over_local', float('nan')):9.2f}")
+        print(f"{r['modality']:8} {r['net_small_per_s']:9,.0f} {r['prep_small_per_s']:9,.0f} "
+              f"{r['prep_specclip_per_s']:9,.1f} {r['small_over_specclip']:9.0f} "
+              f"{r['e2e_local_per_s']:8,.0f} {r['e2e_over_prep']:8.2f} "
+              f"{r['e2e_over_net']:8.2f} {r['e2e_specclip_per_s']:8,.1f} "
+              f"{r['e2e_specclip_over_prep']:12.2f} "
+              f"{r.get('e2e_ray_per_s', float('nan')):8,.0f} "
+              f"{r.get('ray_over_local', float('nan')):9.2f} "
+              f"{r.get('e2e_ray_steady_per_s', float('nan')):8,.0f} "
+              f"{r.get('ray_steady_over_local', float('nan')):10.2f}")
+    if not args.skip_ray:
+        print("ray*: without the Ray instance's start-up")
     if memory:
-        print(f"\npeak RSS of `specsearch embed` (batch {memory['batch_size']}, "
-              f"{memory['catalog_rows']} rows = "
-              f"{memory['catalog_rows'] / memory['batch_size']:.0f}x the batch): "
-              f"{memory['peak_rss_mb_full_catalog']:.0f} MB")
+        print(f"\npeak RSS of `specsearch embed --batch-size {memory['batch_size']}` "
+              f"({memory['modality']}): {memory['peak_rss_mb_full_catalog']:.0f} MB on "
+              f"{memory['catalog_rows']} rows "
+              f"({memory['catalog_rows'] / memory['batch_size']:.0f}x the batch), "
+              f"{memory['peak_rss_mb_one_batch_catalog']:.0f} MB on one batch")
     RESULTS.mkdir(exist_ok=True)
     result = {"date": time.strftime("%Y-%m-%d"), "machine": platform.platform(),
-              "cpus": os.cpu_count(), "threads": args.threads, "rows": rows,
-              "memory": memory, "n": args.n, "batch_size": args.batch_size}
+              "device": dev, "cpus": os.cpu_count(), "threads": args.threads,
+              "cold_cache": args.cold, "catalog": str(catalog), "rows": rows,
+              "memory": memory}
     (RESULTS / "embed.json").write_text(json.dumps(result, indent=2))
     print(f"\nwrote {RESULTS / 'embed.json'}")
     return 0

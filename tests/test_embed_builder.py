@@ -147,3 +147,104 @@ def test_ray_engine_gives_the_local_output(tmp_path):
     # a rerun of either engine reuses the finished files
     again = build_embeddings(cat, ProjectionEncoder(), tmp_path / "ray", cfg)
     assert again.files_reused == 3 and again.files_written == 0
+
+
+def test_rows_of_the_wrong_length_are_skipped_and_counted(tmp_path):
+    """A catalog file written by another tool may hold variable-length lists."""
+    import pyarrow as pa
+
+    root = _catalog(tmp_path / "cat", n=40, rows_per_file=40)
+    path = sorted((root / "xp").glob("*.parquet"))[0]
+    t = pq.read_table(path)
+    flux = t.column("flux").to_pylist()
+    ivar = t.column("ivar").to_pylist()
+    flux[3] = flux[3][:100]             # too short
+    ivar[5] = ivar[5] + [1.0]           # too long
+    flux[8] = None                      # missing
+    t = t.set_column(t.schema.get_field_index("flux"), "flux",
+                     pa.array(flux, pa.list_(pa.float32())))
+    t = t.set_column(t.schema.get_field_index("ivar"), "ivar",
+                     pa.array(ivar, pa.list_(pa.float32())))
+    pq.write_table(t, path)
+    rep = build_embeddings(root, ProjectionEncoder(), tmp_path / "emb",
+                           EmbedConfig(batch_size=16, progress=False))
+    assert rep.rows_in == 40 and rep.rows_written == 40 - 3 - 2   # + rows 7 and 11
+    assert rep.rows_skipped["flux/ivar missing or not 343 pixels"] == 3
+    ids, _ = open_embeddings(tmp_path / "emb").read_vectors("xp")
+    assert not {3, 5, 7, 8, 11} & set(ids.tolist())
+
+
+def test_real_model_through_the_builder_equals_a_direct_call(tmp_path):
+    from specsearch.io.catalog import list_column_to_numpy, open_catalog
+    from specsearch.model import load_model
+
+    model = load_model()
+    cat = _catalog(tmp_path / "cat", n=120, rows_per_file=50)
+    rep = build_embeddings(cat, model, tmp_path / "emb",
+                           EmbedConfig(batch_size=32, progress=False, dtype="float16"))
+    assert rep.rows_written == 118 and rep.files_written == 3
+    c = open_catalog(cat)
+    emb = open_embeddings(tmp_path / "emb")
+    for cat_file, emb_file in zip(c.files("xp"), emb.files("xp")):
+        t = pq.read_table(cat_file)
+        direct = model.embed_numpy("xp", list_column_to_numpy(t.column("flux")),
+                                   list_column_to_numpy(t.column("ivar")))
+        got = pq.read_table(emb_file)
+        keep = direct.good
+        assert got.column("spectrum_id").to_pylist() == [
+            s for s, g in zip(t.column("spectrum_id").to_pylist(), keep) if g]
+        assert str(got.schema.field("embedding").type.value_type) == "halffloat"
+        vec = list_column_to_numpy(got.column("embedding"))
+        assert np.allclose(vec, direct.embedding[keep], atol=1e-3)   # float16 storage
+        teff, _ = direct.label("teff")
+        assert np.allclose(got.column("teff_pred").to_numpy(), teff[keep], rtol=1e-6)
+        assert got.column("class_pred").to_pylist()[0] in model.class_names
+
+
+_KILL_CHILD = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from test_embed_builder import ProjectionEncoder
+from specsearch.embed import EmbedConfig, build_embeddings
+
+class Slow(ProjectionEncoder):
+    def embed_numpy(self, *a, **k):
+        time.sleep(0.2)
+        return super().embed_numpy(*a, **k)
+
+build_embeddings({cat!r}, Slow(), {out!r}, EmbedConfig(batch_size=25, progress=False))
+"""
+
+
+def test_kill_9_then_rerun_gives_the_uninterrupted_dataset(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    cat = _catalog(tmp_path / "cat", n=300, rows_per_file=100)
+    out = tmp_path / "killed"
+    code = _KILL_CHILD.format(tests=str(Path(__file__).parent), cat=str(cat), out=str(out))
+    child = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and child.poll() is None:
+        if list((out / "xp").glob("*.parquet")) if (out / "xp").is_dir() else []:
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)                      # let it get into the middle of the next file
+    assert child.poll() is None, "the child finished before it could be killed"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    finished = sorted(p.name for p in (out / "xp").glob("*.parquet"))
+    assert 1 <= len(finished) < 3        # complete files only; a temp file may be left
+    rep = build_embeddings(cat, ProjectionEncoder(), out,
+                           EmbedConfig(batch_size=25, progress=False))
+    assert rep.files_reused == len(finished) and rep.files_written == 3 - len(finished)
+    build_embeddings(cat, ProjectionEncoder(), tmp_path / "full",
+                     EmbedConfig(batch_size=25, progress=False))
+    killed, full = _read_all(out), _read_all(tmp_path / "full")
+    assert killed.keys() == full.keys()
+    for name in full:
+        assert killed[name].equals(full[name])

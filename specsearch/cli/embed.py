@@ -29,7 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--modality", action="append", choices=["lamost", "xp"],
                    help="embed only this modality (repeatable; default: all present)")
     p.add_argument("--engine", choices=["local", "ray"], default="local")
-    p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="spectra per forward pass (default: ~4M pixels, i.e. 1024 LAMOST "
+                        "or 12288 XP spectra on a CPU; larger on a GPU)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for preprocessing and the model (default: all cores)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32",
                    help="storage type of the embedding column")
@@ -46,7 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from specsearch.embed import EmbedConfig, build_embeddings
+    from specsearch.embed.runtime import configure_process
 
+    configure_process(args.threads)
     config = EmbedConfig(modalities=args.modality, batch_size=args.batch_size,
                          dtype=args.dtype, with_residual=args.with_residual,
                          overwrite=args.overwrite, progress=not args.no_progress)

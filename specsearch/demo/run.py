@@ -193,7 +193,7 @@ def run_demo(config: DemoConfig | None = None) -> DemoResult:
         from specsearch.model import load_model
 
         rep = build_embeddings(catalog, load_model(cfg.model), emb, EmbedConfig(
-            with_residual=True, progress=cfg.progress, batch_size=2048))
+            with_residual=True, progress=cfg.progress))
         print(f"[demo]   {rep.summary()}")
 
     from specsearch.model import load_model

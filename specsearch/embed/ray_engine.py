@@ -21,18 +21,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from specsearch.embed.builder import (
     EmbedConfig,
     EmbedReport,
+    auto_batch_size,
     embed_table,
     input_signature,
     metadata_fields,
     open_output,
     output_is_current,
+    read_columns,
     write_output,
 )
 from specsearch.errors import ConfigError
@@ -46,29 +48,36 @@ class EmbedActor:
     """A Ray actor that holds one model and embeds catalog batches (pyarrow in and out)."""
 
     def __init__(self, model: str | Callable[[], Any] | None, modality: str, device: str,
-                 with_residual: bool, meta_columns: list[pa.Field], schema_bytes: bytes) -> None:
+                 with_residual: bool, meta_columns: list[pa.Field], schema_bytes: bytes,
+                 threads: int | None = None) -> None:
+        from specsearch.embed.runtime import configure_process
+
+        configure_process(threads)
         self.model = _load(model, device)
         self.modality = modality
         self.with_residual = with_residual
-        self.meta_columns = meta_columns
+        # The input file travels with each row as one more metadata column.
+        self.meta_columns = [*meta_columns, pa.field(INPUT_COLUMN, pa.string())]
         self.schema = pa.ipc.read_schema(pa.py_buffer(schema_bytes))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from collections import Counter
 
+        import pyarrow.compute as pc
+
         skipped: Counter = Counter()
-        paths = batch.column("path").to_pylist()
-        rb = batch.drop_columns(["path"]).combine_chunks().to_batches()[0]
+        stems = pc.replace_substring_regex(batch.column("path"), r"^.*/|\.parquet$", "")
+        rb = (batch.drop_columns(["path"]).append_column(INPUT_COLUMN, stems)
+              .combine_chunks().to_batches()[0])
         cols = embed_table(self.model, self.modality, rb, with_residual=self.with_residual,
                            meta_columns=self.meta_columns, skipped=skipped)
         if cols is None:
             empty = columns_to_table({f.name: [] for f in self.schema}, self.schema)
             return empty.append_column(INPUT_COLUMN, pa.array([], pa.string()))
-        good_ids = set(cols["spectrum_id"].to_pylist())
-        stems = [Path(p).stem for p, sid in zip(paths, rb.column("spectrum_id").to_pylist())
-                 if sid in good_ids]
         table = columns_to_table(cols, self.schema)
-        return table.append_column(INPUT_COLUMN, pa.array(stems, pa.string()))
+        # INPUT_COLUMN last: it becomes the partition column of the staging area.
+        return table.drop_columns([INPUT_COLUMN]).append_column(INPUT_COLUMN,
+                                                                 cols[INPUT_COLUMN])
 
 
 def _load(model: str | Path | Callable[[], Any] | None, device: str) -> Any:
@@ -83,6 +92,7 @@ def build_embeddings_ray(catalog: str | Path, model: str | Path | Callable[[], A
                          out: str | Path, config: EmbedConfig | None = None, *,
                          address: str | None = None, concurrency: int = 1,
                          num_gpus: float = 0.0, num_cpus: int | None = None,
+                         cpus_per_actor: float = 1.0, threads_per_actor: int | None = None,
                          device: str = "cpu") -> EmbedReport:
     """Embed a catalog with a Ray Data pipeline; same output as :func:`build_embeddings`.
 
@@ -94,6 +104,9 @@ def build_embeddings_ray(catalog: str | Path, model: str | Path | Callable[[], A
         concurrency: number of model actors.
         num_gpus: GPUs per actor (0 on CPU machines); ``device`` is what the actor uses.
         num_cpus: CPUs for a local instance (None: all).
+        cpus_per_actor: CPUs Ray reserves for each model actor.
+        threads_per_actor: torch threads in each actor (None: ``cpus_per_actor``, at least
+            1; Ray's read and write tasks use the CPUs that are not reserved).
     """
     try:
         import ray
@@ -112,6 +125,7 @@ def build_embeddings_ray(catalog: str | Path, model: str | Path | Callable[[], A
     if started_here:
         ray.init(address=address, num_cpus=None if address else num_cpus,
                  include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    report.startup_seconds = time.perf_counter() - start
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = bool(config.progress)
@@ -133,15 +147,24 @@ def build_embeddings_ray(catalog: str | Path, model: str | Path | Callable[[], A
             staging = Path(tempfile.mkdtemp(prefix=".ray-staging-", dir=out))
             try:
                 schema_bytes = writer.schema.serialize().to_pybytes()
+                # Only the columns the output needs, when the files agree on them.
+                needed = [read_columns(p, meta_cols) for p, _, _ in pending]
+                same = all(set(c) == set(needed[0]) for c in needed)
                 ds = ray.data.read_parquet([str(p) for p, _, _ in pending], include_paths=True)
+                if same:                 # projection pushed down to the Parquet reader
+                    ds = ds.select_columns([*needed[0], "path"])
                 ds = ds.map_batches(
-                    EmbedActor, batch_size=config.batch_size, batch_format="pyarrow",
+                    EmbedActor, batch_size=auto_batch_size(modality, config.batch_size,
+                                                           gpu=num_gpus > 0),
+                    batch_format="pyarrow",
                     compute=ray.data.ActorPoolStrategy(size=concurrency), num_gpus=num_gpus,
+                    num_cpus=cpus_per_actor,
                     fn_constructor_kwargs=dict(
                         model=actor_model,
                         modality=modality, device=device,
                         with_residual=config.with_residual, meta_columns=meta_cols,
-                        schema_bytes=schema_bytes))
+                        schema_bytes=schema_bytes,
+                        threads=threads_per_actor or max(1, int(round(cpus_per_actor)))))
                 ds.write_parquet(str(staging), partition_cols=[INPUT_COLUMN])
                 for path, sig, out_path in pending:
                     table = _collect(staging, path, writer.schema)
@@ -169,10 +192,9 @@ def _collect(staging: Path, input_path: Path, schema: pa.Schema) -> pa.Table:
     table = pa.concat_tables([pq.read_table(p) for p in parts], promote_options="permissive")
     if INPUT_COLUMN in table.column_names:
         table = table.drop_columns([INPUT_COLUMN])
-    order = pq.read_table(input_path, columns=["spectrum_id"]).column("spectrum_id").to_pylist()
-    rank = {sid: i for i, sid in enumerate(order)}
-    keys = np.array([rank[s] for s in table.column("spectrum_id").to_pylist()])
-    table = table.take(pa.array(np.argsort(keys, kind="stable")))
+    order = pq.read_table(input_path, columns=["spectrum_id"]).column("spectrum_id")
+    keys = pc.index_in(table.column("spectrum_id"), value_set=order.combine_chunks())
+    table = table.take(pc.sort_indices(keys))
     return columns_to_table(table.select([f.name for f in schema if f.name in
                                           table.column_names] +
                                          [n for n in table.column_names

@@ -89,12 +89,34 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
     return write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+ROW_GROUP_BYTES = 64 * 1024 * 1024
+"""Target size of a Parquet row group (uncompressed): big enough for fast scans, small
+enough that a reader (or a Ray read task) holds only a few of them."""
+READ_BUFFER_BYTES = 1024 * 1024
+"""Readers stream column chunks through a buffer of this size instead of loading a whole
+row group's columns (files written elsewhere may have row groups of GBs)."""
+
+
+def row_group_rows(table: pa.Table, target_bytes: int = ROW_GROUP_BYTES) -> int:
+    """Rows per row group for ``table`` so that a group holds about ``target_bytes``."""
+    if table.num_rows == 0:
+        return 1
+    per_row = max(1, table.nbytes // table.num_rows)
+    return int(max(256, min(table.num_rows, target_bytes // per_row)))
+
+
 def write_table_atomic(table: pa.Table, path: str | Path, *,
                        compression: str = "zstd") -> Path:
-    """Write a pyarrow Table to a Parquet file atomically."""
+    """Write a pyarrow Table to a Parquet file atomically (row groups of ~64 MB)."""
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression=compression)
+        pq.write_table(table, tmp, compression=compression,
+                       row_group_size=row_group_rows(table))
     return Path(path)
+
+
+def open_parquet(path: str | Path) -> pq.ParquetFile:
+    """A ParquetFile that streams its column chunks (bounded memory, any row-group size)."""
+    return pq.ParquetFile(path, buffer_size=READ_BUFFER_BYTES, pre_buffer=False)
 
 
 # --------------------------------------------------------------------------- columns
@@ -320,7 +342,7 @@ def iter_file_batches(path: Path, columns: list[str] | None = None,
                       batch_size: int = 8192) -> Iterator[pa.RecordBatch]:
     """Stream the record batches of one Parquet file, with errors that name the file."""
     try:
-        pf = pq.ParquetFile(path)
+        pf = open_parquet(path)
         missing = [c for c in (columns or []) if c not in pf.schema_arrow.names]
         if missing:
             raise CatalogError(f"{path}: missing column(s) {missing}; "

@@ -400,9 +400,9 @@ def iter_table_batches(path: str | Path, batch_size: int = 65536,
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     fmt = detect_format(path)
     if fmt == "parquet":
-        import pyarrow.parquet as pq
+        from specsearch.io.parquet import open_parquet
         try:
-            pf = pq.ParquetFile(path)
+            pf = open_parquet(path)
             names = pf.schema_arrow.names
             if columns is not None:
                 _select(pa.table({n: pa.array([], pa.null()) for n in names}), columns, path)

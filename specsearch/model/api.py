@@ -24,7 +24,12 @@ from specsearch.errors import ConfigError, ModelError, SpectrumError
 from specsearch.model.checkpoint import read_model_dir
 from specsearch.model.config import ModelConfig
 from specsearch.model.network import ModelOutputs, SpecCLIPNet
-from specsearch.preprocess import grid_for, prepare_model_input
+from specsearch.preprocess import (
+    as_tensor,
+    default_batch_size,
+    grid_for,
+    prepare_model_input_torch,
+)
 
 
 @dataclass
@@ -170,12 +175,17 @@ class SpecModel:
     # --------------------------------------------------------------- numpy path
     @torch.inference_mode()
     def embed_numpy(self, modality: str, flux: np.ndarray, ivar: np.ndarray, *,
-                    batch_size: int = 4096, with_residual: bool = False,
+                    batch_size: int | None = None, with_residual: bool = False,
                     partner: tuple[np.ndarray, np.ndarray] | None = None,
                     autocast: bool | None = None) -> EmbeddingBatch:
         """Embed (n, N) canonical-grid flux/ivar of ``modality`` (see :class:`EmbeddingBatch`).
 
+        ``flux``/``ivar`` may also be CPU tensors (e.g. pinned host buffers, copied to a GPU
+        asynchronously); preprocessing runs on the model's device.
+
         Args:
+            batch_size: spectra per forward pass (None:
+                :func:`specsearch.preprocess.default_batch_size`).
             partner: optional row-aligned (flux, ivar) of the other modality, used for the
                 translation residual (implies ``with_residual``).
             autocast: bf16 autocast (default: on for CUDA, off on CPU).
@@ -184,18 +194,20 @@ class SpecModel:
         """
         self._check_modality(modality)
         npix = grid_for(modality).npix
-        flux, ivar = np.atleast_2d(flux), np.atleast_2d(ivar)
+        flux, ivar = _atleast_2d(flux), _atleast_2d(ivar)
         if flux.shape[-1] != npix or flux.shape != ivar.shape:
             raise SpectrumError(f"{modality} spectra must be (n, {npix}) on the canonical grid; "
                                 f"got flux {flux.shape} and ivar {ivar.shape}")
         other = self.net.other(modality)
         if partner is not None:
             with_residual = True
-            pf, pi = np.atleast_2d(partner[0]), np.atleast_2d(partner[1])
+            pf, pi = _atleast_2d(partner[0]), _atleast_2d(partner[1])
             if pf.shape != (flux.shape[0], grid_for(other).npix) or pf.shape != pi.shape:
                 raise SpectrumError(f"partner ({other}) spectra must be "
                                     f"({flux.shape[0]}, {grid_for(other).npix}); "
                                     f"got {pf.shape} and {pi.shape}")
+        if batch_size is None:
+            batch_size = default_batch_size(modality, gpu=self.device.type == "cuda")
         parts: dict[str, list[np.ndarray]] = {}
         for start in range(0, flux.shape[0], max(1, int(batch_size))):
             sl = slice(start, start + batch_size)
@@ -203,7 +215,7 @@ class SpecModel:
                                     None if partner is None else (pf[sl], pi[sl]), autocast)
             for k, v in got.items():
                 parts.setdefault(k, []).append(v)
-        cat = {k: np.concatenate(v) for k, v in parts.items()}
+        cat = {k: v[0] if len(v) == 1 else np.concatenate(v) for k, v in parts.items()}
         L, C = len(self.label_names), len(self.class_names)
         n = flux.shape[0]
         return EmbeddingBatch(
@@ -217,13 +229,16 @@ class SpecModel:
             recon_residual=cat.get("recon_residual"),
             translation_residual=cat.get("translation_residual"))
 
-    def _tensor(self, a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(a)).to(self.device, non_blocking=True)
+    def _tensor(self, a: np.ndarray | torch.Tensor) -> torch.Tensor:
+        t = a if isinstance(a, torch.Tensor) else as_tensor(np.asarray(a, np.float32))
+        return t.to(self.device, non_blocking=True)
 
     def _embed_chunk(self, modality, flux, ivar, with_residual, partner, autocast
                      ) -> dict[str, np.ndarray]:
-        mi = prepare_model_input(flux, ivar, modality)
-        x, w = self._tensor(mi.flux), self._tensor(mi.weight)
+        # Preprocessing runs on the model's device (a GPU does it in a fraction of the time
+        # the host would need).
+        mi = prepare_model_input_torch(self._tensor(flux), self._tensor(ivar), modality)
+        x, w = mi.flux, mi.weight
         with self._autocast(autocast):
             out = self.net.forward_outputs(modality, x, w, decode=with_residual)
             value, err = self.net.labels_physical(modality, out.label_mu, out.label_log_sigma)
@@ -234,25 +249,33 @@ class SpecModel:
                 result["recon_residual"] = reduced_chi(out.recon, x, w, own.recon_floor)
                 other = self.net.other(modality)
                 if partner is not None:
-                    pm = prepare_model_input(partner[0], partner[1], other)
-                    px, pw = self._tensor(pm.flux), self._tensor(pm.weight)
+                    pm = prepare_model_input_torch(self._tensor(partner[0]),
+                                                   self._tensor(partner[1]), other)
                     floor = self.net.normalisers[other].trans_floor
-                    res = reduced_chi(out.translation, px, pw, floor)
-                    partner_good = torch.from_numpy(pm.good).to(res.device)
+                    res = reduced_chi(out.translation, pm.flux, pm.weight, floor)
                     result["translation_residual"] = torch.where(
-                        partner_good, res, torch.full_like(res, float("nan")))
+                        pm.good, res, torch.full_like(res, float("nan")))
                 else:
                     # Round trip: own -> other spectrum -> re-encoded -> own spectrum.
                     t = out.translation
                     tw = torch.full_like(t, 1e4)
                     back = self.net.decode(other, modality, self.net.encode(other, t, tw))
                     result["translation_residual"] = reduced_chi(back, x, w, own.trans_floor)
+        result["good"] = mi.good
+        good = result.pop("good").cpu().numpy()
         arrays = {k: v.float().cpu().numpy() for k, v in result.items()}
-        good = mi.good.copy()
-        for k in arrays:
-            arrays[k][~good] = np.nan
+        if not good.all():
+            for k in arrays:
+                arrays[k][~good] = np.nan
         arrays["good"] = good
         return arrays
+
+
+def _atleast_2d(a):
+    """np.atleast_2d that leaves torch tensors (e.g. pinned host buffers) as tensors."""
+    if isinstance(a, torch.Tensor):
+        return a if a.ndim >= 2 else a.reshape(1, -1)
+    return np.atleast_2d(a)
 
 
 def load_model(path: str | Path | None = None, *, device: str | torch.device = "cpu"
