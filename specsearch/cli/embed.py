@@ -33,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="spectra per forward pass (default: ~4M pixels, i.e. 1024 LAMOST "
                         "or 12288 XP spectra on a CPU; larger on a GPU)")
     p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for preprocessing and the model (default: all cores)")
+                   help="CPU threads for preprocessing and the model (default: all cores; "
+                        "ray engine: per actor, default --cpus-per-actor)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32",
                    help="storage type of the embedding column")
@@ -43,6 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="replace embeddings made by another model")
     p.add_argument("--ray-address", default=None, help="Ray cluster address (ray engine)")
     p.add_argument("--concurrency", type=int, default=1, help="model actors (ray engine)")
+    p.add_argument("--cpus-per-actor", type=float, default=1.0,
+                   help="CPUs reserved by each model actor (ray engine)")
     p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per actor (ray engine)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=run)
@@ -62,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
         device = "cuda" if args.num_gpus > 0 and args.device == "auto" else args.device
         report = build_embeddings_ray(args.catalog, args.model, args.out, config,
                                       address=args.ray_address, concurrency=args.concurrency,
+                                      cpus_per_actor=args.cpus_per_actor,
+                                      threads_per_actor=args.threads,
                                       num_gpus=args.num_gpus,
                                       device="cpu" if device == "auto" else device)
     else:
