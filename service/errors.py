@@ -17,6 +17,7 @@ from specsearch.errors import (
     CatalogError,
     ConfigError,
     ModelError,
+    NotFoundError,
     QueryError,
     ReaderError,
     SearchIndexError,
@@ -28,9 +29,7 @@ from specsearch.errors import (
 log = logging.getLogger("specsearch.service")
 
 
-class NotFoundError(QueryError):
-    """A resource named by the client (a source_id, a modality's index) does not exist."""
-
+__all__ = ["NotFoundError", "STATUS_OF", "error_response", "install_error_handlers", "status_for"]
 
 # Order matters: the first matching class wins (subclasses before their bases).
 STATUS_OF: tuple[tuple[type[BaseException], int, str], ...] = (

@@ -47,5 +47,9 @@ class QueryError(SpecsearchError):
     """A query is malformed: bad k, unknown modality, unknown source_id, bad filter."""
 
 
+class NotFoundError(QueryError):
+    """Something a query names (a source_id, a modality's index) does not exist here."""
+
+
 class ConfigError(SpecsearchError):
     """A configuration value is invalid (unknown architecture name, bad option)."""

@@ -148,13 +148,33 @@ def test_filters_on_sky_cone_snr_and_strings(engine):
 def test_filter_parsing():
     f = Filter.parse(["feh_pred<-2", "snr>=20;cone=45.1,0.9,0.5", "modality=xp",
                       "is_artefact=false", "population=halo|thick"])
-    assert [str(c) for c in f.conditions] == ["feh_pred<-2.0", "snr>=20.0",
+    assert [str(c) for c in f.conditions] == ["feh_pred<-2", "snr>=20",
                                               "is_artefact=False", "population=halo|thick"]
     assert f.cone.ra == 45.1 and f.cone.radius == 0.5 and f.modality == "xp"
     for bad in ("snr>>3", "cone=1,2", "snr<high", "cone=1,95,1"):
         with pytest.raises(QueryError):
             Filter.parse(bad)
     assert Filter.parse(None).empty
+
+
+def test_integer_filters_are_exact_for_gaia_size_source_ids():
+    # 2**60 and 2**60 + 1 are the same float64: an integer literal must stay an integer.
+    ids = np.array([2 ** 60, 2 ** 60 + 1, 7], dtype=np.int64)
+    (cond,) = Filter.parse(f"source_id={2 ** 60 + 1}").conditions
+    assert cond.mask(ids).tolist() == [False, True, False]
+    (cond,) = Filter.parse(f"source_id>{2 ** 60}").conditions
+    assert cond.mask(ids).tolist() == [False, True, False]
+    (cond,) = Filter.parse("snr>=20").conditions
+    assert cond.mask(np.array([19.5, 20.0, np.nan])).tolist() == [False, True, False]
+
+
+def test_unknown_source_id_is_not_found(engine):
+    from specsearch.errors import NotFoundError
+
+    with pytest.raises(NotFoundError, match="not in"):
+        engine.lookup(-12345)
+    with pytest.raises(NotFoundError, match="-12345"):
+        engine.search_source(-12345, k=3)
 
 
 def test_range_search_matches_numpy(engine):

@@ -6,10 +6,8 @@ from fastapi import APIRouter, Depends
 
 from service import convert
 from service.deps import SourceIdParam, State
-from service.errors import NotFoundError
 from service.schemas import ObjectRecord
 from service.security import require_api_key
-from specsearch.errors import QueryError
 
 router = APIRouter(prefix="/v1/objects", tags=["objects"],
                    dependencies=[Depends(require_api_key)])
@@ -19,10 +17,7 @@ router = APIRouter(prefix="/v1/objects", tags=["objects"],
             summary="stored metadata and predictions of one source_id")
 async def get_object(state: State, source_id: SourceIdParam) -> ObjectRecord:
     def work() -> ObjectRecord:
-        try:
-            table = state.engine.lookup(source_id)
-        except QueryError as exc:
-            raise NotFoundError(str(exc)) from None
+        table = state.engine.lookup(source_id)      # NotFoundError -> 404
         table = table.select(convert.scalar_columns(table))
         labels = state.engine.index.manifest.label_names
         obs = [convert.row_to_neighbour(row, rank=i + 1, similarity=1.0, label_names=labels,

@@ -206,7 +206,7 @@ async def search_source(
         start = time.perf_counter()
         try:
             query_modality, vec = state.engine.vector_of(source_id, modality)
-        except QueryError:
+        except NotFoundError:
             where = modality or "/".join(state.engine.modalities)
             raise NotFoundError(f"source_id {source_id} is not in the {where} index of this "
                                 f"server; check the id (GET /v1/objects/{{source_id}})"

@@ -15,13 +15,14 @@ like with like; an attached encoder must have that model's hash too.
 from __future__ import annotations
 
 import math
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from specsearch.errors import ModelError, QueryError, SpectrumError
+from specsearch.errors import ModelError, NotFoundError, QueryError, SpectrumError
 from specsearch.index.config import SearchKnobs
 from specsearch.index.reader import IndexDirectory, ModalityIndex, open_index, split_ids
 from specsearch.index.threads import ThreadPolicy, faiss_threads
@@ -65,6 +66,7 @@ class SearchEngine:
         self.max_k = max_k
         self.encoder: Encoder | None = None
         self._mask_cache: OrderedDict[tuple[str, Filter], list] = OrderedDict()
+        self._mask_lock = threading.Lock()      # the service queries from many threads
         if encoder is not None:
             self.attach_encoder(encoder)
 
@@ -135,13 +137,17 @@ class SearchEngine:
         if flt.empty:
             return None
         key = (mi.modality, flt)
-        if key not in self._mask_cache:
-            self._mask_cache[key] = [flt.mask(shard) for shard in mi.shards]
+        with self._mask_lock:
+            masks = self._mask_cache.get(key)
+            if masks is not None:
+                self._mask_cache.move_to_end(key)
+                return masks
+        masks = [flt.mask(shard) for shard in mi.shards]   # outside the lock: can be slow
+        with self._mask_lock:
+            self._mask_cache[key] = masks
             while len(self._mask_cache) > 32:
                 self._mask_cache.popitem(last=False)
-        else:
-            self._mask_cache.move_to_end(key)
-        return self._mask_cache[key]
+        return masks
 
     def _window(self, k: int, offset: int, limit: int | None) -> tuple[int, int]:
         limit = k - offset if limit is None else limit
@@ -261,8 +267,8 @@ class SearchEngine:
                     snr = np.nan_to_num(shard.column("snr")[rows].astype(float), nan=-np.inf)
                     rows = rows[[int(np.argmax(snr))]]
                 return name, np.asarray(shard.vectors[rows[0]], dtype=np.float32)
-        raise QueryError(f"source_id {source_id} is not in the "
-                         f"{'/'.join(names)} index of {self.index.root}")
+        raise NotFoundError(f"source_id {source_id} is not in the "
+                            f"{'/'.join(names)} index of {self.index.root}")
 
     def search_source(self, source_id: int, *, modality: str | None = None,
                       target_modality: str | None = None, k: int = 10, offset: int = 0,
@@ -353,5 +359,5 @@ class SearchEngine:
             if len(rows):
                 tables.append(mi.shards[s].rows.take(pa.array(rows)))
         if not tables:
-            raise QueryError(f"source_id {source_id} is not in this index")
+            raise NotFoundError(f"source_id {source_id} is not in this index")
         return pa.concat_tables(tables, promote_options="permissive")

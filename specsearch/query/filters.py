@@ -30,14 +30,25 @@ _OPS = ("<=", ">=", "!=", "==", "<", ">", "=")
 _COND = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|!=|==|<|>|=)\s*(.+?)\s*$")
 
 
-def _value(text: str) -> float | str | bool:
+_INT = re.compile(r"^[+-]?\d+$")
+
+
+def _value(text: str) -> int | float | str | bool:
+    """``true``/``false`` -> bool; an integer literal -> int (exact: Gaia source_ids need
+    63 bits, more than a float holds); another number -> float; else the string."""
     low = text.lower()
     if low in ("true", "false"):
         return low == "true"
+    if _INT.match(text) and abs(int(text)) < 2 ** 63:
+        return int(text)
     try:
         return float(text)
     except ValueError:
         return text
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True)
@@ -46,14 +57,14 @@ class Condition:
 
     column: str
     op: str
-    values: tuple[float | str | bool, ...]
+    values: tuple[int | float | str | bool, ...]
 
     def mask(self, column: np.ndarray) -> np.ndarray:
         op = "==" if self.op == "=" else self.op
         if op in ("==", "!="):
             hit = np.zeros(len(column), bool)
             for v in self.values:
-                if isinstance(v, bool) or isinstance(v, float):
+                if isinstance(v, bool) or _is_number(v):
                     if column.dtype.kind in "biuf":
                         hit |= column == v
                         continue
@@ -62,7 +73,7 @@ class Condition:
                     column.astype(str) == str(v)
             return hit if op == "==" else ~hit
         (v,) = self.values
-        if not isinstance(v, float) or column.dtype.kind not in "biuf":
+        if not _is_number(v) or column.dtype.kind not in "biuf":
             raise QueryError(f"filter {self}: {op} needs a number and a numeric column "
                              f"({self.column} has dtype {column.dtype})")
         with np.errstate(invalid="ignore"):
@@ -140,7 +151,7 @@ class Filter:
             else:
                 values = tuple(_value(v) for v in value.split("|")) if op in (
                     "=", "==", "!=") else (_value(value),)
-                if op not in ("=", "==", "!=") and not isinstance(values[0], float):
+                if op not in ("=", "==", "!=") and not _is_number(values[0]):
                     raise QueryError(f"filter {part!r}: {op} needs a number, got {value!r}")
                 conditions.append(Condition(name, op, values))
         return cls(tuple(conditions), cone, modality, tuple(parts))
