@@ -175,6 +175,14 @@ def test_anomalies_command_end_to_end(tmp_path, capsys):
     assert main(["anomalies", str(emb), "--top", "5", "--out", str(out2),
                  "--include-artefacts", "--filter", "snr>=0"]) == 0
     assert pq.read_table(out2).num_rows == 5
+    # only the density components
+    out3 = tmp_path / "density.parquet"
+    assert main(["anomalies", str(emb), "--top", "10", "--out", str(out3),
+                 "--components", "density"]) == 0
+    assert set(pq.read_table(out3).column("anomaly_driver").to_pylist()) <= {"knn", "lof"}
+    assert main(["anomalies", str(emb), "--top", "10", "--out", str(out3),
+                 "--components", "density,bogus"]) == 2
+    assert "bogus" in capsys.readouterr().err
 
 
 def test_anomalies_and_more_like_this_on_an_index(tmp_path):

@@ -71,6 +71,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                      "recorded with the embeddings)")
     p.add_argument("--k", type=int, help="neighbours per object for density (default: "
                                          "0.2%% of the rows, 20..200)")
+    p.add_argument("--components", default=None,
+                   help="score components, comma-separated, from knn lof recon translation "
+                        "crossmodal ('density' = knn,lof; default: all)")
     p.add_argument("--combine", choices=("max", "rms", "rank_max", "rank_fisher"),
                    help="how components make the combined score (default: the library's)")
     p.add_argument("--residual-reference", choices=("global", "neighbours"),
@@ -148,6 +151,18 @@ def _source_args(p: argparse.ArgumentParser) -> None:
                         "checked)")
 
 
+def _components(text: str | None) -> tuple[str, ...] | None:
+    """``--components`` -> component names (``density`` stands for knn and lof)."""
+    if not text:
+        return None
+    names: list[str] = []
+    for part in (p.strip() for p in text.split(",")):
+        for name in (("knn", "lof") if part == "density" else (part,)):
+            if name and name not in names:
+                names.append(name)
+    return tuple(names)
+
+
 def run_anomalies(args: argparse.Namespace) -> int:
     from specsearch.anomaly.neighbours import NeighbourConfig
     from specsearch.anomaly.pipeline import run_anomalies as run
@@ -161,6 +176,7 @@ def run_anomalies(args: argparse.Namespace) -> int:
               score_config=ScoreConfig(
                   k=args.k, **{k: v for k, v in (
                       ("combine", args.combine),
+                      ("components", _components(args.components)),
                       ("residual_reference", args.residual_reference)) if v is not None},
                   neighbour_method="faiss" if args.knn == "exact" else args.knn,
                   neighbours=NeighbourConfig(kind="flat" if args.knn == "exact"
