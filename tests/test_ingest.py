@@ -1,10 +1,7 @@
 """Ingest real survey files into a catalog: nothing lost silently, nothing duplicated."""
 
-from pathlib import Path
-
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 
 from specsearch.io.catalog import list_column_to_numpy, open_catalog
 from specsearch.io.ingest import ingest, stable_source_id
