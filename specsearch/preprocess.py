@@ -415,7 +415,7 @@ GPU_BATCH_FACTOR = 8
 
 def default_batch_size(modality: str, *, gpu: bool = False) -> int:
     """Spectra per batch for ``modality``: about ``BATCH_PIXELS`` pixels, a multiple of 256
-    (1024 LAMOST or 12,288 XP spectra; 8192 / 97,792 on a GPU)."""
+    (1024 LAMOST or 12,032 XP spectra; 8448 / 97,792 on a GPU)."""
     pixels = BATCH_PIXELS * (GPU_BATCH_FACTOR if gpu else 1)
     return max(256, (pixels // grid_for(modality).npix) // 256 * 256)
 

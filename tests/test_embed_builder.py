@@ -248,3 +248,39 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_dataset(tmp_path):
     assert killed.keys() == full.keys()
     for name in full:
         assert killed[name].equals(full[name])
+
+
+def test_tensor_inputs_precision_and_batch_size_options(tmp_path):
+    import torch
+
+    from specsearch.embed.builder import auto_batch_size
+    from specsearch.errors import ConfigError
+    from specsearch.io.catalog import list_column_to_numpy, open_catalog
+    from specsearch.model import load_model
+
+    model = load_model()
+    cat = _catalog(tmp_path / "cat", n=64, rows_per_file=64)
+    t = pq.read_table(open_catalog(cat).files("xp")[0])
+    flux = list_column_to_numpy(t.column("flux"))
+    ivar = list_column_to_numpy(t.column("ivar"))
+    ref = model.embed_numpy("xp", flux, ivar)
+    # host tensors (the GPU path hands over pinned ones) give the same embeddings
+    as_t = model.embed_numpy("xp", torch.from_numpy(flux.copy()), torch.from_numpy(ivar.copy()))
+    assert np.array_equal(ref.good, as_t.good)
+    assert np.allclose(ref.embedding[ref.good], as_t.embedding[ref.good], atol=1e-6)
+    # bf16 autocast: a lower-precision network, the same directions
+    bf = model.embed_numpy("xp", flux, ivar, autocast="bf16")
+    cos = np.sum(bf.embedding[ref.good] * ref.embedding[ref.good], axis=1)
+    assert cos.min() > 0.98
+    with pytest.raises(ConfigError, match="precision"):
+        model.embed_numpy("xp", flux, ivar, autocast="int8")
+    rep = build_embeddings(cat, model, tmp_path / "emb",
+                           EmbedConfig(progress=False, precision="bf16"))
+    assert rep.rows_written == 62
+    with pytest.raises(ConfigError, match="precision"):
+        build_embeddings(cat, model, tmp_path / "emb2",
+                         EmbedConfig(progress=False, precision="half"))
+    assert auto_batch_size("lamost") == 1024 and auto_batch_size("xp") == 12032
+    assert auto_batch_size("lamost", gpu=True) == 8448 and auto_batch_size("xp", 77) == 77
+    with pytest.raises(ConfigError, match="batch_size"):
+        auto_batch_size("xp", 0)

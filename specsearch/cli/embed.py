@@ -31,11 +31,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--engine", choices=["local", "ray"], default="local")
     p.add_argument("--batch-size", type=int, default=None,
                    help="spectra per forward pass (default: ~4M pixels, i.e. 1024 LAMOST "
-                        "or 12288 XP spectra on a CPU; larger on a GPU)")
+                        "or 12032 XP spectra on a CPU; 8x the pixels on a GPU)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for preprocessing and the model (default: all cores; "
                         "ray engine: per actor, default --cpus-per-actor)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="the network's precision (auto: bf16 autocast on a GPU, fp32 on a "
+                        "CPU)")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32",
                    help="storage type of the embedding column")
     p.add_argument("--with-residual", action="store_true",
@@ -58,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     configure_process(args.threads)
     config = EmbedConfig(modalities=args.modality, batch_size=args.batch_size,
                          dtype=args.dtype, with_residual=args.with_residual,
+                         precision=args.precision,
                          overwrite=args.overwrite, progress=not args.no_progress)
     if args.engine == "ray":
         from specsearch.embed.ray_engine import build_embeddings_ray

@@ -65,13 +65,15 @@ class EmbedConfig:
     Attributes:
         modalities: which modalities of the catalog to embed (None: all present).
         batch_size: spectra per forward pass (None: ~4 million pixels, 1024 LAMOST or
-            12,288 XP spectra; 8x more on a GPU). Memory is bounded by ~batch_size x
+            12,032 XP spectra; 8x the pixels on a GPU). Memory is bounded by ~batch_size x
             npix x 4 B x a few buffers; past a few MB per array larger batches stop helping
             on a CPU (they fall out of the caches).
         dtype: storage type of the embedding column, ``float32`` or ``float16`` (half the
             size; cosine similarities change by < 1e-3).
         with_residual: also store the reconstruction / translation residuals (outlier
             scores need them; costs a decoder pass).
+        precision: the network's precision on the model's device: ``auto`` (bf16 autocast
+            on a GPU, fp32 on a CPU), ``bf16``, ``fp16`` or ``fp32``.
         overwrite: replace an existing dataset made by another model.
         prefetch: batches read ahead by the reader thread.
         progress: show a tqdm bar with spectra/s and ETA.
@@ -82,6 +84,7 @@ class EmbedConfig:
     batch_size: int | None = None
     dtype: str = "float32"
     with_residual: bool = False
+    precision: str = "auto"
     overwrite: bool = False
     prefetch: int = 2
     progress: bool = True
@@ -241,13 +244,15 @@ def spectra_arrays(batch: pa.RecordBatch, npix: int, source: str = "catalog"
 
 def embed_chunk(model: Encoder, modality: str, chunk: SpectraChunk, *,
                 with_residual: bool, meta_columns: Sequence[pa.Field],
-                skipped: Counter) -> dict[str, Any] | None:
+                skipped: Counter, precision: str = "auto") -> dict[str, Any] | None:
     """Encode one chunk; returns the output columns of its good rows (or None)."""
     skipped.update(chunk.skipped)
     batch = chunk.batch
     if batch.num_rows == 0:
         return None
-    out = model.embed_numpy(modality, chunk.flux, chunk.ivar, with_residual=with_residual)
+    extra = {} if precision == "auto" else {"autocast": precision}
+    out = model.embed_numpy(modality, chunk.flux, chunk.ivar, with_residual=with_residual,
+                            **extra)
     good = np.asarray(out.good, dtype=bool)
     n_bad = int((~good).sum())
     if n_bad:
@@ -295,13 +300,13 @@ def embed_chunk(model: Encoder, modality: str, chunk: SpectraChunk, *,
 
 def embed_table(model: Encoder, modality: str, batch: pa.RecordBatch, *,
                 with_residual: bool, meta_columns: Sequence[pa.Field],
-                skipped: Counter) -> dict[str, Any] | None:
+                skipped: Counter, precision: str = "auto") -> dict[str, Any] | None:
     """Encode one catalog batch; returns output columns for the good rows (or None)."""
     from specsearch.preprocess import grid_for
 
     chunk = spectra_arrays(batch, grid_for(modality).npix)
     return embed_chunk(model, modality, chunk, with_residual=with_residual,
-                       meta_columns=meta_columns, skipped=skipped)
+                       meta_columns=meta_columns, skipped=skipped, precision=precision)
 
 
 def _prefetch(iterator: Iterator[Any], depth: int) -> Iterator[Any]:
@@ -445,6 +450,9 @@ def build_embeddings(catalog: str | Path, model: Encoder, out: str | Path,
     config = config or EmbedConfig()
     if config.dtype not in ("float32", "float16"):
         raise ConfigError(f"dtype must be float32 or float16, got {config.dtype!r}")
+    if config.precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ConfigError(f"precision must be auto, fp32, bf16 or fp16, got "
+                          f"{config.precision!r}")
     cat = open_catalog(catalog)
     out = Path(out)
     modalities = list(config.modalities or cat.modalities)
@@ -543,7 +551,8 @@ def _embed_file(model: Encoder, modality: str, path: Path, out_path: Path,
                 n_in = chunk.batch.num_rows + sum(chunk.skipped.values())
                 report.rows_in += n_in
                 cols = embed_chunk(model, modality, chunk, with_residual=config.with_residual,
-                                   meta_columns=meta_cols, skipped=report.rows_skipped)
+                                   meta_columns=meta_cols, skipped=report.rows_skipped,
+                                   precision=config.precision)
                 if cols is not None:
                     table = columns_to_table(cols, schema)
                     rows += table.num_rows

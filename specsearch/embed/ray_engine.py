@@ -49,13 +49,14 @@ class EmbedActor:
 
     def __init__(self, model: str | Callable[[], Any] | None, modality: str, device: str,
                  with_residual: bool, meta_columns: list[pa.Field], schema_bytes: bytes,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, precision: str = "auto") -> None:
         from specsearch.embed.runtime import configure_process
 
         configure_process(threads)
         self.model = _load(model, device)
         self.modality = modality
         self.with_residual = with_residual
+        self.precision = precision
         # The input file travels with each row as one more metadata column.
         self.meta_columns = [*meta_columns, pa.field(INPUT_COLUMN, pa.string())]
         self.schema = pa.ipc.read_schema(pa.py_buffer(schema_bytes))
@@ -70,7 +71,8 @@ class EmbedActor:
         rb = (batch.drop_columns(["path"]).append_column(INPUT_COLUMN, stems)
               .combine_chunks().to_batches()[0])
         cols = embed_table(self.model, self.modality, rb, with_residual=self.with_residual,
-                           meta_columns=self.meta_columns, skipped=skipped)
+                           meta_columns=self.meta_columns, skipped=skipped,
+                           precision=self.precision)
         if cols is None:
             empty = columns_to_table({f.name: [] for f in self.schema}, self.schema)
             return empty.append_column(INPUT_COLUMN, pa.array([], pa.string()))
@@ -163,7 +165,7 @@ def build_embeddings_ray(catalog: str | Path, model: str | Path | Callable[[], A
                         model=actor_model,
                         modality=modality, device=device,
                         with_residual=config.with_residual, meta_columns=meta_cols,
-                        schema_bytes=schema_bytes,
+                        schema_bytes=schema_bytes, precision=config.precision,
                         threads=threads_per_actor or max(1, int(round(cpus_per_actor)))))
                 ds.write_parquet(str(staging), partition_cols=[INPUT_COLUMN])
                 for path, sig, out_path in pending:

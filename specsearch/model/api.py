@@ -147,11 +147,21 @@ class SpecModel:
         if modality not in self.modalities:
             raise ConfigError(f"this model encodes {list(self.modalities)}, not {modality!r}")
 
-    def _autocast(self, enabled: bool | None):
-        use = self.device.type == "cuda" if enabled is None else enabled
-        if not use:
+    AUTOCAST = {"bf16": "bfloat16", "fp16": "float16"}
+
+    def _autocast(self, precision: bool | str | None):
+        """None/"auto": bf16 on CUDA, off on CPU; True/"bf16"; "fp16"; False/"fp32": off."""
+        if precision is None or precision == "auto":
+            precision = "bf16" if self.device.type == "cuda" else "fp32"
+        elif precision is True:
+            precision = "bf16"
+        elif precision is False:
+            precision = "fp32"
+        if precision == "fp32":
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        if precision not in self.AUTOCAST:
+            raise ConfigError(f"precision must be auto, fp32, bf16 or fp16; got {precision!r}")
+        return torch.autocast(self.device.type, dtype=getattr(torch, self.AUTOCAST[precision]))
 
     # --------------------------------------------------------------- tensor path
     def encode(self, modality: str, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -177,7 +187,7 @@ class SpecModel:
     def embed_numpy(self, modality: str, flux: np.ndarray, ivar: np.ndarray, *,
                     batch_size: int | None = None, with_residual: bool = False,
                     partner: tuple[np.ndarray, np.ndarray] | None = None,
-                    autocast: bool | None = None) -> EmbeddingBatch:
+                    autocast: bool | str | None = None) -> EmbeddingBatch:
         """Embed (n, N) canonical-grid flux/ivar of ``modality`` (see :class:`EmbeddingBatch`).
 
         ``flux``/``ivar`` may also be CPU tensors (e.g. pinned host buffers, copied to a GPU
@@ -188,7 +198,9 @@ class SpecModel:
                 :func:`specsearch.preprocess.default_batch_size`).
             partner: optional row-aligned (flux, ivar) of the other modality, used for the
                 translation residual (implies ``with_residual``).
-            autocast: bf16 autocast (default: on for CUDA, off on CPU).
+            autocast: the network's precision: None or "auto" (bf16 autocast on CUDA, fp32
+                on CPU), "bf16", "fp16", "fp32" (True/False: bf16/fp32). Preprocessing,
+                the L2 normalisation and the head outputs stay float32.
         Raises:
             SpectrumError: wrong number of pixels for the modality's grid.
         """
