@@ -412,9 +412,11 @@ class _ParquetSink:
             self.queue.put(empty)
         self.queue.put(None)
         self.thread.join()
-        self._raise()
-        if self.writer is not None:
-            self.writer.close()
+        try:
+            self._raise()
+        finally:
+            if self.writer is not None:
+                self.writer.close()
 
     def abort(self) -> None:
         self.queue.put(None)
