@@ -64,8 +64,6 @@ class EmbedActor:
     def __call__(self, batch: pa.Table) -> pa.Table:
         from collections import Counter
 
-        import pyarrow.compute as pc
-
         skipped: Counter = Counter()
         stems = pc.replace_substring_regex(batch.column("path"), r"^.*/|\.parquet$", "")
         rb = (batch.drop_columns(["path"]).append_column(INPUT_COLUMN, stems)
