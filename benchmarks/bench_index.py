@@ -5,7 +5,9 @@ Run (the issue's configuration, ~50-60 min on 2 shared cores):
 Quick run (default, ~5-10 min): 100k vectors.
     .venv/bin/python benchmarks/bench_index.py
 
-Vectors: ``specsearch.index.synthetic.clustered_unit_vectors`` (seeded Gaussian mixture on the
+Vectors (``--case``): ``model`` = the shipped (or ``--model``) model's XP embeddings, see
+bench_index_data.py, with held-out embeddings as queries; ``clustered`` (default) =
+``specsearch.index.synthetic.clustered_unit_vectors`` (seeded Gaussian mixture on the
 unit sphere, 128-d; with its defaults hnswlib M=16 behaves as on the issue's reference
 embeddings). Queries: perturbed stored vectors (never identical to a row). Ground truth:
 exact FAISS ``IndexFlatIP``.
@@ -157,6 +159,12 @@ def main() -> None:
     ap.add_argument("--workdir", help="where to build (default: a temp dir)")
     ap.add_argument("--hnsw-m", type=int, default=32, help="FAISS HNSW degree")
     ap.add_argument("--hnsw-efc", type=int, default=200, help="FAISS HNSW efConstruction")
+    ap.add_argument("--hnsw-pca-dim", type=int, default=0,
+                    help="FAISS HNSW graph on this many PCA components (0: all)")
+    ap.add_argument("--case", choices=("clustered", "model"), default="clustered",
+                    help="vectors: clustered unit vectors or model XP embeddings "
+                         "(bench_index_data.py)")
+    ap.add_argument("--model", default=None, help="model directory for --case model")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "index.json"))
     args = ap.parse_args()
     n, dim, threads = args.n, args.dim, args.threads
@@ -164,8 +172,16 @@ def main() -> None:
     print(f"n={n} dim={dim} queries={args.queries} threads={threads} "
           f"load={load[0]:.1f},{load[1]:.1f},{load[2]:.1f}", flush=True)
     t0 = time.perf_counter()
-    x = clustered_unit_vectors(n, dim, seed=0)
-    queries = held_out_queries(x, args.queries, seed=1)
+    if args.case == "model":
+        from bench_index_data import benchmark_vectors
+        vectors, described = benchmark_vectors("model", n + args.queries, model=args.model)
+        x, queries = (np.ascontiguousarray(vectors[:n]),
+                      np.ascontiguousarray(vectors[n:]))   # held-out embeddings as queries
+        dim = x.shape[1]
+        print(described, flush=True)
+    else:
+        x = clustered_unit_vectors(n, dim, seed=0)
+        queries = held_out_queries(x, args.queries, seed=1)
     import faiss
     with faiss_threads(threads):
         flat = faiss.IndexFlatIP(dim)
@@ -182,7 +198,7 @@ def main() -> None:
     nlist = int(4 * np.sqrt(n))
     plans = {
         "hnsw": (HNSWConfig(m=args.hnsw_m, ef_construction=args.hnsw_efc, storage="sq8",
-                            refine_factor=2.0),
+                            refine_factor=2.0, pca_dim=args.hnsw_pca_dim or None),
                  [SearchKnobs(ef_search=e, refine_factor=2.0) for e in (16, 24, 32, 48, 64, 96, 128)]),
         "hnswlib": (HnswlibConfig(m=16, ef_construction=200),
                     [SearchKnobs(ef_search=e) for e in (10, 16, 24, 32, 48, 64, 96)]),

@@ -1,39 +1,80 @@
-"""FAISS HNSW (through specsearch's index layer) vs raw hnswlib, query by query (issue 6).
+"""specsearch single-query search vs raw hnswlib, query by query, in one run (issues 6, 17).
 
 Sequential sweeps on a shared machine compare two backends measured minutes apart, under
-whatever load the machine had then. Here both answer the same single queries interleaved
-(alternating which goes first), so both see the same load; wall and thread-CPU time are
-summed per backend. The FAISS side is the full specsearch path (``ModalityIndex.knn`` on a
-built index: HNSW32 + SQ8 codes + exact refine), the hnswlib side the bare library (M=16,
-the usual setting), both single-threaded, at several ef settings so that the ratio can be
-read at matched recall@10 (against exact inner-product search).
+whatever load the machine had then. Here every setting of every path answers the same
+single queries interleaved (the order rotates query by query), so all see the same load:
+
+* ``engine``: the full specsearch path, ``SearchEngine.search(vector, k=10)`` (result
+  object with source_ids and similarities) on a built index directory;
+* ``index``: ``ModalityIndex.knn`` (the index layer: shards, knobs, direct path);
+* ``faiss``: the shard's own FAISS index, ``index.search`` (for the wrapper overhead);
+* ``hnswlib``: raw hnswlib (M=16, ef_construction=200, the usual setting), its own API.
+
+All single-threaded, k=10, recall@10 against exact inner-product search. Vectors
+(``--case``): ``model``, the shipped model's XP embeddings (``--model`` for another; see
+bench_index_data.py), or ``clustered`` unit vectors. Queries are held-out vectors of the
+same kind. Built indexes are cached under ``--workdir`` (keyed by case, size, data and
+build settings), so a rerun only times queries; ``--build-only`` stops after building.
 
 Usage:
-  python benchmarks/bench_index_paired.py --n 1000000      # ~20 min of HNSW builds here
-  python benchmarks/bench_index_paired.py --n 20000 --queries 500   # smoke run
-Writes benchmarks/results/index_paired.json.
+  python benchmarks/bench_index_paired.py --n 1000000 --case model
+  python benchmarks/bench_index_paired.py --n 1000000 --case clustered
+  python benchmarks/bench_index_paired.py --n 300000 --pca-dim 0 --ours-ef 20,32
+  python benchmarks/bench_index_paired.py --n 1000000 --model models/retrained
+Writes benchmarks/results/index_paired_<case>.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import platform
-import tempfile
+import sys
 import time
 from pathlib import Path
 
-import faiss
-import hnswlib
 import numpy as np
 
-from specsearch.index import ArrayEmbeddings, BuildOptions, HNSWConfig, SearchKnobs, build_index
-from specsearch.index.reader import open_index
-from specsearch.index.synthetic import clustered_unit_vectors, held_out_queries
-from specsearch.index.tuning import set_knobs
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_index_data import DEFAULT_CACHE, benchmark_vectors  # noqa: E402
 
-SETTINGS = ((16, 32), (16, 48), (16, 64), (24, 48), (24, 64))
-"""(FAISS efSearch, hnswlib ef) pairs; FAISS refines 2x candidates with exact vectors."""
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v]
+
+
+def _parse() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--case", choices=("model", "clustered"), default="model")
+    ap.add_argument("--model", default=None, help="model directory (case model)")
+    ap.add_argument("--queries", type=int, default=2000)
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--m", type=int, default=32, help="our HNSW degree")
+    ap.add_argument("--storage", default=None,
+                    help="our HNSW code storage (default: fp16 for model, sq8 for clustered)")
+    ap.add_argument("--pca-dim", type=int, default=None,
+                    help="our graph's PCA dimension, 0: none (default: 32 for model "
+                         "embeddings, whose variance is 99.6%% in 32 directions; 0 for "
+                         "clustered vectors, which are isotropic around their centres)")
+    ap.add_argument("--ef-construction", type=int, default=200)
+    ap.add_argument("--refine", type=float, default=2.0, help="our refine_factor")
+    ap.add_argument("--ours-ef", type=_ints, default=[20, 24, 32, 48])
+    ap.add_argument("--hnswlib-ef", type=_ints, default=[32, 48, 64, 96])
+    ap.add_argument("--threads", type=int, default=2, help="build threads")
+    ap.add_argument("--workdir", type=Path, default=DEFAULT_CACHE / "paired")
+    ap.add_argument("--build-only", action="store_true")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    model_case = args.case == "model"
+    if args.storage is None:
+        args.storage = "fp16" if model_case else "sq8"
+    if args.pca_dim is None:
+        args.pca_dim = 32 if model_case else 0
+    return args
 
 
 def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
@@ -41,81 +82,157 @@ def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
                           for f, t in zip(found, truth)]))
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=1_000_000)
-    ap.add_argument("--dim", type=int, default=128)
-    ap.add_argument("--queries", type=int, default=2000)
-    ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--workdir", type=Path, default=None)
-    ap.add_argument("--out", type=Path,
-                    default=Path(__file__).parent / "results" / "index_paired.json")
-    args = ap.parse_args()
-    x = clustered_unit_vectors(args.n, args.dim, seed=0)
-    q = held_out_queries(x, args.queries, seed=1)
-    flat = faiss.IndexFlatIP(args.dim)
-    flat.add(x)
-    _, truth = flat.search(q, args.k)
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-paired-"))
-    src = ArrayEmbeddings({"xp": {"embedding": x, "source_id": np.arange(args.n)}},
+def build_ours(x: np.ndarray, path: Path, config) -> float:
+    """Build (or reuse) our index directory; seconds spent building (0 if cached)."""
+    from specsearch.index import ArrayEmbeddings, BuildOptions, build_index
+    if (path / "manifest.json").is_file():
+        return 0.0
+    src = ArrayEmbeddings({"xp": {"embedding": x, "source_id": np.arange(len(x))}},
                           model_hash="bench")
     t0 = time.perf_counter()
-    build_index(src, work / "hnsw", BuildOptions(config=HNSWConfig(m=32, ef_construction=200),
-                                                 target_recall=None))
-    build_faiss = time.perf_counter() - t0
+    build_index(src, path, BuildOptions(config=config, target_recall=None))
+    return time.perf_counter() - t0
+
+
+def build_hnswlib(x: np.ndarray, path: Path, threads: int):
+    """(raw hnswlib M=16 index, build seconds or 0 if loaded from ``path``)."""
+    import hnswlib
+    raw = hnswlib.Index(space="ip", dim=x.shape[1])
+    if path.is_file():
+        raw.load_index(str(path))
+        return raw, 0.0
     t0 = time.perf_counter()
-    raw = hnswlib.Index("ip", args.dim)
-    raw.init_index(args.n, M=16, ef_construction=200)
-    raw.add_items(x, num_threads=2)
-    build_hnswlib = time.perf_counter() - t0
-    print(f"built: specsearch FAISS HNSW32-SQ8 {build_faiss:.0f} s, raw hnswlib M16 "
-          f"{build_hnswlib:.0f} s", flush=True)
-    mi = open_index(work / "hnsw")["xp"]
+    raw.init_index(len(x), M=16, ef_construction=200)
+    raw.add_items(x, num_threads=threads)
+    seconds = time.perf_counter() - t0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw.save_index(str(path) + ".tmp")
+    os.replace(str(path) + ".tmp", path)
+    return raw, seconds
+
+
+def main() -> int:
+    args = _parse()
+    import faiss
+
+    from specsearch.index import HNSWConfig, SearchKnobs
+    from specsearch.index.reader import open_index
+    from specsearch.index.tuning import set_knobs
+    from specsearch.query import SearchEngine
+
+    faiss.omp_set_num_threads(args.threads)
+    load_start = os.getloadavg()
+    vectors, described = benchmark_vectors(args.case, args.n + args.queries, model=args.model)
+    x, q = np.ascontiguousarray(vectors[:args.n]), np.ascontiguousarray(vectors[args.n:])
+    digest = hashlib.sha256(x[:: max(1, len(x) // 1000)].tobytes()).hexdigest()[:12]
+    options = {"pca_dim": args.pca_dim} if args.pca_dim else {}
+    config = HNSWConfig(m=args.m, ef_construction=args.ef_construction, storage=args.storage,
+                        refine_factor=args.refine, **options)
+    key = (f"{args.case}-{args.n}-{digest}-hnsw{config.m}-{config.storage}-"
+           f"pca{config.pca_dim}-efc{config.ef_construction}")
+    work = args.workdir / key
+    build_s = {"ours": build_ours(x, work / "index", config)}
+    raw, build_s["hnswlib"] = build_hnswlib(x, args.workdir / f"hnswlib-{args.case}-{args.n}-"
+                                            f"{digest}.bin", args.threads)
+    print(f"{described}: {args.n:,} x {x.shape[1]}; builds (0 = cached): "
+          f"ours {build_s['ours']:.0f} s, hnswlib {build_s['hnswlib']:.0f} s", flush=True)
+    if args.build_only:
+        return 0
+    _, truth = faiss.knn(q, x, args.k, metric=faiss.METRIC_INNER_PRODUCT)
+    directory = open_index(work / "index")
+    engine = SearchEngine(directory)
+    mi = directory["xp"]
+    raw_faiss = mi.shards[0].backend.index
     faiss.omp_set_num_threads(1)
-    rows = []
-    for ef_f, ef_h in SETTINGS:
-        set_knobs(mi, SearchKnobs(ef_search=ef_f, refine_factor=2.0))
-        raw.set_ef(ef_h)
-        fns = {"faiss": lambda v: mi.knn(v, args.k)[1][0],
-               "hnswlib": lambda v: raw.knn_query(v, args.k, num_threads=1)[0][0]}
-        wall = dict.fromkeys(fns, 0.0)
-        cpu = dict.fromkeys(fns, 0.0)
-        found: dict[str, list] = {name: [] for name in fns}
-        for i in range(args.queries):
-            v = q[i:i + 1]
-            for name in (("faiss", "hnswlib") if i % 2 else ("hnswlib", "faiss")):
-                w0, c0 = time.perf_counter(), time.thread_time()
-                found[name].append(fns[name](v))
-                cpu[name] += time.thread_time() - c0
-                wall[name] += time.perf_counter() - w0
-        row = {"faiss_ef_search": ef_f, "hnswlib_ef": ef_h,
-               "faiss_recall": recall_at(np.array(found["faiss"]), truth),
-               "hnswlib_recall": recall_at(np.array(found["hnswlib"]), truth),
-               "faiss_qps_wall": args.queries / wall["faiss"],
-               "hnswlib_qps_wall": args.queries / wall["hnswlib"],
-               "ratio_wall": wall["hnswlib"] / wall["faiss"],
-               "ratio_cpu": cpu["hnswlib"] / cpu["faiss"]}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    print(f"\nFAISS HNSW32-SQ8 + refine (specsearch) vs raw hnswlib M16, {args.n:,} x "
-          f"{args.dim}, {args.queries} single queries interleaved, 1 thread")
-    head = (f"{'faiss ef':>8} {'recall':>7} {'QPS':>7} | {'hnswlib ef':>10} {'recall':>7} "
-            f"{'QPS':>7} | {'ratio wall':>10} {'ratio cpu':>9}")
-    print(head)
-    print("-" * len(head))
-    for r in rows:
-        print(f"{r['faiss_ef_search']:8d} {r['faiss_recall']:7.4f} {r['faiss_qps_wall']:7,.0f} | "
-              f"{r['hnswlib_ef']:10d} {r['hnswlib_recall']:7.4f} {r['hnswlib_qps_wall']:7,.0f} | "
-              f"{r['ratio_wall']:10.2f} {r['ratio_cpu']:9.2f}")
-    args.out.parent.mkdir(exist_ok=True)
-    args.out.write_text(json.dumps({
-        "date": time.strftime("%Y-%m-%d"), "machine": platform.platform(), "n": args.n,
-        "dim": args.dim, "queries": args.queries, "build_s": {"faiss": build_faiss,
-                                                              "hnswlib": build_hnswlib},
-        "rows": rows}, indent=2))
-    print(f"\nwrote {args.out}")
+
+    def ours(ef: int) -> None:
+        set_knobs(mi, SearchKnobs(ef_search=ef, refine_factor=args.refine))
+
+    paths = {
+        "engine": lambda v: engine.search(v[0], k=args.k).source_id,
+        "index": lambda v: mi.knn(v, args.k)[1][0],
+        "faiss": lambda v: raw_faiss.search(v, args.k)[1][0],
+        "hnswlib": lambda v: raw.knn_query(v, args.k, num_threads=1)[0][0],
+    }
+    combos = [(p, ef) for ef in args.ours_ef for p in ("engine", "index", "faiss")]
+    combos += [("hnswlib", ef) for ef in args.hnswlib_ef]
+    wall = dict.fromkeys(combos, 0.0)
+    cpu = dict.fromkeys(combos, 0.0)
+    found: dict = {c: [] for c in combos}
+    for i in range(len(q)):
+        v = q[i:i + 1]
+        shift = i % len(combos)
+        for name, ef in combos[shift:] + combos[:shift]:
+            if name == "hnswlib":
+                raw.set_ef(ef)
+            else:
+                ours(ef)
+            w0, c0 = time.perf_counter(), time.thread_time()
+            ids = paths[name](v)
+            cpu[name, ef] += time.thread_time() - c0
+            wall[name, ef] += time.perf_counter() - w0
+            found[name, ef].append(ids)
+    rows = [{"path": name, "ef": ef, "recall_at_10": round(recall_at(np.array(found[name, ef]),
+                                                                     truth), 4),
+             "qps": round(len(q) / wall[name, ef], 1),
+             "qps_cpu": round(len(q) / cpu[name, ef], 1)} for name, ef in combos]
+    summary = _summarise(rows)
+    result = {"benchmark": "index_paired", "date": time.strftime("%Y-%m-%d %H:%M"),
+              "command": " ".join(["python", *sys.argv]), "case": args.case,
+              "vectors": described, "n": args.n, "dim": int(x.shape[1]),
+              "queries": len(q), "k": args.k, "ours": config.to_dict(),
+              "refine_factor": args.refine, "build_s": build_s,
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+              "load_average_start_end": [load_start[0], os.getloadavg()[0]],
+              "rows": rows, **summary}
+    _print(result)
+    out = args.out or Path(__file__).parent / "results" / f"index_paired_{args.case}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.with_suffix(".tmp").write_text(json.dumps(result, indent=2))
+    os.replace(out.with_suffix(".tmp"), out)
+    print(f"wrote {out}")
     return 0
+
+
+def _summarise(rows: list[dict]) -> dict:
+    """Ratios at matched recall (our cheapest engine setting at least as accurate as each
+    hnswlib setting with recall >= 0.95) and wrapper overheads at each of our settings."""
+    by = {(r["path"], r["ef"]): r for r in rows}
+    engine = sorted((r for r in rows if r["path"] == "engine"), key=lambda r: -r["qps"])
+    matched = []
+    for h in (r for r in rows if r["path"] == "hnswlib" and r["recall_at_10"] >= 0.95):
+        ok = [r for r in engine if r["recall_at_10"] >= h["recall_at_10"]]
+        if ok:
+            e = ok[0]
+            matched.append({"hnswlib_ef": h["ef"], "hnswlib_recall": h["recall_at_10"],
+                            "hnswlib_qps": h["qps"], "ours_ef": e["ef"],
+                            "ours_recall": e["recall_at_10"], "ours_qps": e["qps"],
+                            "ratio": round(e["qps"] / h["qps"], 2),
+                            "ratio_cpu": round(e["qps_cpu"] / h["qps_cpu"], 2)})
+    overhead = [{"ef": e["ef"],
+                 "engine_vs_faiss": round(by["faiss", e["ef"]]["qps"] / e["qps"] - 1, 3),
+                 "index_vs_faiss": round(by["faiss", e["ef"]]["qps"]
+                                         / by["index", e["ef"]]["qps"] - 1, 3)}
+                for e in sorted(engine, key=lambda r: r["ef"])]
+    return {"matched_recall": matched, "wrapper_overhead": overhead}
+
+
+def _print(result: dict) -> None:
+    print(f"\n{result['vectors']}, {result['n']:,} vectors, {result['queries']} single "
+          f"queries interleaved, 1 thread, load {result['load_average_start_end']}")
+    print(f"{'path':8s} {'ef':>4s} {'recall@10':>9s} {'QPS':>8s} {'QPS(cpu)':>9s}")
+    for r in result["rows"]:
+        print(f"{r['path']:8s} {r['ef']:4d} {r['recall_at_10']:9.4f} {r['qps']:8,.0f} "
+              f"{r['qps_cpu']:9,.0f}")
+    print("\nmatched recall (engine vs raw hnswlib M16):")
+    for m in result["matched_recall"]:
+        print(f"  hnswlib ef={m['hnswlib_ef']} recall {m['hnswlib_recall']:.4f} "
+              f"{m['hnswlib_qps']:,.0f} QPS | ours ef={m['ours_ef']} recall "
+              f"{m['ours_recall']:.4f} {m['ours_qps']:,.0f} QPS | ratio {m['ratio']:.2f} "
+              f"(cpu {m['ratio_cpu']:.2f})")
+    print("wrapper overhead over raw FAISS:", ", ".join(
+        f"ef={o['ef']}: engine {100 * o['engine_vs_faiss']:+.0f}%, index "
+        f"{100 * o['index_vs_faiss']:+.0f}%" for o in result["wrapper_overhead"]))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from service.metrics import MetricsMiddleware, ServiceMetrics
 from service.routers import candidates, health, info, objects, pages, predict, search
 from service.settings import Settings
 from service.state import ServiceState, open_state
+from service.uploads import BodyLimitMiddleware
 from specsearch import __version__
 
 log = logging.getLogger("specsearch.service")
@@ -71,7 +72,6 @@ def create_app(settings: Settings, *,
         docs_url="/docs" if settings.enable_docs else None,
         redoc_url=None,
         openapi_url="/openapi.json" if settings.enable_docs else None,
-        max_body_size=settings.max_upload_bytes + MULTIPART_OVERHEAD,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -84,6 +84,9 @@ def create_app(settings: Settings, *,
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
                            allow_methods=["GET", "POST"],
                            allow_headers=["X-API-Key", "Authorization", "Content-Type"])
+    # Our own body limit: its 413 is the JSON error body whatever the request's size.
+    app.add_middleware(BodyLimitMiddleware, upload_limit=settings.max_upload_bytes,
+                       max_body_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
 

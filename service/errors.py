@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.parse_pool import ParseTimeout
 from specsearch.errors import (
     CatalogError,
     ConfigError,
@@ -25,6 +26,7 @@ from specsearch.errors import (
     SpectrumError,
     UnknownFormatError,
 )
+from specsearch.io.limits import InputTooLargeError
 
 log = logging.getLogger("specsearch.service")
 
@@ -34,6 +36,8 @@ __all__ = ["NotFoundError", "STATUS_OF", "error_response", "install_error_handle
 # Order matters: the first matching class wins (subclasses before their bases).
 STATUS_OF: tuple[tuple[type[BaseException], int, str], ...] = (
     (NotFoundError, 404, "not_found"),
+    (InputTooLargeError, 413, "too_large"),
+    (ParseTimeout, 504, "timeout"),
     (UnknownFormatError, 415, "unknown_format"),
     (ReaderError, 422, "unreadable_file"),
     (SpectrumError, 422, "bad_spectrum"),

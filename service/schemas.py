@@ -170,3 +170,38 @@ class Info(BaseModel):
     model: dict[str, object]
     limits: dict[str, object]
     threads: dict[str, int]
+
+
+class ValidationProblem(BaseModel):
+    """One problem FastAPI found in a request's parameters or body."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    """Every error response: ``detail`` says what is wrong and how to fix it (a list of
+    problems for request validation errors), ``error`` is a stable machine-readable kind."""
+
+    detail: str | list[ValidationProblem]
+    error: str = Field(description="e.g. bad_query, not_found, too_large, unknown_format, "
+                                    "unreadable_file, bad_spectrum, invalid_request, timeout")
+    message: str | None = Field(None, description="validation errors: the problems as text")
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, object]]:
+    """OpenAPI ``responses`` entries with the :class:`ErrorBody` schema."""
+    text = {400: "bad query or parameter", 401: "missing or invalid API key",
+            404: "unknown source_id or modality", 413: "upload, decompressed content, table "
+            "or FITS header over a server limit", 415: "unrecognised file format",
+            422: "unreadable file, unusable spectrum, or invalid request",
+            503: "the index or model is unavailable", 504: "the request or the upload's "
+            "parse took longer than the server's limit"}
+    return {s: {"model": ErrorBody, "description": text.get(s, "error")} for s in statuses}
+
+
+API_ERRORS = error_responses(400, 401, 404, 413, 422, 503, 504)
+"""Errors every /v1 route may answer."""
+UPLOAD_ERRORS = error_responses(415)
+"""Further errors of the upload routes."""

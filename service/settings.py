@@ -48,6 +48,18 @@ class Settings(BaseModel):
         cors_origins: origins allowed to call the API from a browser (``*`` for any).
         enable_docs: serve the OpenAPI UI at ``/docs`` and the schema at ``/openapi.json``.
         verify_checksums: verify every shard's sha256 at start (slow on large indexes).
+        max_decompressed_bytes: largest content of an upload after gzip decompression
+            (413 above it; the upload limit applies to the compressed bytes).
+        max_upload_rows: largest table (rows) an upload may hold, e.g. Gaia XP tables
+            (413 above it; one row is searched, so big tables belong to ``ingest``).
+        max_header_cards: FITS header cards an upload may hold, all HDUs together (413).
+        parse_workers: processes that parse uploads (at most this many at once; others
+            wait). 0 parses in the request's worker thread, without the limits below.
+        parse_timeout_s: a parse slower than this is stopped (its process is killed, its
+            CPU and memory freed) and the request gets 504.
+        parse_memory_bytes: address space one parse may add to its process (413 above it).
+        metrics_public: serve ``/metrics`` without an API key even when keys are set
+            (default: ``/metrics`` needs a key whenever keys are configured).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -69,6 +81,13 @@ class Settings(BaseModel):
     cors_origins: tuple[str, ...] = ()
     enable_docs: bool = True
     verify_checksums: bool = False
+    max_decompressed_bytes: int = Field(64 * 2 ** 20, ge=1024, le=2 ** 34)
+    max_upload_rows: int = Field(10_000, ge=1, le=10_000_000)
+    max_header_cards: int = Field(10_000, ge=36, le=1_000_000)
+    parse_workers: int = Field(2, ge=0, le=64)
+    parse_timeout_s: float = Field(10.0, gt=0, le=3600)
+    parse_memory_bytes: int = Field(512 * 2 ** 20, ge=64 * 2 ** 20, le=2 ** 40)
+    metrics_public: bool = False
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod

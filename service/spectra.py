@@ -1,8 +1,8 @@
 """Client spectra -> canonical-grid arrays, and spectra -> curves for the web page's plot.
 
-Uploads go through :func:`specsearch.io.registry.read_spectra_bytes` (a private temp dir,
-the client's file name never used as a path); arrays become a :class:`Spectrum` and follow
-the same path. Putting a spectrum on a grid is the catalog's own function
+Uploads are parsed in a worker process (:mod:`service.parse_pool`, through
+:func:`specsearch.io.registry.read_spectra_bytes`: a private temp dir, the client's file
+name never used as a path); arrays become a :class:`Spectrum` and follow the same path. Putting a spectrum on a grid is the catalog's own function
 (:func:`specsearch.io.ingest.spectrum_row`: same rest-frame and resampling rules as the
 indexed spectra), so a query is prepared exactly like the objects it is compared with.
 """
@@ -13,10 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from specsearch.errors import QueryError, ReaderError, SpectrumError
+from specsearch.errors import QueryError, SpectrumError
 from specsearch.io.generic import estimate_noise
 from specsearch.io.ingest import spectrum_row
-from specsearch.io.registry import read_spectra_bytes, safe_upload_name
 from specsearch.preprocess import air_to_vacuum, grid_for, prepare_model_input
 from specsearch.spectrum import Spectrum
 
@@ -75,36 +74,6 @@ def to_grid(spectrum: Spectrum, modality: str) -> tuple[np.ndarray, np.ndarray]:
     """
     row = spectrum_row(spectrum, modality)
     return (np.asarray(row["flux"], np.float32), np.asarray(row["ivar"], np.float32))
-
-
-def from_upload(data: bytes, filename: str, *, modality: str | None, air: bool | None,
-                row: int, max_bytes: int) -> GridSpectrum:
-    """Read an uploaded file and put spectrum number ``row`` on its grid.
-
-    Raises:
-        ReaderError / UnknownFormatError: unreadable, damaged, empty, too large.
-        SpectrumError: unusable spectrum.  QueryError: ``row`` out of range.
-    """
-    from astropy.io.fits.verify import VerifyError
-
-    try:
-        spectra = read_spectra_bytes(data, filename, modality=modality, air=air,
-                                     max_bytes=max_bytes)
-    except VerifyError as exc:
-        # astropy's header-card errors are not among the registry's mapped exceptions yet:
-        # a damaged card is still the client's file, not a server error.
-        raise ReaderError(safe_upload_name(filename),
-                          f"damaged FITS header: {exc}; fetch the file again") from None
-    if not spectra:
-        raise SpectrumError(f"{filename}: the file holds no spectrum")
-    if row >= len(spectra):
-        raise QueryError(f"{filename}: row={row} but the file holds {len(spectra)} "
-                         f"spectra (rows 0-{len(spectra) - 1})")
-    spec = spectra[row]
-    mod = choose_modality(spec, modality)
-    flux, ivar = to_grid(spec, mod)
-    return GridSpectrum(spectrum=spec, modality=mod, flux=flux, ivar=ivar,
-                        filename=spec.path, spectra_in_file=len(spectra), row=row)
 
 
 def from_arrays(wavelength: list[float], flux: list[float | None],

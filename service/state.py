@@ -10,6 +10,7 @@ from typing import Any
 
 from service.candidates import CandidateLists
 from service.metrics import ServiceMetrics
+from service.parse_pool import ParsePool
 from service.runtime import Worker, apply_thread_policy
 from service.settings import Settings
 from specsearch.index import ThreadPolicy
@@ -37,6 +38,8 @@ class ServiceState:
     lists: CandidateLists
     catalog_dir: Path | None = None
     started: float = field(default_factory=time.time)
+    parser: ParsePool = field(default_factory=lambda: ParsePool(
+        workers=0, timeout_s=60.0, memory_bytes=2 ** 30))
 
     def describe(self) -> str:
         counts = ", ".join(f"{m}: {self.engine.index[m].count:,}"
@@ -50,6 +53,7 @@ class ServiceState:
     def close(self) -> None:
         """Nothing to flush (read-only); drops references so memory maps can close."""
         self.lists.clear()
+        self.parser.close()
 
 
 def catalog_of(engine: SearchEngine, configured: Path | None) -> Path | None:
@@ -61,8 +65,12 @@ def catalog_of(engine: SearchEngine, configured: Path | None) -> Path | None:
                                {"source": index.manifest.source}), configured)
 
 
-def open_state(settings: Settings, metrics: ServiceMetrics) -> ServiceState:
+def open_state(settings: Settings, metrics: ServiceMetrics, *,
+               engine: SearchEngine | None = None) -> ServiceState:
     """Open everything the service needs (called once, in ``lifespan``).
+
+    ``engine``: an already opened engine with SearchEngine's interface (e.g. the
+    distributed one of :mod:`service.ray_serve`) instead of opening ``settings.index_dir``.
 
     Raises:
         SearchIndexError / ModelError / ConfigError: the service cannot start; the message
@@ -71,10 +79,12 @@ def open_state(settings: Settings, metrics: ServiceMetrics) -> ServiceState:
     keys = settings.all_api_keys()
     threads = apply_thread_policy(faiss_threads=settings.faiss_threads,
                                   torch_threads=settings.torch_threads)
-    engine = SearchEngine.open(settings.index_dir, mmap=True, verify=settings.verify_checksums,
-                               threads=ThreadPolicy(single=settings.faiss_threads,
-                                                    batch=settings.faiss_threads),
-                               max_k=settings.max_k)
+    if engine is None:
+        engine = SearchEngine.open(settings.index_dir, mmap=True,
+                                   verify=settings.verify_checksums,
+                                   threads=ThreadPolicy(single=settings.faiss_threads,
+                                                        batch=settings.faiss_threads),
+                                   max_k=settings.max_k)
     model = load_model(settings.model_dir)
     engine.attach_encoder(model)
     for modality in engine.modalities:
@@ -87,4 +97,6 @@ def open_state(settings: Settings, metrics: ServiceMetrics) -> ServiceState:
         api_keys=keys, threads=threads,
         lists=CandidateLists(engine, catalog, calibration=settings.hunt_calibration,
                              model_dir=settings.model_dir),
-        catalog_dir=catalog)
+        catalog_dir=catalog,
+        parser=ParsePool(workers=settings.parse_workers, timeout_s=settings.parse_timeout_s,
+                         memory_bytes=settings.parse_memory_bytes))

@@ -1,18 +1,16 @@
-"""Shared helpers of the service tests (tests/test_service_*.py): a small real index.
+"""Helpers behind the service fixtures of ``conftest.py`` (``service_index``, ``live_server``,
+``free_port``); tests use those fixtures, benchmarks import these functions directly.
 
-The index is built once per pytest session through the same library path as the default
-index of ``specsearch serve`` (synthetic survey -> model -> embeddings -> sharded index).
-The model is the shipped default; while it is missing (early development) a seeded,
-untrained model of the registered ``small`` architecture stands in, so the API contract is
-still exercised end to end on real files.
+The index is built through the same library path as the default index of ``specsearch
+serve`` (synthetic survey -> model -> embeddings -> sharded index). The model is the shipped
+default; while it is missing (early development) a seeded, untrained model of the registered
+``small`` architecture stands in, so the API contract is still exercised end to end.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-REAL_DATA = REPO.parent / "shared" / "data" / "real"
 N_STARS = 300
 
 
@@ -46,10 +44,6 @@ def small_index(root: Path) -> tuple[Path, Path | None, Path]:
     index = build_synthetic_index(root / "survey", n=N_STARS, seed=7, model_dir=model,
                                   shards=2)
     return index, model, root / "survey" / "catalog"
-
-
-def real_lamost_files() -> list[Path]:
-    return sorted((REAL_DATA / "lamost" / "dr1" / "spectra").glob("*.fits"))
 
 
 def free_port() -> int:

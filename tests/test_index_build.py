@@ -11,8 +11,8 @@ import pytest
 
 from specsearch.errors import ConfigError, SearchIndexError
 from specsearch.index import (ArrayEmbeddings, BuildOptions, FlatConfig, HNSWConfig,
-                              HnswlibConfig, IVFFlatConfig, IVFPQConfig, build_index,
-                              open_index)
+                              HnswlibConfig, IVFFlatConfig, IVFPQConfig, SearchKnobs,
+                              build_index, open_index)
 from specsearch.index.atomic import SimulatedCrash
 from specsearch.index.hashing import shard_of, splitmix64
 from specsearch.index.synthetic import clustered_unit_vectors, held_out_queries
@@ -77,6 +77,7 @@ def test_flat_is_exact_against_numpy(tmp_path, data):
     (HNSWConfig(m=16, ef_construction=64, storage="sq8"), 0.95),
     (HNSWConfig(m=16, ef_construction=64, storage="fp16"), 0.95),
     (HNSWConfig(m=16, ef_construction=64, storage="flat"), 0.95),
+    (HNSWConfig(m=16, ef_construction=64, storage="sq8", pca_dim=16), 0.95),
     (HnswlibConfig(m=16, ef_construction=100), 0.95),
 ], ids=lambda v: getattr(v, "kind", "") + getattr(v, "storage", "") if not isinstance(
     v, float) else str(v))
@@ -93,6 +94,31 @@ def test_approximate_backends_reach_recall_floor(tmp_path, data, config, floor):
     _, ids = idx["lamost"].knn(queries, 10)
     recall = recall_at_k(_rows_to_input(idx["lamost"], ids), truth)
     assert recall >= floor, (config, recall, idx["lamost"].knobs)
+
+
+def test_pca_graph_filters_and_per_query_knobs(tmp_path, data):
+    """A PCA graph (FAISS ``PCA16,HNSW16_SQ8`` + exact re-ranking) takes per-call knobs and
+    ID selectors through its pre-transform, and refuses a PCA wider than the vectors."""
+    vectors, source_id, queries, _, truth = data
+    config = HNSWConfig(m=16, ef_construction=64, pca_dim=16)
+    build_index(_source(vectors, source_id), tmp_path / "idx",
+                BuildOptions(config=config, target_recall=None, threads=2))
+    mi = open_index(tmp_path / "idx")["lamost"]
+    graph = faiss.downcast_index(mi.shards[0].backend.index.base_index)
+    assert isinstance(graph, faiss.IndexPreTransform) and graph.index.d == 16
+    stored = np.asarray(mi.shards[0].vectors)          # shard rows (the filter's space)
+    allowed = np.zeros(N, bool)
+    allowed[::3] = True
+    _, ids = mi.knn(queries, 10, filter_masks=[allowed])
+    assert (ids >= 0).all() and allowed[ids].all()
+    exact = faiss.knn(queries, stored[allowed], 10, metric=faiss.METRIC_INNER_PRODUCT)[1]
+    assert recall_at_k(ids, np.flatnonzero(allowed)[exact]) >= 0.95
+    # These vectors keep only 2/3 of their variance in 16 components: deep re-ranking.
+    deep = mi.knn(queries, 10, knobs=SearchKnobs(ef_search=400, refine_factor=16))[1]
+    assert recall_at_k(_rows_to_input(mi, deep), truth) >= 0.95
+    with pytest.raises(SearchIndexError, match="pca_dim 64"):
+        build_index(_source(vectors, source_id), tmp_path / "bad",
+                    BuildOptions(config=HNSWConfig(pca_dim=64), target_recall=None))
 
 
 def test_shard_merge_equals_single_index(tmp_path, data):

@@ -35,8 +35,8 @@ def test_lamost_dr1_with_labels_then_rerun_adds_nothing(real_data, tmp_path):
     assert open_catalog(out).count("lamost") == t.num_rows
 
 
-def test_bad_file_among_good_ones_is_reported_and_skipped(real_data, tmp_path):
-    src = sorted((real_data / "lamost" / "dr1" / "spectra").glob("*.fits"))[:3]
+def test_bad_file_among_good_ones_is_reported_and_skipped(samples, tmp_path):
+    src = sorted((samples / "lamost" / "dr1" / "spectra").glob("*.fits"))[:3]
     folder = tmp_path / "in"
     folder.mkdir()
     for p in src:
@@ -83,11 +83,11 @@ def test_pairs_table_gives_the_gaia_source_id(real_data, tmp_path):
     assert ids == {349511554371328, 319343704120704, 120435178731136}
 
 
-def test_label_sentinels_are_read_as_missing(real_data, tmp_path):
-    labels = real_data / "miles" / "labels.csv"
+def test_label_sentinels_are_read_as_missing(samples, tmp_path):
+    labels = samples / "miles" / "labels.csv"
     sentinel = [line.split(",")[0] for line in labels.read_text().splitlines()
                 if line.endswith(",9999.0")][0]
-    path = real_data / "miles" / "spectra" / f"MILES_res2.50_star_{sentinel}.fits"
+    path = samples / "miles" / "spectra" / f"MILES_res2.50_star_{sentinel}.fits"
     rep = ingest([path], tmp_path / "cat", modality="lamost", labels=labels, on="miles_id",
                  progress=False)
     assert rep.rows_labelled == 1

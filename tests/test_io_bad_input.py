@@ -1,6 +1,7 @@
 """Broken input: every reader fails with a ReaderError naming the file and the problem.
 
-Damaged files are made from real LAMOST/MILES files (mutated bytes written to tmp_path)."""
+Damaged files are made from the committed real LAMOST/MILES samples (tests/data; mutated
+bytes written to tmp_path)."""
 
 from __future__ import annotations
 
@@ -110,9 +111,9 @@ LAMOST_CASES = [
 
 @pytest.mark.parametrize("case, name, make, words", LAMOST_CASES,
                          ids=[c[0] for c in LAMOST_CASES])
-def test_damaged_lamost_files(real_data, tmp_path, case, name, make, words):
+def test_damaged_lamost_files(samples, tmp_path, case, name, make, words):
     path = tmp_path / f"{case}-{name}"
-    path.write_bytes(make(real_data))
+    path.write_bytes(make(samples))
     for read in (lamost.read_lamost, lambda p: list(read_spectra(p))):
         with pytest.raises(ReaderError) as info:
             read(path)
@@ -171,9 +172,9 @@ GENERIC_CASES = [
 
 @pytest.mark.parametrize("case, name, make, words", GENERIC_CASES,
                          ids=[c[0] for c in GENERIC_CASES])
-def test_damaged_generic_files(real_data, tmp_path, case, name, make, words):
+def test_damaged_generic_files(samples, tmp_path, case, name, make, words):
     path = tmp_path / f"{case}-{name}"
-    path.write_bytes(make(real_data))
+    path.write_bytes(make(samples))
     with pytest.raises((ReaderError, SpectrumError)) as info:
         generic.read_generic(path)
     message = str(info.value)

@@ -62,8 +62,8 @@ def test_miles_h_alpha_lands_at_its_vacuum_wavelength(miles):
     assert abs(np.median(centres) - H_ALPHA_VAC) < 0.3  # unconverted air: 6562.8
 
 
-def test_air_override(real_data):
-    path = next((real_data / "miles" / "spectra").glob("*.fits"))
+def test_air_override(samples):
+    path = next((samples / "miles" / "spectra").glob("*.fits"))
     spec = generic.read_generic(path, air=False)
     assert spec.wavelength[0] == 3540.5 and spec.meta["medium_from"].startswith("caller")
 
@@ -172,8 +172,8 @@ def test_vacuum_round_trip_through_air(tmp_path):
     np.testing.assert_allclose(spec.wavelength, vac, rtol=1e-8)
 
 
-def test_not_generic(real_data, tmp_path):
-    assert not generic.identify(real_data / "lamost" / "format_samples" /
+def test_not_generic(samples, tmp_path):
+    assert not generic.identify(samples / "lamost" / "format_samples" /
                                 "spec-55859-F5902_sp01-001_dr7.fits.gz")
     assert not generic.identify(_write(tmp_path / "t.csv", "name,teff\nx,5000\n"))
     with pytest.raises(ReaderError, match="DC-FLAG = 2"):

@@ -1,4 +1,5 @@
-"""LAMOST LRS reader on every real file in ../shared/data/real/lamost (all layouts)."""
+"""LAMOST LRS reader on real files of every layout: the committed samples (tests/data) and,
+where present, every file of the larger set (../shared/data/real/lamost)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,12 @@ def spectra(real_data):
     return {f: lamost.read_lamost(f) for f in files}
 
 
+@pytest.fixture(scope="module")
+def each_set_spectra(data_root):
+    """Every LAMOST file of the committed samples, then of the larger set."""
+    return {f: lamost.read_lamost(f) for f in _all_files(data_root)}
+
+
 def test_every_real_file_is_found_identified_and_read(real_data, spectra):
     files = list(spectra)
     assert len(files) == 102 + 2 + 9
@@ -55,8 +62,8 @@ def test_every_real_file_is_found_identified_and_read(real_data, spectra):
     assert not lamost.identify(real_data / "gaia_xp" / "xp_continuous_combined_chunk0.fits")
 
 
-def test_values_of_every_file_against_the_raw_fits(spectra):
-    for path, spec in spectra.items():
+def test_values_of_every_file_against_the_raw_fits(each_set_spectra):
+    for path, spec in each_set_spectra.items():
         header, raw = _raw_rows(path)
         npix = raw["flux"].size
         assert spec.npix == npix, path.name  # NPIX read from the file, never assumed
@@ -95,10 +102,10 @@ def test_dr1_wavelength_is_the_coeff_solution(spectra):
         assert spec.snr == header["SN_G"] and spec.meta["snr_r"] == header["SN_R"]
 
 
-def test_dr7_image_and_dr8_coadd_samples(real_data, spectra):
-    root = real_data / "lamost" / "format_samples"
-    dr7 = spectra[root / "spec-55859-F5902_sp01-001_dr7.fits.gz"]
-    dr8 = spectra[root / "spec-55859-F5902_sp01-013_dr8.fits.gz"]
+def test_dr7_image_and_dr8_coadd_samples(data_root, each_set_spectra):
+    root = data_root / "lamost" / "format_samples"
+    dr7 = each_set_spectra[root / "spec-55859-F5902_sp01-001_dr7.fits.gz"]
+    dr8 = each_set_spectra[root / "spec-55859-F5902_sp01-013_dr8.fits.gz"]
     assert (dr7.meta["layout"], dr8.meta["layout"]) == (lamost.LAYOUT_IMAGE,
                                                         lamost.LAYOUT_COADD)
     # The two samples are fibres 1 and 13 of one plate and night (not the same star):
@@ -176,8 +183,8 @@ def _modified_copy(src: Path, dst: Path, edit) -> Path:
 
 
 @pytest.mark.filterwarnings("ignore:Keyword name 'GAIA_SOURCE_ID'")
-def test_masks_ormask_option_vacuum_flag_and_gaia_id(real_data, tmp_path):
-    src = real_data / "lamost" / "format_samples" / "spec-55859-F5902_sp01-001_dr7.fits.gz"
+def test_masks_ormask_option_vacuum_flag_and_gaia_id(samples, tmp_path):
+    src = samples / "lamost" / "format_samples" / "spec-55859-F5902_sp01-001_dr7.fits.gz"
 
     def edit(hdul):
         hdul[0].data[3, 100] = 4.0      # andmask

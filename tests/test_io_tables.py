@@ -18,8 +18,8 @@ from specsearch.io.tables import (META_KEY, detect_format, iter_table_batches, p
 
 
 @pytest.fixture(scope="module")
-def xp_dir(real_data):
-    return real_data / "gaia_xp"
+def xp_dir(samples):
+    return samples / "gaia_xp"  # the committed samples (tests/data)
 
 
 # --------------------------------------------------------------------------- real files
@@ -48,7 +48,7 @@ def test_archive_csv_arrays_become_lists(xp_dir):
 def test_fits_per_coefficient_table(xp_dir):
     from astropy.table import Table
 
-    path = xp_dir / "xp_continuous_combined_chunk0.fits"
+    path = xp_dir / "xp_continuous_combined_chunk0_20rows.fits"
     t = read_table(path, columns=["source_id", "bp_coeff_0", "e_rp_coeff_54"])
     ref = Table.read(path)
     assert detect_format(path) == "fits"
@@ -178,7 +178,7 @@ def test_bad_files_raise_reader_error_naming_file(tmp_path, xp_dir, small_table)
     pq.write_table(small_table, tmp_path / "whole.parquet")
     raw = (tmp_path / "whole.parquet").read_bytes()
     (tmp_path / "cut.parquet").write_bytes(raw[: len(raw) // 2])
-    fits_raw = (xp_dir / "xp_continuous_combined_chunk0.fits").read_bytes()
+    fits_raw = (xp_dir / "xp_continuous_combined_chunk0_20rows.fits").read_bytes()
     (tmp_path / "cut.fits").write_bytes(fits_raw[: len(fits_raw) // 3])
     (tmp_path / "garbage.fits").write_bytes(b"\x00\x01garbage" * 100)
     (tmp_path / "cut.vot").write_text(

@@ -12,7 +12,8 @@ from specsearch.model.speed import fake_inputs
 from specsearch.preprocess import prepare_model_input
 
 from test_model_checkpoint import tiny_model_dir
-from test_model_data import _one_thread  # noqa: F401  (autouse fixture)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from specsearch.model.checkpoint import (CONFIG_FILE, WEIGHTS_FILE, optimizer_fr
 from specsearch.model.network import SpecCLIPNet
 from specsearch.model.speed import fake_inputs
 
-from test_model_data import _one_thread  # noqa: F401  (autouse fixture)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def tiny_model_dir(path, *, labels=("teff", "feh"), classes=("normal", "vmp"), seed=0):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from specsearch.errors import CatalogError
 from specsearch.io.catalog import CatalogWriter, open_catalog
@@ -18,14 +17,7 @@ from specsearch.preprocess import LAMOST_GRID, XP_GRID
 LINES = np.linspace(3900.0, 8800.0, 40)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread during the model tests: on a small machine shared by several jobs,
-    OpenMP's 2-thread barriers can be 5x slower than one thread. Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def toy_labels(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:

@@ -14,7 +14,7 @@ from specsearch.model.loss import (LossConfig, SpecCLIPLoss, gaussian_nll, info_
 from specsearch.model.network import SpecCLIPNet
 from specsearch.model import model_config
 
-from test_model_data import _one_thread  # noqa: F401  (autouse fixture)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def test_reduced_chi2_ignores_masked_pixels_and_clips_weights():

@@ -10,10 +10,11 @@ import pytest
 from specsearch.io.ingest import spectrum_row
 from specsearch.io.registry import read_spectra
 from specsearch.model import load_model
-from specsearch.model.evaluate_real import _multivisit
+from specsearch.model.evaluate_real import cross_modal, identity, same_star_retrieval
+from specsearch.model.real_sets import load_all
 from specsearch.preprocess import LAMOST_GRID
 
-from test_model_data import _one_thread  # noqa: F401  (autouse fixture)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -21,14 +22,34 @@ def model():
     return load_model()
 
 
-def test_repeat_visits_of_a_real_star_agree(model, real_data):
-    r = _multivisit(model, real_data)
-    assert r["n_spectra"] == 9 and r["n_stars"] == 3
-    # the 5 visits of one star are closer to each other than to the other stars
-    assert r["cosine_same_star_mean"] > r["cosine_different_star_mean"]
+@pytest.fixture(scope="module")
+def real_sets(real_data, tmp_path_factory):
+    return load_all(real_data, tmp_path_factory.mktemp("real") / "sets.npz")
+
+
+def test_repeat_visits_of_a_real_star_agree(model, real_sets):
+    r = identity(model, {k: v for k, v in real_sets.items() if k in ("lamost_dr8",
+                                                                       "lamost_dr1")})
+    # the DR8 visits of three stars find another visit of their star among ~110 spectra
+    assert r["lamost_dr8"]["embedding"]["n"] == 9
+    assert r["lamost_dr8"]["embedding"]["top5"] >= 0.6
+    cm = cross_modal(model, real_sets)
+    ranks = np.array(cm["partner_rank_per_visit"])
     # their real Gaia XP spectra rank in the top half of the 2000 XP sources of the field
-    ranks = np.array(r["xp_partner_rank_per_visit"])
     assert ranks.size == 9 and np.median(ranks) < 1000
+
+
+def test_same_star_retrieval_ranks():
+    v = np.eye(4, dtype=np.float32)[[0, 0, 1, 2, 3]]
+    v[1] += 0.1
+    star = np.array(["a", "a", "b", "c", "d"])
+    r = same_star_retrieval(v / np.linalg.norm(v, axis=1, keepdims=True), star,
+                            np.array([True, True, True, False, False]))
+    assert r["n"] == 2 and r["top1"] == 1.0       # "b" has no other visit: not a query
+    bad = v.copy()
+    bad[0] = np.nan                               # an unusable query ranks its partner last
+    r = same_star_retrieval(bad, star, np.array([True, False, False, False, False]))
+    assert r["median_rank"] == 5
 
 
 def test_miles_on_the_lamost_grid(model, real_data):

@@ -14,7 +14,9 @@ from specsearch.errors import ConfigError
 from specsearch.model import load_model
 from specsearch.model.train import TrainConfig, train
 
-from test_model_data import _one_thread, make_paired_catalog  # noqa: F401
+from test_model_data import make_paired_catalog
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

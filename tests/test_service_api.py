@@ -15,15 +15,14 @@ from service.app import create_app
 from service.deps import get_state
 from service.runtime import Worker
 from service.settings import Settings
-from service_support import REAL_DATA, LiveServer, real_lamost_files, small_index
 
 MAX_UPLOAD = 1_000_000
 API_KEY = "test-key-0123456789"
 
 
 @pytest.fixture(scope="module")
-def index(tmp_path_factory) -> tuple[Path, Path | None, Path]:
-    return small_index(tmp_path_factory.getbasetemp() / "service-index")
+def index(service_index) -> tuple[Path, Path | None, Path]:
+    return service_index
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +37,8 @@ def app(settings):
 
 
 @pytest.fixture(scope="module")
-def server(app):
-    with LiveServer(app) as srv:
+def server(app, live_server):
+    with live_server(app) as srv:
         yield srv
 
 
@@ -55,11 +54,8 @@ def state(app, server):
 
 
 @pytest.fixture(scope="module")
-def lamost_file() -> Path:
-    files = real_lamost_files()
-    if not files:
-        pytest.skip(f"real LAMOST spectra not found under {REAL_DATA}")
-    return files[0]
+def lamost_file(lamost_sample_files) -> Path:
+    return lamost_sample_files[0]
 
 
 def upload(client, path: Path, url: str = "/v1/search/upload", **params) -> httpx.Response:
@@ -78,8 +74,10 @@ def snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
 def test_health_and_info(client, state):
     assert client.get("/v1/health/live").json()["status"] == "ok"
     ready = client.get("/v1/health/ready")
-    assert ready.status_code == 200 and "300" in ready.json()["detail"]
+    # Ready or not, nothing else: no model hash, key count or sizes without a key.
+    assert ready.status_code == 200 and ready.json() == {"status": "ok", "detail": ""}
     info = client.get("/v1/info").json()
+    assert "root" not in info["index"] and str(state.settings.index_dir) not in str(info)
     assert info["model"]["hash"] == info["index"]["model_hash"] == state.model.model_hash
     assert {m: v["count"] for m, v in info["index"]["modalities"].items()} == \
         {"lamost": 300, "xp": 300}
@@ -207,10 +205,8 @@ def test_filters_and_pagination(client, state):
     ("lamost/format_samples/spec-55859-F5902_sp01-013_dr8.fits.gz", "lamost", 0),
     ("lamost/format_samples/spec-55859-F5902_sp01-001_dr7.fits.gz", "lamost", 0),
 ])
-def test_real_formats_over_http(client, relpath, modality, row):
-    path = REAL_DATA / relpath
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
+def test_real_formats_over_http(client, samples, relpath, modality, row):
+    path = samples / relpath
     r = client.post("/v1/search/upload", params={"k": 3, "row": row, "target": "cross"},
                     files={"file": (path.name, path.read_bytes())})
     assert r.status_code == 200, r.text
@@ -376,12 +372,12 @@ def test_timeout_via_swapped_dependency(app, client, state, lamost_file):
     assert upload(client, lamost_file).status_code == 200
 
 
-def test_api_keys_and_cors(index, tmp_path):
+def test_api_keys_and_cors(index, tmp_path, live_server):
     keys = tmp_path / "keys.txt"
     keys.write_text(f"# service keys\n{API_KEY}\n")
     settings = Settings(index_dir=index[0], model_dir=index[1], api_keys_file=keys,
                         cors_origins=("https://survey.example",))
-    with LiveServer(create_app(settings)) as srv, httpx.Client(base_url=srv.url) as c:
+    with live_server(create_app(settings)) as srv, httpx.Client(base_url=srv.url) as c:
         assert c.get("/v1/health/ready").status_code == 200
         r = c.get("/v1/info")
         assert r.status_code == 401 and "API key" in r.json()["detail"]

@@ -21,7 +21,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service_support import free_port, real_lamost_files, small_index
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
@@ -33,8 +32,8 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    index, model, _ = small_index(tmp_path_factory.getbasetemp() / "service-index")
+def served(tmp_path_factory, service_index, free_port):
+    index, model, _ = service_index
     port = free_port()
     cmd = [sys.executable, "-m", "specsearch", "serve", str(index), "--port", str(port),
            "--log-level", "warning"]
@@ -61,12 +60,10 @@ def served(tmp_path_factory):
         proc.wait(timeout=20)
 
 
-def test_upload_real_lamost_file_in_browser(served, tmp_path):
+def test_upload_real_lamost_file_in_browser(served, tmp_path, lamost_sample_files):
     sync_api = pytest.importorskip("playwright.sync_api",
                                    reason="playwright (dev extra) is not installed")
-    files = real_lamost_files()
-    if not files:
-        pytest.skip("real LAMOST spectra not found under ../shared/data/real")
+    files = lamost_sample_files
     shot = tmp_path / "ui.png"
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)

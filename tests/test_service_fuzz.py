@@ -10,17 +10,16 @@ import pytest
 
 from service.app import create_app
 from service.settings import Settings
-from service_support import LiveServer, real_lamost_files, small_index
 
 EXAMPLES_PER_OPERATION = 15
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    index, model, _ = small_index(tmp_path_factory.getbasetemp() / "service-index")
+def server(service_index, live_server):
+    index, model, _ = service_index
     app = create_app(Settings(index_dir=index, model_dir=model, max_upload_bytes=1_000_000,
                               max_k=200))
-    with LiveServer(app) as srv:
+    with live_server(app) as srv:
         yield srv
 
 
@@ -78,10 +77,8 @@ def _mutations(data: bytes, rng: random.Random) -> list[tuple[str, bytes]]:
     return out
 
 
-def test_mutated_real_fits_never_5xx(server):
-    files = real_lamost_files()
-    if not files:
-        pytest.skip("real LAMOST spectra not found under ../shared/data/real")
+def test_mutated_real_fits_never_5xx(server, lamost_sample_files):
+    files = lamost_sample_files
     rng = random.Random(20261125)
     codes: dict[str, int] = {}
     with httpx.Client(base_url=server.url, timeout=60) as client:

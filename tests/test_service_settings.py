@@ -9,7 +9,6 @@ import pytest
 
 from service.default_index import DEMO_INDEXES, ensure_default_index
 from service.settings import Settings
-from service_support import small_index
 from specsearch.errors import ConfigError
 
 
@@ -69,7 +68,7 @@ def test_default_index_prefers_the_demo(tmp_path):
     assert DEMO_INDEXES[0] == Path("demo-output") / "index"  # `specsearch demo`'s default
 
 
-def test_bad_index_or_model_refuses_to_start(tmp_path, tmp_path_factory):
+def test_bad_index_or_model_refuses_to_start(tmp_path, service_index):
     """What ``lifespan`` opens: a missing index or another model stops the start."""
     from service.metrics import ServiceMetrics
     from service.state import open_state
@@ -77,7 +76,7 @@ def test_bad_index_or_model_refuses_to_start(tmp_path, tmp_path_factory):
 
     with pytest.raises(SearchIndexError, match="no index manifest"):
         open_state(Settings(index_dir=tmp_path), ServiceMetrics.create())
-    index, _, _ = small_index(tmp_path_factory.getbasetemp() / "service-index")
+    index = service_index.index
     import torch
 
     from specsearch.model.checkpoint import save_model_dir

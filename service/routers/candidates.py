@@ -9,10 +9,12 @@ from fastapi import APIRouter, Depends, Query
 from service import convert
 from service.deps import FilterParam, OffsetParam, State
 from service.schemas import Modality, Page
+from service.schemas import API_ERRORS
 from service.security import require_api_key
 
 router = APIRouter(prefix="/v1/candidates", tags=["candidates"],
-                   dependencies=[Depends(require_api_key)])
+                   dependencies=[Depends(require_api_key)],
+                   responses=API_ERRORS)
 
 PageLimit = Annotated[int, Query(ge=1, le=10_000, description="rows (<= server max_page)")]
 MAX_WINDOW = 100_000

@@ -18,8 +18,8 @@ async def live() -> Health:
 @router.get("/ready", response_model=Health, summary="the index and model are open",
             responses={503: {"model": Health}})
 async def ready(request: Request) -> Health | JSONResponse:
+    # Ready or not, nothing more: no model hash, key count or sizes without a key.
     state = getattr(request.app.state, "service", None)
     if state is None:
-        return JSONResponse(Health(status="starting", detail="index not open yet").model_dump(),
-                            status_code=503)
-    return Health(status="ok", detail=state.describe())
+        return JSONResponse(Health(status="starting").model_dump(), status_code=503)
+    return Health(status="ok")

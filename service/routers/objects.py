@@ -7,10 +7,12 @@ from fastapi import APIRouter, Depends
 from service import convert
 from service.deps import SourceIdParam, State
 from service.schemas import ObjectRecord
+from service.schemas import API_ERRORS
 from service.security import require_api_key
 
 router = APIRouter(prefix="/v1/objects", tags=["objects"],
-                   dependencies=[Depends(require_api_key)])
+                   dependencies=[Depends(require_api_key)],
+                   responses=API_ERRORS)
 
 
 @router.get("/{source_id}", response_model=ObjectRecord,

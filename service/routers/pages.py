@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import FileResponse, Response
+
+from service.deps import get_state
+from service.security import require_api_key
 
 router = APIRouter(include_in_schema=False)
 
@@ -23,7 +28,15 @@ for _path, _name in PAGES.items():
 
 
 @router.get("/metrics")
-async def metrics(request: Request) -> Response:
-    """Prometheus text exposition (request counts, latency histograms, stage timings)."""
+async def metrics(request: Request,
+                  x_api_key: Annotated[str | None, Header()] = None,
+                  authorization: Annotated[str | None, Header()] = None) -> Response:
+    """Prometheus text exposition (request counts, latency histograms, stage timings).
+
+    Needs the API key whenever keys are configured, unless ``metrics_public`` is set
+    (``SPECSEARCH_METRICS_PUBLIC=1``, e.g. for a scraper on a private network).
+    """
+    if not request.app.state.settings.metrics_public:
+        await require_api_key(get_state(request), x_api_key, authorization)
     body, content_type = request.app.state.metrics.render()
     return Response(body, media_type=content_type)

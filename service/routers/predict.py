@@ -10,14 +10,16 @@ from fastapi import APIRouter, Depends, File, Query, UploadFile
 from service import convert
 from service.deps import State
 from service.schemas import ArraysPredict, Curve, Modality, Prediction
+from service.schemas import API_ERRORS, UPLOAD_ERRORS
 from service.security import require_api_key
-from service.spectra import GridSpectrum, display_curve, from_arrays, from_upload, model_curve
+from service.spectra import GridSpectrum, display_curve, from_arrays, model_curve
 from service.state import ServiceState
-from service.uploads import read_upload
+from service.uploads import parse_upload, read_upload
 from specsearch.errors import SpectrumError
 
 router = APIRouter(prefix="/v1/predict", tags=["predict"],
-                   dependencies=[Depends(require_api_key)])
+                   dependencies=[Depends(require_api_key)],
+                   responses=API_ERRORS)
 
 
 def predict_grid(state: ServiceState, grid: GridSpectrum, translate: bool) -> Prediction:
@@ -54,7 +56,7 @@ def predict_grid(state: ServiceState, grid: GridSpectrum, translate: bool) -> Pr
     return out
 
 
-@router.post("/upload", response_model=Prediction,
+@router.post("/upload", responses=UPLOAD_ERRORS, response_model=Prediction,
              summary="parameters and translated spectrum of an uploaded spectrum")
 async def predict_upload(
     state: State,
@@ -66,12 +68,9 @@ async def predict_upload(
 ) -> Prediction:
     data = await read_upload(file, state.settings.max_upload_bytes)
 
-    def work() -> Prediction:
-        grid = from_upload(data, file.filename or "upload", modality=modality, air=air,
-                           row=row, max_bytes=state.settings.max_upload_bytes)
-        return predict_grid(state, grid, translate)
-
-    return await state.worker.run("predict_upload", work)
+    grid = await parse_upload(state, data, file.filename or "upload", modality=modality,
+                              air=air, row=row)
+    return await state.worker.run("predict_upload", predict_grid, state, grid, translate)
 
 
 @router.post("/spectrum", response_model=Prediction,

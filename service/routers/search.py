@@ -21,14 +21,16 @@ from service.schemas import (
     SearchResponse,
     Target,
 )
+from service.schemas import API_ERRORS, UPLOAD_ERRORS
 from service.security import require_api_key
-from service.spectra import GridSpectrum, display_curve, from_arrays, from_upload, model_curve
+from service.spectra import GridSpectrum, display_curve, from_arrays, model_curve
 from service.state import ServiceState
-from service.uploads import read_upload
+from service.uploads import parse_upload, read_upload
 from specsearch.errors import QueryError, SpectrumError
 
 router = APIRouter(prefix="/v1/search", tags=["search"],
-                   dependencies=[Depends(require_api_key)])
+                   dependencies=[Depends(require_api_key)],
+                   responses=API_ERRORS)
 
 PLOT_NEIGHBOURS = 5
 """Neighbours drawn in the web page's plot (all are in the table)."""
@@ -140,7 +142,7 @@ K = Annotated[int, Query(ge=1, le=10_000, description="neighbours (<= server max
 LimitParam = Annotated[int | None, Query(ge=1, le=10_000, description="page size")]
 
 
-@router.post("/upload", response_model=SearchResponse,
+@router.post("/upload", responses=UPLOAD_ERRORS, response_model=SearchResponse,
              summary="neighbours of an uploaded spectrum file")
 async def search_upload(
     state: State,
@@ -158,12 +160,9 @@ async def search_upload(
     data = await read_upload(file, state.settings.max_upload_bytes)
     opts = _options(k, target, filters or [], offset, limit, include_spectra)
 
-    def work() -> SearchResponse:
-        grid = from_upload(data, file.filename or "upload", modality=modality, air=air,
-                           row=row, max_bytes=state.settings.max_upload_bytes)
-        return search_grid(state, grid, opts, "upload")
-
-    return await state.worker.run("search_upload", work)
+    grid = await parse_upload(state, data, file.filename or "upload", modality=modality,
+                              air=air, row=row)
+    return await state.worker.run("search_upload", search_grid, state, grid, opts, "upload")
 
 
 @router.post("/spectrum", response_model=SearchResponse,

@@ -9,13 +9,12 @@ TOPCAT users open any of these directly. What each format needs:
   VOTable ``arraysize``), strings fixed-width, integer nulls masked (``TNULL``), float nulls
   NaN; units and descriptions are attached where known.
 
-Writes are atomic (temporary file in the same directory, then ``os.replace``).
+Writes are atomic (:func:`specsearch.fsutil.atomic_path`: temporary file in the same
+directory, fsync, rename).
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from specsearch.errors import ConfigError
+from specsearch.fsutil import atomic_path
 
 FORMATS: dict[str, tuple[str, ...]] = {
     "parquet": (".parquet", ".pq"),
@@ -81,10 +81,7 @@ def write_table(table: pa.Table, path: str | Path, *, fmt: str | None = None,
     """
     path = Path(path)
     fmt = format_of(path, fmt)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=path.suffix) as tmp:
         if fmt == "parquet":
             import pyarrow.parquet as pq
             md = dict(table.schema.metadata or {})
@@ -99,10 +96,6 @@ def write_table(table: pa.Table, path: str | Path, *, fmt: str | None = None,
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # HIERARCH / unit-parsing chatter
                 at.write(tmp, format="fits" if fmt == "fits" else "votable", overwrite=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -136,6 +136,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     _source_args(p)
     p.add_argument("--out", required=True, help="calibration JSON to write")
     p.add_argument("--label", default="feh", help="true label column")
+    p.add_argument("--real-data", help="real-data folder: refit the LAMOST noise model on its "
+                                       "held-out (cal split) labelled real stars")
+    p.add_argument("--model", help="the model that made the embeddings (with --real-data; "
+                                   "default: the shipped model)")
     p.set_defaults(run=run_calibrate)
 
 
@@ -244,7 +248,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from specsearch.hunt.pipeline import run_calibrate as run
 
     cal = run(args.index_dir, out=args.out, label=args.label, filters=args.filter,
-              embeddings=args.embeddings, verify=not args.no_verify)
+              embeddings=args.embeddings, verify=not args.no_verify,
+              real_data=args.real_data, model=args.model)
     for m, c in cal.modalities.items():
         checks = {k: v for k, v in c.checks.items() if k.startswith("feh<")}
         print(f"{m}: n={c.n} scale={c.scale:.3f} floor={c.floor:.3f} dex "

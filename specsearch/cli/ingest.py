@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import signal
+import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -13,12 +19,18 @@ EPILOG = """\
 Example:
   specsearch ingest --modality lamost ../shared/data/real/lamost/dr1/spectra \\
       --labels ../shared/data/real/lamost/dr1/labels.csv --on filename --out catalogs/lamost_dr1
-  specsearch ingest --modality lamost ../shared/data/real/lamost/dr8_xp_matched \
-      --labels ../shared/data/real/pairs_lamost_xp.csv --on obsid \
+  specsearch ingest --modality lamost ../shared/data/real/lamost/dr8_xp_matched \\
+      --labels ../shared/data/real/pairs_lamost_xp.csv --on obsid \\
       --rename gaia_dr3_source_id=source_id --out catalogs/lamost_dr8
   specsearch ingest --modality xp gaia_xp_chunk.fits --out catalogs/xp
 
 Bad files are reported and skipped; re-running into the same catalog adds nothing twice.
+Ctrl-C stops after the file being read (press it again to abandon that file); every file
+reported as ingested is in the catalog, and the same command continues where it stopped.
+
+Exit codes: 0 every file ingested (or already in the catalog); 3 finished, but some files
+or spectra were skipped (reasons in the summary and --report); 1 failed: interrupted, or
+every file was skipped; 2 bad options or an unreadable label table / ledger.
 """
 
 
@@ -42,6 +54,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--observed-frame", action="store_true",
                    help="keep the observed frame (default: remove the header redshift)")
     p.add_argument("--rows-per-file", type=int, default=50_000)
+    p.add_argument("--max-file-mb", type=int, default=256,
+                   help="largest content (MB, after gzip decompression) of a file read "
+                        "whole (FITS, VOTable, ECSV, text); bigger files are skipped. CSV "
+                        "and Parquet tables are streamed and not bounded by this")
     p.add_argument("--report", help="also write the full report (every skip) as JSON here")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=run)
@@ -49,6 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from specsearch.io.ingest import ingest
+    from specsearch.io.limits import DEFAULT_LIMITS, use_limits
 
     rename = {}
     for item in args.rename:
@@ -56,10 +73,36 @@ def run(args: argparse.Namespace) -> int:
         if not sep or not src or not dst:
             raise ConfigError(f"--rename expects COLUMN=CATALOG_COLUMN, got {item!r}")
         rename[src] = dst
-    report = ingest(args.paths, args.out, modality=args.modality, labels=args.labels,
-                    on=args.on, rename=rename, rest_frame=not args.observed_frame,
-                    rows_per_file=args.rows_per_file, progress=not args.no_progress)
+    limits = dataclasses.replace(DEFAULT_LIMITS,
+                                 max_decompressed_bytes=args.max_file_mb * 2 ** 20)
+    with _stop_on_ctrl_c() as stop, use_limits(limits):
+        report = ingest(args.paths, args.out, modality=args.modality, labels=args.labels,
+                        on=args.on, rename=rename, rest_frame=not args.observed_frame,
+                        rows_per_file=args.rows_per_file, progress=not args.no_progress,
+                        should_stop=stop.is_set)
     print(report.summary())
     if args.report:
-        write_json_atomic(Path(args.report), asdict(report))
-    return 0 if report.rows_written or report.files_already_ingested else 1
+        write_json_atomic(Path(args.report), {**asdict(report), "exit_code": report.exit_code})
+    return report.exit_code
+
+
+@contextlib.contextmanager
+def _stop_on_ctrl_c() -> Iterator[threading.Event]:
+    """The first Ctrl-C sets the event (stop between files); the second interrupts."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum, frame) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print("\nspecsearch ingest: stopping after the current file (Ctrl-C again to stop "
+              "now)", file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)

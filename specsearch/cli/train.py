@@ -22,6 +22,17 @@ Example:
       --labels teff,logg,feh,alpha_fe,ebv --out models/small-ebv
 """
 
+FINETUNE_EPILOG = """\
+Example:
+  specsearch finetune --model models/small --catalog catalogs/synth100k \\
+      --real-data ../shared/data/real --out models/small-real --threads 2
+
+Starts from a trained model; adds the real spectra of --real-data (split by star: train for
+fine-tuning, cal for the real-data uncertainty floor, test never read) and the identity
+objective (two views of each star must find each other). OUT receives config.json +
+model.safetensors and finetune_log.json.
+"""
+
 EVAL_EPILOG = """\
 Example:
   specsearch evaluate --model models/small --catalog catalogs/synth100k --out reports/small \\
@@ -85,17 +96,43 @@ def register(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--no-progress", action="store_true", help="no progress bars")
     h.set_defaults(run=run_train_heads)
 
+    f = sub.add_parser("finetune", help="adapt a trained model to real spectra and identity",
+                       description="Fine-tune a trained model on its synthetic catalog plus "
+                                   "the real spectra of a real-data folder (heads on real "
+                                   "labels, self-supervised views of real LAMOST and XP), "
+                                   "then calibrate uncertainties on held-out real stars.",
+                       formatter_class=HelpFormatter, epilog=FINETUNE_EPILOG)
+    f.add_argument("--model", required=True, help="trained model directory (the start)")
+    f.add_argument("--catalog", required=True, help="the paired synthetic catalog")
+    f.add_argument("--real-data", required=True, help="real-data folder (../shared/data/real)")
+    f.add_argument("--out", required=True, help="model directory to write")
+    f.add_argument("--steps", type=int, default=1500)
+    f.add_argument("--lr", type=float, default=2e-4)
+    f.add_argument("--identity", type=float, default=1.0,
+                   help="weight of the same-star view objective (0 disables it)")
+    f.add_argument("--real-labels", type=float, default=1.0,
+                   help="weight of the real-label likelihood (0: no real labels)")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    f.add_argument("--threads", type=int, help="torch CPU threads")
+    f.add_argument("--cache", help="keep the prepared synthetic pairs here for later runs")
+    f.add_argument("--real-cache", help="an .npz to keep the read real sets in (reused)")
+    f.add_argument("--overwrite", action="store_true", help="replace a model in OUT")
+    f.add_argument("--no-progress", action="store_true", help="no progress bars")
+    f.set_defaults(run=run_finetune)
+
     e = sub.add_parser("evaluate", help="evaluate a model: retrieval, parameters, real data",
                        description="Cross-modal retrieval, parameter accuracy in S/N bins, "
                                    "translation error, real-data rows and encoder speed.",
                        formatter_class=HelpFormatter, epilog=EVAL_EPILOG)
     e.add_argument("--model", help="model directory (default: the shipped default model)")
-    e.add_argument("--catalog", required=True, help="paired catalog")
+    e.add_argument("--catalog", help="paired catalog (omit with --real-data: real rows only)")
     e.add_argument("--out", required=True, help="report directory")
     e.add_argument("--split", default="auto", choices=["auto", "test", "all"],
                    help="auto: the test split if the model was trained on this catalog")
     e.add_argument("--max-pairs", type=int, default=12000)
     e.add_argument("--real-data", help="folder of real samples (../shared/data/real)")
+    e.add_argument("--real-cache", help="an .npz to keep the read real sets in (reused)")
     e.add_argument("--no-speed", action="store_true", help="skip the speed comparison")
     e.add_argument("--no-figures", action="store_true")
     e.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
@@ -145,12 +182,37 @@ def run_train_heads(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_finetune(args: argparse.Namespace) -> int:
+    from specsearch.model.finetune import FinetuneConfig, finetune
+
+    _threads(args)
+    cfg = FinetuneConfig(steps=args.steps, lr=args.lr, identity=args.identity,
+                         real_labels=args.real_labels, seed=args.seed, device=args.device)
+    result = finetune(args.model, args.catalog, args.real_data, args.out, cfg,
+                      progress=not args.no_progress, overwrite=args.overwrite,
+                      command=shlex.join(["specsearch", *sys.argv[1:]]),
+                      real_cache=args.real_cache, cache_dir=args.cache)
+    print(f"fine-tuned -> {result.out} (hash {result.model_hash[:12]}): {result.steps} steps, "
+          f"{result.seconds / 60:.1f} min; real training spectra {result.n_real_train}")
+    print("  real-data uncertainty floor (lamost): "
+          + ", ".join(f"{k} {v:.3g}" for k, v in result.sigma_floor["lamost"].items()))
+    print("  z-width on the real calibration stars: "
+          + ", ".join(f"{k} {v:.2f}" for k, v in result.real_z_width_cal.items()))
+    return 0
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
-    from specsearch.model.evaluate import EvalConfig, evaluate
+    from specsearch.errors import ConfigError
+    from specsearch.model.evaluate import EvalConfig, evaluate, evaluate_real_only
 
     _threads(args)
     cfg = EvalConfig(split=args.split, max_pairs=args.max_pairs, real_data=args.real_data,
                      speed=not args.no_speed, figures=not args.no_figures, device=args.device)
+    if args.catalog is None:
+        if not args.real_data:
+            raise ConfigError("evaluate needs --catalog, --real-data or both")
+        evaluate_real_only(args.model, args.real_data, args.out, cfg, cache=args.real_cache)
+        return 0
     evaluate(args.model, args.catalog, args.out, cfg)
     return 0
 

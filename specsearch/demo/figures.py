@@ -11,6 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
+from specsearch.fsutil import atomic_path
+
+
+def _save(fig, path: Path) -> None:
+    """Save a figure atomically (matplotlib picks the format from the suffix)."""
+    with atomic_path(path, suffix=Path(path).suffix) as tmp:
+        fig.savefig(tmp, dpi=110)
+
 
 def _plt():
     import matplotlib
@@ -47,7 +55,7 @@ def plot_spectra_panels(panels: Sequence[tuple[str, Sequence[SpectrumTrace]]], p
         ax.set_xlabel("vacuum wavelength [A]")
         ax.set_ylabel("scaled flux + offset")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -87,7 +95,7 @@ def plot_umap_labels(xy: np.ndarray, teff: np.ndarray, feh: np.ndarray,
         ax.set_title(f"{title}: coloured by {name}", fontsize=10)
     axes[1].legend(fontsize=7, loc="best", markerscale=0.8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -119,6 +127,6 @@ def plot_alignment(xy: np.ndarray, modality: np.ndarray, pair_index: np.ndarray,
         ax.text(0.01, 0.01, stats, transform=ax.transAxes, fontsize=8, va="bottom")
     ax.legend(markerscale=5, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
     return path

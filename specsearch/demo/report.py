@@ -18,6 +18,7 @@ from specsearch.demo.figures import (
     plot_umap_labels,
     umap_embed,
 )
+from specsearch.fsutil import write_text_atomic
 from specsearch.io.catalog import list_column_to_numpy, open_catalog
 from specsearch.io.embeddings import open_embeddings
 from specsearch.preprocess import grid_for, prepare_model_input
@@ -243,8 +244,4 @@ def write_report(out: Path, cfg, *, real: Path | None) -> Path:
            "Start the HTTP API and the web page on what the demo just built:", "",
            "```bash", f"specsearch serve {out / 'index'}", "```", "",
            "then open http://127.0.0.1:8000/ (API docs at /docs).", ""]
-    path = out / "report.md"
-    from specsearch.io.parquet import write_bytes_atomic
-
-    write_bytes_atomic(path, "\n".join(md).encode())
-    return path
+    return write_text_atomic(out / "report.md", "\n".join(md))

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from specsearch.errors import ConfigError
-from specsearch.io.parquet import write_json_atomic
+from specsearch.fsutil import write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -35,11 +35,8 @@ import pyarrow.parquet as pq
 from specsearch.errors import CatalogError, ConfigError
 from specsearch.io.catalog import open_catalog
 from specsearch.io.embeddings import EmbeddingsWriter, open_embeddings
-from specsearch.io.parquet import (
-    atomic_path,
-    columns_to_table,
-    iter_file_batches,
-)
+from specsearch.fsutil import atomic_path, remove_stale_temps
+from specsearch.io.parquet import columns_to_table, iter_file_batches
 
 log = logging.getLogger(__name__)
 
@@ -468,6 +465,8 @@ def build_embeddings(catalog: str | Path, model: Encoder, out: str | Path,
             for m in existing.modalities:
                 for p in existing.files(m):
                     p.unlink()
+    for m in modalities:   # temp files of a killed run: this run owns the folder
+        remove_stale_temps(out / m)
     report = EmbedReport()
     start = time.perf_counter()
     total = sum(cat.count(m) for m in modalities)

@@ -24,7 +24,6 @@ Stored as JSON (no pickle).
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ import numpy as np
 from scipy.optimize import isotonic_regression, minimize
 
 from specsearch.errors import ConfigError
+from specsearch.fsutil import now_iso, write_json_atomic
 
 FORMAT_VERSION = 2
 MAX_KNOTS = 256
@@ -164,6 +164,32 @@ def fit_measurement(pred: np.ndarray, err: np.ndarray, true: np.ndarray, *,
                           width_mult=wy.tolist(), n=int(ok.sum()))
 
 
+def refit_noise(model: FehCalibration, pred: np.ndarray, err: np.ndarray, true: np.ndarray,
+                *, min_stars: int = 50) -> FehCalibration:
+    """The same measurement model with its noise (scale, floor, nu) refitted on other
+    labelled stars, keeping the shape ``g`` and the width profile.
+
+    Used for real spectra: the synthetic calibration survey pins down ``g`` (it holds
+    thousands of metal-poor stars) while a few hundred held-out real stars say how wide the
+    real residuals are.
+
+    Raises:
+        ConfigError: fewer than ``min_stars`` usable stars.
+    """
+    pred, err, true = (np.asarray(a, dtype=np.float64) for a in (pred, err, true))
+    ok = np.isfinite(pred) & np.isfinite(err) & np.isfinite(true) & (err > 0)
+    if ok.sum() < min_stars:
+        raise ConfigError(f"refitting the [Fe/H] noise model needs >= {min_stars} labelled "
+                          f"stars; got {int(ok.sum())} ({model.modality})")
+    p, e, t = pred[ok], err[ok], true[ok]
+    resid = p - np.interp(t, model.knots_true, model.knots_pred)
+    if model.width_true:
+        resid = resid / np.interp(t, model.width_true, model.width_mult)
+    scale, floor, nu = _fit_noise(resid, e)
+    return dataclasses.replace(model, scale=scale, floor=floor, nu=nu, n=model.n + int(ok.sum()),
+                               checks={**model.checks, "noise_refit_stars": int(ok.sum())})
+
+
 def _width_by_truth(true: np.ndarray, z: np.ndarray, *, step: float = 0.25,
                     min_count: int = 50) -> tuple[np.ndarray, np.ndarray]:
     """Knots of the robust width (1.4826 MAD) of ``z`` as a function of the true value:
@@ -252,8 +278,6 @@ class HuntCalibration:
                 "modalities": {m: dataclasses.asdict(c) for m, c in self.modalities.items()}}
 
     def save(self, path: str | Path) -> Path:
-        from specsearch.io.parquet import write_json_atomic
-
         return write_json_atomic(Path(path), self.to_dict())
 
     @classmethod
@@ -345,6 +369,3 @@ def fit_calibration(pred: np.ndarray, err: np.ndarray, true: np.ndarray, *,
     return HuntCalibration({modality: model}, prior=fit_prior(true).tolist(),
                            created=now_iso())
 
-
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

@@ -118,15 +118,51 @@ def run_hunt(source: str | Path, *, out: str | Path, feh_max: float = -2.0,
 
 def run_calibrate(source: str | Path, *, out: str | Path, label: str = "feh",
                   filters: Sequence[str] | None = None,
-                  embeddings: str | Path | None = None, verify: bool = True
+                  embeddings: str | Path | None = None, verify: bool = True,
+                  real_data: str | Path | None = None, model: str | Path | None = None
                   ) -> HuntCalibration:
     """Fit a calibration on the labelled rows of an index or embeddings dataset (a held-out
-    validation set: never the stars you will hunt in) and save it as JSON."""
+    validation set: never the stars you will hunt in) and save it as JSON.
+
+    With ``real_data`` (a real-data folder, see :mod:`specsearch.model.real_sets`), the
+    LAMOST noise model is then refitted on the real labelled stars of its ``cal`` split
+    (embedded with ``model``, default: the shipped model), keeping the shape fitted on the
+    synthetic rows (:func:`~specsearch.hunt.calibration.refit_noise`).
+    """
     loaded = load_source(source, None, embeddings=embeddings, verify=verify)
     tables = {m: t for m, t in loaded.tables.items() if t.has(label)}
     if not tables:
         raise ConfigError(f"{source}: no modality has a true {label!r} column to calibrate on")
     cal = fit_hunt_calibration(tables, label=label, source=str(source),
                                row_masks=row_masks(tables, filters))
+    if real_data is not None and "lamost" in cal.modalities:
+        cal = refit_on_real(cal, real_data, model=model, label=label)
     cal.save(out)
     return cal
+
+
+def refit_on_real(cal: HuntCalibration, real_data: str | Path, *,
+                  model: str | Path | None = None, label: str = "feh") -> HuntCalibration:
+    """Refit the LAMOST noise model of ``cal`` on the real ``cal``-split labelled stars."""
+    import dataclasses
+
+    from specsearch.hunt.calibration import refit_noise
+    from specsearch.model import load_model
+    from specsearch.model.real_sets import load_all
+
+    m = load_model(model)
+    if cal.model_hash and cal.model_hash != m.model_hash:
+        raise ConfigError(f"the calibration rows are embeddings of model {cal.model_hash!r}, "
+                          f"but --model is {m.model_hash!r}: pass the model that made them")
+    sets = [s for s in load_all(Path(real_data)).values()
+            if s.modality == "lamost" and label in s.labels]
+    sel = [s.select(s.in_split("cal")) for s in sets]
+    flux = np.concatenate([s.flux for s in sel])
+    ivar = np.concatenate([s.ivar for s in sel])
+    true = np.concatenate([s.labels[label] for s in sel])
+    b = m.embed_numpy("lamost", flux, ivar)
+    j = m.label_names.index(label)
+    refit = refit_noise(cal.modalities["lamost"], b.predictions[:, j], b.uncertainties[:, j],
+                        true)
+    return dataclasses.replace(cal, modalities={**cal.modalities, "lamost": refit},
+                               source=f"{cal.source} + real cal split of {real_data}")

@@ -21,9 +21,10 @@ import numpy as np
 
 from specsearch.anomaly.sources import EmbeddingTable
 from specsearch.errors import ConfigError, QueryError
+from specsearch.fsutil import now_iso
 from specsearch.hunt.calibration import (GRID, FehCalibration, HuntCalibration,
                                          cross_fitted_checks, fit_measurement, fit_prior,
-                                         now_iso, posterior_summaries)
+                                         posterior_summaries)
 
 MODES = ("any", "lamost", "xp", "both")
 

@@ -96,13 +96,16 @@ class FaissBackend(Backend):
         faiss = _faiss()
         self.is_ivf = isinstance(config, IVFFlatConfig)
         self.is_hnsw = isinstance(config, HNSWConfig)
-        self.quantised = isinstance(config, IVFPQConfig) or (
-            self.is_hnsw and config.storage != "flat")
+        self.quantised = isinstance(config, IVFPQConfig) or (self.is_hnsw and config.refined)
+        self.pretransform = self.is_hnsw and config.pca_dim is not None
+        if self.pretransform and config.pca_dim >= dim:
+            raise SearchIndexError(f"HNSW pca_dim {config.pca_dim} must be below the "
+                                   f"embedding dimension {dim}")
         self.supports_range = isinstance(config, FlatConfig) or type(config) is IVFFlatConfig
         if index is None:
             base = faiss.index_factory(dim, faiss_factory(config), faiss.METRIC_INNER_PRODUCT)
             if self.is_hnsw:
-                base.hnsw.efConstruction = config.ef_construction
+                _graph_index(base).hnsw.efConstruction = config.ef_construction
             if isinstance(config, IVFPQConfig):
                 # Polysemous codes only help Hamming-filtered search, which we do not use,
                 # and their training dominates build time.
@@ -112,6 +115,7 @@ class FaissBackend(Backend):
             self._keep = base  # the Python wrapper of base must outlive the refine index
         self.index = index
         self.base = faiss.downcast_index(index.base_index) if self.quantised else index
+        self.graph = _graph_index(self.base) if self.is_hnsw else None
         self.ivf = faiss.extract_index_ivf(self.base) if self.is_ivf else None
         self.default_knobs = config.search_defaults()
         self._selectors: dict = {}
@@ -125,7 +129,7 @@ class FaissBackend(Backend):
         if self.ivf is not None:
             self.ivf.nprobe = d.nprobe
         if self.is_hnsw:
-            self.base.hnsw.efSearch = d.ef_search
+            self.graph.hnsw.efSearch = d.ef_search
         if self.quantised:
             self.index.k_factor = float(d.refine_factor)
 
@@ -138,8 +142,22 @@ class FaissBackend(Backend):
         return int(self.index.ntotal)
 
     def train(self, sample: np.ndarray) -> None:
-        if not self.index.is_trained:
-            self.index.train(np.ascontiguousarray(sample, dtype=np.float32))
+        if self.index.is_trained:
+            return
+        sample = np.ascontiguousarray(sample, dtype=np.float32)
+        if not self.pretransform:
+            self.index.train(sample)
+            return
+        # FAISS's PCA centres the data, which changes inner-product rankings (embeddings
+        # share a large mean direction). Trained on {x, -x} its mean is 0 and its axes are
+        # those of the uncentred second moment, so <Px, Pq> keeps the dominant part of
+        # <x, q>. The graph's codes are then trained on the projected sample.
+        faiss = _faiss()
+        pca = faiss.downcast_VectorTransform(self.base.chain.at(0))
+        pca.train(np.concatenate([sample, -sample]))
+        self.graph.train(pca.apply(sample))
+        self.base.is_trained = True
+        self.index.is_trained = True
 
     def add(self, vectors: np.ndarray, *, threads: int | None = None) -> None:
         if not self.index.is_trained:
@@ -182,6 +200,9 @@ class FaissBackend(Backend):
             base.sel = sel
         if base is not None:
             keep.append(base)
+            if self.pretransform:  # the PCA wrapper hands the graph its own parameters
+                base = faiss.SearchParametersPreTransform(index_params=base)
+                keep.append(base)
         if not self.quantised or (base is None and kf == d.refine_factor):
             return base
         params = faiss.IndexRefineSearchParameters(k_factor=kf)
@@ -247,11 +268,21 @@ def faiss_factory(config: IndexConfig) -> str:
     if isinstance(config, IVFFlatConfig):
         return f"IVF{config.nlist},Flat"
     if isinstance(config, HNSWConfig):
-        return {"flat": f"HNSW{config.m},Flat", "sq8": f"HNSW{config.m}_SQ8",
-                "fp16": f"HNSW{config.m}_SQfp16"}[config.storage]
+        pca = "" if config.pca_dim is None else f"PCA{config.pca_dim},"
+        return pca + {"flat": f"HNSW{config.m},Flat", "sq8": f"HNSW{config.m}_SQ8",
+                      "fp16": f"HNSW{config.m}_SQfp16"}[config.storage]
     if isinstance(config, FlatConfig):
         return "Flat"
     raise SearchIndexError(f"no FAISS backend for index kind {config.kind!r}")
+
+
+def _graph_index(index):
+    """The FAISS ``IndexHNSW`` inside ``index`` (itself, or under a PCA pre-transform)."""
+    faiss = _faiss()
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexPreTransform):
+        index = faiss.downcast_index(index.index)
+    return index
 
 
 # --------------------------------------------------------------------------- hnswlib

@@ -156,7 +156,14 @@ class HNSWConfig(IndexConfig):
         storage: how vectors are held for graph traversal: ``flat`` (float32, 4*D B),
             ``fp16`` (2*D B, near-lossless) or ``sq8`` (D B, 8-bit per dimension: 4x less
             memory traffic, the fastest traversal; ranking error repaired by re-ranking).
-        refine_factor: default re-ranking depth for ``sq8``/``fp16`` storage.
+        pca_dim: build the graph and its codes on the first ``pca_dim`` uncentred
+            principal components (the directions of largest mean square, so inner products
+            keep their dominant part; FAISS ``PCA{d},HNSW``) instead of all D; None = all.
+            Each distance then costs pca_dim/D as much and the codes shrink alike; the
+            exact float32 vectors re-rank the candidates, so only neighbours lost in the
+            graph walk cost recall. Pays off when the vectors' variance sits in few
+            directions (model embeddings), not on isotropic data.
+        refine_factor: default re-ranking depth for ``sq8``/``fp16`` storage or a PCA graph.
     """
 
     kind: ClassVar[str] = "hnsw"
@@ -164,16 +171,25 @@ class HNSWConfig(IndexConfig):
     ef_construction: int = 200
     ef_search: int = 48
     storage: str = "sq8"
+    pca_dim: int | None = None
     refine_factor: float = 2.0
 
     def __post_init__(self) -> None:
         if self.storage not in HNSW_STORAGES:
             raise ConfigError(
                 f"HNSW storage {self.storage!r} is not one of {HNSW_STORAGES}")
+        if self.pca_dim is not None and self.pca_dim < 1:
+            raise ConfigError(f"HNSW pca_dim must be >= 1 (or None for all dimensions); "
+                              f"got {self.pca_dim}")
+
+    @property
+    def refined(self) -> bool:
+        """True when candidates are re-ranked with the exact vectors (lossy graph codes)."""
+        return self.storage != "flat" or self.pca_dim is not None
 
     def search_defaults(self) -> SearchKnobs:
         return SearchKnobs(ef_search=self.ef_search,
-                           refine_factor=1.0 if self.storage == "flat" else self.refine_factor)
+                           refine_factor=self.refine_factor if self.refined else 1.0)
 
 
 @dataclass(frozen=True, kw_only=True)

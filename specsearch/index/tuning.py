@@ -67,7 +67,8 @@ def ram_bytes_per_vector(config: IndexConfig, dim: int) -> float:
     if isinstance(config, IVFFlatConfig):
         return 4 * dim + 8
     if isinstance(config, HNSWConfig):
-        code = {"flat": 4 * dim, "fp16": 2 * dim, "sq8": dim}[config.storage]
+        d = config.pca_dim or dim
+        code = {"flat": 4 * d, "fp16": 2 * d, "sq8": d}[config.storage]
         return code + 2 * config.m * 4 * 1.07 + 8  # level-0 links, upper levels, offsets
     if isinstance(config, HnswlibConfig):
         return 4 * dim + 2 * config.m * 4 + 8 + 4 + 8 * 1.07

@@ -25,6 +25,7 @@ import numpy as np
 from astropy.io import fits
 
 from specsearch.errors import ReaderError
+from specsearch.io.limits import read_bytes_capped, scan_fits_bytes, scan_fits_file
 
 FITS_BLOCK = 2880
 GZIP_MAGIC = b"\x1f\x8b"
@@ -67,48 +68,41 @@ def starts_with_gzip_magic(path: str | Path) -> bool:
         return False
 
 
-def read_primary_header(path: str | Path, max_blocks: int = 40) -> fits.Header | None:
-    """The primary header, read block by block up to the END card; None if not FITS.
+def read_primary_header(path: str | Path) -> fits.Header | None:
+    """The primary header, checked by :func:`specsearch.io.limits.scan_fits` (card count and
+    structural keywords) and parsed; None if not FITS or damaged.
 
-    Cheap (reads a few kB, even of a ``.fits.gz``) and never raises: for ``identify``.
+    Cheap (reads the header, plus the primary data of a ``.fits.gz``) and never raises: for
+    ``identify``. Headers of any length up to ``InputLimits.max_header_cards`` are read.
     """
-    raw = sniff(path, max_blocks * FITS_BLOCK)
-    if not raw.startswith(b"SIMPLE  ="):
+    try:
+        hdus = scan_fits_file(path, max_hdus=1)
+    except Exception:  # noqa: BLE001 - a sniffer must never raise
         return None
-    for end in range(FITS_BLOCK, len(raw) + 1, FITS_BLOCK):
-        block = raw[end - FITS_BLOCK:end]
-        cards = [block[i:i + 80] for i in range(0, FITS_BLOCK, 80)]
-        if any(c.startswith(b"END ") or c.rstrip() == b"END" for c in cards):
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    return fits.Header.fromstring(raw[:end].decode("ascii", "replace"))
-            except Exception:  # noqa: BLE001 - a sniffer must never raise
-                return None
-    return None
+    if not hdus:
+        return None
+    raw = sniff(path, hdus[0].data_offset)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return fits.Header.fromstring(raw.decode("ascii", "replace"))
+    except Exception:  # noqa: BLE001 - a sniffer must never raise
+        return None
 
 
 def _file_bytes(path: Path) -> bytes:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ReaderError(path, f"cannot read the file: {exc.strerror or exc}") from exc
+    raw = read_bytes_capped(path)
     if not raw:
-        raise ReaderError(path, "empty file (0 bytes)")
-    if raw[:2] == GZIP_MAGIC:
-        try:
-            raw = gzip.decompress(raw)
-        except (EOFError, OSError, zlib.error) as exc:
-            raise ReaderError(path, f"truncated or corrupt gzip stream ({exc}); the download "
-                                    f"is incomplete or damaged: fetch the file again") from exc
-        if not raw:
-            raise ReaderError(path, "empty file (gzip stream holds 0 bytes)")
+        raise ReaderError(path, "empty file (0 bytes)" if not starts_with_gzip_magic(path)
+                          else "empty file (gzip stream holds 0 bytes)")
     if not raw.startswith(b"SIMPLE"):
         raise ReaderError(path, f"not a FITS file: it starts with {raw[:16]!r}, "
                                 f"expected the card 'SIMPLE  ='")
     if len(raw) % FITS_BLOCK:
         raise ReaderError(path, f"truncated FITS file: {len(raw)} bytes is not a whole number "
                                 f"of {FITS_BLOCK}-byte FITS blocks; fetch the file again")
+    # Card counts, structural keywords and declared sizes, before astropy allocates anything.
+    scan_fits_bytes(raw, path)
     return raw
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gzip
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from specsearch.errors import ReaderError
+from specsearch.io.limits import current_limits, too_large
 
 TEXT_SUFFIXES = (".csv", ".txt", ".dat", ".tsv", ".tab", ".ascii", ".spec")
 COMMENT_PREFIXES = ("#", "%", "!")
@@ -95,15 +97,18 @@ def has_text_suffix(path: str | Path) -> bool:
 def read_text_lines(path: str | Path, max_bytes: int | None = MAX_TEXT_BYTES) -> list[str]:
     """The file's lines (gunzipped if needed); ReaderError if unreadable, binary or empty."""
     path = Path(path)
+    cap = current_limits().max_decompressed_bytes
+    max_bytes = cap if max_bytes is None else min(max_bytes, cap)
     try:
         with open(path, "rb") as fh:
             gz = fh.read(2) == b"\x1f\x8b"
         with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
-            raw = fh.read(-1 if max_bytes is None else max_bytes + 1)
-    except (OSError, EOFError) as exc:
+            raw = fh.read(max_bytes + 1)   # bounded: a gzip bomb stops here
+    except (OSError, EOFError, zlib.error) as exc:
         raise ReaderError(path, f"cannot read the text file: {exc}") from exc
-    if max_bytes is not None and len(raw) > max_bytes:
-        raise ReaderError(path, f"text file larger than {max_bytes} bytes; not a spectrum?")
+    if len(raw) > max_bytes:
+        raise too_large(path, "text size", f"more than {max_bytes:,} bytes", max_bytes,
+                        "max_decompressed_bytes")
     if not raw.strip():
         raise ReaderError(path, "empty file: no header and no data rows")
     if b"\x00" in raw[:65536]:
@@ -180,17 +185,19 @@ def _comment_header(comments: list[str]) -> list[str] | None:
     return candidate if "flux" in roles and roles & {"wavelength", "loglam"} else None
 
 
-def looks_like_text_spectrum(path: str | Path, max_lines: int = 300) -> bool:
-    """Cheap check for ``identify``: the first lines hold a header naming a wavelength and a
-    flux column, or 2-3 numeric columns. Never raises."""
+def looks_like_text_spectrum(path: str | Path, max_lines: int = 300,
+                             max_bytes: int = 1 << 16) -> bool:
+    """Cheap check for ``identify``: the first lines (within ``max_bytes``: a one-line
+    gigabyte is never read) hold a header naming a wavelength and a flux column, or 2-3
+    numeric columns. Never raises."""
     try:
         with open(path, "rb") as fh:
             gz = fh.read(2) == b"\x1f\x8b"
-        with (gzip.open(path, "rt", errors="replace") if gz else
-              open(path, "r", errors="replace")) as fh:
-            lines = [line for _, line in zip(range(max_lines), fh)]
-    except (OSError, EOFError, UnicodeError):
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
+            head = fh.read(max_bytes)
+    except (OSError, EOFError, zlib.error):
         return False
+    lines = head.decode("utf-8", errors="replace").splitlines()[:max_lines]
     if any("\x00" in line for line in lines):
         return False
     comments, header, _, first = _locate(lines)

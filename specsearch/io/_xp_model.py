@@ -40,6 +40,8 @@ BP_MODEL, RP_MODEL = "v375wi", "v142r"
 # Archive order of the correlation values: row-major lower triangle, k = -1 (GaiaXPy's
 # array_to_symmetric_matrix). CORR_I[k], CORR_J[k] are the coefficient pair of value k.
 CORR_I, CORR_J = np.tril_indices(N_COEFF, k=-1)
+N_CORR_PADDED = 1488
+"""Pairs padded with zero rows to a multiple of 16 (a faster GEMM shape)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,10 +101,16 @@ class XPDesign:
             if np.any(np.diff(cols) != 1):   # cannot happen with monotonic merge weights
                 raise ConfigError(f"{band} contributes to a non-contiguous set of grid points")
             span = slice(int(cols[0]), int(cols[-1]) + 1) if cols.size else slice(0, 0)
+            pair = 2.0 * d[CORR_I] * d[CORR_J]                       # (1485, m)
+            # Unit-max columns: D_i D_j ~ 1e-35 would be subnormal in float32.
+            scale = np.max(np.abs(pair), axis=0) if cols.size else np.ones(0)
+            scale = np.where(scale > 0, scale, 1.0)
+            padded = np.zeros((N_CORR_PADDED, -(-cols.size // 16) * 16))
+            padded[:N_CORR, :cols.size] = pair / scale
             ops = BandOperators(columns=cols, span=span,
                                 design=d, design_sq=d * d,
-                                pair=np.ascontiguousarray(2.0 * d[CORR_I] * d[CORR_J]),
-                                weight=self.weights(band)[cols])
+                                pair=padded, pair32=padded.astype(np.float32),
+                                pair_scale=scale, weight=self.weights(band)[cols])
             self._cache[band] = ops
         return ops
 
@@ -140,7 +148,11 @@ class BandOperators:
         span: the same run as a slice (cheaper than fancy indexing).
         design: (55, m) D.
         design_sq: (55, m) D**2 (diagonal error term).
-        pair: (1485, m) 2 D[i] D[j] for the archive's (i, j) pair order (correlation term).
+        pair: (1488, m') the correlation term's matrix 2 D[i] D[j] / pair_scale, rows in the
+            archive's (i, j) pair order, zero-padded to 1488 rows and m' (a multiple of 16)
+            columns, the shapes that single-precision GEMM kernels run fastest on.
+        pair32: ``pair`` in float32.
+        pair_scale: (m,) the largest |2 D[i] D[j]| of each column (``pair`` is divided by it).
         weight: (m,) merge weight on those columns.
     """
 
@@ -149,6 +161,8 @@ class BandOperators:
     design: np.ndarray
     design_sq: np.ndarray
     pair: np.ndarray
+    pair32: np.ndarray
+    pair_scale: np.ndarray
     weight: np.ndarray
 
 

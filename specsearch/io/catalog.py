@@ -14,7 +14,6 @@ coefficients, population labels, provenance) are kept as written.
 
 from __future__ import annotations
 
-import datetime as _dt
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 
 from specsearch.errors import CatalogError
+from specsearch.fsutil import now_iso, write_json_atomic
 from specsearch.io.parquet import (
     FORMAT_VERSION,
     DatasetWriter,
@@ -29,7 +29,6 @@ from specsearch.io.parquet import (
     PartitionedDataset,
     fixed_list_type,
     list_column_to_numpy,
-    write_json_atomic,
 )
 from specsearch.preprocess import grid_for
 
@@ -77,7 +76,7 @@ def _update_manifest(root: Path, modality: str) -> None:
     if path.is_file():
         manifest = Catalog(root).manifest
     manifest.setdefault("grids", {})[modality] = grid_for(modality).describe()
-    manifest["updated"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    manifest["updated"] = now_iso()
     write_json_atomic(path, manifest)
 
 

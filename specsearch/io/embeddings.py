@@ -15,7 +15,6 @@ writers refuse to add rows made by another model hash.
 
 from __future__ import annotations
 
-import datetime as _dt
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from specsearch.errors import CatalogError
+from specsearch.fsutil import now_iso, write_json_atomic
 from specsearch.io.parquet import (
     FORMAT_VERSION,
     DatasetWriter,
@@ -31,7 +31,6 @@ from specsearch.io.parquet import (
     PartitionedDataset,
     fixed_list_type,
     list_column_to_numpy,
-    write_json_atomic,
 )
 
 __all__ = ["Embeddings", "EmbeddingsWriter", "embeddings_schema", "open_embeddings"]
@@ -131,7 +130,7 @@ class EmbeddingsWriter(ModalityWriter):
             "format_version": FORMAT_VERSION, "kind": "embeddings", "model_hash": model_hash,
             "embedding_dim": int(embedding_dim), "dtype": dtype,
             "label_names": list(label_names), "class_names": list(class_names),
-            "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "updated": now_iso(),
         })
         manifest.update(dict(extra_manifest or {}))
         self.root.mkdir(parents=True, exist_ok=True)

@@ -11,14 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from specsearch.errors import CatalogError, ReaderError, SpecsearchError
+from specsearch.errors import CatalogError, ReaderError, SpecsearchError, SpectrumError
 from specsearch.io.catalog import LABEL_COLUMNS, CatalogWriter, open_catalog
 from specsearch.io.parquet import write_json_atomic
 from specsearch.preprocess import grid_for, to_canonical_grid
@@ -61,6 +61,16 @@ class IngestReport:
     skipped_files: list[tuple[str, str]] = field(default_factory=list)
     skipped_rows: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        """0 all files done, 3 done with skipped files or spectra, 1 failed (interrupted,
+        or files were given and every one was skipped)."""
+        if self.interrupted or (self.files_seen and not self.files_ingested
+                                and not self.files_already_ingested):
+            return 1
+        return 3 if self.skipped_files or self.skipped_rows else 0
 
     def summary(self) -> str:
         lines = [f"files: {self.files_seen} seen, {self.files_ingested} ingested, "
@@ -70,6 +80,9 @@ class IngestReport:
                  f"{self.rows_duplicate} duplicates dropped, "
                  f"{len(self.skipped_rows)} bad spectra skipped",
                  f"time: {self.seconds:.1f} s"]
+        if self.interrupted:
+            lines.insert(0, "interrupted: the files listed as ingested are in the catalog; "
+                            "run the same command again to ingest the rest")
         for name, reason in self.skipped_files[:20]:
             lines.append(f"  skipped file {name}: {reason}")
         for name, reason in self.skipped_rows[:20]:
@@ -187,6 +200,16 @@ def spectrum_row(spec: Spectrum, modality: str, *, rest_frame: bool = True) -> d
     removed when present and finite; the row records it in ``rv`` (km/s).
     """
     flux, ivar, z = to_canonical_grid(spec, modality, rest_frame=rest_frame)
+    # Values beyond float32 (1e300 fluxes, 1e-200 errors) overflow on the grid: masked, so
+    # that no row carries inf/NaN flux with a positive ivar.
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(flux) | ~np.isfinite(ivar) | ~(ivar >= 0)
+    if bad.any():
+        flux = np.where(bad, 0.0, flux).astype(flux.dtype)
+        ivar = np.where(bad, 0.0, ivar).astype(ivar.dtype)
+        if not (ivar > 0).any():
+            raise SpectrumError(f"{spec.path or spec.spectrum_id or 'spectrum'}: no usable "
+                                f"pixel on the {modality} grid (values overflow float32)")
     spectrum_id = spec.spectrum_id or Path(spec.path or "spectrum").name
     source_id = spec.source_id
     if source_id is None:
@@ -215,11 +238,36 @@ def _rows_to_columns(rows: list[dict[str, Any]], modality: str) -> dict[str, Any
     return cols
 
 
+@dataclass
+class _FileRows:
+    """The catalog rows of one file, not yet handed to the writer."""
+
+    key: str
+    file_key: dict[str, Any]
+    name: str
+    rows: list[dict[str, Any]]
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, SpecsearchError):
+        return str(getattr(exc, "reason", exc))
+    return f"{type(exc).__name__}: {exc}"
+
+
 def ingest(paths: Sequence[str | Path], out: str | Path, *, modality: str,
            labels: str | Path | None = None, on: str | None = None,
-           rename: dict[str, str] | None = None, rest_frame: bool = True, rows_per_file: int = 50_000, batch_rows: int = 2000,
-           progress: bool = True) -> IngestReport:
+           rename: dict[str, str] | None = None, rest_frame: bool = True,
+           rows_per_file: int = 50_000, batch_rows: int = 2000, progress: bool = True,
+           should_stop: Callable[[], bool] | None = None) -> IngestReport:
     """Turn survey files (LAMOST FITS, Gaia XP tables, generic spectra) into a catalog.
+
+    A file counts as done (in the ledger, skipped by a rerun) only once all its rows are
+    in Parquet parts on disk: the ledger is rewritten after each part. Any error in one
+    file (damaged, unreadable, a reader bug) makes it a skip with its reason and the run
+    goes on. ``should_stop()`` is asked between files (the CLI's Ctrl-C handler); a
+    ``KeyboardInterrupt`` inside a file abandons that file. Either way the rows of the
+    finished files are written and ``report.interrupted`` is set; a rerun ingests the rest,
+    so the catalog ends with exactly the rows of an uninterrupted run.
 
     Args:
         paths: files and/or folders (searched recursively for spectrum-like files).
@@ -230,11 +278,10 @@ def ingest(paths: Sequence[str | Path], out: str | Path, *, modality: str,
             alpha_fe, source_id, ra, dec, snr fill the catalog row; ``rename`` maps other
             label-table names onto those (``{"gaia_dr3_source_id": "source_id"}``).
         rest_frame: remove the header redshift when the file gives one (LAMOST ``Z``).
+        should_stop: polled between files; True ends the run cleanly.
     Returns:
         An :class:`IngestReport`; bad files and bad spectra are listed there, not raised.
     """
-    from specsearch.io.registry import read_spectra
-
     grid_for(modality)  # validates the modality name
     start = time.perf_counter()
     root = Path(out)
@@ -244,55 +291,114 @@ def ingest(paths: Sequence[str | Path], out: str | Path, *, modality: str,
     ledger = _read_ledger(root)
     done = ledger.get(modality, {})
     seen_ids = _existing_ids(root, modality)
-    rows: list[dict[str, Any]] = []
     writer = CatalogWriter(root, modality, rows_per_file=rows_per_file,
                            file_prefix=f"ingest-{int(time.time())}")
-    bar = _progress(files, progress)
+    batch: list[_FileRows] = []
+    pending: list[tuple[str, dict[str, Any], int]] = []  # (key, file key, last row offset)
+    handed = 0
+
+    def hand_over() -> None:
+        """Give the batch's rows to the writer; a file whose rows it refuses is a skip."""
+        nonlocal handed, batch
+        todo, batch = batch, []
+        try:
+            rows = [r for f in todo for r in f.rows]
+            if rows:
+                writer.write(_rows_to_columns(rows, modality))
+            accepted = todo
+        except (SpecsearchError, ValueError, TypeError):
+            accepted = []
+            for f in todo:   # find the file at fault; the others are written
+                try:
+                    if f.rows:
+                        writer.write(_rows_to_columns(f.rows, modality))
+                except (SpecsearchError, ValueError, TypeError) as exc:
+                    report.skipped_files.append((f.name, f"rows not writable: {_reason(exc)}"))
+                    report.files_ingested -= 1
+                    continue
+                accepted.append(f)
+        for f in accepted:
+            handed += len(f.rows)
+            pending.append((f.key, f.file_key, handed))
+
+    def commit() -> None:
+        """Record in the ledger the files whose rows are all on disk."""
+        nonlocal pending
+        durable = writer.rows_written
+        ready = [p for p in pending if p[2] <= durable]
+        if ready:
+            for key, file_key, _ in ready:
+                done[key] = file_key
+            pending = [p for p in pending if p[2] > durable]
+            ledger[modality] = done
+            write_json_atomic(root / LEDGER, ledger)
+
     try:
-        for path in bar:
-            key = str(path.resolve())
-            if done.get(key) == _file_key(path):
+        for path in _progress(files, progress):
+            if should_stop is not None and should_stop():
+                report.interrupted = True
+                break
+            try:
+                key, file_key = str(path.resolve()), _file_key(path)
+            except OSError as exc:
+                report.skipped_files.append((path.name, f"cannot stat: {exc.strerror}"))
+                continue
+            if done.get(key) == file_key:
                 report.files_already_ingested += 1
                 continue
             try:
-                spectra = list(read_spectra(path, modality=modality))
-            except SpecsearchError as exc:
-                report.skipped_files.append((path.name, str(getattr(exc, "reason", exc))))
+                file_rows = _read_file_rows(path, modality, rest_frame, label_table, seen_ids,
+                                            report)
+            except Exception as exc:  # noqa: BLE001 - one bad file never stops the run
+                report.skipped_files.append((path.name, _reason(exc)))
                 continue
-            except (OSError, ValueError) as exc:  # reader bug or unreadable: keep going
-                report.skipped_files.append((path.name, f"{type(exc).__name__}: {exc}"))
-                continue
-            for spec in spectra:
-                name = spec.spectrum_id or path.name
-                try:
-                    row = spectrum_row(spec, modality, rest_frame=rest_frame)
-                except SpecsearchError as exc:
-                    report.skipped_rows.append((name, str(exc)))
-                    continue
-                if row["spectrum_id"] in seen_ids:
-                    report.rows_duplicate += 1
-                    continue
-                if label_table is not None and (lab := label_table.lookup(spec)) is not None:
-                    row.update({k: v for k, v in lab.items() if v is not None})
-                    report.rows_labelled += 1
-                seen_ids.add(row["spectrum_id"])
-                rows.append(row)
-            done[key] = _file_key(path)
+            seen_ids.update(r["spectrum_id"] for r in file_rows)
+            batch.append(_FileRows(key, file_key, path.name, file_rows))
             report.files_ingested += 1
-            if len(rows) >= batch_rows:
-                writer.write(_rows_to_columns(rows, modality))
-                report.rows_written += len(rows)
-                rows = []
-        if rows:
-            writer.write(_rows_to_columns(rows, modality))
-            report.rows_written += len(rows)
+            if sum(len(f.rows) for f in batch) >= batch_rows:
+                hand_over()
+                commit()
+    except KeyboardInterrupt:
+        report.interrupted = True   # the file being read is abandoned; the rest is kept
     finally:
+        hand_over()
         writer.close()
-        # The ledger is written after the rows it vouches for are on disk.
-        ledger[modality] = done
-        write_json_atomic(root / LEDGER, ledger)
+        commit()
+    report.rows_written = writer.rows_written
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _read_file_rows(path: Path, modality: str, rest_frame: bool,
+                    label_table: LabelTable | None, seen_ids: set[str],
+                    report: IngestReport) -> list[dict[str, Any]]:
+    """The new catalog rows of one file (bad spectra and duplicates counted in ``report``)."""
+    from specsearch.io.registry import read_spectra
+
+    rows: list[dict[str, Any]] = []
+    skipped: list[tuple[str, str]] = []
+    duplicates = labelled = 0
+    ids: set[str] = set()
+    for spec in read_spectra(path, modality=modality):
+        name = spec.spectrum_id or path.name
+        try:
+            row = spectrum_row(spec, modality, rest_frame=rest_frame)
+        except SpecsearchError as exc:
+            skipped.append((name, str(exc)))
+            continue
+        if row["spectrum_id"] in seen_ids or row["spectrum_id"] in ids:
+            duplicates += 1
+            continue
+        if label_table is not None and (lab := label_table.lookup(spec)) is not None:
+            row.update({k: v for k, v in lab.items() if v is not None})
+            labelled += 1
+        ids.add(row["spectrum_id"])
+        rows.append(row)
+    # Counted only once the whole file is read: an abandoned file leaves no trace.
+    report.skipped_rows += skipped
+    report.rows_duplicate += duplicates
+    report.rows_labelled += labelled
+    return rows
 
 
 def _progress(items: list[Path], enabled: bool) -> Iterator[Path]:

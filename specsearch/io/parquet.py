@@ -1,19 +1,16 @@
 """Partitioned Parquet datasets: the storage shared by catalogs and embeddings.
 
 A dataset is a directory with a JSON manifest (``<kind>.json``) and one sub-folder per
-modality holding ``part-NNNNN.parquet`` files. Files are written atomically (temp file in the
-same folder, fsync, ``os.replace``), so a reader never sees a half-written file and a killed
-writer leaves only complete files behind. Reading streams record batches; nothing loads a
-whole dataset.
+modality holding ``part-NNNNN.parquet`` files. Files are written atomically
+(:func:`specsearch.fsutil.atomic_path`: temp file in the same folder, fsync, rename), so a
+reader never sees a half-written file and a killed writer leaves only complete files behind.
+Reading streams record batches; nothing loads a whole dataset.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,70 +21,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from specsearch.errors import CatalogError
+# Re-exported for code that still imports the atomic writers from here (model, synth, ingest).
+from specsearch.fsutil import (  # noqa: F401
+    atomic_path,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 
 FORMAT_VERSION = 1
 _PART_RE = re.compile(r"^(?P<prefix>.+)-(?P<num>\d{5,})\.parquet$")
 
 
-# --------------------------------------------------------------------------- atomic files
-
-def fsync_dir(path: Path) -> None:
-    """fsync a directory so a rename inside it survives a crash (no-op where unsupported)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path in ``path``'s folder; on success fsync it and rename it to ``path``.
-
-    Whatever the body writes to the temp path appears at ``path`` all at once, or not at all
-    (on an exception the temp file is removed; after a crash it is left as ``.NAME.*.tmp``
-    and never read).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        # mkstemp makes the file owner-only; give it the mode a plain open() would.
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder + rename)."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON, atomically."""
-    return write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
+# --------------------------------------------------------------------------- Parquet files
 
 ROW_GROUP_BYTES = 64 * 1024 * 1024
 """Target size of a Parquet row group (uncompressed): big enough for fast scans, small

@@ -18,17 +18,17 @@ import logging
 import re
 import tempfile
 import warnings
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from astropy.io.fits.verify import VerifyError
+import numpy as np
 
 from specsearch.errors import ConfigError, ReaderError, SpecsearchError, UnknownFormatError
 from specsearch.io._fits import has_fits_suffix, open_fits, sniff, starts_with_gzip_magic
 from specsearch.io._text import has_text_suffix
+from specsearch.io.limits import InputTooLargeError
 from specsearch.preprocess import grid_for
 from specsearch.spectrum import Spectrum
 
@@ -109,7 +109,7 @@ def detect_format(path: str | Path) -> FormatInfo:
             warnings.simplefilter("ignore")
             try:
                 claimed = module.identify(path)
-            except (OSError, ValueError, VerifyError) as exc:
+            except Exception as exc:  # noqa: BLE001
                 # identify() should never raise; a damaged header card can still escape
                 # astropy's lazy parsing. The file is not this format's to claim.
                 log.debug("%s: %s.identify raised %r", path, info.name, exc)
@@ -121,7 +121,13 @@ def detect_format(path: str | Path) -> FormatInfo:
                                 f"coefficients) but the gaia_xp reader could not be "
                                 f"imported: {unavailable['gaia_xp']}")
     if _fits_like(path):
-        _explain_fits(path)  # raises the specific problem (truncated, corrupt...) if any
+        try:
+            _explain_fits(path)  # raises the specific problem (truncated, corrupt...) if any
+        except SpecsearchError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - astropy on a damaged but parseable file
+            raise ReaderError(path, f"corrupt FITS structure: {type(exc).__name__}: "
+                                    f"{exc}") from exc
     tried = ", ".join(f"{f.name} ({f.description})" for f in FORMATS)
     extra = "".join(f"; reader {n} unavailable ({why})" for n, why in unavailable.items())
     raise UnknownFormatError(path, f"no reader recognises this file; tried {tried}{extra}. "
@@ -199,14 +205,28 @@ def read_spectra(path: str | Path, *, modality: str | None = None, format: str |
         for spectrum in module.read(path, **kwargs):
             if info.modality is None and modality is not None:
                 spectrum = dataclasses.replace(spectrum, modality=modality)
-            yield spectrum
+            yield mask_non_finite(spectrum)
     except SpecsearchError:
         raise
-    except (OSError, EOFError, ValueError, IndexError, KeyError, TypeError, zlib.error,
-            VerifyError) as exc:
+    except MemoryError as exc:
+        raise InputTooLargeError(path, f"reading it as {info.name} needs more memory than "
+                                       f"this process may use; split the file") from exc
+    except Exception as exc:  # noqa: BLE001 - generators: GeneratorExit is a BaseException
         # Last line of defence: a reader bug or an unforeseen damage still names the file.
         raise ReaderError(path, f"cannot read as {info.name}: {type(exc).__name__}: "
                                 f"{exc}") from exc
+
+
+def mask_non_finite(spectrum: Spectrum) -> Spectrum:
+    """Non-finite flux or ivar and negative ivar become ivar 0 and masked: never data."""
+    flux = np.asarray(spectrum.flux)
+    ivar = np.asarray(spectrum.ivar)
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(flux) | ~np.isfinite(ivar) | ~(ivar >= 0)
+    if not bad.any():
+        return spectrum
+    return dataclasses.replace(spectrum, ivar=np.where(bad, 0.0, ivar).astype(ivar.dtype),
+                               mask=np.asarray(spectrum.mask) | bad)
 
 
 def safe_upload_name(filename: str) -> str:
@@ -244,9 +264,15 @@ def read_spectra_bytes(data: bytes, filename: str, *, modality: str | None = Non
     with tempfile.TemporaryDirectory(prefix="specsearch-upload-") as tmp:
         path = Path(tmp) / name
         path.write_bytes(data)
+
+        def scrub(text: str) -> str:   # errors name the client's file, never a server path
+            return text.replace(str(path), name).replace(tmp, "upload")
+
         try:
             spectra = list(read_spectra(path, modality=modality, format=format, air=air))
         except ReaderError as exc:
-            raise type(exc)(name, exc.reason) from exc
+            raise type(exc)(name, scrub(exc.reason)) from None
+        except SpecsearchError as exc:
+            raise type(exc)(scrub(str(exc))) from None
     return [dataclasses.replace(s, path=name, meta={**s.meta, "filename": name})
             for s in spectra]

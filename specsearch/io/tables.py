@@ -21,6 +21,7 @@ formats are read whole and then sliced.
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import warnings
 import zlib
@@ -33,6 +34,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from specsearch.errors import ReaderError
+from specsearch.io.limits import (CappedReader, current_limits, read_bytes_capped,
+                                  scan_fits_bytes, scan_fits_file, too_large)
 
 META_KEY = b"specsearch.meta"
 CSV_BLOCK_BYTES = 1 << 24
@@ -205,16 +208,19 @@ def _read_fits(path: Path) -> pa.Table:
     from astropy.io import fits
     from astropy.table import Table
 
-    with open(path, "rb") as fh:
-        gzipped = fh.read(2) == b"\x1f\x8b"
-    size = path.stat().st_size
-    if not gzipped and size % 2880:
-        raise ReaderError(path, f"truncated FITS file: {size} bytes is not a whole number of "
-                                f"2880-byte FITS blocks; fetch the file again")
+    raw = read_bytes_capped(path)
+    if len(raw) % 2880:
+        raise ReaderError(path, f"truncated FITS file: {len(raw)} bytes is not a whole number "
+                                f"of 2880-byte FITS blocks; fetch the file again")
+    # Card counts, structural keywords and declared sizes, before astropy allocates.
+    headers = scan_fits_bytes(raw, path)
+    first = next((h for h in headers if h.tfields is not None), None)
+    if first is not None and first.naxis:
+        _check_rows(path, first.naxis[-1])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            with fits.open(path, memmap=False) as hdul:
+            with fits.open(io.BytesIO(raw), memmap=False) as hdul:
                 hdul.verify("silentfix")
                 tables = [h for h in hdul
                           if isinstance(h, (fits.BinTableHDU, fits.TableHDU))]
@@ -239,7 +245,8 @@ def _read_votable(path: Path) -> pa.Table:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            vot = parse(str(path))
+            # From memory: bounded bytes, and parse errors carry no server path.
+            vot = parse(io.BytesIO(read_bytes_capped(path)))
             resource_tables = list(vot.iter_tables())
             if not resource_tables:
                 raise ReaderError(path, "VOTable holds no TABLE element")
@@ -260,7 +267,10 @@ def _read_ecsv(path: Path) -> pa.Table:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            table = Table.read(str(path), format="ascii.ecsv")
+            text = read_bytes_capped(path).decode("utf-8", "replace")
+            table = Table.read(text.splitlines(), format="ascii.ecsv")
+    except ReaderError:
+        raise
     except Exception as exc:  # noqa: BLE001
         raise ReaderError(path, f"cannot parse the ECSV file: {exc}") from exc
     return _parse_array_columns(astropy_to_arrow(table))
@@ -294,11 +304,24 @@ def _csv_options(path: Path, column_types: dict | None = None):
 def _read_csv(path: Path) -> pa.Table:
     import pyarrow.csv as pcsv
 
+    limits = current_limits()
     try:
-        table = pcsv.read_csv(path, **_csv_options(path))
+        if limits.max_table_rows is None:
+            with CappedReader(path) as stream:
+                table = pcsv.read_csv(stream, **_csv_options(path))
+        else:   # stop as soon as the rows pass the limit, not after parsing them all
+            batches = []
+            with pcsv.open_csv(CappedReader(path), **_csv_options(path)) as reader:
+                rows = 0
+                for batch in reader:
+                    rows += batch.num_rows
+                    _check_rows(path, rows)
+                    batches.append(batch)
+                table = pa.Table.from_batches(batches, schema=reader.schema)
     except (pa.ArrowInvalid, OSError) as exc:
         raise ReaderError(path, f"cannot parse as CSV (truncated row, wrong number of "
                                 f"fields, or not a table?): {exc}") from exc
+    _check_rows(path, table.num_rows)
     return _parse_array_columns(table)
 
 
@@ -308,16 +331,49 @@ def _read_whole(path: Path, fmt: str) -> pa.Table:
 
     if fmt == "parquet":
         try:
+            meta = pq.read_metadata(path)
+            _check_parquet(path, meta, whole=True)
             return pq.read_table(path)
         except (pa.ArrowException, OSError) as exc:
             raise ReaderError(path, f"corrupt or truncated Parquet file: {exc}") from exc
     if fmt == "arrow":
+        size = path.stat().st_size
+        limit = current_limits().max_decompressed_bytes
+        if size > limit:
+            raise too_large(path, "file size", f"{size:,} bytes", limit,
+                            "max_decompressed_bytes")
         try:
-            return feather.read_table(path)
+            table = feather.read_table(path)
+            _check_rows(path, table.num_rows)
+            return table
         except (pa.ArrowException, OSError) as exc:
             raise ReaderError(path, f"corrupt or truncated Arrow/Feather file: {exc}") from exc
-    return {"csv": _read_csv, "ecsv": _read_ecsv, "fits": _read_fits,
-            "votable": _read_votable}[fmt](path)
+    table = {"csv": _read_csv, "ecsv": _read_ecsv, "fits": _read_fits,
+             "votable": _read_votable}[fmt](path)
+    _check_rows(path, table.num_rows)
+    return table
+
+
+def _check_rows(path: Path, rows: int) -> None:
+    """InputTooLargeError when a table holds more rows than the limits allow."""
+    limit = current_limits().max_table_rows
+    if limit is not None and rows > limit:
+        raise too_large(path, "table rows", f"{rows:,}", limit, "max_table_rows")
+
+
+def _check_parquet(path: Path, meta: Any, *, whole: bool) -> None:
+    """Row count and uncompressed sizes from the footer, before any column is decoded.
+
+    ``whole``: the table is read at once (its total must fit the cap); streaming readers
+    hold one row group at a time (each must fit).
+    """
+    _check_rows(path, meta.num_rows)
+    limit = current_limits().max_decompressed_bytes
+    sizes = [meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)]
+    size = sum(sizes) if whole else max(sizes, default=0)
+    if size > limit:
+        raise too_large(path, "uncompressed Parquet data" if whole else "a Parquet row group",
+                        f"{size:,} bytes", limit, "max_decompressed_bytes")
 
 
 def _select(table: pa.Table, columns: Sequence[str] | None, path: Path) -> pa.Table:
@@ -366,17 +422,10 @@ def read_column_names(path: str | Path) -> list[str]:
         delim = "\t" if path.name.lower().replace(".gz", "").endswith(".tsv") else ","
         return next(_csv.reader([lines[skip].decode("utf-8", "replace")], delimiter=delim))
     if fmt == "fits":
-        from astropy.io import fits
-        try:   # headers only; a truncated body is reported by the read, not here
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                with fits.open(path, memmap=True) as hdul:
-                    for hdu in hdul:
-                        if isinstance(hdu, (fits.BinTableHDU, fits.TableHDU)):
-                            return [hdu.header.get(f"TTYPE{i + 1}", "")
-                                    for i in range(hdu.header.get("TFIELDS", 0))]
-        except Exception as exc:  # noqa: BLE001
-            raise ReaderError(path, f"corrupt FITS file: {exc}") from exc
+        # Headers only, read by the bounded scanner (no astropy: no header bombs).
+        for hdu in scan_fits_file(path, stop_after_table=True):
+            if hdu.tfields is not None:
+                return [hdu.ttypes.get(i + 1, "") for i in range(hdu.tfields)]
         raise ReaderError(path, "FITS file has no table HDU")
     if fmt == "votable":
         import re
@@ -403,6 +452,7 @@ def iter_table_batches(path: str | Path, batch_size: int = 65536,
         from specsearch.io.parquet import open_parquet
         try:
             pf = open_parquet(path)
+            _check_parquet(path, pf.metadata, whole=False)
             names = pf.schema_arrow.names
             if columns is not None:
                 _select(pa.table({n: pa.array([], pa.null()) for n in names}), columns, path)
@@ -424,15 +474,19 @@ def _iter_csv(path: Path, batch_size: int,
     try:
         # Types are inferred on the first block only: force all-null columns there to string
         # so a later block with values does not fail to convert.
-        with pcsv.open_csv(path, **_csv_options(path)) as reader:
+        with pcsv.open_csv(CappedReader(path, current_limits().max_streamed_bytes),
+                           **_csv_options(path)) as reader:
             schema = reader.schema
         types = {f.name: pa.string() for f in schema if pa.types.is_null(f.type)}
-        reader = pcsv.open_csv(path, **_csv_options(path, types))
+        streamed = current_limits().max_streamed_bytes
+        reader = pcsv.open_csv(CappedReader(path, streamed), **_csv_options(path, types))
         pending: list[pa.RecordBatch] = []
-        rows = 0
+        rows = total = 0
         for batch in reader:
             pending.append(batch)
             rows += batch.num_rows
+            total += batch.num_rows
+            _check_rows(path, total)
             while rows >= batch_size:
                 table = pa.Table.from_batches(pending)
                 head, rest = table.slice(0, batch_size), table.slice(batch_size)

@@ -306,6 +306,8 @@ def load_model(path: str | Path | None = None, *, device: str | torch.device = "
     cfg, config, tensors = read_model_dir(path)
     net = SpecCLIPNet(cfg)
     missing, unexpected = net.load_state_dict(tensors, strict=False)
+    # Models written before the real-data calibration have no sigma_floor: it is 0.
+    missing = [k for k in missing if not k.endswith(".sigma_floor")]
     if missing or unexpected:
         raise ModelError(f"{path}: weights do not fit the architecture {cfg.name!r}: missing "
                          f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")

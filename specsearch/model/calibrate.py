@@ -3,6 +3,8 @@
 * Heads: for each modality and label, the z-scores (pred - true) / sigma of the validation
   stars should have unit width. Their robust width (1.4826 x MAD) is measured and stored
   as the head's ``sigma_scale``; widths before and after are reported.
+* Real data (:func:`calibrate_real_floor`, used by ``finetune``): the heads' ``sigma_floor``,
+  the model-versus-reality term fitted on held-out real labelled stars.
 * Residual floors: the per-pixel error of the reconstruction (and of the translation) on
   validation spectra beyond their noise, so that residuals become reduced chi values that
   are ~1 for normal stars at any S/N (used by outlier scores).
@@ -109,6 +111,54 @@ def calibrate(net: SpecCLIPNet, cache: PairCache, pos: np.ndarray,
             net.normalisers[m].trans_floor
         buf.copy_(torch.from_numpy(floor.astype(np.float32)))
     return report
+
+
+@torch.no_grad()
+def calibrate_real_floor(net: SpecCLIPNet, x_real: np.ndarray, w_real: np.ndarray,
+                         labels: np.ndarray) -> tuple[dict[str, float], dict[str, float]]:
+    """Fit each label's ``sigma_floor`` so that z = (pred - label) / sqrt(sigma^2 + floor^2)
+    has unit robust width on the real calibration stars; copy it to every head (the XP side
+    has no labelled real spectra: it gets the LAMOST term). The floor holds what the
+    synthetic calibration cannot know: the model-versus-reality error and the scatter of
+    the catalogue labels themselves, so the heads' uncertainties are honest against those
+    catalogues. ``x_real``, ``w_real``: prepared LAMOST flux and weight (n, N); ``labels``
+    (n, L) in physical units, NaN unknown. Returns the floors (physical units) and the z
+    widths after."""
+    net.eval()
+    names = net.cfg.label_names
+    mus, sig = [], []
+    for i in range(0, x_real.shape[0], 1024):
+        x = torch.from_numpy(x_real[i:i + 1024])
+        w = torch.from_numpy(w_real[i:i + 1024])
+        out = net.forward_outputs("lamost", x, w, decode=False)
+        head = net.heads["lamost"]
+        mus.append((net.label_mean + net.label_std * out.label_mu).numpy())
+        sig.append((net.label_std * torch.exp(out.label_log_sigma) * head.sigma_scale).numpy())
+    mu, s = np.concatenate(mus), np.concatenate(sig)
+    floors, widths = {}, {}
+    floor_std = np.zeros(len(names), np.float32)
+    for j, name in enumerate(names):
+        y = labels[:, j]
+        ok = np.isfinite(y)
+        if ok.sum() < 20:
+            continue
+        r, s0 = mu[ok, j] - y[ok], s[ok, j]
+
+        def width(f: float) -> float:
+            return robust_sigma(r / np.sqrt(s0 ** 2 + f ** 2))
+        f = 0.0
+        if width(0.0) > 1.0:
+            lo, hi = 0.0, float(np.percentile(np.abs(r), 95)) * 3 + 1e-6
+            for _ in range(60):
+                mid = 0.5 * (lo + hi)
+                lo, hi = (mid, hi) if width(mid) > 1.0 else (lo, mid)
+            f = hi
+        floors[name] = float(f)
+        widths[name] = width(f)
+        floor_std[j] = f / float(net.label_std[j])
+    for m in net.cfg.modalities:
+        net.heads[m].sigma_floor.copy_(torch.from_numpy(floor_std))
+    return floors, widths
 
 
 def _clipped_std(v: np.ndarray, clip: float = 5.0) -> float:

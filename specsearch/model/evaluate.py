@@ -237,6 +237,32 @@ def evaluate(model_path: str | Path | None, catalog: str | Path, out: str | Path
     return report
 
 
+def evaluate_real_only(model_path: str | Path | None, real_data: str | Path,
+                       out: str | Path, cfg: EvalConfig = EvalConfig(), *,
+                       progress: bool = True, cache: str | Path | None = None
+                       ) -> dict[str, Any]:
+    """Only the real-data rows (``specsearch evaluate --real-data`` without a catalog)."""
+    from specsearch.model.evaluate_real import evaluate_real
+    from specsearch.model.report_text import format_real
+
+    t0 = time.time()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = load_model(model_path, device=cfg.device)
+    real = evaluate_real(model, Path(real_data), figures_dir=out / "figures" if cfg.figures
+                         else None, cache=None if cache is None else Path(cache))
+    report = {"model": {"path": str(model.path), "hash": model.model_hash,
+                        "arch": model.config.name}, "real": real,
+              "timing": {"seconds": time.time() - t0}}
+    write_json_atomic(out / "report.json", _jsonable(report))
+    text = "\n".join([f"model {model.config.name} {model.model_hash[:12]}", "",
+                      *format_real(real), f"\n({report['timing']['seconds']:.0f} s)"]) + "\n"
+    write_bytes_atomic(out / "report.txt", text.encode())
+    if progress:
+        print(text)
+    return report
+
+
 def goal_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     r10k = report["retrieval"].get("10000", {})

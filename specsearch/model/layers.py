@@ -173,8 +173,11 @@ class Decoder(nn.Module):
 class Head(nn.Module):
     """Embedding + quality features -> label means, log sigmas (standardised) and class logits.
 
-    Buffer ``sigma_scale`` (L,) is the post-hoc calibration factor of each label's
-    uncertainty, fitted on validation data so that z-scores have unit width.
+    Buffers: ``sigma_scale`` (L,) is the post-hoc calibration factor of each label's
+    uncertainty, fitted on validation data so that z-scores have unit width;
+    ``sigma_floor`` (L,, standardised units) is the model-versus-reality term added in
+    quadrature, fitted on held-out real spectra (0 for a model calibrated on synthetic
+    stars only).
     """
 
     def __init__(self, cfg: HeadConfig, embedding_dim: int, n_labels: int,
@@ -183,6 +186,7 @@ class Head(nn.Module):
         self.n_labels, self.n_classes = n_labels, n_classes
         self.net = _mlp(embedding_dim + 2, cfg.hidden, cfg.depth, 2 * n_labels + n_classes)
         self.register_buffer("sigma_scale", torch.ones(n_labels))
+        self.register_buffer("sigma_floor", torch.zeros(n_labels))
 
     def forward(self, emb: torch.Tensor, quality: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -99,9 +99,9 @@ class SpecCLIPNet(nn.Module):
     def labels_physical(self, modality: str, mu: torch.Tensor, log_sigma: torch.Tensor
                         ) -> tuple[torch.Tensor, torch.Tensor]:
         """Standardised head outputs -> (value, calibrated 1-sigma) in physical units."""
-        scale = self.heads[modality].sigma_scale
-        return (self.label_mean + self.label_std * mu,
-                self.label_std * torch.exp(log_sigma) * scale)
+        head = self.heads[modality]
+        sigma = torch.hypot(torch.exp(log_sigma) * head.sigma_scale, head.sigma_floor)
+        return self.label_mean + self.label_std * mu, self.label_std * sigma
 
     # ------------------------------------------------------------------ all at once
     def forward_outputs(self, modality: str, x: torch.Tensor, w: torch.Tensor, *,

@@ -63,21 +63,8 @@ def format_report(report: dict[str, Any]) -> str:
             for cname, s in classes.items():
                 lines.append(f"  {cname:<12} n={s['n']:<6} recall {s['recall']:.3f}  "
                              f"precision {s['precision']:.3f}")
-    real = report.get("real")
-    if real:
-        lines += ["", "real spectra"]
-        for name, r in real.items():
-            if not isinstance(r, dict):
-                continue
-            if "skipped" in r:
-                lines.append(f"  {name}: skipped ({r['skipped']})")
-                continue
-            if "parameters" in r:
-                lines += _param_table(f"  {name} ({r.get('n', '?')} spectra; "
-                                      f"{r.get('note', '')})", r["parameters"])
-            for k, v in r.items():
-                if k not in ("parameters", "n", "note"):
-                    lines.append(f"    {k}: {v}")
+    if report.get("real"):
+        lines += [""] + format_real(report["real"])
     if report.get("goals"):
         lines += ["", "goals"]
         for g in report["goals"]:
@@ -92,3 +79,65 @@ def format_report(report: dict[str, Any]) -> str:
                          f"batch {s['batch_size']:>5}  {s['spectra_per_s']:>10,.0f}")
     lines.append(f"\n({report['timing']['seconds']:.0f} s)")
     return "\n".join(lines) + "\n"
+
+
+def format_real(real: dict[str, Any]) -> list[str]:
+    """The real-data section (see :mod:`specsearch.model.evaluate_real`)."""
+    if "skipped" in real:
+        return [f"real spectra: skipped ({real['skipped']})"]
+    lines = ["real spectra (" + str(real.get("split", "")) + ")"]
+    for name in ("lamost_dr10", "lamost_dr1", "miles"):
+        r = real.get(name)
+        if not isinstance(r, dict):
+            continue
+        if "skipped" in r:
+            lines.append(f"  {name}: skipped ({r['skipped']})")
+        elif "parameters" in r:
+            lines += _param_table(f"  {name}: {r['n']} spectra of {r['n_stars']} held-out "
+                                  f"stars ({r['split']} split)", r["parameters"])
+    abl = real.get("window_ablation_dr10") or {}
+    if "n" in abl:
+        lines += ["", f"  window ablation, DR10 FGK S/N>30 test stars (n={abl['n']}): median "
+                      f"shift of each prediction when the window is masked, and the bias after"]
+        for k, row in abl.items():
+            if isinstance(row, dict):
+                lines.append(f"    {k:<18} " + "  ".join(f"{a} {_f(b, 3)}"
+                                                        for a, b in row.items()))
+    ident = real.get("identity") or {}
+    if "pool" in ident:
+        lines += ["", f"  same star, other visit, among all {ident['pool']} real LAMOST "
+                      f"spectra (embedding vs raw pixels 4000-5600 A)"]
+        for k in ("lamost_dr10", "lamost_dr8"):
+            if k in ident:
+                e, r = ident[k]["embedding"], ident[k]["raw_pixels"]
+                lines.append(f"    {k:<12} n={e.get('n')}: top-1 {_f(e.get('top1'))} / "
+                             f"{_f(r.get('top1'))}, top-5 {_f(e.get('top5'))} / "
+                             f"{_f(r.get('top5'))}, median rank {_f(e.get('median_rank'), 1)} / "
+                             f"{_f(r.get('median_rank'), 1)}")
+    cm = real.get("cross_modal") or {}
+    if "xp_pool" in cm:
+        lines.append(f"  real LAMOST -> own Gaia XP among {cm['xp_pool']}: ranks per visit "
+                     f"{cm['partner_rank_per_visit']}, per star {cm['partner_rank_per_star']}")
+    xp = real.get("xp") or {}
+    if "18Sco" in xp:
+        lines.append("  18 Sco (real XP): " + ", ".join(
+            f"{k} {_f(v['pred'])} +- {_f(v['err'])} (lit. {v['literature']})"
+            for k, v in xp["18Sco"].items()))
+    if "spearman_type_vs_teff" in (xp.get("xp_templates") or {}):
+        t = xp["xp_templates"]
+        lines.append(f"  real XP dwarf templates B0-L1: Spearman(type, Teff) "
+                     f"{_f(t['spearman_type_vs_teff'])}, A-K {_f(t['spearman_A_to_K'])}")
+    h = real.get("hunt") or {}
+    if "completeness" in h:
+        lines.append(f"  hunt [Fe/H]<-2 over {h['n_pool']} held-out real spectra "
+                     f"({h['n_metal_poor']} labelled): list of {h['list_length']}: completeness "
+                     f"{_f(h['completeness'])}, purity {_f(h['purity'])} (expected "
+                     f"{_f(h['expected_purity'])}); shortest list with 80% completeness: "
+                     f"{h['list_length_at_80pct']} stars, purity {_f(h['purity_at_80pct'])} "
+                     f"(expected {_f(h['expected_purity_at_80pct'])}; {h['probability']})")
+    if real.get("goals"):
+        lines += ["", "  real-data goals"]
+        for g in real["goals"]:
+            lines.append(f"    [{'met' if g['met'] else 'GAP'}] {g['what']}: "
+                         f"{_f(g['value'], 3)} (goal {g['goal']})")
+    return lines

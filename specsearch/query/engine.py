@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -46,6 +47,25 @@ class Encoder(Protocol):
 
 
 FilterLike = Filter | str | list[str] | tuple[str, ...] | None
+
+
+def stored_rows(shard: Callable[[int], Any], ids: np.ndarray):
+    """The stored rows (pyarrow Table) of non-empty global ``ids``, in their order;
+    ``shard(number)`` gives a loaded shard."""
+    import pyarrow as pa
+    number, row = split_ids(ids)
+    if np.all(number == number[0]):
+        return shard(int(number[0])).rows.take(pa.array(row))
+    return pa.concat_tables([shard(int(s)).rows.slice(int(r), 1) for s, r in zip(number, row)])
+
+
+def preferred_vector(shard: Any, rows: np.ndarray) -> np.ndarray:
+    """(D,) stored vector of a source's preferred row among its (non-empty) ``rows`` of
+    ``shard``: the highest S/N one when there are several, else the first."""
+    if len(rows) > 1 and "snr" in shard.rows.column_names:
+        snr = np.nan_to_num(shard.column("snr")[rows].astype(float), nan=-np.inf)
+        rows = rows[[int(np.argmax(snr))]]
+    return np.asarray(shard.vectors[rows[0]], dtype=np.float32)
 
 
 class SearchEngine:
@@ -181,20 +201,53 @@ class SearchEngine:
         stop = None if limit is None else offset + limit
         ids, sims = ids[valid][offset:stop], sims[valid][offset:stop]
 
-        def fetch():
-            import pyarrow as pa
-            shard, row = split_ids(ids)
-            if not len(ids):
-                return mi.shards[0].rows.schema.empty_table()
-            if np.all(shard == shard[0]):
-                return mi.shards[shard[0]].rows.take(pa.array(row))
-            return pa.concat_tables([mi.shards[s].rows.slice(int(r), 1)
-                                     for s, r in zip(shard, row)])
-
         return Neighbours(modality=mi.modality, source_id=self._source_ids(mi, ids),
                           similarity=sims.astype(np.float32),
                           rank=np.arange(offset, offset + len(ids)), query=query,
-                          total=total, fetch=fetch)
+                          total=total, fetch=lambda: self._fetch_rows(mi, ids))
+
+    # ----------------------------------------------------------------- shard access
+    # Every read of shard data goes through the methods below, so an engine whose shards
+    # live in other processes (specsearch.query.distributed) overrides these and nothing
+    # else: the query logic above and below is shared, and so are its results.
+
+    def _knn(self, mi: ModalityIndex, q: np.ndarray, k: int, *, knobs: SearchKnobs | None,
+             flt: Filter, threads: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (similarity, global id) of (nq, D) unit queries over all shards."""
+        with faiss_threads(threads):
+            return mi.knn(q, k, knobs=knobs, filter_masks=self._masks(mi, flt),
+                          threads=threads)
+
+    def _range(self, mi: ModalityIndex, q: np.ndarray, threshold: float, *,
+               knobs: SearchKnobs | None, flt: Filter, max_results: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """(similarities, global ids) of one query's rows above ``threshold``."""
+        with faiss_threads(self.threads.single):
+            ((sims, ids),) = mi.range(q, threshold, knobs=knobs,
+                                      filter_masks=self._masks(mi, flt),
+                                      max_results=max_results)
+        return sims, ids
+
+    def _count_rows(self, mi: ModalityIndex, source_ids: np.ndarray) -> int:
+        """Live rows of these (unique) sources."""
+        return sum(len(mi.locate(int(s))[1]) for s in source_ids)
+
+    def _fetch_rows(self, mi: ModalityIndex, ids: np.ndarray):
+        """The stored rows (pyarrow Table) of global ids, in their order."""
+        if not len(ids):
+            return mi.shards[0].rows.schema.empty_table()
+        return stored_rows(lambda s: mi.shards[s], ids)
+
+    def _source_vector(self, mi: ModalityIndex, source_id: int) -> np.ndarray | None:
+        """The stored vector of a source's preferred row, or None."""
+        s, rows = mi.locate(int(source_id))
+        return preferred_vector(mi.shards[s], rows) if len(rows) else None
+
+    def _source_table(self, mi: ModalityIndex, source_id: int):
+        """The stored rows (pyarrow Table) of one source, or None."""
+        import pyarrow as pa
+        s, rows = mi.locate(int(source_id))
+        return mi.shards[s].rows.take(pa.array(rows)) if len(rows) else None
 
     # ----------------------------------------------------------------- k-NN
 
@@ -224,11 +277,10 @@ class SearchEngine:
         n_excl = 0
         if exclude_source_ids is not None and len(exclude_source_ids):
             excluded = np.unique(np.asarray(exclude_source_ids, dtype=np.int64))
-            n_excl = sum(len(mi.locate(int(s))[1]) for s in excluded)
+            n_excl = self._count_rows(mi, excluded)
         fetch = min(k + n_excl, max(mi.count, 1))
-        with faiss_threads(threads := self.threads.threads_for(len(q))):
-            sims, ids = mi.knn(q, fetch, knobs=knobs, filter_masks=self._masks(mi, flt),
-                               threads=threads)
+        sims, ids = self._knn(mi, q, fetch, knobs=knobs, flt=flt,
+                              threads=self.threads.threads_for(len(q)))
         if n_excl:
             sid = self._source_ids(mi, ids)
             drop = np.isin(sid, excluded) | (ids < 0)
@@ -259,14 +311,9 @@ class SearchEngine:
         modality (in manifest order) that holds the source."""
         names = [modality] if modality else self.modalities
         for name in names:
-            mi = self.index[name]
-            s, rows = mi.locate(int(source_id))
-            if len(rows):
-                shard = mi.shards[s]
-                if len(rows) > 1 and "snr" in shard.rows.column_names:
-                    snr = np.nan_to_num(shard.column("snr")[rows].astype(float), nan=-np.inf)
-                    rows = rows[[int(np.argmax(snr))]]
-                return name, np.asarray(shard.vectors[rows[0]], dtype=np.float32)
+            vec = self._source_vector(self.index[name], source_id)
+            if vec is not None:
+                return name, vec
         raise NotFoundError(f"source_id {source_id} is not in the "
                             f"{'/'.join(names)} index of {self.index.root}")
 
@@ -343,9 +390,7 @@ class SearchEngine:
         mi = self._modality(modality, flt)
         cap = min(max_results or self.max_k, self.max_k)
         q = self._queries(np.atleast_2d(embedding))[:1]
-        with faiss_threads(self.threads.single):
-            ((sims, ids),) = mi.range(q, threshold, knobs=knobs,
-                                      filter_masks=self._masks(mi, flt), max_results=cap)
+        sims, ids = self._range(mi, q, threshold, knobs=knobs, flt=flt, max_results=cap)
         return self._neighbours(mi, sims, ids, 0, None, {"kind": "range", "threshold": threshold,
                                                    "filter": str(flt)})
 
@@ -354,10 +399,9 @@ class SearchEngine:
         import pyarrow as pa
         tables = []
         for name in ([modality] if modality else self.modalities):
-            mi = self.index[name]
-            s, rows = mi.locate(int(source_id))
-            if len(rows):
-                tables.append(mi.shards[s].rows.take(pa.array(rows)))
+            table = self._source_table(self.index[name], source_id)
+            if table is not None:
+                tables.append(table)
         if not tables:
             raise NotFoundError(f"source_id {source_id} is not in this index")
         return pa.concat_tables(tables, promote_options="permissive")

@@ -1,0 +1,307 @@
+"""Identity retrieval (issue 14): does the embedding tell a star from similar stars?
+
+One run measures the embedding and a baseline of the same run on every same-star task:
+
+1. **synthetic repeat visits**: ``--n-synth`` held-out stars (own seed, natural population
+   mix) made with the survey's building blocks (labels, model spectra, extinction, XP),
+   each observed twice by the LAMOST-like instrument with independent draws (S/N uniform
+   in 10-100, noise, RV residual, telluric residual, flux calibration) and twice by Gaia
+   XP (independent coefficient noise). Query = visit A, gallery = every visit B: rank of
+   the star's own other visit (1 = top). Baseline: raw pixels (cosine of
+   continuum-normalised pixels 4000-5600 A, :func:`specsearch.model.evaluate_real.raw_pixels`);
+   for XP, cosine of the sampled spectrum divided by its median (SED shape).
+2. **noise invariance**: all LAMOST visits pooled, exact cosine k-NN; Spearman rho between
+   a query's S/N and the median S/N of its 10 nearest neighbours (itself and its other
+   visit excluded).
+3. **synthetic cross-modal**: LAMOST visit A vs the same star's XP visit A; partner top-1 /
+   top-10 both ways, and the fraction of the top-10 within 150 K, 0.3 dex logg, 0.15 dex
+   [Fe/H] of the query's true labels. Baseline: nearest neighbours by the heads' predicted
+   (teff, logg, feh), each scaled by its tolerance.
+4. **real**: :func:`specsearch.model.evaluate_real.identity` (DR10 and DR8 repeat visits
+   among every real LAMOST spectrum, embedding vs raw pixels) and
+   :func:`specsearch.model.evaluate_real.cross_modal` (each real LAMOST visit's own Gaia XP
+   among the real XP sky patch).
+
+Usage:
+  python benchmarks/bench_identity.py                        # shipped model, n = 10000
+  python benchmarks/bench_identity.py --model models/new --real-cache /tmp/real.npz
+Writes benchmarks/results/identity.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from identity_tasks import (  # noqa: E402
+    K_NEIGHBOURS, SNR_RANGE, VISITS, cross_modal_synth, iter_visit_batches, label_vectors,
+    partner_ranks, rank_summary, snr_neighbour_rho, unit, xp_raw)
+
+
+# ----------------------------------------------------------------------------- the run
+
+@dataclass
+class Row:
+    """One table row: the embedding, the baseline of the same run, and the goal."""
+
+    task: str
+    embedding: float | str
+    baseline: float | str = "—"
+    goal: str = "—"
+    met: bool | None = None
+    kind: str = "fraction"
+    """``fraction`` (higher is better: the ratio is shown), ``rank``, ``rho`` or ``snr``."""
+
+    @property
+    def ratio(self) -> float | None:
+        if self.kind == "fraction" and isinstance(self.embedding, float) \
+                and isinstance(self.baseline, float) and self.baseline > 0:
+            return self.embedding / self.baseline
+        return None
+
+    def fmt(self, v: float | str) -> str:
+        if isinstance(v, str):
+            return v
+        return {"fraction": "{:.3f}", "rank": "{:g}", "rho": "{:+.3f}",
+                "snr": "{:.1f}"}[self.kind].format(v)
+
+
+def format_table(rows: list[Row]) -> str:
+    """Markdown table: task | embedding | baseline | ratio | goal."""
+    lines = ["| task | embedding | baseline | ratio | goal |", "|---|---:|---:|---:|---|"]
+    for r in rows:
+        met = "" if r.met is None else (" (met)" if r.met else " (**not met**)")
+        ratio = "—" if r.ratio is None else f"{r.ratio:.2f}x"
+        lines.append(f"| {r.task} | {r.fmt(r.embedding)} | {r.fmt(r.baseline)} | {ratio} | "
+                     f"{r.goal}{met} |")
+    return "\n".join(lines)
+
+
+def step(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+@dataclass
+class Stopwatch:
+    """Wall and CPU seconds (all threads of the process) per stage, summed over entries:
+    on a shared machine the CPU seconds are the stable part."""
+
+    wall_s: dict[str, float] = field(default_factory=dict)
+    cpu_s: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        w, c = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.wall_s[name] = self.wall_s.get(name, 0.0) + time.perf_counter() - w
+            self.cpu_s[name] = self.cpu_s.get(name, 0.0) + time.process_time() - c
+
+    def summary(self) -> str:
+        return ", ".join(f"{k} {v:.0f}/{self.cpu_s[k]:.0f}" for k, v in self.wall_s.items())
+
+
+def synthetic_tasks(model, n: int, seed: int, clock: Stopwatch) -> dict[str, Any]:
+    """Generate, embed and score the synthetic tasks (1-3 of the module doc)."""
+    from specsearch.model.evaluate_real import raw_pixels
+
+    keep: dict[str, list[np.ndarray]] = {}
+
+    def add(key: str, value: np.ndarray) -> None:
+        keep.setdefault(key, []).append(value)
+
+    batches = iter_visit_batches(n, seed)
+    while True:
+        with clock.stage("synth_generation"):
+            vb = next(batches, None)
+        if vb is None:
+            break
+        with clock.stage("synth_embedding"):
+            for v, tag in enumerate(VISITS):
+                bl = model.embed_numpy("lamost", vb.lamost_flux[v], vb.lamost_ivar[v])
+                bx = model.embed_numpy("xp", vb.xp_flux[v], vb.xp_ivar[v])
+                add(f"emb_lamost_{tag}", bl.embedding)
+                add(f"emb_xp_{tag}", bx.embedding)
+                add(f"good_lamost_{tag}", bl.good)
+                add(f"good_xp_{tag}", bx.good)
+                add(f"snr_{tag}", vb.lamost_snr[v])
+                if v == 0:
+                    add("pred_lamost", bl.predictions)
+                    add("pred_xp", bx.predictions)
+        with clock.stage("synth_raw_pixels"):
+            for v, tag in enumerate(VISITS):
+                add(f"raw_lamost_{tag}", raw_pixels(vb.lamost_flux[v], vb.lamost_ivar[v]))
+                add(f"raw_xp_{tag}", xp_raw(vb.xp_flux[v]))
+        for k, val in vb.labels.items():
+            add(f"label_{k}", val)
+        step(f"synthetic stars: {sum(len(x) for x in keep['snr_a'])}/{n}")
+    a = {k: np.concatenate(v) for k, v in keep.items()}
+    lab = {k[6:]: v for k, v in a.items() if k.startswith("label_")}
+
+    with clock.stage("synth_visit_retrieval"):
+        e = {k: unit(a[k]) for k in a if k.startswith(("emb_", "raw_"))}
+        out: dict[str, Any] = {"n_stars": n, "seed": seed, "snr_range": list(SNR_RANGE),
+                               "n_unusable": {k[5:]: int((~a[k]).sum()) for k in a
+                                              if k.startswith("good_")}}
+        for mod in ("lamost", "xp"):
+            out[f"{mod}_visits"] = {
+                name: rank_summary(partner_ranks(e[f"{kind}_{mod}_a"], e[f"{kind}_{mod}_b"]))
+                for name, kind in (("embedding", "emb"), ("raw_pixels", "raw"))}
+    with clock.stage("synth_noise_knn"):
+        snr = np.concatenate([a["snr_a"], a["snr_b"]])
+        partner = np.concatenate([np.arange(n, 2 * n), np.arange(n)])
+        out["noise_invariance"] = {
+            name: snr_neighbour_rho(np.vstack([e[f"{kind}_lamost_a"], e[f"{kind}_lamost_b"]]),
+                                    snr, partner)
+            for name, kind in (("embedding", "emb"), ("raw_pixels", "raw"))}
+    with clock.stage("synth_cross_modal"):
+        names = model.label_names
+        true = np.stack([lab[k] for k in ("teff", "logg", "feh")], 1)
+        tv = label_vectors(true, ("teff", "logg", "feh"))
+        out["cross_modal"] = {
+            "embedding": cross_modal_synth((e["emb_lamost_a"],) * 2, (e["emb_xp_a"],) * 2,
+                                           lab),
+            "predicted_labels": cross_modal_synth(label_vectors(a["pred_lamost"], names),
+                                                  label_vectors(a["pred_xp"], names), lab),
+            # the ceiling: neighbours by the true labels (how many stars lie within tolerance)
+            "true_labels_ceiling": cross_modal_synth(tv, tv, lab)}
+    return out
+
+
+def real_tasks(model, real: Path, cache: Path | None, clock: Stopwatch) -> dict[str, Any]:
+    """Task 4: the real identity and cross-modal rows of ``specsearch evaluate``."""
+    from specsearch.model.evaluate_real import cross_modal, identity
+    from specsearch.model.real_sets import load_all
+
+    if not real.is_dir():
+        return {"skipped": f"{real} not found"}
+    with clock.stage("real_load"):
+        sets = load_all(real, cache)
+    with clock.stage("real_tasks"):
+        return {"identity": identity(model, sets), "cross_modal": cross_modal(model, sets)}
+
+
+def table_rows(syn: dict[str, Any], real: dict[str, Any]) -> list[Row]:
+    """The table of the run (embedding vs the same run's baseline, with the issue's goals)."""
+    n = syn["n_stars"]
+    rows = []
+    for mod, label, goal1 in (("lamost", "LAMOST", 0.95), ("xp", "XP", None)):
+        e, r = syn[f"{mod}_visits"]["embedding"], syn[f"{mod}_visits"]["raw_pixels"]
+        row = Row(f"synth {label} other visit top-1 among {n:,}", e["top1"], r["top1"],
+                  (f">= {goal1} and " if goal1 else "") + ">= 2x baseline")
+        row.met = e["top1"] >= (goal1 or 0.0) and (r["top1"] == 0 or row.ratio >= 2.0)
+        rows += [row,
+                 Row(f"synth {label} other visit top-5", e["top5"], r["top5"]),
+                 Row(f"synth {label} other visit median rank", e["median_rank"],
+                     r["median_rank"], kind="rank")]
+    ne, nr = syn["noise_invariance"]["embedding"], syn["noise_invariance"]["raw_pixels"]
+    rows.append(Row("synth LAMOST: Spearman rho(S/N, 10 neighbours' median S/N)", ne["rho"],
+                    nr["rho"], "abs <= 0.1", abs(ne["rho"]) <= 0.1, kind="rho"))
+    for tag, key in (("< 20", "lt_20"), (">= 80", "ge_80")):
+        k = f"neighbour_median_snr_query_snr_{key}"
+        rows.append(Row(f"synth LAMOST: neighbours' median S/N, queries S/N {tag}",
+                        ne[k], nr[k], kind="snr"))
+    ce, cl = syn["cross_modal"]["embedding"], syn["cross_modal"]["predicted_labels"]
+    ceiling = syn["cross_modal"]["true_labels_ceiling"]["lamost_to_xp"]
+    for way, label in (("lamost_to_xp", "LAMOST->XP"), ("xp_to_lamost", "XP->LAMOST")):
+        rows += [Row(f"synth {label} partner top-1 among {n:,}", ce[way]["top1"],
+                     cl[way]["top1"], ">= 0.40", ce[way]["top1"] >= 0.40),
+                 Row(f"synth {label} partner top-10", ce[way]["top10"], cl[way]["top10"]),
+                 Row(f"synth {label} top-10 within 150 K / 0.3 / 0.15 dex (ceiling "
+                     f"{ceiling['label_agreement_top10']['fraction_within']:.2f})",
+                     ce[way]["label_agreement_top10"]["fraction_within"],
+                     cl[way]["label_agreement_top10"]["fraction_within"], ">= 0.90",
+                     ce[way]["label_agreement_top10"]["fraction_within"] >= 0.90)]
+    ident = real.get("identity", {})
+    for name, label in (("lamost_dr10", "DR10"), ("lamost_dr8", "DR8")):
+        got = ident.get(name)
+        if not got or not got.get("embedding", {}).get("n"):
+            continue
+        e, r = got["embedding"], got["raw_pixels"]
+        row = Row(f"real {label} other visit top-1 (n={e['n']}, pool {ident['pool']:,})",
+                  e["top1"], r["top1"], ">= 0.90 and >= 2x baseline")
+        row.met = e["top1"] >= 0.90 and (r["top1"] == 0 or row.ratio >= 2.0)
+        rows += [row, Row(f"real {label} other visit top-5", e["top5"], r["top5"]),
+                 Row(f"real {label} other visit median rank", e["median_rank"],
+                     r["median_rank"], kind="rank")]
+    cm = real.get("cross_modal", {})
+    if cm.get("partner_rank_per_star"):
+        ranks = cm["partner_rank_per_star"]
+        rows.append(Row(f"real LAMOST star -> own XP among {cm['xp_pool']:,}: rank per star",
+                        ", ".join(str(v) for v in ranks.values()), "—", "each <= 10",
+                        all(v <= 10 for v in ranks.values())))
+    return rows
+
+
+def _parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=None, help="model directory (default: shipped)")
+    p.add_argument("--real-data", type=Path, default=ROOT.parent / "shared" / "data" / "real")
+    p.add_argument("--real-cache", type=Path, default=None,
+                   help=".npz cache of the real sets (written on first use)")
+    p.add_argument("--n-synth", type=int, default=10_000, help="synthetic stars")
+    p.add_argument("--seed", type=int, default=14_014, help="seed of the synthetic stars")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results"
+                   / "identity.json")
+    args = p.parse_args(argv)
+    if args.n_synth < K_NEIGHBOURS + 2:
+        p.error(f"--n-synth must be >= {K_NEIGHBOURS + 2}, got {args.n_synth}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from specsearch.fsutil import write_json_atomic
+    from specsearch.model import load_model
+
+    torch.set_num_threads(args.threads)
+    load_before = list(os.getloadavg())
+    clock = Stopwatch()
+    with threadpool_limits(args.threads), clock.stage("total"):
+        model = load_model(args.model)
+        step(f"model {model.model_hash[:12]} ({model.path}); {args.n_synth:,} stars, "
+             f"seed {args.seed}, {args.threads} threads")
+        syn = synthetic_tasks(model, args.n_synth, args.seed, clock)
+        step("real tasks")
+        real = real_tasks(model, args.real_data, args.real_cache, clock)
+    rows = table_rows(syn, real)
+    table = format_table(rows)
+    print(f"model {model.model_hash[:12]}; baseline: raw pixels (same-star rows), heads' "
+          f"predicted labels (synthetic cross-modal rows)")
+    print(table)
+    print(f"seconds (wall/CPU, {args.threads} threads): {clock.summary()}")
+    out = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+           "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+           "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+           "load_average_before": load_before, "load_average_after": list(os.getloadavg()),
+           "model": str(model.path), "model_hash": model.model_hash,
+           "threads": args.threads, "wall_s": clock.wall_s,
+           "cpu_s": clock.cpu_s, "synthetic": syn, "real": real,
+           "table": [{"task": r.task, "embedding": r.embedding, "baseline": r.baseline,
+                      "ratio": r.ratio, "goal": r.goal, "met": r.met} for r in rows]}
+    write_json_atomic(args.out, out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,388 @@
+"""``specsearch finetune``: adapt a trained model to real spectra and train it for identity.
+
+Starting from a model trained on the synthetic survey (``specsearch train``), each step
+combines three batches:
+
+* synthetic pairs (the training catalog): the usual objective (cross-modal InfoNCE,
+  reconstruction, translation, heads, classes) on one augmented view of each spectrum;
+* real LAMOST-grid spectra (the ``train`` split of LAMOST DR10/DR1 and MILES, by star, see
+  :mod:`specsearch.model.real_sets`): the LAMOST head learns their catalogue labels with the
+  labels' own uncertainty added in quadrature in the likelihood;
+* real Gaia XP spectra (the ``train`` split of the real sky patch), unlabelled.
+
+and an *identity* term on all of them: two independently augmented views of the same
+spectrum (another noise realisation at another S/N, a residual RV shift, a flux-calibration
+tilt, masked segments) must find each other among the batch's other stars, real and
+synthetic mixed (in-modality InfoNCE at a fixed temperature). This is what makes a star's
+embedding independent of its S/N and close to its other visits, and it aligns the real
+spectra's embeddings with the synthetic ones without labels.
+
+After training, the heads are calibrated twice: ``sigma_scale`` on synthetic validation
+pairs (as ``train`` does) and then ``sigma_floor``, the model-versus-reality term, on the
+``cal`` split of the real labelled stars, so that z-scores on held-out real stars have unit
+width. The ``test`` split is never read here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from specsearch.errors import ConfigError
+from specsearch.io.catalog import open_catalog
+from specsearch.io.parquet import write_json_atomic
+from specsearch.model.api import load_model, resolve_device
+from specsearch.model.augment import AugmentConfig, augment
+from specsearch.model.cache import build_cache, population_classes
+from specsearch.model.calibrate import calibrate, calibrate_real_floor, to_device
+from specsearch.model.checkpoint import save_model_dir
+from specsearch.model.data import catalog_fingerprint, join_pairs
+from specsearch.model.loss import LossConfig, SpecCLIPLoss, info_nce
+from specsearch.model.network import SpecCLIPNet
+from specsearch.model.real_sets import LABEL_NOISE, RealSet, load_all
+from specsearch.preprocess import prepare_model_input
+
+VIEW_AUGMENT = AugmentConfig(p_noise=0.9, max_snr_drop=8.0, p_shift=0.8, max_shift_px=0.8,
+                             p_mask=0.4, max_segments=2, max_segment_frac=0.12, p_tilt=0.8,
+                             tilt_lamost=0.05, tilt_xp=0.04)
+"""The nuisances two views of one star differ by (stronger than the training default:
+S/N down to 1/8, RV residual up to 55 km/s, 5% continuum tilt)."""
+
+
+@dataclass
+class FinetuneConfig:
+    """Options of ``specsearch finetune``.
+
+    Attributes:
+        steps: optimizer steps; synth_batch, real_batch, xp_batch: rows per step of each.
+        lr: AdamW peak learning rate (warm-up 50 steps, cosine to lr/20).
+        identity: weight of the in-modality view InfoNCE; identity_temperature its fixed T.
+        real_labels: weight of the real LAMOST head likelihood.
+        real_sets: which real sets train the heads (labels) and the views;
+            real_set_weights: the share of each in a real batch (MILES, a few hundred stars
+            over 3540-7410 A only, would otherwise be a small minority next to LAMOST DR10).
+        seed, device, threads: reproducibility and placement.
+    """
+
+    steps: int = 1500
+    synth_batch: int = 256
+    real_batch: int = 128
+    xp_batch: int = 128
+    lr: float = 2e-4
+    weight_decay: float = 0.01
+    identity: float = 1.0
+    identity_temperature: float = 0.07
+    real_labels: float = 1.0
+    real_sets: tuple[str, ...] = ("lamost_dr10", "lamost_dr1", "miles")
+    real_set_weights: tuple[float, ...] = (0.5, 0.1, 0.4)
+    seed: int = 0
+    device: str = "cpu"
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["real_sets"] = list(self.real_sets)
+        d["real_set_weights"] = list(self.real_set_weights)
+        return d
+
+
+@dataclass
+class FinetuneResult:
+    out: str
+    model_hash: str
+    steps: int
+    seconds: float
+    n_real_train: dict[str, int]
+    sigma_floor: dict[str, dict[str, float]]
+    real_z_width_cal: dict[str, float]
+    history: list[dict[str, float]]
+
+
+def star_ids(keys: np.ndarray) -> np.ndarray:
+    """int64 ids for string star keys (masks same-star negatives in a batch)."""
+    return np.array([int.from_bytes(hashlib.sha1(f"real:{k}".encode()).digest()[:8], "big",
+                                    signed=True) for k in keys], np.int64)
+
+
+@dataclass
+class PreparedReal:
+    """Real spectra of one modality, prepared once for the network."""
+
+    x: np.ndarray
+    w: np.ndarray
+    labels: np.ndarray          # (n, L) physical units, NaN unknown
+    label_noise: np.ndarray     # (n, L) physical units
+    star_id: np.ndarray
+    set_index: np.ndarray       # (n,) which input set a row came from
+
+    def sampling_p(self, weights: tuple[float, ...] | None) -> np.ndarray | None:
+        """Per-row sampling probabilities giving each set its weight (None: uniform)."""
+        if weights is None:
+            return None
+        w = np.asarray(weights, np.float64)[self.set_index]
+        counts = np.bincount(self.set_index, minlength=len(weights))[self.set_index]
+        p = w / np.maximum(counts, 1)
+        return p / p.sum()
+
+
+def prepare_real(sets: list[RealSet], label_names: list[str], split: str) -> PreparedReal:
+    xs, ws, ys, ns, ids, idx = [], [], [], [], [], []
+    for k, s in enumerate(sets):
+        sel = s.in_split(split)
+        mi = prepare_model_input(s.flux[sel], s.ivar[sel], s.modality)
+        good = mi.good
+        xs.append(mi.flux[good])
+        ws.append(mi.weight[good])
+        ys.append(s.select(sel).label_matrix(label_names)[good])
+        noise = LABEL_NOISE.get(s.name, {})
+        ns.append(np.tile(np.array([noise.get(n, 0.0) for n in label_names], np.float32),
+                          (int(good.sum()), 1)))
+        ids.append(star_ids(s.star[sel][good]))
+        idx.append(np.full(int(good.sum()), k, np.int64))
+    return PreparedReal(np.concatenate(xs), np.concatenate(ws), np.concatenate(ys),
+                        np.concatenate(ns), np.concatenate(ids), np.concatenate(idx))
+
+
+def noisy_label_nll(mu: torch.Tensor, log_sigma: torch.Tensor, target: torch.Tensor,
+                    noise: torch.Tensor, beta: float) -> torch.Tensor:
+    """Gaussian beta-NLL with the label's own uncertainty ``noise`` (same standardised units)
+    added in quadrature; mean over the finite targets."""
+    valid = torch.isfinite(target)
+    if not bool(valid.any()):
+        return mu.sum() * 0.0
+    y = torch.where(valid, target, mu.detach())
+    var = torch.exp(2.0 * log_sigma) + noise.square()
+    nll = 0.5 * (y - mu).square() / var + 0.5 * torch.log(var)
+    if beta:
+        nll = nll * var.detach().pow(beta)
+    return (nll * valid).sum() / valid.sum()
+
+
+def _lr(step: int, total: int, warmup: int = 50) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def _views(modality: str, x: torch.Tensor, w: torch.Tensor, gen: torch.Generator
+           ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """View A with the training augmentations (what the cross-modal, reconstruction and
+    head terms see, as in ``train``) and view B with the stronger identity nuisances: the
+    identity term pulls B onto A, so the main objective keeps its precision."""
+    return (augment(modality, x, w, AugmentConfig(), gen),
+            augment(modality, x, w, VIEW_AUGMENT, gen))
+
+
+def finetune(model_path: str | Path, catalog: str | Path, real_data: str | Path,
+             out: str | Path, cfg: FinetuneConfig = FinetuneConfig(), **kwargs: Any
+             ) -> FinetuneResult:
+    """Fine-tune ``model_path`` (see :func:`_finetune` for the arguments).
+
+    Denormal floats are flushed to zero while it runs (small gradients of fine-tuned layers
+    become denormal and are ~100x slower on a CPU) and the process-wide setting is restored
+    afterwards (other code, e.g. hypothesis, relies on IEEE subnormals).
+    """
+    torch.set_flush_denormal(True)
+    try:
+        return _finetune(model_path, catalog, real_data, out, cfg, **kwargs)
+    finally:
+        torch.set_flush_denormal(False)
+
+
+@dataclass
+class _Data:
+    """Everything a fine-tuning run reads: synthetic pairs and the prepared real spectra."""
+
+    cache: Any
+    train_pos: np.ndarray
+    val_pos: np.ndarray
+    fingerprint: str
+    used: list[RealSet]
+    real_train: PreparedReal
+    real_p: np.ndarray | None
+    real_cal: PreparedReal
+    xp_train: PreparedReal | None
+
+
+def _prepare_data(net: SpecCLIPNet, training: dict[str, Any], catalog: str | Path,
+                  real_data: str | Path, cfg: FinetuneConfig, cache_root: Path,
+                  real_cache: str | Path | None, progress: bool) -> _Data:
+    names = list(net.cfg.label_names)
+    tcfg = training.get("train_config", {})
+    cat = open_catalog(catalog)
+    fingerprint = catalog_fingerprint(cat)
+    pairs = join_pairs(cat, val_fraction=tcfg.get("val_fraction", 0.05),
+                       test_fraction=tcfg.get("test_fraction", 0.05))
+    trainval = np.flatnonzero(pairs.split != 2)
+    classes = population_classes(cat, pairs, trainval)
+    if list(classes) != list(net.cfg.class_names):
+        raise ConfigError(f"{catalog}: population classes {classes} differ from the model's "
+                          f"{list(net.cfg.class_names)}; fine-tune on the catalog it was "
+                          f"trained on")
+    cache = build_cache(cat, pairs, trainval, cache_root, label_names=names,
+                        class_names=classes, fingerprint=fingerprint, progress=progress)
+    val_pos = cache.positions("val")
+    val_pos = np.sort(np.random.default_rng(0).permutation(val_pos)[:4096])
+    real = Path(real_data)
+    all_sets = load_all(real, real_cache)
+    used = [all_sets[k] for k in cfg.real_sets if k in all_sets]
+    weights = tuple(w for k, w in zip(cfg.real_sets, cfg.real_set_weights) if k in all_sets)
+    if not used:
+        raise ConfigError(f"{real}: none of the real sets {list(cfg.real_sets)} found; "
+                          f"expected the layout of the shared real-data folder")
+    r_train = prepare_real(used, names, "train")
+    xp_set = all_sets.get("xp_patch")
+    return _Data(cache=cache, train_pos=cache.positions("train"), val_pos=val_pos,
+                 fingerprint=fingerprint, used=used, real_train=r_train,
+                 real_p=r_train.sampling_p(weights if len(weights) == len(used) else None),
+                 real_cal=prepare_real(used, names, "cal"),
+                 xp_train=prepare_real([xp_set], [], "train") if xp_set is not None else None)
+
+
+def _rows(rng: np.random.Generator, n: int, k: int, p: np.ndarray | None = None
+          ) -> np.ndarray:
+    """k row indices out of n (with replacement when weighted or when n < k)."""
+    return rng.choice(n, k, p=p, replace=p is not None or n < k)
+
+
+def _step_loss(net: SpecCLIPNet, loss_fn: SpecCLIPLoss, data: _Data, cfg: FinetuneConfig,
+               rng: np.random.Generator, gen: torch.Generator, view_scale: torch.Tensor,
+               device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss of one step (see the module docstring) and its terms as floats."""
+    mods = net.cfg.modalities
+    label_mean, label_std = net.label_mean, net.label_std
+    # --- synthetic pairs: the usual objective on view A
+    pos = np.sort(data.train_pos[_rows(rng, data.train_pos.size, cfg.synth_batch)])
+    tb = to_device(data.cache.load(pos), device)
+    targets = {m: (tb["x"][m], tb["w"][m]) for m in mods}
+    va, vb = {}, {}
+    for m in mods:
+        va[m], vb[m] = _views(m, *targets[m], gen)
+    outs = {m: net.forward_outputs(m, *va[m], decode=True) for m in mods}
+    y = (tb["labels"] - label_mean) / label_std
+    terms = loss_fn(outs, targets, net.logit_scale, labels=y, classes=tb["classes"],
+                    source_id=tb["source_id"])
+    parts = dict(terms.parts)
+    total = terms.total
+    # --- real LAMOST: labels with their noise, and views
+    rt = data.real_train
+    ri = _rows(rng, rt.x.shape[0], cfg.real_batch, data.real_p)
+    rx, rw = torch.from_numpy(rt.x[ri]).to(device), torch.from_numpy(rt.w[ri]).to(device)
+    (rxa, rwa), (rxb, rwb) = _views("lamost", rx, rw, gen)
+    r_out = net.forward_outputs("lamost", rxa, rwa, decode=False)
+    ry = (torch.from_numpy(rt.labels[ri]).to(device) - label_mean) / label_std
+    rn = torch.from_numpy(rt.label_noise[ri]).to(device) / label_std
+    real_nll = cfg.real_labels * noisy_label_nll(r_out.label_mu, r_out.label_log_sigma,
+                                                 ry, rn, cfg.loss.nll_beta)
+    parts["real_labels"] = float(real_nll.detach())
+    total = total + real_nll
+    if not cfg.identity:
+        return total, parts
+    # --- identity: in-modality views, real and synthetic stars in one batch
+    sid_l = torch.cat([tb["source_id"], torch.from_numpy(rt.star_id[ri])])
+    ea = torch.cat([outs["lamost"].embedding, r_out.embedding])
+    eb = torch.cat([net.encode("lamost", *vb["lamost"]), net.encode("lamost", rxb, rwb)])
+    ident = info_nce(ea, eb, view_scale, sid_l)
+    xt = data.xp_train
+    if xt is not None and "xp" in mods:
+        xi = _rows(rng, xt.x.shape[0], cfg.xp_batch)
+        xx, xw = torch.from_numpy(xt.x[xi]).to(device), torch.from_numpy(xt.w[xi]).to(device)
+        (xxa, xwa), (xxb, xwb) = _views("xp", xx, xw, gen)
+        sid_x = torch.cat([tb["source_id"], torch.from_numpy(xt.star_id[xi])])
+        ea_x = torch.cat([outs["xp"].embedding, net.encode("xp", xxa, xwa)])
+        eb_x = torch.cat([net.encode("xp", *vb["xp"]), net.encode("xp", xxb, xwb)])
+        ident = 0.5 * (ident + info_nce(ea_x, eb_x, view_scale, sid_x))
+    parts["identity"] = float(ident.detach())
+    return total + cfg.identity * ident, parts
+
+
+def _finetune(model_path: str | Path, catalog: str | Path, real_data: str | Path,
+              out: str | Path, cfg: FinetuneConfig = FinetuneConfig(), *,
+              progress: bool = True, overwrite: bool = False, command: str = "",
+              real_cache: str | Path | None = None,
+              cache_dir: str | Path | None = None) -> FinetuneResult:
+    """Fine-tune ``model_path`` on the synthetic ``catalog`` plus the real spectra under
+    ``real_data``; write the calibrated model to ``out`` (see the module docstring).
+
+    ``cache_dir`` keeps the prepared synthetic pairs for later runs (default: OUT/cache,
+    removed at the end); ``real_cache`` an ``.npz`` of the real sets (read once).
+    """
+    from tqdm.auto import tqdm
+
+    t0 = time.time()
+    out = Path(out)
+    if (out / "config.json").exists() and not overwrite:
+        raise ConfigError(f"{out} already holds a model; pass --overwrite or choose another "
+                          f"--out")
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    base = load_model(model_path, device=device)
+    net = base.net
+    training = dict(base.full_config.get("training", {}))
+    cache_root = Path(cache_dir) if cache_dir is not None else out / "cache"
+    data = _prepare_data(net, training, catalog, real_data, cfg, cache_root, real_cache,
+                         progress)
+    net.to(device).train()
+    loss_fn = SpecCLIPLoss(cfg.loss)
+    decay = [p for n, p in net.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in net.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr(s, cfg.steps))
+    view_scale = torch.tensor(math.log(1.0 / cfg.identity_temperature))
+    rng = np.random.default_rng(cfg.seed)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    history: list[dict[str, float]] = []
+    sums: dict[str, float] = {}
+    n_acc = 0
+    bar = tqdm(total=cfg.steps, desc="finetune", unit="step", disable=not progress)
+    for step in range(cfg.steps):
+        total, parts = _step_loss(net, loss_fn, data, cfg, rng, gen, view_scale, device)
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+        opt.step()
+        sched.step()
+        n_acc += 1
+        for k, v in {**parts, "total": float(total.detach())}.items():
+            sums[k] = sums.get(k, 0.0) + v
+        bar.update(1)
+        if (step + 1) % 100 == 0 or step + 1 == cfg.steps:
+            history.append({"step": step + 1, "lr": opt.param_groups[0]["lr"],
+                            "elapsed_seconds": time.time() - t0,
+                            **{k: v / n_acc for k, v in sums.items()}})
+            sums, n_acc = {}, 0
+            bar.set_postfix(loss=f"{history[-1]['total']:.3f}")
+    bar.close()
+    net.eval()
+    report = calibrate(net, data.cache, data.val_pos, device)
+    floors, widths = calibrate_real_floor(net, data.real_cal.x, data.real_cal.w,
+                                         data.real_cal.labels)
+    seconds = time.time() - t0
+    n_real = {s.name: int(s.in_split("train").sum()) for s in data.used}
+    digest = save_model_dir(out, net, net.cfg, training={
+        **training, "finetune": {
+            "command": command, "base_model": str(model_path), "base_hash": base.model_hash,
+            "catalog_fingerprint": data.fingerprint, "config": cfg.to_dict(),
+            "real_train": n_real,
+            "real_cal": {s.name: int(s.in_split("cal").sum()) for s in data.used},
+            "xp_patch_train": 0 if data.xp_train is None else int(data.xp_train.x.shape[0]),
+            "seconds": seconds, "sigma_floor": floors, "real_z_width_cal": widths,
+            "history_last": history[-1] if history else {}},
+        "calibration": dataclasses.asdict(report), "calibrated": True})
+    write_json_atomic(out / "finetune_log.json", history)
+    if cache_dir is None:
+        shutil.rmtree(cache_root, ignore_errors=True)
+    return FinetuneResult(out=str(out), model_hash=digest, steps=cfg.steps, seconds=seconds,
+                          n_real_train=n_real, sigma_floor={"lamost": floors},
+                          real_z_width_cal=widths, history=history)

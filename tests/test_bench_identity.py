@@ -1,0 +1,120 @@
+"""The identity benchmark's building blocks (benchmarks/identity_tasks.py): two independent
+visits per synthetic star, and exact same-star retrieval measures."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from identity_tasks import (  # noqa: E402
+    SNR_RANGE,
+    iter_visit_batches,
+    knn,
+    label_agreement,
+    partner_ranks,
+    rank_summary,
+    snr_neighbour_rho,
+    unit,
+    xp_raw,
+)
+
+from specsearch.preprocess import grid_for  # noqa: E402
+
+N = 50
+
+
+@pytest.fixture(scope="module")
+def visits():
+    """50 stars in two batches (25 + 25)."""
+    return list(iter_visit_batches(N, seed=3, batch=25))
+
+
+def _cat(batches, get) -> np.ndarray:
+    return np.concatenate([get(b) for b in batches])
+
+
+def perfect_vectors(labels: dict[str, np.ndarray]) -> np.ndarray:
+    """An ideal embedding: the star's noiseless labels, standardised (NaN -> 0)."""
+    x = np.stack([labels[k] for k in ("teff", "logg", "feh", "alpha_fe", "ebv", "rv",
+                                      "mag_g")], 1)
+    x = (x - np.nanmean(x, 0)) / np.nanstd(x, 0)
+    return unit(np.nan_to_num(x))
+
+
+def test_visits_share_the_star_and_nothing_else(visits):
+    assert [len(b) for b in visits] == [25, 25]
+    nl, nx = grid_for("lamost").npix, grid_for("xp").npix
+    for b in visits:
+        for v in range(2):
+            assert b.lamost_flux[v].shape == b.lamost_ivar[v].shape == (25, nl)
+            assert b.xp_flux[v].shape == b.xp_ivar[v].shape == (25, nx)
+            assert np.all((b.lamost_snr[v] >= SNR_RANGE[0]) & (b.lamost_snr[v] <= SNR_RANGE[1]))
+        assert all(v.shape == (25,) for v in b.labels.values())
+        # independent S/N, noise and XP coefficient noise, same star
+        assert not np.allclose(b.lamost_snr[0], b.lamost_snr[1])
+        assert not np.allclose(b.lamost_flux[0], b.lamost_flux[1])
+        assert not np.allclose(b.xp_flux[0], b.xp_flux[1])
+        # row i of both visits is star i (stars differ by up to 9 mag)
+        ratio = np.nanmedian(b.xp_flux[0] / b.xp_flux[1], axis=1)
+        assert np.all(np.abs(ratio - 1.0) < 0.2)
+        both = (b.lamost_ivar[0] > 0) & (b.lamost_ivar[1] > 0)
+        ratio = np.nanmedian(np.where(both, b.lamost_flux[0], np.nan)
+                             / np.where(both, b.lamost_flux[1], np.nan), axis=1)
+        assert np.all(np.abs(ratio - 1.0) < 0.2)
+    # batches are different stars; the same seed gives the same stars
+    assert not np.allclose(visits[0].labels["mag_g"], visits[1].labels["mag_g"])
+    again = next(iter_visit_batches(25, seed=3, batch=25))
+    np.testing.assert_array_equal(again.lamost_flux[1], visits[0].lamost_flux[1])
+
+
+def test_perfect_embedding_finds_every_other_visit(visits):
+    labels = {k: _cat(visits, lambda b: b.labels[k]) for k in visits[0].labels}
+    vec = perfect_vectors(labels)
+    ranks = partner_ranks(vec, vec)
+    assert ranks.shape == (N,)
+    assert rank_summary(ranks)["top1"] == 1.0
+    shuffled = partner_ranks(vec, vec[np.roll(np.arange(N), 1)])
+    assert rank_summary(shuffled)["top1"] < 0.2
+    # an unusable (zero) query ranks last, not first
+    vec0 = vec.copy()
+    vec0[0] = 0.0
+    assert partner_ranks(vec0, vec)[0] == N
+    # the XP baseline on real visits: shapes and ranks in range
+    xr = [unit(xp_raw(_cat(visits, lambda b, v=v: b.xp_flux[v]))) for v in range(2)]
+    r = partner_ranks(*xr)
+    assert r.shape == (N,) and r.min() >= 1 and r.max() <= N
+
+
+def test_knn_matches_brute_force_and_excludes():
+    rng = np.random.default_rng(0)
+    x = unit(rng.normal(size=(40, 8)))
+    partner = np.roll(np.arange(40), 20)
+    exclude = np.stack([np.arange(40), partner], 1)
+    D, I = knn(x, x, 5, exclude=exclude, block=7)
+    sim = x @ x.T
+    sim[np.arange(40), np.arange(40)] = -np.inf
+    sim[np.arange(40), partner] = -np.inf
+    np.testing.assert_array_equal(I, np.argsort(-sim, axis=1)[:, :5])
+    np.testing.assert_allclose(D, np.take_along_axis(sim, I, 1), rtol=1e-6)
+
+
+def test_snr_neighbour_rho_sees_noise_clustering():
+    rng = np.random.default_rng(1)
+    snr = rng.uniform(*SNR_RANGE, 200)
+    partner = np.roll(np.arange(200), 100)
+    by_noise = unit(np.stack([np.cos(snr / 100), np.sin(snr / 100)], 1))
+    assert snr_neighbour_rho(by_noise, snr, partner)["rho"] > 0.9
+    by_star = unit(rng.normal(size=(200, 16)))
+    assert abs(snr_neighbour_rho(by_star, snr, partner)["rho"]) < 0.3
+
+
+def test_label_agreement_counts_neighbours_within_tolerance():
+    labels = {"teff": np.array([5000.0, 5100.0, 6000.0, np.nan]),
+              "logg": np.array([4.0, 4.1, 4.0, 4.0]), "feh": np.zeros(4)}
+    got = label_agreement(np.array([[1, 2], [0, 2], [0, 1], [0, 1]]), labels, labels)
+    assert got == {"n": 3, "fraction_within": pytest.approx(2 / 6)}

@@ -1,0 +1,119 @@
+"""Fine-tuning on real spectra: the split by star, the noisy-label likelihood, the real-data
+uncertainty floor, the hunt's noise refit, and ``specsearch finetune`` end to end on a toy
+catalog with a toy "real" set (no ../shared needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from specsearch.cli import main
+from specsearch.hunt.calibration import fit_measurement, refit_noise
+from specsearch.model import load_model
+from specsearch.model.finetune import noisy_label_nll
+from specsearch.model.real_sets import SPLIT_CODES, RealSet, load_all, save_sets, star_split
+
+from test_model_data import make_paired_catalog, toy_labels, toy_lamost, toy_xp
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
+
+
+def test_star_split_is_a_function_of_the_star():
+    keys = np.array([f"J{i:06d}" for i in range(20_000)])
+    split = star_split(keys)
+    assert np.array_equal(split, star_split(keys))                  # stable
+    again = star_split(np.concatenate([keys[::-1], keys[:5]]))       # order-free, visits agree
+    assert np.array_equal(again[:-5], split[::-1]) and np.array_equal(again[-5:], split[:5])
+    frac = np.bincount(split, minlength=3) / split.size
+    assert np.allclose(frac, [0.65, 0.15, 0.20], atol=0.015)
+
+
+def test_noisy_label_nll_discounts_noisy_labels():
+    mu = torch.zeros(4, 1, requires_grad=True)
+    log_sigma = torch.full((4, 1), np.log(0.1))
+    target = torch.full((4, 1), 0.5)
+    clean = noisy_label_nll(mu, log_sigma, target, torch.zeros(4, 1), beta=0.0)
+    (g_clean,) = torch.autograd.grad(clean, mu)
+    noisy = noisy_label_nll(mu, log_sigma, target, torch.full((4, 1), 1.0), beta=0.0)
+    (g_noisy,) = torch.autograd.grad(noisy, mu)
+    # a label known to +-1 pulls the prediction ~100x less than one known to +-0.1
+    assert 50 < float(g_clean.abs().sum() / g_noisy.abs().sum()) < 200
+    nan = noisy_label_nll(mu, log_sigma, torch.full((4, 1), float("nan")),
+                          torch.zeros(4, 1), beta=0.5)
+    assert float(nan.detach()) == 0.0
+
+
+def test_refit_noise_widens_for_noisier_stars():
+    rng = np.random.default_rng(0)
+    true = rng.uniform(-3, 0.3, 4000)
+    err = np.full(true.size, 0.05)
+    pred = 0.9 * true + rng.normal(0, 0.05, true.size)
+    model = fit_measurement(pred, err, true, modality="lamost")
+    t2 = rng.uniform(-2.5, 0.3, 400)
+    p2 = 0.9 * t2 + rng.normal(0, 0.15, t2.size)                     # 3x wider "real" residuals
+    refit = refit_noise(model, p2, np.full(t2.size, 0.05), t2)
+    assert refit.knots_true == model.knots_true                     # the shape is kept
+    width = np.hypot(refit.scale * 0.05, refit.floor)
+    assert 0.11 < width < 0.2 and width > 2 * np.hypot(model.scale * 0.05, model.floor)
+
+
+def _toy_real_sets(n: int = 160) -> dict[str, RealSet]:
+    rng = np.random.default_rng(5)
+    lab = toy_labels(rng, n)
+    flux, ivar = toy_lamost(lab, rng, rng.uniform(20, 80, n).astype(np.float32))
+    flux = flux * (1 + 0.03 * np.linspace(-1, 1, flux.shape[1]))[None, :]   # "instrument"
+    star = np.array([f"S{i}" for i in range(n)])
+    labels = {k: np.asarray(lab[k], float) for k in ("teff", "logg", "feh")}
+    labels["feh"] = labels["feh"] + 0.2                                        # another scale
+    lam = RealSet("lamost_dr10", "lamost", flux.astype(np.float32), ivar.astype(np.float32),
+                  star, star_split(star), labels, np.full(n, 40.0))
+    fx, ix = toy_xp(lab, rng, rng.uniform(30, 100, n).astype(np.float32))
+    xp = RealSet("xp_patch", "xp", fx.astype(np.float32), ix.astype(np.float32), star,
+                 star_split(star), {}, None, {"source_id": np.arange(n)})
+    return {"lamost_dr10": lam, "xp_patch": xp}
+
+
+def test_real_sets_round_trip(tmp_path):
+    sets = _toy_real_sets(40)
+    save_sets(tmp_path / "real.npz", sets)
+    back = load_all(tmp_path / "missing-folder", tmp_path / "real.npz")
+    assert set(back) == set(sets)
+    for k, s in sets.items():
+        b = back[k]
+        assert np.array_equal(b.flux, s.flux) and np.array_equal(b.star, s.star)
+        assert np.array_equal(b.split, s.split) and b.modality == s.modality
+        for name, v in s.labels.items():
+            assert np.array_equal(b.labels[name], v, equal_nan=True)
+    assert (back["lamost_dr10"].in_split("test") ==
+            (back["lamost_dr10"].split == SPLIT_CODES["test"])).all()
+
+
+def test_finetune_cli_end_to_end(tmp_path, capsys):
+    cat = make_paired_catalog(tmp_path / "cat", 240, revisits=10)
+    base = tmp_path / "base"
+    assert main(["train", "--catalog", str(cat), "--out", str(base), "--epochs", "1",
+                 "--batch-size", "64", "--embedding-dim", "16", "--device", "cpu",
+                 "--no-progress"]) == 0
+    save_sets(tmp_path / "real.npz", _toy_real_sets())
+    out = tmp_path / "ft"
+    assert main(["finetune", "--model", str(base), "--catalog", str(cat), "--real-data",
+                 str(tmp_path), "--real-cache", str(tmp_path / "real.npz"), "--out", str(out),
+                 "--steps", "3", "--device", "cpu", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "fine-tuned" in text and "z-width on the real calibration stars" in text
+    old, new = load_model(base), load_model(out)
+    assert new.model_hash != old.model_hash
+    ft = new.full_config["training"]["finetune"]
+    assert ft["base_hash"] == old.model_hash and ft["real_train"]["lamost_dr10"] > 50
+    floor = new.net.heads["lamost"].sigma_floor
+    j = new.label_names.index("feh")
+    assert floor.shape == (len(new.label_names),) and float(floor[j]) > 0   # +0.2 dex scale
+    # the floor widens every reported uncertainty by at least itself
+    rs = _toy_real_sets(20)["lamost_dr10"]
+    b = new.embed_numpy("lamost", rs.flux, rs.ivar)
+    assert (b.uncertainties[b.good, j] >= 0.999 * ft["sigma_floor"]["feh"]).all()
+    # refuses to overwrite unless asked
+    assert main(["finetune", "--model", str(base), "--catalog", str(cat), "--real-data",
+                 str(tmp_path), "--real-cache", str(tmp_path / "real.npz"), "--out", str(out),
+                 "--steps", "1", "--no-progress"]) == 2
