@@ -88,7 +88,7 @@ def test_embeddings_refuse_another_model(tmp_path):
 def test_atomic_files_get_the_usual_mode(tmp_path):
     import os
 
-    from specsearch.io.parquet import write_bytes_atomic
+    from specsearch.fsutil import write_bytes_atomic
 
     write_bytes_atomic(tmp_path / "a.json", b"{}")
     (tmp_path / "b.json").write_bytes(b"{}")

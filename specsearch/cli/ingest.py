@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from specsearch.errors import ConfigError
-from specsearch.io.parquet import write_json_atomic
+from specsearch.fsutil import write_json_atomic
 
 EPILOG = """\
 Example:

@@ -20,7 +20,7 @@ import numpy as np
 
 from specsearch.errors import CatalogError, ReaderError, SpecsearchError, SpectrumError
 from specsearch.io.catalog import LABEL_COLUMNS, CatalogWriter, open_catalog
-from specsearch.io.parquet import write_json_atomic
+from specsearch.fsutil import write_json_atomic
 from specsearch.preprocess import grid_for, to_canonical_grid
 from specsearch.spectrum import Spectrum
 

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from specsearch.errors import CatalogError
 from specsearch.io.catalog import Catalog, list_column_to_numpy
-from specsearch.io.parquet import write_json_atomic
+from specsearch.fsutil import write_json_atomic
 from specsearch.model.data import (CACHE_DTYPE, FLUX_OFFSET, CACHE_VERSION, SPLITS, PairTable,
                                    float_column, stream_rows)
 from specsearch.preprocess import grid_for, prepare_model_input

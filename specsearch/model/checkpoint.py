@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from specsearch.errors import ConfigError, ModelError
-from specsearch.io.parquet import atomic_path, write_json_atomic
+from specsearch.fsutil import atomic_path, write_json_atomic
 from specsearch.model.config import FORMAT_VERSION, ModelConfig
 from specsearch.preprocess import grid_for
 

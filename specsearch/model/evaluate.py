@@ -20,7 +20,7 @@ import torch
 
 from specsearch.errors import ConfigError
 from specsearch.io.catalog import open_catalog
-from specsearch.io.parquet import write_bytes_atomic, write_json_atomic
+from specsearch.fsutil import write_bytes_atomic, write_json_atomic
 from specsearch.model.api import SpecModel, load_model
 from specsearch.model.data import SPLITS, catalog_fingerprint, join_pairs, read_spectra_rows
 from specsearch.model.metrics import label_stats, median_relative_error, retrieval

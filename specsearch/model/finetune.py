@@ -39,7 +39,7 @@ import torch
 
 from specsearch.errors import ConfigError
 from specsearch.io.catalog import open_catalog
-from specsearch.io.parquet import write_json_atomic
+from specsearch.fsutil import write_json_atomic
 from specsearch.model.api import load_model, resolve_device
 from specsearch.model.augment import AugmentConfig, augment
 from specsearch.model.cache import build_cache, population_classes

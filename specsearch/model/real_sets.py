@@ -228,7 +228,7 @@ def load_lamost_sets(real: Path) -> dict[str, RealSet]:
 
 def save_sets(path: str | Path, sets: dict[str, RealSet]) -> None:
     """Write real sets to one ``.npz`` (plain arrays, no pickles), atomically."""
-    from specsearch.io.parquet import write_bytes_atomic
+    from specsearch.fsutil import write_bytes_atomic
     import io
 
     arrays: dict[str, np.ndarray] = {}

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from specsearch.errors import ConfigError
 from specsearch.io.catalog import open_catalog
-from specsearch.io.parquet import write_bytes_atomic, write_json_atomic
+from specsearch.fsutil import write_bytes_atomic, write_json_atomic
 from specsearch.model.api import resolve_device
 from specsearch.model.augment import AugmentConfig, augment
 from specsearch.model.cache import PairCache, build_cache, pixel_statistics, population_classes

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from specsearch.errors import CatalogError
 from specsearch.io.catalog import CatalogWriter
-from specsearch.io.parquet import write_json_atomic
+from specsearch.fsutil import write_json_atomic
 from specsearch.synth.survey import SynthConfig, iter_shard
 
 MANIFEST = "synth.json"
