@@ -42,37 +42,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from bench_service import K, queries_for, served_model  # noqa: E402
+from bench_service import build as build_service_index  # noqa: E402
 
 
 def build(out: Path, n: int, shards: int, model_hash: str, dim: int, kind: str) -> float | None:
     """The service benchmark's index (same vectors and columns) in ``shards`` shards;
     build seconds, None when reused."""
-    from specsearch.index import ArrayEmbeddings, BuildOptions, build_index
-    from specsearch.index.manifest import read_index_manifest, read_modality_manifest
-    from specsearch.index.synthetic import clustered_unit_vectors
-
-    try:
-        top = read_index_manifest(out)
-        m = read_modality_manifest(out, "lamost", top)
-        if top.model_hash == model_hash and m.count == n and m.n_shards == shards:
-            return None
-    except Exception:
-        pass
-    t = time.perf_counter()
-    x = clustered_unit_vectors(n, dim, seed=0)
-    rng = np.random.default_rng(3)
-    cols = {"embedding": x, "source_id": 10 ** 15 + np.arange(n, dtype=np.int64),
-            "ra": rng.uniform(0, 360, n), "dec": np.degrees(np.arcsin(rng.uniform(-1, 1, n))),
-            "snr": rng.gamma(3.0, 15.0, n).astype(np.float32)}
-    for label, (mu, sd) in {"teff": (5500, 900), "logg": (3.8, 0.8), "feh": (-0.4, 0.5)}.items():
-        cols[f"{label}_pred"] = rng.normal(mu, sd, n).astype(np.float32)
-        cols[f"{label}_err"] = np.abs(rng.normal(0.05 * abs(mu) + 0.05, 0.01, n)
-                                      ).astype(np.float32)
-    source = ArrayEmbeddings({"lamost": cols}, model_hash=model_hash,
-                             label_names=["teff", "logg", "feh"])
-    build_index(source, out, BuildOptions(kind=kind, shards=shards, target_recall=0.95,
-                                          tune_queries=300, threads=2))
-    return time.perf_counter() - t
+    return build_service_index(out, n, model_hash, dim, kind, shards=shards)
 
 
 def start(cmd: list[str], port: int, timeout_s: float = 300) -> subprocess.Popen:

@@ -75,19 +75,19 @@ def served_model(cache: Path) -> tuple[Path | None, str, int]:
     return path, model.model_hash, model.embedding_dim
 
 
-def build(out: Path, n: int, model_hash: str, dim: int, kind: str) -> float | None:
-    """Build the benchmark index unless ``out`` holds one of ``n`` rows; build seconds (None
-    when reused)."""
+def build(out: Path, n: int, model_hash: str, dim: int, kind: str,
+          shards: int | None = None) -> float | None:
+    """Build the benchmark index unless ``out`` holds one of ``n`` rows (and ``shards``
+    shards, when given); build seconds (None when reused)."""
     from specsearch.index import ArrayEmbeddings, BuildOptions, build_index
-    from specsearch.index.manifest import read_index_manifest
+    from specsearch.index.manifest import read_index_manifest, read_modality_manifest
     from specsearch.index.synthetic import clustered_unit_vectors
 
     try:
         top = read_index_manifest(out)
-        from specsearch.query import SearchEngine
-
-        if top.model_hash == model_hash and \
-                SearchEngine.open(out, verify=False).index["lamost"].count == n:
+        m = read_modality_manifest(out, "lamost", top)
+        if top.model_hash == model_hash and m.count == n and \
+                (shards is None or m.n_shards == shards):
             return None
     except Exception:
         pass
@@ -103,7 +103,10 @@ def build(out: Path, n: int, model_hash: str, dim: int, kind: str) -> float | No
                                       ).astype(np.float32)
     source = ArrayEmbeddings({"lamost": cols}, model_hash=model_hash,
                              label_names=["teff", "logg", "feh"])
-    build_index(source, out, BuildOptions(kind=kind, target_recall=0.95, tune_queries=300))
+    options = BuildOptions(kind=kind, target_recall=0.95, tune_queries=300) if shards is None \
+        else BuildOptions(kind=kind, shards=shards, target_recall=0.95, tune_queries=300,
+                          threads=2)
+    build_index(source, out, options)
     return time.perf_counter() - t
 
 
