@@ -26,22 +26,24 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-DEFAULT_CACHE = Path(os.environ.get("SPECSEARCH_BENCH_CACHE", "/tmp/specsearch-bench"))
+from specsearch.fsutil import atomic_path
+
+DEFAULT_CACHE = Path(os.environ.get("SPECSEARCH_BENCH_CACHE",
+                                    Path(tempfile.gettempdir()) / "specsearch-bench"))
 N_BASE = 20_000
 NEIGHBOURS = 8
 CHUNK = 50_000
 
 
 def _save(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, **arrays)
 
 
 def base_xp_spectra(n_base: int = N_BASE, seed: int = 0,
@@ -137,11 +139,8 @@ def model_embeddings(n: int, *, model: str | None = None, seed: int = 0,
         emb = encoder.embed_numpy("xp", flux[:stop - start], ivar[:stop - start]).embedding
         out[start:stop] = emb / np.linalg.norm(emb, axis=1, keepdims=True)
         print(f"  embedded {stop:,}/{n:,} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    path = cache / f"{stem}_{n}.npy"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, out)
-    os.replace(tmp, path)
+    with atomic_path(cache / f"{stem}_{n}.npy", suffix=".npy") as tmp:
+        np.save(tmp, out)
     return out, encoder.model_hash
 
 

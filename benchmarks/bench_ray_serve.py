@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from bench_service import K, queries_for, served_model  # noqa: E402
-from bench_service import build as build_service_index  # noqa: E402
+from bench_service import build as build_service_index, wait_ready  # noqa: E402
 
 
 def build(out: Path, n: int, shards: int, model_hash: str, dim: int, kind: str) -> float | None:
@@ -53,22 +53,14 @@ def build(out: Path, n: int, shards: int, model_hash: str, dim: int, kind: str) 
 
 def start(cmd: list[str], port: int, timeout_s: float = 300) -> subprocess.Popen:
     """Start a server command and wait until ``/v1/health/ready`` answers 200."""
-    import httpx
-
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v1/health/ready").status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
-        time.sleep(0.5)
-    stop(proc)
-    raise RuntimeError(f"server did not become ready in {timeout_s:.0f} s: {cmd}")
+    try:
+        wait_ready(proc, port, timeout_s)
+    except RuntimeError as exc:
+        stop(proc)
+        raise RuntimeError(f"{exc}: {cmd}") from None
+    return proc
 
 
 def stop(proc: subprocess.Popen) -> None:

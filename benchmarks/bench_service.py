@@ -258,25 +258,38 @@ def client_main(args: argparse.Namespace) -> None:
 
 def serve(index: Path, model: Path | None, port: int, worker_threads: int
           ) -> subprocess.Popen:
-    import httpx
-
     cmd = [sys.executable, "-m", "specsearch", "serve", str(index), "--port", str(port),
            "--log-level", "warning", "--worker-threads", str(worker_threads)]
     if model is not None:
         cmd += ["--model", str(model)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 180
+    try:
+        wait_ready(proc, port, 180)
+    except RuntimeError:
+        proc.kill()
+        raise
+    return proc
+
+
+def wait_ready(proc: subprocess.Popen, port: int, timeout_s: float) -> None:
+    """Wait until the server on ``port`` answers ``/v1/health/ready`` with 200.
+
+    Raises:
+        RuntimeError: the process exited, or was not ready within ``timeout_s``.
+    """
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/v1/health/ready").status_code == 200:
-                return proc
+                return
         except httpx.TransportError:
             pass
         if proc.poll() is not None:
             raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
         time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError("server did not become ready in 180 s")
+    raise RuntimeError(f"server did not become ready in {timeout_s:.0f} s")
 
 
 def main() -> None:

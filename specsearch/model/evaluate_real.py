@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from specsearch.model.metrics import label_stats
-from specsearch.model.real_sets import SPLIT_CODES, RealSet, load_all, to_float
+from specsearch.model.real_sets import RealSet, load_all
 from specsearch.preprocess import grid_for, prepare_model_input
 
 LABELS = ("teff", "logg", "feh")
@@ -267,16 +267,13 @@ def hunt_pool(model, sets: dict[str, RealSet], threshold: float = -2.0) -> dict[
     b = model.embed_numpy("lamost", flux, ivar)
     ok = b.good & np.isfinite(feh)
     j = model.label_names.index("feh")
-    try:
-        cal = find_calibration(model.model_hash, model_dir=getattr(model, "path", None))
-        fc = cal.for_modality("lamost")
-        post = cal.posterior(fc.loglik(b.predictions[ok, j], b.uncertainties[ok, j]))
-        p, _, _ = posterior_summaries(post, threshold)
-        how = "hunt calibration"
-    except Exception as exc:   # no calibration for this model: Gaussian on the head
-        from scipy.stats import norm
-        p = norm.cdf((threshold - b.predictions[ok, j]) / b.uncertainties[ok, j])
-        how = f"head Gaussian (no hunt calibration: {type(exc).__name__})"
+    # The model's own hunt calibration; without one (a model never calibrated) the
+    # posterior uses the heads' uncertainties as they are and a flat prior.
+    cal = find_calibration(model.model_hash, model_dir=getattr(model, "path", None))
+    fc = cal.for_modality("lamost")
+    post = cal.posterior(fc.loglik(b.predictions[ok, j], b.uncertainties[ok, j]))
+    p, _, _ = posterior_summaries(post, threshold)
+    how = "hunt calibration" if cal.calibrated else "heads' uncertainties (no calibration)"
     truth = feh[ok] < threshold
     n_vmp = int(truth.sum())
     if n_vmp == 0:
@@ -316,8 +313,6 @@ def evaluate_real(model, real: Path, synthetic_report: dict[str, Any] | None = N
     out["goals"] = real_goal_rows(out)
     return out
 
-
-__all__ = ["evaluate_real", "raw_pixels", "same_star_retrieval", "SPLIT_CODES", "to_float"]
 
 
 def _get(d: dict, *keys):
