@@ -266,7 +266,8 @@ def tune_on_calibration_survey(paths, k) -> tuple[dict, str]:
     with the best mean precision@100 over the modalities is the one applied to the
     evaluation survey (no tuning on the numbers that are reported)."""
     from specsearch.anomaly import ScoreConfig, score_tables
-    from specsearch.anomaly.pipeline import load_source, screen_tables
+    from specsearch.anomaly.pipeline import screen_tables
+    from specsearch.rows import load_source
 
     tables = load_source(paths["cal_emb"]).tables
     scores = score_tables(tables, config=ScoreConfig(k=k))
@@ -302,7 +303,7 @@ def realised_curve(result_table, true_of, threshold, n_true) -> dict:
 
 
 def bench_hunt(paths, tables, extra_lamost=None):
-    from specsearch.anomaly.pipeline import load_source
+    from specsearch.rows import load_source
     from specsearch.hunt import HuntConfig, fit_hunt_calibration, hunt
 
     cal_tables = load_source(paths["cal_emb"]).tables
@@ -340,7 +341,7 @@ def embed_files(model, files, modality):
 def batch_table(modality, ids, names, batch, label_names, extra=None):
     import pyarrow as pa
 
-    from specsearch.anomaly import EmbeddingTable
+    from specsearch.rows import EmbeddingTable
 
     cols = {"spectrum_id": pa.array(names), "source_id": pa.array(ids, pa.int64()),
             "recon_residual": pa.array(batch.recon_residual.astype(np.float32)),
@@ -358,7 +359,8 @@ def bench_real(model, tables, cal, k) -> dict:
 
     import pyarrow as pa
 
-    from specsearch.anomaly import EmbeddingTable, ScoreConfig, score_modality
+    from specsearch.anomaly import ScoreConfig, score_modality
+    from specsearch.rows import EmbeddingTable
     from specsearch.hunt import HuntConfig, hunt
 
     out = {}
@@ -493,7 +495,7 @@ def main() -> int:
     args = _parse()
     args.data.mkdir(parents=True, exist_ok=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    from specsearch.anomaly.pipeline import load_source
+    from specsearch.rows import load_source
     from specsearch.model import load_model
 
     model = load_model(args.model)

@@ -40,7 +40,6 @@ import numpy as np
 
 from specsearch.index import (ArrayEmbeddings, BuildOptions, HNSWConfig, HnswlibConfig,
                               IVFFlatConfig, IVFPQConfig, SearchKnobs, build_index)
-from specsearch.index.reader import split_ids
 from specsearch.index.synthetic import clustered_unit_vectors, held_out_queries
 from specsearch.index.threads import faiss_threads
 from specsearch.index.tuning import set_knobs
@@ -89,12 +88,7 @@ def _f(v):
 
 def to_input_ids(mi, gids: np.ndarray) -> np.ndarray:
     """Global ids -> original row numbers (the build stored them as source_id)."""
-    shard, r = split_ids(gids.ravel())
-    out = np.full(gids.size, -1, np.int64)
-    for s in np.unique(shard[shard >= 0]):
-        sel = shard == s
-        out[sel] = mi.shards[s].column("source_id")[r[sel]]
-    return out.reshape(gids.shape)
+    return mi.source_ids(gids)
 
 
 def baseline(x, queries, truth, n_q):

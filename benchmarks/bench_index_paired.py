@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import platform
 import sys
@@ -39,6 +38,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_index_data import DEFAULT_CACHE, benchmark_vectors  # noqa: E402
+
+from specsearch.fsutil import write_json_atomic  # noqa: E402
 
 
 def _ints(text: str) -> list[int]:
@@ -187,9 +188,7 @@ def main() -> int:
               "rows": rows, **summary}
     _print(result)
     out = args.out or Path(__file__).parent / "results" / f"index_paired_{args.case}.json"
-    out.parent.mkdir(exist_ok=True)
-    out.with_suffix(".tmp").write_text(json.dumps(result, indent=2))
-    os.replace(out.with_suffix(".tmp"), out)
+    write_json_atomic(out, result, sort_keys=False)
     print(f"wrote {out}")
     return 0
 

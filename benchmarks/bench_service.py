@@ -110,6 +110,20 @@ def build(out: Path, n: int, model_hash: str, dim: int, kind: str,
     return time.perf_counter() - t
 
 
+def prepare_index(cache: str | None, n: int, kind: str
+                  ) -> tuple[Path, Path | None, int, Path, float | None]:
+    """(cache dir, model dir, embedding dim, index dir, build seconds or None if reused) of
+    the benchmark index of ``n`` vectors, built under ``cache`` when missing."""
+    root = Path(cache or Path(tempfile.gettempdir()) / "specsearch-bench-service")
+    root.mkdir(parents=True, exist_ok=True)
+    model, model_hash, dim = served_model(root)
+    index = root / f"index-{kind}-{n}"
+    build_s = build(index, n, model_hash, dim, kind)
+    print(f"index {index}: n={n} dim={dim} kind={kind} "
+          f"build {'reused' if build_s is None else f'{build_s:.0f} s'}", flush=True)
+    return root, model, dim, index, build_s
+
+
 def queries_for(n: int, dim: int, count: int) -> np.ndarray:
     from specsearch.index.synthetic import clustered_unit_vectors, held_out_queries
 
@@ -292,6 +306,43 @@ def wait_ready(proc: subprocess.Popen, port: int, timeout_s: float) -> None:
     raise RuntimeError(f"server did not become ready in {timeout_s:.0f} s")
 
 
+def measure_http(args: argparse.Namespace, index: Path, model: Path | None, cache: Path,
+                 queries: np.ndarray) -> tuple[dict, float, float]:
+    """Serve ``index`` in its own process and load it (wrk, else the httpx client process);
+    (results, server RSS before, after) in MiB."""
+    from service_support import free_port
+
+    port = free_port()
+    proc = serve(index, model, port, args.worker_threads)
+    try:
+        rss_before = rss_mib(proc.pid)
+        qfile = cache / "queries.npy"
+        np.save(qfile, queries)
+        if shutil.which("wrk") and not args.httpx:
+            bodies = [json.dumps({"embedding": [round(float(v), 6) for v in q],
+                                  "modality": "lamost", "k": K}).encode()
+                      for q in queries[:500]]
+            url = f"http://127.0.0.1:{port}"
+            wrk_load(url, bodies, 4, 3, cache / "load.lua")  # warm-up
+            http = {"single": wrk_load(url, bodies, 1, args.duration, cache / "load.lua"),
+                    "concurrent": wrk_load(url, bodies, args.clients, args.duration,
+                                           cache / "load.lua"),
+                    "client_cpu_s": "n/a (wrk)"}
+        else:
+            client = subprocess.run(
+                [sys.executable, __file__, "--client-queries", str(qfile),
+                 "--url", f"http://127.0.0.1:{port}", "--clients", str(args.clients),
+                 "--requests", str(args.requests), "--single-requests",
+                 str(args.single_requests), "--duration", str(args.duration)],
+                capture_output=True, text=True, check=True, timeout=4 * args.duration + 120)
+            http = json.loads(client.stdout.strip().splitlines()[-1])
+        rss_after = rss_mib(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return http, rss_before, rss_after
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -315,52 +366,13 @@ def main() -> None:
         return
 
     sys.path.insert(0, str(ROOT / "tests"))
-    from service_support import free_port
-
     load = os.getloadavg()
-    cache = Path(args.cache or Path(tempfile.gettempdir()) / "specsearch-bench-service")
-    cache.mkdir(parents=True, exist_ok=True)
-    model, model_hash, dim = served_model(cache)
-    index = cache / f"index-{args.kind}-{args.n}"
-    build_s = build(index, args.n, model_hash, dim, args.kind)
-    print(f"index {index}: n={args.n} dim={dim} kind={args.kind} "
-          f"build {'reused' if build_s is None else f'{build_s:.0f} s'}", flush=True)
+    cache, model, dim, index, build_s = prepare_index(args.cache, args.n, args.kind)
     queries = queries_for(args.n, dim, 2000)
     inproc = in_process(index, queries, args.worker_threads, budget_s=5.0)
     print(f"in-process: {inproc}", flush=True)
 
-    port = free_port()
-    proc = serve(index, model, port, args.worker_threads)
-    try:
-        rss_before = rss_mib(proc.pid)
-        qfile = cache / "queries.npy"
-        np.save(qfile, queries)
-        if shutil.which("wrk") and not args.httpx:
-            bodies = [json.dumps({"embedding": [round(float(v), 6) for v in q],
-                                  "modality": "lamost", "k": K}).encode()
-                      for q in queries[:500]]
-            url = f"http://127.0.0.1:{port}"
-            wrk_load(url, bodies, 4, 3, cache / "load.lua")  # warm-up
-            http = {"single": wrk_load(url, bodies, 1, args.duration, cache / "load.lua"),
-                    "concurrent": wrk_load(url, bodies, args.clients, args.duration,
-                                           cache / "load.lua"),
-                    "client_cpu_s": "n/a (wrk)"}
-            rss_after = rss_mib(proc.pid)
-            return_http = True
-        else:
-            return_http = False
-        if not return_http:
-            client = subprocess.run(
-                [sys.executable, __file__, "--client-queries", str(qfile),
-                 "--url", f"http://127.0.0.1:{port}", "--clients", str(args.clients),
-                 "--requests", str(args.requests), "--single-requests",
-                 str(args.single_requests), "--duration", str(args.duration)],
-                capture_output=True, text=True, check=True, timeout=4 * args.duration + 120)
-            http = json.loads(client.stdout.strip().splitlines()[-1])
-            rss_after = rss_mib(proc.pid)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    http, rss_before, rss_after = measure_http(args, index, model, cache, queries)
 
     best_inproc = max(inproc["single_thread"]["qps"], inproc["threaded"]["qps"])
     summary = {

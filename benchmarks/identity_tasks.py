@@ -48,11 +48,12 @@ def iter_visit_batches(n: int, seed: int, *, batch: int = 1000, rv_error_kms: fl
     Batch ``b`` draws the star from ``SeedSequence([seed, b])`` and each visit from its own
     child sequence, so the two visits share the star and nothing else.
     """
+    from specsearch.synth.individuality import draw as draw_individuality
+    from specsearch.synth.individuality import extinction_for
     from specsearch.synth.labels import resolve_fractions
     from specsearch.synth.lamost import observe_lamost
     from specsearch.synth.mix import sample_labels
     from specsearch.synth.model import model_spectra
-    from specsearch.synth.survey import extinction_curve
     from specsearch.synth.xp import observe_xp
 
     fractions = resolve_fractions(None, 1.0)
@@ -61,16 +62,17 @@ def iter_visit_batches(n: int, seed: int, *, batch: int = 1000, rv_error_kms: fl
         star_ss, *visit_ss = np.random.SeedSequence([seed, b]).spawn(1 + len(VISITS))
         rng = np.random.default_rng(star_ss)
         labels = sample_labels(rng, m, fractions)
-        extincted = (model_spectra(labels) * 10.0 ** (-0.4 * labels.ebv[:, None]
-                                                      * extinction_curve()[None, :])
+        ind = draw_individuality(rng, labels.teff, labels.logg)
+        extincted = (model_spectra(labels, ind) * 10.0 ** (-0.4 * labels.ebv[:, None]
+                                                           * extinction_for(ind.r_v))
                      ).astype(np.float32)
         lam, xps = [], []
         for ss in visit_ss:
             vrng = np.random.default_rng(ss)
-            xp = observe_xp(extincted, labels.mag_g, vrng)
+            xp = observe_xp(extincted, labels.mag_g, vrng, labels.teff)
             snr = vrng.uniform(*SNR_RANGE, m)
             lam.append(observe_lamost(extincted, xp.scale, labels.rv, snr, labels.mag_g,
-                                      vrng, rv_error_kms=rv_error_kms))
+                                      vrng, rv_error_kms=rv_error_kms, teff=labels.teff))
             xps.append(xp)
         cols = {k: np.asarray(getattr(labels, k), np.float64)
                 for k in ("teff", "logg", "feh", "alpha_fe", "ebv", "rv", "mag_g")}

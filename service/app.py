@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -22,6 +21,7 @@ from fastapi.staticfiles import StaticFiles
 
 from service.errors import install_error_handlers
 from service.metrics import MetricsMiddleware, ServiceMetrics
+from service.openapi import install_openapi
 from service.routers import candidates, health, info, objects, pages, predict, search
 from service.settings import Settings
 from service.state import ServiceState, open_state
@@ -32,11 +32,6 @@ log = logging.getLogger("specsearch.service")
 
 MULTIPART_OVERHEAD = 64 * 1024
 """Body bytes allowed on top of ``max_upload_bytes`` for multipart boundaries and fields."""
-
-
-def static_dir() -> Path:
-    """The web page's files (inside the installed ``service`` package)."""
-    return Path(__file__).resolve().parent / "static"
 
 
 def create_app(settings: Settings, *,
@@ -79,7 +74,7 @@ def create_app(settings: Settings, *,
     for router in (health.router, info.router, search.router, predict.router,
                    candidates.router, objects.router, pages.router):
         app.include_router(router)
-    app.mount("/static", StaticFiles(directory=static_dir()), name="static")
+    app.mount("/static", StaticFiles(directory=pages.static_dir()), name="static")
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
                            allow_methods=["GET", "POST"],
@@ -88,6 +83,7 @@ def create_app(settings: Settings, *,
     app.add_middleware(BodyLimitMiddleware, upload_limit=settings.max_upload_bytes,
                        max_body_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    install_openapi(app, settings)
     return app
 
 

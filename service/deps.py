@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Query, Request
 
-from service.runtime import Worker
+from service.worker import Worker
 from service.settings import Settings
 from service.state import ServiceState
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing as mp
-import os
 import queue
 import threading
 import time

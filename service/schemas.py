@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -12,6 +13,16 @@ MetadataValue = str | int | float | bool | None
 
 MAX_ARRAY_PIXELS = 200_000
 """Longest wavelength/flux array accepted in JSON (a LAMOST spectrum has ~3,900 pixels)."""
+
+
+def example_spectrum() -> dict[str, list[float]]:
+    """A small usable spectrum for the OpenAPI examples: 3700-9000 A in 50 A steps, a smooth
+    continuum with H-alpha and H-beta absorption (searched as Gaia XP from its spacing)."""
+    wave = [3700.0 + 50.0 * i for i in range(107)]
+    flux = [round((w / 5500) ** -2 * math.exp(-5500 / w)
+                  * (1 - 0.3 * math.exp(-((w - 6565) / 40) ** 2)
+                     - 0.2 * math.exp(-((w - 4863) / 40) ** 2)), 5) for w in wave]
+    return {"wavelength": wave, "flux": flux}
 
 
 class Estimate(BaseModel):
@@ -77,9 +88,10 @@ class SearchResponse(BaseModel):
 
 
 class SearchOptions(BaseModel):
-    """Search parameters shared by every search route."""
+    """Search parameters shared by every search route. JSON bodies are validated strictly
+    (``"true"`` is not a boolean, ``"5"`` not a number), as the schema says."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     k: int = Field(10, ge=1, description="neighbours to find (at most the server's max_k)")
     target: Target = Field("same", description="same modality, cross (the other one), or a "
@@ -94,6 +106,9 @@ class SearchOptions(BaseModel):
 
 class ArraysSearch(SearchOptions):
     """A spectrum as JSON arrays (same length; NaN or null flux marks a bad pixel)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True,
+                              json_schema_extra={"examples": [{**example_spectrum(), "k": 5}]})
 
     wavelength: list[float] = Field(min_length=2, max_length=MAX_ARRAY_PIXELS,
                                     description="Angstrom, strictly increasing")
@@ -127,7 +142,10 @@ class Prediction(BaseModel):
 
 
 class ArraysPredict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A spectrum as JSON arrays, as for search, and whether to translate it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True,
+                              json_schema_extra={"examples": [example_spectrum()]})
 
     wavelength: list[float] = Field(min_length=2, max_length=MAX_ARRAY_PIXELS)
     flux: list[float | None] = Field(min_length=2, max_length=MAX_ARRAY_PIXELS)

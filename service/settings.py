@@ -1,25 +1,28 @@
 """The service's settings: one validated class, read from ``SPECSEARCH_*`` environment variables.
 
-pydantic-settings is not a dependency of specsearch, so :meth:`Settings.from_env` maps
-``SPECSEARCH_<FIELD>`` variables onto this plain pydantic model itself (lists are
-comma-separated). Command-line options of ``specsearch serve`` override the environment.
+A pydantic-settings ``BaseSettings``: each field ``name`` is read from ``SPECSEARCH_<NAME>``
+(empty values ignored; lists comma-separated); keyword arguments (the command-line options
+of ``specsearch serve``) override the environment.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from specsearch.errors import ConfigError
 
 ENV_PREFIX = "SPECSEARCH_"
 
+CommaList = Annotated[tuple[str, ...], NoDecode]
+"""A list given as ``a,b,c`` in the environment (not JSON)."""
 
-class Settings(BaseModel):
+
+class Settings(BaseSettings):
     """Everything the HTTP service can be told at start.
 
     Attributes:
@@ -62,7 +65,8 @@ class Settings(BaseModel):
             (default: ``/metrics`` needs a key whenever keys are configured).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True,
+                                      extra="forbid", frozen=True)
 
     index_dir: Path
     model_dir: Path | None = None
@@ -76,9 +80,9 @@ class Settings(BaseModel):
                                 le=256)
     faiss_threads: int = Field(1, ge=1, le=256)
     torch_threads: int = Field(1, ge=1, le=256)
-    api_keys: tuple[str, ...] = ()
+    api_keys: CommaList = ()
     api_keys_file: Path | None = None
-    cors_origins: tuple[str, ...] = ()
+    cors_origins: CommaList = ()
     enable_docs: bool = True
     verify_checksums: bool = False
     max_decompressed_bytes: int = Field(64 * 2 ** 20, ge=1024, le=2 ** 34)
@@ -106,21 +110,14 @@ class Settings(BaseModel):
         return value
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any
-                 ) -> "Settings":
+    def from_env(cls, **overrides: Any) -> "Settings":
         """Settings from ``SPECSEARCH_<FIELD>`` variables, then ``overrides`` (non-None).
 
         Raises:
             ConfigError: a value does not validate (the message names the variable).
         """
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for name in cls.model_fields:
-            key = ENV_PREFIX + name.upper()
-            if key in env and env[key] != "":
-                values[name] = env[key]
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        if "index_dir" not in values:
+        values = {k: v for k, v in overrides.items() if v is not None}
+        if "index_dir" not in values and not os.environ.get(f"{ENV_PREFIX}INDEX_DIR"):
             raise ConfigError(f"no index directory: pass INDEX_DIR or set "
                               f"{ENV_PREFIX}INDEX_DIR")
         try:

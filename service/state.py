@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.candidates import CandidateLists
+from service.list_cache import CandidateLists
 from service.metrics import ServiceMetrics
 from service.parse_pool import ParsePool
-from service.runtime import Worker, apply_thread_policy
+from service.worker import Worker, apply_thread_policy
 from service.settings import Settings
 from specsearch.index import ThreadPolicy
 from specsearch.model import SpecModel, load_model
@@ -58,11 +58,9 @@ class ServiceState:
 
 def catalog_of(engine: SearchEngine, configured: Path | None) -> Path | None:
     """The index's catalog: the configured one, else the one its embeddings record."""
-    from specsearch.anomaly.pipeline import Loaded, find_catalog
+    from specsearch.rows import find_catalog
 
-    index = engine.index
-    return find_catalog(Loaded({}, {}, "index", Path(index.root),
-                               {"source": index.manifest.source}), configured)
+    return find_catalog(configured, source=engine.index.manifest.source)
 
 
 def open_state(settings: Settings, metrics: ServiceMetrics, *,

@@ -29,6 +29,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -185,8 +186,17 @@ def open_maybe_gzip(path: str | Path, mode: str = "rb", *, encoding: str | None 
 
 
 def read_head(path: str | Path, nbytes: int) -> bytes:
-    """The first ``nbytes`` of the file's (gunzipped) content; raises OSError/EOFError."""
+    """The first ``nbytes`` of the file's (gunzipped) content; raises OSError/EOFError
+    (and ``zlib.error`` on a corrupt gzip stream).
+
+    A plain file is read with a buffer no larger than the file (``read(n)`` allocates ``n``
+    bytes up front), so a large ``nbytes`` used as a cap costs nothing on a small file.
+    """
     with open_maybe_gzip(path, "rb") as fh:
+        if isinstance(fh, io.BufferedReader):
+            st = os.fstat(fh.fileno())
+            if stat.S_ISREG(st.st_mode):
+                nbytes = min(nbytes, st.st_size)
         return fh.read(nbytes)
 
 

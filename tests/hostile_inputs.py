@@ -41,7 +41,31 @@ def seeds() -> list[tuple[str, bytes]]:
     xp_fits = REAL / "gaia_xp" / "xp_continuous_combined_chunk0_20rows.fits"
     if xp_fits.is_file():
         out.append((xp_fits.name, _shrink_xp_fits(xp_fits.read_bytes(), rows=3)))
-    return out
+    return out + synthetic_seeds()
+
+
+def synthetic_seeds() -> list[tuple[str, bytes]]:
+    """Valid files of the formats no committed sample has: an XP Parquet table, text
+    spectra (CSV with comments, whitespace TXT.gz), an XP ECSV table."""
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(xp_table(4, seed=1), buf)
+    wave = np.linspace(3800.0, 9000.0, 600)
+    flux = 1.0 + 0.2 * np.sin(wave / 300.0)
+    csv = "# spectrum_id = soak-1\n# medium = vacuum\nwavelength,flux,error\n" + "\n".join(
+        f"{w:.3f},{f:.5f},0.01" for w, f in zip(wave, flux))
+    txt = "# lambda flux\n" + "\n".join(f"{w / 10:.4f}  {f:.5f}" for w, f in zip(wave, flux))
+    arr = "[" + ", ".join(f"{v:.4f}" for v in np.linspace(-1, 1, 55)) + "]"
+    ecsv = ("# %ECSV 1.0\n# ---\n# datatype:\n# - {name: source_id, datatype: int64}\n"
+            + "".join(f"# - {{name: {c}, datatype: string, subtype: 'float64[55]'}}\n"
+                      for c in ("bp_coefficients", "bp_coefficient_errors", "rp_coefficients",
+                                "rp_coefficient_errors"))
+            + "# schema: astropy-2.0\nsource_id bp_coefficients bp_coefficient_errors "
+              "rp_coefficients rp_coefficient_errors\n"
+            + "".join(f"{i} " + " ".join([f'"{arr}"'] * 4) + "\n" for i in (1, 2)))
+    return [("xp_continuous.parquet", buf.getvalue()), ("spectrum.csv", csv.encode()),
+            ("spectrum.txt.gz", gzip.compress(txt.encode())), ("xp.ecsv", ecsv.encode())]
 
 
 def _shrink_xp_fits(data: bytes, rows: int) -> bytes:
@@ -267,10 +291,17 @@ def mutate(name: str, data: bytes, rng: random.Random) -> Case:
     return f"mut-{kind}", name, out
 
 
+def fixed_cases(bomb_bytes: int, bomb_rows: int, rng: random.Random | None = None
+                ) -> list[Case]:
+    """Every named hostile case once: header bombs, broken tables, gzip and row bombs."""
+    rng = rng or random.Random(0)
+    return fits_bombs() + text_cases(rng) + gzip_bombs(bomb_bytes) + row_bombs(bomb_rows)
+
+
 def cases(rng: random.Random, n: int, *, bomb_bytes: int = 64 * 2 ** 20,
           bomb_rows: int = 20_000) -> Iterator[Case]:
     """``n`` cases: every fixed hostile case once (bombs, text), then seeded mutations."""
-    fixed = fits_bombs() + text_cases(rng) + gzip_bombs(bomb_bytes) + row_bombs(bomb_rows)
+    fixed = fixed_cases(bomb_bytes, bomb_rows, rng)
     base = seeds()
     for i in range(n):
         if i < len(fixed):

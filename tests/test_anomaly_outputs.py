@@ -9,10 +9,11 @@ import pyarrow.parquet as pq
 import pytest
 from astropy.table import Table
 
-from specsearch.anomaly import (CandidateConfig, EmbeddingTable, candidate_list,
-                                more_like_this, score_modality, write_table)
+from specsearch.anomaly import CandidateConfig, candidate_list, score_modality
 from specsearch.anomaly.neighbours import FaissNeighbours
-from specsearch.anomaly.writers import flatten_lists
+from specsearch.query.similar import more_like_this
+from specsearch.rows import EmbeddingTable, write_table
+from specsearch.rows.writers import flatten_lists
 from specsearch.cli import main
 from specsearch.errors import ConfigError
 from specsearch.preprocess import LAMOST_GRID

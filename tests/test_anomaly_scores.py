@@ -6,9 +6,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from specsearch.anomaly import (EmbeddingTable, FaissNeighbours, NeighbourConfig, ScoreConfig,
-                                combine_scores, robust_z, score_modality, score_tables,
-                                self_knn)
+from specsearch.anomaly import (FaissNeighbours, NeighbourConfig, ScoreConfig, combine_scores,
+                                robust_z, score_modality, score_tables, self_knn)
+from specsearch.rows import EmbeddingTable
 from specsearch.errors import ConfigError
 
 DIM = 32
@@ -145,7 +145,7 @@ def test_unknown_component_is_a_config_error():
 
 
 def test_scoring_through_a_built_index_matches_in_memory(tmp_path):
-    from specsearch.anomaly.sources import table_from_index
+    from specsearch.rows import table_from_index
     from specsearch.index import ArrayEmbeddings, BuildOptions, build_index, open_index
 
     x = clustered(1500, seed=15)

@@ -253,7 +253,7 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_dataset(tmp_path):
 def test_tensor_inputs_precision_and_batch_size_options(tmp_path):
     import torch
 
-    from specsearch.embed.builder import auto_batch_size
+    from specsearch.embed.config import auto_batch_size
     from specsearch.errors import ConfigError
     from specsearch.io.catalog import list_column_to_numpy, open_catalog
     from specsearch.model import load_model

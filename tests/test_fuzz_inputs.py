@@ -1,8 +1,9 @@
 """Hostile input through the readers, ingest and the upload routes (issue 15), bounded slice.
 
 The full >= 10,000-case run is ``benchmarks/soak_inputs.py``. Here: every fixed hostile
-case (header bombs, gzip bombs, row bombs, broken text/VOTable/Parquet/XP tables) plus
-seeded mutations of real files. Nothing may raise a non-library exception, answer 5xx,
+case (header bombs, gzip bombs, row bombs, broken text/VOTable/Parquet/XP tables), seeded
+mutations of real files, and a slice of the soak's random generator
+(``tests/hostile_random.py``). Nothing may raise a non-library exception, answer 5xx,
 leak a server path, or let non-finite flux through with a positive ivar.
 """
 
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 
 import hostile_inputs as hi
+import hostile_random as hr
 from specsearch.errors import ReaderError, SpecsearchError
 from specsearch.io.limits import (InputLimits, InputTooLargeError, read_bytes_capped,
                                   use_limits)
@@ -45,6 +47,7 @@ def test_readers_raise_only_library_errors(corpus, tmp_path):
                 spectra = list(read_spectra(path))
             except SpecsearchError as exc:
                 assert path.name in str(exc) or "upload" in str(exc), (name, str(exc))
+                assert not _caught_by_last_line(exc), (name, str(exc))
                 spectra = []
             except Exception as exc:  # noqa: BLE001 - the assertion is the point
                 pytest.fail(f"case {name} ({filename}) raised {type(exc).__name__}: {exc}")
@@ -55,6 +58,32 @@ def test_readers_raise_only_library_errors(corpus, tmp_path):
                 assert np.all(np.isfinite(ivar) & (ivar >= 0)), name
             path.unlink()
     assert slowest < 10.0
+
+
+def _caught_by_last_line(exc: SpecsearchError) -> bool:
+    """A raw exception that only the registry's last ``except`` turned into a ReaderError."""
+    return "cannot read as " in str(exc) and not isinstance(exc.__cause__, SpecsearchError)
+
+
+RANDOM_CASES = 100
+
+
+def test_random_hostile_cases_raise_only_library_errors(tmp_path):
+    """Seeded random header/size bombs, garbage tables and mutations (the soak's generator)."""
+    maker = hr.CaseMaker(15, bomb_bytes=24 * 2 ** 20, bomb_rows=12_000, fixed=[])
+    with use_limits(LIMITS), np.errstate(all="ignore"):
+        for i in range(RANDOM_CASES):
+            name, filename, data = maker.case(i)
+            path = tmp_path / f"{i:04d}-{filename}"
+            path.write_bytes(data)
+            try:
+                for s in read_spectra(path):
+                    assert not np.any((s.ivar > 0) & ~np.isfinite(s.flux)), name
+            except SpecsearchError as exc:
+                assert path.name in str(exc) and not _caught_by_last_line(exc), (name, exc)
+            except Exception as exc:  # noqa: BLE001 - the assertion is the point
+                pytest.fail(f"case {i} {name} ({filename}) raised {type(exc).__name__}: {exc}")
+            path.unlink()
 
 
 @pytest.mark.parametrize("case", hi.fits_bombs(), ids=lambda c: c[0])

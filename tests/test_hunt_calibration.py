@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 from scipy.stats import binomtest
 
-from specsearch.anomaly import EmbeddingTable
+from specsearch.rows import EmbeddingTable
 from specsearch.cli import main
 from specsearch.errors import ConfigError
 from specsearch.hunt import (FehCalibration, HuntCalibration, HuntConfig, fit_calibration,

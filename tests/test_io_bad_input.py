@@ -182,3 +182,84 @@ def test_damaged_generic_files(samples, tmp_path, case, name, make, words):
     with pytest.raises(SpecsearchError) as info:  # the registry also names the file
         list(read_spectra(path))
     assert path.name in str(info.value)
+
+
+# --------------------------------------------------------------------------- soak findings
+# Each of these escaped the readers as a raw exception (OverflowError, VerifyError,
+# UnicodeDecodeError...) caught only by the registry's last line.
+
+XP_HEAD = b"source_id,bp_coefficients,bp_coefficient_errors,rp_coefficients," \
+          b"rp_coefficient_errors\n"
+XP_ARRAYS = b",".join([b'"(' + b",".join([b"1.0"] * 55) + b')"'] * 4)
+
+
+@pytest.mark.parametrize("source_id", [b"9223372036854775808", b"x", b"1.5"])
+def test_xp_source_id_that_is_not_int64_is_a_reader_error(tmp_path, source_id):
+    path = tmp_path / "xp.csv"
+    path.write_bytes(XP_HEAD + b"1," + XP_ARRAYS + b"\n" + source_id + b"," + XP_ARRAYS + b"\n")
+    with pytest.raises(ReaderError, match="source_id must hold 64-bit integers") as info:
+        list(read_spectra(path))
+    assert "cannot read as" not in str(info.value) and path.name in str(info.value)
+
+
+def test_csv_header_that_is_not_utf8_is_a_reader_error(tmp_path):
+    path = tmp_path / "xp.csv"
+    path.write_bytes(XP_HEAD.replace(b"source_id", b"sour\x8dce_id") + b"1," + XP_ARRAYS + b"\n")
+    from specsearch.io.tables import iter_table_batches, read_table
+
+    for read in (read_table, lambda p: list(iter_table_batches(p))):
+        with pytest.raises(ReaderError, match="not UTF-8") as info:
+            read(path)
+        assert path.name in str(info.value)
+
+
+def test_unparsable_header_card_reads_as_absent(samples, tmp_path):
+    raw = _fits_bytes(samples, DR1)
+    path = tmp_path / "damaged-card.fits"
+    path.write_bytes(_replace_card(raw, b"SPID", b"SPID    = 1\x002.x / damaged"))
+    spectrum = lamost.read_lamost(path)
+    assert spectrum.meta["spid"] is None and np.isfinite(spectrum.flux).any()
+
+
+def test_text_flux_beyond_float_range_is_a_reader_error(tmp_path):
+    path = tmp_path / "huge.csv"
+    rows = "\n".join(f"{4000 + i},{1e300 * (1 + (i % 5))}" for i in range(200))
+    path.write_text(f"wavelength,flux\n{rows}\n")
+    with pytest.raises(ReaderError, match="out of range") as info:
+        list(read_spectra(path))
+    assert "cannot read as" not in str(info.value)
+
+
+def test_text_line_count_is_bounded(tmp_path):
+    from specsearch.io.limits import InputLimits, InputTooLargeError, use_limits
+
+    path = tmp_path / "many.csv"
+    path.write_text("wavelength,flux\n" + "5000.0,1.0\n" * 5000)
+    with use_limits(InputLimits(max_text_lines=1000)):
+        with pytest.raises(InputTooLargeError, match="max_text_lines"):
+            generic.read_generic(path)
+
+
+def test_text_with_a_gigantic_line_is_refused_before_parsing(tmp_path):
+    import gzip as gz
+
+    path = tmp_path / "one-line.csv.gz"
+    path.write_bytes(gz.compress(b"wavelength,flux\n" + b"1" * (8 * 2 ** 20) + b",2\n", 1))
+    with pytest.raises(ReaderError, match="a line of 8,388,610 bytes"):
+        generic.read_generic(path)
+
+
+def test_read_head_of_a_small_file_allocates_no_cap_sized_buffer(tmp_path):
+    import tracemalloc
+
+    from specsearch.fsutil import read_head
+
+    path = tmp_path / "small.txt"
+    path.write_bytes(b"x" * 1000)
+    tracemalloc.start()
+    try:
+        assert read_head(path, 256 * 2 ** 20) == b"x" * 1000
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 ** 20

@@ -12,9 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from specsearch.errors import ReaderError
-from specsearch.io import tables
-from specsearch.io.tables import (META_KEY, detect_format, iter_table_batches, parse_array_strings,
-                                  read_column_names, read_table)
+from specsearch.io.tables import (META_KEY, TABLE_FORMATS, detect_table_format,
+                                  iter_table_batches, parse_array_strings, read_column_names,
+                                  read_table)
+from specsearch.io.tables import csv_format
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def xp_dir(samples):
 def test_archive_csv_arrays_become_lists(xp_dir):
     path = xp_dir / "archive_format" / "XP_CONTINUOUS_RAW_with_missing_BP.csv"
     t = read_table(path)
-    assert detect_format(path) == "csv"
+    assert detect_table_format(path) == "csv"
     assert t.num_rows == 3
     assert t.schema.field("source_id").type == pa.int64()
     # 19-digit ids survive exactly (no float round trip)
@@ -51,7 +52,7 @@ def test_fits_per_coefficient_table(xp_dir):
     path = xp_dir / "xp_continuous_combined_chunk0_20rows.fits"
     t = read_table(path, columns=["source_id", "bp_coeff_0", "e_rp_coeff_54"])
     ref = Table.read(path)
-    assert detect_format(path) == "fits"
+    assert detect_table_format(path) == "fits"
     assert t.column_names == ["source_id", "bp_coeff_0", "e_rp_coeff_54"]
     np.testing.assert_array_equal(t.column("source_id").to_numpy(), ref["source_id"])
     np.testing.assert_array_equal(t.column("bp_coeff_0").to_numpy(), ref["bp_coeff_0"])
@@ -61,7 +62,7 @@ def test_fits_per_coefficient_table(xp_dir):
 def test_votable_variable_arrays(xp_dir):
     path = xp_dir / "xp_continuous_combined_weiler2023_examples.vot"
     t = read_table(path)
-    assert detect_format(path) == "votable"
+    assert detect_table_format(path) == "votable"
     assert t.num_rows == 4
     corr = t.column("bp_coefficient_correlations")
     assert pa.types.is_list(corr.type) and len(corr[0].as_py()) == 1485
@@ -91,7 +92,7 @@ def test_parquet_arrow_round_trip(tmp_path, small_table):
     pq.write_table(small_table, tmp_path / "misnamed.csv")    # content beats extension
     for name, fmt in (("t.parquet", "parquet"), ("t.feather", "arrow"),
                       ("misnamed.csv", "parquet")):
-        assert detect_format(tmp_path / name) == fmt
+        assert detect_table_format(tmp_path / name) == fmt and fmt in TABLE_FORMATS
         t = read_table(tmp_path / name)
         assert t.column("coef").to_pylist()[:2] == [[1.0, 2.0], None]
         assert t.column("teff").to_pylist()[1] is None
@@ -116,7 +117,7 @@ def test_ecsv_arrays_masks_and_meta(tmp_path):
     t.meta["sampling"] = [1.0, 2.0, 3.0]
     t.write(tmp_path / "t.ecsv", format="ascii.ecsv")
     out = read_table(tmp_path / "t.ecsv")
-    assert detect_format(tmp_path / "t.ecsv") == "ecsv"
+    assert detect_table_format(tmp_path / "t.ecsv") == "ecsv"
     assert out.column("flux").to_pylist() == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
     assert out.column("teff").to_pylist() == [5000.0, None]
     assert json.loads(out.schema.metadata[META_KEY])["sampling"] == [1.0, 2.0, 3.0]
@@ -150,7 +151,7 @@ def test_iter_batches_streams_csv(tmp_path, monkeypatch):
     lines = ["source_id,coef"] + [f"{i}," for i in range(50)] + \
             [f'{i},"({i}.0, 1.0)"' for i in range(50, 120)]
     (tmp_path / "s.csv").write_text("\n".join(lines) + "\n")
-    monkeypatch.setattr(tables, "CSV_BLOCK_BYTES", 256)
+    monkeypatch.setattr(csv_format, "CSV_BLOCK_BYTES", 256)
     batches = list(iter_table_batches(tmp_path / "s.csv", batch_size=32))
     assert [b.num_rows for b in batches] == [32, 32, 32, 24]
     ids = np.concatenate([b.column("source_id").to_numpy() for b in batches])

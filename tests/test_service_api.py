@@ -13,7 +13,7 @@ import pytest
 
 from service.app import create_app
 from service.deps import get_state
-from service.runtime import Worker
+from service.worker import Worker
 from service.settings import Settings
 
 MAX_UPLOAD = 1_000_000
@@ -86,14 +86,32 @@ def test_health_and_info(client, state):
     assert info["threads"]["faiss_threads_per_search"] == 1
 
 
-def test_docs_and_schema(client):
+def test_docs_and_schema(client, state):
     assert client.get("/docs").status_code == 200
-    paths = client.get("/openapi.json").json()["paths"]
+    doc = client.get("/openapi.json").json()
+    paths = doc["paths"]
     for route in ("/v1/search/upload", "/v1/search/spectrum", "/v1/search/embedding",
                   "/v1/search/source/{source_id}", "/v1/predict/upload",
                   "/v1/candidates/anomalies", "/v1/candidates/metal-poor",
                   "/v1/objects/{source_id}", "/v1/info", "/v1/health/ready"):
         assert route in paths
+    # A server without keys documents no auth; embeddings have the served dimension.
+    assert "securitySchemes" not in doc["components"]
+    assert "401" not in paths["/v1/info"]["get"]["responses"]
+    emb = doc["components"]["schemas"]["EmbeddingSearch"]["properties"]["embedding"]
+    assert emb["minItems"] == emb["maxItems"] == state.model.embedding_dim
+    errors = paths["/v1/search/upload"]["post"]["responses"]
+    assert {"400", "404", "413", "415", "422", "503", "504"} <= set(errors)
+
+
+def test_pages_share_one_template(client):
+    pages = {path: client.get(path) for path in ("/", "/anomalies", "/metal-poor")}
+    for path, r in pages.items():
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+        assert r.text.count("<nav>") == 1 and 'id="api-key"' in r.text
+        assert f'<a href="{path}" class="active">' in r.text
+    assert 'value="artefacts"' in pages["/anomalies"].text   # the API's list kind
+    assert 'id="list-table"' in pages["/metal-poor"].text
 
 
 # ----------------------------------------------------------------------------- search
@@ -385,6 +403,15 @@ def test_api_keys_and_cors(index, tmp_path, live_server):
         assert c.get("/v1/info", headers={"X-API-Key": API_KEY}).status_code == 200
         assert c.get("/v1/info", headers={"Authorization": f"Bearer {API_KEY}"}
                      ).status_code == 200
+        assert c.get("/v1/info", headers={"Authorization": f"Basic {API_KEY}"}
+                     ).status_code == 401
+        assert c.get("/metrics").status_code == 401                   # metrics need the key
+        assert c.get("/metrics", headers={"X-API-Key": API_KEY}).status_code == 200
+        doc = c.get("/openapi.json").json()                           # the schemes documented
+        assert set(doc["components"]["securitySchemes"]) == {"ApiKey", "Bearer"}
+        assert "401" in doc["paths"]["/v1/info"]["get"]["responses"]
+        assert doc["paths"]["/v1/info"]["get"]["security"]
+        assert "security" not in doc["paths"]["/v1/health/ready"]["get"]
         pre = c.options("/v1/info", headers={"Origin": "https://survey.example",
                                              "Access-Control-Request-Method": "GET"})
         assert pre.headers["access-control-allow-origin"] == "https://survey.example"

@@ -12,16 +12,20 @@ from service.settings import Settings
 from specsearch.errors import ConfigError
 
 
-def test_settings_from_env(tmp_path):
+def test_settings_from_env(tmp_path, monkeypatch):
     env = {"SPECSEARCH_INDEX_DIR": str(tmp_path), "SPECSEARCH_MAX_K": "50",
            "SPECSEARCH_API_KEYS": "key-aaaaaaaa, key-bbbbbbbb",
            "SPECSEARCH_CORS_ORIGINS": "https://a.example,https://b.example",
-           "SPECSEARCH_REQUEST_TIMEOUT_S": "2.5", "SPECSEARCH_ENABLE_DOCS": "false"}
-    s = Settings.from_env(env)
+           "SPECSEARCH_REQUEST_TIMEOUT_S": "2.5", "SPECSEARCH_ENABLE_DOCS": "false",
+           "SPECSEARCH_MODEL_DIR": ""}                       # empty = unset
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    s = Settings.from_env()
     assert s.index_dir == tmp_path and s.max_k == 50 and s.request_timeout_s == 2.5
     assert s.api_keys == ("key-aaaaaaaa", "key-bbbbbbbb") and not s.enable_docs
     assert s.cors_origins == ("https://a.example", "https://b.example")
-    assert Settings.from_env(env, max_k=7, model_dir=None).max_k == 7  # overrides win
+    assert s.model_dir is None and s.parse_workers == 2            # defaults kept
+    assert Settings.from_env(max_k=7, model_dir=None).max_k == 7   # overrides win
 
 
 @pytest.mark.parametrize("env, words", [
@@ -31,9 +35,12 @@ def test_settings_from_env(tmp_path):
     ({"SPECSEARCH_INDEX_DIR": "x", "SPECSEARCH_WORKER_THREADS": "many"},
      "SPECSEARCH_WORKER_THREADS"),
 ])
-def test_bad_settings_name_the_variable(env, words):
+def test_bad_settings_name_the_variable(env, words, monkeypatch):
+    monkeypatch.delenv("SPECSEARCH_INDEX_DIR", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
     with pytest.raises(ConfigError, match=words):
-        Settings.from_env(env)
+        Settings.from_env()
 
 
 def test_api_keys_file(tmp_path):

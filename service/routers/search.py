@@ -50,17 +50,12 @@ def target_modality(target: str, query_modality: str, modalities: list[str]) -> 
 
 
 def _decoded(state: ServiceState, source: str, target: str, vecs: np.ndarray) -> np.ndarray:
-    """(n, N_target) spectra the model decodes from (n, D) embeddings of ``source``.
-
-    No public ``SpecModel.reconstruct`` exists; ``translate`` covers source != target.
-    """
+    """(n, N_target) spectra the model decodes from (n, D) embeddings of ``source``."""
     import torch
 
     with torch.inference_mode():
         emb = torch.from_numpy(np.ascontiguousarray(vecs, dtype=np.float32))
-        if source != target:
-            return state.model.translate(source, emb).float().numpy()
-        return state.model.net.decode(source, target, emb).float().numpy()
+        return state.model.decode(source, target, emb).float().numpy()
 
 
 def _curves(state: ServiceState, query: GridSpectrum | None, query_vec: np.ndarray,

@@ -6,7 +6,7 @@ matters is batched throughput, not single-query latency. Two ways to get them:
 * :class:`FaissNeighbours`: a FAISS index over the vectors in memory (exact ``IndexFlatIP``
   for small sets, ``IndexIVFFlat`` above ``exact_below`` rows), searched in batches;
 * any object with the same ``search(queries, k) -> (similarity, row)`` method, e.g. an
-  adapter over a built index directory (:mod:`specsearch.anomaly.sources`).
+  adapter over a built index directory (:class:`specsearch.rows.IndexNeighbours`).
 
 Rows are positions in the vector table the searcher was built from; -1 marks a missing
 neighbour (FAISS's convention).
@@ -16,19 +16,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
 from specsearch.errors import ConfigError
+from specsearch.rows.sources import NeighbourSearch
 
-
-class NeighbourSearch(Protocol):
-    """What the outlier scorer needs from an index: cosine top-k by batch."""
-
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(n, D) float32 unit queries -> (similarity (n, k) float32, row (n, k) int64)."""
-        ...
+__all__ = ["FaissNeighbours", "KnnResult", "NeighbourConfig", "NeighbourSearch", "self_knn"]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,18 +1,16 @@
-"""End-to-end runs behind ``specsearch anomalies`` and ``specsearch more-like-this``.
+"""The end-to-end run behind ``specsearch anomalies``: score, screen, write the lists.
 
-Input is an index directory (``specsearch index build``: vectors, head predictions and
-metadata next to the shards; neighbour search goes through the index) or, for convenience,
-an embeddings dataset (an in-memory FAISS index is built). The catalog, needed only for the
+Input is an index directory or an embeddings dataset (:func:`specsearch.rows.load_source`;
+for embeddings an in-memory FAISS index is built). The catalog, needed only for the
 artefact screening, is found from the dataset's provenance or given explicitly.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,124 +18,11 @@ import numpy as np
 
 from specsearch.anomaly.artefacts import ArtefactConfig
 from specsearch.anomaly.candidates import CandidateConfig, candidate_list
-from specsearch.anomaly.neighbours import NeighbourSearch
 from specsearch.anomaly.scoring import ModalityScores, ScoreConfig, score_tables
 from specsearch.anomaly.screening import ArtefactFlags, catalog_features, screen
-from specsearch.anomaly.sources import (EmbeddingTable, table_from_embeddings,
-                                        table_from_index)
-from specsearch.anomaly.writers import write_table
-from specsearch.errors import CatalogError, ConfigError
+from specsearch.rows import EmbeddingTable, load_source, row_masks, write_table
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Loaded:
-    """Tables (and index searchers, if any) of the modalities asked for."""
-
-    tables: dict[str, EmbeddingTable]
-    searchers: dict[str, NeighbourSearch]
-    kind: str                      # "index" or "embeddings"
-    root: Path
-    provenance: dict[str, Any] = field(default_factory=dict)
-    index: Any = None              # the opened IndexDirectory, when kind == "index"
-
-
-def load_source(path: str | Path, modalities: Sequence[str] | None = None, *,
-                embeddings: str | Path | None = None, verify: bool = True) -> Loaded:
-    """Open an index directory or an embeddings dataset and read the modalities' rows.
-
-    Args:
-        path: index directory (``manifest.json``) or embeddings dataset (``embeddings.json``).
-        modalities: which to load (None: all present).
-        embeddings: read rows from this embeddings dataset instead of the index's rows
-            tables (e.g. when the index was built without residual columns); the index is
-            then not used for search.
-    """
-    root = Path(path)
-    if (root / "manifest.json").is_file() and embeddings is None:
-        from specsearch.index import open_index
-
-        index = open_index(root, verify=verify)
-        present = list(index.modalities)
-        want = _want(modalities, present, root)
-        tables, searchers = {}, {}
-        for m in want:
-            tables[m], searchers[m] = table_from_index(index, m)
-        prov = {"index": str(root), "source": index.manifest.source,
-                "model_hash": index.manifest.model_hash}
-        return Loaded(tables, searchers, "index", root, prov, index)
-    emb_root = Path(embeddings) if embeddings is not None else root
-    if not (emb_root / "embeddings.json").is_file():
-        raise CatalogError(f"{root}: neither an index directory (manifest.json) nor an "
-                           f"embeddings dataset (embeddings.json); build one with "
-                           f"`specsearch index build` or `specsearch embed`")
-    from specsearch.io.embeddings import open_embeddings
-
-    emb = open_embeddings(emb_root)
-    want = _want(modalities, emb.modalities, emb_root)
-    tables = {m: table_from_embeddings(emb_root, m) for m in want}
-    prov = {"embeddings": str(emb_root), "catalog": emb.manifest.get("catalog", ""),
-            "model_hash": emb.model_hash}
-    return Loaded(tables, {}, "embeddings", emb_root, prov)
-
-
-def _want(modalities: Sequence[str] | None, present: Sequence[str], root: Path) -> list[str]:
-    if not modalities:
-        return sorted(present)
-    missing = [m for m in modalities if m not in present]
-    if missing:
-        raise ConfigError(f"{root}: no {missing} data (modalities present: {sorted(present)})")
-    return list(modalities)
-
-
-def find_catalog(loaded: Loaded, catalog: str | Path | None = None) -> Path | None:
-    """The catalog to screen: ``catalog`` if given, else the one the embeddings were made
-    from (recorded in the embeddings manifest, which the index manifest points to)."""
-    if catalog is not None:
-        return Path(catalog)
-    candidates = [loaded.provenance.get("catalog")]
-    source = loaded.provenance.get("source")
-    if source and (Path(source) / "embeddings.json").is_file():
-        try:
-            candidates.append(json.loads((Path(source) / "embeddings.json").read_text())
-                              .get("catalog"))
-        except (OSError, ValueError):
-            pass
-    for c in candidates:
-        if c and (Path(c) / "catalog.json").is_file():
-            return Path(c)
-    return None
-
-
-def row_masks(tables: dict[str, EmbeddingTable], filters: Sequence[str] | None
-              ) -> dict[str, np.ndarray]:
-    """Evaluate metadata filters (the query engine's syntax, e.g. ``snr>=20``,
-    ``feh_pred<-2``, ``cone=45,1,0.5``) on each table's rows."""
-    if not filters:
-        return {}
-    from specsearch.query.filters import Filter
-
-    flt = Filter.parse(list(filters))
-    out = {}
-    for m, t in tables.items():
-        view = _RowsView(t)
-        mask = flt.mask(view)
-        if flt.modality and flt.modality != m:
-            mask = np.zeros(len(t), bool)
-        out[m] = np.ones(len(t), bool) if mask is None else mask
-    return out
-
-
-class _RowsView:
-    """What :meth:`specsearch.query.filters.Filter.mask` reads: ``count`` and ``column``."""
-
-    def __init__(self, table: EmbeddingTable) -> None:
-        self.table = table
-        self.count = len(table)
-
-    def column(self, name: str) -> np.ndarray:
-        return self.table.column(name)
 
 
 def screen_tables(catalog: Path, tables: dict[str, EmbeddingTable], *,
@@ -222,7 +107,7 @@ def run_anomalies(source: str | Path, *, out: str | Path, top: int = 100,
                                                      searchers=loaded.searchers)
     t_score = time.perf_counter() - t0
     t0 = time.perf_counter()
-    cat = find_catalog(loaded, catalog)
+    cat = loaded.catalog(catalog)
     flags = screen_tables(cat, loaded.tables, scores=scores) if cat is not None else {}
     if cat is None:
         log.warning("no catalog found for %s: artefact flags not computed (pass --catalog)",

@@ -34,7 +34,7 @@ from specsearch.anomaly.neighbours import (FaissNeighbours, KnnResult, Neighbour
 from specsearch.anomaly.robust import (COMBINE_METHODS, combine_scores, local_residual,
                                        robust_z)
 from specsearch.anomaly.selfjoin import CellSelfJoin, SelfJoinConfig
-from specsearch.anomaly.sources import EmbeddingTable
+from specsearch.rows import EmbeddingTable
 from specsearch.errors import ConfigError
 
 COMPONENTS: tuple[str, ...] = ("knn", "lof", "recon", "translation", "crossmodal")
@@ -212,7 +212,7 @@ def score_modality(table: EmbeddingTable, *, config: ScoreConfig | None = None,
         table: one modality's rows.
         config: see :class:`ScoreConfig`.
         searcher: neighbour search over exactly ``table``'s rows (e.g. the index's, from
-            :func:`specsearch.anomaly.sources.table_from_index`): used for every object
+            :func:`specsearch.rows.table_from_index`): used for every object
             with ``neighbour_method="index"``, and for later per-candidate queries
             (normal neighbours, more-like-this) otherwise.
         partner: the other modality's rows, for the cross-modal component.

@@ -200,8 +200,8 @@ def run_anomalies(args: argparse.Namespace) -> int:
 def run_like(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from specsearch.anomaly.similar import embed_spectrum_files, more_like_this_engine
-    from specsearch.anomaly.writers import write_table
+    from specsearch.query.similar import embed_spectrum_files, more_like_this_engine
+    from specsearch.rows import write_table
     from specsearch.errors import QueryError
     from specsearch.query import SearchEngine
 

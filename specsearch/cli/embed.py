@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from specsearch.embed import EmbedConfig, build_embeddings
-    from specsearch.embed.runtime import configure_process
+    from specsearch.embed.process import configure_process
 
     configure_process(args.threads)
     config = EmbedConfig(modalities=args.modality, batch_size=args.batch_size,

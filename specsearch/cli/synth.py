@@ -58,6 +58,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--artefact-fraction", type=float, default=ARTEFACT_FRACTION,
                    help="fraction of LAMOST spectra with an instrument artefact")
     p.add_argument("--shard-size", type=int, default=50_000, help="stars per shard file")
+    p.add_argument("--no-realism", action="store_true",
+                   help="leave out the realism corrections fitted on real LAMOST/XP spectra")
+    p.add_argument("--no-individuality", action="store_true",
+                   help="stars are their five labels only (no individual abundances, "
+                        "rotation or R_V)")
     p.add_argument("--workers", type=int, default=1, help="parallel worker processes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
@@ -71,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
                              fractions=parse_fractions(args.fractions),
                              artefact_fraction=args.artefact_fraction,
                              shard_size=args.shard_size, workers=args.workers,
+                             realism=not args.no_realism,
+                             individuality=not args.no_individuality,
                              progress=not args.no_progress)
     print(report.summary())
     return 0

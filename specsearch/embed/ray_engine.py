@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +26,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from specsearch.embed.builder import (
-    EmbedConfig,
-    EmbedReport,
-    auto_batch_size,
-    embed_table,
-    input_signature,
-    metadata_fields,
-    open_output,
-    output_is_current,
-    read_columns,
-    write_output,
-)
+from specsearch.embed.config import EmbedConfig, EmbedReport, auto_batch_size
+from specsearch.embed.encode import embed_table
+from specsearch.embed.outputs import (input_signature, open_output, output_is_current,
+                                      write_output)
+from specsearch.embed.spectra import metadata_fields, read_columns
 from specsearch.errors import ConfigError
 from specsearch.io.catalog import open_catalog
 from specsearch.io.parquet import columns_to_table
@@ -50,7 +44,7 @@ class EmbedActor:
     def __init__(self, model: str | Callable[[], Any] | None, modality: str, device: str,
                  with_residual: bool, meta_columns: list[pa.Field], schema_bytes: bytes,
                  threads: int | None = None, precision: str = "auto") -> None:
-        from specsearch.embed.runtime import configure_process
+        from specsearch.embed.process import configure_process
 
         configure_process(threads)
         self.model = _load(model, device)
@@ -114,6 +108,7 @@ def build_embeddings_ray(catalog: str | Path, model: str | Path | Callable[[], A
         raise ConfigError("the Ray engine needs the ray extra: pip install 'specsearch[ray]'"
                           ) from exc
     config = config or EmbedConfig()
+    config.validate()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     actor_model = model if callable(model) or model is None else str(model)
     model = _load(model, "cpu")
@@ -126,53 +121,18 @@ def build_embeddings_ray(catalog: str | Path, model: str | Path | Callable[[], A
         ray.init(address=address, num_cpus=None if address else num_cpus,
                  include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     report.startup_seconds = time.perf_counter() - start
+    actors = _Actors(actor_model, concurrency, num_gpus, cpus_per_actor,
+                     threads_per_actor or max(1, int(round(cpus_per_actor))), device)
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = bool(config.progress)
         for modality in config.modalities or cat.modalities:
             writer = open_output(out, modality, model, cat.root, config)
             meta_cols = metadata_fields(cat.files(modality))
-            pending = []
-            for path in cat.files(modality):
-                sig = input_signature(path)
-                out_path = out / modality / f"{path.stem}.parquet"
-                report.rows_in += sig["input_rows"]
-                if output_is_current(out_path, sig, model.model_hash):
-                    report.files_reused += 1
-                    report.rows_written += pq.ParquetFile(out_path).metadata.num_rows
-                else:
-                    pending.append((path, sig, out_path))
-            if not pending:
-                continue
-            staging = Path(tempfile.mkdtemp(prefix=".ray-staging-", dir=out))
-            try:
-                schema_bytes = writer.schema.serialize().to_pybytes()
-                # Only the columns the output needs, when the files agree on them.
-                needed = [read_columns(p, meta_cols) for p, _, _ in pending]
-                same = all(set(c) == set(needed[0]) for c in needed)
-                ds = ray.data.read_parquet([str(p) for p, _, _ in pending], include_paths=True)
-                if same:                 # projection pushed down to the Parquet reader
-                    ds = ds.select_columns([*needed[0], "path"])
-                ds = ds.map_batches(
-                    EmbedActor, batch_size=auto_batch_size(modality, config.batch_size,
-                                                           gpu=num_gpus > 0),
-                    batch_format="pyarrow",
-                    compute=ray.data.ActorPoolStrategy(size=concurrency), num_gpus=num_gpus,
-                    num_cpus=cpus_per_actor,
-                    fn_constructor_kwargs=dict(
-                        model=actor_model,
-                        modality=modality, device=device,
-                        with_residual=config.with_residual, meta_columns=meta_cols,
-                        schema_bytes=schema_bytes, precision=config.precision,
-                        threads=threads_per_actor or max(1, int(round(cpus_per_actor)))))
-                ds.write_parquet(str(staging), partition_cols=[INPUT_COLUMN])
-                for path, sig, out_path in pending:
-                    table = _collect(staging, path, writer.schema)
-                    write_output(table, out_path, sig, model.model_hash)
-                    report.rows_written += table.num_rows
-                    report.files_written += 1
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
+            pending = _pending(cat.files(modality), out / modality, model.model_hash, report)
+            if pending:
+                _embed_pending(ray, pending, modality, writer.schema, meta_cols,
+                               model.model_hash, out, config, actors, report)
     finally:
         if started_here:
             ray.shutdown()
@@ -181,6 +141,66 @@ def build_embeddings_ray(catalog: str | Path, model: str | Path | Callable[[], A
     if skipped:
         report.rows_skipped["too few good pixels (masked / NaN / zero flux)"] += skipped
     return report
+
+
+@dataclass(frozen=True)
+class _Actors:
+    """How the model actors run (see :func:`build_embeddings_ray`)."""
+
+    model: Any
+    concurrency: int
+    num_gpus: float
+    cpus_per_actor: float
+    threads: int
+    device: str
+
+
+def _pending(files: list[Path], folder: Path, model_hash: str, report: EmbedReport
+             ) -> list[tuple[Path, dict[str, Any], Path]]:
+    """(input, signature, output) of the files still to embed; counts the reused ones."""
+    pending = []
+    for path in files:
+        sig = input_signature(path)
+        out_path = folder / f"{path.stem}.parquet"
+        report.rows_in += sig["input_rows"]
+        if output_is_current(out_path, sig, model_hash):
+            report.files_reused += 1
+            report.rows_written += pq.ParquetFile(out_path).metadata.num_rows
+        else:
+            pending.append((path, sig, out_path))
+    return pending
+
+
+def _embed_pending(ray: Any, pending: list[tuple[Path, dict[str, Any], Path]], modality: str,
+                   schema: pa.Schema, meta_cols: list[pa.Field], model_hash: str, out: Path,
+                   config: EmbedConfig, actors: _Actors, report: EmbedReport) -> None:
+    """Run the pending files of one modality through Ray Data, then write each output."""
+    staging = Path(tempfile.mkdtemp(prefix=".ray-staging-", dir=out))
+    try:
+        # Only the columns the output needs, when the files agree on them.
+        needed = [read_columns(p, meta_cols) for p, _, _ in pending]
+        ds = ray.data.read_parquet([str(p) for p, _, _ in pending], include_paths=True)
+        if all(set(c) == set(needed[0]) for c in needed):  # projection pushed down
+            ds = ds.select_columns([*needed[0], "path"])
+        ds = ds.map_batches(
+            EmbedActor, batch_size=auto_batch_size(modality, config.batch_size,
+                                                   gpu=actors.num_gpus > 0),
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=actors.concurrency),
+            num_gpus=actors.num_gpus, num_cpus=actors.cpus_per_actor,
+            fn_constructor_kwargs=dict(
+                model=actors.model, modality=modality, device=actors.device,
+                with_residual=config.with_residual, meta_columns=meta_cols,
+                schema_bytes=schema.serialize().to_pybytes(), precision=config.precision,
+                threads=actors.threads))
+        ds.write_parquet(str(staging), partition_cols=[INPUT_COLUMN])
+        for path, sig, out_path in pending:
+            table = _collect(staging, path, schema)
+            write_output(table, out_path, sig, model_hash)
+            report.rows_written += table.num_rows
+            report.files_written += 1
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _collect(staging: Path, input_path: Path, schema: pa.Schema) -> pa.Table:

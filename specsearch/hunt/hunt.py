@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from specsearch.anomaly.sources import EmbeddingTable
+from specsearch.rows import EmbeddingTable
 from specsearch.hunt.calibration import HuntCalibration
 from specsearch.hunt.rank import HuntConfig, seed_similarity, star_estimates
 

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from specsearch.anomaly.pipeline import load_source, row_masks
-from specsearch.anomaly.similar import embed_spectrum_files, example_vectors
-from specsearch.anomaly.writers import write_table
 from specsearch.errors import ConfigError
 from specsearch.hunt.calibration import HuntCalibration
 from specsearch.hunt.hunt import HuntResult, hunt
 from specsearch.hunt.rank import HuntConfig, fit_hunt_calibration
+from specsearch.query.similar import embed_spectrum_files, example_vectors
+from specsearch.rows import load_source, row_masks, write_table
 
 log = logging.getLogger(__name__)
 

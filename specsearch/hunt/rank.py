@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from specsearch.anomaly.sources import EmbeddingTable
+from specsearch.rows import EmbeddingTable
 from specsearch.errors import ConfigError, QueryError
 from specsearch.fsutil import now_iso
 from specsearch.hunt.calibration import (GRID, FehCalibration, HuntCalibration,

@@ -76,6 +76,11 @@ class Backend(ABC):
         """Make ``knobs`` the index's own defaults (call before sharing across threads)."""
         self.default_knobs = knobs
 
+    def search_one(self, query: np.ndarray, k: int, threads: int = 1) -> SearchOutput:
+        """Top-``k`` of one (1, dim) C-contiguous float32 query with the default knobs, no
+        filter, ``k`` <= ntotal: the single-query hot path (same answer as :meth:`search`)."""
+        return self.search(query, k, self.default_knobs, None, threads)
+
 
 # --------------------------------------------------------------------------- FAISS
 
@@ -119,6 +124,7 @@ class FaissBackend(Backend):
         self.ivf = faiss.extract_index_ivf(self.base) if self.is_ivf else None
         self.default_knobs = config.search_defaults()
         self._selectors: dict = {}
+        self._swig_ptr = faiss.swig_ptr
         self._apply_defaults()
 
     def _apply_defaults(self) -> None:
@@ -211,9 +217,21 @@ class FaissBackend(Backend):
         keep.append(params)
         return params
 
+    def search_one(self, query: np.ndarray, k: int, threads: int = 1) -> SearchOutput:
+        if k > self._fast_k:
+            return self.search(query, k, self.default_knobs, None, threads)
+        # FAISS's own Python wrapper re-checks shapes and dtypes (~10 us on a slow core);
+        # the caller guarantees them, so call the C++ search directly.
+        ptr = self._swig_ptr
+        sims = np.empty((1, k), np.float32)
+        rows = np.empty((1, k), np.int64)
+        self.index.search_c(1, ptr(query), k, ptr(sims), ptr(rows))
+        return sims, rows
+
     def search(self, queries: np.ndarray, k: int, knobs: SearchKnobs,
                allowed: np.ndarray | None = None, threads: int = 1) -> SearchOutput:
-        if allowed is None and k <= self._fast_k and knobs == self.default_knobs:
+        if allowed is None and k <= self._fast_k and (knobs is self.default_knobs
+                                                      or knobs == self.default_knobs):
             return self.index.search(queries, k)  # hot path: the index's own defaults
         keep: list = []
         params = self._params(k, knobs, allowed, keep)

@@ -20,13 +20,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from specsearch.errors import SearchIndexError
+from specsearch.fsutil import now_iso, write_json_atomic
 from specsearch.index.config import METRIC, IndexConfig, SearchKnobs, config_from_dict
 from specsearch.index.hashing import SHARD_HASH
 
@@ -194,19 +193,10 @@ class IndexManifest:
             raise SearchIndexError(f"{where}: malformed manifest ({exc})") from None
 
 
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON via a temp file + fsync + os.replace (atomic on its own, too)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write a manifest atomically (:func:`specsearch.fsutil.write_json_atomic`), keys in
+    the order given."""
+    write_json_atomic(path, data, sort_keys=False)
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -9,8 +9,10 @@ pagination, cross-modal, encoders) is :class:`specsearch.query.SearchEngine`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -51,6 +53,25 @@ def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.n
         heap.add_result(np.ascontiguousarray(sims), np.ascontiguousarray(ids, dtype=np.int64))
     heap.finalize()
     return heap.D.astype(np.float32), heap.I.astype(np.int64)
+
+
+def stored_rows(shard: Callable[[int], Any], ids: np.ndarray):
+    """The stored rows (pyarrow Table) of non-empty global ``ids``, in their order;
+    ``shard(number)`` gives a loaded shard."""
+    import pyarrow as pa
+    number, row = split_ids(ids)
+    if np.all(number == number[0]):
+        return shard(int(number[0])).rows.take(pa.array(row))
+    return pa.concat_tables([shard(int(s)).rows.slice(int(r), 1) for s, r in zip(number, row)])
+
+
+def preferred_vector(shard: Any, rows: np.ndarray) -> np.ndarray:
+    """(D,) stored vector of a source's preferred row among its (non-empty) ``rows`` of
+    ``shard``: the highest S/N one when there are several, else the first."""
+    if len(rows) > 1 and "snr" in shard.rows.column_names:
+        snr = np.nan_to_num(shard.column("snr")[rows].astype(float), nan=-np.inf)
+        rows = rows[[int(np.argmax(snr))]]
+    return np.asarray(shard.vectors[rows[0]], dtype=np.float32)
 
 
 class ModalityIndex:
@@ -139,6 +160,18 @@ class ModalityIndex:
         keep = ids != np.asarray(exclude_ids)[:, None]
         return topk_rows(np.where(keep, sims, -np.inf), np.where(keep, ids, -1), k)
 
+    def source_ids(self, ids: np.ndarray) -> np.ndarray:
+        """source_id of each global id (any shape; -1 where the id is -1)."""
+        if len(self.shards) == 1 and self.shards[0].number == 0:  # global id == row
+            column = self.shards[0].column("source_id")
+            return np.where(ids >= 0, column[ids], -1)
+        shard, row = split_ids(ids.ravel())
+        out = np.full(ids.size, -1, np.int64)
+        for s in np.unique(shard[shard >= 0]):
+            sel = shard == s
+            out[sel] = self.shards[s].column("source_id")[row[sel]]
+        return out.reshape(ids.shape)
+
     def locate(self, source_id: int) -> tuple[int, np.ndarray]:
         """(shard index in ``shards``, live rows) of a source_id; rows empty if absent."""
         s = int(shard_of(np.array([source_id]), self.manifest.n_shards)[0])
@@ -170,6 +203,21 @@ class IndexDirectory:
                              f"has {sorted(self.modalities)}") from None
 
 
+def read_manifests(root: Path, *, knobs: SearchKnobs | None = None
+                   ) -> tuple[IndexManifest, dict[str, ModalityManifest]]:
+    """(top manifest, {modality: manifest}) of an index directory, after finishing or
+    rolling back an interrupted update; ``knobs`` replace every modality's tuned knobs."""
+    recover(root)
+    top = read_index_manifest(root)
+    manifests = {}
+    for modality in top.modalities:
+        m = read_modality_manifest(root, modality, top)
+        if knobs is not None:
+            m.search = knobs
+        manifests[modality] = m
+    return top, manifests
+
+
 def open_index(root: str | Path, *, mmap: bool = True, verify: bool = True,
                knobs: SearchKnobs | None = None) -> IndexDirectory:
     """Open ``root`` read-only.
@@ -185,13 +233,9 @@ def open_index(root: str | Path, *, mmap: bool = True, verify: bool = True,
             from different models.
     """
     root = Path(root)
-    recover(root)
-    top = read_index_manifest(root)
+    top, manifests = read_manifests(root, knobs=knobs)
     modalities: dict[str, ModalityIndex] = {}
-    for modality in top.modalities:
-        m = read_modality_manifest(root, modality, top)
-        if knobs is not None:
-            m.search = knobs
+    for modality, m in manifests.items():
         folder = root / modality
         for entry in m.shards:
             for f in entry.files():

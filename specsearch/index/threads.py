@@ -42,10 +42,13 @@ class faiss_threads:  # noqa: N801 - used like a function: ``with faiss_threads(
     single-query hot path."""
 
     __slots__ = ("n", "old", "faiss")
+    _faiss = None   # the module, imported on first use (no OpenMP start-up at import)
 
     def __init__(self, n: int | None) -> None:
-        import faiss
-        self.faiss = faiss
+        if faiss_threads._faiss is None:
+            import faiss
+            faiss_threads._faiss = faiss
+        self.faiss = faiss_threads._faiss
         self.n = n or os.cpu_count() or 1
 
     def __enter__(self) -> None:

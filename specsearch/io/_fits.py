@@ -11,7 +11,6 @@ file and the problem.
 
 from __future__ import annotations
 
-import gzip
 import io
 import math
 import warnings
@@ -23,12 +22,14 @@ from typing import Any
 
 import numpy as np
 from astropy.io import fits
+from astropy.io.fits.verify import VerifyError
 
 from specsearch.errors import ReaderError
-from specsearch.io.limits import read_bytes_capped, scan_fits_bytes, scan_fits_file
+from specsearch.fsutil import is_gzip, open_maybe_gzip
+from specsearch.io.fits_scan import scan_fits_bytes, scan_fits_file
+from specsearch.io.limits import read_bytes_capped
 
 FITS_BLOCK = 2880
-GZIP_MAGIC = b"\x1f\x8b"
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz")
 
 GAIA_ID_KEYS = ("GAIA_SOURCE_ID", "GAIA_DR3_SOURCE_ID", "GAIADR3_SOURCE_ID", "GAIA_ID",
@@ -47,9 +48,7 @@ def sniff(path: str | Path, nbytes: int = FITS_BLOCK) -> bytes:
     before any damage; b"" if unreadable. Never raises."""
     out = bytearray()
     try:
-        with open(path, "rb") as fh:
-            gz = fh.read(2) == GZIP_MAGIC
-        with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
+        with open_maybe_gzip(path) as fh:
             while len(out) < nbytes:
                 chunk = fh.read(min(16384, nbytes - len(out)))
                 if not chunk:
@@ -61,15 +60,15 @@ def sniff(path: str | Path, nbytes: int = FITS_BLOCK) -> bytes:
 
 
 def starts_with_gzip_magic(path: str | Path) -> bool:
+    """:func:`specsearch.fsutil.is_gzip`, False for an unreadable file. Never raises."""
     try:
-        with open(path, "rb") as fh:
-            return fh.read(2) == GZIP_MAGIC
+        return is_gzip(path)
     except OSError:
         return False
 
 
 def read_primary_header(path: str | Path) -> fits.Header | None:
-    """The primary header, checked by :func:`specsearch.io.limits.scan_fits` (card count and
+    """The primary header, checked by :func:`specsearch.io.fits_scan.scan_fits` (card count and
     structural keywords) and parsed; None if not FITS or damaged.
 
     Cheap (reads the header, plus the primary data of a ``.fits.gz``) and never raises: for
@@ -142,10 +141,19 @@ def hdu_data(hdu: Any, path: str | Path, what: str) -> Any:
                                 f"(damaged or truncated file?): {exc}") from exc
 
 
+def header_get(header: fits.Header, key: str, default: Any = None) -> Any:
+    """``header.get(key, default)``, with a card astropy cannot parse (a damaged value)
+    read as absent: header values are parsed lazily, so damage shows up only here."""
+    try:
+        return header.get(key, default)
+    except (VerifyError, ValueError):
+        return default
+
+
 def header_float(header: fits.Header, *keys: str) -> float | None:
     """The first of ``keys`` holding a finite number (numeric strings accepted), else None."""
     for key in keys:
-        value = header.get(key)
+        value = header_get(header, key)
         if isinstance(value, bool) or value is None:
             continue
         try:
@@ -165,7 +173,7 @@ def header_int(header: fits.Header, *keys: str) -> int | None:
 def header_str(header: fits.Header, *keys: str) -> str | None:
     """The first of ``keys`` present as a non-empty string (stripped), else None."""
     for key in keys:
-        value = header.get(key)
+        value = header_get(header, key)
         if value is None or isinstance(value, bool):
             continue
         text = str(value).strip()
@@ -177,7 +185,7 @@ def header_str(header: fits.Header, *keys: str) -> str | None:
 def header_gaia_source_id(header: fits.Header) -> tuple[int | None, str | None]:
     """(Gaia DR3 source_id, the key it came from) when the header carries one, else (None, None)."""
     for key in GAIA_ID_KEYS:
-        value = header.get(key)
+        value = header_get(header, key)
         if value is None or isinstance(value, bool):
             continue
         try:

@@ -50,8 +50,8 @@ from astropy.io import fits
 
 from specsearch.errors import ReaderError, SpectrumError
 from specsearch.io._fits import (has_fits_suffix, hdu_data, header_float,
-                                 header_gaia_source_id, header_int, header_str, open_fits,
-                                 read_primary_header, sniff)
+                                 header_gaia_source_id, header_get, header_int, header_str,
+                                 open_fits, read_primary_header, sniff)
 from specsearch.io._text import has_text_suffix, looks_like_text_spectrum, parse_text
 from specsearch.preprocess import air_to_vacuum
 from specsearch.spectrum import Spectrum
@@ -220,8 +220,9 @@ def _fits_medium(header: fits.Header) -> tuple[str | None, str]:
         return "air", f"AIRORVAC={airorvac!r}"
     if airorvac.startswith("vac"):
         return "vacuum", f"AIRORVAC={airorvac!r}"
-    if isinstance(header.get("VACUUM"), bool):
-        return ("vacuum" if header["VACUUM"] else "air"), f"VACUUM={header['VACUUM']}"
+    vacuum = header_get(header, "VACUUM")
+    if isinstance(vacuum, bool):
+        return ("vacuum" if vacuum else "air"), f"VACUUM={vacuum}"
     library = (header_str(header, "TPLLIB") or "").upper()
     if library in AIR_LIBRARIES:
         return "air", AIR_LIBRARIES[library]
@@ -331,7 +332,13 @@ def _finish(path: Path, wave: np.ndarray, flux: np.ndarray,
         if noise is None:
             raise ReaderError(path, "no error column and too few finite pixels (< 5) to "
                                     "estimate the noise")
-        ivar = np.full(flux.size, 1.0 / noise ** 2)
+        with np.errstate(over="ignore", divide="ignore"):
+            inverse = 1.0 / np.float64(noise) ** 2
+        if not (np.isfinite(inverse) and inverse > 0):
+            raise ReaderError(path, f"flux values out of range: the estimated noise "
+                                    f"({noise:.3g}) gives no usable inverse variance; "
+                                    f"rescale the flux or give an error column")
+        ivar = np.full(flux.size, inverse)
         meta.update(ivar_from="der_snr estimate", noise_estimate=noise)
         finite = flux[np.isfinite(flux) & (flux != 0)]
         snr = snr if snr is not None else float(np.median(finite) / noise)

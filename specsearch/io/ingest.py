@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from specsearch.errors import CatalogError, ReaderError, SpecsearchError, SpectrumError
-from specsearch.io.catalog import LABEL_COLUMNS, CatalogWriter, open_catalog
 from specsearch.fsutil import write_json_atomic
+from specsearch.io.catalog import LABEL_COLUMNS, CatalogWriter, open_catalog
+from specsearch.io.label_tables import LabelTable
 from specsearch.preprocess import grid_for, to_canonical_grid
 from specsearch.spectrum import Spectrum
 
@@ -28,26 +29,6 @@ SPECTRUM_SUFFIXES = (".fits", ".fits.gz", ".fit", ".fit.gz", ".fts", ".fts.gz", 
                      ".csv.gz", ".tsv", ".ecsv", ".txt", ".txt.gz", ".dat", ".dat.gz", ".vot",
                      ".xml", ".parquet")
 LEDGER = "ingest_ledger.json"
-LABEL_TARGETS = (*LABEL_COLUMNS, "source_id", "ra", "dec", "snr")
-"""Catalog columns a label table may fill (matched by column name, case-insensitive)."""
-
-LABEL_RANGES = {"teff": (1000.0, 200_000.0), "logg": (-2.0, 10.0), "feh": (-6.0, 2.0),
-                "alpha_fe": (-2.0, 2.0)}
-"""Physically possible label values; anything outside (e.g. the 9999 'unknown' sentinel of
-the MILES compilation) is read as missing."""
-
-
-def _label_value(name: str, value: Any) -> Any:
-    if value is None or name not in LABEL_RANGES:
-        return value
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    lo, hi = LABEL_RANGES[name]
-    return v if np.isfinite(v) and lo <= v <= hi else None
-
-
 @dataclass
 class IngestReport:
     """What an ingest run did. ``skipped_files`` and ``skipped_rows`` hold (name, reason)."""
@@ -111,60 +92,6 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
         else:
             raise ReaderError(p, "no such file or directory")
     return out
-
-
-@dataclass
-class LabelTable:
-    """Labels keyed on one column, matched to spectra by ``key_field``."""
-
-    by_key: dict[str, dict[str, Any]]
-    key_field: str
-
-    @classmethod
-    def read(cls, path: str | Path, on: str,
-             rename: dict[str, str] | None = None) -> "LabelTable":
-        """Read a label table; ``on`` is ``COLUMN`` or ``COLUMN=FIELD``.
-
-        ``rename`` maps label-table column names to catalog columns, e.g.
-        ``{"gaia_dr3_source_id": "source_id"}``.
-
-        FIELD says what the column matches on the spectrum side: ``filename`` (the file's
-        name), ``spectrum_id``, ``source_id``, or a header value in ``Spectrum.meta``.
-        Without ``=FIELD`` a column named filename/file matches the file name, obsid matches
-        spectrum_id, and anything else matches the field of the same name.
-        """
-        from specsearch.io.tables import read_table
-
-        column, _, key_field = on.partition("=")
-        table = read_table(path)
-        names = {n.lower(): n for n in table.column_names}
-        for src, dst in (rename or {}).items():
-            if src.lower() not in names:
-                raise ReaderError(path, f"label table has no column {src!r} to rename; "
-                                        f"columns: {table.column_names}")
-            names[dst.lower()] = names[src.lower()]
-        if column.lower() not in names:
-            raise ReaderError(path, f"label table has no column {column!r}; "
-                                    f"columns: {table.column_names}")
-        key_field = key_field or {"filename": "filename", "file": "filename",
-                                  "obsid": "spectrum_id"}.get(column.lower(), column.lower())
-        keys = table.column(names[column.lower()]).to_pylist()
-        wanted = {t: names[t] for t in LABEL_TARGETS if t in names}
-        cols = {t: table.column(src).to_pylist() for t, src in wanted.items()}
-        by_key = {}
-        for i, key in enumerate(keys):
-            if key is not None:
-                by_key[str(key).strip()] = {t: _label_value(t, v[i]) for t, v in cols.items()}
-        return cls(by_key=by_key, key_field=key_field)
-
-    def lookup(self, spec: Spectrum) -> dict[str, Any] | None:
-        if self.key_field == "filename":
-            key = Path(spec.path or "").name
-        elif self.key_field in ("spectrum_id", "source_id"):
-            key = getattr(spec, self.key_field)
-        else:
-            key = spec.meta.get(self.key_field)
-        return None if key is None else self.by_key.get(str(key).strip())
 
 
 def _read_ledger(root: Path) -> dict[str, Any]:
@@ -288,51 +215,11 @@ def ingest(paths: Sequence[str | Path], out: str | Path, *, modality: str,
     files = expand_paths(paths)
     label_table = LabelTable.read(labels, on or "source_id", rename) if labels else None
     report = IngestReport(files_seen=len(files))
-    ledger = _read_ledger(root)
-    done = ledger.get(modality, {})
+    ledger = _Ledger(root, modality)
     seen_ids = _existing_ids(root, modality)
     writer = CatalogWriter(root, modality, rows_per_file=rows_per_file,
                            file_prefix=f"ingest-{int(time.time())}")
-    batch: list[_FileRows] = []
-    pending: list[tuple[str, dict[str, Any], int]] = []  # (key, file key, last row offset)
-    handed = 0
-
-    def hand_over() -> None:
-        """Give the batch's rows to the writer; a file whose rows it refuses is a skip."""
-        nonlocal handed, batch
-        todo, batch = batch, []
-        try:
-            rows = [r for f in todo for r in f.rows]
-            if rows:
-                writer.write(_rows_to_columns(rows, modality))
-            accepted = todo
-        except (SpecsearchError, ValueError, TypeError):
-            accepted = []
-            for f in todo:   # find the file at fault; the others are written
-                try:
-                    if f.rows:
-                        writer.write(_rows_to_columns(f.rows, modality))
-                except (SpecsearchError, ValueError, TypeError) as exc:
-                    report.skipped_files.append((f.name, f"rows not writable: {_reason(exc)}"))
-                    report.files_ingested -= 1
-                    continue
-                accepted.append(f)
-        for f in accepted:
-            handed += len(f.rows)
-            pending.append((f.key, f.file_key, handed))
-
-    def commit() -> None:
-        """Record in the ledger the files whose rows are all on disk."""
-        nonlocal pending
-        durable = writer.rows_written
-        ready = [p for p in pending if p[2] <= durable]
-        if ready:
-            for key, file_key, _ in ready:
-                done[key] = file_key
-            pending = [p for p in pending if p[2] > durable]
-            ledger[modality] = done
-            write_json_atomic(root / LEDGER, ledger)
-
+    rows = _RowBatches(writer, modality, ledger, report)
     try:
         for path in _progress(files, progress):
             if should_stop is not None and should_stop():
@@ -343,7 +230,7 @@ def ingest(paths: Sequence[str | Path], out: str | Path, *, modality: str,
             except OSError as exc:
                 report.skipped_files.append((path.name, f"cannot stat: {exc.strerror}"))
                 continue
-            if done.get(key) == file_key:
+            if ledger.done.get(key) == file_key:
                 report.files_already_ingested += 1
                 continue
             try:
@@ -353,20 +240,87 @@ def ingest(paths: Sequence[str | Path], out: str | Path, *, modality: str,
                 report.skipped_files.append((path.name, _reason(exc)))
                 continue
             seen_ids.update(r["spectrum_id"] for r in file_rows)
-            batch.append(_FileRows(key, file_key, path.name, file_rows))
             report.files_ingested += 1
-            if sum(len(f.rows) for f in batch) >= batch_rows:
-                hand_over()
-                commit()
+            rows.add(_FileRows(key, file_key, path.name, file_rows), batch_rows)
     except KeyboardInterrupt:
         report.interrupted = True   # the file being read is abandoned; the rest is kept
     finally:
-        hand_over()
+        rows.hand_over()
         writer.close()
-        commit()
+        rows.commit()
     report.rows_written = writer.rows_written
     report.seconds = time.perf_counter() - start
     return report
+
+
+class _Ledger:
+    """The ingest ledger of one modality: files whose rows are all in the catalog."""
+
+    def __init__(self, root: Path, modality: str) -> None:
+        self.path = root / LEDGER
+        self.modality = modality
+        self.data = _read_ledger(root)
+        self.done: dict[str, Any] = self.data.get(modality, {})
+
+    def record(self, entries: list[tuple[str, dict[str, Any]]]) -> None:
+        """Mark files done and rewrite the ledger atomically."""
+        for key, file_key in entries:
+            self.done[key] = file_key
+        self.data[self.modality] = self.done
+        write_json_atomic(self.path, self.data)
+
+
+@dataclass
+class _RowBatches:
+    """Files' rows on their way to the catalog: batched for the writer, and recorded in
+    the ledger only once the writer says they are on disk."""
+
+    writer: CatalogWriter
+    modality: str
+    ledger: _Ledger
+    report: IngestReport
+    batch: list[_FileRows] = field(default_factory=list)
+    pending: list[tuple[str, dict[str, Any], int]] = field(default_factory=list)
+    """(key, file key, offset of the file's last row among the rows handed over)"""
+    handed: int = 0
+
+    def add(self, file_rows: _FileRows, batch_rows: int) -> None:
+        self.batch.append(file_rows)
+        if sum(len(f.rows) for f in self.batch) >= batch_rows:
+            self.hand_over()
+            self.commit()
+
+    def hand_over(self) -> None:
+        """Give the batch's rows to the writer; a file whose rows it refuses is a skip."""
+        todo, self.batch = self.batch, []
+        try:
+            rows = [r for f in todo for r in f.rows]
+            if rows:
+                self.writer.write(_rows_to_columns(rows, self.modality))
+            accepted = todo
+        except (SpecsearchError, ValueError, TypeError):
+            accepted = [f for f in todo if self._write_alone(f)]   # find the file at fault
+        for f in accepted:
+            self.handed += len(f.rows)
+            self.pending.append((f.key, f.file_key, self.handed))
+
+    def _write_alone(self, f: _FileRows) -> bool:
+        try:
+            if f.rows:
+                self.writer.write(_rows_to_columns(f.rows, self.modality))
+            return True
+        except (SpecsearchError, ValueError, TypeError) as exc:
+            self.report.skipped_files.append((f.name, f"rows not writable: {_reason(exc)}"))
+            self.report.files_ingested -= 1
+            return False
+
+    def commit(self) -> None:
+        """Record in the ledger the files whose rows are all on disk."""
+        durable = self.writer.rows_written
+        ready = [(key, file_key) for key, file_key, end in self.pending if end <= durable]
+        if ready:
+            self.pending = [p for p in self.pending if p[2] > durable]
+            self.ledger.record(ready)
 
 
 def _read_file_rows(path: Path, modality: str, rest_frame: bool,

@@ -34,7 +34,8 @@ from astropy.io import fits
 
 from specsearch.errors import ReaderError, SpectrumError
 from specsearch.io._fits import (as_1d, hdu_data, header_float, header_gaia_source_id,
-                                 header_int, header_str, open_fits, read_primary_header)
+                                 header_get, header_int, header_str, open_fits,
+                                 read_primary_header)
 from specsearch.preprocess import air_to_vacuum, grid_for
 from specsearch.spectrum import Spectrum
 
@@ -66,7 +67,8 @@ def identify(path: str | Path) -> bool:
     header = read_primary_header(path)
     if header is None:
         return False
-    stamp = " ".join(str(header.get(k, "")) for k in ("TELESCOP", "ORIGIN", "AUTHOR", "DATA_V"))
+    stamp = " ".join(str(header_get(header, k, "")) for k in ("TELESCOP", "ORIGIN", "AUTHOR",
+                                                               "DATA_V"))
     return "LAMOST" in stamp.upper() and header.get("NAXIS") in (0, 2)
 
 
@@ -100,7 +102,7 @@ def read_lamost(path: str | Path, *, use_ormask: bool = False) -> Spectrum:
         raise ReaderError(path, f"no finite flux value in {npix} pixels ({layout} layout)")
     if not np.any(np.isfinite(flux) & (flux != 0)):
         raise ReaderError(path, f"flux is zero everywhere ({npix} pixels, {layout} layout)")
-    if header.get("VACUUM") is False:  # LAMOST is vacuum; honour a file that says otherwise
+    if header_get(header, "VACUUM") is False:  # LAMOST is vacuum; honour a file that says otherwise
         wave = air_to_vacuum(wave)
     mask = (andmask != 0) | ~np.isfinite(andmask) | (flux == 0) | ~np.isfinite(flux) \
         | ~np.isfinite(ivar) | (ivar <= 0)

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from specsearch.errors import CatalogError
-# Re-exported for code that still imports the atomic writers from here (model, synth, ingest).
+# The atomic writers live in fsutil; this old import path still works.
 from specsearch.fsutil import (  # noqa: F401
     atomic_path,
     write_bytes_atomic,

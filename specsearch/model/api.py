@@ -182,6 +182,15 @@ class SpecModel:
         self._check_modality(modality_from)
         return self.net.decode(modality_from, self.net.other(modality_from), embedding)
 
+    def decode(self, modality_from: str, modality_to: str, embedding: torch.Tensor
+               ) -> torch.Tensor:
+        """(B, D) embedding of ``modality_from`` -> (B, N) spectrum of ``modality_to`` (the
+        reconstruction when they are equal, else :meth:`translate`), in
+        ``prepare_model_input`` units."""
+        self._check_modality(modality_from)
+        self._check_modality(modality_to)
+        return self.net.decode(modality_from, modality_to, embedding)
+
     # --------------------------------------------------------------- numpy path
     @torch.inference_mode()
     def embed_numpy(self, modality: str, flux: np.ndarray, ivar: np.ndarray, *,

@@ -115,50 +115,70 @@ def calibrate(net: SpecCLIPNet, cache: PairCache, pos: np.ndarray,
 
 @torch.no_grad()
 def calibrate_real_floor(net: SpecCLIPNet, x_real: np.ndarray, w_real: np.ndarray,
-                         labels: np.ndarray) -> tuple[dict[str, float], dict[str, float]]:
-    """Fit each label's ``sigma_floor`` so that z = (pred - label) / sqrt(sigma^2 + floor^2)
-    has unit robust width on the real calibration stars; copy it to every head (the XP side
-    has no labelled real spectra: it gets the LAMOST term). The floor holds what the
-    synthetic calibration cannot know: the model-versus-reality error and the scatter of
-    the catalogue labels themselves, so the heads' uncertainties are honest against those
-    catalogues. ``x_real``, ``w_real``: prepared LAMOST flux and weight (n, N); ``labels``
-    (n, L) in physical units, NaN unknown. Returns the floors (physical units) and the z
-    widths after."""
+                         labels: np.ndarray, groups: np.ndarray | None = None,
+                         min_group: int = 15
+                         ) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """Fit each label's real-data ``sigma_floor`` f and scale k so that
+    z = (pred - label) / sqrt((k sigma)^2 + f^2) has unit robust width on the real
+    calibration stars, in every group of ``groups`` at once (e.g. LAMOST at high and low S/N,
+    hot stars, MILES: the cost is the sum of squared log widths over groups with at least
+    ``min_group`` labels; one group when None). k multiplies the heads' ``sigma_scale``; f
+    goes to ``sigma_floor``; both are copied to every head (the XP side has no labelled real
+    spectra: it gets the LAMOST terms). They hold what the synthetic calibration cannot know:
+    the model-versus-reality error and the scatter of the catalogue labels themselves, so the
+    heads' uncertainties are honest against those catalogues. ``x_real``, ``w_real``:
+    prepared LAMOST flux and weight (n, N); ``labels`` (n, L) in physical units, NaN
+    unknown. Returns (floors in physical units, scales, pooled z widths after)."""
     net.eval()
     names = net.cfg.label_names
     mus, sig = [], []
-    for i in range(0, x_real.shape[0], 1024):
-        x = torch.from_numpy(x_real[i:i + 1024])
-        w = torch.from_numpy(w_real[i:i + 1024])
-        out = net.forward_outputs("lamost", x, w, decode=False)
-        head = net.heads["lamost"]
-        mus.append((net.label_mean + net.label_std * out.label_mu).numpy())
-        sig.append((net.label_std * torch.exp(out.label_log_sigma) * head.sigma_scale).numpy())
+    with torch.no_grad():
+        for i in range(0, x_real.shape[0], 1024):
+            x = torch.from_numpy(x_real[i:i + 1024])
+            w = torch.from_numpy(w_real[i:i + 1024])
+            out = net.forward_outputs("lamost", x, w, decode=False)
+            head = net.heads["lamost"]
+            mus.append((net.label_mean + net.label_std * out.label_mu).numpy())
+            sig.append((net.label_std * torch.exp(out.label_log_sigma)
+                        * head.sigma_scale).numpy())
     mu, s = np.concatenate(mus), np.concatenate(sig)
-    floors, widths = {}, {}
+    groups = np.zeros(len(mu), np.int64) if groups is None else np.asarray(groups)
+    floors, scales, widths = {}, {}, {}
     floor_std = np.zeros(len(names), np.float32)
+    k_all = np.ones(len(names), np.float32)
     for j, name in enumerate(names):
-        y = labels[:, j]
-        ok = np.isfinite(y)
+        ok = np.isfinite(labels[:, j])
         if ok.sum() < 20:
             continue
-        r, s0 = mu[ok, j] - y[ok], s[ok, j]
-
-        def width(f: float) -> float:
-            return robust_sigma(r / np.sqrt(s0 ** 2 + f ** 2))
-        f = 0.0
-        if width(0.0) > 1.0:
-            lo, hi = 0.0, float(np.percentile(np.abs(r), 95)) * 3 + 1e-6
-            for _ in range(60):
-                mid = 0.5 * (lo + hi)
-                lo, hi = (mid, hi) if width(mid) > 1.0 else (lo, mid)
-            f = hi
-        floors[name] = float(f)
-        widths[name] = width(f)
+        r, s0, g = mu[ok, j] - labels[ok, j], s[ok, j], groups[ok]
+        k, f = _fit_scale_floor(r, s0, g, min_group)
+        floors[name], scales[name] = f, k
+        widths[name] = robust_sigma(r / np.sqrt((k * s0) ** 2 + f ** 2))
         floor_std[j] = f / float(net.label_std[j])
+        k_all[j] = k
     for m in net.cfg.modalities:
         net.heads[m].sigma_floor.copy_(torch.from_numpy(floor_std))
-    return floors, widths
+        net.heads[m].sigma_scale.mul_(torch.from_numpy(k_all))
+    return floors, scales, widths
+
+
+def _fit_scale_floor(r: np.ndarray, s0: np.ndarray, g: np.ndarray, min_group: int
+                     ) -> tuple[float, float]:
+    """(k, f) minimising the summed squared log z-widths over the groups (grid search)."""
+    members = [g == u for u in np.unique(g) if (g == u).sum() >= min_group]
+    if not members:
+        members = [np.ones(len(r), bool)]
+    mag = np.abs(r)
+    fs = np.concatenate([[0.0], np.geomspace(0.01 * np.median(mag) + 1e-9,
+                                             3.0 * np.percentile(mag, 95) + 1e-9, 60)])
+    best = (np.inf, 1.0, 0.0)
+    for k in np.geomspace(0.3, 4.0, 48):
+        for f in fs:
+            z = r / np.sqrt((k * s0) ** 2 + f ** 2)
+            cost = sum(np.log(robust_sigma(z[m])) ** 2 for m in members)
+            if cost < best[0]:
+                best = (cost, float(k), float(f))
+    return best[1], best[2]
 
 
 def _clipped_std(v: np.ndarray, clip: float = 5.0) -> float:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from specsearch.model.evaluate_templates import pyhammer
 from specsearch.model.metrics import label_stats
 from specsearch.model.real_sets import RealSet, load_all
 from specsearch.preprocess import grid_for, prepare_model_input
@@ -222,10 +223,15 @@ def real_xp(model, real: Path) -> dict[str, Any]:
             teff = b.predictions[:, model.label_names.index("teff")]
             types = [p.stem[14:16] for p in paths]
             fgk = np.array([t[0] in "AFGK" for t in types])
-            rho_all = spearmanr(-np.arange(len(types)), teff).statistic
-            rho_fgk = spearmanr(-np.arange(fgk.sum()), teff[fgk]).statistic
+            # Odd subtypes never entered the synthetic XP realism fit (synth/realism.py).
+            odd = fgk & np.array([int(t[1]) % 2 == 1 for t in types])
+            rank = -np.arange(len(types))
+            rho_all = spearmanr(rank, teff).statistic
+            rho_fgk = spearmanr(rank[fgk], teff[fgk]).statistic
+            rho_odd = spearmanr(rank[odd], teff[odd]).statistic
             out["xp_templates"] = {"n": len(types), "spearman_type_vs_teff": float(rho_all),
                                    "spearman_A_to_K": float(rho_fgk),
+                                   "spearman_A_to_K_odd_subtypes": float(rho_odd),
                                    "teff_by_type": dict(zip(types, map(float, teff)))}
     return out
 
@@ -309,6 +315,7 @@ def evaluate_real(model, real: Path, synthetic_report: dict[str, Any] | None = N
     out["identity"] = identity(model, sets)
     out["cross_modal"] = cross_modal(model, sets)
     out["xp"] = real_xp(model, real)
+    out["pyhammer"] = pyhammer(model, real)
     out["hunt"] = hunt_pool(model, sets)
     out["goals"] = real_goal_rows(out)
     return out

@@ -18,9 +18,10 @@ embedding independent of its S/N and close to its other visits, and it aligns th
 spectra's embeddings with the synthetic ones without labels.
 
 After training, the heads are calibrated twice: ``sigma_scale`` on synthetic validation
-pairs (as ``train`` does) and then ``sigma_floor``, the model-versus-reality term, on the
-``cal`` split of the real labelled stars, so that z-scores on held-out real stars have unit
-width. The ``test`` split is never read here.
+pairs (as ``train`` does) and then a real-data scale and ``sigma_floor`` (the
+model-versus-reality term) on the ``cal`` split of the real labelled stars, so that z-scores
+on held-out real stars have unit width in each calibration group at once (LAMOST at
+S/N >= 30 and below, hot LAMOST stars, MILES). The ``test`` split is never read here.
 """
 
 from __future__ import annotations
@@ -123,6 +124,7 @@ class PreparedReal:
     label_noise: np.ndarray     # (n, L) physical units
     star_id: np.ndarray
     set_index: np.ndarray       # (n,) which input set a row came from
+    group: np.ndarray           # (n,) calibration group (see :func:`calibration_groups`)
 
     def sampling_p(self, weights: tuple[float, ...] | None) -> np.ndarray | None:
         """Per-row sampling probabilities giving each set its weight (None: uniform)."""
@@ -134,8 +136,20 @@ class PreparedReal:
         return p / p.sum()
 
 
+def calibration_groups(s: RealSet, sel: np.ndarray, set_index: int) -> np.ndarray:
+    """Groups the real-data uncertainty calibration balances: per set; LAMOST sets also
+    split at S/N 30 and at Teff 7000 K (LASP is less reliable for hot stars)."""
+    g = np.full(int(sel.sum()), 10 * set_index, np.int64)
+    if s.modality == "lamost" and s.name.startswith("lamost") and s.snr is not None:
+        g += (np.asarray(s.snr)[sel] < 30).astype(np.int64)
+        teff = s.labels.get("teff")
+        if teff is not None:
+            g += 2 * (np.asarray(teff)[sel] >= 7000)
+    return g
+
+
 def prepare_real(sets: list[RealSet], label_names: list[str], split: str) -> PreparedReal:
-    xs, ws, ys, ns, ids, idx = [], [], [], [], [], []
+    xs, ws, ys, ns, ids, idx, grp = [], [], [], [], [], [], []
     for k, s in enumerate(sets):
         sel = s.in_split(split)
         mi = prepare_model_input(s.flux[sel], s.ivar[sel], s.modality)
@@ -148,8 +162,10 @@ def prepare_real(sets: list[RealSet], label_names: list[str], split: str) -> Pre
                           (int(good.sum()), 1)))
         ids.append(star_ids(s.star[sel][good]))
         idx.append(np.full(int(good.sum()), k, np.int64))
+        grp.append(calibration_groups(s, sel, k)[good])
     return PreparedReal(np.concatenate(xs), np.concatenate(ws), np.concatenate(ys),
-                        np.concatenate(ns), np.concatenate(ids), np.concatenate(idx))
+                        np.concatenate(ns), np.concatenate(ids), np.concatenate(idx),
+                        np.concatenate(grp))
 
 
 def noisy_label_nll(mu: torch.Tensor, log_sigma: torch.Tensor, target: torch.Tensor,
@@ -366,8 +382,8 @@ def _finetune(model_path: str | Path, catalog: str | Path, real_data: str | Path
     bar.close()
     net.eval()
     report = calibrate(net, data.cache, data.val_pos, device)
-    floors, widths = calibrate_real_floor(net, data.real_cal.x, data.real_cal.w,
-                                         data.real_cal.labels)
+    floors, scales, widths = calibrate_real_floor(net, data.real_cal.x, data.real_cal.w,
+                                                 data.real_cal.labels, data.real_cal.group)
     seconds = time.time() - t0
     n_real = {s.name: int(s.in_split("train").sum()) for s in data.used}
     digest = save_model_dir(out, net, net.cfg, training={
@@ -377,7 +393,8 @@ def _finetune(model_path: str | Path, catalog: str | Path, real_data: str | Path
             "real_train": n_real,
             "real_cal": {s.name: int(s.in_split("cal").sum()) for s in data.used},
             "xp_patch_train": 0 if data.xp_train is None else int(data.xp_train.x.shape[0]),
-            "seconds": seconds, "sigma_floor": floors, "real_z_width_cal": widths,
+            "seconds": seconds, "sigma_floor": floors, "real_sigma_scale": scales,
+            "real_z_width_cal": widths,
             "history_last": history[-1] if history else {}},
         "calibration": dataclasses.asdict(report), "calibrated": True})
     write_json_atomic(out / "finetune_log.json", history)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from specsearch.model.evaluate_templates import format_pyhammer
+
 UNITS = {"teff": "K", "logg": "dex", "feh": "dex", "alpha_fe": "dex", "ebv": "mag"}
 
 
@@ -126,7 +128,11 @@ def format_real(real: dict[str, Any]) -> list[str]:
     if "spearman_type_vs_teff" in (xp.get("xp_templates") or {}):
         t = xp["xp_templates"]
         lines.append(f"  real XP dwarf templates B0-L1: Spearman(type, Teff) "
-                     f"{_f(t['spearman_type_vs_teff'])}, A-K {_f(t['spearman_A_to_K'])}")
+                     f"{_f(t['spearman_type_vs_teff'])}, A-K {_f(t['spearman_A_to_K'])}"
+                     + (f", A-K odd subtypes (not in the XP realism fit) "
+                        f"{_f(t['spearman_A_to_K_odd_subtypes'])}"
+                        if "spearman_A_to_K_odd_subtypes" in t else ""))
+    lines.extend(format_pyhammer(real.get("pyhammer") or {}))
     h = real.get("hunt") or {}
     if "completeness" in h:
         lines.append(f"  hunt [Fe/H]<-2 over {h['n_pool']} held-out real spectra "

@@ -27,10 +27,10 @@ from specsearch.index.config import SearchKnobs
 from specsearch.index.hashing import shard_of
 from specsearch.index.manifest import (ModalityManifest, read_index_manifest,
                                        read_modality_manifest)
-from specsearch.index.reader import IndexDirectory, global_ids, split_ids
+from specsearch.index.reader import (IndexDirectory, global_ids, preferred_vector,
+                                     read_manifests, split_ids, stored_rows)
 from specsearch.index.shard import Shard
 from specsearch.index.threads import faiss_threads
-from specsearch.query.engine import preferred_vector, stored_rows
 from specsearch.query.filters import Filter
 
 
@@ -142,17 +142,10 @@ def open_manifests(root: str | Path, *, knobs: SearchKnobs | None = None) -> Ind
     Raises:
         SearchIndexError: missing or inconsistent manifests.
     """
-    from specsearch.index.atomic import recover
-
     root = Path(root)
-    recover(root)
-    top = read_index_manifest(root)
-    modalities: dict[str, Any] = {}
-    for modality in top.modalities:
-        m = read_modality_manifest(root, modality, top)
-        if knobs is not None:
-            m.search = knobs
-        modalities[modality] = RemoteModality(root / modality, m)
+    top, manifests = read_manifests(root, knobs=knobs)
+    modalities: dict[str, Any] = {m: RemoteModality(root / m, manifest)
+                                  for m, manifest in manifests.items()}
     if not modalities:
         raise SearchIndexError(f"{root}: the manifest lists no modality")
     return IndexDirectory(root=root, manifest=top, modalities=modalities)

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from specsearch.errors import ReaderError
+from specsearch.fsutil import atomic_path
 from specsearch.preprocess import air_to_vacuum, continuum
 from specsearch.synth.grid import planck_lambda
 
@@ -210,20 +211,9 @@ def fit(miles: dict, *, holdout_every: int = HOLDOUT_EVERY) -> dict:
 
 def save(arrays: dict, path: str | Path) -> Path:
     """Write the arrays as a compressed .npz atomically."""
-    import os
-    import tempfile
-
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".npz") as tmp:   # savez appends .npz to other names
         np.savez_compressed(tmp, **arrays)
-        os.chmod(tmp, 0o644)                 # mkstemp makes 0600; data files are shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -166,7 +166,8 @@ class LamostSpectra:
 
 def observe_lamost(flux_surface: np.ndarray, xp_g_scale: np.ndarray, rv: np.ndarray,
                    snr: np.ndarray, mag_g: np.ndarray, rng: np.random.Generator, *,
-                   rv_error_kms: float = 5.0) -> LamostSpectra:
+                   rv_error_kms: float = 5.0, teff: np.ndarray | None = None
+                   ) -> LamostSpectra:
     """Observe a batch of extincted rest-frame model spectra with the LAMOST-like instrument.
 
     Args:
@@ -177,6 +178,8 @@ def observe_lamost(flux_surface: np.ndarray, xp_g_scale: np.ndarray, rv: np.ndar
             ``rv_error_kms``.
         snr: (n,) target median S/N per pixel over 4000-5500 A.
         mag_g: (n,) G magnitude (sets the sky-to-star ratio).
+        teff: (n,) Teff (K) for the realism correction fitted on real LAMOST
+            (:mod:`specsearch.synth.realism`); None: none.
     """
     n = flux_surface.shape[0]
     rv_est = rv + rng.normal(0.0, rv_error_kms, n)
@@ -184,6 +187,10 @@ def observe_lamost(flux_surface: np.ndarray, xp_g_scale: np.ndarray, rv: np.ndar
     flux = np.asarray(op @ flux_surface.T, dtype=np.float32).T
     # Residual velocity, applied after broadening (well sampled at R=1800).
     flux = shift_pixels(flux * (xp_g_scale * 1e17).astype(np.float32)[:, None], rv - rv_est)
+    if teff is not None:
+        from specsearch.synth.realism import load as load_realism
+
+        flux *= load_realism()["lamost"].factor(teff)
     airmass = 1.0 + rng.exponential(0.25, n)
     pwv = rng.lognormal(np.log(0.8), 0.5, n)
     left = np.clip(rng.normal(*TELLURIC_RESIDUAL, n), -0.1, 0.5)

@@ -101,7 +101,7 @@ def extend_sed_nodes(sed_nodes: np.ndarray) -> np.ndarray:
 
 
 def stellar_spectra(teff, logg, feh, alpha_fe, *, c_fe=None, state=None,
-                    halpha_ew=None) -> np.ndarray:
+                    halpha_ew=None, individuality=None) -> np.ndarray:
     """(n, npix) surface flux of single (non-degenerate) stars on the model grid.
 
     Args:
@@ -109,6 +109,8 @@ def stellar_spectra(teff, logg, feh, alpha_fe, *, c_fe=None, state=None,
         c_fe: (n,) [C/Fe] for carbon-enhanced stars (NaN: none).
         state, halpha_ew: emission-line stars (``halpha_ew`` NaN: none); see
             :func:`specsearch.synth.physics.emission_flux`.
+        individuality: per-star abundance offsets and rotation
+            (:class:`specsearch.synth.individuality.Individuality`; None: none).
     """
     teff = np.asarray(teff, dtype=np.float64)
     logg = np.asarray(logg, dtype=np.float64)
@@ -151,6 +153,11 @@ def stellar_spectra(teff, logg, feh, alpha_fe, *, c_fe=None, state=None,
     if hot.size:
         norm[hot] *= np.exp(-physics.hot_star_tau(wave, teff[hot], logg[hot])).astype(
             np.float32)
+    if individuality is not None:
+        from specsearch.synth import individuality as indiv
+
+        indiv.apply_abundances(norm, individuality.abund)
+        indiv.apply_rotation(norm, individuality.vsini)
     if halpha_ew is not None:
         rows = np.flatnonzero(np.isfinite(halpha_ew))
         if rows.size:
@@ -169,9 +176,10 @@ def white_dwarf_spectra(teff, logg, wd_type) -> np.ndarray:
         -tau).astype(np.float32)
 
 
-def model_spectra(labels: StellarLabels) -> np.ndarray:
+def model_spectra(labels: StellarLabels, individuality=None) -> np.ndarray:
     """(n, npix) rest-frame model spectra (surface flux of the system's brighter component
-    scale) for a batch of labelled stars, composites included."""
+    scale) for a batch of labelled stars, composites included; ``individuality``
+    (:mod:`specsearch.synth.individuality`) applies to the single stars and primaries."""
     n = len(labels)
     wave = model_wavelength()
     flux = np.zeros((n, wave.size), dtype=np.float32)
@@ -182,7 +190,8 @@ def model_spectra(labels: StellarLabels) -> np.ndarray:
         flux[single] = stellar_spectra(
             labels.teff[single], labels.logg[single], labels.feh[single],
             labels.alpha_fe[single], c_fe=x["c_fe"][single], state=labels.state[single],
-            halpha_ew=x["halpha_ew"][single])
+            halpha_ew=x["halpha_ew"][single],
+            individuality=None if individuality is None else individuality.take(single))
     wd = np.flatnonzero(pop == "white_dwarf")
     if wd.size:
         flux[wd] = white_dwarf_spectra(labels.teff[wd], labels.logg[wd], x["wd_type"][wd])

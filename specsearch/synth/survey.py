@@ -22,6 +22,8 @@ import numpy as np
 
 from specsearch.errors import ConfigError
 from specsearch.synth.artefacts import apply_artefacts, draw_artefacts
+from specsearch.synth.individuality import draw as draw_individuality
+from specsearch.synth.individuality import extinction_for
 from specsearch.synth.grid import model_wavelength
 from specsearch.synth.labels import (
     DEFAULT_ARTEFACT_FRACTION,
@@ -54,6 +56,10 @@ class SynthConfig:
         artefact_fraction: fraction of LAMOST spectra with an instrument artefact.
         shard_size: stars per shard (one Parquet file per modality and shard).
         rv_error_kms: sigma of the residual velocity left in the rest-frame LAMOST flux.
+        realism: apply the realism corrections fitted on real LAMOST and XP spectra
+            (:mod:`specsearch.synth.realism`); False gives the physics + emulator survey.
+        individuality: give each star individual abundances, rotation and an R_V of its
+            own (:mod:`specsearch.synth.individuality`).
     """
 
     n: int
@@ -63,6 +69,8 @@ class SynthConfig:
     artefact_fraction: float = DEFAULT_ARTEFACT_FRACTION
     shard_size: int = 50_000
     rv_error_kms: float = 5.0
+    realism: bool = True
+    individuality: bool = True
     resolved_fractions: dict[str, float] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
@@ -131,13 +139,15 @@ def generate_batch(config: SynthConfig, shard: int, batch: int) -> tuple[dict, d
                           f"shard_size={config.shard_size}")
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, shard, batch]))
     labels = sample_labels(rng, n, config.resolved_fractions)
-    intrinsic = model_spectra(labels)
-    extincted = (intrinsic * 10.0 ** (-0.4 * labels.ebv[:, None]
-                                      * extinction_curve()[None, :])).astype(np.float32)
-    xp = observe_xp(extincted, labels.mag_g, rng)
+    ind = draw_individuality(rng, labels.teff, labels.logg) if config.individuality else None
+    intrinsic = model_spectra(labels, ind)
+    ext = extinction_curve()[None, :] if ind is None else extinction_for(ind.r_v)
+    extincted = (intrinsic * 10.0 ** (-0.4 * labels.ebv[:, None] * ext)).astype(np.float32)
+    teff = labels.teff if config.realism else None
+    xp = observe_xp(extincted, labels.mag_g, rng, teff)
     snr = draw_snr(rng, labels.mag_g)
     lam = observe_lamost(extincted, xp.scale, labels.rv, snr, labels.mag_g, rng,
-                         rv_error_kms=config.rv_error_kms)
+                         rv_error_kms=config.rv_error_kms, teff=teff)
     kinds = draw_artefacts(rng, n, config.artefact_fraction)
     apply_artefacts(lam.flux, lam.ivar, kinds, labels.rv, rng)
     ra, dec = draw_sky_positions(rng, n)

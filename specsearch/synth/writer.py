@@ -90,13 +90,15 @@ def generate_survey(out: str | Path, n: int, seed: int = 0, *, metal_poor_boost:
                     fractions: dict[str, float] | None = None,
                     artefact_fraction: float | None = None, shard_size: int = 50_000,
                     workers: int = 1, progress: bool = True,
-                    rv_error_kms: float = 5.0) -> SurveyReport:
+                    rv_error_kms: float = 5.0, realism: bool = True,
+                    individuality: bool = True) -> SurveyReport:
     """Generate a paired synthetic LAMOST + Gaia XP catalog in ``out``.
 
     Args:
         out: catalog directory (created; resumable, see the module docstring).
         n: number of stars; seed: master seed.
-        metal_poor_boost, fractions, artefact_fraction, rv_error_kms: see :class:`SynthConfig`.
+        metal_poor_boost, fractions, artefact_fraction, rv_error_kms, realism,
+            individuality: see :class:`SynthConfig`.
         shard_size: stars per shard file.
         workers: processes generating shards in parallel (each ~1 GB peak memory).
         progress: show a tqdm progress bar (stars).
@@ -105,7 +107,8 @@ def generate_survey(out: str | Path, n: int, seed: int = 0, *, metal_poor_boost:
     """
     kwargs = {} if artefact_fraction is None else {"artefact_fraction": artefact_fraction}
     config = SynthConfig(n=n, seed=seed, metal_poor_boost=metal_poor_boost, fractions=fractions,
-                         shard_size=shard_size, rv_error_kms=rv_error_kms, **kwargs)
+                         shard_size=shard_size, rv_error_kms=rv_error_kms, realism=realism,
+                         individuality=individuality, **kwargs)
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     manifest = _load_manifest(root, config)

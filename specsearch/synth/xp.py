@@ -195,11 +195,14 @@ def prior_projection(flux_on_grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return c[:, :55], c[:, 55:]
 
 
-def noiseless_coefficients(flux_surface: np.ndarray, mag_g: np.ndarray
+def noiseless_coefficients(flux_surface: np.ndarray, mag_g: np.ndarray,
+                           teff: np.ndarray | None = None
                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Noiseless (n, 55) BP and RP coefficients of model spectra scaled to Gaia G ``mag_g``.
 
     ``flux_surface`` is (n, npix) on the model grid (any overall scale: it is set by G).
+    With ``teff`` (n,), the sampled SED is multiplied by the realism correction fitted on
+    real XP (:mod:`specsearch.synth.realism`) before projection.
     Returns (bp, rp, scale) where ``flux_surface * scale`` is the apparent flux
     (same units as ``flux_surface``).
     """
@@ -207,6 +210,10 @@ def noiseless_coefficients(flux_surface: np.ndarray, mag_g: np.ndarray
     design = xb.xp_design()
     f = prebin(np.asarray(flux_surface, dtype=np.float64)) * SURFACE_TO_SI
     merged = (lsf_bp @ f.T).T * design.weight_bp + (lsf_rp @ f.T).T * design.weight_rp
+    if teff is not None:
+        from specsearch.synth.realism import load as load_realism
+
+        merged = merged * load_realism()["xp"].factor(teff)
     bp, rp = prior_projection(merged)
     g_bp, g_rp, zp = g_band_vectors()
     g_flux = bp @ g_bp + rp @ g_rp
@@ -216,11 +223,12 @@ def noiseless_coefficients(flux_surface: np.ndarray, mag_g: np.ndarray
 
 
 def observe_xp(flux_surface: np.ndarray, mag_g: np.ndarray,
-               rng: np.random.Generator) -> SyntheticXP:
-    """Noisy XP coefficients and their sampled spectra for a batch (see the module doc)."""
+               rng: np.random.Generator, teff: np.ndarray | None = None) -> SyntheticXP:
+    """Noisy XP coefficients and their sampled spectra for a batch (see the module doc);
+    ``teff`` turns on the realism correction (:func:`noiseless_coefficients`)."""
     from specsearch.io.gaia_xp import XPContinuous, calibrate
 
-    bp, rp, scale = noiseless_coefficients(flux_surface, mag_g)
+    bp, rp, scale = noiseless_coefficients(flux_surface, mag_g, teff)
     noise = load_noise_model()
     n = bp.shape[0]
     coefs, errs = {}, {}

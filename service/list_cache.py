@@ -1,7 +1,7 @@
 """Anomaly and metal-poor candidate lists of the served index, computed once and cached.
 
 The lists are the library's (:mod:`specsearch.anomaly`, :mod:`specsearch.hunt`) over the
-index's own rows (:func:`specsearch.anomaly.table_from_index`): scoring every object takes
+index's own rows (:func:`specsearch.rows.table_from_index`): scoring every object takes
 seconds per million rows, so it runs on the first request (in a worker thread) and is kept;
 pages are then cheap and each filtered list is cached. Artefact screening needs the
 observed spectra, so it runs only when the index's catalog is available. The [Fe/H]
@@ -81,7 +81,7 @@ class CandidateLists:
                              f"{self.engine.modalities}")
 
     def _table(self, modality: str):
-        from specsearch.anomaly import table_from_index
+        from specsearch.rows import table_from_index
 
         if modality not in self._tables:
             self._tables[modality] = table_from_index(self.engine.index, modality, threads=1)
@@ -89,7 +89,7 @@ class CandidateLists:
 
     @staticmethod
     def _masks(tables: dict[str, Any], filters: list[str]) -> dict[str, np.ndarray]:
-        from specsearch.anomaly.pipeline import row_masks
+        from specsearch.rows import row_masks
 
         return row_masks(tables, filters)
 

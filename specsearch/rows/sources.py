@@ -1,4 +1,4 @@
-"""Where the outlier scorer and the hunt read vectors, head predictions and metadata from.
+"""Where the outlier scorer, the hunt and "more like this" read rows from.
 
 Two sources hold the same columns (the embeddings dataset's):
 
@@ -9,7 +9,8 @@ Two sources hold the same columns (the embeddings dataset's):
   (:class:`specsearch.anomaly.neighbours.FaissNeighbours`).
 
 Either way one modality becomes an :class:`EmbeddingTable`: the live rows in a fixed order,
-their vectors as one (n, D) float32 array and the other columns as an Arrow table.
+their vectors as one (n, D) float32 array and the other columns as an Arrow table. Any
+:class:`NeighbourSearch` returns positions in such a table.
 """
 
 from __future__ import annotations
@@ -17,12 +18,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
 
 from specsearch.errors import CatalogError, QueryError
 from specsearch.io.parquet import list_column_to_numpy
+
+
+class NeighbourSearch(Protocol):
+    """Cosine top-k by batch over one :class:`EmbeddingTable`'s rows (an index directory's
+    shards, an in-memory FAISS index...). Rows are positions in the table; -1 marks a missing
+    neighbour (FAISS's convention)."""
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(n, D) float32 unit queries -> (similarity (n, k) float32, row (n, k) int64)."""
+        ...
 
 
 @dataclass

@@ -9,24 +9,43 @@ Two ways to turn several examples into one list:
   and the example it matched: finds neighbours of *any* example (best when the examples are
   a mixed bag, or to widen a class one member at a time).
 
-Search goes through a :class:`specsearch.anomaly.neighbours.NeighbourSearch` over one
-modality's rows: the index directory's own (shards merged exactly) or an in-memory FAISS
-index. Examples may come from the other modality: the embedding space is shared.
+Search goes through a :class:`specsearch.rows.NeighbourSearch` over one modality's rows
+(:class:`specsearch.rows.EmbeddingTable`): the index directory's own (shards merged exactly)
+or an in-memory FAISS index; or through the query engine (:func:`more_like_this_engine`).
+Examples may come from the other modality: the embedding space is shared.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
-from specsearch.anomaly.neighbours import NeighbourSearch
-from specsearch.anomaly.sources import EmbeddingTable
 from specsearch.errors import ConfigError, QueryError, SpectrumError
 
+if TYPE_CHECKING:  # rows builds on query (its filters): the tables are only annotated here
+    from specsearch.rows import EmbeddingTable, NeighbourSearch
+
 MODES = ("centroid", "union")
+
+
+def _examples(examples: np.ndarray, mode: str) -> np.ndarray:
+    """(m >= 1, D) float32 examples; ConfigError for an unknown mode."""
+    if mode not in MODES:
+        raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
+    ex = np.atleast_2d(np.asarray(examples, dtype=np.float32))
+    if ex.shape[0] == 0:
+        raise QueryError("more-like-this needs at least one example")
+    return ex
+
+
+def _centroid(examples: np.ndarray) -> np.ndarray:
+    """(D,) float32 unit vector along the mean of the examples."""
+    c = examples.astype(np.float64).mean(axis=0)
+    return (c / max(np.linalg.norm(c), 1e-12)).astype(np.float32)
 
 
 def example_vectors(table: EmbeddingTable, source_ids: Sequence[int]) -> np.ndarray:
@@ -78,10 +97,8 @@ def more_like_this(table: EmbeddingTable, searcher: NeighbourSearch, examples: n
         rank, source_id, spectrum_id, similarity, matched_example (union: index of the
         example that found it; centroid: -1), then the table's metadata columns.
     """
-    if mode not in MODES:
-        raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
-    ex = np.atleast_2d(np.asarray(examples, dtype=np.float32))
-    if ex.shape[0] == 0 or ex.shape[1] != table.vectors.shape[1]:
+    ex = _examples(examples, mode)
+    if ex.shape[1] != table.vectors.shape[1]:
         raise QueryError(f"examples must be (m >= 1, {table.vectors.shape[1]}); got {ex.shape}")
     if k < 1:
         raise QueryError(f"k must be >= 1, got {k}")
@@ -89,9 +106,7 @@ def more_like_this(table: EmbeddingTable, searcher: NeighbourSearch, examples: n
     sid = table.source_id
     fetch = min(len(table), k + len(excluded) * 4 + 8)
     if mode == "centroid":
-        c = ex.astype(np.float64).mean(axis=0)
-        c /= max(np.linalg.norm(c), 1e-12)
-        sims, rows = searcher.search(c[None].astype(np.float32), fetch)
+        sims, rows = searcher.search(_centroid(ex)[None], fetch)
         best_sim, best_ex = {}, {}
         for s, r in zip(sims[0], rows[0]):
             if r >= 0 and r not in best_sim:
@@ -130,16 +145,10 @@ def more_like_this_engine(engine, examples: np.ndarray, *, modality: str, k: int
     Returns the engine's result columns (rank from 1, similarity, stored metadata) plus
     ``matched_example`` (union: index of the example that found the row; centroid: -1).
     """
-    if mode not in MODES:
-        raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
-    ex = np.atleast_2d(np.asarray(examples, dtype=np.float32))
-    if ex.shape[0] == 0:
-        raise QueryError("more-like-this needs at least one example")
+    ex = _examples(examples, mode)
     exclude = list(int(s) for s in exclude_source_ids)
     if mode == "centroid":
-        c = ex.astype(np.float64).mean(axis=0)
-        c /= max(np.linalg.norm(c), 1e-12)
-        found = [engine.search(c.astype(np.float32), modality=modality, k=k, filter=filter,
+        found = [engine.search(_centroid(ex), modality=modality, k=k, filter=filter,
                                exclude_source_ids=exclude)]
     else:
         found = engine.search(ex, modality=modality, k=k, filter=filter,

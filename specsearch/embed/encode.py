@@ -1,0 +1,111 @@
+"""One catalog batch through the model: the output columns of its good rows.
+
+:class:`Encoder` is what specsearch needs of a model, here and in spectrum queries
+(:class:`specsearch.query.SearchEngine`); ``specsearch.model.SpecModel`` provides it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+
+from specsearch.embed.spectra import SpectraChunk, spectra_arrays
+
+
+class Encoder(Protocol):
+    """A model that embeds canonical-grid spectra (``specsearch.model.load_model()``)."""
+
+    model_hash: str
+    embedding_dim: int
+    label_names: Sequence[str]
+    class_names: Sequence[str]
+
+    def embed_numpy(self, modality: str, flux: np.ndarray, ivar: np.ndarray, *,
+                    with_residual: bool = False) -> Any:
+        """Embed (n, npix) canonical-grid spectra; returns an object with ``embedding``
+        (n, D), ``good`` (n,), ``predictions``/``uncertainties`` (n, L), optional
+        ``class_prob`` (n, C) and residuals."""
+
+
+def _row_picker(good: np.ndarray):
+    """(numpy take, arrow take) of the good rows; identities when all rows are good."""
+    if good.all():
+        return (lambda a: a), (lambda a: a)
+    idx = np.flatnonzero(good)
+    return (lambda a: a[idx]), (lambda a: a.take(pa.array(idx)))
+
+
+def _head_columns(model: Encoder, out: Any, take, n: int, with_residual: bool
+                  ) -> dict[str, Any]:
+    """Label predictions/errors, the most probable class and residuals of the good rows."""
+    cols: dict[str, Any] = {}
+    predictions = take(np.asarray(out.predictions, np.float32))
+    uncertainties = take(np.asarray(out.uncertainties, np.float32))
+    for j, name in enumerate(model.label_names):
+        cols[f"{name}_pred"] = np.ascontiguousarray(predictions[:, j])
+        cols[f"{name}_err"] = np.ascontiguousarray(uncertainties[:, j])
+    class_prob = getattr(out, "class_prob", None)
+    if class_prob is not None and len(model.class_names):
+        probs = take(np.asarray(class_prob))
+        best = probs.argmax(axis=1)
+        names = pa.array(list(model.class_names), pa.string())
+        cols["class_pred"] = names.take(pa.array(best.astype(np.int32)))
+        cols["class_prob"] = probs[np.arange(n), best].astype(np.float32)
+    for name in ("recon_residual", "translation_residual"):
+        values = getattr(out, name, None)
+        if with_residual and values is not None:
+            cols[name] = take(np.asarray(values, np.float32))
+    return cols
+
+
+def embed_chunk(model: Encoder, modality: str, chunk: SpectraChunk, *,
+                with_residual: bool, meta_columns: Sequence[pa.Field],
+                skipped: Counter, precision: str = "auto") -> dict[str, Any] | None:
+    """Encode one chunk; returns the output columns of its good rows (or None)."""
+    skipped.update(chunk.skipped)
+    batch = chunk.batch
+    if batch.num_rows == 0:
+        return None
+    extra = {} if precision == "auto" else {"autocast": precision}
+    out = model.embed_numpy(modality, chunk.flux, chunk.ivar, with_residual=with_residual,
+                            **extra)
+    good = np.asarray(out.good, dtype=bool)
+    n_bad = int((~good).sum())
+    if n_bad:
+        skipped["too few good pixels (masked / NaN / zero flux)"] += n_bad
+    if not good.any():
+        return None
+    take, take_arrow = _row_picker(good)
+    n = int(good.sum())
+    cols: dict[str, Any] = {
+        "spectrum_id": take_arrow(batch.column("spectrum_id")),
+        "source_id": take_arrow(batch.column("source_id")),
+        "modality": pa.DictionaryArray.from_arrays(
+            pa.array(np.zeros(n, np.int32)), pa.array([modality])).cast(pa.string()),
+        "embedding": take(np.asarray(out.embedding, dtype=np.float32)),
+        **_head_columns(model, out, take, n, with_residual),
+    }
+    names = batch.schema.names
+    for f in meta_columns:
+        if f.name in cols:
+            continue
+        if f.name in names:
+            cols[f.name] = take_arrow(batch.column(f.name))
+        else:
+            cols[f.name] = pa.nulls(n, type=f.type)
+    return cols
+
+
+def embed_table(model: Encoder, modality: str, batch: pa.RecordBatch, *,
+                with_residual: bool, meta_columns: Sequence[pa.Field],
+                skipped: Counter, precision: str = "auto") -> dict[str, Any] | None:
+    """Encode one catalog batch; returns output columns for the good rows (or None)."""
+    from specsearch.preprocess import grid_for
+
+    chunk = spectra_arrays(batch, grid_for(modality).npix)
+    return embed_chunk(model, modality, chunk, with_residual=with_residual,
+                       meta_columns=meta_columns, skipped=skipped, precision=precision)

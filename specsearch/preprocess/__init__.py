@@ -1,0 +1,38 @@
+"""Grids, wavelength conventions, resampling, continuum normalisation and model scaling.
+
+This package is the single implementation of the spectral science that every stage shares:
+ingest puts spectra on the canonical grids with :func:`resample`, the synthetic survey and
+the model use the same grids, and training, embedding and the query path all call
+:func:`prepare_model_input`. One module per job:
+
+* :mod:`~specsearch.preprocess.grids`: the canonical ``lamost`` and ``xp`` grids;
+* :mod:`~specsearch.preprocess.wavelengths`: air/vacuum, rest frame, pixel edges;
+* :mod:`~specsearch.preprocess.resample`: flux-conserving rebinning onto a grid;
+* :mod:`~specsearch.preprocess.continuum`: the pseudo-continuum (torch, CPU or GPU);
+* :mod:`~specsearch.preprocess.model_input`: the scaling every encoder expects.
+
+Everything public is importable from ``specsearch.preprocess`` itself.
+"""
+
+from specsearch.preprocess.continuum import (CONTINUUM_BIN, binned_continuum_torch,
+                                             continuum, continuum_normalise, continuum_torch)
+from specsearch.preprocess.grids import (GRIDS, LAMOST_DLOGLAM, LAMOST_GRID, LAMOST_LOGLAM0,
+                                         LAMOST_NPIX, XP_FLUX_SCALE, XP_GRID, Grid, grid_for)
+from specsearch.preprocess.model_input import (BATCH_PIXELS, GPU_BATCH_FACTOR,
+                                               MIN_GOOD_FRACTION, ModelInput, as_tensor,
+                                               default_batch_size, prepare_model_input,
+                                               prepare_model_input_torch)
+from specsearch.preprocess.resample import (REST_FRAME_MAX_Z, Rebinner, rebinner, resample,
+                                            to_canonical_grid)
+from specsearch.preprocess.wavelengths import (air_to_vacuum, pixel_edges, to_rest_frame,
+                                               vacuum_to_air)
+
+__all__ = [
+    "BATCH_PIXELS", "CONTINUUM_BIN", "GPU_BATCH_FACTOR", "GRIDS", "LAMOST_DLOGLAM",
+    "LAMOST_GRID", "LAMOST_LOGLAM0", "LAMOST_NPIX", "MIN_GOOD_FRACTION", "REST_FRAME_MAX_Z",
+    "XP_FLUX_SCALE", "XP_GRID", "Grid", "ModelInput", "Rebinner", "air_to_vacuum",
+    "as_tensor", "binned_continuum_torch", "continuum", "continuum_normalise",
+    "continuum_torch", "default_batch_size", "grid_for", "pixel_edges",
+    "prepare_model_input", "prepare_model_input_torch", "rebinner", "resample",
+    "to_canonical_grid", "to_rest_frame", "vacuum_to_air",
+]

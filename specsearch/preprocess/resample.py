@@ -1,0 +1,140 @@
+"""Flux-conserving resampling onto the canonical grids, ivar propagated, masks honoured."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from specsearch.errors import SpectrumError
+from specsearch.preprocess.grids import Grid, grid_for
+from specsearch.preprocess.wavelengths import pixel_edges, to_rest_frame
+from specsearch.spectrum import Spectrum
+
+
+@dataclass(frozen=True)
+class Rebinner:
+    """Flux-conserving rebinning from one input wavelength grid onto a canonical grid.
+
+    Build it once (:func:`rebinner`) and call it on every batch that shares the input grid
+    (XP tables, synthetic spectra): resampling is then one sparse product.
+
+    Attributes:
+        grid: the output grid.
+        matrix: sparse (grid.npix, n_in) overlap lengths (Angstrom) of input pixel i with
+            output pixel j.
+        matrix_sq: ``matrix`` squared element-wise (variance propagation).
+        out_width: (grid.npix,) output pixel widths in Angstrom.
+    """
+
+    grid: Grid
+    matrix: sp.csr_matrix
+    matrix_sq: sp.csr_matrix
+    out_width: np.ndarray
+
+    def __call__(self, flux: np.ndarray, ivar: np.ndarray, *,
+                 min_coverage: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+        """Rebin (n_in,) or (batch, n_in) flux/ivar; see :func:`resample` for the rules.
+
+        Each output pixel is the overlap-weighted mean of the good input pixels under it; its
+        variance is sum(w^2 var) / sum(w)^2. An output pixel whose good coverage is below
+        ``min_coverage`` of its width (masked input, or outside the input range) gets flux 0
+        and ivar 0. Returns float32 arrays shaped like the input, with grid.npix pixels.
+        """
+        single = np.ndim(flux) == 1
+        f = np.atleast_2d(np.asarray(flux, dtype=np.float64))
+        iv = np.atleast_2d(np.asarray(ivar, dtype=np.float64))
+        n_in = self.matrix.shape[1]
+        if f.shape != iv.shape or f.shape[1] != n_in:
+            raise SpectrumError(
+                f"flux and ivar must both have {n_in} pixels; got {f.shape} and {iv.shape}")
+        good = (iv > 0) & np.isfinite(f) & np.isfinite(iv)
+        f = np.where(good, f, 0.0)
+        var = np.where(good, 1.0 / np.where(good, iv, 1.0), 0.0)
+        g = good.astype(np.float64)
+        wsum = (self.matrix @ g.T).T
+        fsum = (self.matrix @ f.T).T
+        vsum = (self.matrix_sq @ var.T).T
+        ok = (wsum > min_coverage * self.out_width) & (vsum > 0)
+        flux_out = np.where(ok, fsum / np.where(ok, wsum, 1.0), 0.0).astype(np.float32)
+        ivar_out = np.where(ok, wsum ** 2 / np.where(ok, vsum, 1.0), 0.0).astype(np.float32)
+        return (flux_out[0], ivar_out[0]) if single else (flux_out, ivar_out)
+
+
+def rebinner(wavelength_in: np.ndarray, grid: Grid | str) -> Rebinner:
+    """A :class:`Rebinner` from pixel centres ``wavelength_in`` (Angstrom) onto ``grid``."""
+    grid = grid_for(grid) if isinstance(grid, str) else grid
+    win = np.asarray(wavelength_in, dtype=np.float64)
+    if win.ndim != 1 or win.size < 2 or not np.all(np.diff(win) > 0):
+        raise SpectrumError(
+            "input wavelength must be 1-D, strictly increasing, with >= 2 pixels")
+    steps = np.diff(np.log(win))
+    log_in = bool(np.allclose(steps, steps[0], rtol=1e-3))
+    e_in = pixel_edges(win, log=log_in)
+    e_out = grid.edges()
+    # For each output pixel j, the run of input pixels [lo_j, hi_j) that overlap it.
+    lo = np.clip(np.searchsorted(e_in, e_out[:-1], side="right") - 1, 0, win.size - 1)
+    hi = np.clip(np.searchsorted(e_in, e_out[1:], side="left"), 0, win.size)
+    counts = np.maximum(hi - lo, 0)
+    rows = np.repeat(np.arange(grid.npix), counts)
+    cols = np.repeat(lo, counts) + (np.arange(counts.sum())
+                                    - np.repeat(np.cumsum(counts) - counts, counts))
+    overlap = np.clip(np.minimum(e_in[cols + 1], e_out[rows + 1])
+                      - np.maximum(e_in[cols], e_out[rows]), 0.0, None)
+    keep = overlap > 0
+    matrix = sp.csr_matrix((overlap[keep], (rows[keep], cols[keep])),
+                           shape=(grid.npix, win.size))
+    return Rebinner(grid=grid, matrix=matrix, matrix_sq=matrix.multiply(matrix).tocsr(),
+                    out_width=np.diff(e_out))
+
+
+def resample(spectrum: Spectrum, grid: Grid | str, *, rest_frame_z: float | None = None,
+             min_coverage: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Put one spectrum on a canonical grid (flux-conserving, ivar propagated, masks honoured).
+
+    Args:
+        spectrum: any :class:`Spectrum` (vacuum wavelengths).
+        grid: a :class:`Grid` or a modality name.
+        rest_frame_z: if given, the wavelengths are first divided by (1 + z).
+        min_coverage: minimum good-pixel coverage of an output pixel (fraction of its width).
+    Returns:
+        (flux, ivar) float32 arrays of ``grid.npix``; pixels without coverage have ivar 0.
+    Raises:
+        SpectrumError: the spectrum does not overlap the grid or has no usable pixel there.
+    """
+    grid = grid_for(grid) if isinstance(grid, str) else grid
+    spec = spectrum.validated()
+    wave = spec.wavelength if rest_frame_z is None else to_rest_frame(spec.wavelength,
+                                                                       rest_frame_z)
+    flux, ivar = rebinner(wave, grid)(spec.flux, spec.ivar, min_coverage=min_coverage)
+    if not np.any(ivar > 0):
+        raise SpectrumError(
+            f"{spec.path or spec.spectrum_id or 'spectrum'}: no usable pixel on the {grid.name} "
+            f"grid ({grid.wavelength[0]:.0f}-{grid.wavelength[-1]:.0f} A); the spectrum covers "
+            f"{wave[0]:.0f}-{wave[-1]:.0f} A")
+    return flux, ivar
+
+
+REST_FRAME_MAX_Z = 0.01
+"""Header redshifts above this (3000 km/s: not a star's radial velocity) are not removed."""
+
+
+def to_canonical_grid(spectrum: Spectrum, modality: str, *, rest_frame: bool = True
+                      ) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """A spectrum on its modality's canonical grid, the way the catalog stores it.
+
+    The one path from an observed spectrum to model input used by ingest, the query engine
+    and the HTTP service alike. With ``rest_frame`` the survey's redshift (``meta['z']``,
+    LAMOST's pipeline value) is removed when it is finite and ``|z| <= REST_FRAME_MAX_Z``.
+
+    Returns:
+        (flux, ivar, z_removed) with float32 arrays of ``grid.npix`` and the redshift that
+        was removed (None if none).
+    """
+    z = spectrum.meta.get("z")
+    use_z = (rest_frame and z is not None and np.isfinite(z)
+             and abs(float(z)) <= REST_FRAME_MAX_Z)
+    z_removed = float(z) if use_z else None
+    flux, ivar = resample(spectrum, modality, rest_frame_z=z_removed)
+    return flux, ivar, z_removed
