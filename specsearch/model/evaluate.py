@@ -144,6 +144,33 @@ def _classifier(model: SpecModel, batch, population: np.ndarray) -> dict[str, An
     return res
 
 
+def _retrieval_rows(batches: dict[str, Any], gi: np.ndarray, cfg: EvalConfig
+                    ) -> dict[str, Any]:
+    """Retrieval among N held-out pairs (random pools), both directions, and the baseline
+    that matches the heads' label predictions instead of the embeddings (each label scaled
+    by its typical combined uncertainty): what the labels alone can identify."""
+    rng = np.random.default_rng(cfg.seed)
+    rows: dict[str, Any] = {}
+    for n in cfg.retrieval_sizes:
+        if gi.size < n:
+            rows[str(n)] = {"skipped": f"only {gi.size} held-out pairs"}
+            continue
+        pool = rng.permutation(gi)[:n]
+        a, b = batches["lamost"].embedding[pool], batches["xp"].embedding[pool]
+        rows[str(n)] = {"lamost_to_xp": dataclasses.asdict(retrieval(a, b)),
+                        "xp_to_lamost": dataclasses.asdict(retrieval(b, a))}
+        pl, px = batches["lamost"], batches["xp"]
+        ok = np.isfinite(pl.predictions[pool]).all(0) & np.isfinite(px.predictions[pool]).all(0)
+        if ok.any():
+            scale = np.sqrt(np.nanmedian(pl.uncertainties[pool][:, ok], 0) ** 2
+                            + np.nanmedian(px.uncertainties[pool][:, ok], 0) ** 2)
+            la = np.nan_to_num(pl.predictions[pool][:, ok] / scale)
+            lb = np.nan_to_num(px.predictions[pool][:, ok] / scale)
+            rows[str(n)]["labels_lamost_to_xp (baseline)"] = \
+                dataclasses.asdict(retrieval(la, lb, metric="euclidean"))
+    return rows
+
+
 def evaluate(model_path: str | Path | None, catalog: str | Path, out: str | Path,
              cfg: EvalConfig = EvalConfig(), *, progress: bool = True) -> dict[str, Any]:
     """Evaluate a model on a paired catalog; write report.json, report.txt and figures/."""
@@ -175,30 +202,7 @@ def evaluate(model_path: str | Path | None, catalog: str | Path, out: str | Path
         timing[f"embed_{m}_with_residuals_per_s"] = idx.size / (time.time() - t)
     good = batches["lamost"].good & batches["xp"].good
     report["n_good_pairs"] = int(good.sum())
-    # Retrieval among N held-out pairs (random pools), both directions.
-    gi = np.flatnonzero(good)
-    rng = np.random.default_rng(cfg.seed)
-    report["retrieval"] = {}
-    for n in cfg.retrieval_sizes:
-        if gi.size < n:
-            report["retrieval"][str(n)] = {"skipped": f"only {gi.size} held-out pairs"}
-            continue
-        pool = rng.permutation(gi)[:n]
-        a, b = batches["lamost"].embedding[pool], batches["xp"].embedding[pool]
-        report["retrieval"][str(n)] = {
-            "lamost_to_xp": dataclasses.asdict(retrieval(a, b)),
-            "xp_to_lamost": dataclasses.asdict(retrieval(b, a))}
-        # Baseline: match the heads' label predictions instead of the embeddings (each label
-        # scaled by its typical combined uncertainty): what the labels alone can identify.
-        pl, px = batches["lamost"], batches["xp"]
-        ok = np.isfinite(pl.predictions[pool]).all(0) & np.isfinite(px.predictions[pool]).all(0)
-        if ok.any():
-            scale = np.sqrt(np.nanmedian(pl.uncertainties[pool][:, ok], 0) ** 2
-                            + np.nanmedian(px.uncertainties[pool][:, ok], 0) ** 2)
-            la = np.nan_to_num(pl.predictions[pool][:, ok] / scale)
-            lb = np.nan_to_num(px.predictions[pool][:, ok] / scale)
-            report["retrieval"][str(n)]["labels_lamost_to_xp (baseline)"] = \
-                dataclasses.asdict(retrieval(la, lb, metric="euclidean"))
+    report["retrieval"] = _retrieval_rows(batches, np.flatnonzero(good), cfg)
     artefact = data["lamost"].get("is_artefact")
     clean = good & ~(artefact.astype(bool) if artefact is not None else False)
     true = {n: data["lamost"][n].astype(np.float64) for n in labels if n in data["lamost"]}

@@ -27,7 +27,6 @@ S/N >= 30 and below, hot LAMOST stars, MILES). The ``test`` split is never read 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import shutil
 import time
@@ -49,8 +48,7 @@ from specsearch.model.checkpoint import save_model_dir
 from specsearch.model.data import catalog_fingerprint, join_pairs
 from specsearch.model.loss import LossConfig, SpecCLIPLoss, info_nce
 from specsearch.model.network import SpecCLIPNet
-from specsearch.model.real_sets import LABEL_NOISE, RealSet, load_all
-from specsearch.preprocess import prepare_model_input
+from specsearch.model.real_sets import PreparedReal, RealSet, load_all, prepare_real
 
 VIEW_AUGMENT = AugmentConfig(p_noise=0.9, max_snr_drop=8.0, p_shift=0.8, max_shift_px=0.8,
                              p_mask=0.4, max_segments=2, max_segment_frac=0.12, p_tilt=0.8,
@@ -106,66 +104,6 @@ class FinetuneResult:
     sigma_floor: dict[str, dict[str, float]]
     real_z_width_cal: dict[str, float]
     history: list[dict[str, float]]
-
-
-def star_ids(keys: np.ndarray) -> np.ndarray:
-    """int64 ids for string star keys (masks same-star negatives in a batch)."""
-    return np.array([int.from_bytes(hashlib.sha1(f"real:{k}".encode()).digest()[:8], "big",
-                                    signed=True) for k in keys], np.int64)
-
-
-@dataclass
-class PreparedReal:
-    """Real spectra of one modality, prepared once for the network."""
-
-    x: np.ndarray
-    w: np.ndarray
-    labels: np.ndarray          # (n, L) physical units, NaN unknown
-    label_noise: np.ndarray     # (n, L) physical units
-    star_id: np.ndarray
-    set_index: np.ndarray       # (n,) which input set a row came from
-    group: np.ndarray           # (n,) calibration group (see :func:`calibration_groups`)
-
-    def sampling_p(self, weights: tuple[float, ...] | None) -> np.ndarray | None:
-        """Per-row sampling probabilities giving each set its weight (None: uniform)."""
-        if weights is None:
-            return None
-        w = np.asarray(weights, np.float64)[self.set_index]
-        counts = np.bincount(self.set_index, minlength=len(weights))[self.set_index]
-        p = w / np.maximum(counts, 1)
-        return p / p.sum()
-
-
-def calibration_groups(s: RealSet, sel: np.ndarray, set_index: int) -> np.ndarray:
-    """Groups the real-data uncertainty calibration balances: per set; LAMOST sets also
-    split at S/N 30 and at Teff 7000 K (LASP is less reliable for hot stars)."""
-    g = np.full(int(sel.sum()), 10 * set_index, np.int64)
-    if s.modality == "lamost" and s.name.startswith("lamost") and s.snr is not None:
-        g += (np.asarray(s.snr)[sel] < 30).astype(np.int64)
-        teff = s.labels.get("teff")
-        if teff is not None:
-            g += 2 * (np.asarray(teff)[sel] >= 7000)
-    return g
-
-
-def prepare_real(sets: list[RealSet], label_names: list[str], split: str) -> PreparedReal:
-    xs, ws, ys, ns, ids, idx, grp = [], [], [], [], [], [], []
-    for k, s in enumerate(sets):
-        sel = s.in_split(split)
-        mi = prepare_model_input(s.flux[sel], s.ivar[sel], s.modality)
-        good = mi.good
-        xs.append(mi.flux[good])
-        ws.append(mi.weight[good])
-        ys.append(s.select(sel).label_matrix(label_names)[good])
-        noise = LABEL_NOISE.get(s.name, {})
-        ns.append(np.tile(np.array([noise.get(n, 0.0) for n in label_names], np.float32),
-                          (int(good.sum()), 1)))
-        ids.append(star_ids(s.star[sel][good]))
-        idx.append(np.full(int(good.sum()), k, np.int64))
-        grp.append(calibration_groups(s, sel, k)[good])
-    return PreparedReal(np.concatenate(xs), np.concatenate(ws), np.concatenate(ys),
-                        np.concatenate(ns), np.concatenate(ids), np.concatenate(idx),
-                        np.concatenate(grp))
 
 
 def noisy_label_nll(mu: torch.Tensor, log_sigma: torch.Tensor, target: torch.Tensor,
@@ -322,6 +260,15 @@ def _step_loss(net: SpecCLIPNet, loss_fn: SpecCLIPLoss, data: _Data, cfg: Finetu
     return total + cfg.identity * ident, parts
 
 
+def _optimiser(net: torch.nn.Module, cfg: FinetuneConfig):
+    """AdamW (no weight decay on biases and norms) with the warm-up + cosine schedule."""
+    decay = [p for _, p in net.named_parameters() if p.ndim >= 2]
+    no_decay = [p for _, p in net.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr(s, cfg.steps))
+
+
 def _finetune(model_path: str | Path, catalog: str | Path, real_data: str | Path,
               out: str | Path, cfg: FinetuneConfig = FinetuneConfig(), *,
               progress: bool = True, overwrite: bool = False, command: str = "",
@@ -350,11 +297,7 @@ def _finetune(model_path: str | Path, catalog: str | Path, real_data: str | Path
                          progress)
     net.to(device).train()
     loss_fn = SpecCLIPLoss(cfg.loss)
-    decay = [p for n, p in net.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in net.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr(s, cfg.steps))
+    opt, sched = _optimiser(net, cfg)
     view_scale = torch.tensor(math.log(1.0 / cfg.identity_temperature))
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)

@@ -19,17 +19,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from specsearch.errors import ConfigError
-from specsearch.io.catalog import open_catalog
 from specsearch.model.api import load_model, resolve_device
 from specsearch.model.augment import AugmentConfig, augment
-from specsearch.model.cache import build_cache, population_classes
 from specsearch.model.calibrate import CalibrationReport, calibrate, iterate
 from specsearch.model.checkpoint import save_model_dir
-from specsearch.model.data import catalog_fingerprint, choose_labels, join_pairs
 from specsearch.model.layers import Head
 from specsearch.model.loss import class_cross_entropy, gaussian_nll
 from specsearch.model.network import SpecCLIPNet
+from specsearch.model.pairs import prepare_pairs
 
 
 @dataclass
@@ -78,22 +75,13 @@ def train_heads(model_path: str | Path, catalog: str | Path, out: str | Path,
     old = model.net
     training = dict(model.full_config.get("training", {}))
     tcfg = training.get("train_config", {})
-    cat = open_catalog(catalog)
-    pairs = join_pairs(cat, val_fraction=tcfg.get("val_fraction", 0.05),
-                       test_fraction=tcfg.get("test_fraction", 0.05))
-    trainval = np.flatnonzero(pairs.split != 2)
-    labels = choose_labels(cat, cfg.labels)
-    classes = population_classes(cat, pairs, trainval)
-    if not labels and not classes:
-        raise ConfigError(f"{catalog}: no label column and no population classes to fit")
     out = Path(out)
-    cache = build_cache(cat, pairs, trainval, out / "heads-cache", label_names=labels,
-                        class_names=classes, fingerprint=catalog_fingerprint(cat),
-                        progress=progress)
-    train_pos, val_pos = cache.positions("train"), cache.positions("val")
-    if train_pos.size < 2 or val_pos.size < 2:
-        raise ConfigError(f"{catalog}: too few usable pairs ({train_pos.size} train, "
-                          f"{val_pos.size} validation) to fit heads")
+    data = prepare_pairs(catalog, out / "heads-cache", labels=cfg.labels,
+                         val_fraction=tcfg.get("val_fraction", 0.05),
+                         test_fraction=tcfg.get("test_fraction", 0.05), progress=progress,
+                         require_targets=True, purpose="fit heads")
+    cache, labels, classes = data.cache, data.labels, data.classes
+    train_pos, val_pos = data.train_pos, data.val_pos
     new_cfg = old.cfg.with_data(label_names=labels, class_names=classes)
     net = SpecCLIPNet(new_cfg).to(device)
     keep = {k: v for k, v in old.state_dict().items()
@@ -152,7 +140,7 @@ def train_heads(model_path: str | Path, catalog: str | Path, out: str | Path,
         net.heads[m] = head
         best_val = min(best_val, best)
     report = calibrate(net, cache, val_pos, device)
-    training["heads"] = {"catalog_fingerprint": catalog_fingerprint(cat),
+    training["heads"] = {"catalog_fingerprint": data.fingerprint,
                          "config": dataclasses.asdict(cfg), "labels": labels,
                          "classes": classes, "calibration": dataclasses.asdict(report)}
     digest = save_model_dir(out, net, new_cfg, training=training)

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from specsearch.errors import SpecsearchError
+from specsearch.preprocess import prepare_model_input
 
 SPLIT_FRACTIONS = {"train": 0.65, "cal": 0.15, "test": 0.20}
 SPLIT_CODES = {"train": 0, "cal": 1, "test": 2}
@@ -277,3 +278,63 @@ def load_all(real: str | Path, cache: str | Path | None = None) -> dict[str, Rea
     if cache is not None:
         save_sets(cache, sets)
     return sets
+
+
+def star_ids(keys: np.ndarray) -> np.ndarray:
+    """int64 ids for string star keys (masks same-star negatives in a batch)."""
+    return np.array([int.from_bytes(hashlib.sha1(f"real:{k}".encode()).digest()[:8], "big",
+                                    signed=True) for k in keys], np.int64)
+
+
+@dataclass
+class PreparedReal:
+    """Real spectra of one modality, prepared once for the network."""
+
+    x: np.ndarray
+    w: np.ndarray
+    labels: np.ndarray          # (n, L) physical units, NaN unknown
+    label_noise: np.ndarray     # (n, L) physical units
+    star_id: np.ndarray
+    set_index: np.ndarray       # (n,) which input set a row came from
+    group: np.ndarray           # (n,) calibration group (see :func:`calibration_groups`)
+
+    def sampling_p(self, weights: tuple[float, ...] | None) -> np.ndarray | None:
+        """Per-row sampling probabilities giving each set its weight (None: uniform)."""
+        if weights is None:
+            return None
+        w = np.asarray(weights, np.float64)[self.set_index]
+        counts = np.bincount(self.set_index, minlength=len(weights))[self.set_index]
+        p = w / np.maximum(counts, 1)
+        return p / p.sum()
+
+
+def calibration_groups(s: RealSet, sel: np.ndarray, set_index: int) -> np.ndarray:
+    """Groups the real-data uncertainty calibration balances: per set; LAMOST sets also
+    split at S/N 30 and at Teff 7000 K (LASP is less reliable for hot stars)."""
+    g = np.full(int(sel.sum()), 10 * set_index, np.int64)
+    if s.modality == "lamost" and s.name.startswith("lamost") and s.snr is not None:
+        g += (np.asarray(s.snr)[sel] < 30).astype(np.int64)
+        teff = s.labels.get("teff")
+        if teff is not None:
+            g += 2 * (np.asarray(teff)[sel] >= 7000)
+    return g
+
+
+def prepare_real(sets: list[RealSet], label_names: list[str], split: str) -> PreparedReal:
+    xs, ws, ys, ns, ids, idx, grp = [], [], [], [], [], [], []
+    for k, s in enumerate(sets):
+        sel = s.in_split(split)
+        mi = prepare_model_input(s.flux[sel], s.ivar[sel], s.modality)
+        good = mi.good
+        xs.append(mi.flux[good])
+        ws.append(mi.weight[good])
+        ys.append(s.select(sel).label_matrix(label_names)[good])
+        noise = LABEL_NOISE.get(s.name, {})
+        ns.append(np.tile(np.array([noise.get(n, 0.0) for n in label_names], np.float32),
+                          (int(good.sum()), 1)))
+        ids.append(star_ids(s.star[sel][good]))
+        idx.append(np.full(int(good.sum()), k, np.int64))
+        grp.append(calibration_groups(s, sel, k)[good])
+    return PreparedReal(np.concatenate(xs), np.concatenate(ws), np.concatenate(ys),
+                        np.concatenate(ns), np.concatenate(ids), np.concatenate(idx),
+                        np.concatenate(grp))

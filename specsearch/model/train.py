@@ -26,16 +26,15 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from specsearch.errors import ConfigError
-from specsearch.io.catalog import open_catalog
 from specsearch.fsutil import write_bytes_atomic, write_json_atomic
 from specsearch.model.api import resolve_device
 from specsearch.model.augment import AugmentConfig, augment
-from specsearch.model.cache import PairCache, build_cache, pixel_statistics, population_classes
+from specsearch.model.cache import PairCache, pixel_statistics
 from specsearch.model.calibrate import CalibrationReport, calibrate, iterate, to_device
 from specsearch.model.checkpoint import (optimizer_from_tensors, optimizer_to_tensors,
                                          read_model_dir, save_model_dir, save_tensors_atomic)
 from specsearch.model.config import model_config
-from specsearch.model.data import catalog_fingerprint, choose_labels, join_pairs
+from specsearch.model.pairs import PreparedPairs, prepare_pairs
 from specsearch.model.loss import LossConfig, SpecCLIPLoss
 from specsearch.model.network import SpecCLIPNet
 
@@ -197,6 +196,153 @@ def _write_log(out: Path, history: list[dict[str, float]]) -> None:
     write_json_atomic(out / "train_log.json", history)
 
 
+def _resume_state(out: Path, cfg: TrainConfig, resume: bool, overwrite: bool
+                  ) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """The configuration to run and the saved state of OUT/checkpoint-last (None: fresh)."""
+    ckpt = out / "checkpoint-last"
+    if resume and (ckpt / "state.json").is_file():
+        state = json.loads((ckpt / "state.json").read_text())
+        saved = TrainConfig.from_dict(state["train_config"])
+        return dataclasses.replace(saved, epochs=max(saved.epochs, cfg.epochs),
+                                   max_minutes=cfg.max_minutes), state
+    if not overwrite and (ckpt.exists() or (out / "config.json").exists()):
+        raise ConfigError(f"{out} already holds a training run; pass --resume to continue "
+                          f"it, --overwrite to start again, or choose another --out")
+    return cfg, None
+
+
+@dataclass
+class _Run:
+    """What a training run carries from epoch to epoch."""
+
+    net: SpecCLIPNet
+    mcfg: Any
+    loss_fn: SpecCLIPLoss
+    opt: torch.optim.Optimizer
+    sched: Any = None
+    step: int = 0
+    start_epoch: int = 0
+    best: float = math.inf
+    best_epoch: int = -1
+    bad: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _start_run(cfg: TrainConfig, data: PreparedPairs, device: torch.device,
+               state: dict[str, Any] | None, ckpt: Path) -> _Run:
+    """Network, loss, optimiser and schedule, restored from ``state`` when resuming."""
+    mcfg = model_config(cfg.arch, embedding_dim=cfg.embedding_dim).with_data(
+        label_names=data.labels, class_names=data.classes)
+    net = SpecCLIPNet(mcfg)
+    init_constants(net, data.cache, data.train_pos, cfg.seed)
+    net.to(device)
+    opt = torch.optim.AdamW(param_groups(net, cfg.weight_decay), lr=cfg.lr)
+    run = _Run(net=net, mcfg=mcfg, loss_fn=SpecCLIPLoss(cfg.loss), opt=opt)
+    if state:
+        net.load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(device)))
+        opt.load_state_dict(optimizer_from_tensors(
+            load_file(str(ckpt / "optimizer.safetensors")), state["optimizer"]))
+        run.start_epoch, run.step = state["epoch"] + 1, state["step"]
+        run.best, run.best_epoch, run.bad = state["best"], state["best_epoch"], state["bad_epochs"]
+        run.history = state["history"]
+    steps_per_epoch = max(1, round(data.train_pos.size / cfg.batch_size))
+    run.sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lr_lambda(cfg.warmup_steps, cfg.epochs * steps_per_epoch),
+        last_epoch=run.step - 1)
+    return run
+
+
+def _train_epoch(run: _Run, data: PreparedPairs, cfg: TrainConfig, epoch: int,
+                 device: torch.device, *, progress: bool, crash_at_step: int | None,
+                 deadline: float | None) -> tuple[dict[str, float], int, bool]:
+    """One pass over the training pairs: (summed loss terms, pairs seen, out of time)."""
+    net, cache = run.net, data.cache
+    rng = np.random.default_rng([cfg.seed, epoch])
+    gen = torch.Generator(device=device).manual_seed(cfg.seed * 100_003 + epoch)
+    torch.manual_seed(cfg.seed * 7919 + epoch)
+    net.train()
+    sums: dict[str, float] = {}
+    n_seen = 0
+    bar = tqdm(total=data.train_pos.size, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="pair",
+               disable=not progress, leave=False)
+    out_of_time = False
+    for pos in cache.batches(data.train_pos, cfg.batch_size, rng=rng):
+        tb = to_device(cache.load(pos), device)
+        targets = {m: (tb["x"][m], tb["w"][m]) for m in run.mcfg.modalities}
+        inputs = {m: augment(m, *targets[m], cfg.augment, gen) for m in run.mcfg.modalities}
+        with autocast_context(device, cfg.amp):
+            outs = {m: net.forward_outputs(m, *inputs[m], decode=True) for m in inputs}
+        y = (tb["labels"] - net.label_mean) / net.label_std
+        terms = run.loss_fn(outs, targets, net.logit_scale, labels=y, classes=tb["classes"],
+                            source_id=tb["source_id"])
+        run.opt.zero_grad(set_to_none=True)
+        terms.total.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+        run.opt.step()
+        run.sched.step()
+        run.step += 1
+        k = len(pos)
+        n_seen += k
+        for name, v in terms.parts.items():
+            sums[name] = sums.get(name, 0.0) + v * k
+        sums["total"] = sums.get("total", 0.0) + float(terms.total.detach()) * k
+        bar.update(k)
+        bar.set_postfix(loss=f"{float(terms.total.detach()):.3f}", T=f"{net.temperature():.3f}")
+        if crash_at_step is not None and run.step >= crash_at_step:
+            raise RuntimeError(f"injected crash at step {run.step}")
+        if deadline is not None and time.time() > deadline:
+            out_of_time = True
+            break
+    bar.close()
+    return sums, n_seen, out_of_time
+
+
+def _end_epoch(run: _Run, row: dict[str, float], epoch: int, out: Path,
+               provenance: dict[str, Any], cfg: TrainConfig, fingerprint: str) -> None:
+    """Log the epoch, keep the best model, write the resumable checkpoint."""
+    run.history.append(row)
+    _write_log(out, run.history)
+    best = run.best
+    if row["val_total"] < best - 1e-4 * abs(best if math.isfinite(best) else 1.0):
+        run.best, run.best_epoch, run.bad = row["val_total"], epoch + 1, 0
+        save_model_dir(out, run.net, run.mcfg, training={**provenance, "calibrated": False})
+    else:
+        run.bad += 1
+    ckpt = out / "checkpoint-last"
+    opt_tensors, skeleton = optimizer_to_tensors(run.opt.state_dict())
+    save_tensors_atomic(ckpt / "optimizer.safetensors", opt_tensors)
+    save_tensors_atomic(ckpt / "model.safetensors", run.net.state_dict())
+    write_json_atomic(ckpt / "state.json", {
+        "epoch": epoch, "step": run.step, "best": run.best, "best_epoch": run.best_epoch,
+        "bad_epochs": run.bad, "history": run.history, "optimizer": skeleton,
+        "train_config": cfg.to_dict(), "fingerprint": fingerprint})
+
+
+def _finish(run: _Run, data: PreparedPairs, val_pos: np.ndarray, out: Path,
+            device: torch.device, provenance: dict[str, Any], stopped: str,
+            cfg: TrainConfig, t_start: float) -> TrainResult:
+    """Reload the best epoch, calibrate its uncertainties, save the model directory."""
+    net = run.net
+    _, _, tensors = read_model_dir(out)
+    net.load_state_dict({k: v.to(device) for k, v in tensors.items()})
+    report = calibrate(net, data.cache, val_pos, device)
+    seconds = time.time() - t_start
+    history = run.history
+    best_row = next((r for r in history if r["epoch"] == run.best_epoch), history[-1])
+    digest = save_model_dir(out, net, run.mcfg, training={
+        **provenance, "calibrated": True, "epochs_run": len(history),
+        "best_epoch": run.best_epoch, "stopped": stopped,
+        "val": {k: v for k, v in best_row.items() if k.startswith("val_")},
+        "calibration": dataclasses.asdict(report)})
+    if not cfg.keep_cache:
+        shutil.rmtree(out / "cache", ignore_errors=True)
+    return TrainResult(out=str(out), model_hash=digest, epochs_run=len(history),
+                       best_epoch=run.best_epoch, best_val_loss=run.best, stopped=stopped,
+                       seconds=seconds, n_train=int(data.train_pos.size),
+                       n_val=int(val_pos.size), label_names=data.labels,
+                       class_names=data.classes, calibration=report, history=history)
+
+
 def train(catalog: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bool = False,
           overwrite: bool = False, progress: bool = True,
           crash_at_step: int | None = None, command: str = "") -> TrainResult:
@@ -211,119 +357,36 @@ def train(catalog: str | Path, out: str | Path, cfg: TrainConfig, *, resume: boo
     """
     t_start = time.time()
     out = Path(out)
-    ckpt = out / "checkpoint-last"
-    state: dict[str, Any] | None = None
-    if resume and (ckpt / "state.json").is_file():
-        state = json.loads((ckpt / "state.json").read_text())
-        saved = TrainConfig.from_dict(state["train_config"])
-        cfg = dataclasses.replace(saved, epochs=max(saved.epochs, cfg.epochs),
-                                  max_minutes=cfg.max_minutes)
-    elif not overwrite and (ckpt.exists() or (out / "config.json").exists()):
-        raise ConfigError(f"{out} already holds a training run; pass --resume to continue "
-                          f"it, --overwrite to start again, or choose another --out")
+    cfg, state = _resume_state(out, cfg, resume, overwrite)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    cat = open_catalog(catalog)
-    fingerprint = catalog_fingerprint(cat)
-    if state and state["fingerprint"] != fingerprint:
-        raise ConfigError(f"{catalog} is not the catalog this run started on (fingerprint "
-                          f"{fingerprint} != {state['fingerprint']}); cannot resume")
-    pairs = join_pairs(cat, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction)
-    trainval = np.flatnonzero(pairs.split != 2)
-    labels = choose_labels(cat, cfg.labels)
-    classes = population_classes(cat, pairs, trainval)
-    cache = build_cache(cat, pairs, trainval, out / "cache", label_names=labels,
-                        class_names=classes, fingerprint=fingerprint, progress=progress)
-    train_pos, val_pos = cache.positions("train"), cache.positions("val")
-    if train_pos.size < 2 or val_pos.size < 2:
-        raise ConfigError(f"{catalog}: too few usable pairs to train ({train_pos.size} train, "
-                          f"{val_pos.size} validation); need a larger catalog")
+    data = prepare_pairs(catalog, out / "cache", labels=cfg.labels,
+                         val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
+                         progress=progress,
+                         expect_fingerprint=state["fingerprint"] if state else None)
+    val_pos = data.val_pos
     if val_pos.size > cfg.max_val_pairs:
         val_pos = np.sort(np.random.default_rng(0).permutation(val_pos)[:cfg.max_val_pairs])
-    mcfg = model_config(cfg.arch, embedding_dim=cfg.embedding_dim).with_data(
-        label_names=labels, class_names=classes)
-    net = SpecCLIPNet(mcfg)
-    init_constants(net, cache, train_pos, cfg.seed)
-    net.to(device)
-    loss_fn = SpecCLIPLoss(cfg.loss)
-    opt = torch.optim.AdamW(param_groups(net, cfg.weight_decay), lr=cfg.lr)
-    steps_per_epoch = max(1, round(train_pos.size / cfg.batch_size))
-    start_epoch, step, best, best_epoch, bad = 0, 0, math.inf, -1, 0
-    history: list[dict[str, float]] = []
-    if state:
-        net.load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(device)))
-        opt.load_state_dict(optimizer_from_tensors(
-            load_file(str(ckpt / "optimizer.safetensors")), state["optimizer"]))
-        start_epoch, step = state["epoch"] + 1, state["step"]
-        best, best_epoch, bad = state["best"], state["best_epoch"], state["bad_epochs"]
-        history = state["history"]
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lr_lambda(cfg.warmup_steps, cfg.epochs * steps_per_epoch), last_epoch=step - 1)
-    provenance = {"command": command, "catalog_fingerprint": fingerprint,
-                  "train_config": cfg.to_dict(), "n_train": int(train_pos.size),
+    run = _start_run(cfg, data, device, state, out / "checkpoint-last")
+    provenance = {"command": command, "catalog_fingerprint": data.fingerprint,
+                  "train_config": cfg.to_dict(), "n_train": int(data.train_pos.size),
                   "n_val": int(val_pos.size), "device": str(device),
                   "torch_threads": torch.get_num_threads()}
     deadline = None if cfg.max_minutes is None else t_start + 60 * cfg.max_minutes
     stopped = "epochs done"
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(run.start_epoch, cfg.epochs):
         t_epoch = time.time()
-        rng = np.random.default_rng([cfg.seed, epoch])
-        gen = torch.Generator(device=device).manual_seed(cfg.seed * 100_003 + epoch)
-        torch.manual_seed(cfg.seed * 7919 + epoch)
-        net.train()
-        sums: dict[str, float] = {}
-        n_seen = 0
-        bar = tqdm(total=train_pos.size, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="pair",
-                   disable=not progress, leave=False)
-        out_of_time = False
-        for pos in cache.batches(train_pos, cfg.batch_size, rng=rng):
-            tb = to_device(cache.load(pos), device)
-            targets = {m: (tb["x"][m], tb["w"][m]) for m in mcfg.modalities}
-            inputs = {m: augment(m, *targets[m], cfg.augment, gen) for m in mcfg.modalities}
-            with autocast_context(device, cfg.amp):
-                outs = {m: net.forward_outputs(m, *inputs[m], decode=True) for m in inputs}
-            y = (tb["labels"] - net.label_mean) / net.label_std
-            terms = loss_fn(outs, targets, net.logit_scale, labels=y, classes=tb["classes"],
-                            source_id=tb["source_id"])
-            opt.zero_grad(set_to_none=True)
-            terms.total.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
-            opt.step()
-            sched.step()
-            step += 1
-            k = len(pos)
-            n_seen += k
-            for name, v in terms.parts.items():
-                sums[name] = sums.get(name, 0.0) + v * k
-            sums["total"] = sums.get("total", 0.0) + float(terms.total.detach()) * k
-            bar.update(k)
-            bar.set_postfix(loss=f"{float(terms.total.detach()):.3f}", T=f"{net.temperature():.3f}")
-            if crash_at_step is not None and step >= crash_at_step:
-                raise RuntimeError(f"injected crash at step {step}")
-            if deadline is not None and time.time() > deadline:
-                out_of_time = True
-                break
-        bar.close()
-        row = {"epoch": epoch + 1, "step": step, "lr": opt.param_groups[0]["lr"],
-               "temperature": net.temperature(), "train_pairs": n_seen,
+        sums, n_seen, out_of_time = _train_epoch(run, data, cfg, epoch, device,
+                                                 progress=progress,
+                                                 crash_at_step=crash_at_step,
+                                                 deadline=deadline)
+        row = {"epoch": epoch + 1, "step": run.step, "lr": run.opt.param_groups[0]["lr"],
+               "temperature": run.net.temperature(), "train_pairs": n_seen,
                **{f"train_{k}": v / max(n_seen, 1) for k, v in sums.items()},
-               **validate(net, loss_fn, cache, val_pos, device, cfg.amp),
+               **validate(run.net, run.loss_fn, data.cache, val_pos, device, cfg.amp),
                "epoch_seconds": time.time() - t_epoch,
                "elapsed_seconds": time.time() - t_start}
-        history.append(row)
-        _write_log(out, history)
-        if row["val_total"] < best - 1e-4 * abs(best if math.isfinite(best) else 1.0):
-            best, best_epoch, bad = row["val_total"], epoch + 1, 0
-            save_model_dir(out, net, mcfg, training={**provenance, "calibrated": False})
-        else:
-            bad += 1
-        opt_tensors, skeleton = optimizer_to_tensors(opt.state_dict())
-        save_tensors_atomic(ckpt / "optimizer.safetensors", opt_tensors)
-        save_tensors_atomic(ckpt / "model.safetensors", net.state_dict())
-        write_json_atomic(ckpt / "state.json", {
-            "epoch": epoch, "step": step, "best": best, "best_epoch": best_epoch,
-            "bad_epochs": bad, "history": history, "optimizer": skeleton,
-            "train_config": cfg.to_dict(), "fingerprint": fingerprint})
+        _end_epoch(run, row, epoch, out, provenance, cfg, data.fingerprint)
         if progress:
             tqdm.write(f"epoch {epoch + 1}: train {row.get('train_total', float('nan')):.4f} "
                        f"val {row['val_total']:.4f} top1 L->X "
@@ -332,23 +395,7 @@ def train(catalog: str | Path, out: str | Path, cfg: TrainConfig, *, resume: boo
         if out_of_time:
             stopped = "time limit"
             break
-        if bad >= cfg.patience:
+        if run.bad >= cfg.patience:
             stopped = "early stopping"
             break
-    _, _, tensors = read_model_dir(out)
-    net.load_state_dict({k: v.to(device) for k, v in tensors.items()})
-    report = calibrate(net, cache, val_pos, device)
-    seconds = time.time() - t_start
-    best_row = next((r for r in history if r["epoch"] == best_epoch), history[-1])
-    digest = save_model_dir(out, net, mcfg, training={
-        **provenance, "calibrated": True, "epochs_run": len(history),
-        "best_epoch": best_epoch, "stopped": stopped,
-        "val": {k: v for k, v in best_row.items() if k.startswith("val_")},
-        "calibration": dataclasses.asdict(report)})
-    if not cfg.keep_cache:
-        shutil.rmtree(out / "cache", ignore_errors=True)
-    return TrainResult(out=str(out), model_hash=digest, epochs_run=len(history),
-                       best_epoch=best_epoch, best_val_loss=best, stopped=stopped,
-                       seconds=seconds, n_train=int(train_pos.size), n_val=int(val_pos.size),
-                       label_names=labels, class_names=classes, calibration=report,
-                       history=history)
+    return _finish(run, data, val_pos, out, device, provenance, stopped, cfg, t_start)
