@@ -96,6 +96,25 @@ class PairCache:
             yield carry
 
 
+def _matches(meta_path: Path, key: dict) -> bool:
+    """Whether a complete cache with this key is already there."""
+    try:
+        return meta_path.is_file() and json.loads(meta_path.read_text()).get("key") == key
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _destinations(srows: np.ndarray, order: np.ndarray, got: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Cache positions and batch rows for the catalog rows ``got``: a row may serve several
+    pairs (a star's XP row and its LAMOST visits); ``srows`` = rows sorted by ``order``."""
+    lo = np.searchsorted(srows, got, side="left")
+    hi = np.searchsorted(srows, got, side="right")
+    counts = hi - lo
+    starts = np.repeat(lo - (np.cumsum(counts) - counts), counts)
+    return order[starts + np.arange(counts.sum())], np.repeat(np.arange(got.size), counts)
+
+
 def build_cache(cat: Catalog, pairs: PairTable, sel: np.ndarray, root: str | Path, *,
                 label_names: list[str], class_names: list[str], fingerprint: str,
                 progress: bool = True) -> PairCache:
@@ -110,12 +129,8 @@ def build_cache(cat: Catalog, pairs: PairTable, sel: np.ndarray, root: str | Pat
            "pairs_hash": int(np.bitwise_xor.reduce(pairs.source_id[sel] * 31 + sel))
            if sel.size else 0}
     meta_path = root / "meta.json"
-    if meta_path.is_file():
-        try:
-            if json.loads(meta_path.read_text()).get("key") == key:
-                return PairCache(root)
-        except (OSError, json.JSONDecodeError):
-            pass
+    if _matches(meta_path, key):
+        return PairCache(root)
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
@@ -144,12 +159,7 @@ def build_cache(cat: Catalog, pairs: PairTable, sel: np.ndarray, root: str | Pat
         cols = ["flux", "ivar", *[c for c in (*label_names, "snr", "population")
                                   if c in present]]
         for got, batch in stream_rows(cat, m, wanted, cols):
-            lo = np.searchsorted(srows, got, side="left")
-            hi = np.searchsorted(srows, got, side="right")
-            counts = hi - lo
-            starts = np.repeat(lo - (np.cumsum(counts) - counts), counts)
-            dest = order[starts + np.arange(counts.sum())]
-            src = np.repeat(np.arange(got.size), counts)
+            dest, src = _destinations(srows, order, got)
             mi = prepare_model_input(list_column_to_numpy(batch.column("flux")),
                                      list_column_to_numpy(batch.column("ivar")), m)
             ok = mi.good[src]

@@ -66,6 +66,44 @@ def _features(net: SpecCLIPNet, cache, pos, device, gen=None) -> dict[str, torch
     return {m: torch.cat(v) for m, v in feats.items()}
 
 
+def _fit_head(head: Head, f_train: torch.Tensor, train_targets, f_val: torch.Tensor,
+              val_targets, D: int, cfg: HeadsConfig, device: torch.device, *, desc: str,
+              progress: bool) -> float:
+    """Fit one head on (embedding, quality) features with early stopping; it keeps its best
+    state; returns the best validation loss."""
+    y_tr, c_tr = train_targets
+    y_va, c_va = val_targets
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    best, best_state, bad = float("inf"), None, 0
+    rng = np.random.default_rng(cfg.seed)
+    for _ in tqdm(range(cfg.epochs), desc=desc, disable=not progress):
+        head.train()
+        order = torch.from_numpy(rng.permutation(y_tr.shape[0])).to(device)
+        for s in range(0, order.numel(), cfg.batch_size):
+            i = order[s:s + cfg.batch_size]
+            f = f_train[i]
+            mu, ls, logits = head(f[:, :D], f[:, D:])
+            loss = gaussian_nll(mu, ls, y_tr[i], cfg.nll_beta) + \
+                cfg.class_weight * class_cross_entropy(logits, c_tr[i])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        head.eval()
+        with torch.no_grad():
+            mu, ls, logits = head(f_val[:, :D], f_val[:, D:])
+            val = float(gaussian_nll(mu, ls, y_va) +
+                        cfg.class_weight * class_cross_entropy(logits, c_va))
+        if val < best - 1e-4:
+            best, bad = val, 0
+            best_state = {k: v.clone() for k, v in head.state_dict().items()}
+        else:
+            bad += 1
+            if bad >= cfg.patience:
+                break
+    head.load_state_dict(best_state)
+    return best
+
+
 def train_heads(model_path: str | Path, catalog: str | Path, out: str | Path,
                 cfg: HeadsConfig = HeadsConfig(), *, progress: bool = True) -> HeadsResult:
     """Fit new heads on the frozen encoders of ``model_path``; write the model to ``out``."""
@@ -109,34 +147,8 @@ def train_heads(model_path: str | Path, catalog: str | Path, out: str | Path,
     best_val = float("inf")
     for m in new_cfg.modalities:
         head = Head(new_cfg.head, D, len(labels), len(classes)).to(device)
-        opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=1e-4)
-        best, best_state, bad = float("inf"), None, 0
-        rng = np.random.default_rng(cfg.seed)
-        for _ in tqdm(range(cfg.epochs), desc=f"heads {m}", disable=not progress):
-            head.train()
-            order = torch.from_numpy(rng.permutation(y_tr.shape[0])).to(device)
-            for s in range(0, order.numel(), cfg.batch_size):
-                i = order[s:s + cfg.batch_size]
-                f = f_train[m][i]
-                mu, ls, logits = head(f[:, :D], f[:, D:])
-                loss = gaussian_nll(mu, ls, y_tr[i], cfg.nll_beta) + \
-                    cfg.class_weight * class_cross_entropy(logits, c_tr[i])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            head.eval()
-            with torch.no_grad():
-                mu, ls, logits = head(f_val[m][:, :D], f_val[m][:, D:])
-                val = float(gaussian_nll(mu, ls, y_va) +
-                            cfg.class_weight * class_cross_entropy(logits, c_va))
-            if val < best - 1e-4:
-                best, bad = val, 0
-                best_state = {k: v.clone() for k, v in head.state_dict().items()}
-            else:
-                bad += 1
-                if bad >= cfg.patience:
-                    break
-        head.load_state_dict(best_state)
+        best = _fit_head(head, f_train[m], (y_tr, c_tr), f_val[m], (y_va, c_va), D, cfg,
+                         device, desc=f"heads {m}", progress=progress)
         net.heads[m] = head
         best_val = min(best_val, best)
     report = calibrate(net, cache, val_pos, device)
