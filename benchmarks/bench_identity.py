@@ -8,7 +8,7 @@ One run measures the embedding and a baseline of the same run on every same-star
    in 10-100, noise, RV residual, telluric residual, flux calibration) and twice by Gaia
    XP (independent coefficient noise). Query = visit A, gallery = every visit B: rank of
    the star's own other visit (1 = top). Baseline: raw pixels (cosine of
-   continuum-normalised pixels 4000-5600 A, :func:`specsearch.model.evaluate_real.raw_pixels`);
+   continuum-normalised pixels 4000-5600 A, :func:`specsearch.model.evaluation.evaluate_real.raw_pixels`);
    for XP, cosine of the sampled spectrum divided by its median (SED shape).
 2. **noise invariance**: all LAMOST visits pooled, exact cosine k-NN; Spearman rho between
    a query's S/N and the median S/N of its 10 nearest neighbours (itself and its other
@@ -17,9 +17,9 @@ One run measures the embedding and a baseline of the same run on every same-star
    top-10 both ways, and the fraction of the top-10 within 150 K, 0.3 dex logg, 0.15 dex
    [Fe/H] of the query's true labels. Baseline: nearest neighbours by the heads' predicted
    (teff, logg, feh), each scaled by its tolerance.
-4. **real**: :func:`specsearch.model.evaluate_real.identity` (DR10 and DR8 repeat visits
+4. **real**: :func:`specsearch.model.evaluation.evaluate_real.identity` (DR10 and DR8 repeat visits
    among every real LAMOST spectrum, embedding vs raw pixels) and
-   :func:`specsearch.model.evaluate_real.cross_modal` (each real LAMOST visit's own Gaia XP
+   :func:`specsearch.model.evaluation.evaluate_real.cross_modal` (each real LAMOST visit's own Gaia XP
    among the real XP sky patch).
 
 Usage:
@@ -118,7 +118,7 @@ class Stopwatch:
 
 def synthetic_tasks(model, n: int, seed: int, clock: Stopwatch) -> dict[str, Any]:
     """Generate, embed and score the synthetic tasks (1-3 of the module doc)."""
-    from specsearch.model.evaluate_real import raw_pixels
+    from specsearch.model.evaluation.evaluate_real import raw_pixels
 
     keep: dict[str, list[np.ndarray]] = {}
 
@@ -185,8 +185,8 @@ def synthetic_tasks(model, n: int, seed: int, clock: Stopwatch) -> dict[str, Any
 
 def real_tasks(model, real: Path, cache: Path | None, clock: Stopwatch) -> dict[str, Any]:
     """Task 4: the real identity and cross-modal rows of ``specsearch evaluate``."""
-    from specsearch.model.evaluate_real import cross_modal, identity
-    from specsearch.model.real_sets import load_all
+    from specsearch.model.evaluation.evaluate_real import cross_modal, identity
+    from specsearch.model.training.real_sets import load_all
 
     if not real.is_dir():
         return {"skipped": f"{real} not found"}

@@ -52,7 +52,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     from specsearch.model import load_model, model_config
     from specsearch.model.network import SpecCLIPNet
-    from specsearch.model.speed import (BASELINE_BATCH, embed_speed, format_speed,
+    from specsearch.model.evaluation.speed import (BASELINE_BATCH, embed_speed, format_speed,
                                         raw_forward_speed)
 
     load_before = os.getloadavg()

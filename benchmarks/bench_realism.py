@@ -61,7 +61,7 @@ def xp_rows(real: Path) -> tuple[list[dict], dict]:
     from specsearch.synth.realism import extinction_shape, fit_xp, model_xp_sampled
 
     transfer, stats = fit_xp(real)
-    from specsearch.model.evaluate_real import read_ipac_xp
+    from specsearch.model.evaluation.evaluate_real import read_ipac_xp
 
     types = stats["types"]
     held = [i for i, f in enumerate(stats["fit"]) if not f]
@@ -126,7 +126,7 @@ def figures(out: Path, wave_l: np.ndarray, lam_curves: dict, xp: dict) -> list[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    from specsearch.model.real_sets import load_all
+    from specsearch.model.training.real_sets import load_all
     from specsearch.preprocess import LAMOST_GRID
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

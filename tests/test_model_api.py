@@ -8,7 +8,7 @@ import torch
 
 from specsearch.errors import ConfigError, SpectrumError
 from specsearch.model import default_model_path, load_model
-from specsearch.model.speed import fake_inputs
+from specsearch.model.evaluation.speed import fake_inputs
 from specsearch.preprocess import prepare_model_input
 
 from test_model_checkpoint import tiny_model_dir

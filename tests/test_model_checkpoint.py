@@ -13,7 +13,7 @@ from specsearch.model import list_models, load_model, model_config
 from specsearch.model.checkpoint import (CONFIG_FILE, WEIGHTS_FILE, optimizer_from_tensors,
                                          optimizer_to_tensors, save_model_dir)
 from specsearch.model.network import SpecCLIPNet
-from specsearch.model.speed import fake_inputs
+from specsearch.model.evaluation.speed import fake_inputs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 

@@ -9,8 +9,8 @@ import pytest
 
 from specsearch.errors import CatalogError
 from specsearch.io.catalog import CatalogWriter, open_catalog
-from specsearch.model.cache import build_cache, pixel_statistics, population_classes
-from specsearch.model.data import (catalog_fingerprint, choose_labels, join_pairs,
+from specsearch.model.training.cache import build_cache, pixel_statistics, population_classes
+from specsearch.model.training.data import (catalog_fingerprint, choose_labels, join_pairs,
                                    read_spectra_rows, split_of)
 from specsearch.preprocess import LAMOST_GRID, XP_GRID
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from specsearch.model.augment import AugmentConfig, augment, mask_segments, shift
-from specsearch.model.loss import (LossConfig, SpecCLIPLoss, gaussian_nll, info_nce,
+from specsearch.model.training.augment import AugmentConfig, augment, mask_segments, shift
+from specsearch.model.training.loss import (LossConfig, SpecCLIPLoss, gaussian_nll, info_nce,
                                    reduced_chi2)
 from specsearch.model.network import SpecCLIPNet
 from specsearch.model import model_config

@@ -10,8 +10,8 @@ import pytest
 from specsearch.io.ingest import spectrum_row
 from specsearch.io.registry import read_spectra
 from specsearch.model import load_model
-from specsearch.model.evaluate_real import cross_modal, identity, same_star_retrieval
-from specsearch.model.real_sets import load_all
+from specsearch.model.evaluation.evaluate_real import cross_modal, identity, same_star_retrieval
+from specsearch.model.training.real_sets import load_all
 from specsearch.preprocess import LAMOST_GRID
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py

@@ -12,7 +12,7 @@ import torch
 from specsearch.cli import main
 from specsearch.errors import ConfigError
 from specsearch.model import load_model
-from specsearch.model.train import TrainConfig, train
+from specsearch.model.training.train import TrainConfig, train
 
 from test_model_data import make_paired_catalog
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from specsearch.model.calibrate import _fit_scale_floor
+from specsearch.model.training.calibrate import _fit_scale_floor
 from specsearch.synth import realism
 from specsearch.synth.survey import generate_columns
 

@@ -145,7 +145,7 @@ def _labels(value: str | None) -> tuple[str, ...] | None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from specsearch.model.train import TrainConfig, train
+    from specsearch.model.training.train import TrainConfig, train
 
     _threads(args)
     cfg = TrainConfig(arch=args.config, embedding_dim=args.embedding_dim, epochs=args.epochs,
@@ -168,7 +168,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_train_heads(args: argparse.Namespace) -> int:
-    from specsearch.model.heads_train import HeadsConfig, train_heads
+    from specsearch.model.training.heads_train import HeadsConfig, train_heads
 
     _threads(args)
     cfg = HeadsConfig(labels=_labels(args.labels), epochs=args.epochs, seed=args.seed,
@@ -183,7 +183,7 @@ def run_train_heads(args: argparse.Namespace) -> int:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
-    from specsearch.model.finetune import FinetuneConfig, finetune
+    from specsearch.model.training.finetune import FinetuneConfig, finetune
 
     _threads(args)
     cfg = FinetuneConfig(steps=args.steps, lr=args.lr, identity=args.identity,
@@ -203,7 +203,7 @@ def run_finetune(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from specsearch.errors import ConfigError
-    from specsearch.model.evaluate import EvalConfig, evaluate, evaluate_real_only
+    from specsearch.model.evaluation.evaluate import EvalConfig, evaluate, evaluate_real_only
 
     _threads(args)
     cfg = EvalConfig(split=args.split, max_pairs=args.max_pairs, real_data=args.real_data,

@@ -123,7 +123,7 @@ def run_calibrate(source: str | Path, *, out: str | Path, label: str = "feh",
     """Fit a calibration on the labelled rows of an index or embeddings dataset (a held-out
     validation set: never the stars you will hunt in) and save it as JSON.
 
-    With ``real_data`` (a real-data folder, see :mod:`specsearch.model.real_sets`), the
+    With ``real_data`` (a real-data folder, see :mod:`specsearch.model.training.real_sets`), the
     LAMOST noise model is then refitted on the real labelled stars of its ``cal`` split
     (embedded with ``model``, default: the shipped model), keeping the shape fitted on the
     synthetic rows (:func:`~specsearch.hunt.calibration.refit_noise`).
@@ -147,7 +147,7 @@ def refit_on_real(cal: HuntCalibration, real_data: str | Path, *,
 
     from specsearch.hunt.calibration import refit_noise
     from specsearch.model import load_model
-    from specsearch.model.real_sets import load_all
+    from specsearch.model.training.real_sets import load_all
 
     m = load_model(model)
     if cal.model_hash and cal.model_hash != m.model_hash:

@@ -7,8 +7,8 @@ Public API (what the embedding builder, the query engine and the service call)::
     batch = model.embed_numpy("xp", flux, ivar)        # -> EmbeddingBatch (numpy)
     emb = model.encode("lamost", x, w)                 # tensor path (prepared inputs)
 
-Training and evaluation: :mod:`specsearch.model.train`, :mod:`specsearch.model.heads_train`,
-:mod:`specsearch.model.evaluate`; see README.md in this folder for the reproducible
+Training and evaluation: :mod:`specsearch.model.training.train`, :mod:`specsearch.model.training.heads_train`,
+:mod:`specsearch.model.evaluation.evaluate`; see README.md in this folder for the reproducible
 command that made the default model.
 """
 

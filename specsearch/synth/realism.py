@@ -144,7 +144,7 @@ def _fit_with_nuisance(r: np.ndarray, x: np.ndarray, k: np.ndarray, fit: np.ndar
 
 def fit_xp(real: Path) -> tuple[Transfer, dict]:
     """Fit the XP transfer function on the real dwarf templates (see the module doc)."""
-    from specsearch.model.evaluate_real import read_ipac_xp
+    from specsearch.model.evaluation.evaluate_real import read_ipac_xp
 
     real = Path(real)
     types = template_types(real)
@@ -198,7 +198,7 @@ def model_lamost_normalised(teff, logg, feh, rng: np.random.Generator | None = N
 def lamost_residuals(s, split: str, min_snr: float = 30.0, correct: bool = False
                      ) -> tuple[np.ndarray, np.ndarray]:
     """(teff (n,), real/model - 1 (n, 3909), NaN where the real pixel is masked) for the
-    labelled LAMOST set ``s`` (a :class:`specsearch.model.real_sets.RealSet`)."""
+    labelled LAMOST set ``s`` (a :class:`specsearch.model.training.real_sets.RealSet`)."""
     from specsearch.preprocess import continuum_normalise
 
     sel = s.in_split(split) & (s.snr > min_snr) & np.isfinite(s.labels["teff"])
@@ -262,7 +262,7 @@ def load(path: str | None = None) -> dict[str, Transfer]:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from specsearch.model.real_sets import load_all
+    from specsearch.model.training.real_sets import load_all
 
     p = argparse.ArgumentParser(prog="python -m specsearch.synth.realism",
                                 description="Fit the synthetic survey's realism corrections "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from specsearch.model.evaluate_templates import format_pyhammer
+from specsearch.model.evaluation.evaluate_templates import format_pyhammer
 
 UNITS = {"teff": "K", "logg": "dex", "feh": "dex", "alpha_fe": "dex", "ebv": "mag"}
 
@@ -84,7 +84,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def format_real(real: dict[str, Any]) -> list[str]:
-    """The real-data section (see :mod:`specsearch.model.evaluate_real`)."""
+    """The real-data section (see :mod:`specsearch.model.evaluation.evaluate_real`)."""
     if "skipped" in real:
         return [f"real spectra: skipped ({real['skipped']})"]
     lines = ["real spectra (" + str(real.get("split", "")) + ")"]

@@ -6,7 +6,7 @@ combines three batches:
 * synthetic pairs (the training catalog): the usual objective (cross-modal InfoNCE,
   reconstruction, translation, heads, classes) on one augmented view of each spectrum;
 * real LAMOST-grid spectra (the ``train`` split of LAMOST DR10/DR1 and MILES, by star, see
-  :mod:`specsearch.model.real_sets`): the LAMOST head learns their catalogue labels with the
+  :mod:`specsearch.model.training.real_sets`): the LAMOST head learns their catalogue labels with the
   labels' own uncertainty added in quadrature in the likelihood;
 * real Gaia XP spectra (the ``train`` split of the real sky patch), unlabelled.
 
@@ -41,14 +41,14 @@ from specsearch.errors import ConfigError
 from specsearch.io.catalog import open_catalog
 from specsearch.fsutil import write_json_atomic
 from specsearch.model.api import load_model, resolve_device
-from specsearch.model.augment import AugmentConfig, augment
-from specsearch.model.cache import build_cache, population_classes
-from specsearch.model.calibrate import calibrate, calibrate_real_floor, to_device
+from specsearch.model.training.augment import AugmentConfig, augment
+from specsearch.model.training.cache import build_cache, population_classes
+from specsearch.model.training.calibrate import calibrate, calibrate_real_floor, to_device
 from specsearch.model.checkpoint import save_model_dir
-from specsearch.model.data import catalog_fingerprint, join_pairs
-from specsearch.model.loss import LossConfig, SpecCLIPLoss, info_nce
+from specsearch.model.training.data import catalog_fingerprint, join_pairs
+from specsearch.model.training.loss import LossConfig, SpecCLIPLoss, info_nce
 from specsearch.model.network import SpecCLIPNet
-from specsearch.model.real_sets import PreparedReal, RealSet, load_all, prepare_real
+from specsearch.model.training.real_sets import PreparedReal, RealSet, load_all, prepare_real
 
 VIEW_AUGMENT = AugmentConfig(p_noise=0.9, max_snr_drop=8.0, p_shift=0.8, max_shift_px=0.8,
                              p_mask=0.4, max_segments=2, max_segment_frac=0.12, p_tilt=0.8,

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from specsearch.model.cache import MODS, PairBatch, PairCache
-from specsearch.model.metrics import robust_sigma
+from specsearch.model.training.cache import MODS, PairBatch, PairCache
+from specsearch.model.evaluation.metrics import robust_sigma
 from specsearch.model.network import SpecCLIPNet
 
 

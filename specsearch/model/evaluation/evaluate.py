@@ -22,8 +22,8 @@ from specsearch.errors import ConfigError
 from specsearch.io.catalog import open_catalog
 from specsearch.fsutil import write_bytes_atomic, write_json_atomic
 from specsearch.model.api import SpecModel, load_model
-from specsearch.model.data import SPLITS, catalog_fingerprint, join_pairs, read_spectra_rows
-from specsearch.model.metrics import label_stats, median_relative_error, retrieval
+from specsearch.model.training.data import SPLITS, catalog_fingerprint, join_pairs, read_spectra_rows
+from specsearch.model.evaluation.metrics import label_stats, median_relative_error, retrieval
 from specsearch.preprocess import prepare_model_input
 
 GOALS: dict[str, dict[str, float]] = {
@@ -218,11 +218,11 @@ def evaluate(model_path: str | Path | None, catalog: str | Path, out: str | Path
                            for m in ("lamost", "xp")}
     report["goals"] = goal_rows(report)
     if cfg.real_data:
-        from specsearch.model.evaluate_real import evaluate_real
+        from specsearch.model.evaluation.evaluate_real import evaluate_real
         report["real"] = evaluate_real(model, Path(cfg.real_data), report,
                                        figures_dir=out / "figures" if cfg.figures else None)
     if cfg.speed:
-        from specsearch.model.speed import compare_speed, embed_speed
+        from specsearch.model.evaluation.speed import compare_speed, embed_speed
         speed = compare_speed(model.net, device=str(model.device))
         speed += [embed_speed(model, m) for m in model.modalities]
         report["speed"] = [dataclasses.asdict(r) for r in speed]
@@ -230,7 +230,7 @@ def evaluate(model_path: str | Path | None, catalog: str | Path, out: str | Path
     report["timing"] = timing | {"seconds": time.time() - t0,
                                  "torch_threads": torch.get_num_threads()}
     if cfg.figures:
-        from specsearch.model.figures import evaluation_figures
+        from specsearch.model.evaluation.figures import evaluation_figures
         report["figures"] = evaluation_figures(out / "figures", model, data, batches, true,
                                                clean)
     write_json_atomic(out / "report.json", _jsonable(report))
@@ -246,8 +246,8 @@ def evaluate_real_only(model_path: str | Path | None, real_data: str | Path,
                        progress: bool = True, cache: str | Path | None = None
                        ) -> dict[str, Any]:
     """Only the real-data rows (``specsearch evaluate --real-data`` without a catalog)."""
-    from specsearch.model.evaluate_real import evaluate_real
-    from specsearch.model.report_text import format_real
+    from specsearch.model.evaluation.evaluate_real import evaluate_real
+    from specsearch.model.evaluation.report_text import format_real
 
     t0 = time.time()
     out = Path(out)
@@ -302,5 +302,5 @@ def _jsonable(obj: Any) -> Any:
 
 def format_report(report: dict[str, Any]) -> str:
     """The printed table of a report (also written to report.txt)."""
-    from specsearch.model.report_text import format_report as fmt
+    from specsearch.model.evaluation.report_text import format_report as fmt
     return fmt(report)

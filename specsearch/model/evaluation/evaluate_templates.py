@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from specsearch.model.metrics import label_stats
-from specsearch.model.real_sets import read_csv_rows, to_float
+from specsearch.model.evaluation.metrics import label_stats
+from specsearch.model.training.real_sets import read_csv_rows, to_float
 
 PYHAMMER = Path("templates") / "sdss_pyhammer"
 MAX_SNR = 150.0

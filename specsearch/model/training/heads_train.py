@@ -20,13 +20,13 @@ import torch
 from tqdm.auto import tqdm
 
 from specsearch.model.api import load_model, resolve_device
-from specsearch.model.augment import AugmentConfig, augment
-from specsearch.model.calibrate import CalibrationReport, calibrate, iterate
+from specsearch.model.training.augment import AugmentConfig, augment
+from specsearch.model.training.calibrate import CalibrationReport, calibrate, iterate
 from specsearch.model.checkpoint import save_model_dir
 from specsearch.model.layers import Head
-from specsearch.model.loss import class_cross_entropy, gaussian_nll
+from specsearch.model.training.loss import class_cross_entropy, gaussian_nll
 from specsearch.model.network import SpecCLIPNet
-from specsearch.model.pairs import prepare_pairs
+from specsearch.model.training.pairs import prepare_pairs
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Real-data rows of ``specsearch evaluate --real-data``: parameters, uncertainties, identity
 and the metal-poor hunt on every real set of the folder (layout of ``../shared/data/real``).
 
-Every set is split by star (:mod:`specsearch.model.real_sets`); parameters, uncertainties
+Every set is split by star (:mod:`specsearch.model.training.real_sets`); parameters, uncertainties
 and the hunt are scored on the ``test`` stars only, which ``specsearch finetune`` never
 reads (it trains on ``train`` and calibrates on ``cal``); the report says so in ``split``.
 Identity tasks use real repeat visits, which are always ``test`` stars, against a pool of
@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from specsearch.model.evaluate_templates import pyhammer
-from specsearch.model.metrics import label_stats
-from specsearch.model.real_sets import RealSet, load_all
+from specsearch.model.evaluation.evaluate_templates import pyhammer
+from specsearch.model.evaluation.metrics import label_stats
+from specsearch.model.training.real_sets import RealSet, load_all
 from specsearch.preprocess import grid_for, prepare_model_input
 
 LABELS = ("teff", "logg", "feh")
@@ -73,7 +73,7 @@ def labelled_set(model, s: RealSet, *, figures_dir: Path | None = None) -> dict[
                               "split": "test", "n_unusable": int((~batch.good).sum()),
                               "parameters": _stats(model, batch, t.labels, _subsets(t))}
     if figures_dir is not None:
-        from specsearch.model.figures import parameter_figure
+        from specsearch.model.evaluation.figures import parameter_figure
         figures_dir.mkdir(parents=True, exist_ok=True)
         parameter_figure(figures_dir / f"real_{s.name}.png", f"{s.name} (test stars)",
                          model.label_names, batch.predictions, t.labels, batch.good)
@@ -200,7 +200,7 @@ def real_xp(model, real: Path) -> dict[str, Any]:
     """18 Sco's real XP spectrum vs literature, and the real XP dwarf templates' Teff order."""
     from scipy.stats import spearmanr
 
-    from specsearch.model.real_sets import read_to_grid
+    from specsearch.model.training.real_sets import read_to_grid
 
     out: dict[str, Any] = {}
     sco = real / "gaia_xp" / "archive_format" / "18Sco-XP-spectra.csv"

@@ -1,4 +1,4 @@
-"""The on-disk training cache of prepared pairs (see :mod:`specsearch.model.data`).
+"""The on-disk training cache of prepared pairs (see :mod:`specsearch.model.training.data`).
 
 Layout of CACHE/: ``meta.json`` (written last: its presence marks a complete cache),
 ``index.npz`` (per pair: source_id, split, usable, labels, class index, S/N per modality),
@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from specsearch.errors import CatalogError
 from specsearch.io.catalog import Catalog, list_column_to_numpy
 from specsearch.fsutil import write_json_atomic
-from specsearch.model.data import (CACHE_DTYPE, FLUX_OFFSET, CACHE_VERSION, SPLITS, PairTable,
+from specsearch.model.training.data import (CACHE_DTYPE, FLUX_OFFSET, CACHE_VERSION, SPLITS, PairTable,
                                    float_column, stream_rows)
 from specsearch.preprocess import grid_for, prepare_model_input
 

@@ -28,14 +28,14 @@ from tqdm.auto import tqdm
 from specsearch.errors import ConfigError
 from specsearch.fsutil import write_bytes_atomic, write_json_atomic
 from specsearch.model.api import resolve_device
-from specsearch.model.augment import AugmentConfig, augment
-from specsearch.model.cache import PairCache, pixel_statistics
-from specsearch.model.calibrate import CalibrationReport, calibrate, iterate, to_device
+from specsearch.model.training.augment import AugmentConfig, augment
+from specsearch.model.training.cache import PairCache, pixel_statistics
+from specsearch.model.training.calibrate import CalibrationReport, calibrate, iterate, to_device
 from specsearch.model.checkpoint import (optimizer_from_tensors, optimizer_to_tensors,
                                          read_model_dir, save_model_dir, save_tensors_atomic)
 from specsearch.model.config import model_config
-from specsearch.model.pairs import PreparedPairs, prepare_pairs
-from specsearch.model.loss import LossConfig, SpecCLIPLoss
+from specsearch.model.training.pairs import PreparedPairs, prepare_pairs
+from specsearch.model.training.loss import LossConfig, SpecCLIPLoss
 from specsearch.model.network import SpecCLIPNet
 
 
