@@ -12,7 +12,8 @@ from specsearch.cli import main
 from specsearch.hunt.calibration import fit_measurement, refit_noise
 from specsearch.model import load_model
 from specsearch.model.training.finetune import noisy_label_nll
-from specsearch.model.training.real_sets import SPLIT_CODES, RealSet, load_all, save_sets, star_split
+from specsearch.model.training.real_sets import (SPLIT_CODES, RealSet, load_all, save_sets,
+                                                 star_split)
 
 from test_model_data import make_paired_catalog, toy_labels, toy_lamost, toy_xp
 

@@ -51,6 +51,10 @@ def _threads(args: argparse.Namespace) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     from specsearch.cli import HelpFormatter
     from specsearch.model.config import list_models
+    from specsearch.model.evaluation.evaluate import EvalConfig
+    from specsearch.model.training.configs import FinetuneConfig, HeadsConfig, TrainConfig
+
+    t, hd, ft, ev = TrainConfig(), HeadsConfig(), FinetuneConfig(), EvalConfig()
 
     p = sub.add_parser("train", help="train the aligned LAMOST/XP model on a paired catalog",
                        description="Contrastive LAMOST<->XP encoders with reconstruction, "
@@ -58,20 +62,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "catalog (joined on source_id).",
                        formatter_class=HelpFormatter, epilog=TRAIN_EPILOG)
     p.add_argument("--catalog", required=True, help="paired catalog directory")
-    p.add_argument("--config", default="small",
+    p.add_argument("--config", default=t.arch,
                    help=f"architecture: {', '.join(list_models())}")
     p.add_argument("--out", required=True, help="model directory to write")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"],
+    p.add_argument("--epochs", type=int, default=t.epochs)
+    p.add_argument("--batch-size", type=int, default=t.batch_size)
+    p.add_argument("--lr", type=float, default=t.lr)
+    p.add_argument("--seed", type=int, default=t.seed)
+    p.add_argument("--device", default=t.device, choices=["auto", "cpu", "cuda"])
+    p.add_argument("--amp", default=t.amp, choices=["auto", "bf16", "off"],
                    help="bf16 autocast (auto: on CUDA only)")
     p.add_argument("--embedding-dim", type=int, help="override the architecture's dimension")
     p.add_argument("--labels", help="comma-separated label columns (default: known ones "
                                     "present for most stars)")
-    p.add_argument("--patience", type=int, default=5, help="early-stopping patience (epochs)")
+    p.add_argument("--patience", type=int, default=t.patience,
+                   help="early-stopping patience (epochs)")
     p.add_argument("--max-minutes", type=float, help="wall-clock budget for the run")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--resume", action="store_true", help="continue OUT/checkpoint-last")
@@ -89,9 +94,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--catalog", required=True, help="paired catalog with labels")
     h.add_argument("--out", required=True, help="model directory to write (may equal --model)")
     h.add_argument("--labels", help="comma-separated label columns (default: as for train)")
-    h.add_argument("--epochs", type=int, default=40)
-    h.add_argument("--seed", type=int, default=0)
-    h.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    h.add_argument("--epochs", type=int, default=hd.epochs)
+    h.add_argument("--seed", type=int, default=hd.seed)
+    h.add_argument("--device", default=hd.device, choices=["auto", "cpu", "cuda"])
     h.add_argument("--threads", type=int, help="torch CPU threads")
     h.add_argument("--no-progress", action="store_true", help="no progress bars")
     h.set_defaults(run=run_train_heads)
@@ -106,14 +111,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--catalog", required=True, help="the paired synthetic catalog")
     f.add_argument("--real-data", required=True, help="real-data folder (../shared/data/real)")
     f.add_argument("--out", required=True, help="model directory to write")
-    f.add_argument("--steps", type=int, default=1500)
-    f.add_argument("--lr", type=float, default=2e-4)
-    f.add_argument("--identity", type=float, default=1.0,
+    f.add_argument("--steps", type=int, default=ft.steps)
+    f.add_argument("--lr", type=float, default=ft.lr)
+    f.add_argument("--identity", type=float, default=ft.identity,
                    help="weight of the same-star view objective (0 disables it)")
-    f.add_argument("--real-labels", type=float, default=1.0,
+    f.add_argument("--real-labels", type=float, default=ft.real_labels,
                    help="weight of the real-label likelihood (0: no real labels)")
-    f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    f.add_argument("--seed", type=int, default=ft.seed)
+    f.add_argument("--device", default=ft.device, choices=["auto", "cpu", "cuda"])
     f.add_argument("--threads", type=int, help="torch CPU threads")
     f.add_argument("--cache", help="keep the prepared synthetic pairs here for later runs")
     f.add_argument("--real-cache", help="an .npz to keep the read real sets in (reused)")
@@ -128,14 +133,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--model", help="model directory (default: the shipped default model)")
     e.add_argument("--catalog", help="paired catalog (omit with --real-data: real rows only)")
     e.add_argument("--out", required=True, help="report directory")
-    e.add_argument("--split", default="auto", choices=["auto", "test", "all"],
+    e.add_argument("--split", default=ev.split, choices=["auto", "test", "all"],
                    help="auto: the test split if the model was trained on this catalog")
-    e.add_argument("--max-pairs", type=int, default=12000)
+    e.add_argument("--max-pairs", type=int, default=ev.max_pairs)
     e.add_argument("--real-data", help="folder of real samples (../shared/data/real)")
     e.add_argument("--real-cache", help="an .npz to keep the read real sets in (reused)")
     e.add_argument("--no-speed", action="store_true", help="skip the speed comparison")
     e.add_argument("--no-figures", action="store_true")
-    e.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    e.add_argument("--device", default=ev.device, choices=["auto", "cpu", "cuda"])
     e.add_argument("--threads", type=int, help="torch CPU threads")
     e.set_defaults(run=run_evaluate)
 

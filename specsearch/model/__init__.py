@@ -7,9 +7,10 @@ Public API (what the embedding builder, the query engine and the service call)::
     batch = model.embed_numpy("xp", flux, ivar)        # -> EmbeddingBatch (numpy)
     emb = model.encode("lamost", x, w)                 # tensor path (prepared inputs)
 
-Training and evaluation: :mod:`specsearch.model.training.train`, :mod:`specsearch.model.training.heads_train`,
-:mod:`specsearch.model.evaluation.evaluate`; see README.md in this folder for the reproducible
-command that made the default model.
+This package is inference (``api``, ``network``, ``layers``, ``config``, ``checkpoint``);
+training lives in :mod:`specsearch.model.training` and evaluation in
+:mod:`specsearch.model.evaluation` (inference never imports either); see README.md in this
+folder for the reproducible command that made the default model.
 """
 
 from specsearch.model.api import EmbeddingBatch, SpecModel, default_model_path, load_model

@@ -22,7 +22,8 @@ from specsearch.errors import ConfigError
 from specsearch.io.catalog import open_catalog
 from specsearch.fsutil import write_bytes_atomic, write_json_atomic
 from specsearch.model.api import SpecModel, load_model
-from specsearch.model.training.data import SPLITS, catalog_fingerprint, join_pairs, read_spectra_rows
+from specsearch.model.training.data import (SPLITS, catalog_fingerprint, join_pairs,
+                                            read_spectra_rows)
 from specsearch.model.evaluation.metrics import label_stats, median_relative_error, retrieval
 from specsearch.preprocess import prepare_model_input
 

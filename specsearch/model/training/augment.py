@@ -4,9 +4,9 @@ adds and the embedding should ignore.
 * noise at another S/N: extra Gaussian noise so the S/N drops by a factor of 1..``max_snr_drop``
   (the weight is divided by that factor squared), so one clean synthetic star teaches the
   model all its noisier versions;
-* small radial-velocity shifts (residual errors of the rest-frame correction; LAMOST only: an XP pixel is ~20 A, a 100 km/s shift is
-  ~1/10 of a pixel): fractional pixel shifts by linear interpolation, pixels next to a
-  masked one are masked;
+* small radial-velocity shifts (residual errors of the rest-frame correction; LAMOST
+  only: an XP pixel is ~20 A, a 100 km/s shift is ~1/10 of a pixel): fractional pixel
+  shifts by linear interpolation, pixels next to a masked one are masked;
 * masked segments (bad columns, sky residuals, a dead arm): contiguous runs set to weight 0;
 * flux-calibration tilt: a multiplicative linear slope across the spectrum (after the LAMOST
   continuum normalisation only a residual tilt survives, so it is small there; XP keeps the
@@ -19,33 +19,9 @@ works on a copy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Probabilities and amplitudes of each augmentation (0 disables one).
-
-    Attributes:
-        p_noise, max_snr_drop: probability of degrading the S/N, and the largest factor.
-        p_shift, max_shift_px: probability and largest |shift| in pixels (LAMOST: 69 km/s
-            a pixel; catalogs are in the rest frame up to the survey's RV errors).
-        p_mask, max_segments, max_segment_frac: masked segments (count, fraction of npix).
-        p_tilt, tilt_lamost, tilt_xp: probability and largest end-to-end slope amplitude.
-    """
-
-    p_noise: float = 0.5
-    max_snr_drop: float = 4.0
-    p_shift: float = 0.5
-    max_shift_px: float = 0.5
-    p_mask: float = 0.3
-    max_segments: int = 2
-    max_segment_frac: float = 0.15
-    p_tilt: float = 0.5
-    tilt_lamost: float = 0.02
-    tilt_xp: float = 0.03
+from specsearch.model.training.configs import AugmentConfig
 
 
 def _pick(p: float, n: int, gen: torch.Generator, device) -> torch.Tensor:

@@ -20,8 +20,8 @@ from tqdm.auto import tqdm
 from specsearch.errors import CatalogError
 from specsearch.io.catalog import Catalog, list_column_to_numpy
 from specsearch.fsutil import write_json_atomic
-from specsearch.model.training.data import (CACHE_DTYPE, FLUX_OFFSET, CACHE_VERSION, SPLITS, PairTable,
-                                   float_column, stream_rows)
+from specsearch.model.training.data import (CACHE_DTYPE, CACHE_VERSION, FLUX_OFFSET, SPLITS,
+                                            PairTable, float_column, stream_rows)
 from specsearch.preprocess import grid_for, prepare_model_input
 
 MODS = ("lamost", "xp")

@@ -6,8 +6,8 @@ combines three batches:
 * synthetic pairs (the training catalog): the usual objective (cross-modal InfoNCE,
   reconstruction, translation, heads, classes) on one augmented view of each spectrum;
 * real LAMOST-grid spectra (the ``train`` split of LAMOST DR10/DR1 and MILES, by star, see
-  :mod:`specsearch.model.training.real_sets`): the LAMOST head learns their catalogue labels with the
-  labels' own uncertainty added in quadrature in the likelihood;
+  :mod:`specsearch.model.training.real_sets`): the LAMOST head learns their catalogue
+  labels with the labels' own uncertainty added in quadrature in the likelihood;
 * real Gaia XP spectra (the ``train`` split of the real sky patch), unlabelled.
 
 and an *identity* term on all of them: two independently augmented views of the same
@@ -30,13 +30,14 @@ import dataclasses
 import math
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from specsearch.model.training.configs import FinetuneConfig
 from specsearch.errors import ConfigError
 from specsearch.io.catalog import open_catalog
 from specsearch.fsutil import write_json_atomic
@@ -46,7 +47,7 @@ from specsearch.model.training.cache import build_cache, population_classes
 from specsearch.model.training.calibrate import calibrate, calibrate_real_floor, to_device
 from specsearch.model.checkpoint import save_model_dir
 from specsearch.model.training.data import catalog_fingerprint, join_pairs
-from specsearch.model.training.loss import LossConfig, SpecCLIPLoss, info_nce
+from specsearch.model.training.loss import SpecCLIPLoss, info_nce
 from specsearch.model.network import SpecCLIPNet
 from specsearch.model.training.real_sets import PreparedReal, RealSet, load_all, prepare_real
 
@@ -55,43 +56,6 @@ VIEW_AUGMENT = AugmentConfig(p_noise=0.9, max_snr_drop=8.0, p_shift=0.8, max_shi
                              tilt_lamost=0.05, tilt_xp=0.04)
 """The nuisances two views of one star differ by (stronger than the training default:
 S/N down to 1/8, RV residual up to 55 km/s, 5% continuum tilt)."""
-
-
-@dataclass
-class FinetuneConfig:
-    """Options of ``specsearch finetune``.
-
-    Attributes:
-        steps: optimizer steps; synth_batch, real_batch, xp_batch: rows per step of each.
-        lr: AdamW peak learning rate (warm-up 50 steps, cosine to lr/20).
-        identity: weight of the in-modality view InfoNCE; identity_temperature its fixed T.
-        real_labels: weight of the real LAMOST head likelihood.
-        real_sets: which real sets train the heads (labels) and the views;
-            real_set_weights: the share of each in a real batch (MILES, a few hundred stars
-            over 3540-7410 A only, would otherwise be a small minority next to LAMOST DR10).
-        seed, device, threads: reproducibility and placement.
-    """
-
-    steps: int = 1500
-    synth_batch: int = 256
-    real_batch: int = 128
-    xp_batch: int = 128
-    lr: float = 2e-4
-    weight_decay: float = 0.01
-    identity: float = 1.0
-    identity_temperature: float = 0.07
-    real_labels: float = 1.0
-    real_sets: tuple[str, ...] = ("lamost_dr10", "lamost_dr1", "miles")
-    real_set_weights: tuple[float, ...] = (0.5, 0.1, 0.4)
-    seed: int = 0
-    device: str = "cpu"
-    loss: LossConfig = field(default_factory=LossConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["real_sets"] = list(self.real_sets)
-        d["real_set_weights"] = list(self.real_set_weights)
-        return d
 
 
 @dataclass

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from specsearch.model.training.configs import HeadsConfig
 from specsearch.model.api import load_model, resolve_device
 from specsearch.model.training.augment import AugmentConfig, augment
 from specsearch.model.training.calibrate import CalibrationReport, calibrate, iterate
@@ -27,21 +28,6 @@ from specsearch.model.layers import Head
 from specsearch.model.training.loss import class_cross_entropy, gaussian_nll
 from specsearch.model.network import SpecCLIPNet
 from specsearch.model.training.pairs import prepare_pairs
-
-
-@dataclass
-class HeadsConfig:
-    """Options of ``train-heads`` (labels None: as ``train`` chooses them)."""
-
-    labels: tuple[str, ...] | None = None
-    epochs: int = 40
-    batch_size: int = 1024
-    lr: float = 2e-3
-    patience: int = 6
-    nll_beta: float = 0.5
-    class_weight: float = 0.3
-    seed: int = 0
-    device: str = "auto"
 
 
 @dataclass

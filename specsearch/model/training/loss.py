@@ -20,34 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from specsearch.model.training.configs import LossConfig
 from specsearch.model.network import ModelOutputs
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    """Weights of the loss terms and the noise floors (prepared-flux units).
-
-    Attributes:
-        contrastive, recon, translation, labels, classes: term weights (0 disables one).
-        floor_lamost, floor_xp: per-pixel error floors added in quadrature to the noise.
-            The spectral terms are kept weak (recon/translation 0.01, 2% floors): on the
-            synthetic survey, stronger ones (0.05 and 1%/0.5% floors) cost a factor ~2 in
-            parameter precision and ~4 in top-1 retrieval after the same number of epochs.
-        nll_beta: beta of the beta-NLL (0: plain Gaussian NLL; 0.5 keeps the means well
-            trained when some stars are hard).
-    """
-
-    contrastive: float = 1.0
-    recon: float = 0.01
-    translation: float = 0.01
-    labels: float = 1.0
-    classes: float = 0.3
-    floor_lamost: float = 0.02
-    floor_xp: float = 0.02
-    nll_beta: float = 0.5
-
-    def floor(self, modality: str) -> float:
-        return self.floor_lamost if modality == "lamost" else self.floor_xp
 
 
 def clipped_weight(w: torch.Tensor, floor: float) -> torch.Tensor:

@@ -12,7 +12,8 @@ import numpy as np
 from specsearch.errors import ConfigError
 from specsearch.io.catalog import Catalog, open_catalog
 from specsearch.model.training.cache import PairCache, build_cache, population_classes
-from specsearch.model.training.data import PairTable, catalog_fingerprint, choose_labels, join_pairs
+from specsearch.model.training.data import (PairTable, catalog_fingerprint, choose_labels,
+                                            join_pairs)
 
 
 @dataclass

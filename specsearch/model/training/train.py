@@ -25,71 +25,19 @@ import torch
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from specsearch.model.training.configs import TrainConfig
 from specsearch.errors import ConfigError
 from specsearch.fsutil import write_bytes_atomic, write_json_atomic
 from specsearch.model.api import resolve_device
-from specsearch.model.training.augment import AugmentConfig, augment
+from specsearch.model.training.augment import augment
 from specsearch.model.training.cache import PairCache, pixel_statistics
 from specsearch.model.training.calibrate import CalibrationReport, calibrate, iterate, to_device
 from specsearch.model.checkpoint import (optimizer_from_tensors, optimizer_to_tensors,
                                          read_model_dir, save_model_dir, save_tensors_atomic)
 from specsearch.model.config import model_config
 from specsearch.model.training.pairs import PreparedPairs, prepare_pairs
-from specsearch.model.training.loss import LossConfig, SpecCLIPLoss
+from specsearch.model.training.loss import SpecCLIPLoss
 from specsearch.model.network import SpecCLIPNet
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run (stored in the checkpoint for --resume).
-
-    Attributes:
-        arch: registered architecture (``list_models()``); embedding_dim overrides its D.
-        epochs, batch_size, lr, weight_decay, warmup_steps: the optimisation (AdamW, linear
-            warm-up then cosine decay to lr/20 over ``epochs``).
-        patience: epochs without a better validation loss before stopping early.
-        seed: seeds shuffling, augmentation, dropout and initialisation.
-        device: ``auto`` (CUDA if available), ``cpu`` or ``cuda``; amp: ``auto`` (bf16
-            autocast on CUDA only), ``bf16`` or ``off``.
-        val_fraction, test_fraction: the split by source_id hash (test stars are never
-            read by training; ``specsearch evaluate`` uses them).
-        max_val_pairs: validation subset size (speed).
-        labels: label columns for the heads (None: every known label column present).
-        max_minutes: wall-clock budget; the run validates, saves and stops when it is spent.
-        keep_cache: keep OUT/cache after a finished run (reused by train-heads).
-    """
-
-    arch: str = "small"
-    embedding_dim: int | None = None
-    epochs: int = 30
-    batch_size: int = 512
-    lr: float = 2e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 100
-    patience: int = 5
-    seed: int = 0
-    device: str = "auto"
-    amp: str = "auto"
-    val_fraction: float = 0.05
-    test_fraction: float = 0.05
-    max_val_pairs: int = 4096
-    labels: tuple[str, ...] | None = None
-    max_minutes: float | None = None
-    keep_cache: bool = False
-    loss: LossConfig = field(default_factory=LossConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        d = dict(d)
-        d["loss"] = LossConfig(**d.get("loss", {}))
-        d["augment"] = AugmentConfig(**d.get("augment", {}))
-        if d.get("labels") is not None:
-            d["labels"] = tuple(d["labels"])
-        return cls(**d)
 
 
 @dataclass

@@ -1,0 +1,166 @@
+"""The configuration dataclasses of training (augmentations, loss, ``train``,
+``train-heads``, ``finetune``): plain data, no torch, so that the CLI takes its defaults
+from here instead of copying them."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Probabilities and amplitudes of each augmentation (0 disables one).
+
+    Attributes:
+        p_noise, max_snr_drop: probability of degrading the S/N, and the largest factor.
+        p_shift, max_shift_px: probability and largest |shift| in pixels (LAMOST: 69 km/s
+            a pixel; catalogs are in the rest frame up to the survey's RV errors).
+        p_mask, max_segments, max_segment_frac: masked segments (count, fraction of npix).
+        p_tilt, tilt_lamost, tilt_xp: probability and largest end-to-end slope amplitude.
+    """
+
+    p_noise: float = 0.5
+    max_snr_drop: float = 4.0
+    p_shift: float = 0.5
+    max_shift_px: float = 0.5
+    p_mask: float = 0.3
+    max_segments: int = 2
+    max_segment_frac: float = 0.15
+    p_tilt: float = 0.5
+    tilt_lamost: float = 0.02
+    tilt_xp: float = 0.03
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Weights of the loss terms and the noise floors (prepared-flux units).
+
+    Attributes:
+        contrastive, recon, translation, labels, classes: term weights (0 disables one).
+        floor_lamost, floor_xp: per-pixel error floors added in quadrature to the noise.
+            The spectral terms are kept weak (recon/translation 0.01, 2% floors): on the
+            synthetic survey, stronger ones (0.05 and 1%/0.5% floors) cost a factor ~2 in
+            parameter precision and ~4 in top-1 retrieval after the same number of epochs.
+        nll_beta: beta of the beta-NLL (0: plain Gaussian NLL; 0.5 keeps the means well
+            trained when some stars are hard).
+    """
+
+    contrastive: float = 1.0
+    recon: float = 0.01
+    translation: float = 0.01
+    labels: float = 1.0
+    classes: float = 0.3
+    floor_lamost: float = 0.02
+    floor_xp: float = 0.02
+    nll_beta: float = 0.5
+
+    def floor(self, modality: str) -> float:
+        return self.floor_lamost if modality == "lamost" else self.floor_xp
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (stored in the checkpoint for --resume).
+
+    Attributes:
+        arch: registered architecture (``list_models()``); embedding_dim overrides its D.
+        epochs, batch_size, lr, weight_decay, warmup_steps: the optimisation (AdamW, linear
+            warm-up then cosine decay to lr/20 over ``epochs``).
+        patience: epochs without a better validation loss before stopping early.
+        seed: seeds shuffling, augmentation, dropout and initialisation.
+        device: ``auto`` (CUDA if available), ``cpu`` or ``cuda``; amp: ``auto`` (bf16
+            autocast on CUDA only), ``bf16`` or ``off``.
+        val_fraction, test_fraction: the split by source_id hash (test stars are never
+            read by training; ``specsearch evaluate`` uses them).
+        max_val_pairs: validation subset size (speed).
+        labels: label columns for the heads (None: every known label column present).
+        max_minutes: wall-clock budget; the run validates, saves and stops when it is spent.
+        keep_cache: keep OUT/cache after a finished run (reused by train-heads).
+    """
+
+    arch: str = "small"
+    embedding_dim: int | None = None
+    epochs: int = 30
+    batch_size: int = 512
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    patience: int = 5
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"
+    val_fraction: float = 0.05
+    test_fraction: float = 0.05
+    max_val_pairs: int = 4096
+    labels: tuple[str, ...] | None = None
+    max_minutes: float | None = None
+    keep_cache: bool = False
+    loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        d = dict(d)
+        d["loss"] = LossConfig(**d.get("loss", {}))
+        d["augment"] = AugmentConfig(**d.get("augment", {}))
+        if d.get("labels") is not None:
+            d["labels"] = tuple(d["labels"])
+        return cls(**d)
+
+
+@dataclass
+class HeadsConfig:
+    """Options of ``train-heads`` (labels None: as ``train`` chooses them)."""
+
+    labels: tuple[str, ...] | None = None
+    epochs: int = 40
+    batch_size: int = 1024
+    lr: float = 2e-3
+    patience: int = 6
+    nll_beta: float = 0.5
+    class_weight: float = 0.3
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass
+class FinetuneConfig:
+    """Options of ``specsearch finetune``.
+
+    Attributes:
+        steps: optimizer steps; synth_batch, real_batch, xp_batch: rows per step of each.
+        lr: AdamW peak learning rate (warm-up 50 steps, cosine to lr/20).
+        identity: weight of the in-modality view InfoNCE; identity_temperature its fixed T.
+        real_labels: weight of the real LAMOST head likelihood.
+        real_sets: which real sets train the heads (labels) and the views;
+            real_set_weights: the share of each in a real batch (MILES, a few hundred stars
+            over 3540-7410 A only, would otherwise be a small minority next to LAMOST DR10).
+        seed, device, threads: reproducibility and placement.
+    """
+
+    steps: int = 1500
+    synth_batch: int = 256
+    real_batch: int = 128
+    xp_batch: int = 128
+    lr: float = 2e-4
+    weight_decay: float = 0.01
+    identity: float = 1.0
+    identity_temperature: float = 0.07
+    real_labels: float = 1.0
+    real_sets: tuple[str, ...] = ("lamost_dr10", "lamost_dr1", "miles")
+    real_set_weights: tuple[float, ...] = (0.5, 0.1, 0.4)
+    seed: int = 0
+    device: str = "cpu"
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["real_sets"] = list(self.real_sets)
+        d["real_set_weights"] = list(self.real_set_weights)
+        return d
