@@ -13,7 +13,7 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -35,6 +35,52 @@ GOALS: dict[str, dict[str, float]] = {
 RETRIEVAL_GOAL = 0.90
 """Top-1 cross-modal retrieval goal among 10k held-out pairs."""
 META_COLUMNS = ("source_id", "snr", "population", "is_artefact")
+
+
+class ModelInfo(TypedDict, total=False):
+    """Which model was scored."""
+
+    path: str
+    hash: str
+    arch: str
+    embedding_dim: int
+    labels: list[str]
+    classes: list[str]
+
+
+class CatalogInfo(TypedDict):
+    """Which catalog and split were scored."""
+
+    path: str
+    fingerprint: str
+    split: str
+    pairs: int
+
+
+class EvaluationReport(TypedDict, total=False):
+    """What ``specsearch evaluate`` writes to report.json (and returns).
+
+    ``model`` and ``timing`` are always there. A catalog run adds ``catalog``,
+    ``n_good_pairs``, ``retrieval`` (pool size -> direction -> top-1/top-10/median rank),
+    ``parameters`` (modality -> label -> subset -> bias/sigma/z-width), ``classifier``,
+    ``translation``, ``residuals`` and the ``goals`` rows; ``real`` holds the real-data rows
+    (:func:`specsearch.model.evaluation.evaluate_real.evaluate_real`), ``speed`` and
+    ``figures`` what was asked for.
+    """
+
+    model: ModelInfo
+    catalog: CatalogInfo
+    n_good_pairs: int
+    retrieval: dict[str, dict[str, Any]]
+    parameters: dict[str, dict[str, Any]]
+    classifier: dict[str, Any]
+    translation: dict[str, Any]
+    residuals: dict[str, dict[str, float]]
+    goals: list[dict[str, Any]]
+    real: dict[str, Any]
+    speed: list[dict[str, Any]]
+    timing: dict[str, float]
+    figures: list[str]
 
 
 @dataclass
@@ -173,7 +219,7 @@ def _retrieval_rows(batches: dict[str, Any], gi: np.ndarray, cfg: EvalConfig
 
 
 def evaluate(model_path: str | Path | None, catalog: str | Path, out: str | Path,
-             cfg: EvalConfig = EvalConfig(), *, progress: bool = True) -> dict[str, Any]:
+             cfg: EvalConfig = EvalConfig(), *, progress: bool = True) -> EvaluationReport:
     """Evaluate a model on a paired catalog; write report.json, report.txt and figures/."""
     t0 = time.time()
     out = Path(out)
@@ -188,7 +234,7 @@ def evaluate(model_path: str | Path | None, catalog: str | Path, out: str | Path
     data = {m: read_spectra_rows(cat, m, pairs.lamost_row[idx] if m == "lamost"
                                  else pairs.xp_row[idx], extra=(*META_COLUMNS, *labels))
             for m in ("lamost", "xp")}
-    report: dict[str, Any] = {
+    report: EvaluationReport = {
         "model": {"path": str(model.path), "hash": model.model_hash, "arch": model.config.name,
                   "embedding_dim": model.embedding_dim, "labels": labels,
                   "classes": list(model.class_names)},
@@ -245,7 +291,7 @@ def evaluate(model_path: str | Path | None, catalog: str | Path, out: str | Path
 def evaluate_real_only(model_path: str | Path | None, real_data: str | Path,
                        out: str | Path, cfg: EvalConfig = EvalConfig(), *,
                        progress: bool = True, cache: str | Path | None = None
-                       ) -> dict[str, Any]:
+                       ) -> EvaluationReport:
     """Only the real-data rows (``specsearch evaluate --real-data`` without a catalog)."""
     from specsearch.model.evaluation.evaluate_real import evaluate_real
     from specsearch.model.evaluation.report_text import format_real
@@ -256,8 +302,8 @@ def evaluate_real_only(model_path: str | Path | None, real_data: str | Path,
     model = load_model(model_path, device=cfg.device)
     real = evaluate_real(model, Path(real_data), figures_dir=out / "figures" if cfg.figures
                          else None, cache=None if cache is None else Path(cache))
-    report = {"model": {"path": str(model.path), "hash": model.model_hash,
-                        "arch": model.config.name}, "real": real,
+    report: EvaluationReport = {"model": {"path": str(model.path), "hash": model.model_hash,
+                                          "arch": model.config.name}, "real": real,
               "timing": {"seconds": time.time() - t0}}
     write_json_atomic(out / "report.json", _jsonable(report))
     text = "\n".join([f"model {model.config.name} {model.model_hash[:12]}", "",
@@ -268,7 +314,7 @@ def evaluate_real_only(model_path: str | Path | None, real_data: str | Path,
     return report
 
 
-def goal_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+def goal_rows(report: EvaluationReport) -> list[dict[str, Any]]:
     rows = []
     r10k = report["retrieval"].get("10000", {})
     for d in ("lamost_to_xp", "xp_to_lamost"):
@@ -301,7 +347,7 @@ def _jsonable(obj: Any) -> Any:
     return str(obj)
 
 
-def format_report(report: dict[str, Any]) -> str:
+def format_report(report: EvaluationReport) -> str:
     """The printed table of a report (also written to report.txt)."""
     from specsearch.model.evaluation.report_text import format_report as fmt
     return fmt(report)
