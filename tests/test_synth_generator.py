@@ -143,12 +143,12 @@ def test_generate_survey_writes_paired_catalog_and_resumes(tmp_path):
 def test_cli_synth(tmp_path, capsys):
     from specsearch.cli import build_parser, main
 
-    from specsearch.cli.synth import ARTEFACT_FRACTION
     from specsearch.synth.labels import DEFAULT_ARTEFACT_FRACTION
 
-    help_text = build_parser()._subparsers._group_actions[0].choices["synth"].format_help()
+    synth = build_parser()._subparsers._group_actions[0].choices["synth"]
+    help_text = synth.format_help()
     assert "Example:" in help_text and "--metal-poor-boost" in help_text
-    assert ARTEFACT_FRACTION == DEFAULT_ARTEFACT_FRACTION
+    assert synth.get_default("artefact_fraction") == DEFAULT_ARTEFACT_FRACTION
     rc = main(["synth", "--n", "20", "--seed", "1", "--out", str(tmp_path / "c"),
                "--fractions", "carbon=0.1", "--no-progress"])
     assert rc == 0 and "20 stars" in capsys.readouterr().out

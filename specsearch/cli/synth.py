@@ -19,11 +19,6 @@ the same command resumes an interrupted run.
 """
 
 
-ARTEFACT_FRACTION = 0.01
-"""Mirrors specsearch.synth.labels.DEFAULT_ARTEFACT_FRACTION (not imported: registering the
-command must stay cheap)."""
-
-
 def parse_fractions(text: str | None) -> dict[str, float] | None:
     """'vmp=0.01,carbon=0.005' -> {'vmp': 0.01, 'carbon': 0.005}."""
     if not text:
@@ -43,6 +38,7 @@ def parse_fractions(text: str | None) -> dict[str, float] | None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     from specsearch.cli import HelpFormatter
+    from specsearch.synth.labels import DEFAULT_ARTEFACT_FRACTION
 
     p = sub.add_parser("synth", help="generate a synthetic paired LAMOST + Gaia XP survey",
                        description="Generate realistic LAMOST-like and Gaia XP spectra of the "
@@ -55,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metal-poor-boost", type=float, default=1.0,
                    help="multiply the vmp/emp fractions (over-sample [Fe/H] < -2)")
     p.add_argument("--fractions", help="population fractions, e.g. carbon=0.01,wd_md=0.002")
-    p.add_argument("--artefact-fraction", type=float, default=ARTEFACT_FRACTION,
+    p.add_argument("--artefact-fraction", type=float, default=DEFAULT_ARTEFACT_FRACTION,
                    help="fraction of LAMOST spectra with an instrument artefact")
     p.add_argument("--shard-size", type=int, default=50_000, help="stars per shard file")
     p.add_argument("--no-realism", action="store_true",
