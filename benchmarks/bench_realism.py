@@ -58,9 +58,10 @@ def lamost_rows(s, wave: np.ndarray) -> tuple[list[dict], dict]:
 
 
 def xp_rows(real: Path) -> tuple[list[dict], dict]:
-    from specsearch.synth.realism import extinction_shape, fit_xp, model_xp_sampled
+    from specsearch.synth.realism import extinction_shape, fit_xp, load, model_xp_sampled
 
-    transfer, stats = fit_xp(real)
+    _, stats = fit_xp(real)          # the templates' reddening and the fit/held-out split
+    transfer = load()["xp"]          # scored: the shipped correction
     from specsearch.model.evaluation.evaluate_real import read_ipac_xp
 
     types = stats["types"]

@@ -218,19 +218,22 @@ class ShardGroup:
                 self._masks.popitem(last=False)
         return masks
 
+    def _searchable(self, modality: str, flt: Filter):
+        """(number, shard, filter mask) of each shard here with a row that may match."""
+        for number, mask in self._filter_masks(modality, flt).items():
+            shard = self.shards[modality, number]
+            if shard.count and (mask is None or mask.any()):
+                yield number, shard, mask
+
     def knn(self, modality: str, queries: np.ndarray, k: int, knobs: SearchKnobs | None,
             flt: Filter, threads: int) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
         """Per shard of ``modality`` here: (number, (nq, k) similarities, global ids,
         source_ids), skipping empty shards and shards no row of which passes the filter
         (as :meth:`~specsearch.index.reader.ModalityIndex.knn` does)."""
-        masks = self._filter_masks(modality, flt)
         knobs = knobs or self.manifests[modality].search
         out = []
         with faiss_threads(threads):
-            for number, mask in masks.items():
-                shard = self.shards[modality, number]
-                if shard.count == 0 or (mask is not None and not mask.any()):
-                    continue
+            for number, shard, mask in self._searchable(modality, flt):
                 sims, rows = shard.knn(queries, k, knobs, filter_mask=mask, threads=threads)
                 sids = np.where(rows >= 0, shard.column("source_id")[np.maximum(rows, 0)], -1)
                 out.append((number, sims, global_ids(number, rows), sids.astype(np.int64)))
@@ -241,14 +244,10 @@ class ShardGroup:
               ) -> list[tuple[int, np.ndarray, np.ndarray]]:
         """Per shard here: (number, similarities, global ids) of the first query's rows
         with similarity >= ``threshold``."""
-        masks = self._filter_masks(modality, flt)
         knobs = knobs or self.manifests[modality].search
         out = []
         with faiss_threads(threads):
-            for number, mask in masks.items():
-                shard = self.shards[modality, number]
-                if shard.count == 0 or (mask is not None and not mask.any()):
-                    continue
+            for number, shard, mask in self._searchable(modality, flt):
                 ((sims, rows),) = shard.range(queries[:1], threshold, knobs, filter_mask=mask,
                                               max_results=max_results)
                 out.append((number, sims, global_ids(number, rows)))

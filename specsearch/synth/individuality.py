@@ -123,14 +123,19 @@ def apply_rotation(norm: np.ndarray, vsini: np.ndarray, step_px: float = 0.25) -
     return norm
 
 
-@functools.lru_cache(maxsize=1)
-def extinction_curves() -> np.ndarray:
-    """(len(R_V_GRID), npix) A(lambda)/E(B-V) on the model grid, one per R_V (G23)."""
+@functools.lru_cache(maxsize=len(R_V_GRID) + 1)
+def extinction_curve(r_v: float) -> np.ndarray:
+    """(npix,) A(lambda)/E(B-V) on the model grid for the G23 law with this R_V."""
     import astropy.units as u
     from dust_extinction.parameter_averages import G23
 
-    wave = model_wavelength() * u.AA
-    return np.stack([rv * G23(Rv=float(rv))(wave) for rv in R_V_GRID]).astype(np.float32)
+    return r_v * G23(Rv=r_v)(model_wavelength() * u.AA)
+
+
+@functools.lru_cache(maxsize=1)
+def extinction_curves() -> np.ndarray:
+    """(len(R_V_GRID), npix) A(lambda)/E(B-V) on the model grid, one per R_V (G23)."""
+    return np.stack([extinction_curve(float(rv)) for rv in R_V_GRID]).astype(np.float32)
 
 
 def extinction_for(r_v: np.ndarray) -> np.ndarray:

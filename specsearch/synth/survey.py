@@ -14,7 +14,6 @@ Both are reddened by ``ebv`` (G23, R_V = 3.1) and scaled to ``mag_g``.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
@@ -23,8 +22,8 @@ import numpy as np
 from specsearch.errors import ConfigError
 from specsearch.synth.artefacts import apply_artefacts, draw_artefacts
 from specsearch.synth.individuality import draw as draw_individuality
+from specsearch.synth.individuality import extinction_curve as g23_curve
 from specsearch.synth.individuality import extinction_for
-from specsearch.synth.grid import model_wavelength
 from specsearch.synth.labels import (
     DEFAULT_ARTEFACT_FRACTION,
     LABEL_RANGES,
@@ -97,13 +96,9 @@ class SynthConfig:
         return d
 
 
-@functools.lru_cache(maxsize=1)
 def extinction_curve() -> np.ndarray:
     """A(lambda)/E(B-V) on the model grid (G23, R_V = 3.1)."""
-    import astropy.units as u
-    from dust_extinction.parameter_averages import G23
-
-    return R_V * G23(Rv=R_V)(model_wavelength() * u.AA)
+    return g23_curve(R_V)
 
 
 def draw_snr(rng: np.random.Generator, mag_g: np.ndarray) -> np.ndarray:
