@@ -54,6 +54,9 @@ from identity_tasks import (  # noqa: E402
 
 # ----------------------------------------------------------------------------- the run
 
+SNR_BINS = ((10.0, 20.0), (20.0, 40.0), (40.0, 100.0))
+"""Query S/N bins of the per-S/N rows of the synthetic LAMOST visit task."""
+
 @dataclass
 class Row:
     """One table row: the embedding, the baseline of the same run, and the goal."""
@@ -158,10 +161,18 @@ def synthetic_tasks(model, n: int, seed: int, clock: Stopwatch) -> dict[str, Any
         out: dict[str, Any] = {"n_stars": n, "seed": seed, "snr_range": list(SNR_RANGE),
                                "n_unusable": {k[5:]: int((~a[k]).sum()) for k in a
                                               if k.startswith("good_")}}
+        ranks = {(mod, kind): partner_ranks(e[f"{kind}_{mod}_a"], e[f"{kind}_{mod}_b"])
+                 for mod in ("lamost", "xp") for kind in ("emb", "raw")}
         for mod in ("lamost", "xp"):
-            out[f"{mod}_visits"] = {
-                name: rank_summary(partner_ranks(e[f"{kind}_{mod}_a"], e[f"{kind}_{mod}_b"]))
-                for name, kind in (("embedding", "emb"), ("raw_pixels", "raw"))}
+            out[f"{mod}_visits"] = {name: rank_summary(ranks[mod, kind])
+                                    for name, kind in (("embedding", "emb"),
+                                                       ("raw_pixels", "raw"))}
+        # by the query's S/N: how much of the miss is information the noise took away
+        out["lamost_visits_by_query_snr"] = {
+            f"{lo:g}-{hi:g}": {name: rank_summary(ranks["lamost", kind][sel])
+                               for name, kind in (("embedding", "emb"), ("raw_pixels", "raw"))}
+            for lo, hi in SNR_BINS
+            if (sel := (a["snr_a"] >= lo) & (a["snr_a"] < hi)).any()}
     with clock.stage("synth_noise_knn"):
         snr = np.concatenate([a["snr_a"], a["snr_b"]])
         partner = np.concatenate([np.arange(n, 2 * n), np.arange(n)])
@@ -209,6 +220,10 @@ def table_rows(syn: dict[str, Any], real: dict[str, Any]) -> list[Row]:
                  Row(f"synth {label} other visit top-5", e["top5"], r["top5"]),
                  Row(f"synth {label} other visit median rank", e["median_rank"],
                      r["median_rank"], kind="rank")]
+    for tag, got in syn.get("lamost_visits_by_query_snr", {}).items():
+        rows.append(Row(f"synth LAMOST other visit top-1, query S/N {tag} "
+                        f"(n={got['embedding']['n']:,})", got["embedding"]["top1"],
+                        got["raw_pixels"]["top1"]))
     ne, nr = syn["noise_invariance"]["embedding"], syn["noise_invariance"]["raw_pixels"]
     rows.append(Row("synth LAMOST: Spearman rho(S/N, 10 neighbours' median S/N)", ne["rho"],
                     nr["rho"], "abs <= 0.1", abs(ne["rho"]) <= 0.1, kind="rho"))

@@ -11,6 +11,7 @@ Run it with ``specsearch serve INDEX_DIR`` or any ASGI server:
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -48,6 +49,11 @@ def create_app(settings: Settings, *,
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = state_factory(settings, metrics)
         app.state.service = state
+        # The model, index and libraries are long-lived: move them out of the cyclic
+        # collector's sight, so the full collections that request garbage triggers stop
+        # rescanning them (measured: ~8% of a search's CPU, all of it holding the GIL).
+        gc.collect()
+        gc.freeze()
         log.info("serving %s: %s", settings.index_dir, state.describe())
         try:
             yield

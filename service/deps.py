@@ -12,7 +12,7 @@ from service.settings import Settings
 from service.state import ServiceState
 
 
-def get_state(request: Request) -> ServiceState:
+def state_of(request: Request) -> ServiceState:
     """The resources opened in ``lifespan``; 503 while they are not (yet) open."""
     state = getattr(request.app.state, "service", None)
     if state is None:
@@ -20,11 +20,19 @@ def get_state(request: Request) -> ServiceState:
     return state
 
 
-def get_settings(request: Request) -> Settings:
+# The dependencies are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in
+# its thread pool, a thread hop (and a GIL hand-over) per request and dependency, which
+# showed up in profiles of the search route under load.
+async def get_state(request: Request) -> ServiceState:
+    """:func:`state_of` as a dependency (tests override this one)."""
+    return state_of(request)
+
+
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_worker(state: Annotated[ServiceState, Depends(get_state)]) -> Worker:
+async def get_worker(state: Annotated[ServiceState, Depends(get_state)]) -> Worker:
     return state.worker
 
 

@@ -36,6 +36,7 @@ class ServiceMetrics:
     in_flight: Gauge
     stage_latency: Histogram
     index_vectors: Gauge
+    batch_size: Histogram
 
     @classmethod
     def create(cls) -> "ServiceMetrics":
@@ -54,6 +55,9 @@ class ServiceMetrics:
                                     ["stage"], buckets=LATENCY_BUCKETS, registry=reg),
             index_vectors=Gauge("specsearch_index_vectors", "live vectors in the served index",
                                 ["modality"], registry=reg),
+            batch_size=Histogram("specsearch_search_batch_size",
+                                 "searches answered by one batched engine call",
+                                 buckets=(1, 2, 4, 8, 12, 16), registry=reg),
         )
 
     def render(self) -> tuple[bytes, str]:

@@ -15,7 +15,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from service.deps import State, get_state
+from service.deps import State, state_of
 
 api_key_header = APIKeyHeader(name="X-API-Key", scheme_name="ApiKey", auto_error=False,
                               description="API key (when the server has keys)")
@@ -62,7 +62,7 @@ async def require_metrics_access(request: Request, x_api_key: ApiKeyHeader = Non
     """``/metrics``: the API key unless ``metrics_public`` (e.g. a scraper on a private
     network)."""
     if not request.app.state.settings.metrics_public:
-        check_key(get_state(request).api_keys, x_api_key, credentials)
+        check_key(state_of(request).api_keys, x_api_key, credentials)
 
 
 ApiKey = Annotated[None, Depends(require_api_key)]

@@ -63,6 +63,12 @@ class Settings(BaseSettings):
         parse_memory_bytes: address space one parse may add to its process (413 above it).
         metrics_public: serve ``/metrics`` without an API key even when keys are set
             (default: ``/metrics`` needs a key whenever keys are configured).
+        search_batching: run concurrent ``/v1/search/embedding`` requests that share
+            modality, k and filters as one batched engine call (:mod:`service.batching`):
+            same results, less CPU a request under load; a lone request is not delayed.
+        search_batch_max: most requests in one batch (at most 16: FAISS computes the
+            distances of 20 or more queries with BLAS, which rounds differently, so larger
+            batches would not return bit-identical similarities).
     """
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True,
@@ -92,6 +98,8 @@ class Settings(BaseSettings):
     parse_timeout_s: float = Field(10.0, gt=0, le=3600)
     parse_memory_bytes: int = Field(512 * 2 ** 20, ge=64 * 2 ** 20, le=2 ** 40)
     metrics_public: bool = False
+    search_batching: bool = True
+    search_batch_max: int = Field(16, ge=1, le=16)
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod

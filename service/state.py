@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from service.batching import SearchBatcher
 from service.list_cache import CandidateLists
 from service.metrics import ServiceMetrics
 from service.parse_pool import ParsePool
@@ -40,6 +41,14 @@ class ServiceState:
     started: float = field(default_factory=time.time)
     parser: ParsePool = field(default_factory=lambda: ParsePool(
         workers=0, timeout_s=60.0, memory_bytes=2 ** 30))
+    batcher: SearchBatcher | None = None
+    """Micro-batches embedding searches (``search_batching``); None: one call a request."""
+
+    def __post_init__(self) -> None:
+        if self.batcher is None and self.settings.search_batching:
+            self.batcher = SearchBatcher(self.engine, self.worker,
+                                         max_batch=self.settings.search_batch_max,
+                                         metrics=self.metrics)
 
     def describe(self) -> str:
         counts = ", ".join(f"{m}: {self.engine.index[m].count:,}"

@@ -33,14 +33,21 @@ def apply_thread_policy(*, faiss_threads: int, torch_threads: int) -> dict[str, 
     libgomp keeps ``omp_set_num_threads`` per calling thread, so setting it here (the event
     loop's thread) would not reach the worker threads: the engine applies ``faiss_threads``
     inside each search (:class:`specsearch.index.ThreadPolicy`).
+
+    FAISS's Python interrupt check is switched off: it takes the GIL every few queries to
+    look for Ctrl-C, but searches run in worker threads, where Python never delivers a
+    signal, so the check found nothing and stalled the search while another thread held
+    the GIL (measured: ~12% of FAISS's time under load).
     """
+    import faiss
     import torch
 
+    faiss.InterruptCallback.clear_instance()
     torch.set_num_threads(torch_threads)
     return {"faiss_threads_per_search": faiss_threads, "torch_threads": torch.get_num_threads()}
 
 
-def _quiet_numpy(call: Callable[[], T]) -> T:
+def quiet_numpy(call: Callable[[], T]) -> T:
     # Hostile input (1e300 fluxes, NaN blocks) overflows inside preprocessing by design; the
     # results are validated afterwards, so numpy's floating-point warnings are noise here.
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
@@ -61,17 +68,21 @@ class Worker:
         On timeout the thread is abandoned (it finishes its call in the background and
         still holds its slot, so abandoned work stays bounded by ``threads``).
         """
-        call = functools.partial(_quiet_numpy, functools.partial(fn, *args, **kwargs))
+        call = functools.partial(quiet_numpy, functools.partial(fn, *args, **kwargs))
         start = time.perf_counter()
         try:
             with anyio.fail_after(self.timeout_s):
                 result = await anyio.to_thread.run_sync(call, limiter=self.limiter,
                                                         abandon_on_cancel=True)
         except TimeoutError:
-            log.warning("%s exceeded the request timeout of %.1f s", stage, self.timeout_s)
-            raise HTTPException(504, f"{stage} took longer than the server's request timeout "
-                                     f"of {self.timeout_s:g} s (SPECSEARCH_REQUEST_TIMEOUT_S); "
-                                     f"try a smaller k or a smaller file") from None
+            raise self.timeout_error(stage) from None
         finally:
             self.metrics.stage_latency.labels(stage).observe(time.perf_counter() - start)
         return result
+
+    def timeout_error(self, stage: str) -> HTTPException:
+        """The 504 of a ``stage`` that ran past ``timeout_s`` (logged)."""
+        log.warning("%s exceeded the request timeout of %.1f s", stage, self.timeout_s)
+        return HTTPException(504, f"{stage} took longer than the server's request timeout "
+                                  f"of {self.timeout_s:g} s (SPECSEARCH_REQUEST_TIMEOUT_S); "
+                                  f"try a smaller k or a smaller file")

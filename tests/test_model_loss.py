@@ -10,7 +10,7 @@ import torch
 
 from specsearch.model.training.augment import AugmentConfig, augment, mask_segments, shift
 from specsearch.model.training.loss import (LossConfig, SpecCLIPLoss, gaussian_nll, info_nce,
-                                   reduced_chi2)
+                                   reduced_chi2, snr_slope, view_nt_xent)
 from specsearch.model.network import SpecCLIPNet
 from specsearch.model import model_config
 
@@ -40,6 +40,57 @@ def test_info_nce_perfect_alignment_and_same_star_mask():
     sid[1] = 0
     masked = info_nce(dup, dup, torch.tensor(math.log(100.0)), sid)
     assert float(masked) < 0.1                         # the twin is not a negative
+
+
+def test_view_nt_xent_counts_same_view_negatives_and_masks_same_star():
+    torch.manual_seed(0)
+    a = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
+    scale = torch.tensor(20.0)
+    assert float(view_nt_xent(a, a, scale)) < 0.05         # each view's partner is exact
+    # views B that collapse onto one point (a shared nuisance) sit closer to each other
+    # than to their partners: the loss must see that, a cross-view InfoNCE barely does
+    shared = torch.nn.functional.normalize(a + 3.0 * torch.ones(16), dim=-1)
+    assert float(view_nt_xent(a, shared, scale)) > 1.0
+    dup = a.clone()
+    dup[1] = dup[0]                                        # two visits of one star
+    sid = torch.arange(8)
+    sid[1] = 0
+    assert float(view_nt_xent(dup, dup, scale, sid)) < 0.05  # not each other's negatives
+    assert float(view_nt_xent(dup, dup, scale)) > 0.15
+
+
+def test_snr_slope_sees_a_systematic_move_with_snr_only():
+    torch.manual_seed(1)
+    ea = torch.randn(256, 8)
+    qa = torch.zeros(256, 2)
+    qb = torch.zeros(256, 2)
+    qb[:, 0] = torch.rand(256) - 0.5                       # the views' log S/N differ
+    v = torch.linspace(-1, 1, 8)
+    shifted = snr_slope(ea, ea + qb[:, :1] * v, qa, qb)    # moves with S/N: slope = v
+    assert float(shifted) == pytest.approx(float(v.square().sum()), rel=1e-4)
+    noisy = snr_slope(ea, ea + 0.1 * torch.randn(256, 8), qa, qb)
+    assert float(noisy) < 0.05 * float(shifted)
+    assert float(snr_slope(ea, ea + 1.0, qa, qa)) == 0.0   # no S/N difference: no slope
+
+
+def test_snr_film_starts_as_the_plain_encoder_and_needs_quality():
+    import dataclasses
+
+    from specsearch.model.layers import MLPEncoder
+    cfg = model_config("small").encoders["xp"]
+    torch.manual_seed(2)
+    film = MLPEncoder(cfg, 16)
+    plain = MLPEncoder(dataclasses.replace(cfg, snr_film=False), 16)
+    state = {k: v for k, v in film.state_dict().items() if not k.startswith("film.")}
+    plain.load_state_dict(state)
+    z, good = torch.randn(4, cfg.npix), torch.ones(4, cfg.npix)
+    q = torch.rand(4, 2)
+    assert torch.allclose(film(z, good, q), plain(z, good), atol=1e-6)
+    with torch.no_grad():
+        film.film.weight.normal_()        # per-channel (a uniform one LayerNorm undoes)
+    assert not torch.allclose(film(z, good, q), plain(z, good), atol=1e-3)
+    with pytest.raises(ValueError, match="quality"):
+        film(z, good)
 
 
 def test_gaussian_nll_skips_unknown_labels():

@@ -38,6 +38,7 @@ def test_train_cli_end_to_end(catalog, tmp_path, capsys):
     log = json.loads((out / "train_log.json").read_text())
     assert [r["epoch"] for r in log] == [1, 2]
     assert log[1]["train_total"] < log[0]["train_total"]          # the loss decreases
+    assert all(np.isfinite(r["train_identity"]) for r in log)     # repeat visits: identity
     assert (out / "train_log.csv").read_text().startswith("epoch,")
     model = load_model(out)
     cfg = model.full_config["training"]

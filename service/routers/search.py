@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, File, Query, UploadFile
+import pydantic_core
+from fastapi import APIRouter, Depends, File, Query, Response, UploadFile
 
 from service import convert
+from service.batching import BatchKey, SearchJob
 from service.deps import FilterParam, OffsetParam, SourceIdParam, State
 from service.errors import NotFoundError
 from service.schemas import (
@@ -27,6 +30,7 @@ from service.spectra import GridSpectrum, display_curve, from_arrays, model_curv
 from service.state import ServiceState
 from service.uploads import parse_upload, read_upload
 from specsearch.errors import QueryError, SpectrumError
+from specsearch.query import Neighbours
 
 router = APIRouter(prefix="/v1/search", tags=["search"],
                    dependencies=[Depends(require_api_key)],
@@ -97,14 +101,37 @@ def _respond(state: ServiceState, info: QueryInfo, vec: np.ndarray, opts: Search
                                  limit=opts.limit, filter=opts.filters,
                                  exclude_source_ids=[exclude] if exclude is not None
                                  and target == info.modality else None)
-    labels = state.engine.index.manifest.label_names
     spectra = _curves(state, grid, vec, info.modality, target, result) \
         if opts.include_spectra else None
-    return SearchResponse(
-        query=info, target_modality=target, cross_modal=target != info.modality, k=opts.k,
-        offset=opts.offset, limit=len(result), filters=list(opts.filters),
-        neighbours=convert.neighbours(result, labels),
-        took_ms=(time.perf_counter() - start) * 1e3, spectra=spectra)
+    return _response(state, info, opts, target, result, start, spectra)
+
+
+def _response_fields(state: ServiceState, info: QueryInfo, opts: SearchOptions, target: str,
+                     result: Neighbours, start: float) -> dict[str, Any]:
+    """The fields of a :class:`SearchResponse` but its spectra, neighbours as plain dicts."""
+    return {"query": info, "target_modality": target, "cross_modal": target != info.modality,
+            "k": opts.k, "offset": opts.offset, "limit": len(result),
+            "filters": list(opts.filters),
+            "neighbours": convert.neighbour_dicts(result,
+                                                  state.engine.index.manifest.label_names),
+            "took_ms": (time.perf_counter() - start) * 1e3, "spectra": None}
+
+
+def _response(state: ServiceState, info: QueryInfo, opts: SearchOptions, target: str,
+              result: Neighbours, start: float, spectra: list[Curve] | None = None
+              ) -> SearchResponse:
+    fields = _response_fields(state, info, opts, target, result, start)
+    return SearchResponse.model_validate({**fields, "spectra": spectra})
+
+
+def _response_json(state: ServiceState, info: QueryInfo, opts: SearchOptions, target: str,
+                   start: float, result: Neighbours) -> bytes:
+    """The JSON body of :func:`_response` (no spectra), serialised without building the
+    response models (the batched path; runs in the worker thread). Tests check it equals
+    the models' JSON."""
+    fields = _response_fields(state, info, opts, target, result, start)
+    fields["query"] = info.model_dump(mode="json")
+    return pydantic_core.to_json(fields)
 
 
 def search_grid(state: ServiceState, grid: GridSpectrum, opts: SearchOptions,
@@ -173,7 +200,19 @@ async def search_arrays(state: State, body: ArraysSearch) -> SearchResponse:
 
 @router.post("/embedding", response_model=SearchResponse,
              summary="neighbours of an embedding vector")
-async def search_embedding(state: State, body: EmbeddingSearch) -> SearchResponse:
+async def search_embedding(state: State, body: EmbeddingSearch) -> SearchResponse | Response:
+    if state.batcher is not None and not body.include_spectra:
+        start = time.perf_counter()
+        with np.errstate(over="ignore"):  # huge values -> inf, refused by the engine
+            vec = np.asarray(body.embedding, dtype=np.float32)
+        info = QueryInfo(kind="embedding", modality=body.modality)
+        target = target_modality(body.target, body.modality, state.engine.modalities)
+        job = SearchJob(key=BatchKey(target, body.k, tuple(body.filters)), vector=vec,
+                        offset=body.offset, limit=body.limit,
+                        finish=functools.partial(_response_json, state, info, body, target,
+                                                 start))
+        return Response(await state.batcher.run(job), media_type="application/json")
+
     def work() -> SearchResponse:
         start = time.perf_counter()
         with np.errstate(over="ignore"):  # huge values -> inf, refused by the engine

@@ -53,11 +53,12 @@ class ScoreConfig:
             search time grows slowly with k.
         components: which components enter the combined score (all are computed when their
             inputs exist; a missing input, e.g. no residual column, is skipped).
-        combine: ``rank_max`` (default), ``rank_fisher``, ``max`` or ``rms``
+        combine: ``rank_fisher`` (default), ``rank_max``, ``max`` or ``rms``
             (:func:`specsearch.anomaly.robust.combine_scores`). The default and
-            ``residual_reference`` were chosen on a synthetic calibration survey, separate
-            from the evaluation survey (``benchmarks/bench_anomaly.py``): z-score ``max``
-            lets the component with the heaviest tail for normal stars fill the list.
+            ``residual_reference`` were chosen for the shipped model on a synthetic
+            calibration survey, separate from the evaluation survey
+            (``benchmarks/bench_anomaly.py``): z-score ``max`` lets the component with the
+            heaviest tail for normal stars fill the list.
         residual_reference: what the reconstruction and translation residuals are
             compared with: ``global`` (all objects of similar S/N) or ``neighbours``
             (the object's own nearest neighbours in the embedding: a residual shared by
@@ -79,8 +80,8 @@ class ScoreConfig:
 
     k: int | None = None
     components: tuple[str, ...] = COMPONENTS
-    combine: str = "rank_max"
-    residual_reference: str = "neighbours"
+    combine: str = "rank_fisher"
+    residual_reference: str = "global"
     weights: Mapping[str, float] = field(default_factory=dict)
     snr_bins: int = 10
     neighbour_method: str = "auto"

@@ -59,6 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-individuality", action="store_true",
                    help="stars are their five labels only (no individual abundances, "
                         "rotation or R_V)")
+    p.add_argument("--repeat-fraction", type=float, default=0.0,
+                   help="fraction of stars observed twice by each instrument (independent "
+                        "visits with the same source_id; for the identity objective)")
     p.add_argument("--workers", type=int, default=1, help="parallel worker processes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
@@ -74,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
                              shard_size=args.shard_size, workers=args.workers,
                              realism=not args.no_realism,
                              individuality=not args.no_individuality,
+                             repeat_fraction=args.repeat_fraction,
                              progress=not args.no_progress)
     print(report.summary())
     return 0

@@ -77,6 +77,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "present for most stars)")
     p.add_argument("--patience", type=int, default=t.patience,
                    help="early-stopping patience (epochs)")
+    p.add_argument("--identity", type=float, default=t.identity,
+                   help="weight of the identity term (two views of each star; 0: off)")
+    p.add_argument("--snr-slope", type=float, default=t.snr_slope,
+                   help="weight of the penalty on embeddings that move with S/N")
     p.add_argument("--max-minutes", type=float, help="wall-clock budget for the run")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--resume", action="store_true", help="continue OUT/checkpoint-last")
@@ -115,6 +119,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--lr", type=float, default=ft.lr)
     f.add_argument("--identity", type=float, default=ft.identity,
                    help="weight of the same-star view objective (0 disables it)")
+    f.add_argument("--snr-slope", type=float, default=ft.snr_slope,
+                   help="weight of the penalty on embeddings that move with S/N")
+    f.add_argument("--real-views", type=float, default=ft.real_views,
+                   help="weight of the views term on real spectra (0: off)")
     f.add_argument("--real-labels", type=float, default=ft.real_labels,
                    help="weight of the real-label likelihood (0: no real labels)")
     f.add_argument("--seed", type=int, default=ft.seed)
@@ -157,7 +165,8 @@ def run_train(args: argparse.Namespace) -> int:
                       batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       device=args.device, amp=args.amp, labels=_labels(args.labels),
                       patience=args.patience, max_minutes=args.max_minutes,
-                      keep_cache=args.keep_cache)
+                      keep_cache=args.keep_cache, identity=args.identity,
+                      snr_slope=args.snr_slope)
     result = train(args.catalog, args.out, cfg, resume=args.resume, overwrite=args.overwrite,
                    progress=not args.no_progress,
                    command=shlex.join(["specsearch", *sys.argv[1:]]))
@@ -192,6 +201,7 @@ def run_finetune(args: argparse.Namespace) -> int:
 
     _threads(args)
     cfg = FinetuneConfig(steps=args.steps, lr=args.lr, identity=args.identity,
+                         snr_slope=args.snr_slope, real_views=args.real_views,
                          real_labels=args.real_labels, seed=args.seed, device=args.device)
     result = finetune(args.model, args.catalog, args.real_data, args.out, cfg,
                       progress=not args.no_progress, overwrite=args.overwrite,

@@ -47,6 +47,10 @@ class EncoderConfig:
         mask_pool: pixels per block of the coarse mask summary the encoder also sees
             (so it knows *where* data is missing; 0 disables it).
         dropout: dropout inside the blocks (training regularisation).
+        snr_film: condition the first hidden layer on the spectrum's quality (log S/N and
+            good-pixel fraction) by a learned scale and shift (FiLM), so the encoder can
+            undo what the noise-dependent input shrinkage does to a star's features and
+            place a star at S/N 10 where it places it at S/N 100.
     """
 
     kind: str
@@ -58,6 +62,7 @@ class EncoderConfig:
     patch: int = 0
     mask_pool: int = 32
     dropout: float = 0.0
+    snr_film: bool = False
 
 
 @dataclass(frozen=True)
@@ -175,9 +180,9 @@ def _small() -> ModelConfig:
     return ModelConfig(
         name="small", embedding_dim=128,
         encoders={"lamost": EncoderConfig(kind="mlp", npix=3909, hidden=256, depth=2,
-                                          mlp_ratio=2.0, mask_pool=32),
+                                          mlp_ratio=2.0, mask_pool=32, snr_film=True),
                   "xp": EncoderConfig(kind="mlp", npix=343, hidden=128, depth=2,
-                                      mlp_ratio=2.0, mask_pool=7)},
+                                      mlp_ratio=2.0, mask_pool=7, snr_film=True)},
         decoders={"lamost": DecoderConfig(hidden=256, depth=1),
                   "xp": DecoderConfig(hidden=256, depth=1)},
         head=HeadConfig(hidden=128, depth=2),

@@ -98,16 +98,27 @@ class MLPEncoder(nn.Module):
         self.inp = nn.Linear(cfg.npix, cfg.hidden)
         self.inp_mask = (nn.Linear(math.ceil(cfg.npix / cfg.mask_pool), cfg.hidden, bias=False)
                          if cfg.mask_pool else None)
+        self.film = nn.Linear(2, 2 * cfg.hidden) if cfg.snr_film else None
+        if self.film is not None:           # starts as the identity transformation
+            nn.init.zeros_(self.film.weight)
+            nn.init.zeros_(self.film.bias)
         self.norm0 = nn.LayerNorm(cfg.hidden)
         self.blocks = nn.ModuleList(Block(cfg.hidden, cfg.mlp_ratio, cfg.dropout)
                                     for _ in range(cfg.depth))
         self.norm_out = nn.LayerNorm(cfg.hidden)
         self.proj = nn.Linear(cfg.hidden, embedding_dim)
 
-    def forward(self, z: torch.Tensor, good: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, good: torch.Tensor,
+                quality: torch.Tensor | None = None) -> torch.Tensor:
+        """``quality`` (B, 2) from :meth:`Normaliser.quality`; used when ``snr_film``."""
         h = self.inp(z)                                          # (B, H)
         if self.inp_mask is not None:
             h = h + self.inp_mask(_mask_summary(good, self.cfg.mask_pool))
+        if self.film is not None:
+            if quality is None:
+                raise ValueError("this encoder is conditioned on quality; pass it")
+            gain, bias = self.film(quality.to(h.dtype)).chunk(2, dim=-1)
+            h = h * (1.0 + gain) + bias
         h = F.gelu(self.norm0(h))
         for block in self.blocks:
             h = block(h)
@@ -135,7 +146,8 @@ class TransformerEncoder(nn.Module):
         self.norm_out = nn.LayerNorm(cfg.hidden)
         self.proj = nn.Linear(cfg.hidden, embedding_dim)
 
-    def forward(self, z: torch.Tensor, good: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, good: torch.Tensor,
+                quality: torch.Tensor | None = None) -> torch.Tensor:
         pad = self.n_patch * self.cfg.patch - z.shape[-1]
         zp = F.pad(z, (0, pad)).view(z.shape[0], self.n_patch, self.cfg.patch)
         bad = F.pad(1.0 - good, (0, pad), value=1.0)

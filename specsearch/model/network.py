@@ -79,8 +79,9 @@ class SpecCLIPNet(nn.Module):
         """(B, N) prepared flux and weight -> (B, D) normalised embedding, (B, 2) quality."""
         norm = self.normalisers[modality]
         z, good = norm.features(x, w)
-        emb = self.encoders[modality](z, good)
-        return F.normalize(emb.float(), dim=-1), norm.quality(w, good)
+        quality = norm.quality(w, good)
+        emb = self.encoders[modality](z, good, quality)
+        return F.normalize(emb.float(), dim=-1), quality
 
     def encode(self, modality: str, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return self.encode_with_quality(modality, x, w)[0]

@@ -279,6 +279,16 @@ class SearchEngine:
                for i in range(len(q))]
         return out[0] if single else out
 
+    def search_many(self, embeddings: list[np.ndarray], *, modality: str | None = None,
+                    k: int = 10, filter: FilterLike = None, knobs: SearchKnobs | None = None,
+                    pages: list[tuple[int, int | None]] | None = None
+                    ) -> list[Neighbours | QueryError]:
+        """Up to 16 single queries in one index call, each answered as :meth:`search`
+        answers it alone, or with its QueryError (:func:`specsearch.query.batched.search_many`)."""
+        from specsearch.query.batched import search_many
+        return search_many(self, embeddings, modality=modality, k=k, filter=filter,
+                           knobs=knobs, pages=pages)
+
     def _single_plan(self, modality: str | None) -> SingleQueryPlan | None:
         """The single-query plan of ``modality`` (None: the only one), or None where the
         general path is needed, always so when a subclass reads shards its own way

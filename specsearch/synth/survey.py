@@ -59,6 +59,10 @@ class SynthConfig:
             (:mod:`specsearch.synth.realism`); False gives the physics + emulator survey.
         individuality: give each star individual abundances, rotation and an R_V of its
             own (:mod:`specsearch.synth.individuality`).
+        repeat_fraction: fraction of stars observed a second time by both instruments
+            (an independent visit: its own S/N, noise, RV residual, calibration, artefacts),
+            written as extra rows with the same ``source_id`` (``spectrum_id``
+            ``synth<seed>-<i>-v2-<instrument>``): what the identity objective of ``specsearch train`` learns from.
     """
 
     n: int
@@ -70,6 +74,7 @@ class SynthConfig:
     rv_error_kms: float = 5.0
     realism: bool = True
     individuality: bool = True
+    repeat_fraction: float = 0.0
     resolved_fractions: dict[str, float] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
@@ -80,6 +85,8 @@ class SynthConfig:
         if not 0.0 <= self.artefact_fraction <= 1.0:
             raise ConfigError(f"artefact_fraction must be in [0, 1], got "
                               f"{self.artefact_fraction}")
+        if not 0.0 <= self.repeat_fraction <= 1.0:
+            raise ConfigError(f"repeat_fraction must be in [0, 1], got {self.repeat_fraction}")
         self.resolved_fractions = resolve_fractions(self.fractions, self.metal_poor_boost)
 
     @property
@@ -139,28 +146,47 @@ def generate_batch(config: SynthConfig, shard: int, batch: int) -> tuple[dict, d
     ext = extinction_curve()[None, :] if ind is None else extinction_for(ind.r_v)
     extincted = (intrinsic * 10.0 ** (-0.4 * labels.ebv[:, None] * ext)).astype(np.float32)
     teff = labels.teff if config.realism else None
-    xp = observe_xp(extincted, labels.mag_g, rng, teff)
-    snr = draw_snr(rng, labels.mag_g)
-    lam = observe_lamost(extincted, xp.scale, labels.rv, snr, labels.mag_g, rng,
-                         rv_error_kms=config.rv_error_kms, teff=teff)
-    kinds = draw_artefacts(rng, n, config.artefact_fraction)
-    apply_artefacts(lam.flux, lam.ivar, kinds, labels.rv, rng)
+    lam, xp = _observe(config, extincted, labels.rv, labels.mag_g, teff, rng)
     ra, dec = draw_sky_positions(rng, n)
     index = np.arange(start, start + n, dtype=np.int64)
     source_id = SOURCE_ID_BASE + (config.seed % (1 << 20)) * (1 << 36) + index
     common = {"source_id": source_id, "ra": ra, "dec": dec, **_label_columns(labels)}
-    ids = [f"synth{config.seed}-{i}" for i in index]
-    lamost_cols = {"spectrum_id": [f"{s}-lamost" for s in ids], **common,
-                   "flux": lam.flux, "ivar": lam.ivar, "snr": lam.snr,
-                   "is_artefact": kinds != "", "artefact_kind": kinds.astype(str)}
-    xp_cols = {"spectrum_id": [f"{s}-xp" for s in ids], **common,
-               "flux": xp.flux, "ivar": xp.ivar, "snr": xp.snr.astype(np.float32),
+    ids = np.array([f"synth{config.seed}-{i}" for i in index])
+    if config.repeat_fraction > 0:
+        vrng = np.random.default_rng(np.random.SeedSequence([config.seed, shard, batch, 1]))
+        again = np.flatnonzero(vrng.random(n) < config.repeat_fraction)
+        lam2, xp2 = _observe(config, extincted[again], labels.rv[again],
+                             labels.mag_g[again], None if teff is None else teff[again], vrng)
+        lam = {k: np.concatenate([lam[k], lam2[k]]) for k in lam}
+        xp = {k: np.concatenate([xp[k], xp2[k]]) for k in xp}
+        common = {k: np.concatenate([np.asarray(v), np.asarray(v)[again]])
+                  for k, v in common.items()}
+        ids = np.concatenate([ids, np.char.add(ids[again], "-v2")])
+    lamost_cols = {"spectrum_id": [f"{s}-lamost" for s in ids], **common, **lam}
+    xp_cols = {"spectrum_id": [f"{s}-xp" for s in ids], **common, **xp}
+    return lamost_cols, xp_cols
+
+
+def _observe(config: SynthConfig, extincted: np.ndarray, rv: np.ndarray, mag_g: np.ndarray,
+             teff: np.ndarray | None, rng: np.random.Generator) -> tuple[dict, dict]:
+    """One visit of each instrument to the stars of ``extincted``: the (lamost, xp)
+    instrument columns (draws from ``rng`` in the survey's fixed order)."""
+    n = extincted.shape[0]
+    xp = observe_xp(extincted, mag_g, rng, teff)
+    snr = draw_snr(rng, mag_g)
+    lam = observe_lamost(extincted, xp.scale, rv, snr, mag_g, rng,
+                         rv_error_kms=config.rv_error_kms, teff=teff)
+    kinds = draw_artefacts(rng, n, config.artefact_fraction)
+    apply_artefacts(lam.flux, lam.ivar, kinds, rv, rng)
+    lamost = {"flux": lam.flux, "ivar": lam.ivar, "snr": lam.snr,
+              "is_artefact": kinds != "", "artefact_kind": kinds.astype(str)}
+    xp_cols = {"flux": xp.flux, "ivar": xp.ivar, "snr": xp.snr.astype(np.float32),
                "is_artefact": np.zeros(n, dtype=bool), "artefact_kind": np.full(n, ""),
                "bp_coefficients": xp.bp_coefficients.astype(np.float32),
                "rp_coefficients": xp.rp_coefficients.astype(np.float32),
                "bp_coefficient_errors": xp.bp_coefficient_errors.astype(np.float32),
                "rp_coefficient_errors": xp.rp_coefficient_errors.astype(np.float32)}
-    return lamost_cols, xp_cols
+    return lamost, xp_cols
 
 
 def iter_shard(config: SynthConfig, shard: int) -> Iterator[tuple[dict, dict]]:

@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from specsearch.errors import CatalogError
 from specsearch.io.catalog import CatalogWriter
 from specsearch.fsutil import write_json_atomic
@@ -52,20 +54,22 @@ def _shard_prefix(shard: int) -> str:
 
 
 def write_shard(root: str | Path, config: SynthConfig, shard: int, progress_queue=None) -> int:
-    """Generate shard ``shard`` and write its LAMOST and XP files; returns its row count."""
+    """Generate shard ``shard`` and write its LAMOST and XP files; returns its star count
+    (rows are more when ``config.repeat_fraction`` adds second visits)."""
     root = Path(root)
     rows = config.shard_rows(shard)
+    per_file = rows * 2 if config.repeat_fraction else rows      # second visits: same file
     prefix = _shard_prefix(shard)
     for modality in ("lamost", "xp"):            # a half-written earlier attempt
         for stale in (root / modality).glob(f"{prefix}-*.parquet"):
             stale.unlink()
-    with CatalogWriter(root, "lamost", rows_per_file=rows, file_prefix=prefix) as wl, \
-            CatalogWriter(root, "xp", rows_per_file=rows, file_prefix=prefix) as wx:
+    with CatalogWriter(root, "lamost", rows_per_file=per_file, file_prefix=prefix) as wl, \
+            CatalogWriter(root, "xp", rows_per_file=per_file, file_prefix=prefix) as wx:
         for lamost_cols, xp_cols in iter_shard(config, shard):
             wl.write(lamost_cols)
             wx.write(xp_cols)
             if progress_queue is not None:
-                progress_queue.put(len(xp_cols["source_id"]))
+                progress_queue.put(len(np.unique(xp_cols["source_id"])))
     return rows
 
 
@@ -91,14 +95,15 @@ def generate_survey(out: str | Path, n: int, seed: int = 0, *, metal_poor_boost:
                     artefact_fraction: float | None = None, shard_size: int = 50_000,
                     workers: int = 1, progress: bool = True,
                     rv_error_kms: float = 5.0, realism: bool = True,
-                    individuality: bool = True) -> SurveyReport:
+                    individuality: bool = True, repeat_fraction: float = 0.0
+                    ) -> SurveyReport:
     """Generate a paired synthetic LAMOST + Gaia XP catalog in ``out``.
 
     Args:
         out: catalog directory (created; resumable, see the module docstring).
         n: number of stars; seed: master seed.
         metal_poor_boost, fractions, artefact_fraction, rv_error_kms, realism,
-            individuality: see :class:`SynthConfig`.
+            individuality, repeat_fraction: see :class:`SynthConfig`.
         shard_size: stars per shard file.
         workers: processes generating shards in parallel (each ~1 GB peak memory).
         progress: show a tqdm progress bar (stars).
@@ -108,7 +113,8 @@ def generate_survey(out: str | Path, n: int, seed: int = 0, *, metal_poor_boost:
     kwargs = {} if artefact_fraction is None else {"artefact_fraction": artefact_fraction}
     config = SynthConfig(n=n, seed=seed, metal_poor_boost=metal_poor_boost, fractions=fractions,
                          shard_size=shard_size, rv_error_kms=rv_error_kms, realism=realism,
-                         individuality=individuality, **kwargs)
+                         individuality=individuality, repeat_fraction=repeat_fraction,
+                         **kwargs)
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     manifest = _load_manifest(root, config)

@@ -34,6 +34,14 @@ class AugmentConfig:
     tilt_xp: float = 0.03
 
 
+VIEW_AUGMENT = AugmentConfig(p_noise=0.9, max_snr_drop=8.0, p_shift=0.8, max_shift_px=0.8,
+                             p_mask=0.4, max_segments=2, max_segment_frac=0.12, p_tilt=0.8,
+                             tilt_lamost=0.05, tilt_xp=0.04)
+"""The nuisances of the second view of a real spectrum in ``finetune``'s optional
+real-view term (stronger than the training default: S/N down to 1/8, RV residual up to
+55 km/s, 5% continuum tilt)."""
+
+
 @dataclass(frozen=True)
 class LossConfig:
     """Weights of the loss terms and the noise floors (prepared-flux units).
@@ -79,6 +87,13 @@ class TrainConfig:
         labels: label columns for the heads (None: every known label column present).
         max_minutes: wall-clock budget; the run validates, saves and stops when it is spent.
         keep_cache: keep OUT/cache after a finished run (reused by train-heads).
+        identity, identity_temperature: weight and fixed temperature of the identity term:
+            a star's independent second visit (a catalog made with ``specsearch synth
+            --repeat-fraction``) must find its first among all views of the batch
+            (NT-Xent), in each modality (:mod:`specsearch.model.training.identity`).
+        snr_slope: weight of the penalty on the systematic move of the embedding with
+            S/N between two views of the same star (see
+            :func:`specsearch.model.training.loss.snr_slope`).
     """
 
     arch: str = "small"
@@ -98,6 +113,9 @@ class TrainConfig:
     labels: tuple[str, ...] | None = None
     max_minutes: float | None = None
     keep_cache: bool = False
+    identity: float = 1.0
+    identity_temperature: float = 0.07
+    snr_slope: float = 1.0
     loss: LossConfig = field(default_factory=LossConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -136,7 +154,10 @@ class FinetuneConfig:
     Attributes:
         steps: optimizer steps; synth_batch, real_batch, xp_batch: rows per step of each.
         lr: AdamW peak learning rate (warm-up 50 steps, cosine to lr/20).
-        identity: weight of the in-modality view InfoNCE; identity_temperature its fixed T.
+        identity: weight of the in-modality view NT-Xent; identity_temperature its fixed T;
+            snr_slope: weight of the S/N-slope penalty between the views (as in train).
+        real_views: weight of the optional views term on real spectra (two augmented views
+            of one real spectrum; 0: off).
         real_labels: weight of the real LAMOST head likelihood.
         real_sets: which real sets train the heads (labels) and the views;
             real_set_weights: the share of each in a real batch (MILES, a few hundred stars
@@ -152,6 +173,8 @@ class FinetuneConfig:
     weight_decay: float = 0.01
     identity: float = 1.0
     identity_temperature: float = 0.07
+    snr_slope: float = 1.0
+    real_views: float = 0.0
     real_labels: float = 1.0
     real_sets: tuple[str, ...] = ("lamost_dr10", "lamost_dr1", "miles")
     real_set_weights: tuple[float, ...] = (0.5, 0.1, 0.4)

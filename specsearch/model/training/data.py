@@ -104,26 +104,61 @@ class PairTable:
 
 
 def join_pairs(cat: Catalog, *, val_fraction: float, test_fraction: float) -> PairTable:
-    """Join the catalog's modalities on source_id (the first XP row of a star is used)."""
+    """Join the catalog's modalities on source_id: the k-th LAMOST visit of a star (in row
+    order) is paired with its k-th XP row, or its last one when it has fewer XP rows (so
+    repeat visits of a synthetic survey pair independent observations)."""
     for m in ("lamost", "xp"):
         if m not in cat.modalities:
             raise CatalogError(f"{cat.root}: a paired catalog needs 'lamost' and 'xp' rows; "
                                f"found {cat.modalities}")
     sid_l = cat.read_column("lamost", "source_id").to_numpy().astype(np.int64)
     sid_x = cat.read_column("xp", "source_id").to_numpy().astype(np.int64)
-    uniq_x, first_x = np.unique(sid_x, return_index=True)
-    pos = np.searchsorted(uniq_x, sid_l)
-    pos = np.clip(pos, 0, max(len(uniq_x) - 1, 0))
-    has = (len(uniq_x) > 0) & (uniq_x[pos] == sid_l) if len(uniq_x) else np.zeros_like(sid_l,
-                                                                                        bool)
+    order_x = np.argsort(sid_x, kind="stable")
+    uniq_x, start_x, count_x = np.unique(sid_x[order_x], return_index=True,
+                                         return_counts=True)
+    pos = np.clip(np.searchsorted(uniq_x, sid_l), 0, max(len(uniq_x) - 1, 0))
+    has = (uniq_x[pos] == sid_l) if len(uniq_x) else np.zeros_like(sid_l, bool)
     lamost_row = np.flatnonzero(has)
     if lamost_row.size == 0:
         raise CatalogError(f"{cat.root}: no source_id is shared by the lamost and xp rows; "
                            f"nothing to pair")
     sid = sid_l[lamost_row]
-    return PairTable(source_id=sid, lamost_row=lamost_row, xp_row=first_x[pos[lamost_row]],
+    p = pos[lamost_row]
+    visit = visit_rank(sid)
+    xp_row = order_x[start_x[p] + np.minimum(visit, count_x[p] - 1)]
+    return PairTable(source_id=sid, lamost_row=lamost_row, xp_row=xp_row,
                      split=split_of(sid, val_fraction=val_fraction,
                                     test_fraction=test_fraction))
+
+
+def visit_rank(source_id: np.ndarray) -> np.ndarray:
+    """(n,) 0 for a star's first row (in the given order), 1 for its second, ..."""
+    order = np.argsort(source_id, kind="stable")
+    s = source_id[order]
+    new = np.r_[True, s[1:] != s[:-1]] if s.size else np.zeros(0, bool)
+    run_start = np.maximum.accumulate(np.where(new, np.arange(s.size), 0))
+    rank = np.empty(s.size, np.int64)
+    rank[order] = np.arange(s.size) - run_start
+    return rank
+
+
+def other_visit(source_id: np.ndarray, pos: np.ndarray, size: int) -> np.ndarray:
+    """(size,) for each position in ``pos``, another position in ``pos`` of the same star
+    (the next one, cyclically), -1 where the star has no other; -1 outside ``pos``."""
+    pos = np.asarray(pos, np.int64)
+    out = np.full(size, -1, np.int64)
+    order = np.argsort(source_id[pos], kind="stable")
+    p, s = pos[order], source_id[pos][order]
+    if not p.size:
+        return out
+    new = np.r_[True, s[1:] != s[:-1]]
+    starts = np.flatnonzero(new)
+    lengths = np.diff(np.r_[starts, s.size])
+    run = np.cumsum(new) - 1
+    k = np.arange(s.size) - starts[run]
+    nxt = starts[run] + (k + 1) % lengths[run]
+    out[p] = np.where(lengths[run] > 1, p[nxt], -1)
+    return out
 
 
 def stream_rows(cat: Catalog, modality: str, rows: np.ndarray, columns: list[str], *,

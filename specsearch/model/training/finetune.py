@@ -8,14 +8,15 @@ combines three batches:
 * real LAMOST-grid spectra (the ``train`` split of LAMOST DR10/DR1 and MILES, by star, see
   :mod:`specsearch.model.training.real_sets`): the LAMOST head learns their catalogue
   labels with the labels' own uncertainty added in quadrature in the likelihood;
-* real Gaia XP spectra (the ``train`` split of the real sky patch), unlabelled.
+* real Gaia XP spectra (the ``train`` split of the real sky patch), unlabelled, for the
+  optional real-view term (``real_views``);
 
-and an *identity* term on all of them: two independently augmented views of the same
-spectrum (another noise realisation at another S/N, a residual RV shift, a flux-calibration
-tilt, masked segments) must find each other among the batch's other stars, real and
-synthetic mixed (in-modality InfoNCE at a fixed temperature). This is what makes a star's
-embedding independent of its S/N and close to its other visits, and it aligns the real
-spectra's embeddings with the synthetic ones without labels.
+and the *identity* term of ``train`` (:mod:`specsearch.model.training.identity`): the
+synthetic stars' independent second visits must find their first visits among the batch's
+views (NT-Xent at a fixed temperature), and the embedding must not move with S/N between
+them. The optional real-view term asks the same of two augmented views of one real
+spectrum; those share the spectrum's noise, which an encoder can learn to match instead of
+the star, so it is off by default.
 
 After training, the heads are calibrated twice: ``sigma_scale`` on synthetic validation
 pairs (as ``train`` does) and then a real-data scale and ``sigma_floor`` (the
@@ -37,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from specsearch.model.training.configs import FinetuneConfig
+from specsearch.model.training.configs import VIEW_AUGMENT, FinetuneConfig
 from specsearch.errors import ConfigError
 from specsearch.io.catalog import open_catalog
 from specsearch.fsutil import write_json_atomic
@@ -46,17 +47,11 @@ from specsearch.model.training.augment import AugmentConfig, augment
 from specsearch.model.training.cache import build_cache, population_classes
 from specsearch.model.training.calibrate import calibrate, calibrate_real_floor, to_device
 from specsearch.model.checkpoint import save_model_dir
-from specsearch.model.training.data import catalog_fingerprint, join_pairs
-from specsearch.model.training.loss import SpecCLIPLoss, info_nce
+from specsearch.model.training.data import catalog_fingerprint, join_pairs, other_visit
+from specsearch.model.training.identity import identity_terms, second_visits
+from specsearch.model.training.loss import SpecCLIPLoss, identity_loss
 from specsearch.model.network import SpecCLIPNet
 from specsearch.model.training.real_sets import PreparedReal, RealSet, load_all, prepare_real
-
-VIEW_AUGMENT = AugmentConfig(p_noise=0.9, max_snr_drop=8.0, p_shift=0.8, max_shift_px=0.8,
-                             p_mask=0.4, max_segments=2, max_segment_frac=0.12, p_tilt=0.8,
-                             tilt_lamost=0.05, tilt_xp=0.04)
-"""The nuisances two views of one star differ by (stronger than the training default:
-S/N down to 1/8, RV residual up to 55 km/s, 5% continuum tilt)."""
-
 
 @dataclass
 class FinetuneResult:
@@ -130,6 +125,7 @@ class _Data:
     real_p: np.ndarray | None
     real_cal: PreparedReal
     xp_train: PreparedReal | None
+    partner: np.ndarray | None = None
 
 
 def _prepare_data(net: SpecCLIPNet, training: dict[str, Any], catalog: str | Path,
@@ -160,7 +156,10 @@ def _prepare_data(net: SpecCLIPNet, training: dict[str, Any], catalog: str | Pat
                           f"expected the layout of the shared real-data folder")
     r_train = prepare_real(used, names, "train")
     xp_set = all_sets.get("xp_patch")
-    return _Data(cache=cache, train_pos=cache.positions("train"), val_pos=val_pos,
+    train_pos = cache.positions("train")
+    partner = other_visit(cache.index["source_id"], train_pos, len(cache))
+    return _Data(cache=cache, train_pos=train_pos, val_pos=val_pos,
+                 partner=partner if (partner >= 0).any() else None,
                  fingerprint=fingerprint, used=used, real_train=r_train,
                  real_p=r_train.sampling_p(weights if len(weights) == len(used) else None),
                  real_cal=prepare_real(used, names, "cal"),
@@ -204,24 +203,51 @@ def _step_loss(net: SpecCLIPNet, loss_fn: SpecCLIPLoss, data: _Data, cfg: Finetu
                                                  ry, rn, cfg.loss.nll_beta)
     parts["real_labels"] = float(real_nll.detach())
     total = total + real_nll
-    if not cfg.identity:
+    if not (cfg.identity or cfg.snr_slope):
         return total, parts
-    # --- identity: in-modality views, real and synthetic stars in one batch
+    # --- identity: the synthetic stars' independent second visits (see training.identity)
+    ident = slope = total * 0.0
+    second = second_visits(data.cache, data.partner, pos, device)
+    if second is not None:
+        ident, slope = identity_terms(net, outs, second, tb["source_id"],
+                                      augment_cfg=AugmentConfig(),
+                                      temperature=cfg.identity_temperature, gen=gen)
+    if cfg.real_views:      # optional: two views of one real spectrum (they share its noise)
+        total = total + cfg.real_views * _real_views(net, data, cfg, rng, gen, view_scale,
+                                                     device, tb, outs, vb, r_out,
+                                                     ((rxb, rwb), ri), parts)
+    parts["identity"] = float(ident.detach())
+    parts["snr_slope"] = float(slope.detach())
+    return total + cfg.identity * ident + cfg.snr_slope * slope, parts
+
+
+def _real_views(net: SpecCLIPNet, data: _Data, cfg: FinetuneConfig, rng: np.random.Generator,
+                gen: torch.Generator, view_scale: torch.Tensor, device: torch.device,
+                tb: dict, outs: dict, vb: dict, r_out: Any, real_b: tuple,
+                parts: dict[str, float]) -> torch.Tensor:
+    """Two views of each real (and synthetic) spectrum must find each other, per modality
+    (the real spectra's self-supervised term; off by default, see ``real_views``)."""
+    (rxb, rwb), ri = real_b
+    rt = data.real_train
     sid_l = torch.cat([tb["source_id"], torch.from_numpy(rt.star_id[ri])])
     ea = torch.cat([outs["lamost"].embedding, r_out.embedding])
-    eb = torch.cat([net.encode("lamost", *vb["lamost"]), net.encode("lamost", rxb, rwb)])
-    ident = info_nce(ea, eb, view_scale, sid_l)
+    qa = torch.cat([outs["lamost"].quality, r_out.quality])
+    eb, qb = (torch.cat(t) for t in zip(net.encode_with_quality("lamost", *vb["lamost"]),
+                                         net.encode_with_quality("lamost", rxb, rwb)))
+    loss, _ = identity_loss(ea, eb, qa, qb, view_scale, sid_l)
     xt = data.xp_train
-    if xt is not None and "xp" in mods:
+    if xt is not None and "xp" in net.cfg.modalities:
         xi = _rows(rng, xt.x.shape[0], cfg.xp_batch)
         xx, xw = torch.from_numpy(xt.x[xi]).to(device), torch.from_numpy(xt.w[xi]).to(device)
         (xxa, xwa), (xxb, xwb) = _views("xp", xx, xw, gen)
         sid_x = torch.cat([tb["source_id"], torch.from_numpy(xt.star_id[xi])])
-        ea_x = torch.cat([outs["xp"].embedding, net.encode("xp", xxa, xwa)])
-        eb_x = torch.cat([net.encode("xp", *vb["xp"]), net.encode("xp", xxb, xwb)])
-        ident = 0.5 * (ident + info_nce(ea_x, eb_x, view_scale, sid_x))
-    parts["identity"] = float(ident.detach())
-    return total + cfg.identity * ident, parts
+        ea_x, qa_x = (torch.cat(t) for t in zip((outs["xp"].embedding, outs["xp"].quality),
+                                                 net.encode_with_quality("xp", xxa, xwa)))
+        eb_x, qb_x = (torch.cat(t) for t in zip(net.encode_with_quality("xp", *vb["xp"]),
+                                                 net.encode_with_quality("xp", xxb, xwb)))
+        loss = 0.5 * (loss + identity_loss(ea_x, eb_x, qa_x, qb_x, view_scale, sid_x)[0])
+    parts["real_views"] = float(loss.detach())
+    return loss
 
 
 def _optimiser(net: torch.nn.Module, cfg: FinetuneConfig):

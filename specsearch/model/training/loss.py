@@ -54,6 +54,54 @@ def info_nce(emb_a: torch.Tensor, emb_b: torch.Tensor, logit_scale: torch.Tensor
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
+def view_nt_xent(emb_a: torch.Tensor, emb_b: torch.Tensor, scale: float | torch.Tensor,
+                 source_id: torch.Tensor | None = None) -> torch.Tensor:
+    """NT-Xent (SimCLR) over two row-aligned views (B, D) of the same B stars.
+
+    Every view must pick its partner among all 2B - 1 other views: unlike a cross-view
+    InfoNCE, the candidates include the other stars' views of *both* kinds, so views that
+    share a nuisance (e.g. all strongly degraded views) are pushed apart when they belong to
+    different stars, and neighbours come to be chosen by the star, not by the noise.
+    Other views of the same star (several visits in one batch) are not negatives.
+    """
+    z = torch.cat([emb_a, emb_b])                                  # (2B, D)
+    n = emb_a.shape[0]
+    logits = (z @ z.T) * scale
+    idx = torch.arange(2 * n, device=z.device)
+    exclude = idx[:, None] == idx[None, :]
+    if source_id is not None:
+        sid = torch.cat([source_id, source_id])
+        exclude = exclude | (sid[:, None] == sid[None, :])
+    partner = torch.cat([idx[n:], idx[:n]])
+    exclude[idx, partner] = False
+    logits = logits.masked_fill(exclude, float("-inf"))
+    return F.cross_entropy(logits, partner)
+
+
+def snr_slope(emb_a: torch.Tensor, emb_b: torch.Tensor, q_a: torch.Tensor,
+              q_b: torch.Tensor) -> torch.Tensor:
+    """Squared norm of the least-squares slope of (emb_b - emb_a) on the views' difference
+    in log S/N (``q[:, 0]`` of :meth:`Normaliser.quality`), over the batch.
+
+    Two views of one star differ by noise and nuisances; a move of the embedding that
+    follows S/N the same way for every star is a systematic one, which a within-batch
+    contrastive term barely sees (it shifts all candidates alike) but which makes
+    low-S/N spectra each other's nearest neighbours.
+    """
+    dq = (q_b[:, 0] - q_a[:, 0]).float()
+    de = (emb_b - emb_a).float()
+    beta = (de * dq[:, None]).sum(0) / dq.square().sum().clamp_min(1e-6)
+    return beta.square().sum()
+
+
+def identity_loss(emb_a: torch.Tensor, emb_b: torch.Tensor, q_a: torch.Tensor,
+                  q_b: torch.Tensor, log_scale: torch.Tensor | float,
+                  source_id: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(NT-Xent of the two views at inverse temperature exp(log_scale), S/N slope)."""
+    scale = torch.as_tensor(log_scale).exp()
+    return view_nt_xent(emb_a, emb_b, scale, source_id), snr_slope(emb_a, emb_b, q_a, q_b)
+
+
 def gaussian_nll(mu: torch.Tensor, log_sigma: torch.Tensor, target: torch.Tensor,
                  beta: float = 0.0) -> torch.Tensor:
     """Mean beta-NLL over the finite entries of ``target`` (B, L); 0 if there are none."""

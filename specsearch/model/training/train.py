@@ -35,6 +35,8 @@ from specsearch.model.training.calibrate import CalibrationReport, calibrate, it
 from specsearch.model.checkpoint import (optimizer_from_tensors, optimizer_to_tensors,
                                          read_model_dir, save_model_dir, save_tensors_atomic)
 from specsearch.model.config import model_config
+from specsearch.model.training.data import other_visit
+from specsearch.model.training.identity import identity_terms, second_visits
 from specsearch.model.training.pairs import PreparedPairs, prepare_pairs
 from specsearch.model.training.loss import SpecCLIPLoss
 from specsearch.model.network import SpecCLIPNet
@@ -174,6 +176,9 @@ class _Run:
     best_epoch: int = -1
     bad: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    partner: np.ndarray | None = None
+    """Per cache position, another training visit of the same star (-1: none); None
+    when the identity objective is off or the catalog has no repeat visits."""
 
 
 def _start_run(cfg: TrainConfig, data: PreparedPairs, device: torch.device,
@@ -215,6 +220,7 @@ def _train_epoch(run: _Run, data: PreparedPairs, cfg: TrainConfig, epoch: int,
                disable=not progress, leave=False)
     out_of_time = False
     for pos in cache.batches(data.train_pos, cfg.batch_size, rng=rng):
+        pos = np.sort(pos)                                 # the order cache.load returns
         tb = to_device(cache.load(pos), device)
         targets = {m: (tb["x"][m], tb["w"][m]) for m in run.mcfg.modalities}
         inputs = {m: augment(m, *targets[m], cfg.augment, gen) for m in run.mcfg.modalities}
@@ -223,6 +229,14 @@ def _train_epoch(run: _Run, data: PreparedPairs, cfg: TrainConfig, epoch: int,
         y = (tb["labels"] - net.label_mean) / net.label_std
         terms = run.loss_fn(outs, targets, net.logit_scale, labels=y, classes=tb["classes"],
                             source_id=tb["source_id"])
+        second = second_visits(cache, run.partner, pos, device)
+        if second is not None:
+            with autocast_context(device, cfg.amp):
+                ident, slope = identity_terms(net, outs, second, tb["source_id"],
+                                              augment_cfg=cfg.augment,
+                                              temperature=cfg.identity_temperature, gen=gen)
+            terms.total = terms.total + cfg.identity * ident + cfg.snr_slope * slope
+            terms.parts.update(identity=float(ident.detach()), snr_slope=float(slope.detach()))
         run.opt.zero_grad(set_to_none=True)
         terms.total.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
@@ -316,6 +330,17 @@ def train(catalog: str | Path, out: str | Path, cfg: TrainConfig, *, resume: boo
     if val_pos.size > cfg.max_val_pairs:
         val_pos = np.sort(np.random.default_rng(0).permutation(val_pos)[:cfg.max_val_pairs])
     run = _start_run(cfg, data, device, state, out / "checkpoint-last")
+    if cfg.identity or cfg.snr_slope:
+        run.partner = other_visit(data.cache.index["source_id"], data.train_pos,
+                                  len(data.cache))
+        n_rep = int((run.partner >= 0).sum())
+        if progress:
+            tqdm.write(f"identity objective: {n_rep:,} of {data.train_pos.size:,} training "
+                       f"pairs have another visit of their star"
+                       + ("" if n_rep else " (none: make the catalog with "
+                          "`specsearch synth --repeat-fraction`)"))
+        if not n_rep:
+            run.partner = None
     provenance = {"command": command, "catalog_fingerprint": data.fingerprint,
                   "train_config": cfg.to_dict(), "n_train": int(data.train_pos.size),
                   "n_val": int(val_pos.size), "device": str(device),
