@@ -2,7 +2,8 @@
 
 Sequential sweeps on a shared machine compare two backends measured minutes apart, under
 whatever load the machine had then. Here every setting of every path answers the same
-single queries interleaved (the order rotates query by query), so all see the same load:
+single queries, all calls in one seeded random order, so all see the same load (and no
+call finds its query's graph region warm from another path's call on the same query):
 
 * ``engine``: the full specsearch path, ``SearchEngine.search(vector, k=10)`` (result
   object with source_ids and similarities) on a built index directory;
@@ -146,8 +147,11 @@ def main() -> int:
     raw_faiss = mi.shards[0].backend.index
     faiss.omp_set_num_threads(1)
 
+    knobs = {ef: SearchKnobs(ef_search=ef, refine_factor=args.refine) for ef in args.ours_ef}
+
     def ours(ef: int) -> None:
-        set_knobs(mi, SearchKnobs(ef_search=ef, refine_factor=args.refine))
+        if mi.knobs is not knobs[ef]:
+            set_knobs(mi, knobs[ef])
 
     paths = {
         "engine": lambda v: engine.search(v[0], k=args.k).source_id,
@@ -160,19 +164,26 @@ def main() -> int:
     wall = dict.fromkeys(combos, 0.0)
     cpu = dict.fromkeys(combos, 0.0)
     found: dict = {c: [] for c in combos}
-    for i in range(len(q)):
+    # Every (path, setting, query) call in one seeded random order: consecutive calls ask
+    # different queries, so no path finds the graph region of its query warm in the cache
+    # because another path has just searched the same query (a query-by-query rotation
+    # did that: the later paths on a query ran up to 2x faster than the first).
+    calls = [(c, i) for c in range(len(combos)) for i in range(len(q))]
+    np.random.default_rng(0).shuffle(calls)
+    for c, i in calls:
+        name, ef = combos[c]
+        if name == "hnswlib":
+            raw.set_ef(ef)
+        else:
+            ours(ef)
         v = q[i:i + 1]
-        shift = i % len(combos)
-        for name, ef in combos[shift:] + combos[:shift]:
-            if name == "hnswlib":
-                raw.set_ef(ef)
-            else:
-                ours(ef)
-            w0, c0 = time.perf_counter(), time.thread_time()
-            ids = paths[name](v)
-            cpu[name, ef] += time.thread_time() - c0
-            wall[name, ef] += time.perf_counter() - w0
-            found[name, ef].append(ids)
+        w0, c0 = time.perf_counter(), time.thread_time()
+        ids = paths[name](v)
+        cpu[name, ef] += time.thread_time() - c0
+        wall[name, ef] += time.perf_counter() - w0
+        found[name, ef].append((i, ids))
+    found = {c: [ids for _, ids in sorted(hits, key=lambda h: h[0])]
+             for c, hits in found.items()}
     rows = [{"path": name, "ef": ef, "recall_at_10": round(recall_at(np.array(found[name, ef]),
                                                                      truth), 4),
              "qps": round(len(q) / wall[name, ef], 1),

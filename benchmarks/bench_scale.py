@@ -3,8 +3,11 @@ one size per run, on the shipped model's XP embeddings (``--case clustered``: th
 clustered vectors).
 
 For each index (``ivf_pq``: IVF-PQ 32 B codes + exact re-ranking; ``hnsw_fp16``: FAISS
-HNSW over PCA-32 fp16 codes + exact re-ranking), built through ``build_index`` (knobs tuned
-to recall@10 >= 0.95 on held-out rows) in a child process:
+HNSW over fp16 codes + exact re-ranking; both over 32 uncentred principal components for
+model embeddings), built through ``build_index`` in a child
+process, its knobs tuned to recall@10 >= 0.95 on 1000 held-out rows (left out of training and
+masked out of the search, so they meet the index as new spectra do; see
+``specsearch.index.tuning``):
 
 * build seconds (tuning included) and the child's peak RSS (``VmHWM``);
 * resident bytes/vector (index file minus the float32 re-ranking vectors, which stay
@@ -44,13 +47,16 @@ K = 10
 RESULTS = Path(__file__).resolve().parent / "results" / "scale.json"
 
 
-def config_of(name: str, n: int):
-    """The index config a user would pick at ``n`` vectors under a memory budget."""
+def config_of(name: str, n: int, case: str = "model"):
+    """The index config a user would pick at ``n`` vectors under a memory budget: codes on
+    32 uncentred principal components for model embeddings (99.6% of their variance), on
+    all dimensions for the isotropic clustered vectors."""
     from specsearch.index import HNSWConfig, IVFPQConfig
+    pca = 32 if case == "model" else None
     if name == "ivf_pq":
-        return IVFPQConfig(nlist=int(4 * np.sqrt(n)), pq_m=32, refine_factor=4.0)
+        return IVFPQConfig(nlist=int(4 * np.sqrt(n)), pq_m=32, refine_factor=4.0, pca_dim=pca)
     if name == "hnsw_fp16":
-        return HNSWConfig(m=32, ef_construction=200, storage="fp16", pca_dim=32,
+        return HNSWConfig(m=32, ef_construction=200, storage="fp16", pca_dim=pca,
                           refine_factor=4.0)
     raise SystemExit(f"unknown index {name!r}; use ivf_pq or hnsw_fp16")
 
@@ -66,9 +72,9 @@ def build_child(args: argparse.Namespace) -> int:
     src = ArrayEmbeddings({"xp": {"embedding": x, "source_id": np.arange(args.n)}},
                           model_hash="bench")
     t0 = time.perf_counter()
-    build_index(src, args.workdir, BuildOptions(config=config_of(args.build_child, args.n),
-                                                target_recall=0.95, tune_queries=300,
-                                                threads=args.threads))
+    config = config_of(args.build_child, args.n, args.case)
+    build_index(src, args.workdir, BuildOptions(config=config, target_recall=0.95,
+                                                tune_queries=1000, threads=args.threads))
     seconds = time.perf_counter() - t0
     hwm = [line.split()[1] for line in open("/proc/self/status")
            if line.startswith("VmHWM")]

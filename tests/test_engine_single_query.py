@@ -67,7 +67,7 @@ def test_direct_path_equals_general_path(engine, vectors, monkeypatch):
 
 def test_inputs_the_direct_path_does_not_take(engine, vectors):
     q = vectors[N]
-    for query in (q.astype(np.float64), list(q), 3.0 * q, q[::-1][::-1]):
+    for query in (q.astype(np.float64), list(q), 3.0 * q, q[::-1][::-1], q.astype(">f4")):
         _same(engine.search(query, k=10), engine.search(query, k=10, offset=0, limit=10))
     with pytest.raises(Exception, match="finite and non-zero"):
         engine.search(np.zeros(DIM, np.float32), k=10)
@@ -104,3 +104,24 @@ def test_subclass_with_its_own_shard_access_is_not_bypassed(tmp_path, vectors):
     engine = Counting(SearchEngine.open(_build(tmp_path / "i", "flat", vectors[:N])).index)
     engine.search(vectors[N], k=10)
     assert calls == [1]
+
+
+def test_fewer_than_k_found_takes_the_general_path(engine, vectors, monkeypatch):
+    plan = engine._single_plan(None)
+    real = plan.backend.search_one
+
+    def short(q, k, threads=1):     # a backend that found only k - 1 rows
+        sims, rows = real(q, k, threads)
+        rows[0, -1] = -1
+        return sims, rows
+
+    calls = []
+
+    def general(*args, **kwargs):
+        calls.append(1)
+        return SearchEngine._knn(engine, *args, **kwargs)
+
+    monkeypatch.setattr(plan.backend, "search_one", short)
+    monkeypatch.setattr(engine, "_knn", general)
+    hits = engine.search(vectors[N], k=10)
+    assert calls == [1] and len(hits) == 10

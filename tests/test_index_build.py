@@ -74,6 +74,7 @@ def test_flat_is_exact_against_numpy(tmp_path, data):
 @pytest.mark.parametrize("config, floor", [
     (IVFFlatConfig(nlist=64), 0.95),
     (IVFPQConfig(nlist=64, pq_m=8, pq_nbits=6, train_size=4000), 0.93),
+    (IVFPQConfig(nlist=64, pq_m=8, pq_nbits=6, train_size=4000, pca_dim=16), 0.88),
     (HNSWConfig(m=16, ef_construction=64, storage="sq8"), 0.95),
     (HNSWConfig(m=16, ef_construction=64, storage="fp16"), 0.95),
     (HNSWConfig(m=16, ef_construction=64, storage="flat"), 0.95),

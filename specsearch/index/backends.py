@@ -102,9 +102,9 @@ class FaissBackend(Backend):
         self.is_ivf = isinstance(config, IVFFlatConfig)
         self.is_hnsw = isinstance(config, HNSWConfig)
         self.quantised = isinstance(config, IVFPQConfig) or (self.is_hnsw and config.refined)
-        self.pretransform = self.is_hnsw and config.pca_dim is not None
+        self.pretransform = getattr(config, "pca_dim", None) is not None
         if self.pretransform and config.pca_dim >= dim:
-            raise SearchIndexError(f"HNSW pca_dim {config.pca_dim} must be below the "
+            raise SearchIndexError(f"{config.kind} pca_dim {config.pca_dim} must be below the "
                                    f"embedding dimension {dim}")
         self.supports_range = isinstance(config, FlatConfig) or type(config) is IVFFlatConfig
         if index is None:
@@ -157,11 +157,12 @@ class FaissBackend(Backend):
         # FAISS's PCA centres the data, which changes inner-product rankings (embeddings
         # share a large mean direction). Trained on {x, -x} its mean is 0 and its axes are
         # those of the uncentred second moment, so <Px, Pq> keeps the dominant part of
-        # <x, q>. The graph's codes are then trained on the projected sample.
+        # <x, q>. The graph's codes (or the cells and PQ codebooks) are then trained on
+        # the projected sample.
         faiss = _faiss()
         pca = faiss.downcast_VectorTransform(self.base.chain.at(0))
         pca.train(np.concatenate([sample, -sample]))
-        self.graph.train(pca.apply(sample))
+        faiss.downcast_index(self.base.index).train(pca.apply(sample))
         self.base.is_trained = True
         self.index.is_trained = True
 
@@ -282,7 +283,8 @@ class FaissBackend(Backend):
 def faiss_factory(config: IndexConfig) -> str:
     """The FAISS ``index_factory`` string of a config."""
     if isinstance(config, IVFPQConfig):
-        return f"IVF{config.nlist},PQ{config.pq_m}x{config.pq_nbits}"
+        pca = "" if config.pca_dim is None else f"PCA{config.pca_dim},"
+        return f"{pca}IVF{config.nlist},PQ{config.pq_m}x{config.pq_nbits}"
     if isinstance(config, IVFFlatConfig):
         return f"IVF{config.nlist},Flat"
     if isinstance(config, HNSWConfig):

@@ -175,12 +175,20 @@ def resolve_config(options: BuildOptions, n_per_shard: int, dim: int) -> IndexCo
 
 
 def train_and_fill(backend: Backend, vectors: np.ndarray, *, threads: int | None,
-                   chunk: int = 65_536, seed: int = 0) -> None:
-    """Train ``backend`` on a sample of ``vectors`` (rows) and add them all, in chunks."""
+                   chunk: int = 65_536, seed: int = 0,
+                   untrained: np.ndarray | None = None) -> None:
+    """Train ``backend`` on a sample of ``vectors`` (rows; never the sorted rows
+    ``untrained``, kept for tuning, unless nothing else is left) and add them all, in
+    chunks."""
     n = len(vectors)
     train_size = getattr(backend.config, "train_size", 100_000)
     rng = np.random.default_rng(seed)
-    sample_rows = np.sort(rng.choice(n, size=min(n, train_size), replace=False))
+    pool = (np.delete(np.arange(n), untrained) if untrained is not None and len(untrained)
+            and len(untrained) < n else None)
+    if pool is None:
+        sample_rows = np.sort(rng.choice(n, size=min(n, train_size), replace=False))
+    else:
+        sample_rows = np.sort(rng.choice(pool, size=min(len(pool), train_size), replace=False))
     with faiss_threads(threads):
         if n:
             backend.train(np.asarray(vectors[sample_rows], dtype=np.float32))
@@ -261,7 +269,7 @@ def build_modality(source: EmbeddingSource, modality: str, folder: Path,
     """Write one modality's shards and manifest into ``folder`` and tune its knobs."""
     from specsearch.index.reader import ModalityIndex
     from specsearch.index.shard import Shard
-    from specsearch.index.tuning import tune
+    from specsearch.index.tuning import tune, tuning_rows, tuning_take
 
     folder.mkdir(parents=True, exist_ok=True)
     counts, columns = _spool_modality(source, modality, folder, options)
@@ -273,7 +281,9 @@ def build_modality(source: EmbeddingSource, modality: str, folder: Path,
     for s, count in enumerate(counts):
         vectors = np.load(folder / f"{shard_stem(s)}.vectors.npy", mmap_mode="r")
         backend = make_backend(config, dim)
-        train_and_fill(backend, vectors, threads=options.threads, seed=s)
+        held_out = tuning_rows(count, None, tuning_take(options.tune_queries, count,
+                                                        sum(counts)), shard=s)
+        train_and_fill(backend, vectors, threads=options.threads, seed=s, untrained=held_out)
         entries.append(write_shard(folder, s, backend, deleted=None))
         del backend, vectors
         log.info("%s shard %d/%d: %d rows (%s)", modality, s + 1, len(counts), count,

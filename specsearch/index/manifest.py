@@ -104,7 +104,8 @@ class Tuning:
     k: int
     n_queries: int
     knobs: dict[str, Any]
-    method: str = "held-out stored rows (self excluded) vs exact inner product"
+    method: str = ("held-out stored rows (masked out of the search) vs exact inner product "
+                   "over the other rows")
 
 
 @dataclass

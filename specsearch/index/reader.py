@@ -138,15 +138,21 @@ class ModalityIndex:
         return out
 
     def exact_knn(self, queries: np.ndarray, k: int, *,
-                  exclude_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k over all live rows from the stored vectors (ground truth, tuning)."""
+                  exclude_ids: np.ndarray | None = None,
+                  masks: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k over all live rows from the stored vectors (ground truth, tuning);
+        ``masks``: per shard, bool masks of the rows to search (with the live ones)."""
         parts = []
-        for shard in self.shards:
+        for s, shard in enumerate(self.shards):
             if shard.count == 0:
                 continue
-            rows = np.flatnonzero(shard.live_mask()) if shard.deleted is not None else None
+            keep = shard.live_mask() if masks is None else shard.allowed(masks[s])
+            rows = np.flatnonzero(keep) if keep is not None else None
+            n_rows = shard.count if rows is None else len(rows)
+            if n_rows == 0:
+                continue
             sims, r = [], []
-            for start in range(0, shard.count if rows is None else len(rows), 100_000):
+            for start in range(0, n_rows, 100_000):
                 sub = (np.arange(start, min(shard.count, start + 100_000)) if rows is None
                        else rows[start:start + 100_000])
                 s_, r_ = shard.exact_scan(queries, k + 1, sub)
@@ -154,6 +160,9 @@ class ModalityIndex:
                 r.append(r_)
             s_all, r_all = topk_rows(np.concatenate(sims, 1), np.concatenate(r, 1), k + 1)
             parts.append((s_all, global_ids(shard.number, r_all)))
+        if not parts:
+            return (np.full((len(queries), k), -np.inf, np.float32),
+                    np.full((len(queries), k), -1, np.int64))
         sims, ids = merge_topk(parts, k + 1)
         if exclude_ids is None:
             return sims[:, :k], ids[:, :k]

@@ -8,11 +8,15 @@ Auto choice, in the spirit of autofaiss:
   (codes + graph, :func:`ram_bytes_per_vector`) fits ``memory_budget``;
 * else IVF-PQ + re-ranking with the largest code size that fits.
 
-Tuning measures recall@k on held-out *stored rows* used as queries (the row itself
-excluded from both the approximate and the exact answer) against exact inner-product search
-over the stored vectors, walking a ladder of ``nprobe`` / ``ef_search`` values up from the cheapest and keeping the
-first that reaches the target (for quantised backends, a deeper ``refine_factor`` is tried
-when the top of the ladder falls short). The measured recall is written to the manifest.
+Tuning measures recall@k of *held-out* queries: random stored rows that the builder left
+out of the training sample (cells, codebooks, PCA) and that are taken out of the search (a
+filter mask over every tuning row) and out of the exact answer, so each meets the index as
+a new spectrum would. (Excluding only each query's own hit from a k+1 search lets the
+query's own code take one of the ``refine_factor * (k+1)`` re-ranked candidates, a deeper
+re-ranking than a new spectrum gets; IVF-PQ tuned that way to 0.95 on 100k model
+embeddings gave 0.918 on new ones.) It walks a ladder of ``nprobe`` / ``ef_search`` values
+up from the cheapest and keeps the first that reaches the target (for quantised backends,
+a deeper ``refine_factor`` is tried when the top of the ladder falls short). The measured recall is written to the manifest.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from specsearch.errors import ConfigError
 from specsearch.index.config import (FlatConfig, HNSWConfig, HnswlibConfig, IndexConfig,
                                      IVFFlatConfig, IVFPQConfig, SearchKnobs)
 from specsearch.index.manifest import Tuning
-from specsearch.index.reader import ModalityIndex, global_ids
+from specsearch.index.reader import ModalityIndex, global_ids, merge_topk, split_ids
 
 log = logging.getLogger(__name__)
 
@@ -113,18 +117,33 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     return hits / total if total else 1.0
 
 
+def tuning_rows(count: int, live: np.ndarray | None, take: int, *, shard: int,
+                seed: int = 0) -> np.ndarray:
+    """The (sorted) rows of one shard that tuning uses as queries: ``take`` random live rows,
+    seeded by (seed, shard). The builder leaves them out of the training sample, so
+    tuning meets codebooks and cells that never saw its queries, as a new spectrum does."""
+    rows = np.arange(count) if live is None else np.flatnonzero(live)
+    if not take or not len(rows):
+        return np.zeros(0, np.int64)
+    rng = np.random.default_rng([seed, shard])
+    return np.sort(rng.choice(rows, size=min(take, len(rows)), replace=False))
+
+
+def tuning_take(n_queries: int, live_rows: int, live_total: int) -> int:
+    """How many of ``n_queries`` tuning queries a shard of ``live_rows`` contributes."""
+    return int(round(n_queries * live_rows / max(live_total, 1)))
+
+
 def held_out_queries(index: ModalityIndex, n_queries: int, seed: int = 0
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """(queries (m, D), their global ids): random live stored rows."""
-    rng = np.random.default_rng(seed)
+    """(queries (m, D), their global ids): the :func:`tuning_rows` of every shard."""
     ids, vecs = [], []
-    live_total = index.count
     for shard in index.shards:
         live = shard.live_mask()
-        rows = np.arange(shard.count) if live is None else np.flatnonzero(live)
-        take = int(round(n_queries * len(rows) / max(live_total, 1)))
-        if take and len(rows):
-            pick = np.sort(rng.choice(rows, size=min(take, len(rows)), replace=False))
+        n_live = shard.count if live is None else int(live.sum())
+        pick = tuning_rows(shard.count, live, tuning_take(n_queries, n_live, index.count),
+                           shard=shard.number, seed=seed)
+        if len(pick):
             ids.append(global_ids(shard.number, pick))
             vecs.append(np.asarray(shard.vectors[pick], dtype=np.float32))
     if not ids:
@@ -132,16 +151,32 @@ def held_out_queries(index: ModalityIndex, n_queries: int, seed: int = 0
     return np.concatenate(vecs), np.concatenate(ids)
 
 
-def measure_recall(index: ModalityIndex, queries: np.ndarray, query_ids: np.ndarray,
+def without_queries(index: ModalityIndex, query_ids: np.ndarray) -> list[np.ndarray]:
+    """Per shard, a bool mask of the live rows other than the tuning queries' own rows."""
+    shard_of, row = split_ids(query_ids)
+    masks = []
+    for shard in index.shards:
+        live = shard.live_mask()
+        mask = np.ones(shard.count, bool) if live is None else live.copy()
+        mask[row[shard_of == shard.number]] = False
+        masks.append(mask)
+    return masks
+
+
+def measure_recall(index: ModalityIndex, queries: np.ndarray, masks: list[np.ndarray],
                    truth: np.ndarray, k: int, knobs: SearchKnobs, threads: int) -> float:
+    """recall@k of ``knobs`` for queries searched through ``masks`` (the backends' own
+    filtered search, without the index layer's filter heuristics: exact scans of small
+    selections, raised knobs for selective filters)."""
     set_knobs(index, knobs)
-    _, found = index.knn(queries, k + 1, threads=threads)
-    found = np.where(found == query_ids[:, None], -1, found)
-    # Drop the self hit (if found) and keep the first k others.
-    trimmed = np.array([row[row >= 0][:k] if (row >= 0).sum() >= k else
-                        np.pad(row[row >= 0], (0, k - (row >= 0).sum()), constant_values=-1)
-                        for row in found]) if len(found) else found
-    return recall_at_k(trimmed, truth)
+    parts = []
+    for shard, mask in zip(index.shards, masks):
+        if shard.count and mask.any():
+            sims, rows = shard.backend.search(queries, k, knobs, mask, threads)
+            parts.append((sims, global_ids(shard.number, rows)))
+    if not parts:
+        return 1.0
+    return recall_at_k(merge_topk(parts, k)[1], truth)
 
 
 def tune(index: ModalityIndex, *, target_recall: float | None, k: int = 10,
@@ -154,10 +189,11 @@ def tune(index: ModalityIndex, *, target_recall: float | None, k: int = 10,
     base = index.knobs
     if len(queries) == 0:
         return Tuning(target_recall, 1.0, k, 0, base.to_dict())
-    _, truth = index.exact_knn(queries, k, exclude_ids=qids)
+    masks = without_queries(index, qids)
+    _, truth = index.exact_knn(queries, k, masks=masks)
 
     def measure(knobs: SearchKnobs) -> float:
-        r = measure_recall(index, queries, qids, truth, k, knobs, threads)
+        r = measure_recall(index, queries, masks, truth, k, knobs, threads)
         log.debug("%s %s: recall@%d = %.4f", index.modality, knobs, k, r)
         return r
 
