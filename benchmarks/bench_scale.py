@@ -4,7 +4,9 @@ clustered vectors).
 
 For each index (``ivf_pq``: IVF-PQ 32 B codes + exact re-ranking; ``hnsw_fp16``: FAISS
 HNSW over fp16 codes + exact re-ranking; both over 32 uncentred principal components for
-model embeddings), built through ``build_index`` in a child
+model embeddings; ``auto``: what ``--kind auto`` builds; ``hnsw_sq8``: HNSW over SQ8
+codes of all dimensions, auto's choice above 200k rows before it measured the variance),
+built through ``build_index`` in a child
 process, its knobs tuned to recall@10 >= 0.95 on 1000 held-out rows (left out of training and
 masked out of the search, so they meet the index as new spectra do; see
 ``specsearch.index.tuning``):
@@ -52,13 +54,17 @@ def config_of(name: str, n: int, case: str = "model"):
     32 uncentred principal components for model embeddings (99.6% of their variance), on
     all dimensions for the isotropic clustered vectors."""
     from specsearch.index import HNSWConfig, IVFPQConfig
+    if name == "auto":
+        return None  # BuildOptions(kind="auto"): the builder's own choice
+    if name == "hnsw_sq8":
+        return HNSWConfig(storage="sq8")  # what --kind auto chose above 200k before issue 17
     pca = 32 if case == "model" else None
     if name == "ivf_pq":
         return IVFPQConfig(nlist=int(4 * np.sqrt(n)), pq_m=32, refine_factor=4.0, pca_dim=pca)
     if name == "hnsw_fp16":
         return HNSWConfig(m=32, ef_construction=200, storage="fp16", pca_dim=pca,
                           refine_factor=4.0)
-    raise SystemExit(f"unknown index {name!r}; use ivf_pq or hnsw_fp16")
+    raise SystemExit(f"unknown index {name!r}; use ivf_pq, hnsw_fp16, hnsw_sq8 or auto")
 
 
 def build_child(args: argparse.Namespace) -> int:
@@ -73,7 +79,7 @@ def build_child(args: argparse.Namespace) -> int:
                           model_hash="bench")
     t0 = time.perf_counter()
     config = config_of(args.build_child, args.n, args.case)
-    build_index(src, args.workdir, BuildOptions(config=config, target_recall=0.95,
+    build_index(src, args.workdir, BuildOptions(kind="auto", config=config, target_recall=0.95,
                                                 tune_queries=1000, threads=args.threads))
     seconds = time.perf_counter() - t0
     hwm = [line.split()[1] for line in open("/proc/self/status")
@@ -117,6 +123,7 @@ def measure(name: str, folder: Path, q: np.ndarray, truth: np.ndarray, n: int,
     refine = 4 * mi.dim * n if mi.shards[0].backend.quantised else 0
     return {"recall_at_10": round(recall, 4), "qps_single": round(qps_single, 1),
             "qps_batch": round(qps_batch, 1), "knobs": mi.knobs.to_dict(),
+            "backend": mi.manifest.backend.to_dict(),
             "resident_B_per_vec": round((index_bytes - refine) / n, 1),
             "disk_B_per_vec": round(_disk_bytes(folder) / n, 1)}
 
@@ -143,6 +150,10 @@ def main() -> int:
     load = os.getloadavg()[0]
     vectors, described = benchmark_vectors(args.case, args.n + args.queries)
     x, q = np.ascontiguousarray(vectors[:args.n]), np.ascontiguousarray(vectors[args.n:])
+    from specsearch.index.tuning import AUTO_SAMPLE_ROWS, concentrated_variance
+    rng = np.random.default_rng(0)
+    top32 = concentrated_variance(x[rng.choice(args.n, min(args.n, AUTO_SAMPLE_ROWS),
+                                               replace=False)])
     faiss.omp_set_num_threads(args.threads)
     _, truth = faiss.knn(q, x, K, metric=faiss.METRIC_INNER_PRODUCT)
     del x, vectors
@@ -153,6 +164,7 @@ def main() -> int:
         shutil.rmtree(folder, ignore_errors=True)
         built = _build(name, folder, args)
         row = {"case": args.case, "vectors": described, "n": args.n, "index": name,
+               "top32_uncentred_variance": round(top32, 5),
                **{k: round(v, 1) for k, v in built.items()},
                **measure(name, folder, q, truth, args.n, args.threads)}
         rows.append(row)

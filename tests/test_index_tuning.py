@@ -1,14 +1,20 @@
-"""Knob tuning measures the recall new spectra get: tuning rows are masked out of the search."""
+"""Knob tuning measures the recall new spectra get: tuning rows are masked out of the search;
+the auto choice puts codes on 32 principal components only for concentrated data."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from specsearch.errors import ConfigError
 from specsearch.index import ArrayEmbeddings, BuildOptions, IVFPQConfig, build_index
+from specsearch.index.build import resolve_config
+from specsearch.index.config import FlatConfig, HNSWConfig
 from specsearch.index.reader import open_index
 from specsearch.index.synthetic import clustered_unit_vectors
-from specsearch.index.tuning import (held_out_queries, measure_recall, recall_at_k,
+from specsearch.index.tuning import (CONCENTRATED_VARIANCE, PCA_DIM, choose_config,
+                                     concentrated_variance, held_out_queries, measure_recall,
+                                     parse_bytes, ram_bytes_per_vector, recall_at_k,
                                      without_queries)
 
 N, DIM, NEW = 4000, 32, 300
@@ -50,3 +56,87 @@ def test_tuned_ivf_pq_recall_holds_on_new_vectors(tmp_path, vectors):
     truth = np.argsort(-exact, axis=0)[:10].T
     _, found = mi.knn(new, 10)
     assert recall_at_k(found, truth) >= 0.88, mi.knobs
+
+
+# --- auto choice: codes on 32 principal components when they hold the variance ---------
+
+def _concentrated(n: int, dim: int = 128, rank: int = 16, seed: int = 0) -> np.ndarray:
+    """Unit rows whose mean square sits in ``rank`` directions (+ faint isotropic noise)."""
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(rng.standard_normal((dim, rank)))[0]
+    x = rng.standard_normal((n, rank)) @ basis.T + 0.01 * rng.standard_normal((n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _isotropic(n: int, dim: int = 128, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_concentrated_variance_matches_the_backends_uncentred_pca():
+    import faiss
+    x = _concentrated(3000) + 0.3  # a shared mean direction, as model embeddings have
+    pca = faiss.PCAMatrix(128, 32)
+    pca.train(np.ascontiguousarray(np.concatenate([x, -x]), dtype=np.float32))
+    eig = faiss.vector_to_array(pca.eigenvalues)
+    expected = eig[:32].sum() / eig.sum()
+    assert concentrated_variance(x) == pytest.approx(expected, rel=1e-4)
+    assert concentrated_variance(x) >= CONCENTRATED_VARIANCE
+    assert concentrated_variance(_isotropic(3000)) < 0.5
+    with pytest.raises(ConfigError, match="variance sample"):
+        concentrated_variance(np.zeros((0, 128)))
+
+
+@pytest.mark.parametrize("n, budget, old_kind", [
+    (1_000_000, parse_bytes("8G"), "hnsw"),        # HNSW branch
+    (220_000_000, parse_bytes("16G"), "ivf_pq"),   # IVF-PQ branch
+])
+def test_auto_puts_codes_on_pca32_only_for_concentrated_data(n, budget, old_kind):
+    conc, iso = _concentrated(5000), _isotropic(5000)
+    before = choose_config(n, 128, budget)
+    assert before.kind == old_kind and getattr(before, "pca_dim", None) is None
+    # isotropic data: exactly today's choice
+    assert choose_config(n, 128, budget, iso) == before
+    after = choose_config(n, 128, budget, conc)
+    assert after.kind == old_kind and after.pca_dim == PCA_DIM
+    if old_kind == "hnsw":
+        assert after == HNSWConfig(pca_dim=32, storage="fp16") and before.storage == "sq8"
+    else:
+        assert after == IVFPQConfig(pca_dim=32, pq_m=32).resolved(n)
+        assert before.pca_dim is None and before.pq_m == 64
+    assert n * ram_bytes_per_vector(after, 128) <= budget
+    # flat stays flat; dimension <= 32 has nothing to reduce
+    assert choose_config(50_000, 128, budget, conc) == FlatConfig()
+    assert choose_config(n, 32, budget, conc[:, :32]).pca_dim is None
+
+
+def test_auto_falls_back_to_pq_over_pca_when_hnsw_does_not_fit():
+    n, conc = 10_000_000, _concentrated(2000)
+    budget = int(n * ram_bytes_per_vector(HNSWConfig(pca_dim=32, storage="fp16"), 128)) - 1
+    got = choose_config(n, 128, budget, conc)
+    assert got.kind == "ivf_pq" and got.pca_dim == 32 and got.pq_m == 32
+
+
+def test_forced_kind_or_config_ignores_the_sample():
+    conc = _concentrated(2000)
+    assert resolve_config(BuildOptions(kind="hnsw"), 1_000_000, 128, conc) == HNSWConfig()
+    forced = IVFPQConfig(nlist=128, pq_m=16)
+    assert resolve_config(BuildOptions(config=forced), 1_000_000, 128, conc) == forced
+    auto = resolve_config(BuildOptions(kind="auto", memory_budget=parse_bytes("8G"),
+                                       backend_options={"m": 16}), 1_000_000, 128, conc)
+    assert auto == HNSWConfig(m=16, pca_dim=32, storage="fp16")
+
+
+def test_build_auto_samples_the_spooled_vectors(tmp_path, monkeypatch):
+    import specsearch.index.tuning as tuning
+    monkeypatch.setattr(tuning, "EXACT_MAX_VECTORS", 1000)
+    built = {}
+    for name, x in (("conc", _concentrated(3000, seed=3)), ("iso", _isotropic(3000))):
+        src = ArrayEmbeddings({"xp": {"embedding": x, "source_id": np.arange(len(x))}},
+                              model_hash="test")
+        build_index(src, tmp_path / name, BuildOptions(kind="auto", shards=2,
+                                                       target_recall=None, tune_queries=50,
+                                                       threads=1))
+        built[name] = open_index(tmp_path / name)["xp"].manifest.backend
+    assert built["conc"] == HNSWConfig(pca_dim=32, storage="fp16")
+    assert built["iso"] == HNSWConfig(storage="sq8")

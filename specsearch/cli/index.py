@@ -19,7 +19,8 @@ Example:
 """
 
 KIND_HELP = ("backend: auto (exact when small, HNSW over SQ8 codes + re-ranking when it fits "
-             "--memory-budget, else IVF-PQ + re-ranking), flat (exact), ivf_flat, ivf_pq, "
+             "--memory-budget, else IVF-PQ + re-ranking; codes on 32 principal components "
+             "when they hold >= 99%% of the variance), flat (exact), ivf_flat, ivf_pq, "
              "hnsw (FAISS), hnswlib")
 
 

@@ -160,18 +160,44 @@ def normalise_rows(vectors: np.ndarray, where: str) -> np.ndarray:
     return v / norms[:, None]
 
 
-def resolve_config(options: BuildOptions, n_per_shard: int, dim: int) -> IndexConfig:
+def auto_chosen(options: BuildOptions) -> bool:
+    """True when the builder picks the backend (``--kind auto``, no explicit config)."""
+    return options.config is None and options.kind == "auto"
+
+
+def resolve_config(options: BuildOptions, n_per_shard: int, dim: int,
+                   sample: np.ndarray | None = None) -> IndexConfig:
+    """The backend config of a build: explicit, named or (``auto``) chosen for the size,
+    memory budget and, given ``sample`` rows of the data, how concentrated their variance
+    is (:func:`specsearch.index.tuning.choose_config`)."""
     from specsearch.index.tuning import choose_config  # tuning imports reader, not build
     if options.config is not None:
         config = options.config
     elif options.kind == "auto":
-        config = choose_config(n_per_shard * options.shards, dim, options.memory_budget)
+        config = choose_config(n_per_shard * options.shards, dim, options.memory_budget,
+                               sample)
         if options.backend_options:
             knobs = {k: v for k, v in config.to_dict().items() if k != "kind"}
             config = make_config(config.kind, **{**knobs, **options.backend_options})
     else:
         config = make_config(options.kind, **options.backend_options)
     return config.resolved(n_per_shard)
+
+
+def sample_rows(folder: Path, counts: list[int], take: int, *, seed: int = 0
+                ) -> np.ndarray:
+    """Up to ``take`` random rows (float32) of the spooled shard vectors in ``folder``,
+    spread over the shards in proportion to their rows."""
+    total = sum(counts)
+    rng = np.random.default_rng(seed)
+    parts = []
+    for s, count in enumerate(counts):
+        want = min(count, int(round(take * count / max(total, 1))))
+        if want:
+            vectors = np.load(folder / f"{shard_stem(s)}.vectors.npy", mmap_mode="r")
+            rows = np.sort(rng.choice(count, size=want, replace=False))
+            parts.append(np.asarray(vectors[rows], dtype=np.float32))
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
 def train_and_fill(backend: Backend, vectors: np.ndarray, *, threads: int | None,
@@ -276,7 +302,12 @@ def build_modality(source: EmbeddingSource, modality: str, folder: Path,
     if atomic:
         atomic.checkpoint(f"after_vectors:{modality}")
     dim = source.embedding_dim
-    config = resolve_config(options, max(1, sum(counts) // options.shards), dim)
+    sample = None
+    if auto_chosen(options) and sum(counts):
+        from specsearch.index.tuning import AUTO_SAMPLE_ROWS
+        sample = sample_rows(folder, counts, AUTO_SAMPLE_ROWS)
+    config = resolve_config(options, max(1, sum(counts) // options.shards), dim, sample)
+    del sample
     entries = []
     for s, count in enumerate(counts):
         vectors = np.load(folder / f"{shard_stem(s)}.vectors.npy", mmap_mode="r")

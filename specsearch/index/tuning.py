@@ -8,6 +8,11 @@ Auto choice, in the spirit of autofaiss:
   (codes + graph, :func:`ram_bytes_per_vector`) fits ``memory_budget``;
 * else IVF-PQ + re-ranking with the largest code size that fits.
 
+Given a sample of the vectors whose top :data:`PCA_DIM` uncentred principal components hold
+at least :data:`CONCENTRATED_VARIANCE` of the mean square (model embeddings), the codes go
+on those components instead: HNSW over PCA-32 fp16 codes, or IVF-PQ over PCA-32 with 32 B
+codes (:func:`concentrated_variance`).
+
 Tuning measures recall@k of *held-out* queries: random stored rows that the builder left
 out of the training sample (cells, codebooks, PCA) and that are taken out of the search (a
 filter mask over every tuning row) and out of the exact answer, so each meets the index as
@@ -39,6 +44,19 @@ EXACT_MAX_VECTORS = 200_000
 EF_LADDER = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 NPROBE_LADDER = (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024)
 MAX_REFINE = 32.0
+PCA_DIM = 32
+"""Components the codes of a concentrated dataset are put on (auto choice)."""
+CONCENTRATED_VARIANCE = 0.99
+"""Fraction of the uncentred variance (mean square) the top :data:`PCA_DIM` components
+must hold for ``--kind auto`` to put the codes on them. Model embeddings (128-d, 99%+ in
+24-32 directions, neighbours near-ties) lose recall to codes spread over all D: on 1M of
+them IVF-PQ over 128 dimensions reached 0.875 held-out recall@10 (every list probed,
+re-ranking x32) and HNSW-SQ8 ~0.93-0.95, while IVF-PQ over PCA-32 reached 0.957-0.969 and
+HNSW over PCA-32 fp16 0.968-0.985 (BENCHMARKS.md, issue 17). Below 0.99 the discarded
+components carry enough of the inner product to reorder near neighbours beyond what the
+re-ranking depth repairs, so the all-dimension codes stay."""
+AUTO_SAMPLE_ROWS = 20_000
+"""Rows the builder samples to measure :func:`concentrated_variance`."""
 
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 1024, "m": 1e6, "mb": 1e6,
           "mib": 1024 ** 2, "g": 1e9, "gb": 1e9, "gib": 1024 ** 3, "t": 1e12, "tb": 1e12,
@@ -79,11 +97,52 @@ def ram_bytes_per_vector(config: IndexConfig, dim: int) -> float:
     return 4 * dim
 
 
-def choose_config(n_vectors: int, dim: int, memory_budget: int | None = None) -> IndexConfig:
-    """The backend ``--kind auto`` picks for ``n_vectors`` (see the module docstring)."""
+def concentrated_variance(sample: np.ndarray, n_components: int = PCA_DIM) -> float:
+    """Fraction of the uncentred variance (mean square) of ``sample`` rows held by its top
+    ``n_components`` uncentred principal components: the axes of the backends' PCA, which
+    is trained on {x, -x} (mean 0, covariance = the second moment of x)."""
+    x = np.asarray(sample, dtype=np.float64)
+    if x.ndim != 2 or not len(x):
+        raise ConfigError(f"variance sample must be a non-empty (n, D) array; got shape "
+                          f"{x.shape}")
+    eig = np.clip(np.linalg.eigvalsh(x.T @ x), 0.0, None)[::-1]
+    total = float(eig.sum())
+    return float(eig[:n_components].sum() / total) if total > 0 else 1.0
+
+
+def choose_config(n_vectors: int, dim: int, memory_budget: int | None = None,
+                  sample: np.ndarray | None = None) -> IndexConfig:
+    """The backend ``--kind auto`` picks for ``n_vectors`` (see the module docstring);
+    ``sample`` (rows of the data, e.g. :data:`AUTO_SAMPLE_ROWS`) lets it put the codes on
+    :data:`PCA_DIM` principal components when they hold the variance."""
     budget = memory_budget or default_memory_budget()
     if n_vectors <= EXACT_MAX_VECTORS and n_vectors * 4 * dim <= budget:
         return FlatConfig()
+    fraction = (concentrated_variance(sample) if sample is not None and dim > PCA_DIM
+                else None)
+    concentrated = fraction is not None and fraction >= CONCENTRATED_VARIANCE
+    config = _concentrated_choice(n_vectors, dim, budget) if concentrated else None
+    config = config or _default_choice(n_vectors, dim, budget)
+    log.info("auto index for %d x %d vectors: %s (top-%d uncentred variance %s, "
+             "threshold %.2f)", n_vectors, dim, config.to_dict(), PCA_DIM,
+             "not measured" if fraction is None else f"{fraction:.4f}", CONCENTRATED_VARIANCE)
+    return config
+
+
+def _concentrated_choice(n_vectors: int, dim: int, budget: int) -> IndexConfig | None:
+    """HNSW or IVF-PQ with codes on :data:`PCA_DIM` components; None if neither fits."""
+    hnsw = HNSWConfig(pca_dim=PCA_DIM, storage="fp16")
+    if n_vectors * ram_bytes_per_vector(hnsw, dim) <= budget:
+        return hnsw
+    for pq_m in (32, 16, 8, 4):
+        cfg = IVFPQConfig(pca_dim=PCA_DIM, pq_m=pq_m).resolved(n_vectors)
+        if n_vectors * ram_bytes_per_vector(cfg, dim) <= budget:
+            return cfg
+    return None
+
+
+def _default_choice(n_vectors: int, dim: int, budget: int) -> IndexConfig:
+    """HNSW-SQ8 if it fits, else IVF-PQ over all D with the largest code that fits."""
     hnsw = HNSWConfig(storage="sq8")
     if n_vectors * ram_bytes_per_vector(hnsw, dim) <= budget:
         return hnsw
