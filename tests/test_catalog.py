@@ -93,3 +93,22 @@ def test_atomic_files_get_the_usual_mode(tmp_path):
     write_bytes_atomic(tmp_path / "a.json", b"{}")
     (tmp_path / "b.json").write_bytes(b"{}")
     assert os.stat(tmp_path / "a.json").st_mode == os.stat(tmp_path / "b.json").st_mode
+
+
+def test_spectra_are_written_byte_stream_split_and_read_back_exactly(tmp_path):
+    import pyarrow as pa
+
+    from specsearch.io.parquet import array_to_fixed_list, write_table_atomic
+
+    flux = np.random.default_rng(0).normal(1.0, 0.1, (50, 40)).astype(np.float32)
+    table = pa.table({"source_id": pa.array(np.arange(50)), "flux": array_to_fixed_list(flux),
+                      "name": [f"s{i}" for i in range(50)]})
+    path = write_table_atomic(table, tmp_path / "x.parquet")
+    meta = pq.ParquetFile(path).metadata.row_group(0)
+    enc = {meta.column(i).path_in_schema: meta.column(i).encodings
+           for i in range(meta.num_columns)}
+    assert "BYTE_STREAM_SPLIT" in enc["flux.list.element"]
+    assert "RLE_DICTIONARY" not in enc["flux.list.element"]
+    assert "RLE_DICTIONARY" in enc["name"]                 # other columns keep dictionaries
+    back = pq.read_table(path)
+    assert back.schema.equals(table.schema) and back.equals(table)
