@@ -90,8 +90,9 @@ def _lr(step: int, total: int, warmup: int = 50) -> float:
 def _views(modality: str, x: torch.Tensor, w: torch.Tensor, gen: torch.Generator
            ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """View A with the training augmentations (what the cross-modal, reconstruction and
-    head terms see, as in ``train``) and view B with the stronger identity nuisances: the
-    identity term pulls B onto A, so the main objective keeps its precision."""
+    head terms see, as in ``train``) and view B with the stronger nuisances of the optional
+    real-view term. View B is drawn even when that term is off, so that the random stream,
+    and with it the shipped model, stays what the documented command reproduces."""
     return (augment(modality, x, w, AugmentConfig(), gen),
             augment(modality, x, w, VIEW_AUGMENT, gen))
 
