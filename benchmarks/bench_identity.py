@@ -17,7 +17,11 @@ One run measures the embedding and a baseline of the same run on every same-star
    top-10 both ways, and the fraction of the top-10 within 150 K, 0.3 dex logg, 0.15 dex
    [Fe/H] of the query's true labels. Baseline: nearest neighbours by the heads' predicted
    (teff, logg, feh), each scaled by its tolerance.
-4. **real**: :func:`specsearch.model.evaluation.evaluate_real.identity` (DR10 and DR8 repeat visits
+4. **ceilings** (:mod:`identity_ceiling`, ``--ceiling-n`` stars of their own): LAMOST->XP
+   partner top-1 of idealised searchers that know the star's noiseless XP spectrum exactly,
+   up to a calibrated SED slope/curvature, or up to a free one, next to the embedding on
+   the same stars.
+5. **real**: :func:`specsearch.model.evaluation.evaluate_real.identity` (DR10 and DR8 repeat visits
    among every real LAMOST spectrum, embedding vs raw pixels) and
    :func:`specsearch.model.evaluation.evaluate_real.cross_modal` (each real LAMOST visit's own Gaia XP
    among the real XP sky patch).
@@ -47,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from identity_ceiling import xp_partner_ceilings  # noqa: E402
 from identity_tasks import (  # noqa: E402
     K_NEIGHBOURS, SNR_RANGE, VISITS, cross_modal_synth, iter_visit_batches, label_vectors,
     partner_ranks, rank_summary, snr_neighbour_rho, unit, xp_raw)
@@ -207,6 +212,22 @@ def real_tasks(model, real: Path, cache: Path | None, clock: Stopwatch) -> dict[
         return {"identity": identity(model, sets), "cross_modal": cross_modal(model, sets)}
 
 
+def ceiling_rows(ceil: dict[str, Any]) -> list[Row]:
+    """Embedding vs each ceiling on the same stars (the ratio is the fraction reached)."""
+    if not ceil:
+        return []
+    n, e = ceil["n_stars"], ceil["embedding"]
+    rows = []
+    for key, what in (("exact", "noiseless XP spectrum known up to scale"),
+                      ("sed_known", "... up to a 3%/2% SED slope/curvature (SED-keeping "
+                                    "LAMOST input)"),
+                      ("sed_free", "... up to a free SED slope/curvature (continuum-"
+                                   "normalised LAMOST input)")):
+        rows.append(Row(f"synth LAMOST->XP partner top-1 among {n:,}, baseline = ceiling: "
+                        f"{what}", e["top1"], ceil[key]["top1"]))
+    return rows
+
+
 def table_rows(syn: dict[str, Any], real: dict[str, Any]) -> list[Row]:
     """The table of the run (embedding vs the same run's baseline, with the issue's goals)."""
     n = syn["n_stars"]
@@ -242,6 +263,7 @@ def table_rows(syn: dict[str, Any], real: dict[str, Any]) -> list[Row]:
                      ce[way]["label_agreement_top10"]["fraction_within"],
                      cl[way]["label_agreement_top10"]["fraction_within"], ">= 0.90",
                      ce[way]["label_agreement_top10"]["fraction_within"] >= 0.90)]
+    rows += ceiling_rows(syn.get("ceilings", {}))
     ident = real.get("identity", {})
     for name, label in (("lamost_dr10", "DR10"), ("lamost_dr8", "DR8")):
         got = ident.get(name)
@@ -271,6 +293,8 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help=".npz cache of the real sets (written on first use)")
     p.add_argument("--n-synth", type=int, default=10_000, help="synthetic stars")
     p.add_argument("--seed", type=int, default=14_014, help="seed of the synthetic stars")
+    p.add_argument("--ceiling-n", type=int, default=2000,
+                   help="stars of the cross-modal ceiling rows (0: skip them)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results"
                    / "identity.json")
@@ -296,6 +320,10 @@ def main(argv: list[str] | None = None) -> int:
         step(f"model {model.model_hash[:12]} ({model.path}); {args.n_synth:,} stars, "
              f"seed {args.seed}, {args.threads} threads")
         syn = synthetic_tasks(model, args.n_synth, args.seed, clock)
+        if args.ceiling_n:
+            step(f"cross-modal ceilings among {args.ceiling_n:,}")
+            with clock.stage("synth_ceilings"):
+                syn["ceilings"] = xp_partner_ceilings(model, args.ceiling_n)
         step("real tasks")
         real = real_tasks(model, args.real_data, args.real_cache, clock)
     rows = table_rows(syn, real)

@@ -118,3 +118,34 @@ def test_label_agreement_counts_neighbours_within_tolerance():
               "logg": np.array([4.0, 4.1, 4.0, 4.0]), "feh": np.zeros(4)}
     got = label_agreement(np.array([[1, 2], [0, 2], [0, 1], [0, 1]]), labels, labels)
     assert got == {"n": 3, "fraction_within": pytest.approx(2 / 6)}
+
+
+def test_likelihood_ratio_ranks_do_not_prefer_noisy_gallery_spectra():
+    """A very noisy gallery spectrum fits every template about equally well: ranked by
+    likelihood it would win every query; by the likelihood ratio against the population it
+    wins none that has a clear partner."""
+    from identity_ceiling import _ratio_ranks
+
+    n = 5
+    ll = np.full((n, n), -50.0)
+    np.fill_diagonal(ll, -10.0)          # each template fits its own spectrum best ...
+    ll[:, 4] = -5.0                       # ... but spectrum 4 (noise only) fits all better
+    assert (np.argmax(ll, axis=1) == 4).all()
+    ranks = _ratio_ranks(ll)
+    assert ranks[:4].tolist() == [1, 1, 1, 1]
+
+
+def test_ceilings_on_a_few_stars():
+    """Forty stars: an exact XP template picks its own noisy spectrum almost always; a free
+    SED slope and curvature can only lose information."""
+    from identity_ceiling import xp_partner_ceilings
+
+    from specsearch.model import load_model
+
+    got = xp_partner_ceilings(load_model(None), n=40, seed=5)
+    assert got["n_stars"] == 40
+    assert got["exact"]["top1"] >= 0.9
+    assert got["exact"]["top1"] >= got["sed_known"]["top1"] - 0.05
+    assert got["sed_known"]["top1"] >= got["sed_free"]["top1"] - 0.05
+    assert 0.0 <= got["embedding"]["top1"] <= 1.0
+    assert sum(v["n"] for v in got["top1_by_g"].values()) == 40

@@ -121,10 +121,22 @@ def test_forced_kind_or_config_ignores_the_sample():
     conc = _concentrated(2000)
     assert resolve_config(BuildOptions(kind="hnsw"), 1_000_000, 128, conc) == HNSWConfig()
     forced = IVFPQConfig(nlist=128, pq_m=16)
-    assert resolve_config(BuildOptions(config=forced), 1_000_000, 128, conc) == forced
+    got = resolve_config(BuildOptions(config=forced), 1_000_000, 128, conc)
+    assert got == IVFPQConfig(nlist=128, pq_m=16, train_size=100_000)  # only the sample filled
     auto = resolve_config(BuildOptions(kind="auto", memory_budget=parse_bytes("8G"),
                                        backend_options={"m": 16}), 1_000_000, 128, conc)
     assert auto == HNSWConfig(m=16, pca_dim=32, storage="fp16")
+
+
+def test_ivf_training_sample_grows_with_the_cells():
+    """39 training vectors a k-means cell (FAISS's floor), at least 100k; an explicit
+    train_size is kept."""
+    assert IVFPQConfig().resolved(10_000_000).nlist == 12_649
+    assert IVFPQConfig().resolved(10_000_000).train_size == 39 * 12_649
+    assert IVFPQConfig().resolved(1_000_000).train_size == 39 * 4000
+    assert IVFPQConfig().resolved(100_000).train_size == 100_000
+    assert IVFPQConfig(nlist=5000).resolved(100).train_size == 195_000
+    assert IVFPQConfig(train_size=5000).resolved(10_000_000).train_size == 5000
 
 
 def test_build_auto_samples_the_spooled_vectors(tmp_path, monkeypatch):

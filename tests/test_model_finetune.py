@@ -100,13 +100,15 @@ def test_finetune_cli_end_to_end(tmp_path, capsys):
     out = tmp_path / "ft"
     assert main(["finetune", "--model", str(base), "--catalog", str(cat), "--real-data",
                  str(tmp_path), "--real-cache", str(tmp_path / "real.npz"), "--out", str(out),
-                 "--steps", "3", "--device", "cpu", "--no-progress"]) == 0
+                 "--steps", "3", "--device", "cpu", "--no-progress",
+                 "--hard-negatives", "0.5", "--hard-group", "8"]) == 0
     text = capsys.readouterr().out
     assert "fine-tuned" in text and "z-width on the real calibration stars" in text
     old, new = load_model(base), load_model(out)
     assert new.model_hash != old.model_hash
     ft = new.full_config["training"]["finetune"]
     assert ft["base_hash"] == old.model_hash and ft["real_train"]["lamost_dr10"] > 50
+    assert ft["config"]["hard_negatives"] == 0.5 and ft["config"]["hard_group"] == 8
     floor = new.net.heads["lamost"].sigma_floor
     j = new.label_names.index("feh")
     assert floor.shape == (len(new.label_names),) and float(floor[j]) > 0   # +0.2 dex scale

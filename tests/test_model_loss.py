@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from specsearch.model.training.augment import AugmentConfig, augment, mask_segments, shift
+from specsearch.model.training.augment import (AugmentConfig, augment, mask_segments, red_cut,
+                                               shift)
 from specsearch.model.training.loss import (LossConfig, SpecCLIPLoss, gaussian_nll, info_nce,
                                    reduced_chi2, snr_slope, view_nt_xent)
 from specsearch.model.network import SpecCLIPNet
@@ -123,6 +124,29 @@ def test_augmentations_are_seeded_and_keep_masks():
     xm, wm = mask_segments(x.clone(), w.clone(), 1.0, 1, 0.2,
                            torch.Generator().manual_seed(0))
     assert ((wm == 0) & (w > 0)).any() and torch.equal(xm[wm == 0], torch.zeros_like(xm[wm == 0]))
+
+
+def test_red_cut_masks_the_red_end_of_lamost_only():
+    from specsearch.preprocess import grid_for
+
+    wave = grid_for("lamost").wavelength
+    x = torch.rand(64, wave.size) + 0.5
+    w = torch.full_like(x, 100.0)
+    xc, wc = red_cut(x.clone(), w.clone(), 1.0, 6800.0, 8200.0,
+                     torch.Generator().manual_seed(1))
+    blue = torch.from_numpy(wave < 6800.0)
+    red = torch.from_numpy(wave > 8200.0)
+    assert torch.equal(wc[:, blue], w[:, blue]) and (wc[:, red] == 0).all()
+    cut = (wc > 0).sum(1)                               # the cut varies from row to row
+    assert cut.unique().numel() > 10 and torch.equal(xc[wc == 0], torch.zeros_like(xc[wc == 0]))
+    # off by default: the default augmentations draw exactly what they drew before
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    a1 = augment("lamost", x, w, AugmentConfig(), g1)
+    a2 = augment("lamost", x, w, AugmentConfig(p_red_cut=0.0), g2)
+    assert torch.equal(a1[1], a2[1])
+    xp = augment("xp", x[:, :343], w[:, :343], AugmentConfig(p_red_cut=1.0, p_mask=0.0),
+                 torch.Generator().manual_seed(0))
+    assert (xp[1] > 0).all()                            # XP keeps its red end
 
 
 def test_loss_decreases_on_a_fixed_batch():

@@ -125,6 +125,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="weight of the views term on real spectra (0: off)")
     f.add_argument("--real-labels", type=float, default=ft.real_labels,
                    help="weight of the real-label likelihood (0: no real labels)")
+    f.add_argument("--hard-negatives", type=float, default=ft.hard_negatives,
+                   help="share of each synthetic batch made of groups of look-alike stars")
+    f.add_argument("--hard-group", type=int, default=ft.hard_group,
+                   help="stars in one look-alike group")
     f.add_argument("--seed", type=int, default=ft.seed)
     f.add_argument("--device", default=ft.device, choices=["auto", "cpu", "cuda"])
     f.add_argument("--threads", type=int, help="torch CPU threads")
@@ -202,7 +206,8 @@ def run_finetune(args: argparse.Namespace) -> int:
     _threads(args)
     cfg = FinetuneConfig(steps=args.steps, lr=args.lr, identity=args.identity,
                          snr_slope=args.snr_slope, real_views=args.real_views,
-                         real_labels=args.real_labels, seed=args.seed, device=args.device)
+                         real_labels=args.real_labels, hard_negatives=args.hard_negatives,
+                         hard_group=args.hard_group, seed=args.seed, device=args.device)
     result = finetune(args.model, args.catalog, args.real_data, args.out, cfg,
                       progress=not args.no_progress, overwrite=args.overwrite,
                       command=shlex.join(["specsearch", *sys.argv[1:]]),

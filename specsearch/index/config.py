@@ -86,6 +86,10 @@ class FlatConfig(IndexConfig):
     kind: ClassVar[str] = "flat"
 
 
+MIN_TRAIN_PER_CELL = 39
+"""Training vectors a k-means cell needs (FAISS warns below 39)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class IVFFlatConfig(IndexConfig):
     """Inverted file over exact vectors (FAISS ``IVF{nlist},Flat``).
@@ -95,20 +99,25 @@ class IVFFlatConfig(IndexConfig):
             balance between coarse-quantiser cost and cell size.
         nprobe: cells visited per query before tuning (see :class:`SearchKnobs`).
         train_size: vectors sampled for k-means; more = better cells, slower build.
+            None = ``MIN_TRAIN_PER_CELL`` a cell, at least 100,000 (a 10M-vector index has
+            12,649 cells and samples 493,311 vectors; a fixed 100k would leave 8 a cell).
     """
 
     kind: ClassVar[str] = "ivf_flat"
     nlist: int | None = None
     nprobe: int = 16
-    train_size: int = 100_000
+    train_size: int | None = None
 
     def resolved(self, n_vectors: int) -> "IVFFlatConfig":
-        if self.nlist is not None:
-            return self
-        nlist = int(4 * math.sqrt(max(n_vectors, 1)))
-        # FAISS wants >= 39 training points a centroid for stable k-means.
-        nlist = max(1, min(nlist, max(n_vectors, 1) // 39, 65536))
-        return dataclasses.replace(self, nlist=nlist)
+        nlist = self.nlist
+        if nlist is None:
+            nlist = int(4 * math.sqrt(max(n_vectors, 1)))
+            # FAISS wants >= 39 training points a centroid for stable k-means.
+            nlist = max(1, min(nlist, max(n_vectors, 1) // MIN_TRAIN_PER_CELL, 65536))
+        train_size = self.train_size
+        if train_size is None:
+            train_size = max(100_000, MIN_TRAIN_PER_CELL * nlist)
+        return dataclasses.replace(self, nlist=nlist, train_size=train_size)
 
     def search_defaults(self) -> SearchKnobs:
         return SearchKnobs(nprobe=self.nprobe)

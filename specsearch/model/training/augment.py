@@ -8,6 +8,8 @@ adds and the embedding should ignore.
   only: an XP pixel is ~20 A, a 100 km/s shift is ~1/10 of a pixel): fractional pixel
   shifts by linear interpolation, pixels next to a masked one are masked;
 * masked segments (bad columns, sky residuals, a dead arm): contiguous runs set to weight 0;
+* missing red end (LAMOST only, off by default): everything redward of a random wavelength
+  masked, as in MILES (to 7410 A) or a spectrum that lost its red arm;
 * flux-calibration tilt: a multiplicative linear slope across the spectrum (after the LAMOST
   continuum normalisation only a residual tilt survives, so it is small there; XP keeps the
   SED, so it is re-normalised to unit mean afterwards like ``prepare_model_input`` does).
@@ -109,6 +111,23 @@ def tilt(x, w, p, amplitude, gen, *, renormalise: bool):
     return x, w
 
 
+def red_cut(x, w, p, lo_a, hi_a, gen):
+    """Mask every pixel redward of a wavelength drawn in [lo_a, hi_a] in chosen rows
+    (LAMOST grid)."""
+    from specsearch.preprocess import grid_for
+
+    n, npix = x.shape
+    rows = _pick(p, n, gen, x.device)
+    if rows.numel() == 0:
+        return x, w
+    wave = torch.as_tensor(grid_for("lamost").wavelength, device=x.device, dtype=x.dtype)
+    cut = _uniform(rows.numel(), lo_a, hi_a, gen, x)
+    masked = wave[None, :] > cut
+    x[rows] = x[rows].masked_fill(masked, 0.0)
+    w[rows] = w[rows].masked_fill(masked, 0.0)
+    return x, w
+
+
 def augment(modality: str, x: torch.Tensor, w: torch.Tensor, cfg: AugmentConfig,
             gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply the configured augmentations to a (B, N) batch of one modality.
@@ -126,4 +145,6 @@ def augment(modality: str, x: torch.Tensor, w: torch.Tensor, cfg: AugmentConfig,
         x, w = add_noise(x, w, cfg.p_noise, cfg.max_snr_drop, gen)
     if cfg.p_mask:
         x, w = mask_segments(x, w, cfg.p_mask, cfg.max_segments, cfg.max_segment_frac, gen)
+    if cfg.p_red_cut and modality == "lamost":
+        x, w = red_cut(x, w, cfg.p_red_cut, *cfg.red_cut_a, gen)
     return x, w

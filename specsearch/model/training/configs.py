@@ -20,6 +20,9 @@ class AugmentConfig:
             a pixel; catalogs are in the rest frame up to the survey's RV errors).
         p_mask, max_segments, max_segment_frac: masked segments (count, fraction of npix).
         p_tilt, tilt_lamost, tilt_xp: probability and largest end-to-end slope amplitude.
+        p_red_cut, red_cut_a: probability that a LAMOST spectrum loses everything redward
+            of a wavelength drawn uniformly in ``red_cut_a`` (A): the coverage of MILES and
+            other libraries (to 7410 A), or a lost red arm.
     """
 
     p_noise: float = 0.5
@@ -32,6 +35,8 @@ class AugmentConfig:
     p_tilt: float = 0.5
     tilt_lamost: float = 0.02
     tilt_xp: float = 0.03
+    p_red_cut: float = 0.0
+    red_cut_a: tuple[float, float] = (6800.0, 8200.0)
 
 
 VIEW_AUGMENT = AugmentConfig(p_noise=0.9, max_snr_drop=8.0, p_shift=0.8, max_shift_px=0.8,
@@ -159,6 +164,9 @@ class FinetuneConfig:
         real_views: weight of the optional views term on real spectra (two augmented views
             of one real spectrum; 0: off).
         real_labels: weight of the real LAMOST head likelihood.
+        augment: the augmentations of the synthetic and real views (and second visits).
+        hard_negatives: share of each synthetic batch drawn as groups of ``hard_group``
+            look-alike stars (:mod:`specsearch.model.training.hard_negatives`; 0: all random).
         real_sets: which real sets train the heads (labels) and the views;
             real_set_weights: the share of each in a real batch (MILES, a few hundred stars
             over 3540-7410 A only, would otherwise be a small minority next to LAMOST DR10).
@@ -176,6 +184,9 @@ class FinetuneConfig:
     snr_slope: float = 1.0
     real_views: float = 0.0
     real_labels: float = 1.0
+    hard_negatives: float = 0.0
+    hard_group: int = 32
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     real_sets: tuple[str, ...] = ("lamost_dr10", "lamost_dr1", "miles")
     real_set_weights: tuple[float, ...] = (0.5, 0.1, 0.4)
     seed: int = 0

@@ -48,6 +48,7 @@ from specsearch.model.training.cache import build_cache, population_classes
 from specsearch.model.training.calibrate import calibrate, calibrate_real_floor, to_device
 from specsearch.model.checkpoint import save_model_dir
 from specsearch.model.training.data import catalog_fingerprint, join_pairs, other_visit
+from specsearch.model.training.hard_negatives import label_neighbours, sample_batch
 from specsearch.model.training.identity import identity_terms, second_visits
 from specsearch.model.training.loss import SpecCLIPLoss, identity_loss
 from specsearch.model.network import SpecCLIPNet
@@ -87,13 +88,14 @@ def _lr(step: int, total: int, warmup: int = 50) -> float:
     return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def _views(modality: str, x: torch.Tensor, w: torch.Tensor, gen: torch.Generator
+def _views(modality: str, x: torch.Tensor, w: torch.Tensor, gen: torch.Generator,
+           cfg: AugmentConfig = AugmentConfig()
            ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """View A with the training augmentations (what the cross-modal, reconstruction and
     head terms see, as in ``train``) and view B with the stronger nuisances of the optional
     real-view term. View B is drawn even when that term is off, so that the random stream,
     and with it the shipped model, stays what the documented command reproduces."""
-    return (augment(modality, x, w, AugmentConfig(), gen),
+    return (augment(modality, x, w, cfg, gen),
             augment(modality, x, w, VIEW_AUGMENT, gen))
 
 
@@ -127,6 +129,9 @@ class _Data:
     real_cal: PreparedReal
     xp_train: PreparedReal | None
     partner: np.ndarray | None = None
+    neighbours: np.ndarray | None = None
+    """(len(train_pos), hard_group - 1) look-alikes of each training row, with
+    ``hard_negatives``."""
 
 
 def _prepare_data(net: SpecCLIPNet, training: dict[str, Any], catalog: str | Path,
@@ -159,7 +164,14 @@ def _prepare_data(net: SpecCLIPNet, training: dict[str, Any], catalog: str | Pat
     xp_set = all_sets.get("xp_patch")
     train_pos = cache.positions("train")
     partner = other_visit(cache.index["source_id"], train_pos, len(cache))
-    return _Data(cache=cache, train_pos=train_pos, val_pos=val_pos,
+    neighbours = None
+    if not (0.0 <= cfg.hard_negatives <= 1.0 and cfg.hard_group >= 2):
+        raise ConfigError(f"hard_negatives must be in [0, 1] and hard_group >= 2; got "
+                          f"{cfg.hard_negatives} and {cfg.hard_group}")
+    if cfg.hard_negatives > 0:
+        neighbours = label_neighbours(cache.labels, names, net.label_std.cpu().numpy(),
+                                      train_pos, cache.index["source_id"], cfg.hard_group - 1)
+    return _Data(neighbours=neighbours, cache=cache, train_pos=train_pos, val_pos=val_pos,
                  partner=partner if (partner >= 0).any() else None,
                  fingerprint=fingerprint, used=used, real_train=r_train,
                  real_p=r_train.sampling_p(weights if len(weights) == len(used) else None),
@@ -180,12 +192,16 @@ def _step_loss(net: SpecCLIPNet, loss_fn: SpecCLIPLoss, data: _Data, cfg: Finetu
     mods = net.cfg.modalities
     label_mean, label_std = net.label_mean, net.label_std
     # --- synthetic pairs: the usual objective on view A
-    pos = np.sort(data.train_pos[_rows(rng, data.train_pos.size, cfg.synth_batch)])
+    if data.neighbours is not None:
+        pos = sample_batch(rng, data.train_pos, data.neighbours, data.cache.index["source_id"],
+                           cfg.synth_batch, cfg.hard_negatives, cfg.hard_group)
+    else:
+        pos = np.sort(data.train_pos[_rows(rng, data.train_pos.size, cfg.synth_batch)])
     tb = to_device(data.cache.load(pos), device)
     targets = {m: (tb["x"][m], tb["w"][m]) for m in mods}
     va, vb = {}, {}
     for m in mods:
-        va[m], vb[m] = _views(m, *targets[m], gen)
+        va[m], vb[m] = _views(m, *targets[m], gen, cfg.augment)
     outs = {m: net.forward_outputs(m, *va[m], decode=True) for m in mods}
     y = (tb["labels"] - label_mean) / label_std
     terms = loss_fn(outs, targets, net.logit_scale, labels=y, classes=tb["classes"],
@@ -196,7 +212,7 @@ def _step_loss(net: SpecCLIPNet, loss_fn: SpecCLIPLoss, data: _Data, cfg: Finetu
     rt = data.real_train
     ri = _rows(rng, rt.x.shape[0], cfg.real_batch, data.real_p)
     rx, rw = torch.from_numpy(rt.x[ri]).to(device), torch.from_numpy(rt.w[ri]).to(device)
-    (rxa, rwa), (rxb, rwb) = _views("lamost", rx, rw, gen)
+    (rxa, rwa), (rxb, rwb) = _views("lamost", rx, rw, gen, cfg.augment)
     r_out = net.forward_outputs("lamost", rxa, rwa, decode=False)
     ry = (torch.from_numpy(rt.labels[ri]).to(device) - label_mean) / label_std
     rn = torch.from_numpy(rt.label_noise[ri]).to(device) / label_std
@@ -211,7 +227,7 @@ def _step_loss(net: SpecCLIPNet, loss_fn: SpecCLIPLoss, data: _Data, cfg: Finetu
     second = second_visits(data.cache, data.partner, pos, device)
     if second is not None:
         ident, slope = identity_terms(net, outs, second, tb["source_id"],
-                                      augment_cfg=AugmentConfig(),
+                                      augment_cfg=cfg.augment,
                                       temperature=cfg.identity_temperature, gen=gen)
     if cfg.real_views:      # optional: two views of one real spectrum (they share its noise)
         total = total + cfg.real_views * _real_views(net, data, cfg, rng, gen, view_scale,
@@ -240,7 +256,7 @@ def _real_views(net: SpecCLIPNet, data: _Data, cfg: FinetuneConfig, rng: np.rand
     if xt is not None and "xp" in net.cfg.modalities:
         xi = _rows(rng, xt.x.shape[0], cfg.xp_batch)
         xx, xw = torch.from_numpy(xt.x[xi]).to(device), torch.from_numpy(xt.w[xi]).to(device)
-        (xxa, xwa), (xxb, xwb) = _views("xp", xx, xw, gen)
+        (xxa, xwa), (xxb, xwb) = _views("xp", xx, xw, gen, cfg.augment)
         sid_x = torch.cat([tb["source_id"], torch.from_numpy(xt.star_id[xi])])
         ea_x, qa_x = (torch.cat(t) for t in zip((outs["xp"].embedding, outs["xp"].quality),
                                                  net.encode_with_quality("xp", xxa, xwa)))

@@ -1,0 +1,144 @@
+"""How well could any LAMOST -> Gaia XP partner search do? Ceilings for issue 14.
+
+The cross-modal partner task asks a LAMOST spectrum to pick its own star's XP spectrum
+among ``n``. What bounds it is how much of the XP spectrum the LAMOST side can know and how
+noisy the XP gallery is. Three idealised searchers set the ceiling, each told the star's
+*noiseless* XP coefficients (the same DR3 instrument model, realism correction and
+extinction as the survey) up to what a LAMOST spectrum leaves open:
+
+* ``exact``: the XP spectrum up to its overall scale (the brightness; the embedding drops it);
+* ``sed_known``: up to scale, and a slope and curvature of the SED known to the accuracy of
+  the synthetic LAMOST flux calibration (1 sigma 3% / 2% in ``x = (lambda - 6400 A) /
+  2700 A`` and ``x^2 - 0.3``, :func:`specsearch.synth.lamost.observe_lamost`): what a LAMOST
+  input that keeps its SED could know at best;
+* ``sed_free``: up to scale, slope and curvature, all free: what a continuum-normalised
+  LAMOST spectrum (today's model input) could know at best.
+
+Each scores gallery spectrum ``j`` for query star ``i`` by the likelihood ratio
+``p(y_j | template_i) / p(y_j)`` (the marginal over the ``n`` templates, so that a noisy
+gallery spectrum, which fits every template, is not preferred: ranking by chi-square alone
+picks faint spectra for bright queries), with the XP coefficient covariance of the noise
+model (errors x correlations) and the template's free parameters profiled out. The
+embedding is scored on the same stars (cosine, the first visit of each star), so the rows
+read as "fraction of the ceiling reached". The ceilings are upper bounds: a real LAMOST
+spectrum (S/N 10-100) pins the XP spectrum down less well than "exactly". Cost:
+O(n^2 x 110^2); n = 2000 takes ~15 s.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from identity_tasks import SNR_RANGE, partner_ranks, rank_summary, unit
+
+CALIBRATION_SIGMA = (0.03, 0.02)
+"""1-sigma slope and curvature of the synthetic LAMOST flux calibration (see the doc)."""
+G_BINS = ((0.0, 14.0), (14.0, 16.0), (16.0, 17.0), (17.0, 99.0))
+BATCH = 1000
+
+
+def _stars(model, n: int, seed: int) -> dict[str, np.ndarray]:
+    """``n`` survey-like stars: noiseless XP templates (n, 3, 110) for the SED family
+    (1, x, x^2 - 0.3), one noisy XP observation (coefficients + errors), G, and the
+    embeddings of one LAMOST and one XP visit."""
+    from specsearch.synth.grid import model_grid
+    from specsearch.synth.individuality import draw as draw_individuality
+    from specsearch.synth.individuality import extinction_for
+    from specsearch.synth.labels import resolve_fractions
+    from specsearch.synth.lamost import observe_lamost
+    from specsearch.synth.mix import sample_labels
+    from specsearch.synth.model import model_spectra
+    from specsearch.synth.xp import noiseless_coefficients, observe_xp
+
+    x = (model_grid().wavelength - 6400.0) / 2700.0
+    family = (np.ones_like(x), 2.0 + x, 2.0 + x * x - 0.3)   # positive: G flux stays > 0
+    parts: dict[str, list[np.ndarray]] = {}
+    for b, start in enumerate(range(0, n, BATCH)):
+        m = min(BATCH, n - start)
+        star_ss, visit_ss = np.random.SeedSequence([seed, b]).spawn(2)
+        rng = np.random.default_rng(star_ss)
+        labels = sample_labels(rng, m, resolve_fractions(None, 1.0))
+        ind = draw_individuality(rng, labels.teff, labels.logg)
+        ext = (model_spectra(labels, ind) * 10.0 ** (-0.4 * labels.ebv[:, None]
+                                                     * extinction_for(ind.r_v))
+               ).astype(np.float32)
+        # noiseless_coefficients scales each input to G; undo it to get the linear
+        # projection of each family member, then put all on the star's own scale
+        lin = []
+        for f in family:
+            bp, rp, sc = noiseless_coefficients(ext * f[None, :].astype(np.float32),
+                                                labels.mag_g, labels.teff)
+            lin.append(np.c_[bp, rp] / sc[:, None])
+        s0 = noiseless_coefficients(ext, labels.mag_g, labels.teff)[2][:, None]
+        templates = np.stack([lin[0], lin[1] - 2.0 * lin[0], lin[2] - 2.0 * lin[0]], 1)
+        vrng = np.random.default_rng(visit_ss)
+        xp = observe_xp(ext, labels.mag_g, vrng, labels.teff)
+        lam = observe_lamost(ext, xp.scale, labels.rv, vrng.uniform(*SNR_RANGE, m),
+                             labels.mag_g, vrng, teff=labels.teff)
+        for key, value in (
+                ("templates", templates * s0[:, :, None]),
+                ("coefs", np.c_[xp.bp_coefficients, xp.rp_coefficients]),
+                ("errors", np.c_[xp.bp_coefficient_errors, xp.rp_coefficient_errors]),
+                ("mag_g", labels.mag_g),
+                ("emb_lamost", model.embed_numpy("lamost", lam.flux, lam.ivar).embedding),
+                ("emb_xp", model.embed_numpy("xp", xp.flux, xp.ivar).embedding)):
+            parts.setdefault(key, []).append(np.asarray(value))
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def _log_likelihoods(stars: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """(n, n) log-likelihood (up to a per-gallery constant) of gallery j under template i,
+    for each searcher."""
+    from specsearch.synth.xp import load_noise_model
+
+    noise = load_noise_model()
+    inv_chol = [np.linalg.inv(noise.chol[band]) for band in ("bp", "rp")]
+
+    def whiten(v: np.ndarray, err: np.ndarray) -> np.ndarray:
+        out = np.empty_like(v)
+        for k, (lo, hi) in enumerate(((0, 55), (55, 110))):
+            out[..., lo:hi] = (v[..., lo:hi] / err[lo:hi]) @ inv_chol[k].T
+        return out
+
+    n = len(stars["coefs"])
+    penalty = np.diag([0.0, *(1.0 / np.square(CALIBRATION_SIGMA))])
+    out = {k: np.empty((n, n)) for k in ("exact", "sed_known", "sed_free")}
+    for j in range(n):
+        u = whiten(stars["coefs"][j], stars["errors"][j])
+        v = whiten(stars["templates"], stars["errors"][j])          # (n, 3, 110)
+        gram = np.einsum("nkp,nlp->nkl", v, v)
+        h = v @ u
+        uu = u @ u
+        out["exact"][:, j] = uu - h[:, 0] ** 2 / gram[:, 0, 0]
+        sol = np.linalg.solve(gram, h[..., None])[..., 0]
+        out["sed_free"][:, j] = uu - (sol * h).sum(1)
+        # the calibration prior is on slope/curvature relative to the scale: penalise with
+        # the scale fitted alone
+        a2 = (h[:, 0] / gram[:, 0, 0]) ** 2
+        sol = np.linalg.solve(gram + a2[:, None, None] * penalty, h[..., None])[..., 0]
+        out["sed_known"][:, j] = uu - (sol * h).sum(1)
+    return {k: -0.5 * v for k, v in out.items()}
+
+
+def _ratio_ranks(ll: np.ndarray) -> np.ndarray:
+    """Rank of each query's own gallery spectrum by the likelihood ratio (1 = top)."""
+    from scipy.special import logsumexp
+
+    score = ll - logsumexp(ll, axis=0, keepdims=True)
+    own = np.diag(score)
+    return (score > own[:, None]).sum(1) + 1
+
+
+def xp_partner_ceilings(model, n: int = 2000, seed: int = 27_182) -> dict[str, Any]:
+    """Embedding vs the three ceilings on the LAMOST -> XP partner task among ``n``."""
+    stars = _stars(model, n, seed)
+    ranks = {"embedding": partner_ranks(unit(stars["emb_lamost"]), unit(stars["emb_xp"]))}
+    ranks |= {k: _ratio_ranks(ll) for k, ll in _log_likelihoods(stars).items()}
+    g = stars["mag_g"]
+    return {"n_stars": n, "seed": seed, "calibration_sigma": list(CALIBRATION_SIGMA),
+            **{k: rank_summary(r) for k, r in ranks.items()},
+            "top1_by_g": {f"{lo:g}-{hi:g}": {k: float(np.mean(r[sel] == 1))
+                                             for k, r in ranks.items()} | {"n": int(sel.sum())}
+                          for lo, hi in G_BINS if (sel := (g >= lo) & (g < hi)).any()}}
