@@ -104,10 +104,10 @@ def _disk_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def _single_qps(engine, queries: np.ndarray) -> float:
+def _single_qps(engine, queries: np.ndarray, knobs=None) -> float:
     t0 = time.perf_counter()
     for v in queries:
-        engine.search(v, k=K)
+        engine.search(v, k=K, knobs=knobs)
     return len(queries) / (time.perf_counter() - t0)
 
 

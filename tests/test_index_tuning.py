@@ -42,7 +42,7 @@ def test_tuning_rows_never_answer_their_own_queries(tmp_path, vectors):
     _, truth = mi.exact_knn(queries, 10, masks=masks)
     assert not np.isin(truth, qids).any()
     # flat search through the masks is exact: recall 1 against the masked truth
-    assert measure_recall(mi, queries, masks, truth, 10, mi.knobs, 1) == 1.0
+    assert measure_recall(mi, queries, masks, truth, 10, mi.knobs, 1) == (1.0, 0.0)
     _, unmasked = mi.exact_knn(queries, 10)
     assert np.isin(unmasked[:, 0], qids).all()      # without masks each finds itself
 
@@ -152,3 +152,32 @@ def test_build_auto_samples_the_spooled_vectors(tmp_path, monkeypatch):
         built[name] = open_index(tmp_path / name)["xp"].manifest.backend
     assert built["conc"] == HNSWConfig(pca_dim=32, storage="fp16")
     assert built["iso"] == HNSWConfig(storage="sq8")
+
+
+def test_large_shards_of_concentrated_vectors_get_ivf_pq_not_a_pca_graph():
+    """A PCA-32 HNSW graph caps recall at 10M model embeddings (0.92): auto gives shards
+    above PCA_HNSW_MAX_ROWS IVF-PQ on the same components, however large the budget."""
+    conc = _concentrated(2000)
+    budget = parse_bytes("64G")
+    assert choose_config(1_000_000, 128, budget, conc) == HNSWConfig(pca_dim=32,
+                                                                     storage="fp16")
+    big = choose_config(10_000_000, 128, budget, conc)
+    assert isinstance(big, IVFPQConfig) and big.pca_dim == PCA_DIM
+    # ten shards of 1M rows: each graph is small again
+    assert choose_config(10_000_000, 128, budget, conc,
+                         rows_per_shard=1_000_000) == HNSWConfig(pca_dim=32, storage="fp16")
+    got = resolve_config(BuildOptions(kind="auto", memory_budget=budget, shards=10),
+                         1_000_000, 128, conc)
+    assert isinstance(got, HNSWConfig) and got.pca_dim == 32
+
+
+def test_recall_error_and_the_tuning_margin():
+    from specsearch.index.tuning import recall_with_error
+
+    truth = np.arange(40).reshape(4, 10)
+    found = truth.copy()
+    assert recall_with_error(found, truth) == (1.0, 0.0)
+    found[0, :5] = 99                     # one query misses half
+    r, se = recall_with_error(found, truth)
+    assert r == pytest.approx(35 / 40)
+    assert se == pytest.approx(np.std([0.5, 1, 1, 1], ddof=1) / 2)

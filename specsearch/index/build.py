@@ -175,7 +175,7 @@ def resolve_config(options: BuildOptions, n_per_shard: int, dim: int,
         config = options.config
     elif options.kind == "auto":
         config = choose_config(n_per_shard * options.shards, dim, options.memory_budget,
-                               sample)
+                               sample, rows_per_shard=n_per_shard)
         if options.backend_options:
             knobs = {k: v for k, v in config.to_dict().items() if k != "kind"}
             config = make_config(config.kind, **{**knobs, **options.backend_options})

@@ -10,8 +10,9 @@ Auto choice, in the spirit of autofaiss:
 
 Given a sample of the vectors whose top :data:`PCA_DIM` uncentred principal components hold
 at least :data:`CONCENTRATED_VARIANCE` of the mean square (model embeddings), the codes go
-on those components instead: HNSW over PCA-32 fp16 codes, or IVF-PQ over PCA-32 with 32 B
-codes (:func:`concentrated_variance`).
+on those components instead: HNSW over PCA-32 fp16 codes for shards of up to
+:data:`PCA_HNSW_MAX_ROWS` rows, else (or when the graph does not fit) IVF-PQ over PCA-32
+with 32 B codes (:func:`concentrated_variance`).
 
 Tuning measures recall@k of *held-out* queries: random stored rows that the builder left
 out of the training sample (cells, codebooks, PCA) and that are taken out of the search (a
@@ -20,7 +21,8 @@ a new spectrum would. (Excluding only each query's own hit from a k+1 search let
 query's own code take one of the ``refine_factor * (k+1)`` re-ranked candidates, a deeper
 re-ranking than a new spectrum gets; IVF-PQ tuned that way to 0.95 on 100k model
 embeddings gave 0.918 on new ones.) It walks a ladder of ``nprobe`` / ``ef_search`` values
-up from the cheapest and keeps the first that reaches the target (for quantised backends,
+up from the cheapest and keeps the first that reaches the target by one standard error of
+the measured recall (:data:`TUNING_MARGIN_SE`; for quantised backends,
 a deeper ``refine_factor`` is tried when the top of the ladder falls short). The measured recall is written to the manifest.
 """
 
@@ -44,9 +46,20 @@ EXACT_MAX_VECTORS = 200_000
 EF_LADDER = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 NPROBE_LADDER = (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024)
 MAX_REFINE = 32.0
+TUNING_MARGIN_SE = 1.0
+"""A knob setting counts as reaching the target when its recall on the tuning queries is
+above it by this many standard errors: the first setting that just crosses the target on
+one sample of queries falls below it on the next (measured at 10M model embeddings: tuned
+to 0.95 at nprobe 4 / re-ranking x16, 0.9415 on other held-out queries)."""
 PCA_DIM = 32
 """Components the codes of a concentrated dataset are put on (auto choice)."""
 CONCENTRATED_VARIANCE = 0.99
+PCA_HNSW_MAX_ROWS = 2_000_000
+"""Largest shard given an HNSW graph over PCA-32 codes by ``auto``. Measured on model
+embeddings (bench_scale.py): held-out recall@10 0.985 at 100k, 0.968 at 1M, but at 10M the
+graph walk over the compressed codes caps it at 0.92 (ef 1024, re-ranking x32), where
+IVF-PQ over the same components reaches 0.954 (nprobe 4, x32). Between 1M and 10M the
+switch is not measured; 2M keeps a margin above the last good point."""
 """Fraction of the uncentred variance (mean square) the top :data:`PCA_DIM` components
 must hold for ``--kind auto`` to put the codes on them. Model embeddings (128-d, 99%+ in
 24-32 directions, neighbours near-ties) lose recall to codes spread over all D: on 1M of
@@ -111,17 +124,20 @@ def concentrated_variance(sample: np.ndarray, n_components: int = PCA_DIM) -> fl
 
 
 def choose_config(n_vectors: int, dim: int, memory_budget: int | None = None,
-                  sample: np.ndarray | None = None) -> IndexConfig:
+                  sample: np.ndarray | None = None, *,
+                  rows_per_shard: int | None = None) -> IndexConfig:
     """The backend ``--kind auto`` picks for ``n_vectors`` (see the module docstring);
     ``sample`` (rows of the data, e.g. :data:`AUTO_SAMPLE_ROWS`) lets it put the codes on
-    :data:`PCA_DIM` principal components when they hold the variance."""
+    :data:`PCA_DIM` principal components when they hold the variance; ``rows_per_shard``
+    (default ``n_vectors``) is the size of one graph (:data:`PCA_HNSW_MAX_ROWS`)."""
     budget = memory_budget or default_memory_budget()
     if n_vectors <= EXACT_MAX_VECTORS and n_vectors * 4 * dim <= budget:
         return FlatConfig()
     fraction = (concentrated_variance(sample) if sample is not None and dim > PCA_DIM
                 else None)
     concentrated = fraction is not None and fraction >= CONCENTRATED_VARIANCE
-    config = _concentrated_choice(n_vectors, dim, budget) if concentrated else None
+    config = (_concentrated_choice(n_vectors, dim, budget, rows_per_shard or n_vectors)
+              if concentrated else None)
     config = config or _default_choice(n_vectors, dim, budget)
     log.info("auto index for %d x %d vectors: %s (top-%d uncentred variance %s, "
              "threshold %.2f)", n_vectors, dim, config.to_dict(), PCA_DIM,
@@ -129,10 +145,12 @@ def choose_config(n_vectors: int, dim: int, memory_budget: int | None = None,
     return config
 
 
-def _concentrated_choice(n_vectors: int, dim: int, budget: int) -> IndexConfig | None:
+def _concentrated_choice(n_vectors: int, dim: int, budget: int, rows_per_shard: int
+                         ) -> IndexConfig | None:
     """HNSW or IVF-PQ with codes on :data:`PCA_DIM` components; None if neither fits."""
     hnsw = HNSWConfig(pca_dim=PCA_DIM, storage="fp16")
-    if n_vectors * ram_bytes_per_vector(hnsw, dim) <= budget:
+    if (rows_per_shard <= PCA_HNSW_MAX_ROWS
+            and n_vectors * ram_bytes_per_vector(hnsw, dim) <= budget):
         return hnsw
     for pq_m in (32, 16, 8, 4):
         cfg = IVFPQConfig(pca_dim=PCA_DIM, pq_m=pq_m).resolved(n_vectors)
@@ -168,12 +186,27 @@ def set_knobs(index: ModalityIndex, knobs: SearchKnobs) -> None:
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     """Mean fraction of each row's true ids (ignoring -1) present in the found ids."""
-    hits, total = 0, 0
+    return recall_with_error(found, truth)[0]
+
+
+def recall_with_error(found: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """(recall as :func:`recall_at_k`, its standard error over the queries: the spread of
+    the per-query recalls / sqrt(queries); a query's misses are correlated, so this is
+    wider than a binomial error over all k x queries slots)."""
+    hits, total = [], []
     for f, t in zip(found, truth):
         t = t[t >= 0]
-        hits += len(np.intersect1d(f[f >= 0], t))
-        total += len(t)
-    return hits / total if total else 1.0
+        hits.append(len(np.intersect1d(f[f >= 0], t)))
+        total.append(len(t))
+    h, n = np.asarray(hits, float), np.asarray(total, float)
+    if not n.sum():
+        return 1.0, 0.0
+    recall = float(h.sum() / n.sum())
+    used = n > 0
+    if used.sum() < 2:
+        return recall, 0.0
+    per_query = h[used] / n[used]
+    return recall, float(per_query.std(ddof=1) / np.sqrt(used.sum()))
 
 
 def tuning_rows(count: int, live: np.ndarray | None, take: int, *, shard: int,
@@ -223,10 +256,11 @@ def without_queries(index: ModalityIndex, query_ids: np.ndarray) -> list[np.ndar
 
 
 def measure_recall(index: ModalityIndex, queries: np.ndarray, masks: list[np.ndarray],
-                   truth: np.ndarray, k: int, knobs: SearchKnobs, threads: int) -> float:
-    """recall@k of ``knobs`` for queries searched through ``masks`` (the backends' own
-    filtered search, without the index layer's filter heuristics: exact scans of small
-    selections, raised knobs for selective filters)."""
+                   truth: np.ndarray, k: int, knobs: SearchKnobs, threads: int
+                   ) -> tuple[float, float]:
+    """(recall@k, its standard error) of ``knobs`` for queries searched through ``masks``
+    (the backends' own filtered search, without the index layer's filter heuristics: exact
+    scans of small selections, raised knobs for selective filters)."""
     set_knobs(index, knobs)
     parts = []
     for shard, mask in zip(index.shards, masks):
@@ -234,8 +268,8 @@ def measure_recall(index: ModalityIndex, queries: np.ndarray, masks: list[np.nda
             sims, rows = shard.backend.search(queries, k, knobs, mask, threads)
             parts.append((sims, global_ids(shard.number, rows)))
     if not parts:
-        return 1.0
-    return recall_at_k(merge_topk(parts, k)[1], truth)
+        return 1.0, 0.0
+    return recall_with_error(merge_topk(parts, k)[1], truth)
 
 
 def tune(index: ModalityIndex, *, target_recall: float | None, k: int = 10,
@@ -251,13 +285,13 @@ def tune(index: ModalityIndex, *, target_recall: float | None, k: int = 10,
     masks = without_queries(index, qids)
     _, truth = index.exact_knn(queries, k, masks=masks)
 
-    def measure(knobs: SearchKnobs) -> float:
-        r = measure_recall(index, queries, masks, truth, k, knobs, threads)
-        log.debug("%s %s: recall@%d = %.4f", index.modality, knobs, k, r)
-        return r
+    def measure(knobs: SearchKnobs) -> tuple[float, float]:
+        r, se = measure_recall(index, queries, masks, truth, k, knobs, threads)
+        log.debug("%s %s: recall@%d = %.4f +- %.4f", index.modality, knobs, k, r, se)
+        return r, se
 
     if target_recall is None or isinstance(config, FlatConfig):
-        return Tuning(target_recall, measure(base), k, len(queries), base.to_dict())
+        return Tuning(target_recall, measure(base)[0], k, len(queries), base.to_dict())
     if isinstance(config, IVFFlatConfig):
         ladder = [dict(nprobe=p) for p in NPROBE_LADDER if p <= (config.nlist or 1)]
         if not ladder or ladder[-1]["nprobe"] != config.nlist:
@@ -266,18 +300,20 @@ def tune(index: ModalityIndex, *, target_recall: float | None, k: int = 10,
         ladder = [dict(ef_search=e) for e in EF_LADDER]
     best: tuple[float, SearchKnobs] | None = None
 
-    def consider(knobs: SearchKnobs) -> float:
+    def consider(knobs: SearchKnobs) -> tuple[float, float]:
         nonlocal best
-        r = measure(knobs)
+        r, se = measure(knobs)
         if best is None or r > best[0] + 1e-9:
             best = (r, knobs)
-        return r
+        return r, se
 
     def walk(refine: float, steps: range) -> tuple[SearchKnobs, float] | None:
-        """The first ladder step (cheapest first) reaching the target and its recall."""
+        """The first ladder step (cheapest first) whose recall is above the target by
+        ``TUNING_MARGIN_SE`` standard errors, and its recall."""
         for i in steps:
             knobs = base.replace(refine_factor=refine, **ladder[i])
-            if (r := consider(knobs)) >= target_recall:
+            r, se = consider(knobs)
+            if r - TUNING_MARGIN_SE * se >= target_recall:
                 return knobs, r
         return None
 
