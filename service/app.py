@@ -55,9 +55,20 @@ def create_app(settings: Settings, *,
         gc.collect()
         gc.freeze()
         log.info("serving %s: %s", settings.index_dir, state.describe())
+        warm_stop = None
+        if settings.warm_index:
+            from specsearch.index.warm import warm_in_background
+
+            def warmed(report) -> None:
+                log.info("index files in the page cache: %d files, %.1f MB in %.1f s "
+                         "(%d over the budget)", report.files, report.bytes / 1e6,
+                         report.seconds, report.skipped)
+            _, warm_stop = warm_in_background(settings.index_dir, on_done=warmed)
         try:
             yield
         finally:
+            if warm_stop is not None:
+                warm_stop.set()
             state.close()
 
     app = FastAPI(
