@@ -52,7 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--memory-budget", help="RAM the index may use, e.g. 8G (auto kind); "
                                            "default: half the machine's RAM")
     b.add_argument("--target-recall", type=float, default=0.95,
-                   help="tune nprobe/ef_search to this recall@10 (0 = do not tune)")
+                   help="tune nprobe/ef_search (and re-ranking) to this recall@10 on "
+                        "held-out rows, plus one standard error (0 = do not tune)")
     b.add_argument("--tune-queries", type=int, default=500,
                    help="held-out rows used to measure recall")
     b.add_argument("--vector-dtype", default="float32", choices=("float32", "float16"),
