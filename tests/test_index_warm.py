@@ -48,3 +48,23 @@ def test_background_warming_reports_when_done(tmp_path):
     thread, _ = warm_in_background(root, budget_bytes=10 ** 12, on_done=got.append)
     thread.join(timeout=30)
     assert got and got[0].files > 0 and got[0].skipped == 0
+
+
+def test_a_file_that_vanishes_is_skipped(tmp_path, monkeypatch):
+    """Listed, then gone before it is read (an index swapped meanwhile)."""
+    import errno
+
+    root = _index(tmp_path)
+    victim = next(p for p in root.rglob("*.rows.parquet"))
+    real_stat = type(victim).stat
+    calls = {"n": 0}
+
+    def stat(self, *a, **kw):
+        if self == victim:
+            calls["n"] += 1
+            if calls["n"] > 1:          # the listing saw it; the read does not
+                raise FileNotFoundError(errno.ENOENT, "gone", str(self))
+        return real_stat(self, *a, **kw)
+    monkeypatch.setattr(type(victim), "stat", stat)
+    report = warm_files(root, budget_bytes=10 ** 12)
+    assert report.skipped == 1 and report.files > 0

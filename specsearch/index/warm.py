@@ -66,16 +66,23 @@ def warm_files(root: str | Path, *, budget_bytes: int | None = None,
     paths = sorted((p for p in root.rglob("*") if p.is_file()), key=lambda p: (_rank(p), p))
     buffer = bytearray(CHUNK)
     for path in paths:
-        size = path.stat().st_size
-        if (stop is not None and stop.is_set()) or report.bytes + size > budget_bytes:
+        stopped = stop is not None and stop.is_set()
+        try:        # a file may vanish meanwhile (an index swapped by compaction)
+            if stopped or report.bytes + path.stat().st_size > budget_bytes:
+                report.skipped += 1
+                continue
+            with open(path, "rb", buffering=0) as f:
+                while n := f.readinto(buffer):
+                    report.bytes += n
+                    if stop is not None and stop.is_set():
+                        break
+        except OSError:
             report.skipped += 1
             continue
-        with open(path, "rb", buffering=0) as f:
-            while n := f.readinto(buffer):
-                report.bytes += n
-                if stop is not None and stop.is_set():
-                    break
-        report.files += 1
+        if stop is not None and stop.is_set():
+            report.skipped += 1         # stopped part-way through this file
+        else:
+            report.files += 1
     report.seconds = time.perf_counter() - t0
     return report
 
