@@ -101,7 +101,8 @@ def test_finetune_cli_end_to_end(tmp_path, capsys):
     assert main(["finetune", "--model", str(base), "--catalog", str(cat), "--real-data",
                  str(tmp_path), "--real-cache", str(tmp_path / "real.npz"), "--out", str(out),
                  "--steps", "3", "--device", "cpu", "--no-progress",
-                 "--hard-negatives", "0.5", "--hard-group", "8"]) == 0
+                 "--hard-negatives", "0.5", "--hard-group", "8",
+                 "--noise-blind", "40", "--clean-anchor", "1"]) == 0
     text = capsys.readouterr().out
     assert "fine-tuned" in text and "z-width on the real calibration stars" in text
     old, new = load_model(base), load_model(out)
@@ -109,6 +110,15 @@ def test_finetune_cli_end_to_end(tmp_path, capsys):
     ft = new.full_config["training"]["finetune"]
     assert ft["base_hash"] == old.model_hash and ft["real_train"]["lamost_dr10"] > 50
     assert ft["config"]["hard_negatives"] == 0.5 and ft["config"]["hard_group"] == 8
+    assert ft["config"]["noise_blind"] == 40.0 and ft["config"]["clean_anchor"] == 1.0
+    assert ft["history_last"]["clean_anchor"] >= 0.0
+    # the saved model is noise-blind: the same pixels at 4x the inverse variance embed alike
+    assert new.net.cfg.shrinkage_snr == 40.0
+    assert all(e.film_snr == 40.0 for e in new.net.cfg.encoders.values())
+    rs0 = _toy_real_sets(8)["lamost_dr10"]
+    e1 = new.embed_numpy("lamost", rs0.flux, rs0.ivar).embedding
+    e4 = new.embed_numpy("lamost", rs0.flux, 4.0 * rs0.ivar).embedding
+    np.testing.assert_allclose(e1, e4, atol=1e-5)
     floor = new.net.heads["lamost"].sigma_floor
     j = new.label_names.index("feh")
     assert floor.shape == (len(new.label_names),) and float(floor[j]) > 0   # +0.2 dex scale

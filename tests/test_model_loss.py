@@ -94,6 +94,40 @@ def test_snr_film_starts_as_the_plain_encoder_and_needs_quality():
         film(z, good)
 
 
+def test_noise_blind_encoders_ignore_the_noise_level_only():
+    import dataclasses
+
+    from specsearch.errors import ConfigError
+    from specsearch.model.network import make_noise_blind
+    cfg = model_config("small").with_data(label_names=["teff"], class_names=[])
+    torch.manual_seed(3)
+    net = SpecCLIPNet(cfg).eval()
+    for m in cfg.modalities:           # a trained-looking FiLM and shrinkage
+        with torch.no_grad():
+            net.encoders[m].film.weight.normal_()
+        net.normalisers[m].signal_var.fill_(0.5)
+    x = 1.0 + 0.1 * torch.randn(3, 3909)
+    w = torch.full((3, 3909), 25.0)
+    w[:, :100] = 0.0                                   # a masked stretch stays masked
+    with torch.no_grad():
+        seeing = net.encode("lamost", x, w), net.encode("lamost", x, 16.0 * w)
+        assert not torch.allclose(*seeing, atol=1e-4)  # shrinkage and FiLM follow the S/N
+        make_noise_blind(net, 40.0)
+        blind = net.encode("lamost", x, w), net.encode("lamost", x, 16.0 * w)
+        assert torch.allclose(*blind, atol=1e-6)
+        assert not torch.allclose(blind[0], net.encode("lamost", x + 0.2, w), atol=1e-4)
+        # the heads still see the spectrum's own S/N
+        q1 = net.forward_outputs("lamost", x, w).quality
+        q16 = net.forward_outputs("lamost", x, 16.0 * w).quality
+    assert float(q16[0, 0]) > float(q1[0, 0])
+    assert net.cfg.encoders["lamost"].film_snr == 40.0 and net.cfg.shrinkage_snr == 40.0
+    bad = dataclasses.replace(cfg.encoders["xp"], film_snr=-1.0)
+    with pytest.raises(ConfigError, match="film_snr"):
+        dataclasses.replace(cfg, encoders={**cfg.encoders, "xp": bad}).validate()
+    with pytest.raises(ConfigError, match="shrinkage_snr"):
+        dataclasses.replace(cfg, shrinkage_snr=0.0).validate()
+
+
 def test_gaussian_nll_skips_unknown_labels():
     mu = torch.zeros(3, 2, requires_grad=True)
     ls = torch.zeros(3, 2)

@@ -81,6 +81,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="weight of the identity term (two views of each star; 0: off)")
     p.add_argument("--snr-slope", type=float, default=t.snr_slope,
                    help="weight of the penalty on embeddings that move with S/N")
+    p.add_argument("--noise-blind", type=float, default=t.noise_blind, metavar="SNR",
+                   help="noise-blind encoders: no input shrinkage, FiLM at this fixed S/N "
+                        "per pixel (neighbours then do not follow the query's S/N)")
     p.add_argument("--max-minutes", type=float, help="wall-clock budget for the run")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--resume", action="store_true", help="continue OUT/checkpoint-last")
@@ -125,6 +128,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="weight of the views term on real spectra (0: off)")
     f.add_argument("--real-labels", type=float, default=ft.real_labels,
                    help="weight of the real-label likelihood (0: no real labels)")
+    f.add_argument("--clean-anchor", type=float, default=ft.clean_anchor,
+                   help="weight of the noise-invariance term: spectra made noisier must "
+                        "embed where they embed clean (0: off)")
+    f.add_argument("--noise-blind", type=float, default=ft.noise_blind, metavar="SNR",
+                   help="make the encoders blind to the noise level first (input shrinkage "
+                        "off, FiLM at this fixed S/N per pixel), then fine-tune")
     f.add_argument("--hard-negatives", type=float, default=ft.hard_negatives,
                    help="share of each synthetic batch made of groups of look-alike stars")
     f.add_argument("--hard-group", type=int, default=ft.hard_group,
@@ -170,7 +179,7 @@ def run_train(args: argparse.Namespace) -> int:
                       device=args.device, amp=args.amp, labels=_labels(args.labels),
                       patience=args.patience, max_minutes=args.max_minutes,
                       keep_cache=args.keep_cache, identity=args.identity,
-                      snr_slope=args.snr_slope)
+                      snr_slope=args.snr_slope, noise_blind=args.noise_blind)
     result = train(args.catalog, args.out, cfg, resume=args.resume, overwrite=args.overwrite,
                    progress=not args.no_progress,
                    command=shlex.join(["specsearch", *sys.argv[1:]]))
@@ -206,7 +215,9 @@ def run_finetune(args: argparse.Namespace) -> int:
     _threads(args)
     cfg = FinetuneConfig(steps=args.steps, lr=args.lr, identity=args.identity,
                          snr_slope=args.snr_slope, real_views=args.real_views,
-                         real_labels=args.real_labels, hard_negatives=args.hard_negatives,
+                         real_labels=args.real_labels, clean_anchor=args.clean_anchor,
+                         noise_blind=args.noise_blind,
+                         hard_negatives=args.hard_negatives,
                          hard_group=args.hard_group, seed=args.seed, device=args.device)
     result = finetune(args.model, args.catalog, args.real_data, args.out, cfg,
                       progress=not args.no_progress, overwrite=args.overwrite,

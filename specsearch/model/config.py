@@ -51,6 +51,12 @@ class EncoderConfig:
             good-pixel fraction) by a learned scale and shift (FiLM), so the encoder can
             undo what the noise-dependent input shrinkage does to a star's features and
             place a star at S/N 10 where it places it at S/N 100.
+        film_snr: when set, the FiLM sees this fixed S/N per pixel in place of the
+            spectrum's own (the good-pixel fraction stays the spectrum's): with
+            ``input_shrinkage`` off too, nothing in the encoder depends on the noise level
+            except the pixels themselves (a "noise-blind" encoder, see
+            :func:`specsearch.model.network.make_noise_blind`). The heads still see the
+            spectrum's own S/N.
     """
 
     kind: str
@@ -63,6 +69,7 @@ class EncoderConfig:
     mask_pool: int = 32
     dropout: float = 0.0
     snr_film: bool = False
+    film_snr: float | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,10 @@ class ModelConfig:
         input_shrinkage: scale each standardised pixel by s*w/(s*w+1) (s: the training set's
             per-pixel signal variance, w: the pixel's inverse variance), so noisy pixels fade
             towards the mean and masked pixels (w=0) contribute exactly nothing.
+        shrinkage_snr: when set, the input shrinkage uses this fixed S/N per pixel in place
+            of each pixel's own inverse variance: the same Wiener filter for every spectrum,
+            so the encoder's input does not depend on the noise level (see
+            :func:`specsearch.model.network.noise_blind_config`).
         init_temperature: initial InfoNCE temperature (learnable).
         label_names: regression labels of the heads (filled by training).
         class_names: classes of the rare-population classifier (empty: no classifier).
@@ -120,6 +131,7 @@ class ModelConfig:
     head: HeadConfig = field(default_factory=HeadConfig)
     shared_decoders: bool = False
     input_shrinkage: bool = True
+    shrinkage_snr: float | None = None
     init_temperature: float = 0.07
     label_names: tuple[str, ...] = ()
     class_names: tuple[str, ...] = ()
@@ -149,6 +161,8 @@ class ModelConfig:
                 head=HeadConfig(**data.get("head", {})),
                 shared_decoders=bool(data.get("shared_decoders", False)),
                 input_shrinkage=bool(data.get("input_shrinkage", True)),
+                shrinkage_snr=(None if data.get("shrinkage_snr") is None
+                               else float(data["shrinkage_snr"])),
                 init_temperature=float(data.get("init_temperature", 0.07)),
                 label_names=tuple(data.get("label_names", ())),
                 class_names=tuple(data.get("class_names", ())),
@@ -170,6 +184,11 @@ class ModelConfig:
                                               or enc.hidden % enc.heads):
                 raise ConfigError(f"encoders.{m}: a transformer needs patch >= 1 and a width "
                                   f"divisible by heads; got {enc}")
+            if enc.film_snr is not None and not (enc.snr_film and enc.film_snr > 0):
+                raise ConfigError(f"encoders.{m}.film_snr needs snr_film and a positive S/N; "
+                                  f"got {enc.film_snr}")
+        if self.shrinkage_snr is not None and not self.shrinkage_snr > 0:
+            raise ConfigError(f"shrinkage_snr must be a positive S/N; got {self.shrinkage_snr}")
         if set(self.decoders) != set(self.encoders):
             raise ConfigError(f"decoders {sorted(self.decoders)} must match encoders "
                               f"{sorted(self.encoders)}")

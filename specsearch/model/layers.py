@@ -27,9 +27,10 @@ class Normaliser(nn.Module):
         trans_floor: the same for spectra of this modality predicted from the other one.
     """
 
-    def __init__(self, npix: int, *, shrinkage: bool) -> None:
+    def __init__(self, npix: int, *, shrinkage: bool, fixed_snr: float | None = None) -> None:
         super().__init__()
         self.shrinkage = shrinkage
+        self.fixed_snr = fixed_snr
         self.register_buffer("mean", torch.ones(npix))
         self.register_buffer("std", torch.ones(npix))
         self.register_buffer("signal_var", torch.ones(npix))
@@ -45,9 +46,16 @@ class Normaliser(nn.Module):
         they, not the matrix products, would otherwise dominate the encoder's time.)
         Inputs must be finite (``prepare_model_input`` guarantees it); a NaN in a good pixel
         propagates to the embedding rather than being silently ignored.
+
+        With ``fixed_snr`` set, w in the shrinkage is that S/N squared for every pixel of
+        every spectrum (a fixed Wiener filter): masked pixels still give 0, but nothing else
+        depends on the spectrum's noise level.
         """
         good = (w > 0).to(x.dtype)
-        if self.shrinkage:
+        if self.shrinkage and self.fixed_snr is not None:
+            sw = self.signal_var * float(self.fixed_snr) ** 2
+            z = (x - self.mean).mul_((sw / (sw + 1.0) / self.std) * good)
+        elif self.shrinkage:
             denom = (self.std / self.signal_var) / w
             denom.add_(self.std)
             z = (x - self.mean).div_(denom)

@@ -50,6 +50,17 @@ def add_noise(x, w, p, max_drop, gen):
     return x, w
 
 
+def add_noise_to_snr(x, w, factor, gen):
+    """Lower the S/N of every row by its own ``factor`` (B,) >= 1 with independent Gaussian
+    noise (in place; the weight is divided by factor squared)."""
+    k2 = factor.clamp_min(1.0).to(x.dtype)[:, None] ** 2
+    sigma = torch.rsqrt(w.clamp_min(1e-30)) * (w > 0)
+    noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+    x += noise * sigma * torch.sqrt(k2 - 1.0)
+    w /= k2
+    return x, w
+
+
 def shift(x, w, p, max_px, gen):
     """Shift a random subset of rows by a fractional number of pixels (linear interpolation;
     the interpolated pixel keeps the smaller weight of its two parents, conservatively)."""

@@ -99,6 +99,9 @@ class TrainConfig:
         snr_slope: weight of the penalty on the systematic move of the embedding with
             S/N between two views of the same star (see
             :func:`specsearch.model.training.loss.snr_slope`).
+        noise_blind: when set, the encoders are noise-blind from the start (input shrinkage
+            off, FiLM at this fixed S/N per pixel:
+            :func:`specsearch.model.network.noise_blind_config`); None: the architecture's.
     """
 
     arch: str = "small"
@@ -121,6 +124,7 @@ class TrainConfig:
     identity: float = 1.0
     identity_temperature: float = 0.07
     snr_slope: float = 1.0
+    noise_blind: float | None = None
     loss: LossConfig = field(default_factory=LossConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -165,6 +169,13 @@ class FinetuneConfig:
             of one real spectrum; 0: off).
         real_labels: weight of the real LAMOST head likelihood.
         augment: the augmentations of the synthetic and real views (and second visits).
+        clean_anchor: weight of the noise-invariance term
+            (:func:`specsearch.model.training.identity.clean_anchor_loss`; 0: off): spectra
+            with S/N >= anchor_min_snr, made noisier down to S/N anchor_snr_floor, must embed
+            where they embed clean (synthetic pairs, both modalities, and real LAMOST).
+        noise_blind: when set, the S/N per pixel at which the encoders are made blind to the
+            noise level before training (:func:`specsearch.model.network.make_noise_blind`:
+            input shrinkage off, FiLM at this fixed S/N); None keeps the base model's.
         hard_negatives: share of each synthetic batch drawn as groups of ``hard_group``
             look-alike stars (:mod:`specsearch.model.training.hard_negatives`; 0: all random).
         real_sets: which real sets train the heads (labels) and the views;
@@ -184,6 +195,10 @@ class FinetuneConfig:
     snr_slope: float = 1.0
     real_views: float = 0.0
     real_labels: float = 1.0
+    clean_anchor: float = 0.0
+    anchor_min_snr: float = 30.0
+    anchor_snr_floor: float = 5.0
+    noise_blind: float | None = None
     hard_negatives: float = 0.0
     hard_group: int = 32
     augment: AugmentConfig = field(default_factory=AugmentConfig)

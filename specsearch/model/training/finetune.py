@@ -18,6 +18,11 @@ them. The optional real-view term asks the same of two augmented views of one re
 spectrum; those share the spectrum's noise, which an encoder can learn to match instead of
 the star, so it is off by default.
 
+With ``noise_blind`` (the shipped recipe) the base model's encoders are first made blind to
+the noise level (:func:`specsearch.model.network.make_noise_blind`) and fine-tuning adapts
+them; with ``clean_anchor`` a noisier copy of each clean spectrum must embed where the clean
+one does (:func:`specsearch.model.training.identity.clean_anchor_loss`).
+
 After training, the heads are calibrated twice: ``sigma_scale`` on synthetic validation
 pairs (as ``train`` does) and then a real-data scale and ``sigma_floor`` (the
 model-versus-reality term) on the ``cal`` split of the real labelled stars, so that z-scores
@@ -49,9 +54,10 @@ from specsearch.model.training.calibrate import calibrate, calibrate_real_floor,
 from specsearch.model.checkpoint import save_model_dir
 from specsearch.model.training.data import catalog_fingerprint, join_pairs, other_visit
 from specsearch.model.training.hard_negatives import label_neighbours, sample_batch
-from specsearch.model.training.identity import identity_terms, second_visits
+from specsearch.model.training.identity import (clean_anchor_loss, identity_terms,
+                                                 second_visits)
 from specsearch.model.training.loss import SpecCLIPLoss, identity_loss
-from specsearch.model.network import SpecCLIPNet
+from specsearch.model.network import SpecCLIPNet, make_noise_blind
 from specsearch.model.training.real_sets import PreparedReal, RealSet, load_all, prepare_real
 
 @dataclass
@@ -220,6 +226,10 @@ def _step_loss(net: SpecCLIPNet, loss_fn: SpecCLIPLoss, data: _Data, cfg: Finetu
                                                  ry, rn, cfg.loss.nll_beta)
     parts["real_labels"] = float(real_nll.detach())
     total = total + real_nll
+    if cfg.clean_anchor:
+        total = total + cfg.clean_anchor * _anchor(net, cfg, gen, parts,
+                                                   [(m, *targets[m]) for m in mods]
+                                                   + [("lamost", rx, rw)])
     if not (cfg.identity or cfg.snr_slope):
         return total, parts
     # --- identity: the synthetic stars' independent second visits (see training.identity)
@@ -236,6 +246,22 @@ def _step_loss(net: SpecCLIPNet, loss_fn: SpecCLIPLoss, data: _Data, cfg: Finetu
     parts["identity"] = float(ident.detach())
     parts["snr_slope"] = float(slope.detach())
     return total + cfg.identity * ident + cfg.snr_slope * slope, parts
+
+
+def _anchor(net: SpecCLIPNet, cfg: FinetuneConfig, gen: torch.Generator,
+            parts: dict[str, float], batches: list[tuple[str, torch.Tensor, torch.Tensor]]
+            ) -> torch.Tensor:
+    """The clean-anchor term (see ``clean_anchor_loss``) averaged over ``batches`` of
+    (modality, un-augmented flux, weight)."""
+    terms = [t for m, x, w in batches
+             if (t := clean_anchor_loss(net, m, x, w, augment_cfg=cfg.augment,
+                                        min_snr=cfg.anchor_min_snr,
+                                        snr_floor=cfg.anchor_snr_floor, gen=gen)) is not None]
+    if not terms:
+        return torch.zeros((), device=batches[0][1].device)
+    loss = sum(terms) / len(terms)
+    parts["clean_anchor"] = float(loss.detach())
+    return loss
 
 
 def _real_views(net: SpecCLIPNet, data: _Data, cfg: FinetuneConfig, rng: np.random.Generator,
@@ -298,6 +324,8 @@ def _finetune(model_path: str | Path, catalog: str | Path, real_data: str | Path
     torch.manual_seed(cfg.seed)
     base = load_model(model_path, device=device)
     net = base.net
+    if cfg.noise_blind is not None:
+        make_noise_blind(net, cfg.noise_blind)
     training = dict(base.full_config.get("training", {}))
     cache_root = Path(cache_dir) if cache_dir is not None else out / "cache"
     data = _prepare_data(net, training, catalog, real_data, cfg, cache_root, real_cache,

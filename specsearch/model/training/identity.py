@@ -12,6 +12,7 @@ with the usual training augmentations on top.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -74,3 +75,40 @@ def identity_terms(net: SpecCLIPNet, outs: dict[str, ModelOutputs], second: Seco
         ident.append(i)
         slope.append(s)
     return sum(ident) / len(ident), sum(slope) / len(slope)
+
+
+def clean_anchor_loss(net: SpecCLIPNet, modality: str, x: torch.Tensor, w: torch.Tensor,
+                      *, augment_cfg: AugmentConfig, min_snr: float, snr_floor: float,
+                      gen: torch.Generator) -> torch.Tensor | None:
+    """Noise invariance: a star's spectrum made noisier must embed where its clean
+    spectrum embeds.
+
+    Rows of the (un-augmented) batch ``x, w`` whose S/N (``Normaliser.quality``) is at least
+    ``min_snr`` are the anchors: their embedding, without gradient, is the target. Each is
+    degraded by independent Gaussian noise to an S/N drawn log-uniformly between
+    ``snr_floor`` and its own, then given the usual training augmentations; the loss is the
+    mean of 1 - cos(noisy, clean). The target is fixed and there are no negatives, so unlike
+    two views of one noisy spectrum in a contrastive term, matching the shared noise earns
+    nothing: the only way down is to put the noisy spectrum on the clean one's place, which
+    is what keeps low-S/N queries from finding only other low-S/N spectra.
+    Returns None when no row is clean enough.
+    """
+    from specsearch.model.training.augment import add_noise_to_snr
+
+    norm = net.normalisers[modality]
+    good = (w > 0).to(x.dtype)
+    snr = 10.0 ** norm.quality(w, good)[:, 0] - 1.0
+    rows = torch.nonzero(snr >= min_snr).squeeze(1)
+    if rows.numel() == 0:
+        return None
+    xc, wc = x[rows], w[rows]
+    with torch.no_grad():
+        target = net.encode(modality, xc, wc)
+    s = snr[rows]
+    u = torch.rand(rows.numel(), generator=gen, device=x.device, dtype=x.dtype)
+    lo, hi = math.log(snr_floor), torch.log(s)
+    want = torch.exp(lo + (hi - lo) * u)
+    xn, wn = add_noise_to_snr(xc.clone(), wc.clone(), s / want, gen)
+    xn, wn = augment(modality, xn, wn, dataclasses.replace(augment_cfg, p_noise=0.0), gen)
+    noisy = net.encode(modality, xn, wn)
+    return (1.0 - (noisy * target).sum(-1)).mean()

@@ -39,7 +39,7 @@ from specsearch.model.training.data import other_visit
 from specsearch.model.training.identity import identity_terms, second_visits
 from specsearch.model.training.pairs import PreparedPairs, prepare_pairs
 from specsearch.model.training.loss import SpecCLIPLoss
-from specsearch.model.network import SpecCLIPNet
+from specsearch.model.network import SpecCLIPNet, noise_blind_config
 
 
 @dataclass
@@ -186,6 +186,8 @@ def _start_run(cfg: TrainConfig, data: PreparedPairs, device: torch.device,
     """Network, loss, optimiser and schedule, restored from ``state`` when resuming."""
     mcfg = model_config(cfg.arch, embedding_dim=cfg.embedding_dim).with_data(
         label_names=data.labels, class_names=data.classes)
+    if cfg.noise_blind is not None:
+        mcfg = noise_blind_config(mcfg, cfg.noise_blind)
     net = SpecCLIPNet(mcfg)
     init_constants(net, data.cache, data.train_pos, cfg.seed)
     net.to(device)
