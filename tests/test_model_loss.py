@@ -209,3 +209,27 @@ def test_loss_decreases_on_a_fixed_batch():
     assert losses[-1] < 0.5 * losses[0]
     assert {"contrastive", "recon_lamost", "trans_xp_to_lamost", "labels_xp",
             "classes_lamost"} <= set(terms.parts)
+
+
+def test_clean_anchor_loss_uses_clean_rows_only_and_trains_the_encoder():
+    from specsearch.model.training.augment import add_noise_to_snr
+    from specsearch.model.training.identity import clean_anchor_loss
+    cfg = model_config("small").with_data(label_names=["teff"], class_names=[])
+    torch.manual_seed(4)
+    net = SpecCLIPNet(cfg)
+    gen = torch.Generator().manual_seed(0)
+    x = 1.0 + 0.05 * torch.randn(64, 343)
+    # add_noise_to_snr: a factor of 2 quarters the weight and adds sqrt(3) sigma of noise
+    w = torch.full((64, 343), 400.0)
+    xn, wn = add_noise_to_snr(x.clone(), w.clone(), torch.full((64,), 2.0), gen)
+    assert torch.allclose(wn, w / 4.0)
+    assert float((xn - x).std()) == pytest.approx(3 ** 0.5 / 20.0, rel=0.05)
+    # no row at S/N >= 30 (S/N 5 per pixel): nothing to anchor on
+    assert clean_anchor_loss(net, "xp", x, torch.full((64, 343), 25.0),
+                             augment_cfg=AugmentConfig(), min_snr=30.0, snr_floor=5.0,
+                             gen=gen) is None
+    loss = clean_anchor_loss(net, "xp", x, torch.full((64, 343), 2500.0),   # S/N 50
+                             augment_cfg=AugmentConfig(), min_snr=30.0, snr_floor=5.0, gen=gen)
+    assert loss is not None and 0.0 <= float(loss.detach()) <= 2.0
+    loss.backward()
+    assert net.encoders["xp"].inp.weight.grad.abs().sum() > 0

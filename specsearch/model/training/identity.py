@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from specsearch.model.network import ModelOutputs, SpecCLIPNet
-from specsearch.model.training.augment import augment
+from specsearch.model.training.augment import add_noise_to_snr, augment
 from specsearch.model.training.cache import PairCache
 from specsearch.model.training.calibrate import to_device
 from specsearch.model.training.configs import AugmentConfig
@@ -89,12 +89,11 @@ def clean_anchor_loss(net: SpecCLIPNet, modality: str, x: torch.Tensor, w: torch
     ``snr_floor`` and its own, then given the usual training augmentations; the loss is the
     mean of 1 - cos(noisy, clean). The target is fixed and there are no negatives, so unlike
     two views of one noisy spectrum in a contrastive term, matching the shared noise earns
-    nothing: the only way down is to put the noisy spectrum on the clean one's place, which
-    is what keeps low-S/N queries from finding only other low-S/N spectra.
-    Returns None when no row is clean enough.
+    nothing. Measured (``finetune --clean-anchor``, BENCHMARKS.md): it barely changed how
+    much a query's neighbours follow its S/N; the noise level reached the embedding through
+    the noise-dependent inputs, which ``make_noise_blind`` removes. Returns None when no row
+    is clean enough.
     """
-    from specsearch.model.training.augment import add_noise_to_snr
-
     norm = net.normalisers[modality]
     good = (w > 0).to(x.dtype)
     snr = 10.0 ** norm.quality(w, good)[:, 0] - 1.0
