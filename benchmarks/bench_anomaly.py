@@ -495,6 +495,7 @@ def main() -> int:
     args = _parse()
     args.data.mkdir(parents=True, exist_ok=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    from specsearch.anomaly.defaults import DEFAULTS_FILE, save_choice
     from specsearch.rows import load_source
     from specsearch.model import load_model
 
@@ -520,6 +521,15 @@ def main() -> int:
     for s in scores.values():
         rescore(s, COMPONENT_SETS[set_name], reference, method)
     result["tuned_variant"] = best
+    # the model's own scoring choice: copy it beside the model to make it the default
+    # of `specsearch anomalies` and the service for this model's embeddings
+    choice = save_choice(args.out.parent / DEFAULTS_FILE, model_hash=model.model_hash,
+                         components=COMPONENT_SETS[set_name], combine=method,
+                         residual_reference=reference,
+                         source=f"bench_anomaly.py calibration survey ({args.n_cal} stars, "
+                                f"seed {args.seed + 1}): best of {len(COMPONENT_SETS)} "
+                                f"component sets x references x combinations")
+    step(f"scoring choice for this model: {best} -> {choice}")
     result["lists"] = bench_lists(scores, flags, loaded.tables)
     step("metal-poor hunt")
     cal, result["hunt"] = bench_hunt(paths, loaded.tables)

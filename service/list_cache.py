@@ -96,12 +96,15 @@ class CandidateLists:
     # ----------------------------------------------------------------- anomalies
     def _anomaly_scores(self):
         """Scores of every modality (cross-modal disagreement needs them all at once)."""
-        from specsearch.anomaly import score_tables
+        from specsearch.anomaly import ScoreConfig, score_tables
+        from specsearch.anomaly.defaults import find_choice
 
         with self._lock:
             if not self._scores:
                 pairs = {m: self._table(m) for m in self.engine.modalities}
-                scores = score_tables({m: p[0] for m, p in pairs.items()},
+                config = ScoreConfig().resolved(find_choice(self.engine.model_hash,
+                                                            self.model_dir))
+                scores = score_tables({m: p[0] for m, p in pairs.items()}, config=config,
                                       searchers={m: p[1] for m, p in pairs.items()})
                 self._scores.update(scores)
                 if self.catalog is not None:

@@ -202,3 +202,48 @@ def test_anomalies_and_more_like_this_on_an_index(tmp_path):
                  "--out", str(like)]) == 0
     got = Table.read(like)
     assert len(got) == 7 and 5010 not in set(got["source_id"])
+
+
+def test_a_models_scoring_choice_is_the_default_for_its_embeddings_only(tmp_path):
+    from specsearch.anomaly import ScoreConfig
+    from specsearch.anomaly.defaults import DEFAULTS_FILE, find_choice, save_choice
+    from specsearch.anomaly.pipeline import run_anomalies
+    from specsearch.rows import load_source
+
+    cat, emb = write_dataset(tmp_path)
+    model_hash = load_source(emb).provenance.get("model_hash", "")
+    assert model_hash
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+
+    def drivers_and_scoring(name, **kw):
+        out = tmp_path / name
+        run_anomalies(emb, out=out, top=30, modalities=["lamost"], model_dir=model_dir, **kw)
+        meta = pq.read_schema(out).metadata
+        return set(pq.read_table(out).column("anomaly_driver").to_pylist()), \
+            meta[b"specsearch.scoring"].decode()
+
+    _, scoring = drivers_and_scoring("library.parquet")       # no choice file: the library's
+    assert scoring.startswith("rank_fisher global") and scoring.endswith("(library)")
+    save_choice(model_dir / DEFAULTS_FILE, model_hash=model_hash, components=("knn",),
+                combine="max", residual_reference="global", source="test")
+    drivers, scoring = drivers_and_scoring("model.parquet")
+    assert drivers == {"knn"} and scoring == "max global knn (model)"
+    # explicit settings win over the model's choice
+    drivers, _ = drivers_and_scoring("explicit.parquet",
+                                     score_config=ScoreConfig(components=("lof",)))
+    assert drivers == {"lof"}
+    # a choice made for another model is ignored
+    save_choice(model_dir / DEFAULTS_FILE, model_hash="f" * 64, components=("knn",),
+                combine="max", residual_reference="global", source="test")
+    assert find_choice(model_hash, model_dir) is None
+    assert drivers_and_scoring("other.parquet")[1].endswith("(library)")
+    # a malformed one is an error that names the file and the field
+    (model_dir / DEFAULTS_FILE).write_text(
+        '{"kind": "specsearch.anomaly_defaults", "format_version": 1, "model_hash": "x", '
+        '"components": ["knn", "vibes"], "combine": "max", "residual_reference": "global"}')
+    with pytest.raises(ConfigError, match=f"{DEFAULTS_FILE}.*components"):
+        find_choice(model_hash, model_dir)
+    (model_dir / DEFAULTS_FILE).write_text("not json")
+    with pytest.raises(ConfigError, match="unreadable"):
+        find_choice(model_hash, model_dir)

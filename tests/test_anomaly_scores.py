@@ -180,3 +180,18 @@ def test_selfjoin_finds_nearly_all_true_neighbours():
     # Arbitrary queries probe their own cells.
     sims, rows = join.search(x[:5], 3)
     assert list(rows[:, 0]) == [0, 1, 2, 3, 4]
+
+
+def test_unset_scoring_fields_come_from_the_model_choice_then_the_library():
+    from specsearch.anomaly.scoring import LIBRARY_SCORING
+    lib = ScoreConfig().resolved()
+    assert (lib.components, lib.combine, lib.residual_reference) == (
+        LIBRARY_SCORING["components"], LIBRARY_SCORING["combine"],
+        LIBRARY_SCORING["residual_reference"])
+    choice = {"components": ["knn", "lof"], "combine": "rank_max",
+              "residual_reference": "neighbours"}
+    got = ScoreConfig(combine="max").resolved(choice)
+    assert got.components == ("knn", "lof") and got.combine == "max"
+    assert got.residual_reference == "neighbours"
+    with pytest.raises(ConfigError, match="combine"):
+        ScoreConfig(combine="median")

@@ -18,6 +18,7 @@ import numpy as np
 
 from specsearch.anomaly.artefacts import ArtefactConfig
 from specsearch.anomaly.candidates import CandidateConfig, candidate_list
+from specsearch.anomaly.defaults import find_choice
 from specsearch.anomaly.scoring import ModalityScores, ScoreConfig, score_tables
 from specsearch.anomaly.screening import ArtefactFlags, catalog_features, screen
 from specsearch.rows import EmbeddingTable, load_source, row_masks, write_table
@@ -99,11 +100,18 @@ def run_anomalies(source: str | Path, *, out: str | Path, top: int = 100,
                   artefacts_out: str | Path | None = None, catalog: str | Path | None = None,
                   embeddings: str | Path | None = None, score_config: ScoreConfig | None = None,
                   n_neighbours: int = 5, fmt: str | None = None,
-                  verify: bool = True) -> AnomalyRun:
-    """Score every object, screen artefacts, write the ranked candidate list(s)."""
+                  verify: bool = True, model_dir: str | Path | None = None) -> AnomalyRun:
+    """Score every object, screen artefacts, write the ranked candidate list(s).
+
+    Scoring fields left unset in ``score_config`` come from the scoring choice stored
+    beside the model (``model_dir``, default: the shipped model) when it was made for the
+    model of these embeddings (:mod:`specsearch.anomaly.defaults`), else from the library.
+    """
     loaded = load_source(source, modalities, embeddings=embeddings, verify=verify)
+    choice = find_choice(loaded.provenance.get("model_hash", ""), model_dir)
+    config = (score_config or ScoreConfig()).resolved(choice)
     t0 = time.perf_counter()
-    scores: dict[str, ModalityScores] = score_tables(loaded.tables, config=score_config,
+    scores: dict[str, ModalityScores] = score_tables(loaded.tables, config=config,
                                                      searchers=loaded.searchers)
     t_score = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -116,6 +124,8 @@ def run_anomalies(source: str | Path, *, out: str | Path, top: int = 100,
     masks = row_masks(loaded.tables, filters)
     kind = "all" if include_artefacts else "astrophysical"
     meta = {"model_hash": loaded.provenance.get("model_hash", ""), "source": str(source),
+            "scoring": f"{config.combine} {config.residual_reference} "
+                       f"{'+'.join(config.components)} ({'model' if choice else 'library'})",
             "list": kind, "filters": "; ".join(filters or []) or "none",
             "screened": cat is not None}
     table = candidate_list(scores, flags, config=CandidateConfig(

@@ -38,6 +38,10 @@ from specsearch.rows import EmbeddingTable
 from specsearch.errors import ConfigError
 
 COMPONENTS: tuple[str, ...] = ("knn", "lof", "recon", "translation", "crossmodal")
+LIBRARY_SCORING: dict[str, object] = {"components": COMPONENTS, "combine": "rank_fisher",
+                                      "residual_reference": "global"}
+"""What ``components``, ``combine`` and ``residual_reference`` left unset become when the
+model has no scoring choice of its own (:mod:`specsearch.anomaly.defaults`)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,12 +57,14 @@ class ScoreConfig:
             search time grows slowly with k.
         components: which components enter the combined score (all are computed when their
             inputs exist; a missing input, e.g. no residual column, is skipped).
-        combine: ``rank_fisher`` (default), ``rank_max``, ``max`` or ``rms``
-            (:func:`specsearch.anomaly.robust.combine_scores`). The default and
-            ``residual_reference`` were chosen for the shipped model on a synthetic
-            calibration survey, separate from the evaluation survey
-            (``benchmarks/bench_anomaly.py``): z-score ``max`` lets the component with the
-            heaviest tail for normal stars fill the list.
+        combine: ``rank_fisher``, ``rank_max``, ``max`` or ``rms``
+            (:func:`specsearch.anomaly.robust.combine_scores`); z-score ``max`` lets the
+            component with the heaviest tail for normal stars fill the list.
+            ``components``, ``combine`` and ``residual_reference`` left None are the
+            model's own choice when :func:`specsearch.anomaly.pipeline.run_anomalies` finds
+            one (``anomaly_defaults.json`` beside the model, chosen on a synthetic
+            calibration survey by ``benchmarks/bench_anomaly.py``: the best variant changes
+            from model to model), else :data:`LIBRARY_SCORING` (:meth:`resolved`).
         residual_reference: what the reconstruction and translation residuals are
             compared with: ``global`` (all objects of similar S/N) or ``neighbours``
             (the object's own nearest neighbours in the embedding: a residual shared by
@@ -79,9 +85,9 @@ class ScoreConfig:
     """
 
     k: int | None = None
-    components: tuple[str, ...] = COMPONENTS
-    combine: str = "rank_fisher"
-    residual_reference: str = "global"
+    components: tuple[str, ...] | None = None
+    combine: str | None = None
+    residual_reference: str | None = None
     weights: Mapping[str, float] = field(default_factory=dict)
     snr_bins: int = 10
     neighbour_method: str = "auto"
@@ -90,27 +96,38 @@ class ScoreConfig:
     selfjoin: SelfJoinConfig = field(default_factory=SelfJoinConfig)
 
     def __post_init__(self) -> None:
-        unknown = set(self.components) - set(COMPONENTS)
-        if unknown or not self.components:
+        unknown = set(self.components or COMPONENTS) - set(COMPONENTS)
+        if unknown or (self.components is not None and not self.components):
             raise ConfigError(f"unknown score component(s) {sorted(unknown)}; choose from "
                               f"{list(COMPONENTS)}")
         if self.k is not None and self.k < 1:
             raise ConfigError(f"k must be >= 1, got {self.k}")
+        if self.combine is not None and self.combine not in COMBINE_METHODS:
+            raise ConfigError(f"combine must be one of {COMBINE_METHODS}, got "
+                              f"{self.combine!r}")
+        if self.residual_reference not in (None, "global", "neighbours"):
+            raise ConfigError(f"residual_reference must be 'global' or 'neighbours', got "
+                              f"{self.residual_reference!r}")
+        if self.neighbour_method not in ("auto", "selfjoin", "index", "faiss"):
+            raise ConfigError(f"neighbour_method must be auto, selfjoin, index or faiss; got "
+                              f"{self.neighbour_method!r}")
+
+    def resolved(self, choice: Mapping[str, object] | None = None) -> "ScoreConfig":
+        """This config with ``components``, ``combine`` and ``residual_reference`` that are
+        None taken from ``choice`` (a model's scoring choice), else from
+        :data:`LIBRARY_SCORING`; fields set explicitly are kept."""
+        fill = {}
+        for name, fallback in LIBRARY_SCORING.items():
+            if getattr(self, name) is None:
+                value = (choice or {}).get(name, fallback)
+                fill[name] = tuple(value) if name == "components" else value
+        return dataclasses.replace(self, **fill) if fill else self
 
     def k_for(self, n: int) -> int:
         """The k used for a table of ``n`` rows."""
         if self.k is not None:
             return self.k
         return int(np.clip(n // 500, 20, 200))
-        if self.combine not in COMBINE_METHODS:
-            raise ConfigError(f"combine must be one of {COMBINE_METHODS}, got "
-                              f"{self.combine!r}")
-        if self.residual_reference not in ("global", "neighbours"):
-            raise ConfigError(f"residual_reference must be 'global' or 'neighbours', got "
-                              f"{self.residual_reference!r}")
-        if self.neighbour_method not in ("auto", "selfjoin", "index", "faiss"):
-            raise ConfigError(f"neighbour_method must be auto, selfjoin, index or faiss; got "
-                              f"{self.neighbour_method!r}")
 
 
 @dataclass
@@ -218,7 +235,7 @@ def score_modality(table: EmbeddingTable, *, config: ScoreConfig | None = None,
             (normal neighbours, more-like-this) otherwise.
         partner: the other modality's rows, for the cross-modal component.
     """
-    config = config or ScoreConfig()
+    config = (config or ScoreConfig()).resolved()
     t0 = time.perf_counter()
     if len(table) == 0:
         raise ConfigError(f"no {table.modality} rows to score")

@@ -73,12 +73,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                                          "0.2%% of the rows, 20..200)")
     p.add_argument("--components", default=None,
                    help="score components, comma-separated, from knn lof recon translation "
-                        "crossmodal ('density' = knn,lof; default: all)")
+                        "crossmodal ('density' = knn,lof; default: the model's choice, "
+                        "anomaly_defaults.json beside it, else all)")
     p.add_argument("--combine", choices=("max", "rms", "rank_max", "rank_fisher"),
-                   help="how components make the combined score (default: the library's)")
+                   help="how components make the combined score (default: the model's "
+                        "choice, else rank_fisher)")
     p.add_argument("--residual-reference", choices=("global", "neighbours"),
                    help="compare residuals with all stars of similar S/N or with the "
-                        "star's embedding neighbours (default: the library's)")
+                        "star's embedding neighbours (default: the model's choice, else "
+                        "global)")
     p.add_argument("--knn", choices=("auto", "selfjoin", "index", "exact"), default="auto",
                    help="how every object's neighbours are found: a cell-blocked BLAS "
                         "self-join (fast, ~98%% recall), one query per object through the "
