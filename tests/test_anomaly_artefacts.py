@@ -128,3 +128,14 @@ def test_synthetic_survey_artefacts_are_caught():
     has = kinds != ""
     assert flags.any[has].mean() >= 0.85
     assert flags.any[~has].mean() <= 0.05
+
+
+def test_nanmedian_rows_is_nan_for_empty_rows_and_never_warns():
+    import warnings
+
+    from specsearch.anomaly.artefacts import nanmedian_rows
+    a = np.array([[1.0, np.nan, 3.0], [np.nan] * 3, [np.nan, 2.0, np.inf]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = nanmedian_rows(np.where(np.isfinite(a), a, np.nan))
+    np.testing.assert_array_equal(got, [2.0, np.nan, 2.0])

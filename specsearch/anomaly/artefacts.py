@@ -253,10 +253,7 @@ def quality_features(flux: np.ndarray, ivar: np.ndarray, modality: str, *,
     out: dict[str, np.ndarray] = {"masked_fraction": 1.0 - n_good / f.shape[1]}
     snr_pix = np.where(good, f * np.sqrt(np.where(good, iv, 0.0)), np.nan)
     with np.errstate(all="ignore"):
-        import warnings
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            out["snr"] = np.where(n_good > 0, np.nanmedian(snr_pix, axis=1), 0.0)
+        out["snr"] = np.where(n_good > 0, nanmedian_rows(snr_pix), 0.0)
         out["negative_fraction"] = np.where(n_good > 0, ((f < 0) & good).sum(1)
                                             / np.maximum(n_good, 1), 0.0)
     out["colour"] = colour_index(f, np.where(good, iv, 0.0), modality)
@@ -324,13 +321,22 @@ def arm_step_profile(f: np.ndarray, good: np.ndarray, wave: np.ndarray, bin_px: 
     gb = good[:, seg].reshape(b, nbin, bin_px).sum(-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         lb = np.where((gb > 0) & (fb > 0), np.log10(fb / np.maximum(gb, 1)), np.nan)
-    steps = []
-    import warnings
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        for s in range(half, nbin - half + 1):
-            steps.append(np.nanmedian(lb[:, s:s + half], 1) - np.nanmedian(lb[:, s - half:s], 1))
+    steps = [nanmedian_rows(lb[:, s:s + half]) - nanmedian_rows(lb[:, s - half:s])
+             for s in range(half, nbin - half + 1)]
     return np.stack(steps, axis=1) if steps else np.full((b, 1), np.nan)
+
+
+def nanmedian_rows(a: np.ndarray) -> np.ndarray:
+    """(B,) median of the finite values of each row of (B, N) ``a``; NaN for a row with none.
+
+    Unlike ``np.nanmedian`` it never warns (an all-NaN row is an expected case here), so no
+    ``warnings.catch_warnings`` is needed: that context manager changes process-wide state
+    and is not safe while other threads (the service's workers) run."""
+    out = np.full(a.shape[0], np.nan)
+    some = np.isfinite(a).any(axis=1)
+    if some.any():
+        out[some] = np.nanmedian(a[some], axis=1)
+    return out
 
 
 def largest_step(profile: np.ndarray) -> np.ndarray:
