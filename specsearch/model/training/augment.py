@@ -41,12 +41,8 @@ def add_noise(x, w, p, max_drop, gen):
     rows = _pick(p, x.shape[0], gen, x.device)
     if rows.numel() == 0:
         return x, w
-    xr, wr = x[rows], w[rows]
-    k2 = _uniform(rows.numel(), 1.0, max_drop, gen, x) ** 2
-    sigma = torch.rsqrt(wr.clamp_min(1e-30)) * (wr > 0)
-    noise = torch.randn(xr.shape, generator=gen, device=x.device, dtype=x.dtype)
-    x[rows] = xr + noise * sigma * torch.sqrt(k2 - 1.0)
-    w[rows] = wr / k2
+    factor = _uniform(rows.numel(), 1.0, max_drop, gen, x)[:, 0]
+    x[rows], w[rows] = add_noise_to_snr(x[rows], w[rows], factor, gen)
     return x, w
 
 
