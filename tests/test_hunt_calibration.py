@@ -160,3 +160,21 @@ def test_hunt_and_calibrate_commands(tmp_path, capsys):
     assert np.all(np.diff(np.asarray(got["rank"])) == 1)
     assert np.all(np.asarray(got["p_metal_poor"]) >= 0.5)
     assert np.mean(np.asarray(got["feh"]) < -2.0) > 0.7
+
+
+def test_found_agreement_is_the_poisson_binomial_of_the_list():
+    from specsearch.hunt.hunt import EXACT_AGREEMENT_MAX, found_agreement
+
+    a = found_agreement(np.array([0.5, 0.5]), 2)         # counts 0/1/2 at 1/4, 1/2, 1/4
+    assert a["expected"] == pytest.approx(1.0) and a["sd"] == pytest.approx(np.sqrt(0.5))
+    assert a["p_at_least"] == pytest.approx(0.25) and a["p_at_most"] == pytest.approx(1.0)
+    # certain members: finding fewer is (nearly) impossible
+    assert found_agreement(np.array([1.0, 1.0, 0.9]), 1)["p_at_most"] < 1e-6
+    # long lists: the normal approximation agrees with the exact count
+    rng = np.random.default_rng(3)
+    p = rng.uniform(0.0, 0.3, EXACT_AGREEMENT_MAX)
+    exact = found_agreement(p, 700)["p_at_least"]
+    approx = found_agreement(np.concatenate([p, [0.0]]), 700)["p_at_least"]
+    assert approx == pytest.approx(exact, abs=0.01)
+    with pytest.raises(ValueError, match="found must lie"):
+        found_agreement(np.array([0.2]), 2)

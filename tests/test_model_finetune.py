@@ -102,7 +102,8 @@ def test_finetune_cli_end_to_end(tmp_path, capsys):
                  str(tmp_path), "--real-cache", str(tmp_path / "real.npz"), "--out", str(out),
                  "--steps", "3", "--device", "cpu", "--no-progress",
                  "--hard-negatives", "0.5", "--hard-group", "8",
-                 "--noise-blind", "40", "--clean-anchor", "1"]) == 0
+                 "--noise-blind", "40", "--clean-anchor", "1",
+                 "--snr-adversary", "0.5"]) == 0
     text = capsys.readouterr().out
     assert "fine-tuned" in text and "z-width on the real calibration stars" in text
     old, new = load_model(base), load_model(out)
@@ -112,6 +113,8 @@ def test_finetune_cli_end_to_end(tmp_path, capsys):
     assert ft["config"]["hard_negatives"] == 0.5 and ft["config"]["hard_group"] == 8
     assert ft["config"]["noise_blind"] == 40.0 and ft["config"]["clean_anchor"] == 1.0
     assert ft["history_last"]["clean_anchor"] >= 0.0
+    assert ft["config"]["snr_adversary"] == 0.5 and ft["history_last"]["snr_critic"] >= 0.0
+    assert not any("adversary" in k or k.startswith("f.") for k in new.net.state_dict())
     # the saved model is noise-blind: the same pixels at 4x the inverse variance embed alike
     assert new.net.cfg.shrinkage_snr == 40.0
     assert all(e.film_snr == 40.0 for e in new.net.cfg.encoders.values())
@@ -130,3 +133,60 @@ def test_finetune_cli_end_to_end(tmp_path, capsys):
     assert main(["finetune", "--model", str(base), "--catalog", str(cat), "--real-data",
                  str(tmp_path), "--real-cache", str(tmp_path / "real.npz"), "--out", str(out),
                  "--steps", "1", "--no-progress"]) == 2
+
+
+def test_snr_critic_learns_a_noise_signature_and_reverses_its_gradient():
+    """Embeddings that carry the visit's S/N let the critic predict which visit is the
+    noisier; the same star's labels cancel in the difference. The encoders' gradient is
+    the critic's, reversed and scaled."""
+    from specsearch.model.training.identity import SnrAdversary
+
+    torch.manual_seed(0)
+    n, d = 256, 8
+    star = torch.randn(n, d)
+    qa, qb = torch.rand(n, 1) * 2, torch.rand(n, 1) * 2          # log S/N of the two visits
+    noise_dir = torch.zeros(d)
+    noise_dir[0] = 1.0
+
+    def embed(q):
+        return star + 0.5 * q * noise_dir
+
+    critic = SnrAdversary(["lamost"], d)
+    opt = torch.optim.Adam(critic.parameters(), lr=1e-2)
+    first = None
+    for _ in range(200):
+        loss = critic.loss("lamost", embed(qa), embed(qb), qa, qb, scale=1.0)
+        first = float(loss.detach()) if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss.detach()) < 0.1 * first            # it found the noise signature
+    # embeddings without it: nothing to learn (the labels cancel)
+    blind = SnrAdversary(["lamost"], d)
+    assert float(blind.loss("lamost", star, star, qa, qb, scale=1.0).detach()) > 0.9
+    # the gradient reaching the embeddings is reversed and scaled
+    ea = embed(qa).requires_grad_()
+    critic.loss("lamost", ea, embed(qb), qa, qb, scale=1.0).backward()
+    g1 = ea.grad.clone()
+    ea.grad = None
+    critic.loss("lamost", ea, embed(qb), qa, qb, scale=0.25).backward()
+    torch.testing.assert_close(ea.grad, 0.25 * g1)
+    za = embed(qa).requires_grad_()
+    f = critic.f["lamost"]
+    target = (qb - qa)[:, 0] / (qb - qa)[:, 0].std()
+    ((f(embed(qb)) - f(za))[:, 0] - target).square().mean().backward()
+    torch.testing.assert_close(g1, -za.grad)
+
+
+def test_finetune_config_checks_the_anchor_and_critic_options():
+    from specsearch.errors import ConfigError
+    from specsearch.model.training.configs import FinetuneConfig
+
+    cfg = FinetuneConfig(anchor_modalities=("lamost",), anchor_real=False, snr_adversary=0.5)
+    assert cfg.to_dict()["anchor_modalities"] == ["lamost"]
+    with pytest.raises(ConfigError, match="anchor_modalities"):
+        FinetuneConfig(anchor_modalities=())
+    with pytest.raises(ConfigError, match="anchor_modalities"):
+        FinetuneConfig(anchor_modalities=("lamost", "gaia"))
+    with pytest.raises(ConfigError, match="snr_adversary"):
+        FinetuneConfig(snr_adversary=-1.0)

@@ -134,6 +134,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--noise-blind", type=float, default=ft.noise_blind, metavar="SNR",
                    help="make the encoders blind to the noise level first (input shrinkage "
                         "off, FiLM at this fixed S/N per pixel), then fine-tune")
+    f.add_argument("--anchor-modalities", nargs="+", choices=("lamost", "xp"),
+                   default=list(ft.anchor_modalities),
+                   help="the spectra the clean-anchor term applies to")
+    f.add_argument("--anchor-real", action=argparse.BooleanOptionalAction,
+                   default=ft.anchor_real,
+                   help="apply the clean-anchor term to the real LAMOST batch too")
+    f.add_argument("--anchor-snr-floor", type=float, default=ft.anchor_snr_floor,
+                   help="lowest S/N the clean-anchor term degrades a spectrum to")
+    f.add_argument("--snr-adversary", type=float, default=ft.snr_adversary,
+                   help="strength of the reversed gradient of a critic that tells which of "
+                        "two visits of a star is the noisier from their embeddings (0: off)")
     f.add_argument("--hard-negatives", type=float, default=ft.hard_negatives,
                    help="share of each synthetic batch made of groups of look-alike stars")
     f.add_argument("--hard-group", type=int, default=ft.hard_group,
@@ -216,7 +227,9 @@ def run_finetune(args: argparse.Namespace) -> int:
     cfg = FinetuneConfig(steps=args.steps, lr=args.lr, identity=args.identity,
                          snr_slope=args.snr_slope, real_views=args.real_views,
                          real_labels=args.real_labels, clean_anchor=args.clean_anchor,
-                         noise_blind=args.noise_blind,
+                         noise_blind=args.noise_blind, snr_adversary=args.snr_adversary,
+                         anchor_modalities=tuple(args.anchor_modalities),
+                         anchor_real=args.anchor_real, anchor_snr_floor=args.anchor_snr_floor,
                          hard_negatives=args.hard_negatives,
                          hard_group=args.hard_group, seed=args.seed, device=args.device)
     result = finetune(args.model, args.catalog, args.real_data, args.out, cfg,

@@ -260,6 +260,7 @@ def hunt_pool(model, sets: dict[str, RealSet], threshold: float = -2.0) -> dict[
     stars): a list twice the number of labelled [Fe/H] < threshold stars, ranked by the
     calibrated P([Fe/H] < threshold) of the model's hunt calibration."""
     from specsearch.hunt.calibration import posterior_summaries
+    from specsearch.hunt.hunt import found_agreement
     from specsearch.hunt.pipeline import find_calibration
 
     parts = [s.select(s.in_split("test")) for k, s in sets.items()
@@ -296,6 +297,11 @@ def hunt_pool(model, sets: dict[str, RealSet], threshold: float = -2.0) -> dict[
             "expected_completeness": float(p[top].sum() / max(p.sum(), 1e-12)),
             "list_length_at_80pct": cut, "purity_at_80pct": float(truth[order[:cut]].mean()),
             "expected_purity_at_80pct": float(p[order[:cut]].mean()),
+            # the counting noise of these short lists: is the measured number of members
+            # consistent with the calibrated p (two-sided tails of its Poisson-binomial)?
+            "agreement_2n": found_agreement(p[top], int(truth[top].sum())),
+            "agreement_at_80pct": found_agreement(p[order[:cut]], int(found[cut - 1])),
+            "agreement_pool": found_agreement(p, n_vmp),
             "probability": how, "split": "test"}
 
 

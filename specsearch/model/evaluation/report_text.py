@@ -141,6 +141,14 @@ def format_real(real: dict[str, Any]) -> list[str]:
                      f"{_f(h['expected_purity'])}); shortest list with 80% completeness: "
                      f"{h['list_length_at_80pct']} stars, purity {_f(h['purity_at_80pct'])} "
                      f"(expected {_f(h['expected_purity_at_80pct'])}; {h['probability']})")
+        for key, what in (("agreement_2n", "list of 2N"), ("agreement_at_80pct", "80% list"),
+                          ("agreement_pool", "whole pool")):
+            a = h.get(key)
+            if a:
+                lines.append(f"    {what}: {a['found']} labelled members, expected "
+                             f"{a['expected']:.1f} +- {a['sd']:.1f} from the calibrated p "
+                             f"(P(>= found) {a['p_at_least']:.3f}, P(<= found) "
+                             f"{a['p_at_most']:.3f})")
     if real.get("goals"):
         lines += ["", "  real-data goals"]
         for g in real["goals"]:

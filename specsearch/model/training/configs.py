@@ -9,6 +9,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from specsearch.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -172,10 +174,15 @@ class FinetuneConfig:
         clean_anchor: weight of the noise-invariance term
             (:func:`specsearch.model.training.identity.clean_anchor_loss`; 0: off): spectra
             with S/N >= anchor_min_snr, made noisier down to S/N anchor_snr_floor, must embed
-            where they embed clean (synthetic pairs, both modalities, and real LAMOST).
+            where they embed clean (the synthetic spectra of ``anchor_modalities``, and, with
+            ``anchor_real``, the real LAMOST batch when LAMOST is one of them).
         noise_blind: when set, the S/N per pixel at which the encoders are made blind to the
             noise level before training (:func:`specsearch.model.network.make_noise_blind`:
             input shrinkage off, FiLM at this fixed S/N); None keeps the base model's.
+        snr_adversary: strength of the reversed gradient from an S/N critic on the
+            synthetic second visits (:class:`specsearch.model.training.identity.SnrAdversary`:
+            it learns which of two visits of a star is the noisier from their embeddings, the
+            encoders learn to hide it); 0: off.
         hard_negatives: share of each synthetic batch drawn as groups of ``hard_group``
             look-alike stars (:mod:`specsearch.model.training.hard_negatives`; 0: all random).
         real_sets: which real sets train the heads (labels) and the views;
@@ -198,7 +205,10 @@ class FinetuneConfig:
     clean_anchor: float = 0.0
     anchor_min_snr: float = 30.0
     anchor_snr_floor: float = 5.0
+    anchor_modalities: tuple[str, ...] = ("lamost", "xp")
+    anchor_real: bool = True
     noise_blind: float | None = None
+    snr_adversary: float = 0.0
     hard_negatives: float = 0.0
     hard_group: int = 32
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -208,8 +218,17 @@ class FinetuneConfig:
     device: str = "cpu"
     loss: LossConfig = field(default_factory=LossConfig)
 
+    def __post_init__(self) -> None:
+        bad = set(self.anchor_modalities) - {"lamost", "xp"}
+        if not self.anchor_modalities or bad:
+            raise ConfigError(f"anchor_modalities must be a non-empty subset of lamost, xp; "
+                              f"got {list(self.anchor_modalities)}")
+        if self.snr_adversary < 0:
+            raise ConfigError(f"snr_adversary must be >= 0, got {self.snr_adversary}")
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["real_sets"] = list(self.real_sets)
+        d["anchor_modalities"] = list(self.anchor_modalities)
         d["real_set_weights"] = list(self.real_set_weights)
         return d

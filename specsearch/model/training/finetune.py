@@ -54,8 +54,8 @@ from specsearch.model.training.calibrate import calibrate, calibrate_real_floor,
 from specsearch.model.checkpoint import save_model_dir
 from specsearch.model.training.data import catalog_fingerprint, join_pairs, other_visit
 from specsearch.model.training.hard_negatives import label_neighbours, sample_batch
-from specsearch.model.training.identity import (clean_anchor_loss, identity_terms,
-                                                 second_visits)
+from specsearch.model.training.identity import (SnrAdversary, clean_anchor_loss,
+                                                 identity_terms, second_visits)
 from specsearch.model.training.loss import SpecCLIPLoss, identity_loss
 from specsearch.model.network import SpecCLIPNet, make_noise_blind
 from specsearch.model.training.real_sets import PreparedReal, RealSet, load_all, prepare_real
@@ -193,7 +193,8 @@ def _rows(rng: np.random.Generator, n: int, k: int, p: np.ndarray | None = None
 
 def _step_loss(net: SpecCLIPNet, loss_fn: SpecCLIPLoss, data: _Data, cfg: FinetuneConfig,
                rng: np.random.Generator, gen: torch.Generator, view_scale: torch.Tensor,
-               device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+               device: torch.device, adversary: SnrAdversary | None = None
+               ) -> tuple[torch.Tensor, dict[str, float]]:
     """The loss of one step (see the module docstring) and its terms as floats."""
     mods = net.cfg.modalities
     label_mean, label_std = net.label_mean, net.label_std
@@ -227,24 +228,31 @@ def _step_loss(net: SpecCLIPNet, loss_fn: SpecCLIPLoss, data: _Data, cfg: Finetu
     parts["real_labels"] = float(real_nll.detach())
     total = total + real_nll
     if cfg.clean_anchor:
-        total = total + cfg.clean_anchor * _anchor(net, cfg, gen, parts,
-                                                   [(m, *targets[m]) for m in mods]
-                                                   + [("lamost", rx, rw)])
+        anchored = [m for m in mods if m in cfg.anchor_modalities]
+        total = total + cfg.clean_anchor * _anchor(
+            net, cfg, gen, parts, [(m, *targets[m]) for m in anchored]
+            + ([("lamost", rx, rw)] if "lamost" in anchored and cfg.anchor_real else []))
     if not (cfg.identity or cfg.snr_slope):
         return total, parts
     # --- identity: the synthetic stars' independent second visits (see training.identity)
-    ident = slope = total * 0.0
+    ident = slope = critic = total * 0.0
     second = second_visits(data.cache, data.partner, pos, device)
     if second is not None:
-        ident, slope = identity_terms(net, outs, second, tb["source_id"],
-                                      augment_cfg=cfg.augment,
-                                      temperature=cfg.identity_temperature, gen=gen)
+        ident, slope, critic = identity_terms(net, outs, second, tb["source_id"],
+                                              augment_cfg=cfg.augment,
+                                              temperature=cfg.identity_temperature, gen=gen,
+                                              adversary=adversary,
+                                              adversary_scale=cfg.snr_adversary)
     if cfg.real_views:      # optional: two views of one real spectrum (they share its noise)
         total = total + cfg.real_views * _real_views(net, data, cfg, rng, gen, view_scale,
                                                      device, tb, outs, vb, r_out,
                                                      ((rxb, rwb), ri), parts)
     parts["identity"] = float(ident.detach())
     parts["snr_slope"] = float(slope.detach())
+    if adversary is not None:
+        # the critic's own loss at full weight; the encoders see it reversed (identity.py)
+        parts["snr_critic"] = float(critic.detach())
+        total = total + critic
     return total + cfg.identity * ident + cfg.snr_slope * slope, parts
 
 
@@ -333,6 +341,10 @@ def _finetune(model_path: str | Path, catalog: str | Path, real_data: str | Path
     net.to(device).train()
     loss_fn = SpecCLIPLoss(cfg.loss)
     opt, sched = _optimiser(net, cfg)
+    adversary, adv_opt = None, None
+    if cfg.snr_adversary:
+        adversary = SnrAdversary(net.cfg.modalities, net.cfg.embedding_dim).to(device)
+        adv_opt = torch.optim.Adam(adversary.parameters(), lr=1e-3)
     view_scale = torch.tensor(math.log(1.0 / cfg.identity_temperature))
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -341,11 +353,16 @@ def _finetune(model_path: str | Path, catalog: str | Path, real_data: str | Path
     n_acc = 0
     bar = tqdm(total=cfg.steps, desc="finetune", unit="step", disable=not progress)
     for step in range(cfg.steps):
-        total, parts = _step_loss(net, loss_fn, data, cfg, rng, gen, view_scale, device)
+        total, parts = _step_loss(net, loss_fn, data, cfg, rng, gen, view_scale, device,
+                                  adversary)
         opt.zero_grad(set_to_none=True)
+        if adv_opt is not None:
+            adv_opt.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
         opt.step()
+        if adv_opt is not None:
+            adv_opt.step()
         sched.step()
         n_acc += 1
         for k, v in {**parts, "total": float(total.detach())}.items():

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 from specsearch.model.network import ModelOutputs, SpecCLIPNet
 from specsearch.model.training.augment import add_noise_to_snr, augment
@@ -58,23 +59,76 @@ def second_visits(cache: PairCache, partner: np.ndarray | None, pos_sorted: np.n
                         w={m: v[back] for m, v in batch["w"].items()})
 
 
+class _ReverseGrad(torch.autograd.Function):
+    """Identity forward; the gradient times ``-scale`` backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:   # noqa: D102
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):                              # noqa: D102
+        return -ctx.scale * grad, None
+
+
+class SnrAdversary(nn.Module):
+    """A training-only critic that tries to tell which of two visits of one star is the
+    noisier from their embeddings, while the encoders, through a gradient reversal, learn
+    to make that impossible.
+
+    It reads each embedding through a small MLP ``f`` and predicts the difference of the
+    visits' log S/N as ``f(e_b) - f(e_a)``. The two visits are the same star, so whatever
+    the stellar labels put into the embedding cancels in the difference: only a noise
+    signature can predict it (``snr_slope`` is the linear, fixed-direction case of this).
+    One critic per modality; it is not part of the saved model.
+    """
+
+    def __init__(self, modalities: tuple[str, ...] | list[str], dim: int,
+                 hidden: int = 64) -> None:
+        super().__init__()
+        self.f = nn.ModuleDict({m: nn.Sequential(nn.Linear(dim, hidden), nn.GELU(),
+                                                 nn.Linear(hidden, hidden), nn.GELU(),
+                                                 nn.Linear(hidden, 1))
+                                for m in modalities})
+
+    def loss(self, modality: str, emb_a: torch.Tensor, emb_b: torch.Tensor,
+             q_a: torch.Tensor, q_b: torch.Tensor, scale: float) -> torch.Tensor:
+        """Mean squared error of the predicted log-S/N difference, standardised by the
+        batch's spread (the critic minimises it; the encoders, reversed by ``scale``,
+        maximise it)."""
+        f = self.f[modality]
+        za, zb = _ReverseGrad.apply(emb_a, scale), _ReverseGrad.apply(emb_b, scale)
+        target = (q_b[:, 0] - q_a[:, 0]).float()
+        target = target / target.std().clamp_min(1e-3)
+        pred = (f(zb) - f(za))[:, 0]
+        return (pred - target).square().mean()
+
+
 def identity_terms(net: SpecCLIPNet, outs: dict[str, ModelOutputs], second: SecondVisits,
                    source_id: torch.Tensor, *, augment_cfg: AugmentConfig,
-                   temperature: float, gen: torch.Generator
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(NT-Xent, S/N slope) averaged over the modalities: the first visits' embeddings
-    (``outs``, as the main objective saw them) against the augmented second visits."""
+                   temperature: float, gen: torch.Generator,
+                   adversary: SnrAdversary | None = None, adversary_scale: float = 1.0
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(NT-Xent, S/N slope, S/N critic loss) averaged over the modalities: the first
+    visits' embeddings (``outs``, as the main objective saw them) against the augmented
+    second visits. The critic loss is 0 without an ``adversary``; its gradient reaches the
+    encoders reversed and scaled by ``adversary_scale``."""
     log_scale = math.log(1.0 / temperature)
     rows = torch.from_numpy(second.rows).to(source_id.device)
-    ident, slope = [], []
+    ident, slope, critic = [], [], []
     for m, out in outs.items():
         xb, wb = augment(m, second.x[m], second.w[m], augment_cfg, gen)
         eb, qb = net.encode_with_quality(m, xb, wb)
-        i, s = identity_loss(out.embedding[rows], eb, out.quality[rows], qb, log_scale,
-                             source_id[rows])
+        ea, qa = out.embedding[rows], out.quality[rows]
+        i, s = identity_loss(ea, eb, qa, qb, log_scale, source_id[rows])
         ident.append(i)
         slope.append(s)
-    return sum(ident) / len(ident), sum(slope) / len(slope)
+        if adversary is not None:
+            critic.append(adversary.loss(m, ea, eb, qa, qb, adversary_scale))
+    n = len(ident)
+    zero = ident[0] * 0.0
+    return sum(ident) / n, sum(slope) / n, (sum(critic) / n if critic else zero)
 
 
 def clean_anchor_loss(net: SpecCLIPNet, modality: str, x: torch.Tensor, w: torch.Tensor,

@@ -234,9 +234,10 @@ def _train_epoch(run: _Run, data: PreparedPairs, cfg: TrainConfig, epoch: int,
         second = second_visits(cache, run.partner, pos, device)
         if second is not None:
             with autocast_context(device, cfg.amp):
-                ident, slope = identity_terms(net, outs, second, tb["source_id"],
-                                              augment_cfg=cfg.augment,
-                                              temperature=cfg.identity_temperature, gen=gen)
+                ident, slope, _ = identity_terms(net, outs, second, tb["source_id"],
+                                                 augment_cfg=cfg.augment,
+                                                 temperature=cfg.identity_temperature,
+                                                 gen=gen)
             terms.total = terms.total + cfg.identity * ident + cfg.snr_slope * slope
             terms.parts.update(identity=float(ident.detach()), snr_slope=float(slope.detach()))
         run.opt.zero_grad(set_to_none=True)
