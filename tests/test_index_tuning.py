@@ -181,3 +181,39 @@ def test_recall_error_and_the_tuning_margin():
     r, se = recall_with_error(found, truth)
     assert r == pytest.approx(35 / 40)
     assert se == pytest.approx(np.std([0.5, 1, 1, 1], ddof=1) / 2)
+
+
+def test_tuning_trades_a_long_walk_for_deeper_re_ranking(tmp_path, vectors, monkeypatch):
+    """Recall at re-ranking x4 plateaus just under the target and reaches it only at
+    ef 768; x8 reaches it at ef 32. The tuner keeps the faster of the two (by the time its
+    tuning searches took), not the first it found."""
+    import specsearch.index.tuning as tuning
+
+    mi = _build(tmp_path / "hnsw", vectors, HNSWConfig(m=16, storage="sq8", refine_factor=4.0))
+    assert mi.shards[0].backend.quantised
+    start = mi.knobs
+    now = [0.0]
+
+    def fake_recall(index, queries, masks, truth, k, knobs, threads):
+        ef, refine = knobs.ef_search, knobs.refine_factor
+        now[0] += ef * 1e-4 + refine * 1e-4                 # search cost of this setting
+        plateau = 0.945 if refine < 8 else 0.985
+        recall = min(plateau, 0.90 + 0.002 * ef) + (0.02 if ef >= 768 and refine < 8 else 0)
+        return recall, 0.002
+
+    monkeypatch.setattr(tuning, "measure_recall", fake_recall)
+    monkeypatch.setattr(tuning, "_clock", lambda: now[0])
+    result = tuning.tune(mi, target_recall=0.95, k=10, n_queries=50, threads=1)
+    assert (result.knobs["ef_search"], result.knobs["refine_factor"]) == (32, 8.0)
+    assert mi.knobs.ef_search == 32 and mi.knobs.refine_factor == 8.0
+    # where the deeper re-ranking is slower, the first setting found stays
+    tuning.set_knobs(mi, start)
+
+    def slow_refine(index, queries, masks, truth, k, knobs, threads):
+        r = fake_recall(index, queries, masks, truth, k, knobs, threads)
+        now[0] += knobs.refine_factor * 1.0
+        return r
+
+    monkeypatch.setattr(tuning, "measure_recall", slow_refine)
+    result = tuning.tune(mi, target_recall=0.95, k=10, n_queries=50, threads=1)
+    assert (result.knobs["ef_search"], result.knobs["refine_factor"]) == (768, 4.0)
