@@ -109,6 +109,13 @@ def test_summary_reports_purity_and_completeness(calibration):
     assert any("<- chosen" in line for line in res.summary_lines())
     purity = res.table.column("expected_purity").to_numpy()
     assert purity[-1] == pytest.approx(res.chosen.expected_purity, rel=1e-5)
+    # the counting noise of the list: the Poisson-binomial of its calibrated p
+    from specsearch.hunt.hunt import found_agreement
+    p = res.table.column("p_metal_poor").to_numpy().astype(np.float64)
+    expect = found_agreement(p, 0)
+    assert res.chosen.expected_true == pytest.approx(expect["expected"], rel=1e-4)
+    assert res.chosen.expected_true_sd == pytest.approx(expect["sd"], rel=1e-4)
+    assert any(f"+- {res.chosen.expected_true_sd:.1f}" in line for line in res.summary_lines())
 
 
 def test_calibration_json_round_trip(calibration, tmp_path):

@@ -26,6 +26,9 @@ class CutSummary:
     expected_true: float
     expected_purity: float
     expected_completeness: float
+    expected_true_sd: float = 0.0
+    """Standard deviation of the number of true members (Poisson-binomial of the list's p:
+    the counting noise a follow-up of this list will see)."""
 
 
 @dataclass
@@ -50,11 +53,12 @@ class HuntResult:
     calibrated: bool
 
     def summary_lines(self) -> list[str]:
-        lines = [f"{'list size':>9} {'min p':>7} {'E[true]':>8} {'purity':>7} "
+        lines = [f"{'list size':>9} {'min p':>7} {'E[true] +- sd':>15} {'purity':>7} "
                  f"{'completeness':>12}"]
         for c in self.curve:
             mark = "  <- chosen" if c.n == self.chosen.n else ""
-            lines.append(f"{c.n:>9} {c.min_prob:>7.3f} {c.expected_true:>8.1f} "
+            true = f"{c.expected_true:.1f} +- {c.expected_true_sd:.1f}"
+            lines.append(f"{c.n:>9} {c.min_prob:>7.3f} {true:>15} "
                          f"{c.expected_purity:>7.3f} {c.expected_completeness:>12.3f}{mark}")
         return lines
 
@@ -86,13 +90,15 @@ def found_agreement(p: np.ndarray, found: int) -> dict[str, float]:
             "p_at_least": float(min(1.0, at_least)), "p_at_most": float(min(1.0, at_most))}
 
 
-def _cut(p_sorted: np.ndarray, cum: np.ndarray, total: float, n: int) -> CutSummary:
+def _cut(p_sorted: np.ndarray, cum: np.ndarray, cum_var: np.ndarray, total: float, n: int
+         ) -> CutSummary:
     n = int(min(max(n, 0), p_sorted.size))
     if n == 0:
         return CutSummary(0, float("nan"), 0.0, float("nan"), 0.0)
     return CutSummary(n=n, min_prob=float(p_sorted[:n].min()), expected_true=float(cum[n - 1]),
                       expected_purity=float(cum[n - 1] / n),
-                      expected_completeness=float(cum[n - 1] / total) if total > 0 else 0.0)
+                      expected_completeness=float(cum[n - 1] / total) if total > 0 else 0.0,
+                      expected_true_sd=float(np.sqrt(max(cum_var[n - 1], 0.0))))
 
 
 def hunt(tables: Mapping[str, EmbeddingTable], calibration: HuntCalibration, *,
@@ -136,14 +142,15 @@ def hunt(tables: Mapping[str, EmbeddingTable], calibration: HuntCalibration, *,
     total = float(np.nansum(p))
     # Expected quality of the list *as ranked* (with seeds the ranking is not by p).
     cum = np.cumsum(p_sorted)
+    cum_var = np.cumsum(p_sorted * (1.0 - p_sorted))
     if config.top is not None:
         n = config.top
     else:
         n = int(np.sum(p_sorted >= config.min_prob)) if sim is None else \
             int(np.sum(p >= config.min_prob))
-    chosen = _cut(p_sorted, cum, total, n)
+    chosen = _cut(p_sorted, cum, cum_var, total, n)
     sizes = sorted({s for s in SUMMARY_SIZES if s < p_sorted.size} | {chosen.n})
-    curve = [_cut(p_sorted, cum, total, s) for s in sizes if s > 0]
+    curve = [_cut(p_sorted, cum, cum_var, total, s) for s in sizes if s > 0]
     rows = order[:chosen.n]
     table = _result_table(tables, est, rows, p, score, sim, cum, total, label)
     return HuntResult(table=table, chosen=chosen, curve=curve, expected_total=total,

@@ -108,6 +108,8 @@ def run_hunt(source: str | Path, *, out: str | Path, feh_max: float = -2.0,
             "n_stars": result.n_stars, "expected_total": round(result.expected_total, 2),
             "list_size": c.n, "expected_purity": round(c.expected_purity, 4)
             if c.n else "nan", "expected_completeness": round(c.expected_completeness, 4),
+            "expected_members": round(c.expected_true, 2),
+            "expected_members_sd": round(c.expected_true_sd, 2),
             "model_hash": loaded.provenance.get("model_hash", ""),
             "filters": "; ".join(filters or []) or "none", "seeds": 0 if seeds is None
             else len(seeds)}
