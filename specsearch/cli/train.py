@@ -142,6 +142,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="apply the clean-anchor term to the real LAMOST batch too")
     f.add_argument("--anchor-snr-floor", type=float, default=ft.anchor_snr_floor,
                    help="lowest S/N the clean-anchor term degrades a spectrum to")
+    f.add_argument("--head-distill", type=float, default=ft.head_distill,
+                   help="weight of keeping the head predictions on real spectra where the "
+                        "starting model puts them (0: off)")
     f.add_argument("--snr-adversary", type=float, default=ft.snr_adversary,
                    help="strength of the reversed gradient of a critic that tells which of "
                         "two visits of a star is the noisier from their embeddings (0: off)")
@@ -230,6 +233,7 @@ def run_finetune(args: argparse.Namespace) -> int:
                          noise_blind=args.noise_blind, snr_adversary=args.snr_adversary,
                          anchor_modalities=tuple(args.anchor_modalities),
                          anchor_real=args.anchor_real, anchor_snr_floor=args.anchor_snr_floor,
+                         head_distill=args.head_distill,
                          hard_negatives=args.hard_negatives,
                          hard_group=args.hard_group, seed=args.seed, device=args.device)
     result = finetune(args.model, args.catalog, args.real_data, args.out, cfg,

@@ -183,6 +183,9 @@ class FinetuneConfig:
             synthetic second visits (:class:`specsearch.model.training.identity.SnrAdversary`:
             it learns which of two visits of a star is the noisier from their embeddings, the
             encoders learn to hide it); 0: off.
+        head_distill: weight of a term that keeps the head predictions on the real LAMOST
+            views where the starting model puts them (its frozen copy is the teacher; mean
+            squared difference in standardised label units); 0: off.
         hard_negatives: share of each synthetic batch drawn as groups of ``hard_group``
             look-alike stars (:mod:`specsearch.model.training.hard_negatives`; 0: all random).
         real_sets: which real sets train the heads (labels) and the views;
@@ -209,6 +212,7 @@ class FinetuneConfig:
     anchor_real: bool = True
     noise_blind: float | None = None
     snr_adversary: float = 0.0
+    head_distill: float = 0.0
     hard_negatives: float = 0.0
     hard_group: int = 32
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -223,8 +227,9 @@ class FinetuneConfig:
         if not self.anchor_modalities or bad:
             raise ConfigError(f"anchor_modalities must be a non-empty subset of lamost, xp; "
                               f"got {list(self.anchor_modalities)}")
-        if self.snr_adversary < 0:
-            raise ConfigError(f"snr_adversary must be >= 0, got {self.snr_adversary}")
+        if self.snr_adversary < 0 or self.head_distill < 0:
+            raise ConfigError(f"snr_adversary and head_distill must be >= 0, got "
+                              f"{self.snr_adversary} and {self.head_distill}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -32,6 +32,7 @@ S/N >= 30 and below, hot LAMOST stars, MILES). The ``test`` split is never read 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import shutil
@@ -193,7 +194,8 @@ def _rows(rng: np.random.Generator, n: int, k: int, p: np.ndarray | None = None
 
 def _step_loss(net: SpecCLIPNet, loss_fn: SpecCLIPLoss, data: _Data, cfg: FinetuneConfig,
                rng: np.random.Generator, gen: torch.Generator, view_scale: torch.Tensor,
-               device: torch.device, adversary: SnrAdversary | None = None
+               device: torch.device, adversary: SnrAdversary | None = None,
+               teacher: SpecCLIPNet | None = None
                ) -> tuple[torch.Tensor, dict[str, float]]:
     """The loss of one step (see the module docstring) and its terms as floats."""
     mods = net.cfg.modalities
@@ -227,6 +229,14 @@ def _step_loss(net: SpecCLIPNet, loss_fn: SpecCLIPLoss, data: _Data, cfg: Finetu
                                                  ry, rn, cfg.loss.nll_beta)
     parts["real_labels"] = float(real_nll.detach())
     total = total + real_nll
+    if teacher is not None:
+        # the starting model's head predictions on the same real views: what the other
+        # terms may not move (standardised label units)
+        with torch.no_grad():
+            t_mu = teacher.forward_outputs("lamost", rxa, rwa, decode=False).label_mu
+        distill = (r_out.label_mu - t_mu).square().mean()
+        parts["head_distill"] = float(distill.detach())
+        total = total + cfg.head_distill * distill
     if cfg.clean_anchor:
         anchored = [m for m in mods if m in cfg.anchor_modalities]
         total = total + cfg.clean_anchor * _anchor(
@@ -341,6 +351,10 @@ def _finetune(model_path: str | Path, catalog: str | Path, real_data: str | Path
     net.to(device).train()
     loss_fn = SpecCLIPLoss(cfg.loss)
     opt, sched = _optimiser(net, cfg)
+    teacher = None
+    if cfg.head_distill:
+        teacher = copy.deepcopy(net).to(device).eval()
+        teacher.requires_grad_(False)
     adversary, adv_opt = None, None
     if cfg.snr_adversary:
         adversary = SnrAdversary(net.cfg.modalities, net.cfg.embedding_dim).to(device)
@@ -354,7 +368,7 @@ def _finetune(model_path: str | Path, catalog: str | Path, real_data: str | Path
     bar = tqdm(total=cfg.steps, desc="finetune", unit="step", disable=not progress)
     for step in range(cfg.steps):
         total, parts = _step_loss(net, loss_fn, data, cfg, rng, gen, view_scale, device,
-                                  adversary)
+                                  adversary, teacher)
         opt.zero_grad(set_to_none=True)
         if adv_opt is not None:
             adv_opt.zero_grad(set_to_none=True)
