@@ -103,7 +103,8 @@ def test_finetune_cli_end_to_end(tmp_path, capsys):
                  "--steps", "3", "--device", "cpu", "--no-progress",
                  "--hard-negatives", "0.5", "--hard-group", "8",
                  "--noise-blind", "40", "--clean-anchor", "1",
-                 "--snr-adversary", "0.5", "--head-distill", "2"]) == 0
+                 "--snr-adversary", "0.5", "--head-distill", "2",
+                 "--distill-synthetic"]) == 0
     text = capsys.readouterr().out
     assert "fine-tuned" in text and "z-width on the real calibration stars" in text
     old, new = load_model(base), load_model(out)
@@ -115,6 +116,7 @@ def test_finetune_cli_end_to_end(tmp_path, capsys):
     assert ft["history_last"]["clean_anchor"] >= 0.0
     assert ft["config"]["snr_adversary"] == 0.5 and ft["history_last"]["snr_critic"] >= 0.0
     assert ft["config"]["head_distill"] == 2.0 and ft["history_last"]["head_distill"] > 0.0
+    assert ft["config"]["distill_synthetic"] is True
     assert not any("adversary" in k or k.startswith("f.") for k in new.net.state_dict())
     # the saved model is noise-blind: the same pixels at 4x the inverse variance embed alike
     assert new.net.cfg.shrinkage_snr == 40.0

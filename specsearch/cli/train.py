@@ -145,6 +145,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--head-distill", type=float, default=ft.head_distill,
                    help="weight of keeping the head predictions on real spectra where the "
                         "starting model puts them (0: off)")
+    f.add_argument("--distill-synthetic", action="store_true",
+                   help="apply --head-distill to the synthetic spectra too")
     f.add_argument("--snr-adversary", type=float, default=ft.snr_adversary,
                    help="strength of the reversed gradient of a critic that tells which of "
                         "two visits of a star is the noisier from their embeddings (0: off)")
@@ -234,6 +236,7 @@ def run_finetune(args: argparse.Namespace) -> int:
                          anchor_modalities=tuple(args.anchor_modalities),
                          anchor_real=args.anchor_real, anchor_snr_floor=args.anchor_snr_floor,
                          head_distill=args.head_distill,
+                         distill_synthetic=args.distill_synthetic,
                          hard_negatives=args.hard_negatives,
                          hard_group=args.hard_group, seed=args.seed, device=args.device)
     result = finetune(args.model, args.catalog, args.real_data, args.out, cfg,

@@ -185,7 +185,8 @@ class FinetuneConfig:
             encoders learn to hide it); 0: off.
         head_distill: weight of a term that keeps the head predictions on the real LAMOST
             views where the starting model puts them (its frozen copy is the teacher; mean
-            squared difference in standardised label units); 0: off.
+            squared difference in standardised label units); 0: off. ``distill_synthetic``
+            applies it to the synthetic views of both modalities as well.
         hard_negatives: share of each synthetic batch drawn as groups of ``hard_group``
             look-alike stars (:mod:`specsearch.model.training.hard_negatives`; 0: all random).
         real_sets: which real sets train the heads (labels) and the views;
@@ -213,6 +214,7 @@ class FinetuneConfig:
     noise_blind: float | None = None
     snr_adversary: float = 0.0
     head_distill: float = 0.0
+    distill_synthetic: bool = False
     hard_negatives: float = 0.0
     hard_group: int = 32
     augment: AugmentConfig = field(default_factory=AugmentConfig)

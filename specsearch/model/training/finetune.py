@@ -230,11 +230,16 @@ def _step_loss(net: SpecCLIPNet, loss_fn: SpecCLIPLoss, data: _Data, cfg: Finetu
     parts["real_labels"] = float(real_nll.detach())
     total = total + real_nll
     if teacher is not None:
-        # the starting model's head predictions on the same real views: what the other
-        # terms may not move (standardised label units)
+        # the starting model's head predictions on the same real (and, with
+        # distill_synthetic, synthetic) views: what the other terms may not move
+        # (standardised label units)
+        pairs = [(r_out.label_mu, "lamost", rxa, rwa)]
+        if cfg.distill_synthetic:
+            pairs += [(outs[m].label_mu, m, *va[m]) for m in mods]
         with torch.no_grad():
-            t_mu = teacher.forward_outputs("lamost", rxa, rwa, decode=False).label_mu
-        distill = (r_out.label_mu - t_mu).square().mean()
+            t_mu = [teacher.forward_outputs(m, x, w, decode=False).label_mu
+                    for _, m, x, w in pairs]
+        distill = sum((mu - t).square().mean() for (mu, *_), t in zip(pairs, t_mu)) / len(pairs)
         parts["head_distill"] = float(distill.detach())
         total = total + cfg.head_distill * distill
     if cfg.clean_anchor:
