@@ -195,4 +195,6 @@ def test_finetune_config_checks_the_anchor_and_critic_options():
         FinetuneConfig(snr_adversary=-1.0)
     with pytest.raises(ConfigError, match="head_distill"):
         FinetuneConfig(head_distill=-1.0)
+    with pytest.raises(ConfigError, match="second visits"):
+        FinetuneConfig(snr_adversary=1.0, identity=0.0, snr_slope=0.0)
 

@@ -232,6 +232,9 @@ class FinetuneConfig:
         if self.snr_adversary < 0 or self.head_distill < 0:
             raise ConfigError(f"snr_adversary and head_distill must be >= 0, got "
                               f"{self.snr_adversary} and {self.head_distill}")
+        if self.snr_adversary and not (self.identity or self.snr_slope):
+            raise ConfigError("snr_adversary works on the identity term's second visits: "
+                              "it needs identity or snr_slope > 0")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
