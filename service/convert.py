@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from service.schemas import Estimate, Neighbour
+from service.schemas import Domain, Estimate, Neighbour
 from specsearch.query import Neighbours
 
 # Columns shown as first-class fields of a neighbour (the rest go to ``metadata``).
@@ -35,6 +35,19 @@ def number(value: Any) -> float | None:
     the response models' ``float | None`` fields validate an int or a float to)."""
     value = clean(value)
     return None if value is None else float(value)
+
+
+def domain(model: Any, modality: str, batch: Any, row: int = 0) -> Domain | None:
+    """The domain check of row ``row`` of an ``EmbeddingBatch`` made ``with_domain``
+    (None when the batch has no relative residual)."""
+    rel = getattr(batch, "recon_relative", None)
+    if rel is None:
+        return None
+    check = getattr(model, "domain_check", None)
+    flags = getattr(batch, "out_of_domain", None)
+    return Domain(recon_relative=number(rel[row]),
+                  threshold=None if check is None else check.thresholds.get(modality),
+                  out_of_domain=None if flags is None else bool(flags[row]))
 
 
 def estimate_fields(row: dict[str, Any], label_names: Sequence[str]

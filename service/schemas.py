@@ -32,6 +32,18 @@ class Estimate(BaseModel):
     err: float | None
 
 
+class Domain(BaseModel):
+    """Whether the model knows stars like this one (its domain check, fitted on real
+    spectra): out of domain, the parameters are unreliable."""
+
+    recon_relative: float | None = Field(
+        description="median relative error of the model's reconstruction of the spectrum")
+    threshold: float | None = Field(
+        None, description="the model's threshold (None: the model has no domain check)")
+    out_of_domain: bool | None = Field(
+        None, description="recon_relative above the threshold: unlike the training stars")
+
+
 class Neighbour(BaseModel):
     rank: int = Field(description="1-based rank among all results (offset included)")
     source_id: int
@@ -71,6 +83,8 @@ class QueryInfo(BaseModel):
     good_fraction: float | None = Field(
         None, description="fraction of usable pixels on the canonical grid")
     predictions: dict[str, Estimate] = Field(default_factory=dict)
+    domain: Domain | None = Field(None, description="the domain check of an embedded "
+                                                    "spectrum (None for stored stars)")
 
 
 class SearchResponse(BaseModel):
@@ -136,6 +150,7 @@ class Prediction(BaseModel):
     good_fraction: float
     predictions: dict[str, Estimate]
     class_probabilities: dict[str, float] = Field(default_factory=dict)
+    domain: Domain | None = None
     input: Curve = Field(description="the spectrum as the model saw it (normalised)")
     translated: Curve | None = Field(None, description="the model's spectrum of the same "
                                                        "star in the other modality")

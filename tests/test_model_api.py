@@ -76,6 +76,12 @@ def test_residuals_translation_and_tensor_path(model):
     b = model.embed_numpy("lamost", fl, il, with_residual=True)
     assert b.recon_residual.shape == (3,) and b.translation_residual.shape == (3,)
     assert np.all(np.isfinite(b.recon_residual))
+    # the domain check's input comes with the residuals, or alone (one decoder pass)
+    d = model.embed_numpy("lamost", fl, il, with_domain=True)
+    assert d.recon_residual is None and d.translation_residual is None
+    np.testing.assert_allclose(d.recon_relative, b.recon_relative, rtol=1e-5)
+    assert np.all(b.recon_relative >= 0)
+    assert model.embed_numpy("lamost", fl, il).recon_relative is None
     ix_bad = ix.copy()
     ix_bad[1] = 0.0                                    # partner spectrum all masked
     p = model.embed_numpy("lamost", fl, il, partner=(fx, ix_bad))

@@ -132,6 +132,40 @@ def test_finetune_cli_end_to_end(tmp_path, capsys):
     rs = _toy_real_sets(20)["lamost_dr10"]
     b = new.embed_numpy("lamost", rs.flux, rs.ivar)
     assert (b.uncertainties[b.good, j] >= 0.999 * ft["sigma_floor"]["feh"]).all()
+    # --heads-only: the heads move, the encoders (so every embedding) do not
+    heads = tmp_path / "heads"
+    assert main(["finetune", "--model", str(out), "--catalog", str(cat), "--real-data",
+                 str(tmp_path), "--real-cache", str(tmp_path / "real.npz"), "--out",
+                 str(heads), "--steps", "3", "--lr", "1e-2", "--device", "cpu",
+                 "--no-progress", "--heads-only", "--real-set-weights", "0.3,0.1,0.6"]) == 0
+    refit = load_model(heads)
+    assert refit.full_config["training"]["finetune"]["config"]["heads_only"] is True
+    assert refit.full_config["training"]["finetune"]["config"]["real_set_weights"] == \
+        [0.3, 0.1, 0.6]
+    stages = refit.full_config["training"]["finetune_stages"]     # the earlier stage's record
+    assert [st["base_hash"] for st in stages] == [old.model_hash]
+    before, after = new.net.state_dict(), refit.net.state_dict()
+    moved = {k for k in before if k.startswith("heads.") and not k.endswith("sigma_floor")
+             and not torch.equal(before[k], after[k])}
+    assert moved
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("heads."))
+    np.testing.assert_array_equal(refit.embed_numpy("lamost", rs.flux, rs.ivar).embedding,
+                                  b.embedding)
+    # a domain check fitted on the (toy) real spectra, for this model only
+    assert main(["domain-fit", "--model", str(heads), "--real-data", str(tmp_path),
+                 "--real-cache", str(tmp_path / "real.npz")]) == 0
+    assert "domain check for model" in capsys.readouterr().out
+    refit = load_model(heads)
+    thr = refit.domain_check.thresholds
+    assert set(thr) == {"lamost", "xp"} and all(v > 0 for v in thr.values())
+    dom = refit.embed_numpy("lamost", rs.flux, rs.ivar, with_domain=True)
+    assert dom.out_of_domain is not None and not dom.out_of_domain[dom.good].any()
+    wiggle = 1.0 + 0.6 * np.sin(np.arange(rs.flux.shape[1]) * 2 * np.pi / 9.0)
+    weird = rs.flux * wiggle[None, :]            # deep 9-pixel features: no star's lines
+    odd = refit.embed_numpy("lamost", weird, rs.ivar, with_domain=True)
+    assert (odd.recon_relative[odd.good] > dom.recon_relative[dom.good].max()).all()
+    assert odd.out_of_domain[odd.good].all()
+    assert load_model(out).domain_check is None       # the file sits beside `heads` only
     # refuses to overwrite unless asked
     assert main(["finetune", "--model", str(base), "--catalog", str(cat), "--real-data",
                  str(tmp_path), "--real-cache", str(tmp_path / "real.npz"), "--out", str(out),
@@ -197,4 +231,15 @@ def test_finetune_config_checks_the_anchor_and_critic_options():
         FinetuneConfig(head_distill=-1.0)
     with pytest.raises(ConfigError, match="second visits"):
         FinetuneConfig(snr_adversary=1.0, identity=0.0, snr_slope=0.0)
+    with pytest.raises(ConfigError, match="heads_only freezes the encoders"):
+        FinetuneConfig(heads_only=True, clean_anchor=5.0)
+    with pytest.raises(ConfigError, match="noise_blind"):
+        FinetuneConfig(heads_only=True, noise_blind=40.0)
+    assert FinetuneConfig(heads_only=True, head_distill=10.0).to_dict()["heads_only"]
+    with pytest.raises(ConfigError, match="real_set_weights"):
+        FinetuneConfig(real_set_weights=(0.5, 0.5))
+    with pytest.raises(ConfigError, match="real_set_weights"):
+        FinetuneConfig(real_set_weights=(0.0, 0.0, 0.0))
+    with pytest.raises(ConfigError, match="real_set_weights"):
+        FinetuneConfig(real_set_weights=(0.5, float("nan"), 0.5))
 

@@ -235,6 +235,29 @@ def test_search_by_spectrum_with_attached_encoder(tmp_path):
     hits = engine.search_spectrum(spec, k=3)
     assert hits.source_id[0] == 52 and hits.similarity[0] > 0.999
     assert hits.query["predictions"]["feh"] == (-1.0, 0.1)
+    assert "domain" not in hits.query                  # this encoder has no domain check
+    checked = CheckedEncoder("model-x")
+    engine.attach_encoder(checked)
+    hits = engine.search_spectrum(spec, k=3)
+    assert hits.query["domain"] == {"recon_relative": 0.9, "threshold": 0.5,
+                                    "out_of_domain": True}
+    assert hits.source_id[0] == 52                     # a flag, not a filter
+
+
+class CheckedEncoder(StandInEncoder):
+    """The stand-in with a domain check that flags everything (relative error 0.9)."""
+
+    def __init__(self, model_hash):
+        from specsearch.model.domain import DomainCheck
+        super().__init__(model_hash)
+        self.domain_check = DomainCheck(model_hash, {"xp": 0.5})
+
+    def embed_numpy(self, modality, flux, ivar, *, with_domain=False):
+        b = super().embed_numpy(modality, flux, ivar)
+        assert with_domain
+        b.recon_relative = np.full(len(flux), 0.9)
+        b.out_of_domain = self.domain_check.flags(modality, b.recon_relative)
+        return b
 
 
 def test_lookup_returns_every_row_of_a_star(engine, emb):

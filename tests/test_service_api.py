@@ -130,6 +130,18 @@ def test_search_upload_real_lamost(client, state, lamost_file):
     assert sims == sorted(sims, reverse=True) and all(-1.0 <= s <= 1.0 + 1e-6 for s in sims)
     assert all(n["modality"] == "lamost" for n in nbs)
     assert set(nbs[0]["predictions"]) == set(state.model.label_names)
+    _assert_in_domain(body["query"]["domain"], state)
+
+
+def _assert_in_domain(domain, state):
+    """A real LAMOST star is one the model knows: a small reconstruction miss, no flag."""
+    assert 0 <= domain["recon_relative"] < 0.1
+    check = state.model.domain_check
+    if check is None:
+        assert domain["threshold"] is None and domain["out_of_domain"] is None
+    else:
+        assert domain["threshold"] == pytest.approx(check.thresholds["lamost"])
+        assert domain["out_of_domain"] is False
 
 
 def test_cross_modal_with_plot_curves(client, lamost_file):
@@ -245,6 +257,7 @@ def test_predict_upload(client, state, lamost_file):
     assert set(body["predictions"]) == set(state.model.label_names)
     assert body["translated"]["modality"] == "xp" and len(body["translated"]["flux"]) == 343
     assert 0 < body["good_fraction"] <= 1
+    _assert_in_domain(body["domain"], state)
 
 
 def test_anomaly_list(client):

@@ -28,7 +28,8 @@ def predict_grid(state: ServiceState, grid: GridSpectrum, translate: bool) -> Pr
     import torch
 
     model = state.model
-    batch = model.embed_numpy(grid.modality, grid.flux[None], grid.ivar[None])
+    batch = model.embed_numpy(grid.modality, grid.flux[None], grid.ivar[None],
+                              with_domain=True)
     if not bool(batch.good[0]):
         raise SpectrumError(f"{grid.filename or 'spectrum'}: only {grid.good_fraction:.0%} "
                             f"of the {grid.modality} grid has usable pixels; at least 20% "
@@ -44,6 +45,7 @@ def predict_grid(state: ServiceState, grid: GridSpectrum, translate: bool) -> Pr
                      spectra_in_file=grid.spectra_in_file, row=grid.row,
                      good_fraction=grid.good_fraction, predictions=preds,
                      class_probabilities=classes,
+                     domain=convert.domain(model, grid.modality, batch),
                      input=Curve(label="input", modality=grid.modality, wavelength=w, flux=f))
     others = [m for m in model.modalities if m != grid.modality]
     if translate and others:

@@ -138,7 +138,8 @@ def search_grid(state: ServiceState, grid: GridSpectrum, opts: SearchOptions,
                 kind: str) -> SearchResponse:
     """Embed a gridded client spectrum and search (runs in a worker thread)."""
     start = time.perf_counter()
-    batch = state.model.embed_numpy(grid.modality, grid.flux[None], grid.ivar[None])
+    batch = state.model.embed_numpy(grid.modality, grid.flux[None], grid.ivar[None],
+                                    with_domain=True)
     name = grid.filename or "spectrum"
     if not bool(batch.good[0]):
         raise SpectrumError(f"{name}: only {grid.good_fraction:.0%} of the {grid.modality} "
@@ -149,7 +150,8 @@ def search_grid(state: ServiceState, grid: GridSpectrum, opts: SearchOptions,
     info = QueryInfo(kind=kind, modality=grid.modality, filename=grid.filename,
                      spectrum_id=grid.spectrum.spectrum_id or None,
                      source_id=grid.spectrum.source_id, spectra_in_file=grid.spectra_in_file,
-                     row=grid.row, good_fraction=grid.good_fraction, predictions=preds)
+                     row=grid.row, good_fraction=grid.good_fraction, predictions=preds,
+                     domain=convert.domain(state.model, grid.modality, batch))
     return _respond(state, info, np.asarray(batch.embedding[0], np.float32), opts, grid,
                     start)
 

@@ -111,6 +111,15 @@ function renderResults(res) {
     `${res.took_ms.toFixed(1)} ms. Predicted Teff ${pe("teff")} K, log g ${pe("logg")}, ` +
     `[Fe/H] ${pe("feh")}.`;
   $("#query-summary").appendChild(line);
+  if (q.domain && q.domain.out_of_domain) {
+    const warn = document.createElement("p");
+    warn.className = "error";
+    warn.textContent = "The model does not know stars like this one: it redraws the " +
+      `spectrum with a median error of ${fmt(q.domain.recon_relative * 100, 0)}% (its ` +
+      `threshold is ${fmt(q.domain.threshold * 100, 0)}%). Treat the predicted ` +
+      "parameters as unreliable; the neighbours are the closest known stars.";
+    $("#query-summary").appendChild(warn);
+  }
   const tbody = $("#neighbours tbody");
   tbody.innerHTML = "";
   res.neighbours.forEach(n => {

@@ -242,6 +242,9 @@ def run_hunt(args: argparse.Namespace) -> int:
     r = res.result
     print(f"{r.n_stars} stars searched; expected {r.expected_total:.1f} with "
           f"[Fe/H] < {args.feh_max} ({'calibrated' if r.calibrated else 'UNCALIBRATED'})")
+    if r.n_out_of_domain:
+        print(f"{r.n_out_of_domain} measurements left out: the model's domain check flags "
+              f"them (out_of_domain: stars unlike any it was trained on)")
     print("\n".join(r.summary_lines()))
     print(f"wrote {r.chosen.n} stars to {res.out}")
     return 0

@@ -131,6 +131,10 @@ def _print(results, fmt: str) -> None:
         print(f"# query {q.get('kind')} {q.get('source_id', q.get('spectrum_id', ''))} -> "
               f"{res.modality}: {len(res)} of {res.total} neighbours"
               + (f"; predictions {q['predictions']}" if q.get("predictions") else ""))
+        if (q.get("domain") or {}).get("out_of_domain"):
+            print(f"# WARNING: the model does not know stars like this one (reconstruction "
+                  f"off by {q['domain']['recon_relative']:.0%}, threshold "
+                  f"{q['domain']['threshold']:.0%}): its predictions are unreliable")
         cols = [c for c in TABLE_COLUMNS if c in t.column_names]
         rows = [[_fmt(v) for v in row.values()] for row in t.select(cols).to_pylist()]
         widths = [max([len(c)] + [len(r[j]) for r in rows]) for j, c in enumerate(cols)]

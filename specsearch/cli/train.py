@@ -1,4 +1,4 @@
-"""``specsearch train``, ``specsearch train-heads`` and ``specsearch evaluate``."""
+"""``specsearch train``, ``train-heads``, ``finetune``, ``domain-fit`` and ``evaluate``."""
 
 from __future__ import annotations
 
@@ -16,6 +16,15 @@ OUT receives config.json + model.safetensors (the best model, calibrated at the 
 checkpoint-last/ (for --resume), train_log.csv and train_log.json.
 """
 
+DOMAIN_EPILOG = """\
+Example:
+  specsearch domain-fit --real-data ../shared/data/real        # the shipped default model
+  specsearch domain-fit --model models/mine --real-data ../shared/data/real
+
+Embedding with residuals (specsearch embed --with-residual), the service and the hunt then
+flag spectra whose relative reconstruction error passes the threshold (out_of_domain).
+"""
+
 HEADS_EPILOG = """\
 Example:
   specsearch train-heads --model models/small --catalog catalogs/synth100k \\
@@ -30,7 +39,10 @@ Example:
 Starts from a trained model; adds the real spectra of --real-data (split by star: train for
 fine-tuning, cal for the real-data uncertainty floor, test never read) and the identity
 objective (two views of each star must find each other). OUT receives config.json +
-model.safetensors and finetune_log.json.
+model.safetensors and finetune_log.json. A fine-tuned model can be fine-tuned again (its
+config keeps every stage's record); the shipped default has three stages:
+--noise-blind 40; --clean-anchor 20 --anchor-modalities lamost --head-distill 100;
+--heads-only --steps 3000 --lr 5e-4 (specsearch/model/README.md).
 """
 
 EVAL_EPILOG = """\
@@ -40,6 +52,13 @@ Example:
 
 Writes REPORT_DIR/report.json, report.txt (also printed) and figures/*.png.
 """
+
+
+def _shares(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
 
 
 def _threads(args: argparse.Namespace) -> None:
@@ -147,6 +166,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "starting model puts them (0: off)")
     f.add_argument("--distill-synthetic", action="store_true",
                    help="apply --head-distill to the synthetic spectra too")
+    f.add_argument("--real-set-weights", type=_shares, default=ft.real_set_weights,
+                   metavar="DR10,DR1,MILES",
+                   help="share of LAMOST DR10, LAMOST DR1 and MILES in each real batch")
+    f.add_argument("--heads-only", action="store_true",
+                   help="train only the parameter heads, on the frozen encoders (the "
+                        "embedding stays the starting model's), on the synthetic and real "
+                        "labels")
     f.add_argument("--snr-adversary", type=float, default=ft.snr_adversary,
                    help="strength of the reversed gradient of a critic that tells which of "
                         "two visits of a star is the noisier from their embeddings (0: off)")
@@ -162,6 +188,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--overwrite", action="store_true", help="replace a model in OUT")
     f.add_argument("--no-progress", action="store_true", help="no progress bars")
     f.set_defaults(run=run_finetune)
+
+    d = sub.add_parser("domain-fit", help="fit a model's domain check on real spectra",
+                       description="Fit the thresholds that flag spectra unlike anything the "
+                                   "model knows (its reconstruction misses them: parameters "
+                                   "unreliable) on real spectra, and write domain_check.json "
+                                   "(for the model's hash) beside the model or to --out.",
+                       formatter_class=HelpFormatter, epilog=DOMAIN_EPILOG)
+    d.add_argument("--model", help="model directory (default: the shipped default model)")
+    d.add_argument("--real-data", required=True, help="the real-data folder (../shared/data/real)")
+    d.add_argument("--real-cache", help="an .npz to keep the read real sets in (reused)")
+    d.add_argument("--out", help="file to write (default: MODEL/domain_check.json)")
+    d.add_argument("--quantile", type=float, default=0.999,
+                   help="quantile of the real reference spectra's relative residual")
+    d.add_argument("--margin", type=float, default=2.0, help="threshold = margin x quantile")
+    d.add_argument("--threads", type=int, help="torch CPU threads")
+    d.set_defaults(run=run_domain_fit)
 
     e = sub.add_parser("evaluate", help="evaluate a model: retrieval, parameters, real data",
                        description="Cross-modal retrieval, parameter accuracy in S/N bins, "
@@ -225,6 +267,29 @@ def run_train_heads(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_domain_fit(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from specsearch.model.api import default_model_path, load_model
+    from specsearch.model.domain import DOMAIN_FILE, fit_domain_check
+
+    _threads(args)
+    model = load_model(args.model)
+    check, report = fit_domain_check(model, Path(args.real_data), cache=args.real_cache,
+                                     quantile=args.quantile, margin=args.margin)
+    out = Path(args.out) if args.out else \
+        Path(args.model or default_model_path()) / DOMAIN_FILE
+    check.save(out)
+    print(f"domain check for model {model.model_hash[:12]} -> {out}")
+    for m, thr in check.thresholds.items():
+        ref = check.reference[m]
+        print(f"  {m}: threshold {thr:.3f} ({ref['margin']:g} x q{ref['quantile']:g} "
+              f"{ref['value']:.3f} of {ref['n']} real spectra, median {ref['median']:.3f})")
+    for name, r in report.items():
+        print(f"  held-out {name}: {r['flagged']} of {r['n_test']} flagged")
+    return 0
+
+
 def run_finetune(args: argparse.Namespace) -> int:
     from specsearch.model.training.finetune import FinetuneConfig, finetune
 
@@ -237,7 +302,8 @@ def run_finetune(args: argparse.Namespace) -> int:
                          anchor_real=args.anchor_real, anchor_snr_floor=args.anchor_snr_floor,
                          head_distill=args.head_distill,
                          distill_synthetic=args.distill_synthetic,
-                         hard_negatives=args.hard_negatives,
+                         heads_only=args.heads_only,
+                         real_set_weights=args.real_set_weights, hard_negatives=args.hard_negatives,
                          hard_group=args.hard_group, seed=args.seed, device=args.device)
     result = finetune(args.model, args.catalog, args.real_data, args.out, cfg,
                       progress=not args.no_progress, overwrite=args.overwrite,

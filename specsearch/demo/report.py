@@ -125,7 +125,7 @@ def _list_section(path: Path, title: str, columns: tuple[str, ...], n: int = 10)
     info = {k: v for k, v in meta.items() if k in (
         "expected_purity", "expected_completeness", "expected_members",
         "expected_members_sd", "list_size", "expected_total", "feh_max", "list", "screened",
-        "calibrated")}
+        "calibrated", "out_of_domain_left_out")}
     md = [f"## {title}", "", f"{table.num_rows} rows in `{path.name}`"
           + (f"; {', '.join(f'{k} = {v}' for k, v in info.items())}" if info else "") + ".", ""]
     md += [_markdown_table(table.slice(0, n).to_pylist(), columns), ""]

@@ -55,10 +55,13 @@ def _head_columns(model: Encoder, out: Any, take, n: int, with_residual: bool
         names = pa.array(list(model.class_names), pa.string())
         cols["class_pred"] = names.take(pa.array(best.astype(np.int32)))
         cols["class_prob"] = probs[np.arange(n), best].astype(np.float32)
-    for name in ("recon_residual", "translation_residual"):
+    for name in ("recon_residual", "translation_residual", "recon_relative"):
         values = getattr(out, name, None)
         if with_residual and values is not None:
             cols[name] = take(np.asarray(values, np.float32))
+    flags = getattr(out, "out_of_domain", None)
+    if with_residual and flags is not None:     # the model has a domain check
+        cols["out_of_domain"] = take(np.asarray(flags, bool))
     return cols
 
 

@@ -43,6 +43,8 @@ class HuntResult:
             threshold).
         n_stars: stars searched.
         calibrated: False when the heads' uncertainties were used uncalibrated.
+        n_out_of_domain: measurements left out because the model's domain check flagged
+            them (embeddings made with residuals carry ``out_of_domain``).
     """
 
     table: pa.Table
@@ -51,6 +53,7 @@ class HuntResult:
     expected_total: float
     n_stars: int
     calibrated: bool
+    n_out_of_domain: int = 0
 
     def summary_lines(self) -> list[str]:
         lines = [f"{'list size':>9} {'min p':>7} {'E[true] +- sd':>15} {'purity':>7} "
@@ -154,7 +157,8 @@ def hunt(tables: Mapping[str, EmbeddingTable], calibration: HuntCalibration, *,
     rows = order[:chosen.n]
     table = _result_table(tables, est, rows, p, score, sim, cum, total, label)
     return HuntResult(table=table, chosen=chosen, curve=curve, expected_total=total,
-                      n_stars=int(est.source_id.size), calibrated=calibration.calibrated)
+                      n_stars=int(est.source_id.size), calibrated=calibration.calibrated,
+                      n_out_of_domain=est.n_out_of_domain)
 
 
 def _result_table(tables, est, rows, p, score, sim, cum, total, label) -> pa.Table:

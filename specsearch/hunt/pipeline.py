@@ -105,7 +105,8 @@ def run_hunt(source: str | Path, *, out: str | Path, feh_max: float = -2.0,
                   row_masks=row_masks(loaded.tables, filters))
     c = result.chosen
     meta = {"feh_max": feh_max, "mode": mode, "calibrated": result.calibrated,
-            "n_stars": result.n_stars, "expected_total": round(result.expected_total, 2),
+            "n_stars": result.n_stars, "out_of_domain_left_out": result.n_out_of_domain,
+            "expected_total": round(result.expected_total, 2),
             "list_size": c.n, "expected_purity": round(c.expected_purity, 4)
             if c.n else "nan", "expected_completeness": round(c.expected_completeness, 4),
             "expected_members": round(c.expected_true, 2),

@@ -67,6 +67,9 @@ class StarEstimates:
         p_below: posterior probability that [Fe/H] < the threshold.
         mean, sd: posterior mean and standard deviation of [Fe/H] (dex).
         n_measurements: rows (visits x modalities) that informed each star.
+        n_out_of_domain: rows left out because the model's domain check flagged them
+            (``out_of_domain``: the model does not know stars like them, so their [Fe/H]
+            reading says nothing).
         per_modality: modality -> {"row": first row of the star in that table (-1: none)}.
     """
 
@@ -76,6 +79,7 @@ class StarEstimates:
     sd: np.ndarray
     n_measurements: np.ndarray
     per_modality: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    n_out_of_domain: int = 0
 
 
 def star_estimates(tables: Mapping[str, EmbeddingTable], calibration: HuntCalibration, *,
@@ -84,6 +88,7 @@ def star_estimates(tables: Mapping[str, EmbeddingTable], calibration: HuntCalibr
                    chunk: int = 20_000) -> StarEstimates:
     """Posterior [Fe/H] of every star from all its measurements (module docstring)."""
     rows: dict[str, dict[str, np.ndarray]] = {}
+    n_ood = 0
     for modality, table in tables.items():
         if mode in ("lamost", "xp") and modality != mode:
             continue
@@ -97,6 +102,11 @@ def star_estimates(tables: Mapping[str, EmbeddingTable], calibration: HuntCalibr
         mask = (row_masks or {}).get(modality)
         if mask is not None:
             ok &= np.asarray(mask, bool)
+        if table.has("out_of_domain"):
+            ood = np.asarray(table.meta.column("out_of_domain").fill_null(False)
+                             .to_numpy(zero_copy_only=False), bool)
+            n_ood += int((ok & ood).sum())
+            ok &= ~ood
         idx = np.flatnonzero(ok)
         rows[modality] = {"row": idx, "sid": table.source_id[idx], "pred": pred[idx],
                           "err": err[idx]}
@@ -140,7 +150,7 @@ def star_estimates(tables: Mapping[str, EmbeddingTable], calibration: HuntCalibr
         post = calibration.posterior(loglik)
         p[a:b], mean[a:b], sd[a:b] = posterior_summaries(post, threshold)
     return StarEstimates(source_id=ids, p_below=p, mean=mean, sd=sd, n_measurements=n_meas,
-                         per_modality=per)
+                         per_modality=per, n_out_of_domain=n_ood)
 
 
 def fit_hunt_calibration(tables: Mapping[str, EmbeddingTable], *, label: str = "feh",

@@ -23,6 +23,7 @@ import torch
 from specsearch.errors import ConfigError, ModelError, SpectrumError
 from specsearch.model.checkpoint import read_model_dir
 from specsearch.model.config import ModelConfig
+from specsearch.model.domain import DomainCheck, find_domain_check, relative_residual
 from specsearch.model.network import ModelOutputs, SpecCLIPNet
 from specsearch.preprocess import (
     as_tensor,
@@ -49,6 +50,12 @@ class EmbeddingBatch:
             model's validation error floor; ~1 for a normal star), if asked for.
         translation_residual: (n,) reduced chi of the translation: against the partner
             spectrum when one is given, else of the round trip own -> other -> own.
+        recon_relative: (n,) median relative error of the own-spectrum reconstruction
+            (:func:`specsearch.model.domain.relative_residual`), if residuals or the domain
+            check were asked for.
+        out_of_domain: (n,) bool, the spectra the model's domain check flags (their
+            parameters are unreliable: the model has not learnt stars like them); None
+            when not asked for or the model has no ``domain_check.json``.
     """
 
     embedding: np.ndarray
@@ -60,6 +67,8 @@ class EmbeddingBatch:
     class_names: tuple[str, ...] = ()
     recon_residual: np.ndarray | None = None
     translation_residual: np.ndarray | None = None
+    recon_relative: np.ndarray | None = None
+    out_of_domain: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.embedding.shape[0])
@@ -116,6 +125,18 @@ class SpecModel:
     @property
     def model_hash(self) -> str:
         return str(self.full_config["model_hash"])
+
+    @property
+    def domain_check(self) -> DomainCheck | None:
+        """The model's domain check (``domain_check.json`` beside it, for its hash), or
+        None; read once.
+
+        Raises:
+            ConfigError: the file is malformed (it names the file).
+        """
+        if not hasattr(self, "_domain_check"):
+            self._domain_check = find_domain_check(self.model_hash, self.path)
+        return self._domain_check
 
     @property
     def embedding_dim(self) -> int:
@@ -195,6 +216,7 @@ class SpecModel:
     @torch.inference_mode()
     def embed_numpy(self, modality: str, flux: np.ndarray, ivar: np.ndarray, *,
                     batch_size: int | None = None, with_residual: bool = False,
+                    with_domain: bool = False,
                     partner: tuple[np.ndarray, np.ndarray] | None = None,
                     autocast: bool | str | None = None) -> EmbeddingBatch:
         """Embed (n, N) canonical-grid flux/ivar of ``modality`` (see :class:`EmbeddingBatch`).
@@ -205,6 +227,10 @@ class SpecModel:
         Args:
             batch_size: spectra per forward pass (None:
                 :func:`specsearch.preprocess.default_batch_size`).
+            with_residual: the reconstruction and translation residuals (outlier scoring);
+                implies ``with_domain``.
+            with_domain: the relative reconstruction error and the domain flag only (one
+                decoder pass; see :mod:`specsearch.model.domain`).
             partner: optional row-aligned (flux, ivar) of the other modality, used for the
                 translation residual (implies ``with_residual``).
             autocast: the network's precision: None or "auto" (bf16 autocast on CUDA, fp32
@@ -233,12 +259,17 @@ class SpecModel:
         for start in range(0, flux.shape[0], max(1, int(batch_size))):
             sl = slice(start, start + batch_size)
             got = self._embed_chunk(modality, flux[sl], ivar[sl], with_residual,
-                                    None if partner is None else (pf[sl], pi[sl]), autocast)
+                                    None if partner is None else (pf[sl], pi[sl]), autocast,
+                                    with_domain or with_residual)
             for k, v in got.items():
                 parts.setdefault(k, []).append(v)
         cat = {k: v[0] if len(v) == 1 else np.concatenate(v) for k, v in parts.items()}
         L, C = len(self.label_names), len(self.class_names)
         n = flux.shape[0]
+        relative = cat.get("recon_relative")
+        flags = None
+        if relative is not None and (check := self.domain_check) is not None:
+            flags = check.flags(modality, relative)
         return EmbeddingBatch(
             embedding=cat.get("embedding", np.zeros((n, self.embedding_dim), np.float32)),
             good=cat.get("good", np.zeros(n, bool)),
@@ -248,23 +279,30 @@ class SpecModel:
             class_prob=cat.get("class_prob") if C else None,
             class_names=self.class_names,
             recon_residual=cat.get("recon_residual"),
-            translation_residual=cat.get("translation_residual"))
+            translation_residual=cat.get("translation_residual"),
+            recon_relative=relative, out_of_domain=flags)
 
     def _tensor(self, a: np.ndarray | torch.Tensor) -> torch.Tensor:
         t = a if isinstance(a, torch.Tensor) else as_tensor(np.asarray(a, np.float32))
         return t.to(self.device, non_blocking=True)
 
-    def _embed_chunk(self, modality, flux, ivar, with_residual, partner, autocast
-                     ) -> dict[str, np.ndarray]:
+    def _embed_chunk(self, modality, flux, ivar, with_residual, partner, autocast,
+                     with_domain=False) -> dict[str, np.ndarray]:
         # Preprocessing runs on the model's device (a GPU does it in a fraction of the time
         # the host would need).
         mi = prepare_model_input_torch(self._tensor(flux), self._tensor(ivar), modality)
         x, w = mi.flux, mi.weight
         with self._autocast(autocast):
-            out = self.net.forward_outputs(modality, x, w, decode=with_residual)
+            out = self.net.forward_outputs(modality, x, w, decode=False)
             value, err = self.net.labels_physical(modality, out.label_mu, out.label_log_sigma)
             result = {"embedding": out.embedding, "pred": value, "err": err,
                       "class_prob": torch.softmax(out.class_logits, -1)}
+            if with_domain or with_residual:
+                out.recon = self.net.decode(modality, modality, out.embedding)
+                result["recon_relative"] = relative_residual(out.recon, x, w)
+            if with_residual and self.net.other(modality) != modality:
+                out.translation = self.net.decode(modality, self.net.other(modality),
+                                                  out.embedding)
             if with_residual:
                 own = self.net.normalisers[modality]
                 result["recon_residual"] = reduced_chi(out.recon, x, w, own.recon_floor)

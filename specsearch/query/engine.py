@@ -350,6 +350,13 @@ class SearchEngine:
         put on the modality's canonical grid as ingest does
         (:func:`specsearch.preprocess.to_canonical_grid`: rest frame where the file gives a
         redshift) then encoded."""
+        name, vec, preds, _ = self._embed(spectrum, modality)
+        return name, vec, preds
+
+    def _embed(self, spectrum: Spectrum, modality: str | None
+               ) -> tuple[str, np.ndarray, dict[str, Any], dict[str, Any] | None]:
+        """:meth:`embed_spectrum` plus the model's domain check of the spectrum (None for
+        an encoder without one, see :mod:`specsearch.model.domain`)."""
         from specsearch.preprocess import to_canonical_grid
         if self.encoder is None:
             raise QueryError("spectrum queries need a model: engine.attach_encoder("
@@ -359,26 +366,37 @@ class SearchEngine:
             raise QueryError(f"{spectrum.path or spectrum.spectrum_id or 'spectrum'}: say which "
                              f"modality the spectrum is (lamost or xp)")
         flux, ivar, _ = to_canonical_grid(spectrum, name)
-        batch = self.encoder.embed_numpy(name, flux[None], ivar[None])
+        check = getattr(self.encoder, "domain_check", None)
+        extra = {"with_domain": True} if check is not None else {}
+        batch = self.encoder.embed_numpy(name, flux[None], ivar[None], **extra)
         if not bool(np.asarray(batch.good)[0]):
             raise SpectrumError(f"{spectrum.path or spectrum.spectrum_id or 'spectrum'}: too few "
                                 f"usable pixels on the {name} grid to embed it")
         preds = {n: (float(batch.predictions[0, i]), float(batch.uncertainties[0, i]))
                  for i, n in enumerate(batch.label_names)}
-        return name, np.asarray(batch.embedding[0], np.float32), preds
+        domain = None
+        flags = getattr(batch, "out_of_domain", None)
+        if check is not None and flags is not None:
+            domain = {"recon_relative": float(batch.recon_relative[0]),
+                      "threshold": check.thresholds.get(name),
+                      "out_of_domain": bool(flags[0])}
+        return name, np.asarray(batch.embedding[0], np.float32), preds, domain
 
     def search_spectrum(self, spectrum: Spectrum, *, modality: str | None = None,
                         target_modality: str | None = None, k: int = 10, offset: int = 0,
                         limit: int | None = None, filter: FilterLike = None,
                         knobs: SearchKnobs | None = None) -> Neighbours:
         """Neighbours of an observed spectrum (any grid; encoded by the attached model).
-        ``query`` of the result holds the model's predictions for it."""
+        ``query`` of the result holds the model's predictions for it and, for a model with
+        a domain check, ``domain`` (``out_of_domain``: the parameters are unreliable)."""
         flt = filter if isinstance(filter, Filter) else Filter.parse(filter)
-        name, vec, preds = self.embed_spectrum(spectrum, modality)
+        name, vec, preds, domain = self._embed(spectrum, modality)
+        query = {"kind": "spectrum", "query_modality": name,
+                 "spectrum_id": spectrum.spectrum_id, "predictions": preds}
+        if domain is not None:
+            query["domain"] = domain
         return self.search(vec, modality=target_modality or flt.modality or name, k=k,
-                           offset=offset, limit=limit, filter=flt, knobs=knobs,
-                           query={"kind": "spectrum", "query_modality": name,
-                                  "spectrum_id": spectrum.spectrum_id, "predictions": preds})
+                           offset=offset, limit=limit, filter=flt, knobs=knobs, query=query)
 
     # ----------------------------------------------------------------- range / lookup
 

@@ -219,7 +219,7 @@ def real_xp(model, real: Path) -> dict[str, Any]:
                        key=lambda p: (order.index(p.stem[14]), int(p.stem[15])))
         flux, ivar = read_ipac_xp(paths)
         if len(flux) == len(paths) and "teff" in model.label_names:
-            b = model.embed_numpy("xp", flux, ivar)
+            b = model.embed_numpy("xp", flux, ivar, with_domain=True)
             teff = b.predictions[:, model.label_names.index("teff")]
             types = [p.stem[14:16] for p in paths]
             fgk = np.array([t[0] in "AFGK" for t in types])
@@ -232,7 +232,15 @@ def real_xp(model, real: Path) -> dict[str, Any]:
             out["xp_templates"] = {"n": len(types), "spearman_type_vs_teff": float(rho_all),
                                    "spearman_A_to_K": float(rho_fgk),
                                    "spearman_A_to_K_odd_subtypes": float(rho_odd),
-                                   "teff_by_type": dict(zip(types, map(float, teff)))}
+                                   "teff_by_type": dict(zip(types, map(float, teff))),
+                                   "recon_relative_by_type": dict(zip(
+                                       types, map(float, b.recon_relative)))}
+            if b.out_of_domain is not None:
+                keep = ~b.out_of_domain
+                out["xp_templates"]["out_of_domain"] = [t for t, f in
+                                                        zip(types, b.out_of_domain) if f]
+                out["xp_templates"]["spearman_in_domain"] = float(
+                    spearmanr(rank[keep], teff[keep]).statistic)
     return out
 
 
@@ -253,6 +261,38 @@ def read_ipac_xp(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
         flux.append(f.astype(np.float32))
         ivar.append(np.where(e > 0, 1.0 / np.maximum(e, 1e-30) ** 2, 0.0).astype(np.float32))
     return np.stack(flux), np.stack(ivar)
+
+
+def domain(model, sets: dict[str, RealSet], real: Path) -> dict[str, Any]:
+    """The relative reconstruction error (:mod:`specsearch.model.domain`) on the held-out
+    real spectra of each set, and which of them (and of the SDSS type templates) the
+    model's domain check flags."""
+    from specsearch.model.evaluation.evaluate_templates import read_pyhammer
+
+    check = model.domain_check
+    out: dict[str, Any] = {"thresholds": None if check is None else check.thresholds}
+    for name, s in sets.items():
+        if s.modality not in model.modalities:
+            continue
+        test = s.select(s.in_split("test"))
+        if not len(test):
+            continue
+        b = model.embed_numpy(s.modality, test.flux, test.ivar, with_domain=True)
+        v = b.recon_relative[np.isfinite(b.recon_relative)]
+        if not v.size:
+            continue
+        out[name] = {"n": int(v.size), "median": float(np.median(v)),
+                     "p99": float(np.quantile(v, 0.99)), "max": float(v.max())}
+        if b.out_of_domain is not None:
+            out[name]["flagged"] = int(b.out_of_domain.sum())
+    t = read_pyhammer(real)
+    if t is not None and "lamost" in model.modalities:
+        b = model.embed_numpy("lamost", t["flux"], t["ivar"], with_domain=True)
+        if b.out_of_domain is not None:
+            out["pyhammer_flagged"] = [str(n) for n in t["name"][b.out_of_domain]]
+        top = np.argsort(-np.nan_to_num(b.recon_relative, nan=-1.0))[:8]
+        out["pyhammer_highest"] = {str(t["name"][i]): float(b.recon_relative[i]) for i in top}
+    return out
 
 
 def hunt_pool(model, sets: dict[str, RealSet], threshold: float = -2.0) -> dict[str, Any]:
@@ -322,6 +362,7 @@ def evaluate_real(model, real: Path, synthetic_report: dict[str, Any] | None = N
     out["cross_modal"] = cross_modal(model, sets)
     out["xp"] = real_xp(model, real)
     out["pyhammer"] = pyhammer(model, real)
+    out["domain"] = domain(model, sets, real)
     out["hunt"] = hunt_pool(model, sets)
     out["goals"] = real_goal_rows(out)
     return out

@@ -83,6 +83,23 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _format_domain(d: dict[str, Any]) -> list[str]:
+    if not d:
+        return []
+    thr = d.get("thresholds")
+    lines = ["  domain check (relative reconstruction error, held-out real spectra): "
+             + ("no domain_check.json for this model" if thr is None else
+                "thresholds " + ", ".join(f"{m} {_f(v)}" for m, v in thr.items()))]
+    for name, r in d.items():
+        if isinstance(r, dict) and "median" in r:
+            flagged = f", flagged {r['flagged']}" if "flagged" in r else ""
+            lines.append(f"    {name}: {r['n']} spectra, median {_f(r['median'])}, p99 "
+                         f"{_f(r['p99'])}, max {_f(r['max'])}{flagged}")
+    if "pyhammer_flagged" in d:
+        lines.append(f"    SDSS type templates flagged: {d['pyhammer_flagged'] or 'none'}")
+    return lines
+
+
 def format_real(real: dict[str, Any]) -> list[str]:
     """The real-data section (see :mod:`specsearch.model.evaluation.evaluate_real`)."""
     if "skipped" in real:
@@ -132,7 +149,11 @@ def format_real(real: dict[str, Any]) -> list[str]:
                      + (f", A-K odd subtypes (not in the XP realism fit) "
                         f"{_f(t['spearman_A_to_K_odd_subtypes'])}"
                         if "spearman_A_to_K_odd_subtypes" in t else ""))
+        if "out_of_domain" in t:
+            lines.append(f"    domain check flags {t['out_of_domain'] or 'none'}; Spearman "
+                         f"over the rest {_f(t['spearman_in_domain'])}")
     lines.extend(format_pyhammer(real.get("pyhammer") or {}))
+    lines.extend(_format_domain(real.get("domain") or {}))
     h = real.get("hunt") or {}
     if "completeness" in h:
         lines.append(f"  hunt [Fe/H]<-2 over {h['n_pool']} held-out real spectra "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -187,6 +188,10 @@ class FinetuneConfig:
             views where the starting model puts them (its frozen copy is the teacher; mean
             squared difference in standardised label units); 0: off. ``distill_synthetic``
             applies it to the synthetic views of both modalities as well.
+        heads_only: train the parameter heads alone on the frozen encoders (the embedding,
+            and so every neighbour, stays exactly the starting model's): the synthetic and
+            real label terms (and ``head_distill``) are fitted, the encoder-only terms
+            (identity, S/N slope, clean anchor, adversary, real views) are not computed.
         hard_negatives: share of each synthetic batch drawn as groups of ``hard_group``
             look-alike stars (:mod:`specsearch.model.training.hard_negatives`; 0: all random).
         real_sets: which real sets train the heads (labels) and the views;
@@ -215,6 +220,7 @@ class FinetuneConfig:
     snr_adversary: float = 0.0
     head_distill: float = 0.0
     distill_synthetic: bool = False
+    heads_only: bool = False
     hard_negatives: float = 0.0
     hard_group: int = 32
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -235,6 +241,19 @@ class FinetuneConfig:
         if self.snr_adversary and not (self.identity or self.snr_slope):
             raise ConfigError("snr_adversary works on the identity term's second visits: "
                               "it needs identity or snr_slope > 0")
+        w = self.real_set_weights
+        if len(w) != len(self.real_sets) or not all(math.isfinite(x) and x >= 0 for x in w) \
+                or not sum(w) > 0:
+            raise ConfigError(f"real_set_weights must be one finite share >= 0 per real set "
+                              f"{list(self.real_sets)}, not all 0; got {list(w)}")
+        if self.heads_only:
+            moving = {k: v for k, v in (("clean_anchor", self.clean_anchor),
+                                        ("snr_adversary", self.snr_adversary),
+                                        ("real_views", self.real_views),
+                                        ("noise_blind", self.noise_blind)) if v}
+            if moving:
+                raise ConfigError(f"heads_only freezes the encoders, so {sorted(moving)} "
+                                  f"would do nothing: drop them or drop heads_only")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

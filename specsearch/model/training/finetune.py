@@ -247,7 +247,7 @@ def _step_loss(net: SpecCLIPNet, loss_fn: SpecCLIPLoss, data: _Data, cfg: Finetu
         total = total + cfg.clean_anchor * _anchor(
             net, cfg, gen, parts, [(m, *targets[m]) for m in anchored]
             + ([("lamost", rx, rw)] if "lamost" in anchored and cfg.anchor_real else []))
-    if not (cfg.identity or cfg.snr_slope):
+    if cfg.heads_only or not (cfg.identity or cfg.snr_slope):
         return total, parts
     # --- identity: the synthetic stars' independent second visits (see training.identity)
     ident = slope = critic = total * 0.0
@@ -318,8 +318,9 @@ def _real_views(net: SpecCLIPNet, data: _Data, cfg: FinetuneConfig, rng: np.rand
 
 def _optimiser(net: torch.nn.Module, cfg: FinetuneConfig):
     """AdamW (no weight decay on biases and norms) with the warm-up + cosine schedule."""
-    decay = [p for _, p in net.named_parameters() if p.ndim >= 2]
-    no_decay = [p for _, p in net.named_parameters() if p.ndim < 2]
+    params = [p for p in net.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr(s, cfg.steps))
@@ -350,10 +351,16 @@ def _finetune(model_path: str | Path, catalog: str | Path, real_data: str | Path
     if cfg.noise_blind is not None:
         make_noise_blind(net, cfg.noise_blind)
     training = dict(base.full_config.get("training", {}))
+    if "finetune" in training:      # the base was fine-tuned itself: keep that record
+        training["finetune_stages"] = [*training.get("finetune_stages", []),
+                                       training.pop("finetune")]
     cache_root = Path(cache_dir) if cache_dir is not None else out / "cache"
     data = _prepare_data(net, training, catalog, real_data, cfg, cache_root, real_cache,
                          progress)
     net.to(device).train()
+    if cfg.heads_only:      # frozen encoders (eval mode: the embedding inference sees)
+        net.eval().requires_grad_(False)
+        net.heads.train().requires_grad_(True)
     loss_fn = SpecCLIPLoss(cfg.loss)
     opt, sched = _optimiser(net, cfg)
     teacher = None

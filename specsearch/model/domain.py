@@ -1,0 +1,202 @@
+"""Is a spectrum inside the model's domain? ``domain_check.json`` beside the model.
+
+The heads read any spectrum they are given, including stars unlike anything the model was
+trained on: real Gaia XP spectra of M8-L1 dwarfs (~2,400-2,700 K; the synthetic survey has
+no dwarfs below 2,900 K) come out at 4,900-5,400 K with ordinary uncertainties. What gives
+them away is the model's own reconstruction of the spectrum: for stars it knows, the
+decoder redraws the spectrum from the embedding to a few per cent; for these it misses by
+half the flux or more.
+
+The measure is :func:`relative_residual`, the median over good pixels of
+|recon - x| / |x| (prepared units), which unlike a reduced chi does not grow with S/N: a
+noiseless mean template of a normal star scores as low as a noisy survey spectrum.
+A model's threshold per modality is fitted on real spectra (:func:`fit_domain_check`):
+``margin`` times a high quantile of the ``train`` and ``cal`` splits of the real sets
+(real LAMOST and MILES on the LAMOST grid, the real Gaia XP sky patch), so on real survey
+spectra a flag is rare by construction and the held-out ``test`` split measures how rare.
+The file is written for one model hash, like ``anomaly_defaults.json``; a file made for
+another model is ignored, and a malformed one is an error naming it.
+
+``SpecModel.embed_numpy(..., with_residual=True)`` (or ``with_domain=True``) then returns
+``recon_relative`` and ``out_of_domain`` per spectrum: the embedding parquet, the service's
+predictions and search queries, and the hunt's candidates carry them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from specsearch.errors import ConfigError
+from specsearch.fsutil import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+DOMAIN_FILE = "domain_check.json"
+KIND = "specsearch.domain_check"
+FORMAT_VERSION = 1
+MAX_BYTES = 64 * 1024
+MIN_ABS = 0.05          # |x| below this (prepared units ~1) is skipped: saturated line cores
+QUANTILE = 0.999
+MARGIN = 2.0
+# Which real sets are the reference of each modality (see real_sets.load_all).
+REFERENCE_SETS = {"lamost": ("lamost_dr10", "lamost_dr1", "lamost_dr8", "miles"),
+                  "xp": ("xp_patch",)}
+
+
+def relative_residual(pred: torch.Tensor, x: torch.Tensor, w: torch.Tensor,
+                      min_abs: float = MIN_ABS) -> torch.Tensor:
+    """(B,) the median over good pixels (w > 0, |x| > ``min_abs``) of |pred - x| / |x|;
+    NaN for a row without such pixels."""
+    good = (w > 0) & (x.abs() > min_abs) & torch.isfinite(pred)
+    rel = torch.where(good, (pred - x).abs() / torch.where(good, x.abs(), 1.0),
+                      torch.full_like(x, float("nan")))
+    return torch.nanmedian(rel.float(), dim=-1).values
+
+
+class DomainCheck:
+    """Per-modality thresholds on :func:`relative_residual` for one model."""
+
+    def __init__(self, model_hash: str, thresholds: dict[str, float],
+                 reference: dict[str, dict[str, Any]] | None = None, source: str = "") -> None:
+        self.model_hash = model_hash
+        self.thresholds = dict(thresholds)
+        self.reference = reference or {}
+        self.source = source
+        _check_thresholds(self.thresholds, "domain check")
+
+    def flags(self, modality: str, recon_relative: np.ndarray) -> np.ndarray | None:
+        """(n,) bool: the spectra whose reconstruction misses by more than the threshold
+        (False for NaN, i.e. no usable pixels); None without a threshold for ``modality``."""
+        thr = self.thresholds.get(modality)
+        if thr is None:
+            return None
+        v = np.asarray(recon_relative, np.float64)
+        return np.isfinite(v) & (v > thr)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": KIND, "format_version": FORMAT_VERSION, "model_hash": self.model_hash,
+                "thresholds": self.thresholds, "reference": self.reference,
+                "source": self.source}
+
+    def save(self, path: str | Path) -> Path:
+        return write_json_atomic(path, self.to_dict())
+
+
+def load_domain_check(path: str | Path) -> DomainCheck:
+    """Read a ``domain_check.json``.
+
+    Raises:
+        ConfigError: naming the file, when it is unreadable, too large, of another kind or
+            format, or a threshold is not a finite positive number.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            raise ConfigError(f"{path}: {size} bytes; a domain check is a few hundred")
+        d = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: unreadable domain check: {exc}") from exc
+    if not isinstance(d, dict) or d.get("kind") != KIND or \
+            d.get("format_version") != FORMAT_VERSION:
+        raise ConfigError(f"{path}: not a specsearch domain check of format {FORMAT_VERSION}")
+    thresholds = d.get("thresholds")
+    _check_thresholds(thresholds, str(path))
+    reference = d.get("reference") if isinstance(d.get("reference"), dict) else {}
+    return DomainCheck(str(d.get("model_hash", "")), thresholds, reference,
+                       str(d.get("source", "")))
+
+
+def find_domain_check(model_hash: str, model_dir: str | Path | None) -> DomainCheck | None:
+    """The domain check stored beside the model in ``model_dir`` for ``model_hash``; None
+    when there is none, or it was made for another model."""
+    if model_dir is None or not model_hash:
+        return None
+    path = Path(model_dir) / DOMAIN_FILE
+    if not path.is_file():
+        return None
+    check = load_domain_check(path)
+    if check.model_hash != model_hash:
+        log.info("%s was fitted for model %s, not %s: no domain flags", path,
+                 check.model_hash[:12], model_hash[:12])
+        return None
+    return check
+
+
+def fit_domain_check(model, real: str | Path, *, cache: str | Path | None = None,
+                     quantile: float = QUANTILE, margin: float = MARGIN,
+                     ) -> tuple[DomainCheck, dict[str, Any]]:
+    """Fit ``model``'s thresholds on the real spectra under ``real`` (see the module
+    docstring): per modality, ``margin`` x the ``quantile`` of :func:`relative_residual`
+    over the ``train`` + ``cal`` splits of its reference sets.
+
+    Returns the check and a report: per reference set, the flagged share of its ``test``
+    split (spectra the fit never saw).
+
+    Raises:
+        ConfigError: bad ``quantile`` / ``margin``, or no reference spectra for any modality.
+    """
+    from specsearch.model.training.real_sets import load_all
+
+    if not 0.5 <= quantile < 1.0 or not margin >= 1.0:
+        raise ConfigError(f"quantile must be in [0.5, 1) and margin >= 1; got {quantile}, "
+                          f"{margin}")
+    sets = load_all(real, cache)
+    thresholds: dict[str, float] = {}
+    reference: dict[str, dict[str, Any]] = {}
+    held_out: dict[str, dict[str, Any]] = {}
+    for modality, names in REFERENCE_SETS.items():
+        if modality not in model.modalities:
+            continue
+        fit, sets_used = [], []
+        for name in names:
+            s = sets.get(name)
+            if s is None or not len(s):
+                continue
+            b = model.embed_numpy(modality, s.flux, s.ivar, with_domain=True)
+            v = np.asarray(b.recon_relative, np.float64)
+            ok = np.isfinite(v)
+            fit.append(v[ok & s.in_split("train", "cal")])
+            sets_used.append(name)
+            held_out[name] = {"modality": modality,
+                              "v": v[ok & s.in_split("test")]}
+        values = np.concatenate(fit) if fit else np.zeros(0)
+        if values.size < 100:
+            log.warning("domain check: %d %s reference spectra; no %s threshold",
+                        values.size, modality, modality)
+            continue
+        q = float(np.quantile(values, quantile))
+        thresholds[modality] = margin * q
+        reference[modality] = {"sets": sets_used, "n": int(values.size),
+                               "quantile": quantile, "value": q, "margin": margin,
+                               "median": float(np.median(values))}
+    if not thresholds:
+        raise ConfigError(f"{real}: no real reference spectra to fit a domain check on")
+    check = DomainCheck(model.model_hash, thresholds, reference,
+                        source=f"fit_domain_check on {Path(real).name}: {margin:g} x "
+                               f"q{quantile:g} of the train+cal splits")
+    report = {}
+    for name, h in held_out.items():
+        thr = thresholds.get(h["modality"])
+        if thr is None:
+            continue
+        v = h["v"]
+        report[name] = {"n_test": int(v.size), "flagged": int((v > thr).sum()),
+                        "flagged_fraction": float((v > thr).mean()) if v.size else math.nan,
+                        "max": float(v.max()) if v.size else math.nan}
+    return check, report
+
+
+def _check_thresholds(thresholds: Any, where: str) -> None:
+    if not isinstance(thresholds, dict) or not thresholds or not all(
+            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+            and math.isfinite(v) and v > 0 for k, v in thresholds.items()):
+        raise ConfigError(f"{where}: thresholds must map modality names to finite positive "
+                          f"numbers; got {thresholds!r}")

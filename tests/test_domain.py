@@ -1,0 +1,120 @@
+"""The model's domain check: the relative reconstruction error, the ``domain_check.json``
+file (and hostile copies of it), and where the flag goes (embedding columns, the hunt)."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from specsearch.embed.encode import _head_columns
+from specsearch.errors import ConfigError
+from specsearch.hunt import HuntCalibration, HuntConfig, hunt
+from specsearch.model.domain import (DOMAIN_FILE, DomainCheck, find_domain_check,
+                                     load_domain_check, relative_residual)
+from specsearch.rows import EmbeddingTable
+
+
+def test_relative_residual_is_a_median_of_relative_errors():
+    x = torch.tensor([[1.0, 2.0, 0.5, 1.0, 0.01],
+                      [1.0, 1.0, 1.0, 1.0, 1.0],
+                      [1.0, 1.0, 1.0, 1.0, 1.0]])
+    w = torch.ones_like(x)
+    w[2] = 0.0                                                  # nothing usable: NaN
+    pred = torch.tensor([[1.1, 2.0, 0.4, 1.5, 5.0],             # 0.1, 0, 0.2, 0.5; |x| < min
+                         [1.0, 1.0, 1.0, 1.0, 1.0],
+                         [9.0, 9.0, 9.0, 9.0, 9.0]])
+    r = relative_residual(pred, x, w)
+    assert r[0].item() == pytest.approx(0.1)                    # nanmedian: lower middle
+    assert r[1].item() == 0.0 and math.isnan(r[2].item())
+    # noise-free scale: the same relative miss at any flux level scores the same
+    p4, x4, w4 = pred[:1, :4], x[:1, :4], w[:1, :4]
+    assert relative_residual(10 * p4, 10 * x4, w4).item() == pytest.approx(
+        relative_residual(p4, x4, w4).item(), rel=1e-5)
+
+
+def test_flags_need_a_threshold_and_skip_unusable_rows():
+    check = DomainCheck("abc", {"xp": 0.5})
+    flags = check.flags("xp", np.array([0.1, 0.6, np.nan, 0.5]))
+    assert flags.tolist() == [False, True, False, False]
+    assert check.flags("lamost", np.array([0.9])) is None
+
+
+def test_file_round_trip_and_model_match(tmp_path):
+    DomainCheck("abc", {"lamost": 0.25, "xp": 0.5}, {"xp": {"n": 10}}, "test").save(
+        tmp_path / DOMAIN_FILE)
+    got = load_domain_check(tmp_path / DOMAIN_FILE)
+    assert got.thresholds == {"lamost": 0.25, "xp": 0.5} and got.reference == {"xp": {"n": 10}}
+    assert find_domain_check("abc", tmp_path).thresholds["xp"] == 0.5
+    assert find_domain_check("another model", tmp_path) is None     # made for another model
+    assert find_domain_check("abc", tmp_path / "nowhere") is None
+    assert find_domain_check("abc", None) is None
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"{not json", "unreadable domain check"),
+    (b"\xff\xfe\x00", "unreadable domain check"),
+    (json.dumps({"kind": "specsearch.anomaly_defaults", "format_version": 1}).encode(),
+     "not a specsearch domain check"),
+    (json.dumps({"kind": "specsearch.domain_check", "format_version": 99}).encode(),
+     "not a specsearch domain check"),
+    (json.dumps({"kind": "specsearch.domain_check", "format_version": 1,
+                 "thresholds": {"xp": -1}}).encode(), "finite positive"),
+    (json.dumps({"kind": "specsearch.domain_check", "format_version": 1,
+                 "thresholds": {"xp": True}}).encode(), "finite positive"),
+    (json.dumps({"kind": "specsearch.domain_check", "format_version": 1,
+                 "thresholds": {"xp": "0.5"}}).encode(), "finite positive"),
+    (b'{"kind": "specsearch.domain_check", "format_version": 1, "thresholds": '
+     b'{"xp": NaN}}', "finite positive"),
+    (json.dumps({"kind": "specsearch.domain_check", "format_version": 1,
+                 "thresholds": []}).encode(), "finite positive"),
+    (b"[" * 100_000, "bytes; a domain check is a few hundred"),
+])
+def test_hostile_files_are_clear_errors(tmp_path, content, match):
+    path = tmp_path / DOMAIN_FILE
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=match) as err:
+        find_domain_check("abc", tmp_path)
+    assert str(path) in str(err.value)
+
+
+def test_embedding_columns_carry_the_flag():
+    model = SimpleNamespace(label_names=("feh",), class_names=())
+    out = SimpleNamespace(predictions=np.zeros((3, 1)), uncertainties=np.ones((3, 1)),
+                          class_prob=None, recon_residual=np.ones(3),
+                          translation_residual=None, recon_relative=np.array([0.1, 0.9, 0.2]),
+                          out_of_domain=np.array([False, True, False]))
+    cols = _head_columns(model, out, lambda a: a, 3, with_residual=True)
+    assert cols["out_of_domain"].tolist() == [False, True, False]
+    assert cols["recon_relative"].dtype == np.float32
+    assert "out_of_domain" not in _head_columns(model, out, lambda a: a, 3, with_residual=False)
+    out.out_of_domain = None                                      # a model without a check
+    assert "out_of_domain" not in _head_columns(model, out, lambda a: a, 3, with_residual=True)
+
+
+def test_the_hunt_leaves_out_flagged_measurements():
+    n = 6
+    sid = np.arange(n, dtype=np.int64)
+    pred = np.array([-3.0, -2.8, -0.2, -0.1, 0.0, 0.1], np.float32)
+
+    def table(flags):
+        cols = {"spectrum_id": [f"s{i}" for i in sid], "source_id": sid, "feh_pred": pred,
+                "feh_err": np.full(n, 0.1, np.float32)}
+        if flags is not None:
+            cols["out_of_domain"] = pa.array(flags, pa.bool_())
+        return {"lamost": EmbeddingTable("lamost", np.eye(n, 4, dtype=np.float32),
+                                         pa.table(cols), ("feh",), "h")}
+
+    none = HuntCalibration(modalities={})
+    plain = hunt(table(None), none, config=HuntConfig(top=3))
+    assert plain.n_out_of_domain == 0 and plain.table.column("source_id")[0].as_py() == 0
+    flagged = hunt(table([True, False, False, False, None, False]), none,
+                   config=HuntConfig(top=3))
+    assert flagged.n_out_of_domain == 1
+    assert 0 not in flagged.table.column("source_id").to_pylist()   # its reading says nothing
+    assert flagged.table.column("source_id")[0].as_py() == 1
