@@ -93,6 +93,7 @@ def open_state(settings: Settings, metrics: ServiceMetrics, *,
                                                         batch=settings.faiss_threads),
                                    max_k=settings.max_k)
     model = load_model(settings.model_dir)
+    model.domain_check          # a malformed domain_check.json stops the start, not requests
     engine.attach_encoder(model)
     for modality in engine.modalities:
         metrics.index_vectors.labels(modality).set(engine.index[modality].count)
