@@ -41,7 +41,8 @@ class Domain(BaseModel):
     threshold: float | None = Field(
         None, description="the model's threshold (None: the model has no domain check)")
     out_of_domain: bool | None = Field(
-        None, description="recon_relative above the threshold: unlike the training stars")
+        None, description="recon_relative above the threshold: a star unlike the "
+                          "training stars, or a spectrum too noisy to read")
 
 
 class Neighbour(BaseModel):

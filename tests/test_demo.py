@@ -43,6 +43,11 @@ def test_tiny_demo_produces_every_artefact(real_data, tmp_path):
     for section in ("Query by example", "Top anomaly candidates", "metal-poor candidates",
                     "UMAP", "specsearch serve"):
         assert section in report
+    # the shipped model's domain check, over every embedded spectrum (synthetic or real)
+    domain = re.search(r"Domain check .*?: lamost (\d+) of (\d+) .*?; xp (\d+) of (\d+)",
+                       report)
+    assert domain and int(domain.group(2)) >= 300 and int(domain.group(4)) >= 300
+    assert int(domain.group(1)) <= 3 and int(domain.group(3)) <= 3
     links = re.findall(r"\]\((figures/[^)]+)\)", report)
     assert {"figures/query_matches.png", "figures/umap_lamost.png",
             "figures/umap_alignment.png"} <= set(links)

@@ -112,3 +112,12 @@ def test_shipped_default_model_loads_and_embeds():
         b = model.embed_numpy(m, flux, ivar)
         assert b.good.all() and b.embedding.shape == (2, model.embedding_dim)
         assert np.all(np.isfinite(b.predictions)) and np.all(b.uncertainties > 0)
+
+
+def test_embed_speed_rows_time_what_they_say(model):
+    from specsearch.model.evaluation.speed import embed_speed, format_speed
+    rows = [embed_speed(model, "xp", n=6, batch_size=b, with_domain=d)
+            for b in (1, 3) for d in (False, True)]
+    assert [r.spectra for r in rows] == [6] * 4 and all(r.spectra_per_s > 0 for r in rows)
+    assert [r.what.endswith("+ domain check") for r in rows] == [False, True] * 2
+    assert "embed_numpy (with preprocessing) + domain check" in format_speed(rows)

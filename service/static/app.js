@@ -114,7 +114,8 @@ function renderResults(res) {
   if (q.domain && q.domain.out_of_domain) {
     const warn = document.createElement("p");
     warn.className = "error";
-    warn.textContent = "The model does not know stars like this one: it redraws the " +
+    warn.textContent = "The model does not know stars like this one (or the spectrum is " +
+      "too noisy to read): it redraws the " +
       `spectrum with a median error of ${fmt(q.domain.recon_relative * 100, 0)}% (its ` +
       `threshold is ${fmt(q.domain.threshold * 100, 0)}%). Treat the predicted ` +
       "parameters as unreliable; the neighbours are the closest known stars.";

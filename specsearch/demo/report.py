@@ -206,6 +206,30 @@ def _anomaly_figure(out: Path, figures: Path) -> list[str]:
     return [f"![top anomaly candidates](figures/{fig.name})", ""]
 
 
+def _domain_lines(embeddings: Path, model) -> list[str]:
+    """How many embedded spectra the model's domain check flags (``out_of_domain``)."""
+    import pyarrow.dataset as ds
+
+    check = model.domain_check
+    if check is None:
+        return []
+    parts = []
+    for m, thr in check.thresholds.items():
+        folder = embeddings / m
+        if not folder.is_dir():
+            continue
+        d = ds.dataset(folder, format="parquet")
+        if "out_of_domain" not in d.schema.names:
+            continue
+        col = d.to_table(columns=["out_of_domain"]).column("out_of_domain")
+        flagged = int(pc.sum(col.fill_null(False)).as_py() or 0)
+        parts.append(f"{m} {flagged} of {len(col)} (threshold {thr:.3g})")
+    if not parts:
+        return []
+    return ["Domain check (spectra the model's reconstruction misses by more than its "
+            "threshold: their parameters are unreliable): " + "; ".join(parts) + ".", ""]
+
+
 def write_report(out: Path, cfg, *, real: Path | None) -> Path:
     """Run the example queries and write ``report.md`` with its figures."""
     from specsearch.model import load_model
@@ -231,6 +255,7 @@ def write_report(out: Path, cfg, *, real: Path | None) -> Path:
               f"{m}: {d.get('count')} vectors in {d.get('shards')} shards, "
               f"{(d.get('backend') or {}).get('kind', '?')}"
               for m, d in (info.get("modalities") or {}).items()) + ".", ""]
+    md += _domain_lines(out / "embeddings", model)
     md += _query_section(out, engine, model, real, figures)
     md += _list_section(out / "lists" / "anomalies.parquet", "Top anomaly candidates",
                         ("rank", "source_id", "modality", "anomaly_score", "anomaly_driver",

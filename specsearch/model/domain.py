@@ -5,7 +5,9 @@ trained on: real Gaia XP spectra of M8-L1 dwarfs (~2,400-2,700 K; the synthetic 
 no dwarfs below 2,900 K) come out at 4,900-5,400 K with ordinary uncertainties. What gives
 them away is the model's own reconstruction of the spectrum: for stars it knows, the
 decoder redraws the spectrum from the embedding to a few per cent; for these it misses by
-half the flux or more.
+half the flux or more. A spectrum too noisy to read misses too (the relative error of
+pure noise is ~1: one real XP source at S/N 0.95 scores 0.85); either way its
+parameters are unreliable, which is what the flag says.
 
 The measure is :func:`relative_residual`, the median over good pixels of
 |recon - x| / |x| (prepared units), which unlike a reduced chi does not grow with S/N: a

@@ -49,8 +49,9 @@ DESCRIPTIONS: dict[str, str] = {
     "recon_residual": "reduced chi of the model's reconstruction of the spectrum",
     "translation_residual": "reduced chi of the spectrum translated to the other instrument",
     "recon_relative": "median relative error of the model's reconstruction of the spectrum",
-    "out_of_domain": "true if the spectrum is unlike the model's training stars "
-                     "(reconstruction misses it; parameters unreliable)",
+    "out_of_domain": "true if the model's reconstruction misses the spectrum (a star "
+                     "unlike its training stars, or too noisy to read): parameters "
+                     "unreliable",
     "artefact_flag": "true if any artefact flag is raised",
     "artefact_reasons": "semicolon-separated names of the raised artefact flags",
     "normal_neighbour_source_id": "source_id of the nearest neighbours that are not outliers",

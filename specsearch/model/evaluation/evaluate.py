@@ -271,7 +271,11 @@ def evaluate(model_path: str | Path | None, catalog: str | Path, out: str | Path
     if cfg.speed:
         from specsearch.model.evaluation.speed import compare_speed, embed_speed
         speed = compare_speed(model.net, device=str(model.device))
-        speed += [embed_speed(model, m) for m in model.modalities]
+        speed += [embed_speed(model, m, with_domain=d) for m in model.modalities
+                  for d in (False, True)]
+        # one spectrum a call (a service request), without and with the domain check
+        speed += [embed_speed(model, m, n=200, batch_size=1, with_domain=d)
+                  for m in model.modalities for d in (False, True)]
         report["speed"] = [dataclasses.asdict(r) for r in speed]
         model.net.to(model.device)
     report["timing"] = timing | {"seconds": time.time() - t0,
