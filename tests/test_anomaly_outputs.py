@@ -247,3 +247,37 @@ def test_a_models_scoring_choice_is_the_default_for_its_embeddings_only(tmp_path
     (model_dir / DEFAULTS_FILE).write_text("not json")
     with pytest.raises(ConfigError, match="unreadable"):
         find_choice(model_hash, model_dir)
+
+
+def test_out_of_domain_spectra_head_the_list():
+    """Rows the model's domain check flags lead the astrophysical list (driver
+    out_of_domain, their own score kept), in each modality and after the merge; not in
+    the list with the option off."""
+    n = 600
+    tables = {}
+    for m, seed in (("lamost", 1), ("xp", 3)):
+        cols = meta_columns(n, m, seed)
+        flags = np.zeros(n, bool)
+        flags[[7, 300]] = True                       # ordinary rows in embedding space
+        cols["out_of_domain"] = flags
+        cols["is_artefact"] = np.zeros(n, bool)
+        tables[m] = EmbeddingTable(m, vectors(n, seed + 1), pa.table(cols), ("teff", "feh"),
+                                   "h")
+    scores = {m: score_modality(t) for m, t in tables.items()}
+    for m, s in scores.items():
+        assert s.score[[7, 300]].max() < np.sort(s.score)[-20]    # not top-20 by score
+    merged = candidate_list(scores, config=CandidateConfig(top=20, n_neighbours=0,
+                                                           dedupe_sources=False))
+    assert merged.column("anomaly_driver").to_pylist()[:4] == ["out_of_domain"] * 4
+    assert sorted(merged.column("source_id").to_pylist()[:4]) == [5007, 5007, 5300, 5300]
+    lead = merged.slice(0, 4).column("anomaly_score").to_pylist()
+    assert lead == sorted(lead, reverse=True)                      # by score among them
+    rest = merged.slice(4).column("anomaly_score").to_pylist()
+    assert rest == sorted(rest, reverse=True) and "out_of_domain" not in \
+        merged.slice(4).column("anomaly_driver").to_pylist()
+    off = candidate_list(scores, config=CandidateConfig(top=20, n_neighbours=0,
+                                                        promote_out_of_domain=False))
+    assert "out_of_domain" not in off.column("anomaly_driver").to_pylist()
+    every = candidate_list(scores, config=CandidateConfig(top=20, kind="all",
+                                                          n_neighbours=0))
+    assert every.column("anomaly_driver").to_pylist()[0] == "out_of_domain"

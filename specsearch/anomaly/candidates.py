@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from specsearch.anomaly.scoring import ModalityScores
 from specsearch.anomaly.screening import ArtefactFlags
@@ -34,6 +35,13 @@ class CandidateConfig:
         normal_z: a neighbour counts as *normal* when its anomaly score is below this and it
             has no artefact flag.
         dedupe_sources: with several modalities, keep one row per star (the higher score).
+        promote_out_of_domain: spectra the model's domain check flags (``out_of_domain``
+            rows: its reconstruction misses them, a star unlike any it was trained on or a
+            spectrum too noisy to read) head the list, driver ``out_of_domain``, whatever
+            their embedding-space score: an object the model cannot redraw is an outlier
+            by its own account, while near-neighbour scores can place it among ordinary
+            stars (real XP M8-L1 dwarfs embed among K dwarfs). Too-noisy spectra carry the
+            low-S/N artefact flag, so the astrophysical list screens them out.
     """
 
     top: int = 100
@@ -41,6 +49,7 @@ class CandidateConfig:
     n_neighbours: int = 5
     normal_z: float = 3.0
     dedupe_sources: bool = True
+    promote_out_of_domain: bool = True
 
     def __post_init__(self) -> None:
         if self.kind not in LIST_KINDS:
@@ -135,7 +144,11 @@ def modality_candidates(scores: ModalityScores, flags: ArtefactFlags | None = No
                                                                 partner_flagged)
         artefact = artefact | partner_bad
     order = scores.rank()
-    keep = np.isfinite(scores.score[order])
+    ood = (_out_of_domain(scores)
+           if config.promote_out_of_domain and config.kind != "artefacts" else None)
+    if ood is not None:
+        order = order[np.argsort(~ood[order], kind="stable")]      # flagged rows first
+    keep = np.isfinite(scores.score[order]) | (False if ood is None else ood[order])
     if row_mask is not None:
         keep &= np.asarray(row_mask, bool)[order]
     if config.kind == "astrophysical":
@@ -146,6 +159,10 @@ def modality_candidates(scores: ModalityScores, flags: ArtefactFlags | None = No
     base = scores.to_arrow().take(pa.array(rows, pa.int64()))
     cols: dict[str, pa.Array] = {"rank": pa.array(np.arange(1, rows.size + 1), pa.int32())}
     cols.update({name: base.column(name) for name in base.column_names})
+    if ood is not None and ood[rows].any():
+        drivers = cols["anomaly_driver"].to_pylist()
+        cols["anomaly_driver"] = pa.array(
+            ["out_of_domain" if f else d for d, f in zip(drivers, ood[rows])], pa.string())
     if aligned is not None:
         sub = aligned.take(pa.array(rows, pa.int64()))
         cols.update({name: sub.column(name) for name in sub.column_names})
@@ -168,6 +185,17 @@ def modality_candidates(scores: ModalityScores, flags: ArtefactFlags | None = No
     skip = set(cols) | {"embedding"}
     cols.update(_meta_columns(scores, rows, skip))
     return pa.table(cols)
+
+
+def _out_of_domain(scores: ModalityScores) -> np.ndarray | None:
+    """(n,) bool ``out_of_domain`` of the scored rows, or None without that column."""
+    t = scores.table
+    if not t.has("out_of_domain"):
+        return None
+    col = t.meta.column("out_of_domain")
+    if not pa.types.is_boolean(col.type):
+        raise ConfigError(f"{t.modality}: column out_of_domain must be boolean, got {col.type}")
+    return np.asarray(col.fill_null(False).to_numpy(zero_copy_only=False), bool)
 
 
 def _flagged_sources(flags: ArtefactFlags) -> np.ndarray:
@@ -194,7 +222,11 @@ def candidate_list(scores: Mapping[str, ModalityScores],
         else parts[0]
     score = table.column("anomaly_score").to_numpy(zero_copy_only=False)
     score = np.where(np.isfinite(score), score, -np.inf)
-    order = np.lexsort((np.arange(score.size), -score))
+    first = np.zeros(score.size, bool)             # promoted out-of-domain rows lead
+    if config.promote_out_of_domain:
+        first = np.asarray(pc.equal(table.column("anomaly_driver"), "out_of_domain")
+                           .fill_null(False).to_numpy(zero_copy_only=False), bool)
+    order = np.lexsort((np.arange(score.size), -score, ~first))
     if config.dedupe_sources and len(parts) > 1:
         sid = table.column("source_id").to_numpy()[order]
         _, first = np.unique(sid, return_index=True)
