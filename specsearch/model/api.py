@@ -260,7 +260,7 @@ class SpecModel:
             sl = slice(start, start + batch_size)
             got = self._embed_chunk(modality, flux[sl], ivar[sl], with_residual,
                                     None if partner is None else (pf[sl], pi[sl]), autocast,
-                                    with_domain or with_residual)
+                                    with_domain=with_domain or with_residual)
             for k, v in got.items():
                 parts.setdefault(k, []).append(v)
         cat = {k: v[0] if len(v) == 1 else np.concatenate(v) for k, v in parts.items()}
@@ -297,7 +297,7 @@ class SpecModel:
             value, err = self.net.labels_physical(modality, out.label_mu, out.label_log_sigma)
             result = {"embedding": out.embedding, "pred": value, "err": err,
                       "class_prob": torch.softmax(out.class_logits, -1)}
-            if with_domain or with_residual:
+            if with_domain:          # implied by with_residual (see embed_numpy)
                 out.recon = self.net.decode(modality, modality, out.embedding)
                 result["recon_relative"] = relative_residual(out.recon, x, w)
             if with_residual and self.net.other(modality) != modality:

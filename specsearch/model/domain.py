@@ -55,7 +55,9 @@ REFERENCE_SETS = {"lamost": ("lamost_dr10", "lamost_dr1", "lamost_dr8", "miles")
 def relative_residual(pred: torch.Tensor, x: torch.Tensor, w: torch.Tensor,
                       min_abs: float = MIN_ABS) -> torch.Tensor:
     """(B,) the median over good pixels (w > 0, |x| > ``min_abs``) of |pred - x| / |x|;
-    NaN for a row without such pixels."""
+    NaN for a row without such pixels. The measure of the evaluation's translation error
+    (``evaluation.metrics.median_relative_error``, numpy, which inference may not import),
+    in torch on the model's device; ``torch.nanmedian`` takes the lower middle value."""
     good = (w > 0) & (x.abs() > min_abs) & torch.isfinite(pred)
     rel = torch.where(good, (pred - x).abs() / torch.where(good, x.abs(), 1.0),
                       torch.full_like(x, float("nan")))

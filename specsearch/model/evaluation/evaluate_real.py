@@ -263,12 +263,10 @@ def read_ipac_xp(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(flux), np.stack(ivar)
 
 
-def domain(model, sets: dict[str, RealSet], real: Path) -> dict[str, Any]:
+def domain(model, sets: dict[str, RealSet]) -> dict[str, Any]:
     """The relative reconstruction error (:mod:`specsearch.model.domain`) on the held-out
-    real spectra of each set, and which of them (and of the SDSS type templates) the
-    model's domain check flags."""
-    from specsearch.model.evaluation.evaluate_templates import read_pyhammer
-
+    real spectra of each set, and how many of them the model's domain check flags (the
+    SDSS type templates' flags are in :func:`pyhammer`'s report, which embeds them)."""
     check = model.domain_check
     out: dict[str, Any] = {"thresholds": None if check is None else check.thresholds}
     for name, s in sets.items():
@@ -285,13 +283,6 @@ def domain(model, sets: dict[str, RealSet], real: Path) -> dict[str, Any]:
                      "p99": float(np.quantile(v, 0.99)), "max": float(v.max())}
         if b.out_of_domain is not None:
             out[name]["flagged"] = int(b.out_of_domain.sum())
-    t = read_pyhammer(real)
-    if t is not None and "lamost" in model.modalities:
-        b = model.embed_numpy("lamost", t["flux"], t["ivar"], with_domain=True)
-        if b.out_of_domain is not None:
-            out["pyhammer_flagged"] = [str(n) for n in t["name"][b.out_of_domain]]
-        top = np.argsort(-np.nan_to_num(b.recon_relative, nan=-1.0))[:8]
-        out["pyhammer_highest"] = {str(t["name"][i]): float(b.recon_relative[i]) for i in top}
     return out
 
 
@@ -362,7 +353,7 @@ def evaluate_real(model, real: Path, synthetic_report: dict[str, Any] | None = N
     out["cross_modal"] = cross_modal(model, sets)
     out["xp"] = real_xp(model, real)
     out["pyhammer"] = pyhammer(model, real)
-    out["domain"] = domain(model, sets, real)
+    out["domain"] = domain(model, sets)
     out["hunt"] = hunt_pool(model, sets)
     out["goals"] = real_goal_rows(out)
     return out

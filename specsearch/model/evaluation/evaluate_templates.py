@@ -76,10 +76,12 @@ def pyhammer(model, real: Path) -> dict[str, Any]:
     if t is None:
         return {"skipped": f"{Path(real) / PYHAMMER}: missing, or h5py not installed"}
     names = model.label_names
-    b = model.embed_numpy("lamost", t["flux"], t["ivar"])
+    b = model.embed_numpy("lamost", t["flux"], t["ivar"], with_domain=True)
     pred = {n: b.predictions[:, names.index(n)] for n in ("teff", "logg", "feh") if n in names}
     err = {n: b.uncertainties[:, names.index(n)] for n in pred}
     out: dict[str, Any] = {"n": int(len(t["name"])), "n_good": int(b.good.sum())}
+    if b.out_of_domain is not None:      # the templates the model's domain check flags
+        out["out_of_domain"] = [str(n) for n in t["name"][b.out_of_domain]]
     has_t = np.isfinite(t["teff"]) & b.good
     if "teff" in pred and has_t.sum() >= 5:
         st = label_stats(pred["teff"][has_t], err["teff"][has_t], t["teff"][has_t])

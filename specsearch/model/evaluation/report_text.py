@@ -95,8 +95,6 @@ def _format_domain(d: dict[str, Any]) -> list[str]:
             flagged = f", flagged {r['flagged']}" if "flagged" in r else ""
             lines.append(f"    {name}: {r['n']} spectra, median {_f(r['median'])}, p99 "
                          f"{_f(r['p99'])}, max {_f(r['max'])}{flagged}")
-    if "pyhammer_flagged" in d:
-        lines.append(f"    SDSS type templates flagged: {d['pyhammer_flagged'] or 'none'}")
     return lines
 
 
@@ -154,6 +152,9 @@ def format_real(real: dict[str, Any]) -> list[str]:
                          f"over the rest {_f(t['spearman_in_domain'])}")
     lines.extend(format_pyhammer(real.get("pyhammer") or {}))
     lines.extend(_format_domain(real.get("domain") or {}))
+    flagged = (real.get("pyhammer") or {}).get("out_of_domain")
+    if flagged is not None:
+        lines.append(f"    SDSS type templates flagged: {flagged or 'none'}")
     h = real.get("hunt") or {}
     if "completeness" in h:
         lines.append(f"  hunt [Fe/H]<-2 over {h['n_pool']} held-out real spectra "
