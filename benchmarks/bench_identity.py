@@ -19,8 +19,8 @@ One run measures the embedding and a baseline of the same run on every same-star
    (teff, logg, feh), each scaled by its tolerance.
 4. **ceilings** (:mod:`identity_ceiling`, ``--ceiling-n`` stars of their own): LAMOST->XP
    partner top-1 of idealised searchers that know the star's noiseless XP spectrum exactly,
-   up to a calibrated SED slope/curvature, or up to a free one, next to the embedding on
-   the same stars.
+   up to an SED slope/curvature known to the synthetic or to the real LAMOST calibration
+   scatter, or up to a free one, next to the embedding on the same stars.
 5. **real**: :func:`specsearch.model.evaluation.evaluate_real.identity` (DR10 and DR8 repeat visits
    among every real LAMOST spectrum, embedding vs raw pixels) and
    :func:`specsearch.model.evaluation.evaluate_real.cross_modal` (each real LAMOST visit's own Gaia XP
@@ -221,6 +221,8 @@ def ceiling_rows(ceil: dict[str, Any]) -> list[Row]:
     for key, what in (("exact", "noiseless XP spectrum known up to scale"),
                       ("sed_known", "... up to a 3%/2% SED slope/curvature (SED-keeping "
                                     "LAMOST input)"),
+                      ("sed_real", "... up to an 11%/3% SED slope/curvature (SED-keeping "
+                                   "input at real LAMOST's calibration scatter)"),
                       ("sed_free", "... up to a free SED slope/curvature (continuum-"
                                    "normalised LAMOST input)")):
         rows.append(Row(f"synth LAMOST->XP partner top-1 among {n:,}, baseline = ceiling: "

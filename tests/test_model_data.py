@@ -138,13 +138,19 @@ def test_cache_matches_catalog_and_is_reused(toy_catalog, tmp_path):
     assert np.allclose(b.labels[:, 0], raw["teff"])
     assert set(np.unique(b.classes)) <= {0, 1}
     lam = cache.load(np.arange(5)).w["lamost"]
-    assert (lam[:, 3800:] == 0).all()                # masked pixels stay masked
+    assert (lam[:, 3800:LAMOST_GRID.npix] == 0).all()  # masked pixels stay masked
+    # the SED columns travel with the pixels
+    rawl = read_spectra_rows(cat, "lamost", pairs.lamost_row[sel][:5])
+    ml = prepare_model_input(rawl["flux"], rawl["ivar"], "lamost")
+    assert lam.shape[1] == ml.flux.shape[1] == LAMOST_GRID.npix + 16
+    assert np.allclose(cache.load(np.arange(5)).x["lamost"][:, LAMOST_GRID.npix:],
+                       ml.flux[:, LAMOST_GRID.npix:], atol=2e-3)
     mtime = (tmp_path / "c" / "lamost_x.npy").stat().st_mtime_ns
     build_cache(cat, pairs, sel, tmp_path / "c", label_names=["teff", "feh"],
                 class_names=classes, fingerprint=fp, progress=False)
     assert (tmp_path / "c" / "lamost_x.npy").stat().st_mtime_ns == mtime
     stats = pixel_statistics(cache, cache.positions("train"), "lamost")
-    assert stats["std"].shape == (LAMOST_GRID.npix,) and np.all(stats["std"] > 0)
+    assert stats["std"].shape == (LAMOST_GRID.npix + 16,) and np.all(stats["std"] > 0)
     # shuffled batches cover every training pair once
     pos = cache.positions("train")
     got = np.concatenate(list(cache.batches(pos, 64, rng=np.random.default_rng(1), block=16,

@@ -104,7 +104,7 @@ def test_finetune_cli_end_to_end(tmp_path, capsys):
                  "--hard-negatives", "0.5", "--hard-group", "8",
                  "--noise-blind", "40", "--clean-anchor", "1",
                  "--snr-adversary", "0.5", "--head-distill", "2",
-                 "--distill-synthetic"]) == 0
+                 "--distill-synthetic", "--sed-inputs", "--sed-lr-factor", "5"]) == 0
     text = capsys.readouterr().out
     assert "fine-tuned" in text and "z-width on the real calibration stars" in text
     old, new = load_model(base), load_model(out)
@@ -118,6 +118,11 @@ def test_finetune_cli_end_to_end(tmp_path, capsys):
     assert ft["config"]["head_distill"] == 2.0 and ft["history_last"]["head_distill"] > 0.0
     assert ft["config"]["distill_synthetic"] is True
     assert not any("adversary" in k or k.startswith("f.") for k in new.net.state_dict())
+    # SED inputs were added (zero-initialised) and trained, with the SED augmentation
+    assert new.net.cfg.encoders["lamost"].sed_bins == 16
+    assert new.net.cfg.encoders["xp"].sed_bins == 0
+    assert float(new.net.encoders["lamost"].inp_sed.weight.detach().abs().max()) > 0
+    assert ft["config"]["sed_inputs"] and ft["config"]["augment"]["p_sed_tilt"] == 0.8
     # the saved model is noise-blind: the same pixels at 4x the inverse variance embed alike
     assert new.net.cfg.shrinkage_snr == 40.0
     assert all(e.film_snr == 40.0 for e in new.net.cfg.encoders.values())
@@ -235,6 +240,12 @@ def test_finetune_config_checks_the_anchor_and_critic_options():
         FinetuneConfig(heads_only=True, clean_anchor=5.0)
     with pytest.raises(ConfigError, match="noise_blind"):
         FinetuneConfig(heads_only=True, noise_blind=40.0)
+    with pytest.raises(ConfigError, match="sed_inputs"):
+        FinetuneConfig(heads_only=True, sed_inputs=True)
+    with pytest.raises(ConfigError, match="sed_lr_factor"):
+        FinetuneConfig(sed_lr_factor=0.0)
+    with pytest.raises(ConfigError, match="sed_tilt_p"):
+        FinetuneConfig(sed_tilt_p=1.5)
     assert FinetuneConfig(heads_only=True, head_distill=10.0).to_dict()["heads_only"]
     with pytest.raises(ConfigError, match="real_set_weights"):
         FinetuneConfig(real_set_weights=(0.5, 0.5))

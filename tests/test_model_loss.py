@@ -233,3 +233,80 @@ def test_clean_anchor_loss_uses_clean_rows_only_and_trains_the_encoder():
     assert loss is not None and 0.0 <= float(loss.detach()) <= 2.0
     loss.backward()
     assert net.encoders["xp"].inp.weight.grad.abs().sum() > 0
+
+
+def test_sed_inputs_start_unchanged_then_read_the_sed_columns():
+    from specsearch.model.network import add_sed_inputs
+    from specsearch.preprocess import SED_BINS, grid_for
+
+    torch.manual_seed(5)
+    net = SpecCLIPNet(model_config("small").with_data(label_names=["teff"],
+                                                      class_names=[])).eval()
+    npix = grid_for("lamost").npix
+    x = torch.rand(6, npix + SED_BINS) + 0.5
+    w = torch.full_like(x, 100.0)
+    x[:, npix:] = torch.linspace(-0.3, 0.3, SED_BINS)
+    w[:, npix:] = 1.0
+    with torch.no_grad():
+        before = net.encode("lamost", x, w)
+        assert torch.equal(before, net.encode("lamost", x[:, :npix], w[:, :npix]))
+        add_sed_inputs(net)
+        assert net.cfg.encoders["lamost"].sed_bins == SED_BINS
+        assert net.cfg.encoders["xp"].sed_bins == 0
+        assert torch.allclose(net.encode("lamost", x, w), before, atol=1e-6)
+        net.encoders["lamost"].inp_sed.weight.normal_()
+        tilted = x.clone()
+        tilted[:, npix:] *= -1.0
+        after = net.encode("lamost", x, w)
+        assert not torch.allclose(after, net.encode("lamost", tilted, w), atol=1e-3)
+        # no SED columns (e.g. a translated spectrum): encoded as an unknown SED
+        unknown = w.clone()
+        unknown[:, npix:] = 0.0
+        assert torch.allclose(net.encode("lamost", x[:, :npix], w[:, :npix]),
+                              net.encode("lamost", x, unknown), atol=1e-6)
+        with pytest.raises(ValueError, match="columns"):
+            net.encode("lamost", x[:, :npix + 3], w[:, :npix + 3])
+    # saved and loaded with its SED inputs
+    import tempfile
+
+    from specsearch.model.api import load_model
+    from specsearch.model.checkpoint import save_model_dir
+    with tempfile.TemporaryDirectory() as d:
+        save_model_dir(d, net, net.cfg, training={})
+        back = load_model(d)
+        with torch.no_grad():
+            assert torch.allclose(back.net.encode("lamost", x, w), after, atol=1e-6)
+
+
+def test_augment_leaves_sed_columns_to_the_sed_augmentations():
+    from specsearch.model.training.augment import add_noise_to_snr
+    from specsearch.preprocess import SED_BINS, grid_for
+
+    npix = grid_for("lamost").npix
+    x = torch.rand(32, npix + SED_BINS) + 0.5
+    w = torch.full_like(x, 400.0)
+    sed = torch.linspace(-0.2, 0.2, SED_BINS)
+    x[:, npix:], w[:, npix:] = sed, 1.0
+    cfg = AugmentConfig(p_noise=1.0, p_red_cut=0.0, p_mask=0.0)
+    xa, wa = augment("lamost", x, w, cfg, torch.Generator().manual_seed(0))
+    assert xa.shape == x.shape and torch.equal(xa[:, npix:], x[:, npix:])
+    assert torch.equal(wa[:, npix:], w[:, npix:]) and not torch.equal(xa[:, :npix], x[:, :npix])
+    xn, wn = add_noise_to_snr(x.clone(), w.clone(), torch.full((32,), 3.0),
+                              torch.Generator().manual_seed(0), "lamost")
+    assert torch.equal(xn[:, npix:], x[:, npix:]) and (wn[:, :npix] < w[:, :npix]).all()
+    # a lost red end takes the SED stretches it covers with it; the rest stay centred
+    xr, wr = augment("lamost", x, w, AugmentConfig(p_noise=0.0, p_red_cut=1.0, p_mask=0.0,
+                                                  p_shift=0.0, p_tilt=0.0),
+                     torch.Generator().manual_seed(1))
+    lost = wr[:, npix:] == 0
+    assert lost[:, -1].all() and not lost[:, 0].any()
+    kept = xr[:, npix:] * (~lost)
+    assert torch.allclose(kept.sum(1), torch.zeros(32), atol=1e-5)
+    # the SED flux-calibration tilt moves the values and keeps them centred
+    xt, _ = augment("lamost", x, w, AugmentConfig(p_noise=0.0, p_mask=0.0, p_shift=0.0,
+                                                  p_tilt=0.0, p_sed_tilt=1.0, sed_tilt=0.05,
+                                                  sed_curve=0.02),
+                    torch.Generator().manual_seed(2))
+    assert not torch.allclose(xt[:, npix:], x[:, npix:])
+    assert torch.allclose(xt[:, npix:].sum(1), torch.zeros(32), atol=1e-4)
+    assert (xt[:, npix:] - x[:, npix:]).abs().max() <= 2 * (0.05 + 0.02) + 1e-4

@@ -72,6 +72,30 @@ def test_train_cli_end_to_end(catalog, tmp_path, capsys):
     assert (report / "figures" / "parameters_lamost.png").stat().st_size > 1000
 
 
+def test_train_with_sed_inputs_reads_the_lamost_sed(catalog, tmp_path):
+    from specsearch.io.catalog import open_catalog
+    from specsearch.model.training.data import read_spectra_rows
+    from specsearch.preprocess import SED_BINS, prepare_model_input
+
+    out = tmp_path / "sed"
+    assert main(["train", "--catalog", str(catalog), "--out", str(out), "--sed-inputs",
+                 "--device", "cpu", "--epochs", "1", "--batch-size", "64",
+                 "--embedding-dim", "16", "--no-progress"]) == 0
+    model = load_model(out)
+    assert model.net.cfg.encoders["lamost"].sed_bins == SED_BINS
+    tc = model.full_config["training"]["train_config"]
+    assert tc["sed_inputs"] and tc["augment"]["p_sed_tilt"] == 0.8
+    assert float(model.net.encoders["lamost"].inp_sed.weight.detach().abs().max()) > 0
+    raw = read_spectra_rows(open_catalog(catalog), "lamost", np.arange(8))
+    mi = prepare_model_input(raw["flux"], raw["ivar"], "lamost")
+    x, w = torch.from_numpy(mi.flux), torch.from_numpy(mi.weight)
+    flat = x.clone()
+    flat[:, -SED_BINS:] = 0.0                   # the same lines, another SED
+    with torch.no_grad():
+        assert not torch.allclose(model.encode("lamost", x, w), model.encode("lamost", flat, w),
+                                  atol=1e-4)
+
+
 def test_resume_after_a_crash_matches_an_uninterrupted_run(catalog, tmp_path):
     cfg = TrainConfig(epochs=2, batch_size=64, embedding_dim=16, seed=3, device="cpu")
     full = train(catalog, tmp_path / "full", cfg, progress=False)

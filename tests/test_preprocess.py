@@ -116,3 +116,32 @@ def test_prepare_model_input_flags_bad_rows_and_checks_length():
     assert abs(np.median(m.flux[0]) - 1) < 0.05
     with pytest.raises(SpectrumError, match="343 pixels"):
         prepare_model_input(flux, ivar, "xp")
+
+
+def test_lamost_model_input_keeps_the_sed_after_the_pixels():
+    from specsearch.preprocess import SED_BINS, prepared_width, split_sed
+
+    wave = LAMOST_GRID.wavelength
+    blue = (wave / 6000.0) ** -2.0              # a hot star's slope
+    red = (wave / 6000.0) ** 1.0
+    flux = np.stack([blue, 7.0 * blue, red]).astype(np.float32)
+    ivar = np.ones_like(flux)
+    ivar[2, wave > 7400] = 0                    # no red arm (as MILES)
+    m = prepare_model_input(flux, ivar, "lamost")
+    assert m.flux.shape == (3, prepared_width("lamost")) == (3, LAMOST_GRID.npix + SED_BINS)
+    assert prepared_width("xp") == XP_GRID.npix
+    pix, sed = split_sed(m.flux, LAMOST_GRID.npix)
+    _, measured = split_sed(m.weight, LAMOST_GRID.npix)
+    assert abs(np.median(pix[0]) - 1) < 0.02    # the pixels stay continuum-normalised
+    # brightness is divided out, the slope is kept (blue falls, red rises: inner stretches,
+    # the continuum smoothing is one-sided at the ends)
+    np.testing.assert_allclose(sed[0], sed[1], atol=1e-5)
+    assert np.all(np.diff(sed[0][1:-1]) < 0) and np.all(np.diff(sed[2][1:11]) > 0)
+    assert measured[0].tolist() == [1.0] * SED_BINS
+    # stretches beyond the red cut are not measured and hold 0; the rest are centred
+    assert measured[2][-3:].tolist() == [0.0] * 3 and np.all(sed[2][measured[2] == 0] == 0)
+    assert abs(sed[2][measured[2] > 0].mean()) < 1e-5 and abs(sed[0].mean()) < 1e-5
+    # the SED of the pixels' neighbour slope matches the power law's log10 steps in between
+    lw = np.log10(wave)
+    step = np.median(np.diff(sed[0][2:-2]))
+    assert step == pytest.approx(-2.0 * (lw[-1] - lw[0]) / SED_BINS, rel=0.15)

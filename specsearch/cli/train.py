@@ -103,6 +103,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--noise-blind", type=float, default=t.noise_blind, metavar="SNR",
                    help="noise-blind encoders: no input shrinkage, FiLM at this fixed S/N "
                         "per pixel (neighbours then do not follow the query's S/N)")
+    p.add_argument("--sed-inputs", action="store_true",
+                   help="the LAMOST encoder also reads the SED its continuum normalisation "
+                        "divides out (with the SED flux-calibration augmentation)")
     p.add_argument("--max-minutes", type=float, help="wall-clock budget for the run")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--resume", action="store_true", help="continue OUT/checkpoint-last")
@@ -169,6 +172,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--real-set-weights", type=_shares, default=ft.real_set_weights,
                    metavar="DR10,DR1,MILES",
                    help="share of LAMOST DR10, LAMOST DR1 and MILES in each real batch")
+    f.add_argument("--sed-inputs", action="store_true",
+                   help="give the LAMOST encoder the SED its continuum normalisation divides "
+                        "out (new zero-initialised inputs), then fine-tune")
+    f.add_argument("--sed-lr-factor", type=float, default=ft.sed_lr_factor,
+                   help="learning rate of the SED inputs / --lr")
     f.add_argument("--heads-only", action="store_true",
                    help="train only the parameter heads, on the frozen encoders (the "
                         "embedding stays the starting model's), on the synthetic and real "
@@ -229,6 +237,7 @@ def _labels(value: str | None) -> tuple[str, ...] | None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from specsearch.model.training.configs import AugmentConfig
     from specsearch.model.training.train import TrainConfig, train
 
     _threads(args)
@@ -237,7 +246,10 @@ def run_train(args: argparse.Namespace) -> int:
                       device=args.device, amp=args.amp, labels=_labels(args.labels),
                       patience=args.patience, max_minutes=args.max_minutes,
                       keep_cache=args.keep_cache, identity=args.identity,
-                      snr_slope=args.snr_slope, noise_blind=args.noise_blind)
+                      snr_slope=args.snr_slope, noise_blind=args.noise_blind,
+                      sed_inputs=args.sed_inputs,
+                      augment=AugmentConfig(p_sed_tilt=0.8) if args.sed_inputs
+                      else AugmentConfig())
     result = train(args.catalog, args.out, cfg, resume=args.resume, overwrite=args.overwrite,
                    progress=not args.no_progress,
                    command=shlex.join(["specsearch", *sys.argv[1:]]))
@@ -302,7 +314,8 @@ def run_finetune(args: argparse.Namespace) -> int:
                          anchor_real=args.anchor_real, anchor_snr_floor=args.anchor_snr_floor,
                          head_distill=args.head_distill,
                          distill_synthetic=args.distill_synthetic,
-                         heads_only=args.heads_only,
+                         heads_only=args.heads_only, sed_inputs=args.sed_inputs,
+                         sed_lr_factor=args.sed_lr_factor,
                          real_set_weights=args.real_set_weights, hard_negatives=args.hard_negatives,
                          hard_group=args.hard_group, seed=args.seed, device=args.device)
     result = finetune(args.model, args.catalog, args.real_data, args.out, cfg,

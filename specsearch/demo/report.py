@@ -54,8 +54,9 @@ def _traces(catalog: Path, modality: str, ids: list[str], labels: list[str]
             continue
         flux, ivar = spectra[sid]
         prepared = prepare_model_input(flux[None], ivar[None], modality)
-        out.append(SpectrumTrace(grid.wavelength, prepared.flux[0], label,
-                                 prepared.weight[0] > 0))
+        npix = grid.npix                # the pixels, not the SED columns after them
+        out.append(SpectrumTrace(grid.wavelength, prepared.flux[0, :npix], label,
+                                 prepared.weight[0, :npix] > 0))
     return out
 
 

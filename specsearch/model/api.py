@@ -100,7 +100,9 @@ def default_model_path() -> Path:
 
 def reduced_chi(pred: torch.Tensor, x: torch.Tensor, w: torch.Tensor,
                 floor: torch.Tensor) -> torch.Tensor:
-    """(B,) sqrt of the mean over good pixels of (pred - x)^2 / (1/w + floor^2)."""
+    """(B,) sqrt of the mean over good pixels of (pred - x)^2 / (1/w + floor^2); ``x, w``
+    may carry SED columns after the pixels that ``pred`` has (they are not decoded)."""
+    x, w = x[..., :pred.shape[-1]], w[..., :pred.shape[-1]]
     wc = w / (1.0 + w * floor * floor)
     n = (w > 0).sum(-1).clamp_min(1)
     return torch.sqrt((wc * (pred - x).square()).sum(-1) / n)

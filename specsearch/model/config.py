@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from specsearch.errors import ConfigError
+from specsearch.preprocess.model_input import sed_columns
 
 FORMAT_VERSION = 1
 """Checkpoint format version; a checkpoint of another version is refused on load."""
@@ -57,6 +58,14 @@ class EncoderConfig:
             except the pixels themselves (a "noise-blind" encoder, see
             :func:`specsearch.model.network.make_noise_blind`). The heads still see the
             spectrum's own S/N.
+        sed_bins: SED values read after the pixels (0: none). A LAMOST spectrum's
+            continuum normalisation divides out its SED; with ``sed_bins`` set to
+            :data:`specsearch.preprocess.SED_BINS` the encoder also reads the SED columns
+            of the prepared input (slope, curvature, reddening: what the XP spectrum of the
+            same star shows too), through its own zero-initialised input weights, so a
+            model converted from one without them starts out unchanged. A spectrum
+            without those columns (or with them unmeasured) is encoded as one whose SED
+            is unknown.
     """
 
     kind: str
@@ -70,6 +79,7 @@ class EncoderConfig:
     dropout: float = 0.0
     snr_film: bool = False
     film_snr: float | None = None
+    sed_bins: int = 0
 
 
 @dataclass(frozen=True)
@@ -187,6 +197,10 @@ class ModelConfig:
             if enc.film_snr is not None and not (enc.snr_film and enc.film_snr > 0):
                 raise ConfigError(f"encoders.{m}.film_snr needs snr_film and a positive S/N; "
                                   f"got {enc.film_snr}")
+            if enc.sed_bins not in (0, sed_columns(m)):
+                raise ConfigError(f"encoders.{m}.sed_bins must be 0 or {sed_columns(m)} (the "
+                                  f"SED columns of a prepared {m} spectrum); got "
+                                  f"{enc.sed_bins}")
         if self.shrinkage_snr is not None and not self.shrinkage_snr > 0:
             raise ConfigError(f"shrinkage_snr must be a positive S/N; got {self.shrinkage_snr}")
         if set(self.decoders) != set(self.encoders):

@@ -57,7 +57,9 @@ def relative_residual(pred: torch.Tensor, x: torch.Tensor, w: torch.Tensor,
     """(B,) the median over good pixels (w > 0, |x| > ``min_abs``) of |pred - x| / |x|;
     NaN for a row without such pixels. The measure of the evaluation's translation error
     (``evaluation.metrics.median_relative_error``, numpy, which inference may not import),
-    in torch on the model's device; ``torch.nanmedian`` takes the lower middle value."""
+    in torch on the model's device; ``torch.nanmedian`` takes the lower middle value.
+    SED columns of ``x, w`` after the pixels that ``pred`` has are left out."""
+    x, w = x[..., :pred.shape[-1]], w[..., :pred.shape[-1]]
     good = (w > 0) & (x.abs() > min_abs) & torch.isfinite(pred)
     rel = torch.where(good, (pred - x).abs() / torch.where(good, x.abs(), 1.0),
                       torch.full_like(x, float("nan")))

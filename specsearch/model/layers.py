@@ -110,6 +110,7 @@ class MLPEncoder(nn.Module):
         if self.film is not None:           # starts as the identity transformation
             nn.init.zeros_(self.film.weight)
             nn.init.zeros_(self.film.bias)
+        self.inp_sed = _sed_input(cfg)      # SED features (zero-initialised)
         self.norm0 = nn.LayerNorm(cfg.hidden)
         self.blocks = nn.ModuleList(Block(cfg.hidden, cfg.mlp_ratio, cfg.dropout)
                                     for _ in range(cfg.depth))
@@ -117,11 +118,15 @@ class MLPEncoder(nn.Module):
         self.proj = nn.Linear(cfg.hidden, embedding_dim)
 
     def forward(self, z: torch.Tensor, good: torch.Tensor,
-                quality: torch.Tensor | None = None) -> torch.Tensor:
-        """``quality`` (B, 2) from :meth:`Normaliser.quality`; used when ``snr_film``."""
+                quality: torch.Tensor | None = None,
+                sed: torch.Tensor | None = None) -> torch.Tensor:
+        """``quality`` (B, 2) from :meth:`Normaliser.quality`, used when ``snr_film``;
+        ``sed`` (B, 2 sed_bins) from :func:`sed_features`, used when ``sed_bins``."""
         h = self.inp(z)                                          # (B, H)
         if self.inp_mask is not None:
             h = h + self.inp_mask(_mask_summary(good, self.cfg.mask_pool))
+        if self.inp_sed is not None:
+            h = h + self.inp_sed(_need_sed(sed, self.cfg).to(h.dtype))
         if self.film is not None:
             if quality is None:
                 raise ValueError("this encoder is conditioned on quality; pass it")
@@ -147,6 +152,7 @@ class TransformerEncoder(nn.Module):
         self.tokens = nn.Linear(cfg.patch + 1, cfg.hidden)
         self.pos = nn.Parameter(torch.zeros(1, self.n_patch, cfg.hidden))
         nn.init.normal_(self.pos, std=0.02)
+        self.inp_sed = _sed_input(cfg)      # added to every token (zero: no effect)
         layer = nn.TransformerEncoderLayer(
             cfg.hidden, cfg.heads, dim_feedforward=int(cfg.hidden * cfg.mlp_ratio),
             dropout=cfg.dropout, activation="gelu", batch_first=True, norm_first=True)
@@ -155,14 +161,46 @@ class TransformerEncoder(nn.Module):
         self.proj = nn.Linear(cfg.hidden, embedding_dim)
 
     def forward(self, z: torch.Tensor, good: torch.Tensor,
-                quality: torch.Tensor | None = None) -> torch.Tensor:
+                quality: torch.Tensor | None = None,
+                sed: torch.Tensor | None = None) -> torch.Tensor:
         pad = self.n_patch * self.cfg.patch - z.shape[-1]
         zp = F.pad(z, (0, pad)).view(z.shape[0], self.n_patch, self.cfg.patch)
         bad = F.pad(1.0 - good, (0, pad), value=1.0)
         bad = bad.view(z.shape[0], self.n_patch, self.cfg.patch).mean(-1, keepdim=True)
         h = self.tokens(torch.cat([zp, bad], dim=-1)) + self.pos  # (B, P, H)
+        if self.inp_sed is not None:
+            h = h + self.inp_sed(_need_sed(sed, self.cfg).to(h.dtype))[:, None, :]
         h = self.layers(h)
         return self.proj(self.norm_out(h.mean(dim=1)))           # (B, D)
+
+
+SED_FEATURE_SCALE = 4.0
+"""SED values (log10, typically +-0.3) are multiplied by this before the encoder reads them,
+so that they vary about as much as the standardised pixels do."""
+
+
+def sed_features(values: torch.Tensor, measured: torch.Tensor) -> torch.Tensor:
+    """(B, 2K) encoder input from the SED columns of a prepared spectrum (values, measured):
+    the scaled values (0 where not measured) next to the measured flags."""
+    m = (measured > 0).to(values.dtype)
+    return torch.cat([values * (SED_FEATURE_SCALE * m), m], dim=-1)
+
+
+def _sed_input(cfg: EncoderConfig) -> nn.Linear | None:
+    """The zero-initialised input weights of the SED features (None without ``sed_bins``):
+    an encoder given them later starts out computing what it computed before."""
+    if not cfg.sed_bins:
+        return None
+    layer = nn.Linear(2 * cfg.sed_bins, cfg.hidden, bias=False)
+    nn.init.zeros_(layer.weight)
+    return layer
+
+
+def _need_sed(sed: torch.Tensor | None, cfg: EncoderConfig) -> torch.Tensor:
+    if sed is None or sed.shape[-1] != 2 * cfg.sed_bins:
+        raise ValueError(f"this encoder reads {cfg.sed_bins} SED values; pass sed features "
+                         f"(B, {2 * cfg.sed_bins})")
+    return sed
 
 
 def build_encoder(cfg: EncoderConfig, embedding_dim: int) -> nn.Module:

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from specsearch.model.config import ModelConfig
-from specsearch.model.layers import Decoder, Head, Normaliser, build_encoder
+from specsearch.model.layers import Decoder, Head, Normaliser, build_encoder, sed_features
+from specsearch.preprocess.model_input import sed_columns, split_sed
 
 
 def decoder_key(source: str, target: str, shared: bool = False) -> str:
@@ -78,11 +79,31 @@ class SpecCLIPNet(nn.Module):
 
     def encode_with_quality(self, modality: str, x: torch.Tensor, w: torch.Tensor
                             ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, N) prepared flux and weight -> (B, D) normalised embedding, (B, 2) quality."""
+        """(B, width) prepared flux and weight -> (B, D) normalised embedding, (B, 2) quality.
+
+        ``width`` is the modality's pixels, optionally followed by its SED columns
+        (:func:`specsearch.preprocess.prepared_width`): an encoder without ``sed_bins``
+        ignores them, one with ``sed_bins`` treats a spectrum without them (e.g. a
+        translated one) as one whose SED is unknown.
+        """
+        enc = self.cfg.encoders[modality]
+        if x.shape[-1] not in (enc.npix, enc.npix + sed_columns(modality)):
+            raise ValueError(f"{modality} input has {x.shape[-1]} columns; expected "
+                             f"{enc.npix} pixels, optionally + {sed_columns(modality)} SED "
+                             f"values")
+        xp, xs = split_sed(x, enc.npix)
+        wp, ws = split_sed(w, enc.npix)
         norm = self.normalisers[modality]
-        z, good = norm.features(x, w)
-        quality = norm.quality(w, good)
-        emb = self.encoders[modality](z, good, self._encoder_quality(modality, quality))
+        z, good = norm.features(xp, wp)
+        quality = norm.quality(wp, good)
+        sed = None
+        if enc.sed_bins:
+            if xs.shape[-1] != enc.sed_bins:    # not given: unknown
+                xs = x.new_zeros(x.shape[0], enc.sed_bins)
+                ws = xs
+            sed = sed_features(xs, ws)
+        emb = self.encoders[modality](z, good, self._encoder_quality(modality, quality),
+                                      sed)
         return F.normalize(emb.float(), dim=-1), quality
 
     def _encoder_quality(self, modality: str, quality: torch.Tensor) -> torch.Tensor:
@@ -150,6 +171,34 @@ def make_noise_blind(net: SpecCLIPNet, snr: float) -> SpecCLIPNet:
         norm.fixed_snr = net.cfg.shrinkage_snr
         net.encoders[m].cfg = net.cfg.encoders[m]
     return net
+
+
+def add_sed_inputs(net: SpecCLIPNet) -> SpecCLIPNet:
+    """Give ``net``'s encoders SED inputs where their modality has SED columns (LAMOST), in
+    place; weights are kept and the new input weights start at zero, so the converted model
+    embeds every spectrum exactly as before until it is fine-tuned
+    (``specsearch finetune --sed-inputs``)."""
+    from specsearch.model.layers import _sed_input
+
+    net.cfg = sed_inputs_config(net.cfg)
+    for m, enc in net.encoders.items():
+        enc.cfg = net.cfg.encoders[m]
+        if enc.cfg.sed_bins and getattr(enc, "inp_sed", None) is None:
+            ref = next(enc.parameters())
+            enc.inp_sed = _sed_input(enc.cfg).to(device=ref.device, dtype=ref.dtype)
+    return net
+
+
+def sed_inputs_config(cfg: ModelConfig) -> ModelConfig:
+    """``cfg`` with every encoder reading its modality's SED columns (see
+    :func:`add_sed_inputs`)."""
+    encoders = {m: dataclasses.replace(e, sed_bins=sed_columns(m))
+                for m, e in cfg.encoders.items()}
+    return dataclasses.replace(cfg, encoders=encoders).validate()
+
+
+def has_sed_inputs(cfg: ModelConfig) -> bool:
+    return any(e.sed_bins for e in cfg.encoders.values())
 
 
 def noise_blind_config(cfg: ModelConfig, snr: float) -> ModelConfig:

@@ -19,9 +19,10 @@ from specsearch.preprocess.continuum import (CONTINUUM_BIN, binned_continuum_tor
 from specsearch.preprocess.grids import (GRIDS, LAMOST_DLOGLAM, LAMOST_GRID, LAMOST_LOGLAM0,
                                          LAMOST_NPIX, XP_FLUX_SCALE, XP_GRID, Grid, grid_for)
 from specsearch.preprocess.model_input import (BATCH_PIXELS, GPU_BATCH_FACTOR,
-                                               MIN_GOOD_FRACTION, ModelInput, as_tensor,
-                                               default_batch_size, prepare_model_input,
-                                               prepare_model_input_torch)
+                                               MIN_GOOD_FRACTION, SED_BINS, ModelInput,
+                                               as_tensor, default_batch_size,
+                                               prepare_model_input, prepare_model_input_torch,
+                                               prepared_width, sed_columns, split_sed)
 from specsearch.preprocess.resample import (REST_FRAME_MAX_Z, Rebinner, rebinner, resample,
                                             to_canonical_grid)
 from specsearch.preprocess.wavelengths import (air_to_vacuum, pixel_edges, to_rest_frame,
@@ -29,10 +30,10 @@ from specsearch.preprocess.wavelengths import (air_to_vacuum, pixel_edges, to_re
 
 __all__ = [
     "BATCH_PIXELS", "CONTINUUM_BIN", "GPU_BATCH_FACTOR", "GRIDS", "LAMOST_DLOGLAM",
-    "LAMOST_GRID", "LAMOST_LOGLAM0", "LAMOST_NPIX", "MIN_GOOD_FRACTION", "REST_FRAME_MAX_Z",
+    "LAMOST_GRID", "LAMOST_LOGLAM0", "LAMOST_NPIX", "MIN_GOOD_FRACTION", "REST_FRAME_MAX_Z", "SED_BINS",
     "XP_FLUX_SCALE", "XP_GRID", "Grid", "ModelInput", "Rebinner", "air_to_vacuum",
     "as_tensor", "binned_continuum_torch", "continuum", "continuum_normalise",
     "continuum_torch", "default_batch_size", "grid_for", "pixel_edges",
-    "prepare_model_input", "prepare_model_input_torch", "rebinner", "resample",
-    "to_canonical_grid", "to_rest_frame", "vacuum_to_air",
+    "prepare_model_input", "prepare_model_input_torch", "prepared_width", "rebinner", "resample",
+    "sed_columns", "split_sed", "to_canonical_grid", "to_rest_frame", "vacuum_to_air",
 ]

@@ -93,10 +93,18 @@ def binned_continuum_torch(f, w, *, half_width: int = 72, n_iter: int = 3,
                            low_sigma: float = 1.5, high_sigma: float = 3.0):
     """(continuum per pixel (batch, npix), continuum per bin (batch, n_bins)) of
     :func:`continuum_torch`; the bins give the model input its brightness scale."""
+    cont, bins, _ = binned_continuum_parts(f, w, half_width=half_width, n_iter=n_iter,
+                                           low_sigma=low_sigma, high_sigma=high_sigma)
+    return cont, bins
+
+
+def binned_continuum_parts(f, w, **kwargs):
+    """:func:`binned_continuum_torch` plus the binned 0/1 weights (batch, n_bins) (summed
+    over each bin's pixels), which the model input's SED columns reuse."""
     n_bins = -(-f.shape[-1] // CONTINUUM_BIN)
-    bins = _continuum_bins(_bin_sum(f, n_bins), _bin_sum(w, n_bins), half_width=half_width,
-                           n_iter=n_iter, low_sigma=low_sigma, high_sigma=high_sigma)
-    return _upsample_bins(bins, f.shape[-1]), bins
+    wb = _bin_sum(w, n_bins)
+    bins = _continuum_bins(_bin_sum(f, n_bins), wb, **kwargs)
+    return _upsample_bins(bins, f.shape[-1]), bins, wb
 
 
 def continuum(flux: np.ndarray, ivar: np.ndarray, *, half_width: int = 72,

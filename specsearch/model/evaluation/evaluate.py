@@ -167,7 +167,8 @@ def _translation(model: SpecModel, data: dict[str, dict[str, np.ndarray]],
             emb = model.encode(src, torch.from_numpy(a.flux).to(model.device),
                                torch.from_numpy(a.weight).to(model.device))
             pred = model.translate(src, emb).float().cpu().numpy()
-            e = median_relative_error(pred, b.flux, b.weight)
+            npix = pred.shape[-1]           # the decoded pixels (no SED columns)
+            e = median_relative_error(pred, b.flux[:, :npix], b.weight[:, :npix])
             e[~(a.good & b.good)] = np.nan
             errs.append(e)
         e = np.concatenate(errs)

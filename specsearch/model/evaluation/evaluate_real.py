@@ -116,7 +116,8 @@ def raw_pixels(flux: np.ndarray, ivar: np.ndarray, lo: float = 4000.0, hi: float
     wave = grid_for("lamost").wavelength
     mi = prepare_model_input(flux, ivar, "lamost")
     sel = (wave >= lo) & (wave < hi)
-    v = np.where(mi.weight[:, sel] > 0, mi.flux[:, sel] - 1.0, 0.0)
+    flux_px, weight_px = mi.flux[:, :wave.size], mi.weight[:, :wave.size]   # no SED columns
+    v = np.where(weight_px[:, sel] > 0, flux_px[:, sel] - 1.0, 0.0)
     v -= v.mean(1, keepdims=True)
     return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 

@@ -90,9 +90,9 @@ def evaluation_figures(folder: Path, model, data: dict[str, dict[str, np.ndarray
                                        torch.from_numpy(a.weight).to(model.device))
                     pred = model.translate(src, emb).float().cpu().numpy()[0]
                 wave = grid_for(dst).wavelength
-                ok = o.weight[0] > 0
+                ok = o.weight[0, :wave.size] > 0
                 ax = axes[r, c]
-                ax.plot(wave[ok], o.flux[0][ok], "k-", lw=0.5, label=f"observed {dst}")
+                ax.plot(wave[ok], o.flux[0, :wave.size][ok], "k-", lw=0.5, label=f"observed {dst}")
                 ax.plot(wave, pred, "r-", lw=0.5, alpha=0.8, label=f"predicted from {src}")
                 ax.set_xlabel("wavelength [A]")
                 ax.legend(fontsize=7)

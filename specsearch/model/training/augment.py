@@ -12,7 +12,14 @@ adds and the embedding should ignore.
   masked, as in MILES (to 7410 A) or a spectrum that lost its red arm;
 * flux-calibration tilt: a multiplicative linear slope across the spectrum (after the LAMOST
   continuum normalisation only a residual tilt survives, so it is small there; XP keeps the
-  SED, so it is re-normalised to unit mean afterwards like ``prepare_model_input`` does).
+  SED, so it is re-normalised to unit mean afterwards like ``prepare_model_input`` does);
+* SED calibration (LAMOST SED columns, off by default): a slope and curvature added to the
+  log SED, as a flux calibration error of the whole spectrum would; and SED values whose
+  stretch lost most of its pixels to the augmentations above become unmeasured, as
+  ``prepare_model_input`` would have made them.
+
+A LAMOST batch may carry SED columns after its pixels (:func:`specsearch.preprocess.
+prepared_width`): the pixel augmentations see the pixels only.
 
 All randomness comes from the generator passed in (reproducible runs). Each function picks
 its rows, modifies those rows of ``x`` and ``w`` in place and returns them; :func:`augment`
@@ -24,6 +31,8 @@ from __future__ import annotations
 import torch
 
 from specsearch.model.training.configs import AugmentConfig
+from specsearch.preprocess import grid_for, sed_columns
+from specsearch.preprocess.model_input import SED_MIN_GOOD, sed_pixel_fraction
 
 
 def _pick(p: float, n: int, gen: torch.Generator, device) -> torch.Tensor:
@@ -46,9 +55,31 @@ def add_noise(x, w, p, max_drop, gen):
     return x, w
 
 
-def add_noise_to_snr(x, w, factor, gen):
+def _pixels(modality: str, x) -> int:
+    """Pixel columns of a batch (see :func:`split_pixels`)."""
+    k = sed_columns(modality)
+    n = x.shape[-1]
+    return n - k if k and n == grid_for(modality).npix + k else n
+
+
+def split_pixels(modality: str, x, w):
+    """(pixels x, pixels w, SED x, SED w) of a prepared batch: copies. The batch has SED
+    columns when it is exactly the modality's pixels + SED columns wide; otherwise every
+    column is a pixel and the SED parts are (B, 0)."""
+    npix = _pixels(modality, x)
+    return (x[:, :npix].clone(), w[:, :npix].clone(), x[:, npix:].clone(),
+            w[:, npix:].clone())
+
+
+def add_noise_to_snr(x, w, factor, gen, modality: str | None = None):
     """Lower the S/N of every row by its own ``factor`` (B,) >= 1 with independent Gaussian
-    noise (in place; the weight is divided by factor squared)."""
+    noise (in place; the weight is divided by factor squared). With ``modality``, SED
+    columns after the pixels are left alone (their weight is a measured flag, not an
+    inverse variance)."""
+    if modality is not None and (npix := _pixels(modality, x)) < x.shape[-1]:
+        xp, wp = add_noise_to_snr(x[:, :npix].clone(), w[:, :npix].clone(), factor, gen)
+        x[:, :npix], w[:, :npix] = xp, wp
+        return x, w
     k2 = factor.clamp_min(1.0).to(x.dtype)[:, None] ** 2
     sigma = torch.rsqrt(w.clamp_min(1e-30)) * (w > 0)
     noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
@@ -142,7 +173,7 @@ def augment(modality: str, x: torch.Tensor, w: torch.Tensor, cfg: AugmentConfig,
     Returns new tensors; ``x`` and ``w`` are left untouched (they are the decoders'
     targets). The individual functions above modify their arguments in place.
     """
-    x, w = x.clone(), w.clone()
+    x, w, sx, sw = split_pixels(modality, x, w)
     if cfg.p_tilt:
         amp = cfg.tilt_lamost if modality == "lamost" else cfg.tilt_xp
         x, w = tilt(x, w, cfg.p_tilt, amp, gen, renormalise=modality != "lamost")
@@ -154,4 +185,37 @@ def augment(modality: str, x: torch.Tensor, w: torch.Tensor, cfg: AugmentConfig,
         x, w = mask_segments(x, w, cfg.p_mask, cfg.max_segments, cfg.max_segment_frac, gen)
     if cfg.p_red_cut and modality == "lamost":
         x, w = red_cut(x, w, cfg.p_red_cut, *cfg.red_cut_a, gen)
+    if sx.shape[-1]:
+        if cfg.p_sed_tilt:
+            sx = sed_tilt(sx, sw, cfg.p_sed_tilt, cfg.sed_tilt, cfg.sed_curve, gen)
+        sx, sw = sed_follow_mask(sx, sw, w)
+        x, w = torch.cat([x, sx], dim=-1), torch.cat([w, sw], dim=-1)
     return x, w
+
+
+def sed_tilt(sx, sw, p, slope, curve, gen):
+    """Add a slope and a curvature (up to +-``slope`` and +-``curve`` in log10 at the ends,
+    drawn uniformly) to the log SED of a random subset of rows, re-centred on the measured
+    values like ``prepare_model_input`` centres them."""
+    n, k = sx.shape
+    rows = _pick(p, n, gen, sx.device)
+    if rows.numel() == 0:
+        return sx
+    t = torch.linspace(-1.0, 1.0, k, device=sx.device, dtype=sx.dtype)[None, :]
+    a = _uniform(rows.numel(), -slope, slope, gen, sx)
+    b = _uniform(rows.numel(), -curve, curve, gen, sx)
+    m = (sw[rows] > 0).to(sx.dtype)
+    v = (sx[rows] + a * t + b * (t * t - 0.4)) * m
+    v = v - m * (v.sum(-1, keepdim=True) / m.sum(-1, keepdim=True).clamp_min(1.0))
+    sx[rows] = v
+    return sx
+
+
+def sed_follow_mask(sx, sw, w):
+    """SED values whose stretch has fewer than ``SED_MIN_GOOD`` good pixels left (``w``: the
+    augmented pixel weights) become unmeasured; the rest are re-centred."""
+    keep = (sed_pixel_fraction((w > 0).to(sx.dtype)) >= SED_MIN_GOOD).to(sx.dtype)
+    m = (sw > 0).to(sx.dtype) * keep
+    v = sx * m
+    v = v - m * (v.sum(-1, keepdim=True) / m.sum(-1, keepdim=True).clamp_min(1.0))
+    return v, sw * keep

@@ -2,8 +2,9 @@
 
 Layout of CACHE/: ``meta.json`` (written last: its presence marks a complete cache),
 ``index.npz`` (per pair: source_id, split, usable, labels, class index, S/N per modality),
-and per modality ``<m>_x.npy`` (prepared flux minus an offset) and ``<m>_sw.npy``
-(sqrt of the weight, float16), memory-mapped when read.
+and per modality ``<m>_x.npy`` (prepared flux minus an offset, SED columns included:
+:func:`specsearch.preprocess.prepared_width`) and ``<m>_sw.npy`` (sqrt of the weight,
+float16), memory-mapped when read.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from specsearch.io.catalog import Catalog, list_column_to_numpy
 from specsearch.fsutil import write_json_atomic
 from specsearch.model.training.data import (CACHE_DTYPE, CACHE_VERSION, FLUX_OFFSET, SPLITS,
                                             PairTable, float_column, stream_rows)
-from specsearch.preprocess import grid_for, prepare_model_input
+from specsearch.preprocess import prepare_model_input, prepared_width
 
 MODS = ("lamost", "xp")
 
@@ -138,7 +139,7 @@ def build_cache(cat: Catalog, pairs: PairTable, sel: np.ndarray, root: str | Pat
     lrow, xrow = pairs.lamost_row[sel], pairs.xp_row[sel]
     arrays = {}
     for m in MODS:
-        npix = grid_for(m).npix
+        npix = prepared_width(m)
         arrays[f"{m}_x"] = np.lib.format.open_memmap(root / f"{m}_x.npy", "w+", CACHE_DTYPE[m],
                                                      (n, npix))
         arrays[f"{m}_sw"] = np.lib.format.open_memmap(root / f"{m}_sw.npy", "w+", np.float16,

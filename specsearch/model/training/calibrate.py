@@ -21,6 +21,7 @@ import torch
 from specsearch.model.training.cache import MODS, PairBatch, PairCache
 from specsearch.model.evaluation.metrics import robust_sigma
 from specsearch.model.network import SpecCLIPNet
+from specsearch.model.training.loss import pixels_of
 
 
 @dataclass
@@ -72,7 +73,7 @@ def calibrate(net: SpecCLIPNet, cache: PairCache, pos: np.ndarray,
             for kind, pred, tgt in (("recon", out.recon, m), ("trans", out.translation, other)):
                 if pred is None:
                     continue
-                x, w = tb["x"][tgt], tb["w"][tgt]
+                x, w = pixels_of((tb["x"][tgt], tb["w"][tgt]), pred)
                 good = (w > 0).double()
                 r2 = ((pred - x).double() ** 2) * good
                 noise = torch.where(w > 0, 1.0 / w.double().clamp_min(1e-30),

@@ -26,6 +26,14 @@ class AugmentConfig:
         p_red_cut, red_cut_a: probability that a LAMOST spectrum loses everything redward
             of a wavelength drawn uniformly in ``red_cut_a`` (A): the coverage of MILES and
             other libraries (to 7410 A), or a lost red arm.
+        p_sed_tilt, sed_tilt, sed_curve: probability, largest slope and largest curvature
+            (log10, at the ends of the grid) of a flux-calibration error added to LAMOST SED
+            columns (p 0: off, the default, so that models without SED inputs train on the
+            random stream they always did). The amplitudes match real LAMOST: between two
+            visits of one star (16 DR10 + 3 DR8 repeat pairs) the log SED differs by a slope
+            of median |0.048| (90th percentile 0.12) and a curvature of median |0.011-0.024|;
+            the synthetic survey's own per-visit calibration gives 0.013 and 0.010, so the
+            augmentation adds mostly slope (uniform +-0.09: 0.052 rms per view).
     """
 
     p_noise: float = 0.5
@@ -40,6 +48,9 @@ class AugmentConfig:
     tilt_xp: float = 0.03
     p_red_cut: float = 0.0
     red_cut_a: tuple[float, float] = (6800.0, 8200.0)
+    p_sed_tilt: float = 0.0
+    sed_tilt: float = 0.09
+    sed_curve: float = 0.02
 
 
 VIEW_AUGMENT = AugmentConfig(p_noise=0.9, max_snr_drop=8.0, p_shift=0.8, max_shift_px=0.8,
@@ -105,6 +116,9 @@ class TrainConfig:
         noise_blind: when set, the encoders are noise-blind from the start (input shrinkage
             off, FiLM at this fixed S/N per pixel:
             :func:`specsearch.model.network.noise_blind_config`); None: the architecture's.
+        sed_inputs: the LAMOST encoder also reads the SED columns of its input
+            (:func:`specsearch.model.network.sed_inputs_config`), with the SED
+            flux-calibration augmentation at probability ``augment.p_sed_tilt`` (set it).
     """
 
     arch: str = "small"
@@ -128,6 +142,7 @@ class TrainConfig:
     identity_temperature: float = 0.07
     snr_slope: float = 1.0
     noise_blind: float | None = None
+    sed_inputs: bool = False
     loss: LossConfig = field(default_factory=LossConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -188,6 +203,14 @@ class FinetuneConfig:
             views where the starting model puts them (its frozen copy is the teacher; mean
             squared difference in standardised label units); 0: off. ``distill_synthetic``
             applies it to the synthetic views of both modalities as well.
+        sed_inputs: give the encoders SED inputs first
+            (:func:`specsearch.model.network.add_sed_inputs`: the LAMOST encoder also reads
+            the SED the continuum normalisation divides out; zero-initialised, so training
+            starts from the base model's embedding). sed_tilt_p: probability of the SED
+            flux-calibration augmentation (``AugmentConfig.p_sed_tilt``) on a model with SED
+            inputs (a model without them trains on the random stream it always did).
+            sed_lr_factor: the SED input weights' learning rate / ``lr`` (they start at
+            zero while everything else starts trained).
         heads_only: train the parameter heads alone on the frozen encoders (the embedding,
             and so every neighbour, stays exactly the starting model's): the synthetic and
             real label terms (and ``head_distill``) are fitted, the encoder-only terms
@@ -220,6 +243,9 @@ class FinetuneConfig:
     snr_adversary: float = 0.0
     head_distill: float = 0.0
     distill_synthetic: bool = False
+    sed_inputs: bool = False
+    sed_tilt_p: float = 0.8
+    sed_lr_factor: float = 1.0
     heads_only: bool = False
     hard_negatives: float = 0.0
     hard_group: int = 32
@@ -241,6 +267,10 @@ class FinetuneConfig:
         if self.snr_adversary and not (self.identity or self.snr_slope):
             raise ConfigError("snr_adversary works on the identity term's second visits: "
                               "it needs identity or snr_slope > 0")
+        if not 0.0 <= self.sed_tilt_p <= 1.0:
+            raise ConfigError(f"sed_tilt_p must be a probability; got {self.sed_tilt_p}")
+        if not (math.isfinite(self.sed_lr_factor) and self.sed_lr_factor > 0):
+            raise ConfigError(f"sed_lr_factor must be > 0; got {self.sed_lr_factor}")
         w = self.real_set_weights
         if len(w) != len(self.real_sets) or not all(math.isfinite(x) and x >= 0 for x in w) \
                 or not sum(w) > 0:
@@ -250,7 +280,8 @@ class FinetuneConfig:
             moving = {k: v for k, v in (("clean_anchor", self.clean_anchor),
                                         ("snr_adversary", self.snr_adversary),
                                         ("real_views", self.real_views),
-                                        ("noise_blind", self.noise_blind)) if v}
+                                        ("noise_blind", self.noise_blind),
+                                        ("sed_inputs", self.sed_inputs)) if v}
             if moving:
                 raise ConfigError(f"heads_only freezes the encoders, so {sorted(moving)} "
                                   f"would do nothing: drop them or drop heads_only")

@@ -30,7 +30,7 @@ KNOWN_LABELS: tuple[str, ...] = ("teff", "logg", "feh", "alpha_fe", "vmic", "vsi
                                  "n_fe", "mg_fe", "ebv", "mass", "age")
 """Label columns the heads learn when present (``--labels`` overrides)."""
 SPLITS = {"train": 0, "val": 1, "test": 2}
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 FLUX_OFFSET = {"lamost": 1.0, "xp": 0.0}      # stored flux = prepared flux - offset
 CACHE_DTYPE = {"lamost": np.float16, "xp": np.float32}
 

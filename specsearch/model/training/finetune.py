@@ -58,7 +58,8 @@ from specsearch.model.training.hard_negatives import label_neighbours, sample_ba
 from specsearch.model.training.identity import (SnrAdversary, clean_anchor_loss,
                                                  identity_terms, second_visits)
 from specsearch.model.training.loss import SpecCLIPLoss, identity_loss
-from specsearch.model.network import SpecCLIPNet, make_noise_blind
+from specsearch.model.network import (SpecCLIPNet, add_sed_inputs, has_sed_inputs,
+                                      make_noise_blind)
 from specsearch.model.training.real_sets import PreparedReal, RealSet, load_all, prepare_real
 
 @dataclass
@@ -317,12 +318,20 @@ def _real_views(net: SpecCLIPNet, data: _Data, cfg: FinetuneConfig, rng: np.rand
 
 
 def _optimiser(net: torch.nn.Module, cfg: FinetuneConfig):
-    """AdamW (no weight decay on biases and norms) with the warm-up + cosine schedule."""
-    params = [p for p in net.parameters() if p.requires_grad]
+    """AdamW (no weight decay on biases and norms) with the warm-up + cosine schedule; the
+    SED input weights (new, zero-initialised, see ``sed_inputs``) at ``sed_lr_factor``
+    times the learning rate."""
+    sed = {id(p) for n, p in net.named_parameters() if ".inp_sed." in f".{n}"}
+    params = [p for p in net.parameters() if p.requires_grad and id(p) not in sed]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    new = [p for p in net.parameters() if p.requires_grad and id(p) in sed]
+    if new:
+        groups.append({"params": new, "weight_decay": cfg.weight_decay,
+                       "lr": cfg.lr * cfg.sed_lr_factor})
+    opt = torch.optim.AdamW(groups, lr=cfg.lr)
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr(s, cfg.steps))
 
 
@@ -350,6 +359,11 @@ def _finetune(model_path: str | Path, catalog: str | Path, real_data: str | Path
     net = base.net
     if cfg.noise_blind is not None:
         make_noise_blind(net, cfg.noise_blind)
+    if cfg.sed_inputs:
+        add_sed_inputs(net)
+    if has_sed_inputs(net.cfg):     # the SED flux-calibration augmentation
+        cfg = dataclasses.replace(cfg, augment=dataclasses.replace(
+            cfg.augment, p_sed_tilt=cfg.sed_tilt_p))
     training = dict(base.full_config.get("training", {}))
     if "finetune" in training:      # the base was fine-tuned itself: keep that record
         training["finetune_stages"] = [*training.get("finetune_stages", []),

@@ -149,8 +149,8 @@ def clean_anchor_loss(net: SpecCLIPNet, modality: str, x: torch.Tensor, w: torch
     is clean enough.
     """
     norm = net.normalisers[modality]
-    good = (w > 0).to(x.dtype)
-    snr = 10.0 ** norm.quality(w, good)[:, 0] - 1.0
+    wp = w[:, :net.cfg.encoders[modality].npix]     # pixels (not SED columns)
+    snr = 10.0 ** norm.quality(wp, (wp > 0).to(x.dtype))[:, 0] - 1.0
     rows = torch.nonzero(snr >= min_snr).squeeze(1)
     if rows.numel() == 0:
         return None
@@ -161,7 +161,7 @@ def clean_anchor_loss(net: SpecCLIPNet, modality: str, x: torch.Tensor, w: torch
     u = torch.rand(rows.numel(), generator=gen, device=x.device, dtype=x.dtype)
     lo, hi = math.log(snr_floor), torch.log(s)
     want = torch.exp(lo + (hi - lo) * u)
-    xn, wn = add_noise_to_snr(xc.clone(), wc.clone(), s / want, gen)
+    xn, wn = add_noise_to_snr(xc.clone(), wc.clone(), s / want, gen, modality)
     xn, wn = augment(modality, xn, wn, dataclasses.replace(augment_cfg, p_noise=0.0), gen)
     noisy = net.encode(modality, xn, wn)
     return (1.0 - (noisy * target).sum(-1)).mean()

@@ -161,12 +161,12 @@ class SpecCLIPLoss(nn.Module):
         for m in mods:
             out = outputs[m]
             if cfg.recon and out.recon is not None:
-                x, w = targets[m]
+                x, w = pixels_of(targets[m], out.recon)
                 parts[f"recon_{m}"] = cfg.recon * reduced_chi2(
                     out.recon, x, w, cfg.floor(m)).mean()
             other = [o for o in mods if o != m]
             if cfg.translation and out.translation is not None and other:
-                x, w = targets[other[0]]
+                x, w = pixels_of(targets[other[0]], out.translation)
                 parts[f"trans_{m}_to_{other[0]}"] = cfg.translation * reduced_chi2(
                     out.translation, x, w, cfg.floor(other[0])).mean()
             if cfg.labels and labels is not None and labels.shape[-1]:
@@ -177,3 +177,11 @@ class SpecCLIPLoss(nn.Module):
                     out.class_logits, classes)
         total = sum(parts.values()) if parts else logit_scale * 0.0
         return LossTerms(total=total, parts={k: float(v.detach()) for k, v in parts.items()})
+
+
+def pixels_of(target: tuple[torch.Tensor, torch.Tensor], decoded: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pixel columns of a prepared (flux, weight) target that a decoder's output
+    ``decoded`` (B, npix) predicts: the SED columns after them are not decoded."""
+    n = decoded.shape[-1]
+    return target[0][..., :n], target[1][..., :n]

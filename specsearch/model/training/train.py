@@ -39,7 +39,7 @@ from specsearch.model.training.data import other_visit
 from specsearch.model.training.identity import identity_terms, second_visits
 from specsearch.model.training.pairs import PreparedPairs, prepare_pairs
 from specsearch.model.training.loss import SpecCLIPLoss
-from specsearch.model.network import SpecCLIPNet, noise_blind_config
+from specsearch.model.network import SpecCLIPNet, noise_blind_config, sed_inputs_config
 
 
 @dataclass
@@ -92,8 +92,9 @@ def init_constants(net: SpecCLIPNet, cache: PairCache, train_pos: np.ndarray,
     sub = np.sort(rng.permutation(train_pos)[:50_000])
     for m in net.cfg.modalities:
         stats = pixel_statistics(cache, sub, m)
+        npix = net.cfg.encoders[m].npix     # the SED columns are not normalised per pixel
         for k, v in stats.items():
-            getattr(net.normalisers[m], k).copy_(torch.from_numpy(v))
+            getattr(net.normalisers[m], k).copy_(torch.from_numpy(v[:npix]))
     labels = cache.labels[train_pos]
     if labels.shape[1]:
         with np.errstate(all="ignore"):
@@ -188,6 +189,8 @@ def _start_run(cfg: TrainConfig, data: PreparedPairs, device: torch.device,
         label_names=data.labels, class_names=data.classes)
     if cfg.noise_blind is not None:
         mcfg = noise_blind_config(mcfg, cfg.noise_blind)
+    if cfg.sed_inputs:
+        mcfg = sed_inputs_config(mcfg)
     net = SpecCLIPNet(mcfg)
     init_constants(net, data.cache, data.train_pos, cfg.seed)
     net.to(device)
