@@ -30,10 +30,11 @@ from specsearch.preprocess.wavelengths import (air_to_vacuum, pixel_edges, to_re
 
 __all__ = [
     "BATCH_PIXELS", "CONTINUUM_BIN", "GPU_BATCH_FACTOR", "GRIDS", "LAMOST_DLOGLAM",
-    "LAMOST_GRID", "LAMOST_LOGLAM0", "LAMOST_NPIX", "MIN_GOOD_FRACTION", "REST_FRAME_MAX_Z", "SED_BINS",
-    "XP_FLUX_SCALE", "XP_GRID", "Grid", "ModelInput", "Rebinner", "air_to_vacuum",
-    "as_tensor", "binned_continuum_torch", "continuum", "continuum_normalise",
-    "continuum_torch", "default_batch_size", "grid_for", "pixel_edges",
-    "prepare_model_input", "prepare_model_input_torch", "prepared_width", "rebinner", "resample",
-    "sed_columns", "split_sed", "to_canonical_grid", "to_rest_frame", "vacuum_to_air",
+    "LAMOST_GRID", "LAMOST_LOGLAM0", "LAMOST_NPIX", "MIN_GOOD_FRACTION", "REST_FRAME_MAX_Z",
+    "SED_BINS", "XP_FLUX_SCALE", "XP_GRID", "Grid", "ModelInput", "Rebinner",
+    "air_to_vacuum", "as_tensor", "binned_continuum_torch", "continuum",
+    "continuum_normalise", "continuum_torch", "default_batch_size", "grid_for",
+    "pixel_edges", "prepare_model_input", "prepare_model_input_torch", "prepared_width",
+    "rebinner", "resample", "sed_columns", "split_sed", "to_canonical_grid",
+    "to_rest_frame", "vacuum_to_air",
 ]

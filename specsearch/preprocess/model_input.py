@@ -91,9 +91,10 @@ def sed_of_continuum(bins, ok_bins, k: int = SED_BINS):
     """The SED columns of prepared LAMOST spectra: (values (B, k), measured (B, k) 0./1.).
 
     ``bins`` (B, n_bins) is the binned continuum and ``ok_bins`` (B, n_bins) the number of
-    good pixels in each bin (:func:`binned_continuum_parts`). Each value is the mean log10 continuum of its
-    stretch minus the mean over the measured stretches (the brightness is divided out);
-    stretches with fewer than ``SED_MIN_GOOD`` good pixels are 0 and not measured.
+    good pixels in each bin (:func:`binned_continuum_parts`). Each value is the mean log10
+    continuum of its stretch minus the mean over the measured stretches (the brightness is
+    divided out); stretches with fewer than ``SED_MIN_GOOD`` good pixels are 0 and not
+    measured.
     """
     import torch
 
