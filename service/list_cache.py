@@ -157,9 +157,11 @@ class CandidateLists:
         return self._hunt_calibration
 
     def metal_poor(self, modality: str, *, feh_max: float, min_prob: float,
-                   filters: list[str], offset: int, limit: int) -> ListPage:
+                   filters: list[str], offset: int, limit: int,
+                   adapt_prior: bool = False) -> ListPage:
         """A page of the stars most likely to have [Fe/H] < ``feh_max``, from ``modality``'s
-        predictions (``any``: both modalities combined)."""
+        predictions (``any``: both modalities combined); with ``adapt_prior`` the prior is
+        refitted to the (filtered) pool (:class:`specsearch.hunt.HuntConfig`)."""
         from specsearch.hunt import HuntConfig, hunt
 
         mods = self.engine.modalities if modality == "any" else [modality]
@@ -169,12 +171,18 @@ class CandidateLists:
         with self._lock:
             tables = {m: self._table(m)[0] for m in mods}
         masks = self._masks(tables, filters)
-        result = self._cached(("metal_poor", modality, feh_max, min_prob, flt), lambda: hunt(
+        key = ("metal_poor", modality, feh_max, min_prob, flt, adapt_prior)
+        result = self._cached(key, lambda: hunt(
             tables, self._calibration(),
-            config=HuntConfig(feh_max=feh_max, mode=modality, top=None, min_prob=min_prob),
+            config=HuntConfig(feh_max=feh_max, mode=modality, top=None, min_prob=min_prob,
+                              adapt_prior=adapt_prior),
             row_masks=masks or None))
         return ListPage(total=result.table.num_rows,
                         table=result.table.slice(offset, limit),
                         extra={"calibrated": result.calibrated,
                                "expected_total": result.expected_total,
-                               "n_stars": result.n_stars})
+                               "n_stars": result.n_stars,
+                               "prior_fraction": result.prior_fraction,
+                               "prior_fraction_se": result.prior_fraction_se,
+                               "prior": "refitted to this pool" if adapt_prior
+                               else "the calibration's"})

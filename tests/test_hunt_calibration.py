@@ -163,6 +163,10 @@ def test_hunt_and_calibrate_commands(tmp_path, capsys):
                  "--calibration", str(cal), "--mode", "both"]) == 0
     text = capsys.readouterr().out
     assert "calibrated" in text and "<- chosen" in text
+    assert main(["hunt", str(tmp_path / "survey"), "--feh-max", "-2", "--out",
+                 str(tmp_path / "vmp2.csv"), "--calibration", str(cal), "--mode", "both",
+                 "--adapt-prior"]) == 0
+    assert "prior refitted to this pool" in capsys.readouterr().out
     got = Table.read(out)
     assert np.all(np.diff(np.asarray(got["rank"])) == 1)
     assert np.all(np.asarray(got["p_metal_poor"]) >= 0.5)
@@ -185,3 +189,83 @@ def test_found_agreement_is_the_poisson_binomial_of_the_list():
     assert approx == pytest.approx(exact, abs=0.01)
     with pytest.raises(ValueError, match="found must lie"):
         found_agreement(np.array([0.2]), 2)
+
+
+def test_pool_weights_are_the_mixture_maximum_likelihood():
+    from specsearch.hunt.calibration import (GRID, bin_evidence, bin_overlap,
+                                             fit_pool_weights, reweighted_prior)
+
+    rng = np.random.default_rng(11)
+    overlap = bin_overlap(np.array([-2.0]))            # two bins: below / above -2
+    assert np.allclose(overlap.sum(1), 1.0)
+    assert overlap[GRID < -2.02, 0].min() == 1.0 and overlap[GRID > -1.98, 1].min() == 1.0
+    prior = np.where(GRID < -2, 0.2, 1.0)
+    log_prior = np.log(prior / prior.sum())
+    # stars drawn from a prior with 40% below -2, measured with 0.3 dex Gaussian errors
+    true = np.where(rng.random(4000) < 0.4, rng.uniform(-5, -2, 4000),
+                    rng.uniform(-2, 1, 4000))
+    pred = true + 0.3 * rng.standard_normal(4000)
+    ll = -0.5 * ((pred[:, None] - GRID[None, :]) / 0.3) ** 2
+    log_ev, mass = bin_evidence(ll, log_prior, overlap)
+    assert mass[0] == pytest.approx(0.2 * 3 / (0.2 * 3 + 3), abs=0.01)
+    w = fit_pool_weights(log_ev, mass)
+    assert w.sum() == pytest.approx(1.0) and w[0] == pytest.approx(0.4, abs=0.03)
+    new = np.asarray(reweighted_prior(log_prior, overlap, mass, w))
+    # (the cell the edge cuts in two takes the mean of its two factors: not exact there)
+    assert new @ overlap[:, 0] == pytest.approx(w[0], abs=5e-3)
+    # the shape inside a bin is kept
+    inside = GRID < -2.1
+    assert np.allclose(new[inside] / new[inside][0], prior[inside] / prior[inside][0])
+    with pytest.raises(ValueError, match="no stars"):
+        fit_pool_weights(np.zeros((0, 2)), mass)
+
+
+def _prior_shifted_pool(fraction: float, seed: int):
+    """A survey subsampled so that a ``fraction`` of its stars lie below -2, each side
+    keeping its own [Fe/H] distribution (a pure prior shift, as a pre-selected sample)."""
+    tables, true, sid = survey(40_000, seed=seed)
+    rng = np.random.default_rng(seed)
+    below, above = np.flatnonzero(true < -2.0), np.flatnonzero(true >= -2.0)
+    if fraction > below.size / true.size:
+        above = rng.choice(above, int(below.size * (1 - fraction) / fraction), replace=False)
+    else:
+        below = rng.choice(below, int(above.size * fraction / (1 - fraction)), replace=False)
+    keep = np.sort(np.concatenate([below, above]))
+    sub = {m: EmbeddingTable(m, t.vectors[keep], t.meta.take(pa.array(keep)), ("feh",), "h")
+           for m, t in tables.items()}
+    return sub, true[keep], sid[keep]
+
+
+@pytest.mark.parametrize("fraction", [0.005, 0.10])
+def test_adapted_prior_finds_the_pools_own_fraction(calibration, fraction):
+    """The calibration describes a survey with ~3% below -2; in a pool selected to hold
+    10% (or 0.5%), the ambiguous readings (XP alone: 0.3 dex errors) get probabilities
+    that are off unless the prior adapts."""
+    tables, true, sid = _prior_shifted_pool(fraction, seed=12)
+    truth = (true < -2.0).mean()
+    cfg = {"feh_max": -2.0, "top": len(true), "mode": "xp"}
+    plain = hunt(tables, calibration, config=HuntConfig(**cfg))
+    adapted = hunt(tables, calibration, config=HuntConfig(**cfg, adapt_prior=True))
+    assert adapted.prior_adapted and not plain.prior_adapted
+    assert plain.prior_fraction == pytest.approx(0.03, abs=0.01)       # the calibration's
+    se = adapted.prior_fraction_se
+    assert 0 < se < 0.01
+    assert abs(adapted.prior_fraction - truth) < 3 * se
+    n_true = (true < -2.0).sum()
+    assert abs(adapted.expected_total - n_true) < 3 * np.sqrt(n_true) + 3
+    assert abs(adapted.expected_total - n_true) < abs(plain.expected_total - n_true)
+    # the stars the measurement leaves undecided: p now matches how many are below
+    ids = plain.table.column("source_id").to_numpy()
+    pp = plain.table.column("p_metal_poor").to_numpy()
+    by_id = dict(zip(adapted.table.column("source_id").to_numpy().tolist(),
+                     adapted.table.column("p_metal_poor").to_numpy().tolist()))
+    pa_ = np.array([by_id[i] for i in ids.tolist()])
+    # two bins: p moves (nearly) monotonically, so the plain ranking stays (the grid cell
+    # the threshold cuts in two bends it a little for stars whose [Fe/H] sits right there)
+    from scipy.stats import spearmanr
+    assert spearmanr(pp, pa_).statistic > 0.999
+    below = true[np.searchsorted(sid, ids)] < -2.0
+    amb = (pp > 0.05) & (pp < 0.95)
+    assert amb.sum() > 30
+    assert abs(pa_[amb].mean() - below[amb].mean()) < abs(pp[amb].mean() - below[amb].mean())
+    assert "prior refitted to this pool" in "\n".join(adapted.summary_lines())

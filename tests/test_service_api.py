@@ -288,6 +288,13 @@ def test_metal_poor_list(client):
     p = [row["p_metal_poor"] for row in body["rows"]]
     assert p == sorted(p, reverse=True) and body["total"] == 300
     assert body["info"]["n_stars"] == 300
+    assert body["info"]["prior"] == "the calibration's"
+    r = client.get("/v1/candidates/metal-poor",
+                   params={"feh_max": 0.0, "min_prob": 0.0, "limit": 50,
+                           "adapt_prior": "true"})
+    assert r.status_code == 200, r.text
+    info = r.json()["info"]
+    assert info["prior"] == "refitted to this pool" and 0.0 <= info["prior_fraction"] <= 1.0
 
 
 def test_object_record(client, state):

@@ -59,13 +59,16 @@ async def metal_poor(
     = -2.0,
     min_prob: Annotated[float, Query(ge=0.0, le=1.0, description="lowest P([Fe/H] < feh_max) "
                                                                "in the list")] = 0.5,
+    adapt_prior: Annotated[bool, Query(description="refit the fraction of stars below "
+                                                   "feh_max to the (filtered) pool: for a "
+                                                   "pre-selected sample")] = False,
     filters: FilterParam = [],
     offset: OffsetParam = 0, limit: PageLimit = 50,
 ) -> Page:
     limit = _window(state, offset, limit)
     page = await state.worker.run("metal_poor", state.lists.metal_poor, modality,
                                   feh_max=feh_max, min_prob=min_prob, filters=filters or [],
-                                  offset=offset, limit=limit)
+                                  offset=offset, limit=limit, adapt_prior=adapt_prior)
     columns, rows = convert.table_rows(page.table)
     return Page(list=f"metal-poor:feh<{feh_max:g}", modality=modality, total=page.total,
                 offset=offset, limit=limit, filters=filters or [], columns=columns,

@@ -131,6 +131,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed-weight", type=float, default=0.3,
                    help="weight of seed similarity in the ranking (0..1)")
     p.add_argument("--model", help="model directory for --seed-spectra")
+    p.add_argument("--adapt-prior", action="store_true",
+                   help="refit the fraction of stars below --feh-max to this pool (a "
+                        "pre-selected sample unlike the survey the calibration describes); "
+                        "the ranking stays, p and the expected numbers change")
     p.set_defaults(run=run_hunt)
 
     p = sub.add_parser("hunt-calibrate", help="fit the [Fe/H] probability calibration",
@@ -238,7 +242,8 @@ def run_hunt(args: argparse.Namespace) -> int:
               top=args.top, min_prob=args.min_prob, filters=args.filter,
               calibration=args.calibration, seed_spectra=args.seed_spectra,
               seed_source_ids=args.seed_source_id, seed_weight=args.seed_weight,
-              model_dir=args.model, embeddings=args.embeddings, verify=not args.no_verify)
+              model_dir=args.model, embeddings=args.embeddings, verify=not args.no_verify,
+              adapt_prior=args.adapt_prior)
     r = res.result
     print(f"{r.n_stars} stars searched; expected {r.expected_total:.1f} with "
           f"[Fe/H] < {args.feh_max} ({'calibrated' if r.calibrated else 'UNCALIBRATED'})")

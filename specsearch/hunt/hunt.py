@@ -45,6 +45,9 @@ class HuntResult:
         calibrated: False when the heads' uncertainties were used uncalibrated.
         n_out_of_domain: measurements left out because the model's domain check flagged
             them (embeddings made with residuals carry ``out_of_domain``).
+        prior_fraction, prior_fraction_se, prior_adapted: the prior's fraction below the
+            threshold that p used (the calibration's, or the pool's fitted one with its
+            standard error).
     """
 
     table: pa.Table
@@ -54,10 +57,19 @@ class HuntResult:
     n_stars: int
     calibrated: bool
     n_out_of_domain: int = 0
+    prior_fraction: float = float("nan")
+    prior_fraction_se: float | None = None
+    prior_adapted: bool = False
 
     def summary_lines(self) -> list[str]:
-        lines = [f"{'list size':>9} {'min p':>7} {'E[true] +- sd':>15} {'purity':>7} "
-                 f"{'completeness':>12}"]
+        lines = []
+        if self.prior_adapted:
+            se = self.prior_fraction_se
+            lines.append(f"prior refitted to this pool: fraction below the threshold "
+                         f"{self.prior_fraction:.4f}"
+                         + (f" +- {se:.4f}" if se is not None and np.isfinite(se) else ""))
+        lines.append(f"{'list size':>9} {'min p':>7} {'E[true] +- sd':>15} {'purity':>7} "
+                     f"{'completeness':>12}")
         for c in self.curve:
             mark = "  <- chosen" if c.n == self.chosen.n else ""
             true = f"{c.expected_true:.1f} +- {c.expected_true_sd:.1f}"
@@ -125,7 +137,7 @@ def hunt(tables: Mapping[str, EmbeddingTable], calibration: HuntCalibration, *,
     config = config or HuntConfig()
     label = calibration.label
     est = star_estimates(tables, calibration, threshold=config.feh_max, mode=config.mode,
-                         label=label, row_masks=row_masks)
+                         label=label, row_masks=row_masks, adapt_prior=config.adapt_prior)
     p = est.p_below
     score = p.copy()
     sim = None
@@ -158,7 +170,9 @@ def hunt(tables: Mapping[str, EmbeddingTable], calibration: HuntCalibration, *,
     table = _result_table(tables, est, rows, p, score, sim, cum, total, label)
     return HuntResult(table=table, chosen=chosen, curve=curve, expected_total=total,
                       n_stars=int(est.source_id.size), calibrated=calibration.calibrated,
-                      n_out_of_domain=est.n_out_of_domain)
+                      n_out_of_domain=est.n_out_of_domain, prior_fraction=est.prior_fraction,
+                      prior_fraction_se=est.prior_fraction_se,
+                      prior_adapted=config.adapt_prior)
 
 
 def _result_table(tables, est, rows, p, score, sim, cum, total, label) -> pa.Table:

@@ -92,7 +92,7 @@ def run_hunt(source: str | Path, *, out: str | Path, feh_max: float = -2.0,
              seed_spectra: Sequence[str | Path] = (), seed_source_ids: Sequence[int] = (),
              seed_weight: float = 0.3, model_dir: str | Path | None = None,
              embeddings: str | Path | None = None, fmt: str | None = None,
-             verify: bool = True) -> HuntRun:
+             verify: bool = True, adapt_prior: bool = False) -> HuntRun:
     """Rank the stars of an index (or embeddings dataset) and write the chosen list."""
     modalities = None if mode in ("any", "both") else [mode]
     loaded = load_source(source, modalities, embeddings=embeddings, verify=verify)
@@ -100,7 +100,7 @@ def run_hunt(source: str | Path, *, out: str | Path, feh_max: float = -2.0,
     seeds = seed_vectors(loaded, seed_spectra=seed_spectra, seed_source_ids=seed_source_ids,
                          model_dir=model_dir)
     config = HuntConfig(feh_max=feh_max, mode=mode, top=top, min_prob=min_prob,
-                        seed_weight=seed_weight)
+                        seed_weight=seed_weight, adapt_prior=adapt_prior)
     result = hunt(loaded.tables, cal, config=config, seeds=seeds,
                   row_masks=row_masks(loaded.tables, filters))
     c = result.chosen
@@ -113,7 +113,8 @@ def run_hunt(source: str | Path, *, out: str | Path, feh_max: float = -2.0,
             "expected_members_sd": round(c.expected_true_sd, 2),
             "model_hash": loaded.provenance.get("model_hash", ""),
             "filters": "; ".join(filters or []) or "none", "seeds": 0 if seeds is None
-            else len(seeds)}
+            else len(seeds), "prior_fraction": round(result.prior_fraction, 6),
+            "prior": "refitted to this pool" if adapt_prior else "the calibration's"}
     path = write_table(result.table, out, fmt=fmt, meta=meta)
     return HuntRun(out=path, result=result)
 

@@ -14,6 +14,8 @@ one of the list actually chosen.
 
 from __future__ import annotations
 
+import dataclasses
+
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -22,9 +24,11 @@ import numpy as np
 from specsearch.rows import EmbeddingTable
 from specsearch.errors import ConfigError, QueryError
 from specsearch.fsutil import now_iso
-from specsearch.hunt.calibration import (GRID, FehCalibration, HuntCalibration,
-                                         cross_fitted_checks, fit_measurement, fit_prior,
-                                         posterior_summaries)
+from specsearch.hunt.calibration import (GRID, POOL_BIN_EDGES, FehCalibration,
+                                         HuntCalibration, below_fraction_se, bin_evidence,
+                                         bin_overlap, cross_fitted_checks, fit_measurement,
+                                         fit_pool_weights, fit_prior, posterior_summaries,
+                                         reweighted_prior)
 
 MODES = ("any", "lamost", "xp", "both")
 
@@ -41,6 +45,9 @@ class HuntConfig:
         min_prob: lowest p in the list when ``top`` is None.
         seed_weight: weight of the seed-similarity rank in the ranking score (0..1; used
             only when seeds are given).
+        adapt_prior: refit the prior's fraction of stars below ``feh_max`` to the pool
+            searched (for a pool selected unlike the survey the calibration describes;
+            :func:`star_estimates`).
     """
 
     feh_max: float = -2.0
@@ -48,6 +55,7 @@ class HuntConfig:
     top: int | None = None
     min_prob: float = 0.5
     seed_weight: float = 0.3
+    adapt_prior: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -71,6 +79,11 @@ class StarEstimates:
             (``out_of_domain``: the model does not know stars like them, so their [Fe/H]
             reading says nothing).
         per_modality: modality -> {"row": first row of the star in that table (-1: none)}.
+        prior_fraction: the prior's mass below the threshold that the posteriors used: the
+            calibration's, or with ``adapt_prior`` the pool's own maximum-likelihood
+            fraction (:func:`specsearch.hunt.calibration.fit_pool_fraction`).
+        prior_fraction_se: its standard error (None when not fitted).
+        calibration_fraction: the calibration prior's mass below the threshold.
     """
 
     source_id: np.ndarray
@@ -80,13 +93,26 @@ class StarEstimates:
     n_measurements: np.ndarray
     per_modality: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     n_out_of_domain: int = 0
+    prior_fraction: float = float("nan")
+    prior_fraction_se: float | None = None
+    calibration_fraction: float = float("nan")
 
 
 def star_estimates(tables: Mapping[str, EmbeddingTable], calibration: HuntCalibration, *,
                    threshold: float, mode: str = "any", label: str = "feh",
                    row_masks: Mapping[str, np.ndarray] | None = None,
-                   chunk: int = 20_000) -> StarEstimates:
-    """Posterior [Fe/H] of every star from all its measurements (module docstring)."""
+                   chunk: int = 20_000, adapt_prior: bool = False) -> StarEstimates:
+    """Posterior [Fe/H] of every star from all its measurements (module docstring).
+
+    With ``adapt_prior`` the prior is refitted to the pool first: the weights of the
+    [Fe/H] bins that ``POOL_BIN_EDGES`` cut around the threshold (by default the two sides
+    of it; the calibration's shape kept inside each), by maximum likelihood
+    (:func:`specsearch.hunt.calibration.fit_pool_weights`), for a pool selected to be
+    richer, or poorer, in metal-poor stars than the survey the calibration describes.
+    p, and with it every expected number, follows the pool; with two bins the order of
+    the stars barely changes (only where the threshold cuts a grid cell). Two passes over the pool; between them one number per star
+    and bin is kept.
+    """
     rows: dict[str, dict[str, np.ndarray]] = {}
     n_ood = 0
     for modality, table in tables.items():
@@ -134,23 +160,69 @@ def star_estimates(tables: Mapping[str, EmbeddingTable], calibration: HuntCalibr
         first[uniq] = r["row"][start]
         per[modality] = {"row": first}
         n_meas += np.bincount(r["pos"], minlength=n)
+
+    def logliks():
+        for a in range(0, n, chunk):
+            b = min(n, a + chunk)
+            loglik = np.zeros((b - a, GRID.size))
+            for modality, r in rows.items():
+                lo, hi = np.searchsorted(r["pos"], [a, b])
+                if hi == lo:
+                    continue
+                ll = calibration.for_modality(modality).loglik(r["pred"][lo:hi],
+                                                               r["err"][lo:hi])
+                uniq, start = np.unique(r["pos"][lo:hi], return_index=True)
+                loglik[uniq - a] += np.add.reduceat(ll, start, axis=0)
+            yield a, b, loglik
+
+    if adapt_prior and n:
+        used, fraction, se, w0 = adapted_calibration(calibration, logliks(), threshold, n)
+    else:
+        used, se = calibration, None
+        fraction = w0 = calibration_fraction(calibration, threshold)
     p = np.zeros(n)
     mean = np.full(n, np.nan)
     sd = np.full(n, np.nan)
-    for a in range(0, n, chunk):
-        b = min(n, a + chunk)
-        loglik = np.zeros((b - a, GRID.size))
-        for modality, r in rows.items():
-            lo, hi = np.searchsorted(r["pos"], [a, b])
-            if hi == lo:
-                continue
-            ll = calibration.for_modality(modality).loglik(r["pred"][lo:hi], r["err"][lo:hi])
-            uniq, start = np.unique(r["pos"][lo:hi], return_index=True)
-            loglik[uniq - a] += np.add.reduceat(ll, start, axis=0)
-        post = calibration.posterior(loglik)
-        p[a:b], mean[a:b], sd[a:b] = posterior_summaries(post, threshold)
+    for a, b, loglik in logliks():
+        p[a:b], mean[a:b], sd[a:b] = posterior_summaries(used.posterior(loglik), threshold)
     return StarEstimates(source_id=ids, p_below=p, mean=mean, sd=sd, n_measurements=n_meas,
-                         per_modality=per, n_out_of_domain=n_ood)
+                         per_modality=per, n_out_of_domain=n_ood, prior_fraction=fraction,
+                         prior_fraction_se=se, calibration_fraction=w0)
+
+
+def _pool_bins(calibration: HuntCalibration, threshold: float
+               ) -> tuple[np.ndarray, np.ndarray, int]:
+    overlap = bin_overlap(threshold + np.asarray(POOL_BIN_EDGES))
+    _, mass = bin_evidence(np.zeros((1, GRID.size)), calibration.log_prior, overlap)
+    return overlap, mass, int(np.searchsorted(POOL_BIN_EDGES, 0.0)) + 1
+
+
+def calibration_fraction(calibration: HuntCalibration, threshold: float) -> float:
+    """The calibration prior's mass below ``threshold``."""
+    _, mass, n_below = _pool_bins(calibration, threshold)
+    return float(mass[:n_below].sum())
+
+
+def adapted_calibration(calibration: HuntCalibration, logliks, threshold: float,
+                        n: int | None = None
+                        ) -> tuple[HuntCalibration, float, float, float]:
+    """``calibration`` with its prior refitted to a pool (see :func:`star_estimates`).
+
+    ``logliks``: the pool's (n, G) log-likelihoods, or an iterable of (start, stop,
+    chunk) with ``n`` rows in all. Returns (the adapted calibration, the fitted fraction
+    below ``threshold``, its standard error, the calibration's own fraction).
+    """
+    overlap, mass, n_below = _pool_bins(calibration, threshold)
+    if isinstance(logliks, np.ndarray):
+        logliks, n = [(0, logliks.shape[0], logliks)], logliks.shape[0]
+    log_ev = np.zeros((int(n), mass.size), np.float32)
+    for a, b, loglik in logliks:
+        log_ev[a:b] = bin_evidence(loglik, calibration.log_prior, overlap)[0]
+    w = fit_pool_weights(log_ev, mass)
+    used = dataclasses.replace(
+        calibration, prior=reweighted_prior(calibration.log_prior, overlap, mass, w))
+    return (used, float(w[:n_below].sum()), below_fraction_se(log_ev, w, n_below),
+            float(mass[:n_below].sum()))
 
 
 def fit_hunt_calibration(tables: Mapping[str, EmbeddingTable], *, label: str = "feh",

@@ -310,8 +310,8 @@ def hunt_pool(model, sets: dict[str, RealSet], threshold: float = -2.0) -> dict[
     # posterior uses the heads' uncertainties as they are and a flat prior.
     cal = find_calibration(model.model_hash, model_dir=getattr(model, "path", None))
     fc = cal.for_modality("lamost")
-    post = cal.posterior(fc.loglik(b.predictions[ok, j], b.uncertainties[ok, j]))
-    p, _, _ = posterior_summaries(post, threshold)
+    loglik = fc.loglik(b.predictions[ok, j], b.uncertainties[ok, j])
+    p, _, _ = posterior_summaries(cal.posterior(loglik), threshold)
     how = "hunt calibration" if cal.calibrated else "heads' uncertainties (no calibration)"
     truth = feh[ok] < threshold
     n_vmp = int(truth.sum())
@@ -334,7 +334,28 @@ def hunt_pool(model, sets: dict[str, RealSet], threshold: float = -2.0) -> dict[
             "agreement_2n": found_agreement(p[top], int(truth[top].sum())),
             "agreement_at_80pct": found_agreement(p[order[:cut]], int(found[cut - 1])),
             "agreement_pool": found_agreement(p, n_vmp),
-            "probability": how, "split": "test"}
+            "probability": how, "split": "test",
+            # the same lists with the prior refitted to this pool (no labels used): the
+            # pool mixes MILES and LAMOST test stars, richer in metal-poor stars than the
+            # survey the calibration describes
+            "adapted_prior": _adapted_hunt(cal, loglik, threshold, truth, order, top, cut,
+                                           found, n_vmp)}
+
+
+def _adapted_hunt(cal, loglik, threshold, truth, order, top, cut, found, n_vmp
+                  ) -> dict[str, Any]:
+    from specsearch.hunt.calibration import posterior_summaries
+    from specsearch.hunt.hunt import found_agreement
+    from specsearch.hunt.rank import adapted_calibration
+
+    used, fraction, se, w0 = adapted_calibration(cal, loglik, threshold)
+    p, _, _ = posterior_summaries(used.posterior(loglik), threshold)
+    return {"prior_fraction": fraction, "prior_fraction_se": se,
+            "calibration_fraction": w0, "expected_purity": float(p[top].mean()),
+            "expected_purity_at_80pct": float(p[order[:cut]].mean()),
+            "agreement_2n": found_agreement(p[top], int(truth[top].sum())),
+            "agreement_at_80pct": found_agreement(p[order[:cut]], int(found[cut - 1])),
+            "agreement_pool": found_agreement(p, n_vmp)}
 
 
 def evaluate_real(model, real: Path, synthetic_report: dict[str, Any] | None = None, *,

@@ -171,6 +171,21 @@ def format_real(real: dict[str, Any]) -> list[str]:
                              f"{a['expected']:.1f} +- {a['sd']:.1f} from the calibrated p "
                              f"(P(>= found) {a['p_at_least']:.3f}, P(<= found) "
                              f"{a['p_at_most']:.3f})")
+        ad = h.get("adapted_prior") or {}
+        if ad:
+            lines.append(f"    prior refitted to the pool (no labels): fraction below -2 "
+                         f"{ad['prior_fraction']:.4f} +- {ad['prior_fraction_se']:.4f} "
+                         f"(calibration {ad['calibration_fraction']:.4f}; labelled "
+                         f"{h['n_metal_poor'] / h['n_pool']:.4f}); expected purity "
+                         f"{_f(ad['expected_purity'])} / {_f(ad['expected_purity_at_80pct'])}")
+            for key, what in (("agreement_2n", "list of 2N"),
+                              ("agreement_at_80pct", "80% list"),
+                              ("agreement_pool", "whole pool")):
+                a = ad.get(key)
+                if a:
+                    lines.append(f"      {what}: expected {a['expected']:.1f} +- "
+                                 f"{a['sd']:.1f} (P(>= found) {a['p_at_least']:.3f}, "
+                                 f"P(<= found) {a['p_at_most']:.3f})")
     if real.get("goals"):
         lines += ["", "  real-data goals"]
         for g in real["goals"]:
