@@ -110,8 +110,8 @@ def star_estimates(tables: Mapping[str, EmbeddingTable], calibration: HuntCalibr
     (:func:`specsearch.hunt.calibration.fit_pool_weights`), for a pool selected to be
     richer, or poorer, in metal-poor stars than the survey the calibration describes.
     p, and with it every expected number, follows the pool; with two bins the order of
-    the stars barely changes (only where the threshold cuts a grid cell). Two passes over the pool; between them one number per star
-    and bin is kept.
+    the stars barely changes (only where the threshold cuts a grid cell). Two passes
+    over the pool; between them one number per star and bin is kept.
     """
     rows: dict[str, dict[str, np.ndarray]] = {}
     n_ood = 0
