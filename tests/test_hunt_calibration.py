@@ -269,3 +269,17 @@ def test_adapted_prior_finds_the_pools_own_fraction(calibration, fraction):
     assert amb.sum() > 30
     assert abs(pa_[amb].mean() - below[amb].mean()) < abs(pp[amb].mean() - below[amb].mean())
     assert "prior refitted to this pool" in "\n".join(adapted.summary_lines())
+
+
+def test_two_bin_fit_agrees_with_the_em():
+    from specsearch.hunt.calibration import fit_pool_weights
+
+    rng = np.random.default_rng(4)
+    log_ev = rng.normal(0, 2, (3000, 2))
+    log_ev[:, 0] -= 2.5                              # most stars favour the upper bin
+    two = fit_pool_weights(log_ev, np.array([0.5, 0.5]))
+    # the same mixture written with a third, empty-evidence bin takes the EM path
+    three = fit_pool_weights(np.column_stack([log_ev, np.full(3000, -50.0)]),
+                             np.array([0.4, 0.4, 0.2]), tol=1e-12, max_iter=100_000)
+    assert three[2] < 1e-6
+    np.testing.assert_allclose(two, three[:2] / three[:2].sum(), atol=1e-5)

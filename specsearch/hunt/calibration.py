@@ -326,7 +326,7 @@ One edge, at the threshold, is a pure prior shift of the two classes (Saerens et
 2002): on the real held-out pool (565 stars, 8 below -2) it finds a fraction of
 0.014 +- 0.007 (labelled: 0.014) and expectations that match the counts, where six bins
 (edges at -1, -0.5, 0, 0.5, 1) find 0.008 +- 0.006: too many free weights for a pool that
-size (BENCHMARKS.md, "Metal-poor hunt")."""
+size (BENCHMARKS.md, "The hunt's prior, refitted to the pool")."""
 
 
 def bin_overlap(edges: np.ndarray) -> np.ndarray:
@@ -359,10 +359,28 @@ def fit_pool_weights(log_ev: np.ndarray, start: np.ndarray, *, tol: float = 1e-1
     evidence per bin (:func:`bin_evidence`): the EM of a mixture with fixed components
     (Saerens et al. 2002, a classifier's priors re-estimated on a new population), started
     from ``start`` (the calibration's masses). The log-likelihood is concave in the
-    weights, so EM converges to the maximum."""
+    weights, so EM converges to the maximum; with two bins the single weight is the root
+    of the score, found by bisection (some 35 passes over the pool, where EM may need
+    thousands when the fraction is small)."""
     log_ev = np.asarray(log_ev, np.float64)
     if log_ev.shape[0] == 0:
         raise ValueError("no stars to fit the pool's prior on")
+    if log_ev.shape[1] == 2:        # one weight: the root of the concave score, bisected
+        r = np.exp(np.clip(log_ev[:, 0] - log_ev[:, 1], -700.0, 700.0))
+
+        def score(w: float) -> float:
+            return float(np.sum((r - 1.0) / (w * r + 1.0 - w)))
+
+        lo, hi = 1e-12, 1.0 - 1e-12
+        if score(lo) <= 0:
+            return np.array([lo, 1.0 - lo])
+        if score(hi) >= 0:
+            return np.array([hi, 1.0 - hi])
+        while hi - lo > tol:
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if score(mid) > 0 else (lo, mid)
+        w = 0.5 * (lo + hi)
+        return np.array([w, 1.0 - w])
     e = np.exp(log_ev - log_ev.max(axis=1, keepdims=True))
     w = np.asarray(start, np.float64) / np.sum(start)
     for _ in range(max_iter):
