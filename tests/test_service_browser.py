@@ -118,6 +118,11 @@ def test_upload_real_lamost_file_in_browser(served, tmp_path, lamost_sample_file
             page.wait_for_function(
                 "() => document.querySelector('#list-status').innerText.length",
                 timeout=60_000)
+            page.check("#adapt-prior")               # the pool's own prior
+            page.click("#list-form button[type=submit]")
+            page.wait_for_function(
+                "() => document.querySelector('#list-status').innerText"
+                ".includes('prior refitted to this pool')", timeout=60_000)
             assert errors == []
         finally:
             browser.close()

@@ -216,6 +216,7 @@ async function loadList() {
   } else {
     p.set("feh_max", $("#feh-max").value || "-2");
     p.set("min_prob", $("#min-prob").value || "0.5");
+    if ($("#adapt-prior").checked) p.set("adapt_prior", "true");
     path = `/v1/candidates/metal-poor?${p}`;
   }
   showError(null);
@@ -258,6 +259,11 @@ async function loadList() {
     "from uncalibrated head uncertainties";
   if (info.artefact_screening === false) $("#list-status").textContent += " \u2014 no " +
     "artefact screening (the server has no catalog of the observed spectra)";
+  if (info.prior === "refitted to this pool" && Number.isFinite(info.prior_fraction))
+    $("#list-status").textContent += ` \u2014 prior refitted to this pool: ` +
+      `${(100 * info.prior_fraction).toPrecision(3)}% below the threshold` +
+      (Number.isFinite(info.prior_fraction_se)
+        ? ` \u00b1 ${(100 * info.prior_fraction_se).toPrecision(2)}%` : "");
   $("#prev").disabled = res.offset === 0;
   $("#next").disabled = res.offset + res.rows.length >= res.total;
 }
