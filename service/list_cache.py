@@ -164,10 +164,14 @@ class CandidateLists:
         refitted to the (filtered) pool (:class:`specsearch.hunt.HuntConfig`)."""
         from specsearch.hunt import HuntConfig, hunt
 
+        from specsearch.hunt.rank import check_pool_filters
+
         mods = self.engine.modalities if modality == "any" else [modality]
         for m in mods:
             self._check(m)
         flt = Filter.parse(filters)
+        if adapt_prior:
+            check_pool_filters(filters, self._calibration().label)
         with self._lock:
             tables = {m: self._table(m)[0] for m in mods}
         masks = self._masks(tables, filters)

@@ -165,8 +165,13 @@ def test_hunt_and_calibrate_commands(tmp_path, capsys):
     assert "calibrated" in text and "<- chosen" in text
     assert main(["hunt", str(tmp_path / "survey"), "--feh-max", "-2", "--out",
                  str(tmp_path / "vmp2.csv"), "--calibration", str(cal), "--mode", "both",
-                 "--adapt-prior"]) == 0
+                 "--adapt-prior", "--filter", "snr>=10"]) == 0
     assert "prior refitted to this pool" in capsys.readouterr().out
+    # a pool selected by the [Fe/H] reading itself is refused, naming the column
+    assert main(["hunt", str(tmp_path / "survey"), "--feh-max", "-2", "--out",
+                 str(tmp_path / "vmp3.csv"), "--calibration", str(cal),
+                 "--adapt-prior", "--filter", "feh_pred<-1"]) == 2
+    assert "feh_pred" in capsys.readouterr().err
     got = Table.read(out)
     assert np.all(np.diff(np.asarray(got["rank"])) == 1)
     assert np.all(np.asarray(got["p_metal_poor"]) >= 0.5)

@@ -295,6 +295,9 @@ def test_metal_poor_list(client):
     assert r.status_code == 200, r.text
     info = r.json()["info"]
     assert info["prior"] == "refitted to this pool" and 0.0 <= info["prior_fraction"] <= 1.0
+    r = client.get("/v1/candidates/metal-poor",
+                   params={"adapt_prior": "true", "filter": "feh_pred<-1"})
+    assert r.status_code == 400 and "feh_pred" in r.text
 
 
 def test_object_record(client, state):

@@ -12,7 +12,7 @@ import numpy as np
 from specsearch.errors import ConfigError
 from specsearch.hunt.calibration import HuntCalibration
 from specsearch.hunt.hunt import HuntResult, hunt
-from specsearch.hunt.rank import HuntConfig, fit_hunt_calibration
+from specsearch.hunt.rank import HuntConfig, check_pool_filters, fit_hunt_calibration
 from specsearch.query.similar import embed_spectrum_files, example_vectors
 from specsearch.rows import load_source, row_masks, write_table
 
@@ -99,6 +99,8 @@ def run_hunt(source: str | Path, *, out: str | Path, feh_max: float = -2.0,
     cal = find_calibration(loaded.provenance.get("model_hash", ""), calibration, model_dir)
     seeds = seed_vectors(loaded, seed_spectra=seed_spectra, seed_source_ids=seed_source_ids,
                          model_dir=model_dir)
+    if adapt_prior:
+        check_pool_filters(filters, cal.label)
     config = HuntConfig(feh_max=feh_max, mode=mode, top=top, min_prob=min_prob,
                         seed_weight=seed_weight, adapt_prior=adapt_prior)
     result = hunt(loaded.tables, cal, config=config, seeds=seeds,
