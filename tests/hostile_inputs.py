@@ -65,7 +65,36 @@ def synthetic_seeds() -> list[tuple[str, bytes]]:
               "rp_coefficients rp_coefficient_errors\n"
             + "".join(f"{i} " + " ".join([f'"{arr}"'] * 4) + "\n" for i in (1, 2)))
     return [("xp_continuous.parquet", buf.getvalue()), ("spectrum.csv", csv.encode()),
-            ("spectrum.txt.gz", gzip.compress(txt.encode())), ("xp.ecsv", ecsv.encode())]
+            ("spectrum.txt.gz", gzip.compress(txt.encode())), ("xp.ecsv", ecsv.encode()),
+            *fits_table_seeds(wave, flux)]
+
+
+def fits_table_seeds(wave: np.ndarray, flux: np.ndarray) -> list[tuple[str, bytes]]:
+    """Spectra in FITS tables: an SDSS-like spec file (per-pixel rows, a one-row SPALL) and
+    an ESO-like one-row table of array cells (nm, SPEC_RES, TUCD)."""
+    from astropy.io import fits
+
+    n = wave.size
+    head = fits.Header()
+    head.update(TELESCOP="SDSS 2.5-M", PLATEID=266, MJD=51630, FIBERID=3)
+    coadd = fits.BinTableHDU.from_columns(
+        [fits.Column("flux", "E", array=flux), fits.Column("loglam", "E", array=np.log10(wave)),
+         fits.Column("ivar", "E", array=np.full(n, 100.0)),
+         fits.Column("and_mask", "J", array=np.zeros(n, np.int32)),
+         fits.Column("wdisp", "E", array=np.full(n, 1.05))], name="COADD")
+    spall = fits.BinTableHDU.from_columns([fits.Column("Z", "E", array=[1e-4])], name="SPALL")
+    sdss, eso = io.BytesIO(), io.BytesIO()
+    fits.HDUList([fits.PrimaryHDU(header=head), coadd, spall]).writeto(sdss)
+    table = fits.BinTableHDU.from_columns(
+        [fits.Column("WAVE", f"{n}D", unit="nm", array=wave[None] / 10.0),
+         fits.Column("FLUX", f"{n}E", array=flux[None]),
+         fits.Column("ERR", f"{n}E", array=np.full((1, n), 0.01)),
+         fits.Column("QUAL", f"{n}J", array=np.zeros((1, n), np.int32))], name="SPECTRUM")
+    table.header["TUCD1"] = "em.wl;obs.atmos"
+    primary = fits.PrimaryHDU()
+    primary.header["SPEC_RES"] = 40000.0
+    fits.HDUList([primary, table]).writeto(eso)
+    return [("spec-0266-51630-0003.fits", sdss.getvalue()), ("ADP.eso.fits", eso.getvalue())]
 
 
 def _shrink_xp_fits(data: bytes, rows: int) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 
@@ -59,6 +60,16 @@ def _shares(text: str) -> tuple[float, ...]:
         return tuple(float(x) for x in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1], got {value:g}")
+    return value
 
 
 def _threads(args: argparse.Namespace) -> None:
@@ -177,6 +188,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "out (new zero-initialised inputs), then fine-tune")
     f.add_argument("--sed-lr-factor", type=float, default=ft.sed_lr_factor,
                    help="learning rate of the SED inputs / --lr")
+    f.add_argument("--red-cut", type=_probability, default=ft.augment.p_red_cut, metavar="P",
+                   help="share of LAMOST training views that lose everything redward of a "
+                        "random 6800-8200 A (spectra without a red arm: MILES, libraries, "
+                        "failed red arms)")
     f.add_argument("--heads-only", action="store_true",
                    help="train only the parameter heads, on the frozen encoders (the "
                         "embedding stays the starting model's), on the synthetic and real "
@@ -317,7 +332,9 @@ def run_finetune(args: argparse.Namespace) -> int:
                          heads_only=args.heads_only, sed_inputs=args.sed_inputs,
                          sed_lr_factor=args.sed_lr_factor,
                          real_set_weights=args.real_set_weights, hard_negatives=args.hard_negatives,
-                         hard_group=args.hard_group, seed=args.seed, device=args.device)
+                         hard_group=args.hard_group, seed=args.seed, device=args.device,
+                         augment=dataclasses.replace(FinetuneConfig().augment,
+                                                     p_red_cut=args.red_cut))
     result = finetune(args.model, args.catalog, args.real_data, args.out, cfg,
                       progress=not args.no_progress, overwrite=args.overwrite,
                       command=shlex.join(["specsearch", *sys.argv[1:]]),

@@ -54,9 +54,9 @@ ROLE_NAMES: dict[str, frozenset[str]] = {
     "ivar": frozenset({"ivar", "inverse variance", "invvar", "inv var", "flux ivar"}),
     "error": frozenset({"error", "err", "sigma", "flux err", "flux error", "fluxerr",
                         "e flux", "eflux", "uncertainty", "unc", "flux unc", "flux sigma",
-                        "noise", "std", "stddev"}),
+                        "noise", "std", "stddev", "err flux", "error flux"}),
     "variance": frozenset({"var", "variance", "flux var", "flux variance"}),
-    "mask": frozenset({"mask", "and mask", "andmask", "bad", "badpix"}),
+    "mask": frozenset({"mask", "and mask", "andmask", "bad", "badpix", "qual", "quality"}),
 }
 UNIT_WORDS = {"a": "Angstrom", "aa": "Angstrom", "å": "Angstrom", "ang": "Angstrom",
               "angstrom": "Angstrom", "angstroms": "Angstrom", "nm": "nm",
@@ -68,7 +68,9 @@ COMMENT_KEYS = {"spectrum_id": "spectrum_id", "id": "spectrum_id", "obsid": "spe
                 "name": "object", "ra": "ra", "dec": "dec", "snr": "snr", "z": "z",
                 "redshift": "z", "medium": "medium", "wavelength_medium": "medium",
                 "wavelength_unit": "wavelength_unit", "wave_unit": "wavelength_unit",
-                "flux_unit": "flux_unit", "bunit": "flux_unit"}
+                "flux_unit": "flux_unit", "bunit": "flux_unit", "fwhm": "fwhm_A",
+                "fwhm_a": "fwhm_A", "lsf_fwhm": "fwhm_A", "resolving_power": "resolving_power",
+                "spec_res": "resolving_power"}
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*([eEdD][+-]?\d+)?|\.\d+([eE][+-]?\d+)?|nan|inf|"
                      r"infinity)$", re.IGNORECASE)
 _COMMENT_KV = re.compile(r"^\s*([A-Za-z_][\w ]*?)\s*[:=]\s*(.+?)\s*$")

@@ -12,8 +12,23 @@ first image extension when the primary is empty. Pixel p (1-based) has
 An error spectrum is taken from an image extension named IVAR/INVVAR, ERR/ERROR/SIGMA/
 NOISE/UNCERTAINTY (1/err^2) or VAR/VARIANCE (1/var) of the same length.
 
+**FITS tables** (SDSS/BOSS ``spec``/``spec-lite`` files, ESO Phase 3 1-D spectra, stellar
+libraries such as XSL, any binary table of a spectrum), read when the file holds no
+spectrum image: the first table HDU with a flux column and a wavelength (or ``loglam``)
+column, named as in text tables (below). Either one row per pixel (SDSS ``COADD``) or one
+row of array cells (ESO ``WAVE``/``FLUX``/``ERR``); a table of several spectra is refused.
+The wavelength unit comes from the column's ``TUNITn``; a mask column (``and_mask``,
+``QUAL``...) flags every pixel where it is non-zero. SDSS files also give the spectrum id
+(``spec-PLATE-MJD-FIBER``), the plug position, the redshift and class of their ``SPALL``/
+``specObj`` row, and the resolving power (the median of ``wdisp``).
+
 **Text**: see :mod:`specsearch.io._text` (columns wavelength/wave/lambda/loglam, flux, and
 optionally ivar, error/err/sigma, variance, mask).
+
+**Resolution** (for :mod:`specsearch.preprocess.lsf`, which broadens spectra much sharper
+than LAMOST): ``meta['fwhm_A']`` from a ``FWHM`` card (Angstrom, e.g. MILES) or a
+``# fwhm = ...`` comment; ``meta['resolving_power']`` from ``SPEC_RES`` (ESO), SDSS
+``wdisp``, or a ``# resolving_power = ...`` comment.
 
 **Wavelength unit** (result is always Angstrom): the unit the file states (FITS ``CUNIT1``
 or ``WAT1_001 units=``; a text column name such as ``wavelength_nm`` or a ``# wavelength_unit
@@ -25,8 +40,11 @@ or ``WAT1_001 units=``; a text column name such as ``wavelength_nm`` or a ``# wa
 :func:`specsearch.preprocess.air_to_vacuum`, nowhere else): ``air=True/False`` overrides.
 Otherwise the file decides: FITS ``CTYPE1`` AWAV (air) / WAVE (vacuum), ``AIRORVAC``,
 ``VACUUM = T/F``; MILES is recognised by its ``TPLLIB = 'MILES'`` header card (MILES is in
-air but does not say so). Text: ``air``/``vac`` in the wavelength column name, or a
-``# medium = air`` comment. When the file says nothing, FITS images are taken as **air**
+air but does not say so). FITS tables: the wavelength column's ``TUCDn`` (``obs.atmos``:
+air, as ESO writes it; ``em.wl`` alone: vacuum), ``air``/``vac`` in its name, the header
+cards above; SDSS files (``TELESCOP = 'SDSS 2.5-M'``) and ``loglam`` columns are vacuum.
+Text: ``air``/``vac`` in the wavelength column name, or a
+``# medium = air`` comment. When the file says nothing, FITS images and tables are taken as **air**
 (the IRAF convention that 1-D FITS spectral libraries from ground-based optical
 spectrographs follow) and text tables as **vacuum** (this project's convention, so spectra
 it exports read back unchanged). ``meta['wavelength_medium']`` and ``meta['medium_from']``
@@ -47,12 +65,15 @@ from typing import Any
 import numpy as np
 from astropy import units as u
 from astropy.io import fits
+from astropy.io.fits.verify import VerifyError
 
 from specsearch.errors import ReaderError, SpectrumError
 from specsearch.io._fits import (has_fits_suffix, hdu_data, header_float,
                                  header_gaia_source_id, header_get, header_int, header_str,
                                  open_fits, read_primary_header, sniff)
-from specsearch.io._text import has_text_suffix, looks_like_text_spectrum, parse_text
+from specsearch.io._text import (classify_name, has_text_suffix, looks_like_text_spectrum,
+                                 parse_text)
+from specsearch.io.fits_table import read_fits_table
 from specsearch.preprocess import air_to_vacuum
 from specsearch.spectrum import Spectrum
 
@@ -67,17 +88,40 @@ ERROR_EXTENSIONS = {"IVAR": "ivar", "INVVAR": "ivar", "ERR": "error", "ERROR": "
 AIR_LIBRARIES = {"MILES": "TPLLIB=MILES (MILES wavelengths are in air)"}
 """Spectral libraries known to be in air whose headers do not say so, by ``TPLLIB``."""
 _MILES_ID = re.compile(r"(m\d{4}V)")
+SNIFF_BYTES = 40 * 2880
 
 
 # --------------------------------------------------------------------------- public API
 
 def identify(path: str | Path) -> bool:
-    """True for a 1-D FITS image with a wavelength WCS, or a text table of a spectrum."""
+    """True for a 1-D FITS image with a wavelength WCS, a FITS table with wavelength and flux
+    columns, or a text table of a spectrum."""
     header = read_primary_header(path)
     if header is not None:
-        return _is_wcs_1d(header) or (header.get("NAXIS") == 0 and b"XTENSION= 'IMAGE" in
-                                      sniff(path, 40 * 2880))
+        if _is_wcs_1d(header):
+            return True
+        if header.get("NAXIS") != 0:
+            return False
+        head = sniff(path, SNIFF_BYTES)
+        return b"XTENSION= 'IMAGE" in head or _sniffed_spectrum_table(head)
     return has_text_suffix(path) and looks_like_text_spectrum(path)
+
+
+_TTYPE = re.compile(rb"TTYPE\d{1,3} *= *'([^']{0,68})'")
+
+
+def _sniffed_spectrum_table(head: bytes) -> bool:
+    """True when the sniffed bytes hold a table header naming flux and wavelength columns."""
+    at = head.find(b"XTENSION= 'BINTABLE'")
+    if at < 0:
+        at = head.find(b"XTENSION= 'TABLE")
+    if at < 0:
+        return False
+    end = head.find(b"END" + b" " * 77, at)
+    block = head[at:end if end > 0 else len(head)]
+    roles = {classify_name(m.group(1).decode("ascii", "replace"))[0]
+             for m in _TTYPE.finditer(block)}
+    return "flux" in roles and bool(roles & {"wavelength", "loglam"})
 
 
 def read(path: str | Path, *, air: bool | None = None) -> Iterator[Spectrum]:
@@ -151,7 +195,8 @@ def _is_wcs_1d(header: fits.Header) -> bool:
     return bool(one_d and header_float(header, "CRVAL1") is not None)
 
 
-def _find_image(hdul: fits.HDUList, path: Path) -> tuple[Any, fits.Header]:
+def _find_image(hdul: fits.HDUList, path: Path, *, required: bool = True
+                ) -> tuple[Any, fits.Header] | None:
     primary = hdul[0]
     if primary.header.get("NAXIS", 0) >= 1:
         return primary, primary.header
@@ -160,6 +205,8 @@ def _find_image(hdul: fits.HDUList, path: Path) -> tuple[Any, fits.Header]:
             merged = primary.header.copy(strip=True)
             merged.update(hdu.header.copy(strip=True))
             return hdu, merged
+    if not required:
+        return None
     raise ReaderError(path, f"missing HDU: no image holding a spectrum (HDUs found: "
                             f"{[h.name or type(h).__name__ for h in hdul]})")
 
@@ -245,6 +292,8 @@ def _error_extension(hdul: fits.HDUList, path: Path, npix: int) -> tuple[np.ndar
 
 def _read_fits(path: Path, air: bool | None, unit: str | None) -> Spectrum:
     with open_fits(path) as hdul:
+        if _find_image(hdul, path, required=False) is None:
+            return _read_fits_table(hdul, path, air, unit)
         hdu, header = _find_image(hdul, path)
         data = hdu_data(hdu, path, "spectrum image")
         shape = getattr(data, "shape", None)
@@ -264,13 +313,56 @@ def _read_fits(path: Path, air: bool | None, unit: str | None) -> Spectrum:
     if library == "MILES" and match:
         meta["miles_id"] = match.group(1)
     meta.update(format="generic-fits", object=header_str(header, "OBJECT", "OBJNAME"),
-                fwhm_A=header_float(header, "FWHM"), library=library or None)
+                fwhm_A=header_float(header, "FWHM"), library=library or None,
+                resolving_power=header_float(header, "SPEC_RES"))
     source_id, _ = header_gaia_source_id(header)
     return _finish(path, wave, flux, errors, meta, air=air, medium=medium,
                    medium_from=medium_from, spectrum_id=spectrum_id, source_id=source_id,
                    ra=header_float(header, "RA"), dec=header_float(header, "DEC"),
                    flux_unit=header_str(header, "BUNIT") or
                    ("relative F_lambda" if library == "MILES" else ""))
+
+
+def _read_fits_table(hdul: fits.HDUList, path: Path, air: bool | None,
+                     unit: str | None) -> Spectrum:
+    try:
+        table = read_fits_table(hdul, path)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, VerifyError) as exc:
+        # astropy parses table columns lazily: damage in TFORMn/TDIMn shows up only here
+        raise ReaderError(path, f"damaged FITS table: {type(exc).__name__}: {exc}") from exc
+    cols, header, tmeta = table.columns, table.header, table.meta
+    meta: dict[str, Any] = {"format": "generic-fits-table", "table": table.hdu_name,
+                            "columns": dict(table.names)}
+    if "wavelength" in cols:
+        raw_wave = cols["wavelength"]
+        meta["unit_from"] = ("override" if unit else "column unit or name"
+                             if table.wavelength_unit else "values")
+        unit = unit or table.wavelength_unit or guess_wavelength_unit(raw_wave)
+    else:
+        raw_wave, unit, meta["unit_from"] = cols["loglam"], "log10 Angstrom", "loglam column"
+    meta["wavelength_unit"] = unit
+    try:
+        wave = to_angstrom(raw_wave, unit)
+    except ReaderError as exc:
+        raise ReaderError(path, f"column {table.names.get('wavelength')!r}: {exc.reason}") \
+            from exc
+    medium, medium_from = table.medium, table.medium_from
+    if medium is None:
+        medium, medium_from = _fits_medium(header)
+    if medium is None:
+        medium, medium_from = "air", "default for FITS tables (IRAF convention: air)"
+    errors = next(((cols[k], k) for k in ("ivar", "error", "variance") if k in cols), None)
+    extra_mask = cols["mask"] != 0 if "mask" in cols else None
+    meta.update({k: v for k, v in tmeta.items() if k not in ("spectrum_id", "bunit")})
+    meta["object"] = header_str(header, "OBJECT", "OBJNAME")
+    source_id, _ = header_gaia_source_id(header)
+    return _finish(path, wave, cols["flux"], errors, meta, air=air, medium=medium,
+                   medium_from=medium_from,
+                   spectrum_id=str(tmeta.get("spectrum_id") or _stem(path)),
+                   source_id=source_id,
+                   ra=header_float(header, "PLUG_RA", "RA"),
+                   dec=header_float(header, "PLUG_DEC", "DEC"),
+                   flux_unit=str(tmeta.get("bunit") or ""), extra_mask=extra_mask)
 
 
 # --------------------------------------------------------------------------- text
@@ -298,9 +390,10 @@ def _read_text(path: Path, air: bool | None, unit: str | None) -> Spectrum:
     if medium is None:
         medium, medium_from = "vacuum", "default for text tables (project convention: vacuum)"
     extra_mask = cols["mask"] != 0 if "mask" in cols else None
-    meta.update({k: cm[k] for k in ("object", "z") if k in cm})
-    if "z" in meta:
-        meta["z"] = _to_float(meta["z"])
+    meta.update({k: cm[k] for k in ("object", "z", "fwhm_A", "resolving_power") if k in cm})
+    for key in ("z", "fwhm_A", "resolving_power"):
+        if key in meta:
+            meta[key] = _to_float(meta[key])
     source_id = cm.get("source_id")
     return _finish(path, wave, cols["flux"], errors, meta, air=air, medium=medium,
                    medium_from=medium_from, spectrum_id=str(cm.get("spectrum_id") or
@@ -348,8 +441,8 @@ def _finish(path: Path, wave: np.ndarray, flux: np.ndarray,
             ivar = {"ivar": values, "error": 1.0 / values ** 2,
                     "variance": 1.0 / values}[kind]
         ivar = np.where(np.isfinite(ivar) & (ivar > 0), ivar, 0.0)
-        meta["ivar_from"] = f"{kind} " + ("column" if meta["format"] == "generic-text"
-                                           else "extension")
+        meta["ivar_from"] = f"{kind} " + ("extension" if meta["format"] == "generic-fits"
+                                           else "column")
     finite_wave = np.isfinite(wave)
     if not finite_wave.all():  # drop rows without a wavelength, and say so
         meta["rows_dropped_no_wavelength"] = int((~finite_wave).sum())

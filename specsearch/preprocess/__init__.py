@@ -8,6 +8,7 @@ the model use the same grids, and training, embedding and the query path all cal
 * :mod:`~specsearch.preprocess.grids`: the canonical ``lamost`` and ``xp`` grids;
 * :mod:`~specsearch.preprocess.wavelengths`: air/vacuum, rest frame, pixel edges;
 * :mod:`~specsearch.preprocess.resample`: flux-conserving rebinning onto a grid;
+* :mod:`~specsearch.preprocess.lsf`: resolution matching of sharper spectra before it;
 * :mod:`~specsearch.preprocess.continuum`: the pseudo-continuum (torch, CPU or GPU);
 * :mod:`~specsearch.preprocess.model_input`: the scaling every encoder expects.
 
@@ -18,6 +19,8 @@ from specsearch.preprocess.continuum import (CONTINUUM_BIN, binned_continuum_tor
                                              continuum, continuum_normalise, continuum_torch)
 from specsearch.preprocess.grids import (GRIDS, LAMOST_DLOGLAM, LAMOST_GRID, LAMOST_LOGLAM0,
                                          LAMOST_NPIX, XP_FLUX_SCALE, XP_GRID, Grid, grid_for)
+from specsearch.preprocess.lsf import (LAMOST_RESOLUTION, ResolutionMatch, broadened_flux,
+                                       resolution_match)
 from specsearch.preprocess.model_input import (BATCH_PIXELS, GPU_BATCH_FACTOR,
                                                MIN_GOOD_FRACTION, SED_BINS, ModelInput,
                                                as_tensor, default_batch_size,
@@ -30,7 +33,8 @@ from specsearch.preprocess.wavelengths import (air_to_vacuum, pixel_edges, to_re
 
 __all__ = [
     "BATCH_PIXELS", "CONTINUUM_BIN", "GPU_BATCH_FACTOR", "GRIDS", "LAMOST_DLOGLAM",
-    "LAMOST_GRID", "LAMOST_LOGLAM0", "LAMOST_NPIX", "MIN_GOOD_FRACTION", "REST_FRAME_MAX_Z",
+    "LAMOST_GRID", "LAMOST_LOGLAM0", "LAMOST_NPIX", "LAMOST_RESOLUTION", "ResolutionMatch",
+    "broadened_flux", "resolution_match", "MIN_GOOD_FRACTION", "REST_FRAME_MAX_Z",
     "SED_BINS", "XP_FLUX_SCALE", "XP_GRID", "Grid", "ModelInput", "Rebinner",
     "air_to_vacuum", "as_tensor", "binned_continuum_torch", "continuum",
     "continuum_normalise", "continuum_torch", "default_batch_size", "grid_for",

@@ -9,6 +9,7 @@ import scipy.sparse as sp
 
 from specsearch.errors import SpectrumError
 from specsearch.preprocess.grids import Grid, grid_for
+from specsearch.preprocess.lsf import broadened_flux, resolution_match
 from specsearch.preprocess.wavelengths import pixel_edges, to_rest_frame
 from specsearch.spectrum import Spectrum
 
@@ -107,6 +108,12 @@ def resample(spectrum: Spectrum, grid: Grid | str, *, rest_frame_z: float | None
     spec = spectrum.validated()
     wave = spec.wavelength if rest_frame_z is None else to_rest_frame(spec.wavelength,
                                                                        rest_frame_z)
+    return _rebin(spec, wave, grid, min_coverage)
+
+
+def _rebin(spec: Spectrum, wave: np.ndarray, grid: Grid, min_coverage: float = 0.5
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`resample` of a validated spectrum at wavelengths ``wave``."""
     flux, ivar = rebinner(wave, grid)(spec.flux, spec.ivar, min_coverage=min_coverage)
     if not np.any(ivar > 0):
         raise SpectrumError(
@@ -127,6 +134,8 @@ def to_canonical_grid(spectrum: Spectrum, modality: str, *, rest_frame: bool = T
     The one path from an observed spectrum to model input used by ingest, the query engine
     and the HTTP service alike. With ``rest_frame`` the survey's redshift (``meta['z']``,
     LAMOST's pipeline value) is removed when it is finite and ``|z| <= REST_FRAME_MAX_Z``.
+    A spectrum much sharper than the grid's instrument is broadened to it first
+    (:mod:`specsearch.preprocess.lsf`; the flux only, ivar and mask stay the rebinned ones).
 
     Returns:
         (flux, ivar, z_removed) with float32 arrays of ``grid.npix`` and the redshift that
@@ -136,5 +145,12 @@ def to_canonical_grid(spectrum: Spectrum, modality: str, *, rest_frame: bool = T
     use_z = (rest_frame and z is not None and np.isfinite(z)
              and abs(float(z)) <= REST_FRAME_MAX_Z)
     z_removed = float(z) if use_z else None
-    flux, ivar = resample(spectrum, modality, rest_frame_z=z_removed)
+    grid = grid_for(modality)
+    spec = spectrum.validated()
+    wave = spec.wavelength if z_removed is None else to_rest_frame(spec.wavelength, z_removed)
+    flux, ivar = _rebin(spec, wave, grid)
+    match = resolution_match(spec, grid, wavelength=wave)
+    if match is not None and match.broaden:
+        sharp = broadened_flux(spec, grid, wavelength=wave)
+        flux = np.where(ivar > 0, sharp, 0.0).astype(np.float32)
     return flux, ivar, z_removed

@@ -29,9 +29,11 @@ import scipy.sparse as sp
 from scipy.special import expit
 
 from specsearch.preprocess import LAMOST_DLOGLAM, LAMOST_GRID, air_to_vacuum, rebinner
+from specsearch.preprocess.lsf import LAMOST_RESOLUTION
 from specsearch.synth.grid import C_KMS, MODEL_DLOG10, MODEL_FWHM_A, model_wavelength
 
-RESOLUTION = 1800.0
+RESOLUTION = LAMOST_RESOLUTION
+"""The survey's R; ingest broadens sharper real spectra to the same (preprocess.lsf)."""
 TELLURIC_RESIDUAL = (0.12, 0.10)
 """Mean and scatter of the fraction of the telluric optical depth left after the
 pipeline's correction (negative = over-corrected); real DR1 spectra show only weak

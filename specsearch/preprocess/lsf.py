@@ -1,0 +1,210 @@
+"""Resolution matching: a spectrum sharper than a grid's instrument is broadened to it first.
+
+The encoders learned LAMOST LRS spectra at R = :data:`LAMOST_RESOLUTION` (the synthetic
+survey broadens its model spectra to exactly that, :mod:`specsearch.synth.lamost`). A
+spectrum from a sharper spectrograph (an echelle library at R = 10^4-10^5, X-shooter,
+a slit spectrum at R = 5000) keeps deeper, narrower lines when it is only rebinned onto the
+LAMOST pixels, and the model reads line depth as temperature, gravity and metallicity.
+:func:`to_canonical_grid` therefore broadens such a spectrum to the grid's resolution with
+a Gaussian of the quadrature difference (in log wavelength, like the synthetic survey)
+before it rebins it.
+
+**The input's resolution**, first found of (all set by the readers, :mod:`specsearch.io`):
+
+* ``meta['fwhm_A']``: the line-spread FWHM in Angstrom (FITS ``FWHM`` card, e.g. MILES'
+  2.5 A; a ``# fwhm_A = ...`` comment in a text table);
+* ``meta['resolving_power']``: R = lambda / FWHM (ESO ``SPEC_RES``, SDSS ``wdisp``, a
+  ``# resolving_power = ...`` comment);
+* neither: when the sampling is much finer than the target line width (a step below
+  :data:`FINE_STEP_FACTOR` of it) the spectrum is taken as Nyquist-sampled (FWHM = 2
+  pixels, the sharpest its sampling allows); otherwise it is left as it is (LAMOST's own
+  files, SDSS, spectra exported on the LAMOST grid).
+
+**When**: only if the input FWHM at the median wavelength of its overlap with the grid is
+below :data:`SHARPER_FACTOR` of the target's. MILES (2.5 A against LAMOST's 3.0 A at 5400 A:
+0.82) is left alone: the shipped model was fine-tuned on native MILES spectra, and
+broadening them moves its predictions by less than their scatter (10 K, 0.02 dex on the
+held-out MILES stars; BENCHMARKS.md, "Resolution matching").
+
+**How**: the spectrum is rebinned onto a fine log-wavelength work grid (a quarter of the
+target's Gaussian sigma a pixel: bounded work whatever the input's sampling), convolved
+with the difference kernel there (its width follows the input's FWHM pixel by pixel,
+normalised over good pixels so gaps do not darken their edges) and rebinned onto the grid.
+The flux is the broadened one; ``ivar`` and the mask stay those of the direct rebinning
+(the smoothing correlates neighbouring pixels, so its apparent noise gain is not claimed).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+from specsearch.preprocess.grids import Grid, grid_for
+from specsearch.spectrum import Spectrum
+
+LAMOST_RESOLUTION = 1800.0
+"""R = lambda / FWHM of LAMOST LRS spectra as the model learned them (constant in log
+wavelength)."""
+GRID_RESOLUTION: dict[str, float] = {"lamost": LAMOST_RESOLUTION}
+"""Grids whose inputs are resolution-matched, and their R. The XP grid is not: a generic
+spectrum put on it is far sharper than XP, but XP's line-spread function is not Gaussian
+(use the Gaia XP readers for XP data)."""
+SHARPER_FACTOR = 0.7
+"""Broaden only when the input FWHM is below this fraction of the target's."""
+FINE_STEP_FACTOR = 0.2
+"""Without a stated resolution, a spectrum whose median pixel step is below this fraction of
+the target FWHM is taken as Nyquist-sampled (FWHM = :data:`ASSUMED_PIXELS_PER_FWHM` pixels)."""
+ASSUMED_PIXELS_PER_FWHM = 2.0
+FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
+WORK_STEPS_PER_SIGMA = 4.0
+"""Work-grid pixels per target sigma (ln-wavelength step = sigma / 4)."""
+
+
+@dataclass(frozen=True)
+class ResolutionMatch:
+    """What resolution matching decided for one spectrum on one grid.
+
+    Attributes:
+        grid: the grid name.
+        target_fwhm_A: the grid's FWHM at ``wavelength_A``.
+        input_fwhm_A: the input's FWHM there, or None when unknown.
+        source: where ``input_fwhm_A`` came from (``fwhm_A``, ``resolving_power``,
+            ``sampling`` (assumed Nyquist), or ``unknown``).
+        wavelength_A: the median wavelength of the input's good pixels on the grid.
+        broaden: True when the spectrum is broadened before rebinning.
+    """
+
+    grid: str
+    target_fwhm_A: float
+    input_fwhm_A: float | None
+    source: str
+    wavelength_A: float
+    broaden: bool
+
+    def describe(self) -> str:
+        got = "unknown" if self.input_fwhm_A is None else f"{self.input_fwhm_A:.3g} A"
+        verb = "broadened to" if self.broaden else "kept (target"
+        tail = "" if self.broaden else ")"
+        return (f"input FWHM {got} ({self.source}) at {self.wavelength_A:.0f} A; "
+                f"{verb} {self.target_fwhm_A:.3g} A{tail}")
+
+
+def _positive(value: object) -> float | None:
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) and v > 0 else None
+
+
+def input_resolution(spectrum: Spectrum) -> tuple[str, float] | None:
+    """(kind, value) of the resolution a spectrum states: ``("fwhm_A", A)`` or
+    ``("resolving_power", R)``; None when it states none (or a non-positive one)."""
+    fwhm = _positive(spectrum.meta.get("fwhm_A"))
+    if fwhm is not None:
+        return "fwhm_A", fwhm
+    power = _positive(spectrum.meta.get("resolving_power"))
+    if power is not None:
+        return "resolving_power", power
+    return None
+
+
+def _input_sigma_ln(kind: str, value: float, wave: np.ndarray) -> np.ndarray:
+    """The input line-spread sigma in ln(wavelength) at ``wave``."""
+    if kind == "fwhm_A":
+        return value / (FWHM_PER_SIGMA * wave)
+    if kind == "resolving_power":
+        return np.full(wave.shape, 1.0 / (FWHM_PER_SIGMA * value))
+    return np.full(wave.shape, value)  # "sigma_ln": already in ln units
+
+
+def resolution_match(spectrum: Spectrum, grid: Grid | str, *,
+                     wavelength: np.ndarray | None = None) -> ResolutionMatch | None:
+    """Decide whether ``spectrum`` is broadened before it goes onto ``grid``.
+
+    Args:
+        spectrum: a validated spectrum (vacuum Angstrom).
+        grid: a grid or modality name; None is returned for grids without a resolution.
+        wavelength: the wavelengths to judge by (e.g. rest frame); default the spectrum's.
+    """
+    grid = grid_for(grid) if isinstance(grid, str) else grid
+    power = GRID_RESOLUTION.get(grid.name)
+    if power is None:
+        return None
+    wave = spectrum.wavelength if wavelength is None else wavelength
+    lo, hi = grid.wavelength[0], grid.wavelength[-1]
+    inside = (wave >= lo) & (wave <= hi) & (spectrum.ivar > 0)
+    if inside.sum() < 2:
+        return None
+    at = float(np.median(wave[inside]))
+    target = at / power
+    stated = input_resolution(spectrum)
+    if stated is not None:
+        kind, value = stated
+        fwhm = float(_input_sigma_ln(kind, value, np.array([at]))[0] * FWHM_PER_SIGMA * at)
+        source = kind
+    else:
+        step = float(np.median(np.diff(wave[(wave >= lo) & (wave <= hi)])))
+        if step < FINE_STEP_FACTOR * target:
+            fwhm, source = ASSUMED_PIXELS_PER_FWHM * step, "sampling"
+        else:
+            return ResolutionMatch(grid.name, target, None, "unknown", at, False)
+    return ResolutionMatch(grid.name, target, fwhm, source, at,
+                           fwhm < SHARPER_FACTOR * target)
+
+
+@functools.lru_cache(maxsize=4)
+def _work_grid(name: str) -> tuple[Grid, float]:
+    """The fine log-wavelength work grid of a resolution-matched grid, and its ln step."""
+    grid = grid_for(name)
+    sigma_t = 1.0 / (FWHM_PER_SIGMA * GRID_RESOLUTION[name])
+    step = sigma_t / WORK_STEPS_PER_SIGMA
+    margin = 6.0 * sigma_t
+    start, stop = np.log(grid.wavelength[0]) - margin, np.log(grid.wavelength[-1]) + margin
+    n = int(np.ceil((stop - start) / step)) + 1
+    wave = np.exp(start + step * np.arange(n))
+    return Grid(name=f"{name}-work", wavelength=wave, flux_unit=grid.flux_unit,
+                log_spacing=True), step
+
+
+def broadened_flux(spectrum: Spectrum, grid: Grid | str, *,
+                   wavelength: np.ndarray | None = None) -> np.ndarray:
+    """``spectrum``'s flux broadened to the grid's resolution, on the grid (float32).
+
+    The caller decides that it should be (:func:`resolution_match`); pixels of the grid the
+    spectrum does not cover come out 0.
+    """
+    from specsearch.preprocess.resample import rebinner  # resample imports this module
+
+    grid = grid_for(grid) if isinstance(grid, str) else grid
+    wave = spectrum.wavelength if wavelength is None else wavelength
+    work, step = _work_grid(grid.name)
+    flux_w, ivar_w = rebinner(wave, work)(spectrum.flux, spectrum.ivar)
+    flux_w, good = flux_w.astype(np.float64), ivar_w > 0
+    sigma_t = 1.0 / (FWHM_PER_SIGMA * GRID_RESOLUTION[grid.name])
+    stated = input_resolution(spectrum)
+    if stated is None:  # assumed Nyquist: resolution_match said so
+        inside = (wave >= grid.wavelength[0]) & (wave <= grid.wavelength[-1])
+        steps = np.diff(np.log(wave[inside])) if inside.sum() > 1 else np.diff(np.log(wave))
+        stated = ("sigma_ln", ASSUMED_PIXELS_PER_FWHM * float(np.median(steps))
+                  / FWHM_PER_SIGMA)
+    sigma_in = _input_sigma_ln(*stated, work.wavelength)
+    box = step / np.sqrt(12.0)  # the work grid's own pixel box
+    sigma_px = np.sqrt(np.clip(sigma_t ** 2 - sigma_in ** 2 - box ** 2, 0.0, None)) / step
+    sigma_px = np.maximum(sigma_px, 1e-3)
+    half = int(np.ceil(4.0 * sigma_px.max()))
+    num = np.zeros_like(flux_w)
+    den = np.zeros_like(flux_w)
+    values = np.where(good, flux_w, 0.0)
+    weights_good = good.astype(np.float64)
+    n = flux_w.size
+    for offset in range(-half, half + 1):  # gather: out[i] = sum_o k_i(o) f[i + o]
+        k = np.exp(-0.5 * (offset / sigma_px) ** 2)
+        lo, hi = max(0, -offset), min(n, n - offset)
+        num[lo:hi] += k[lo:hi] * values[lo + offset:hi + offset]
+        den[lo:hi] += k[lo:hi] * weights_good[lo + offset:hi + offset]
+    smooth = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+    out, _ = rebinner(work.wavelength, grid)(smooth, np.where(den > 0, 1.0, 0.0))
+    return out
