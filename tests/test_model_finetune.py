@@ -104,7 +104,8 @@ def test_finetune_cli_end_to_end(tmp_path, capsys):
                  "--hard-negatives", "0.5", "--hard-group", "8",
                  "--noise-blind", "40", "--clean-anchor", "1",
                  "--snr-adversary", "0.5", "--head-distill", "2",
-                 "--distill-synthetic", "--sed-inputs", "--sed-lr-factor", "5"]) == 0
+                 "--distill-synthetic", "--sed-inputs", "--sed-lr-factor", "5",
+                 "--red-cut", "0.2", "--red-cut-real", "0.5"]) == 0
     text = capsys.readouterr().out
     assert "fine-tuned" in text and "z-width on the real calibration stars" in text
     old, new = load_model(base), load_model(out)
@@ -117,6 +118,7 @@ def test_finetune_cli_end_to_end(tmp_path, capsys):
     assert ft["config"]["snr_adversary"] == 0.5 and ft["history_last"]["snr_critic"] >= 0.0
     assert ft["config"]["head_distill"] == 2.0 and ft["history_last"]["head_distill"] > 0.0
     assert ft["config"]["distill_synthetic"] is True
+    assert ft["config"]["augment"]["p_red_cut"] == 0.2 and ft["config"]["real_red_cut"] == 0.5
     assert not any("adversary" in k or k.startswith("f.") for k in new.net.state_dict())
     # SED inputs were added (zero-initialised) and trained, with the SED augmentation
     assert new.net.cfg.encoders["lamost"].sed_bins == 16
@@ -246,6 +248,9 @@ def test_finetune_config_checks_the_anchor_and_critic_options():
         FinetuneConfig(sed_lr_factor=0.0)
     with pytest.raises(ConfigError, match="sed_tilt_p"):
         FinetuneConfig(sed_tilt_p=1.5)
+    with pytest.raises(ConfigError, match="real_red_cut"):
+        FinetuneConfig(real_red_cut=-0.1)
+    assert FinetuneConfig(heads_only=True, real_red_cut=0.5).to_dict()["real_red_cut"] == 0.5
     assert FinetuneConfig(heads_only=True, head_distill=10.0).to_dict()["heads_only"]
     with pytest.raises(ConfigError, match="real_set_weights"):
         FinetuneConfig(real_set_weights=(0.5, 0.5))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from specsearch.model.training.augment import (AugmentConfig, augment, mask_segments, red_cut,
-                                               shift)
+                                               red_cut_view, shift)
 from specsearch.model.training.loss import (LossConfig, SpecCLIPLoss, gaussian_nll, info_nce,
                                    reduced_chi2, snr_slope, view_nt_xent)
 from specsearch.model.network import SpecCLIPNet
@@ -181,6 +181,24 @@ def test_red_cut_masks_the_red_end_of_lamost_only():
     xp = augment("xp", x[:, :343], w[:, :343], AugmentConfig(p_red_cut=1.0, p_mask=0.0),
                  torch.Generator().manual_seed(0))
     assert (xp[1] > 0).all()                            # XP keeps its red end
+
+
+def test_red_cut_view_is_augments_cut_applied_afterwards():
+    """finetune's distillation needs a view before and after its red cut: the cut alone,
+    applied to the uncut view with the same generator state, equals augment's."""
+    from specsearch.preprocess import SED_BINS, grid_for
+
+    npix = grid_for("lamost").npix
+    x = torch.rand(16, npix + SED_BINS) + 0.5
+    w = torch.full_like(x, 100.0)
+    x[:, npix:], w[:, npix:] = torch.linspace(-0.2, 0.2, SED_BINS), 1.0
+    only_cut = AugmentConfig(p_noise=0.0, p_mask=0.0, p_shift=0.0, p_tilt=0.0, p_red_cut=1.0)
+    want = augment("lamost", x, w, only_cut, torch.Generator().manual_seed(4))
+    got = red_cut_view("lamost", x, w, only_cut, torch.Generator().manual_seed(4))
+    assert torch.equal(want[0], got[0]) and torch.equal(want[1], got[1])
+    assert (got[1][:, npix - 1] == 0).all() and torch.equal(w[:, npix - 1], torch.full((16,), 100.0))
+    assert torch.equal(red_cut_view("xp", x[:, :343], w[:, :343], only_cut,
+                                    torch.Generator().manual_seed(4))[1], w[:, :343])
 
 
 def test_loss_decreases_on_a_fixed_batch():

@@ -10,7 +10,8 @@ import pytest
 from specsearch.io.ingest import spectrum_row
 from specsearch.io.registry import read_spectra
 from specsearch.model import load_model
-from specsearch.model.evaluation.evaluate_real import cross_modal, identity, same_star_retrieval
+from specsearch.model.evaluation.evaluate_real import (WINDOWS_A, cross_modal, identity,
+                                                       same_star_retrieval, window_ablation)
 from specsearch.model.training.real_sets import load_all
 from specsearch.preprocess import LAMOST_GRID
 
@@ -37,6 +38,17 @@ def test_repeat_visits_of_a_real_star_agree(model, real_sets):
     ranks = np.array(cm["partner_rank_per_visit"])
     # their real Gaia XP spectra rank in the top half of the 2000 XP sources of the field
     assert ranks.size == 9 and np.median(ranks) < 1000
+
+
+def test_window_ablation_reports_shift_bias_and_scatter(model, real_sets):
+    r = window_ablation(model, real_sets["lamost_dr10"])
+    assert r["n"] >= 100
+    assert [k for k in r if k != "n"] == [f"mask {lo}-{hi} A" for lo, hi in WINDOWS_A]
+    assert "mask 6800-9100 A" in r          # what a spectrum that stops at 6800 A reads
+    for row in (v for k, v in r.items() if k != "n"):
+        for name in ("teff", "logg", "feh"):
+            assert np.isfinite(row[f"{name}_shift"]) and np.isfinite(row[f"{name}_bias"])
+            assert 0 < row[f"{name}_sigma"] < {"teff": 400, "logg": 0.6, "feh": 0.4}[name]
 
 
 def test_same_star_retrieval_ranks():

@@ -192,6 +192,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="share of LAMOST training views that lose everything redward of a "
                         "random 6800-8200 A (spectra without a red arm: MILES, libraries, "
                         "failed red arms)")
+    f.add_argument("--red-cut-real", type=_probability, default=ft.real_red_cut, metavar="P",
+                   help="the same for the real LAMOST views only (the synthetic views keep "
+                        "their red end unless --red-cut)")
     f.add_argument("--heads-only", action="store_true",
                    help="train only the parameter heads, on the frozen encoders (the "
                         "embedding stays the starting model's), on the synthetic and real "
@@ -334,7 +337,8 @@ def run_finetune(args: argparse.Namespace) -> int:
                          real_set_weights=args.real_set_weights, hard_negatives=args.hard_negatives,
                          hard_group=args.hard_group, seed=args.seed, device=args.device,
                          augment=dataclasses.replace(FinetuneConfig().augment,
-                                                     p_red_cut=args.red_cut))
+                                                     p_red_cut=args.red_cut),
+                         real_red_cut=args.red_cut_real)
     result = finetune(args.model, args.catalog, args.real_data, args.out, cfg,
                       progress=not args.no_progress, overwrite=args.overwrite,
                       command=shlex.join(["specsearch", *sys.argv[1:]]),

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from specsearch.model.evaluation.evaluate_templates import pyhammer
-from specsearch.model.evaluation.metrics import label_stats
+from specsearch.model.evaluation.metrics import label_stats, robust_sigma
 from specsearch.model.training.real_sets import RealSet, load_all
 from specsearch.preprocess import grid_for, prepare_model_input
 
@@ -30,7 +30,10 @@ LABELS = ("teff", "logg", "feh")
 SPLIT_NOTE = ("scored on the test split of a split by star (SHA-1 of the star key: LAMOST "
               "designation, MILES star, Gaia source_id; repeat-visit stars always test); "
               "finetune reads only train and cal")
-WINDOWS_A = ((3700, 4500), (4500, 5500), (5500, 6500), (6500, 7400), (7400, 9100))
+WINDOWS_A = ((3700, 4500), (4500, 5500), (5500, 6500), (6500, 7400), (7400, 9100),
+             (6800, 9100))
+"""Windows masked one at a time; the last two are also the coverage of spectra that stop
+at 7400 A (MILES) or 6800 A (many libraries and slit spectra)."""
 SCO18 = {"teff": 5823.0, "logg": 4.45, "feh": 0.054}
 """18 Sco, the solar twin (Melendez et al. 2014)."""
 
@@ -81,8 +84,9 @@ def labelled_set(model, s: RealSet, *, figures_dir: Path | None = None) -> dict[
 
 
 def window_ablation(model, s: RealSet) -> dict[str, Any]:
-    """Median shift of each label when one wavelength window is masked (ivar = 0), on the
-    FGK S/N > 30 test stars: which windows move which label."""
+    """Median shift of each label when one wavelength window is masked (ivar = 0), and the
+    bias and robust sigma against the labels after, on the FGK S/N > 30 test stars: which
+    windows move which label, and how a spectrum without its red end reads."""
     t = s.select(s.in_split("test"))
     sub = _subsets(t).get("FGK S/N>30")
     if sub is None or sub.sum() < 10:
@@ -103,8 +107,9 @@ def window_ablation(model, s: RealSet) -> dict[str, Any]:
                 row[f"{name}_shift"] = float(np.median(b.predictions[ok, j] -
                                                        base.predictions[ok, j]))
                 if name in t.labels:
-                    row[f"{name}_bias"] = float(np.nanmedian(b.predictions[ok, j] -
-                                                             t.labels[name][ok]))
+                    resid = b.predictions[ok, j] - t.labels[name][ok]
+                    row[f"{name}_bias"] = float(np.nanmedian(resid))
+                    row[f"{name}_sigma"] = robust_sigma(resid)
         out[f"mask {lo}-{hi} A"] = row
     return out
 

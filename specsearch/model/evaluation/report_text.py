@@ -115,7 +115,8 @@ def format_real(real: dict[str, Any]) -> list[str]:
     abl = real.get("window_ablation_dr10") or {}
     if "n" in abl:
         lines += ["", f"  window ablation, DR10 FGK S/N>30 test stars (n={abl['n']}): median "
-                      f"shift of each prediction when the window is masked, and the bias after"]
+                      f"shift of each prediction when the window is masked, and the bias and "
+                      f"robust sigma after"]
         for k, row in abl.items():
             if isinstance(row, dict):
                 lines.append(f"    {k:<18} " + "  ".join(f"{a} {_f(b, 3)}"

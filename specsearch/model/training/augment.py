@@ -193,6 +193,19 @@ def augment(modality: str, x: torch.Tensor, w: torch.Tensor, cfg: AugmentConfig,
     return x, w
 
 
+def red_cut_view(modality: str, x: torch.Tensor, w: torch.Tensor, cfg: AugmentConfig,
+                 gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``augment``'s red cut alone, on copies of an already augmented view: for a caller
+    that also needs the view before the cut (``finetune``'s head distillation)."""
+    x, w, sx, sw = split_pixels(modality, x, w)
+    if cfg.p_red_cut and modality == "lamost":
+        x, w = red_cut(x, w, cfg.p_red_cut, *cfg.red_cut_a, gen)
+    if sx.shape[-1]:
+        sx, sw = sed_follow_mask(sx, sw, w)
+        x, w = torch.cat([x, sx], dim=-1), torch.cat([w, sw], dim=-1)
+    return x, w
+
+
 def sed_tilt(sx, sw, p, slope, curve, gen):
     """Add a slope and a curvature (up to +-``slope`` and +-``curve`` in log10 at the ends,
     drawn uniformly) to the log SED of a random subset of rows, re-centred on the measured

@@ -217,6 +217,10 @@ class FinetuneConfig:
             (identity, S/N slope, clean anchor, adversary, real views) are not computed.
         hard_negatives: share of each synthetic batch drawn as groups of ``hard_group``
             look-alike stars (:mod:`specsearch.model.training.hard_negatives`; 0: all random).
+        real_red_cut: when > 0, the share of the real LAMOST views that lose their red end
+            (beyond a random ``augment.red_cut_a``) in place of ``augment.p_red_cut``, which
+            then cuts only the synthetic views: the heads learn spectra without a red arm
+            from real labels while the synthetic views keep the whole spectrum.
         real_sets: which real sets train the heads (labels) and the views;
             real_set_weights: the share of each in a real batch (MILES, a few hundred stars
             over 3540-7410 A only, would otherwise be a small minority next to LAMOST DR10).
@@ -250,6 +254,7 @@ class FinetuneConfig:
     hard_negatives: float = 0.0
     hard_group: int = 32
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    real_red_cut: float = 0.0
     real_sets: tuple[str, ...] = ("lamost_dr10", "lamost_dr1", "miles")
     real_set_weights: tuple[float, ...] = (0.5, 0.1, 0.4)
     seed: int = 0
@@ -267,6 +272,8 @@ class FinetuneConfig:
         if self.snr_adversary and not (self.identity or self.snr_slope):
             raise ConfigError("snr_adversary works on the identity term's second visits: "
                               "it needs identity or snr_slope > 0")
+        if not 0.0 <= self.real_red_cut <= 1.0:
+            raise ConfigError(f"real_red_cut must be a probability; got {self.real_red_cut}")
         if not 0.0 <= self.sed_tilt_p <= 1.0:
             raise ConfigError(f"sed_tilt_p must be a probability; got {self.sed_tilt_p}")
         if not (math.isfinite(self.sed_lr_factor) and self.sed_lr_factor > 0):

@@ -49,7 +49,7 @@ from specsearch.errors import ConfigError
 from specsearch.io.catalog import open_catalog
 from specsearch.fsutil import write_json_atomic
 from specsearch.model.api import load_model, resolve_device
-from specsearch.model.training.augment import AugmentConfig, augment
+from specsearch.model.training.augment import AugmentConfig, augment, red_cut_view
 from specsearch.model.training.cache import build_cache, population_classes
 from specsearch.model.training.calibrate import calibrate, calibrate_real_floor, to_device
 from specsearch.model.checkpoint import save_model_dir
@@ -222,7 +222,18 @@ def _step_loss(net: SpecCLIPNet, loss_fn: SpecCLIPLoss, data: _Data, cfg: Finetu
     rt = data.real_train
     ri = _rows(rng, rt.x.shape[0], cfg.real_batch, data.real_p)
     rx, rw = torch.from_numpy(rt.x[ri]).to(device), torch.from_numpy(rt.w[ri]).to(device)
-    (rxa, rwa), (rxb, rwb) = _views("lamost", rx, rw, gen, cfg.augment)
+    real_aug = (dataclasses.replace(cfg.augment, p_red_cut=cfg.real_red_cut)
+                if cfg.real_red_cut else cfg.augment)
+    if teacher is not None and real_aug.p_red_cut:
+        # The teacher reads each real view before its red cut: distillation holds the heads
+        # where the starting model puts whole spectra, and leaves the cut ones free to
+        # move to where the labels (and the clean anchor) want them.
+        uncut = dataclasses.replace(real_aug, p_red_cut=0.0)
+        (tx, tw), (rxb, rwb) = _views("lamost", rx, rw, gen, uncut)
+        rxa, rwa = red_cut_view("lamost", tx, tw, real_aug, gen)
+    else:
+        (rxa, rwa), (rxb, rwb) = _views("lamost", rx, rw, gen, real_aug)
+        tx, tw = rxa, rwa
     r_out = net.forward_outputs("lamost", rxa, rwa, decode=False)
     ry = (torch.from_numpy(rt.labels[ri]).to(device) - label_mean) / label_std
     rn = torch.from_numpy(rt.label_noise[ri]).to(device) / label_std
@@ -234,7 +245,7 @@ def _step_loss(net: SpecCLIPNet, loss_fn: SpecCLIPLoss, data: _Data, cfg: Finetu
         # the starting model's head predictions on the same real (and, with
         # distill_synthetic, synthetic) views: what the other terms may not move
         # (standardised label units)
-        pairs = [(r_out.label_mu, "lamost", rxa, rwa)]
+        pairs = [(r_out.label_mu, "lamost", tx, tw)]
         if cfg.distill_synthetic:
             pairs += [(outs[m].label_mu, m, *va[m]) for m in mods]
         with torch.no_grad():
