@@ -201,3 +201,29 @@ def as_1d(array: Any) -> np.ndarray:
     """A table cell or image as a 1-D float64 array (drops length-1 axes, keeps others)."""
     arr = np.asarray(array, dtype=np.float64)
     return arr.reshape(-1) if arr.ndim > 1 and sum(n > 1 for n in arr.shape) <= 1 else arr
+
+
+AIR_LIBRARIES = {"MILES": "TPLLIB=MILES (MILES wavelengths are in air)"}
+"""Spectral libraries known to be in air whose headers do not say so, by ``TPLLIB``."""
+
+
+def fits_medium(header: fits.Header) -> tuple[str | None, str]:
+    """("air"/"vacuum", where it was read) from a header's CTYPE1, AIRORVAC, VACUUM or a
+    library known to be in air (:data:`AIR_LIBRARIES`); (None, "") when it says nothing."""
+    ctype = (header_str(header, "CTYPE1") or "").upper()
+    if ctype.startswith("AWAV"):
+        return "air", "CTYPE1=AWAV"
+    if ctype.startswith("WAVE"):
+        return "vacuum", "CTYPE1=WAVE"
+    airorvac = (header_str(header, "AIRORVAC", "AIRVAC", "WAVEMED") or "").lower()
+    if airorvac.startswith("air"):
+        return "air", f"AIRORVAC={airorvac!r}"
+    if airorvac.startswith("vac"):
+        return "vacuum", f"AIRORVAC={airorvac!r}"
+    vacuum = header_get(header, "VACUUM")
+    if isinstance(vacuum, bool):
+        return ("vacuum" if vacuum else "air"), f"VACUUM={vacuum}"
+    library = (header_str(header, "TPLLIB") or "").upper()
+    if library in AIR_LIBRARIES:
+        return "air", AIR_LIBRARIES[library]
+    return None, ""

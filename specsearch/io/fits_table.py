@@ -2,8 +2,9 @@
 
 :func:`read_fits_table` finds the first table HDU with a flux column and a wavelength (or
 ``loglam``) column, names matched as in text spectra (:func:`specsearch.io._text.classify_name`),
-and returns its columns by role with what the file says about them; the generic reader
-(:mod:`specsearch.io.generic`) turns that into a :class:`~specsearch.spectrum.Spectrum`.
+and returns its columns by role with what the file says about them;
+:func:`read_table_spectrum` turns that into a :class:`~specsearch.spectrum.Spectrum` for the
+generic reader (:mod:`specsearch.io.generic`).
 
 Two layouts: one row per pixel (SDSS ``COADD``: ``flux``, ``loglam``, ``ivar``,
 ``and_mask``, ``wdisp``...) or one row whose cells are the arrays (ESO SDP: ``WAVE``,
@@ -19,10 +20,15 @@ from typing import Any
 
 import numpy as np
 from astropy.io import fits
+from astropy.io.fits.verify import VerifyError
 
 from specsearch.errors import ReaderError
-from specsearch.io._fits import header_float, header_get, header_int, header_str, hdu_data
+from specsearch.io._fits import (fits_medium, hdu_data, header_float, header_gaia_source_id,
+                                 header_get, header_int, header_str)
 from specsearch.io._text import UNIT_WORDS, classify_name
+from specsearch.io.spectrum_build import (column_wavelengths, error_column, file_stem,
+                                          finish_spectrum)
+from specsearch.spectrum import Spectrum
 
 ROLE_ORDER = ("wavelength", "loglam", "flux", "ivar", "error", "variance", "mask")
 SDSS_WDISP_DEX = 1e-4
@@ -204,3 +210,37 @@ def read_fits_table(hdul: fits.HDUList, path: Path) -> TableSpectrum:
     return TableSpectrum(columns=columns, names=names, hdu_name=hdu_name,
                          wavelength_unit=unit, medium=medium, medium_from=medium_from,
                          header=header, meta=meta)
+
+
+def read_table_spectrum(hdul: fits.HDUList, path: Path, air: bool | None,
+                        unit: str | None) -> Spectrum:
+    """The spectrum of an open FITS file's spectrum table (the generic reader's rules for
+    units, medium and noise; :mod:`specsearch.io.generic`). ReaderError names the file."""
+    try:
+        table = read_fits_table(hdul, path)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, VerifyError) as exc:
+        # astropy parses table columns lazily: damage in TFORMn/TDIMn shows up only here
+        raise ReaderError(path, f"damaged FITS table: {type(exc).__name__}: {exc}") from exc
+    cols, header, tmeta = table.columns, table.header, table.meta
+    meta: dict[str, Any] = {"format": "generic-fits-table", "table": table.hdu_name,
+                            "columns": dict(table.names)}
+    wave, decided = column_wavelengths(path, cols, table.names, override=unit,
+                                       stated=table.wavelength_unit,
+                                       stated_from="column unit or name")
+    meta.update(decided)
+    medium, medium_from = table.medium, table.medium_from
+    if medium is None:
+        medium, medium_from = fits_medium(header)
+    if medium is None:
+        medium, medium_from = "air", "default for FITS tables (IRAF convention: air)"
+    errors = error_column(cols)
+    extra_mask = cols["mask"] != 0 if "mask" in cols else None
+    meta.update({k: v for k, v in tmeta.items() if k not in ("spectrum_id", "bunit")})
+    meta["object"] = header_str(header, "OBJECT", "OBJNAME")
+    source_id, _ = header_gaia_source_id(header)
+    return finish_spectrum(path, wave, cols["flux"], errors, meta, air=air, medium=medium,
+                           medium_from=medium_from,
+                           spectrum_id=str(tmeta.get("spectrum_id") or file_stem(path)),
+                           source_id=source_id, ra=header_float(header, "PLUG_RA", "RA"),
+                           dec=header_float(header, "PLUG_DEC", "DEC"),
+                           flux_unit=str(tmeta.get("bunit") or ""), extra_mask=extra_mask)

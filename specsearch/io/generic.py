@@ -63,30 +63,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from astropy import units as u
 from astropy.io import fits
-from astropy.io.fits.verify import VerifyError
 
-from specsearch.errors import ReaderError, SpectrumError
-from specsearch.io._fits import (has_fits_suffix, hdu_data, header_float,
-                                 header_gaia_source_id, header_get, header_int, header_str,
+from specsearch.errors import ReaderError
+from specsearch.io._fits import (AIR_LIBRARIES, fits_medium, has_fits_suffix, hdu_data,
+                                 header_float, header_gaia_source_id, header_int, header_str,
                                  open_fits, read_primary_header, sniff)
 from specsearch.io._text import (classify_name, has_text_suffix, looks_like_text_spectrum,
                                  parse_text)
-from specsearch.io.fits_table import read_fits_table
-from specsearch.preprocess import air_to_vacuum
+from specsearch.io.fits_table import read_table_spectrum
+from specsearch.io.spectrum_build import (NOISE_FLOOR, column_wavelengths, error_column,
+                                          estimate_noise, file_stem, finish_spectrum,
+                                          guess_wavelength_unit, to_angstrom, to_float)
 from specsearch.spectrum import Spectrum
 
+__all__ = ["AIR_LIBRARIES", "FORMAT_NAME", "NOISE_FLOOR", "estimate_noise",
+           "guess_wavelength_unit", "identify", "read", "read_generic", "to_angstrom"]
+
 FORMAT_NAME = "generic"
-NOISE_FLOOR = 1e-4
-"""The DER_SNR noise is floored at this fraction of the median |flux| (S/N <= 10^4), so a
-noiseless model spectrum still gets a finite ivar."""
 
 ERROR_EXTENSIONS = {"IVAR": "ivar", "INVVAR": "ivar", "ERR": "error", "ERROR": "error",
                     "SIGMA": "error", "NOISE": "error", "UNCERTAINTY": "error",
                     "VAR": "variance", "VARIANCE": "variance"}
-AIR_LIBRARIES = {"MILES": "TPLLIB=MILES (MILES wavelengths are in air)"}
-"""Spectral libraries known to be in air whose headers do not say so, by ``TPLLIB``."""
 _MILES_ID = re.compile(r"(m\d{4}V)")
 SNIFF_BYTES = 40 * 2880
 
@@ -150,40 +148,6 @@ def read_generic(path: str | Path, *, air: bool | None = None,
     if sniff(path, 6) == b"SIMPLE" or has_fits_suffix(path):
         return _read_fits(path, air, wavelength_unit)
     return _read_text(path, air, wavelength_unit)
-
-
-def estimate_noise(flux: np.ndarray) -> float | None:
-    """DER_SNR noise (Stoehr et al. 2008) of a spectrum: 1.4826/sqrt(6) * median |2f_i -
-    f_(i-2) - f_(i+2)| over finite non-zero pixels, floored at ``NOISE_FLOOR`` x median |f|.
-    None when fewer than 5 usable pixels."""
-    f = np.asarray(flux, dtype=np.float64)
-    f = f[np.isfinite(f) & (f != 0)]
-    if f.size < 5:
-        return None
-    noise = 1.482602 / np.sqrt(6.0) * np.median(np.abs(2.0 * f[2:-2] - f[:-4] - f[4:]))
-    floor = NOISE_FLOOR * float(np.median(np.abs(f)))
-    return float(max(noise, floor)) if max(noise, floor) > 0 else None
-
-
-def guess_wavelength_unit(values: np.ndarray) -> str:
-    """The unit wavelength values look like (rule in the module docstring)."""
-    w = np.asarray(values, dtype=np.float64)
-    w = w[np.isfinite(w)]
-    if w.size and w.min() > 2.5 and w.max() < 5.0:
-        return "log10 Angstrom"
-    top = float(w.max()) if w.size else 0.0
-    return "um" if top < 30.0 else "nm" if top < 2500.0 else "Angstrom"
-
-
-def to_angstrom(values: np.ndarray, unit: str) -> np.ndarray:
-    """Wavelengths in ``unit`` (astropy-parsable, or "log10 Angstrom") to Angstrom."""
-    w = np.asarray(values, dtype=np.float64)
-    if unit.lower().startswith("log10"):
-        return 10.0 ** w
-    try:
-        return (w * u.Unit(unit)).to_value(u.AA, equivalencies=u.spectral())
-    except (ValueError, TypeError, u.UnitsError) as exc:
-        raise ReaderError(None, f"unknown wavelength unit {unit!r}: {exc}") from exc
 
 
 # --------------------------------------------------------------------------- FITS
@@ -256,26 +220,6 @@ def _fits_unit(header: fits.Header) -> str | None:
     return None
 
 
-def _fits_medium(header: fits.Header) -> tuple[str | None, str]:
-    ctype = (header_str(header, "CTYPE1") or "").upper()
-    if ctype.startswith("AWAV"):
-        return "air", "CTYPE1=AWAV"
-    if ctype.startswith("WAVE"):
-        return "vacuum", "CTYPE1=WAVE"
-    airorvac = (header_str(header, "AIRORVAC", "AIRVAC", "WAVEMED") or "").lower()
-    if airorvac.startswith("air"):
-        return "air", f"AIRORVAC={airorvac!r}"
-    if airorvac.startswith("vac"):
-        return "vacuum", f"AIRORVAC={airorvac!r}"
-    vacuum = header_get(header, "VACUUM")
-    if isinstance(vacuum, bool):
-        return ("vacuum" if vacuum else "air"), f"VACUUM={vacuum}"
-    library = (header_str(header, "TPLLIB") or "").upper()
-    if library in AIR_LIBRARIES:
-        return "air", AIR_LIBRARIES[library]
-    return None, ""
-
-
 def _error_extension(hdul: fits.HDUList, path: Path, npix: int) -> tuple[np.ndarray, str] | None:
     for hdu in hdul[1:]:
         kind = ERROR_EXTENSIONS.get((hdu.name or "").strip().upper())
@@ -293,7 +237,7 @@ def _error_extension(hdul: fits.HDUList, path: Path, npix: int) -> tuple[np.ndar
 def _read_fits(path: Path, air: bool | None, unit: str | None) -> Spectrum:
     with open_fits(path) as hdul:
         if _find_image(hdul, path, required=False) is None:
-            return _read_fits_table(hdul, path, air, unit)
+            return read_table_spectrum(hdul, path, air, unit)
         hdu, header = _find_image(hdul, path)
         data = hdu_data(hdu, path, "spectrum image")
         shape = getattr(data, "shape", None)
@@ -304,65 +248,24 @@ def _read_fits(path: Path, air: bool | None, unit: str | None) -> Spectrum:
         flux = np.asarray(data, dtype=np.float64).reshape(-1)
         wave, meta = _fits_wavelength(header, flux.size, path, unit)
         errors = _error_extension(hdul, path, flux.size)
-    medium, medium_from = _fits_medium(header)
+    medium, medium_from = fits_medium(header)
     if medium is None:
         medium, medium_from = "air", "default for FITS images (IRAF convention: air)"
     library = (header_str(header, "TPLLIB") or "").upper()
     match = _MILES_ID.search(path.name)
-    spectrum_id = match.group(1) if library == "MILES" and match else _stem(path)
+    spectrum_id = match.group(1) if library == "MILES" and match else file_stem(path)
     if library == "MILES" and match:
         meta["miles_id"] = match.group(1)
     meta.update(format="generic-fits", object=header_str(header, "OBJECT", "OBJNAME"),
                 fwhm_A=header_float(header, "FWHM"), library=library or None,
                 resolving_power=header_float(header, "SPEC_RES"))
     source_id, _ = header_gaia_source_id(header)
-    return _finish(path, wave, flux, errors, meta, air=air, medium=medium,
-                   medium_from=medium_from, spectrum_id=spectrum_id, source_id=source_id,
-                   ra=header_float(header, "RA"), dec=header_float(header, "DEC"),
-                   flux_unit=header_str(header, "BUNIT") or
-                   ("relative F_lambda" if library == "MILES" else ""))
-
-
-def _read_fits_table(hdul: fits.HDUList, path: Path, air: bool | None,
-                     unit: str | None) -> Spectrum:
-    try:
-        table = read_fits_table(hdul, path)
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError, VerifyError) as exc:
-        # astropy parses table columns lazily: damage in TFORMn/TDIMn shows up only here
-        raise ReaderError(path, f"damaged FITS table: {type(exc).__name__}: {exc}") from exc
-    cols, header, tmeta = table.columns, table.header, table.meta
-    meta: dict[str, Any] = {"format": "generic-fits-table", "table": table.hdu_name,
-                            "columns": dict(table.names)}
-    if "wavelength" in cols:
-        raw_wave = cols["wavelength"]
-        meta["unit_from"] = ("override" if unit else "column unit or name"
-                             if table.wavelength_unit else "values")
-        unit = unit or table.wavelength_unit or guess_wavelength_unit(raw_wave)
-    else:
-        raw_wave, unit, meta["unit_from"] = cols["loglam"], "log10 Angstrom", "loglam column"
-    meta["wavelength_unit"] = unit
-    try:
-        wave = to_angstrom(raw_wave, unit)
-    except ReaderError as exc:
-        raise ReaderError(path, f"column {table.names.get('wavelength')!r}: {exc.reason}") \
-            from exc
-    medium, medium_from = table.medium, table.medium_from
-    if medium is None:
-        medium, medium_from = _fits_medium(header)
-    if medium is None:
-        medium, medium_from = "air", "default for FITS tables (IRAF convention: air)"
-    errors = next(((cols[k], k) for k in ("ivar", "error", "variance") if k in cols), None)
-    extra_mask = cols["mask"] != 0 if "mask" in cols else None
-    meta.update({k: v for k, v in tmeta.items() if k not in ("spectrum_id", "bunit")})
-    meta["object"] = header_str(header, "OBJECT", "OBJNAME")
-    source_id, _ = header_gaia_source_id(header)
-    return _finish(path, wave, cols["flux"], errors, meta, air=air, medium=medium,
-                   medium_from=medium_from,
-                   spectrum_id=str(tmeta.get("spectrum_id") or _stem(path)),
-                   source_id=source_id,
-                   ra=header_float(header, "PLUG_RA", "RA"),
-                   dec=header_float(header, "PLUG_DEC", "DEC"),
-                   flux_unit=str(tmeta.get("bunit") or ""), extra_mask=extra_mask)
+    return finish_spectrum(path, wave, flux, errors, meta, air=air, medium=medium,
+                           medium_from=medium_from, spectrum_id=spectrum_id,
+                           source_id=source_id, ra=header_float(header, "RA"),
+                           dec=header_float(header, "DEC"),
+                           flux_unit=header_str(header, "BUNIT") or
+                           ("relative F_lambda" if library == "MILES" else ""))
 
 
 # --------------------------------------------------------------------------- text
@@ -372,19 +275,11 @@ def _read_text(path: Path, air: bool | None, unit: str | None) -> Spectrum:
     cols = table.columns
     meta: dict[str, Any] = {"format": "generic-text", "header_less": table.header_less,
                             "columns": dict(table.names)}
-    if "wavelength" in cols:
-        raw_wave = cols["wavelength"]
-        meta["unit_from"] = ("override" if unit else "column name or comment"
-                             if table.wavelength_unit else "values")
-        unit = unit or table.wavelength_unit or guess_wavelength_unit(raw_wave)
-    else:
-        raw_wave, unit, meta["unit_from"] = cols["loglam"], "log10 Angstrom", "loglam column"
-    meta["wavelength_unit"] = unit
-    try:
-        wave = to_angstrom(raw_wave, unit)
-    except ReaderError as exc:
-        raise ReaderError(path, exc.reason) from exc
-    errors = next(((cols[k], k) for k in ("ivar", "error", "variance") if k in cols), None)
+    wave, decided = column_wavelengths(path, cols, table.names, override=unit,
+                                       stated=table.wavelength_unit,
+                                       stated_from="column name or comment")
+    meta.update(decided)
+    errors = error_column(cols)
     cm = table.comment_meta
     medium, medium_from = table.medium, table.medium_from
     if medium is None:
@@ -393,87 +288,13 @@ def _read_text(path: Path, air: bool | None, unit: str | None) -> Spectrum:
     meta.update({k: cm[k] for k in ("object", "z", "fwhm_A", "resolving_power") if k in cm})
     for key in ("z", "fwhm_A", "resolving_power"):
         if key in meta:
-            meta[key] = _to_float(meta[key])
+            meta[key] = to_float(meta[key])
     source_id = cm.get("source_id")
-    return _finish(path, wave, cols["flux"], errors, meta, air=air, medium=medium,
-                   medium_from=medium_from, spectrum_id=str(cm.get("spectrum_id") or
-                                                            _stem(path)),
-                   source_id=int(source_id) if str(source_id or "").isdigit() else None,
-                   ra=_to_float(cm.get("ra")), dec=_to_float(cm.get("dec")),
-                   flux_unit=str(cm.get("flux_unit", "")), extra_mask=extra_mask,
-                   snr=_to_float(cm.get("snr")))
-
-
-# --------------------------------------------------------------------------- shared
-
-def _finish(path: Path, wave: np.ndarray, flux: np.ndarray,
-            errors: tuple[np.ndarray, str] | None, meta: dict[str, Any], *, air: bool | None,
-            medium: str, medium_from: str, spectrum_id: str, source_id: int | None,
-            ra: float | None, dec: float | None, flux_unit: str,
-            extra_mask: np.ndarray | None = None, snr: float | None = None) -> Spectrum:
-    """Common end of both readers: ivar, medium, order, mask, validation."""
-    flux = np.asarray(flux, dtype=np.float64)
-    if not np.isfinite(flux).any():
-        raise ReaderError(path, f"no finite flux value in {flux.size} pixels")
-    if air is not None:
-        medium, medium_from = ("air" if air else "vacuum"), "caller (air= argument)"
-    meta.update(filename=path.name, wavelength_medium=medium, medium_from=medium_from)
-    if medium == "air":
-        wave = air_to_vacuum(wave)
-    if errors is None:
-        noise = estimate_noise(flux)
-        if noise is None:
-            raise ReaderError(path, "no error column and too few finite pixels (< 5) to "
-                                    "estimate the noise")
-        with np.errstate(over="ignore", divide="ignore"):
-            inverse = 1.0 / np.float64(noise) ** 2
-        if not (np.isfinite(inverse) and inverse > 0):
-            raise ReaderError(path, f"flux values out of range: the estimated noise "
-                                    f"({noise:.3g}) gives no usable inverse variance; "
-                                    f"rescale the flux or give an error column")
-        ivar = np.full(flux.size, inverse)
-        meta.update(ivar_from="der_snr estimate", noise_estimate=noise)
-        finite = flux[np.isfinite(flux) & (flux != 0)]
-        snr = snr if snr is not None else float(np.median(finite) / noise)
-    else:
-        values, kind = errors
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ivar = {"ivar": values, "error": 1.0 / values ** 2,
-                    "variance": 1.0 / values}[kind]
-        ivar = np.where(np.isfinite(ivar) & (ivar > 0), ivar, 0.0)
-        meta["ivar_from"] = f"{kind} " + ("extension" if meta["format"] == "generic-fits"
-                                           else "column")
-    finite_wave = np.isfinite(wave)
-    if not finite_wave.all():  # drop rows without a wavelength, and say so
-        meta["rows_dropped_no_wavelength"] = int((~finite_wave).sum())
-        keep = finite_wave
-        wave, flux, ivar = wave[keep], flux[keep], ivar[keep]
-        extra_mask = None if extra_mask is None else extra_mask[keep]
-    if wave.size >= 2 and np.all(np.diff(wave) < 0):  # descending: flip everything
-        wave, flux, ivar = wave[::-1], flux[::-1], ivar[::-1]
-        extra_mask = None if extra_mask is None else extra_mask[::-1]
-    mask = ~np.isfinite(flux) | (flux == 0) | (ivar <= 0)
-    if extra_mask is not None:
-        mask |= extra_mask
-    source_id_ok = source_id if source_id is None or 0 < source_id < 2 ** 63 else None
-    spectrum = Spectrum(wavelength=wave, flux=flux, ivar=ivar, mask=mask,
-                        spectrum_id=spectrum_id, source_id=source_id_ok, modality=None,
-                        ra=ra, dec=dec, snr=snr, flux_unit=flux_unit, path=str(path),
-                        meta=meta)
-    try:
-        return spectrum.validated()
-    except SpectrumError as exc:
-        raise ReaderError(path, str(exc).removeprefix(f"{path}: ")) from exc
-
-
-def _stem(path: Path) -> str:
-    name = path.name.removesuffix(".gz")
-    return name.rsplit(".", 1)[0] if "." in name else name
-
-
-def _to_float(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if np.isfinite(number) else None
+    return finish_spectrum(path, wave, cols["flux"], errors, meta, air=air, medium=medium,
+                           medium_from=medium_from,
+                           spectrum_id=str(cm.get("spectrum_id") or file_stem(path)),
+                           source_id=int(source_id) if str(source_id or "").isdigit()
+                           else None,
+                           ra=to_float(cm.get("ra")), dec=to_float(cm.get("dec")),
+                           flux_unit=str(cm.get("flux_unit", "")), extra_mask=extra_mask,
+                           snr=to_float(cm.get("snr")))
