@@ -83,13 +83,6 @@ class ResolutionMatch:
     wavelength_A: float
     broaden: bool
 
-    def describe(self) -> str:
-        got = "unknown" if self.input_fwhm_A is None else f"{self.input_fwhm_A:.3g} A"
-        verb = "broadened to" if self.broaden else "kept (target"
-        tail = "" if self.broaden else ")"
-        return (f"input FWHM {got} ({self.source}) at {self.wavelength_A:.0f} A; "
-                f"{verb} {self.target_fwhm_A:.3g} A{tail}")
-
 
 def _positive(value: object) -> float | None:
     try:
