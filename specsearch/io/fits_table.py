@@ -14,6 +14,7 @@ spectra and is refused with a message that says so.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 from astropy.io.fits.verify import VerifyError
+from astropy.utils.exceptions import AstropyWarning
 
 from specsearch.errors import ReaderError
 from specsearch.io._fits import (fits_medium, hdu_data, header_float, header_gaia_source_id,
@@ -217,7 +219,10 @@ def read_table_spectrum(hdul: fits.HDUList, path: Path, air: bool | None,
     """The spectrum of an open FITS file's spectrum table (the generic reader's rules for
     units, medium and noise; :mod:`specsearch.io.generic`). ReaderError names the file."""
     try:
-        table = read_fits_table(hdul, path)
+        with warnings.catch_warnings():
+            # astropy warns about odd column names and formats; damage is an error below
+            warnings.simplefilter("ignore", AstropyWarning)
+            table = read_fits_table(hdul, path)
     except (ValueError, TypeError, KeyError, IndexError, AttributeError, VerifyError) as exc:
         # astropy parses table columns lazily: damage in TFORMn/TDIMn shows up only here
         raise ReaderError(path, f"damaged FITS table: {type(exc).__name__}: {exc}") from exc
