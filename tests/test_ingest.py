@@ -94,3 +94,34 @@ def test_label_sentinels_are_read_as_missing(samples, tmp_path):
     t = _table(tmp_path / "cat", "lamost")
     assert t.column("feh").to_pylist() == [None] or np.isnan(t.column("feh").to_pylist()[0])
     assert t.column("teff").to_pylist()[0] > 1000
+
+
+def test_resolving_power_for_files_that_state_none(tmp_path):
+    """A spectrum sampled at 0.8 A (too coarse to be taken as Nyquist-sampled) is broadened
+    only once ingest is told its resolution; a resolution the file states wins."""
+    import pytest
+
+    from specsearch.errors import ConfigError
+
+    wave = np.arange(4000.0, 6000.0, 0.8)
+    sigma = 5000.0 / 5000.0 / 2.3548                       # R = 5000 lines
+    flux = 1.0 - 0.5 * sum(np.exp(-0.5 * ((wave - c) / sigma) ** 2) for c in (4500, 5000, 5500))
+    lines = "\n".join(f"{w:.2f},{f:.6f},0.01" for w, f in zip(wave, flux))
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "star.csv").write_text("wavelength,flux,error\n" + lines + "\n")
+    (tmp_path / "in" / "coarse.csv").write_text("# fwhm = 6.0\nwavelength,flux,error\n"
+                                               + lines + "\n")
+    depth = {}
+    for name, power in (("plain", None), ("told", 5000.0)):
+        rep = ingest([tmp_path / "in"], tmp_path / name, modality="lamost", progress=False,
+                     resolving_power=power)
+        assert rep.rows_written == 2
+        t = _table(tmp_path / name, "lamost")
+        fl = {sid: f for sid, f in zip(t.column("spectrum_id").to_pylist(),
+                                       list_column_to_numpy(t.column("flux")))}
+        depth[name] = {sid: float(1.0 - f[f > 0].min()) for sid, f in fl.items()}
+    assert depth["told"]["star"] < 0.8 * depth["plain"]["star"]   # broadened: shallower
+    assert depth["told"]["coarse"] == depth["plain"]["coarse"]     # its own fwhm = 6 A wins
+    with pytest.raises(ConfigError, match="resolving_power"):
+        ingest([tmp_path / "in"], tmp_path / "bad", modality="lamost", progress=False,
+               resolving_power=-1.0)

@@ -23,6 +23,8 @@ Example:
       --labels ../shared/data/real/pairs_lamost_xp.csv --on obsid \\
       --rename gaia_dr3_source_id=source_id --out catalogs/lamost_dr8
   specsearch ingest --modality xp gaia_xp_chunk.fits --out catalogs/xp
+  specsearch ingest --modality lamost library/*.txt --resolving-power 10000 \
+      --out catalogs/library        # sharp spectra are broadened to LAMOST's R = 1800
 
 Bad files are reported and skipped; re-running into the same catalog adds nothing twice.
 Ctrl-C stops after the file being read (press it again to abandon that file); every file
@@ -53,6 +55,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "gaia_dr3_source_id=source_id (repeatable)")
     p.add_argument("--observed-frame", action="store_true",
                    help="keep the observed frame (default: remove the header redshift)")
+    p.add_argument("--resolving-power", type=float, metavar="R",
+                   help="R = lambda / FWHM of spectra whose files state no resolution; "
+                        "spectra much sharper than LAMOST (R = 1800) are broadened to it "
+                        "before they are put on the grid (a resolution the file states "
+                        "wins)")
     p.add_argument("--rows-per-file", type=int, default=50_000)
     p.add_argument("--max-file-mb", type=int, default=256,
                    help="largest content (MB, after gzip decompression) of a file read "
@@ -79,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         report = ingest(args.paths, args.out, modality=args.modality, labels=args.labels,
                         on=args.on, rename=rename, rest_frame=not args.observed_frame,
                         rows_per_file=args.rows_per_file, progress=not args.no_progress,
-                        should_stop=stop.is_set)
+                        should_stop=stop.is_set, resolving_power=args.resolving_power)
     print(report.summary())
     if args.report:
         write_json_atomic(Path(args.report), {**asdict(report), "exit_code": report.exit_code})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from specsearch.errors import CatalogError, ReaderError, SpecsearchError, SpectrumError
+from specsearch.errors import (CatalogError, ConfigError, ReaderError, SpecsearchError,
+                               SpectrumError)
 from specsearch.fsutil import write_json_atomic
 from specsearch.io.catalog import LABEL_COLUMNS, CatalogWriter, open_catalog
 from specsearch.io.label_tables import LabelTable
@@ -185,7 +187,8 @@ def ingest(paths: Sequence[str | Path], out: str | Path, *, modality: str,
            labels: str | Path | None = None, on: str | None = None,
            rename: dict[str, str] | None = None, rest_frame: bool = True,
            rows_per_file: int = 50_000, batch_rows: int = 2000, progress: bool = True,
-           should_stop: Callable[[], bool] | None = None) -> IngestReport:
+           should_stop: Callable[[], bool] | None = None,
+           resolving_power: float | None = None) -> IngestReport:
     """Turn survey files (LAMOST FITS, Gaia XP tables, generic spectra) into a catalog.
 
     A file counts as done (in the ledger, skipped by a rerun) only once all its rows are
@@ -206,10 +209,17 @@ def ingest(paths: Sequence[str | Path], out: str | Path, *, modality: str,
             label-table names onto those (``{"gaia_dr3_source_id": "source_id"}``).
         rest_frame: remove the header redshift when the file gives one (LAMOST ``Z``).
         should_stop: polled between files; True ends the run cleanly.
+        resolving_power: R = lambda / FWHM of spectra whose file states no resolution
+            (a stated one wins): spectra much sharper than LAMOST are broadened to it
+            (:mod:`specsearch.preprocess.lsf`).
     Returns:
         An :class:`IngestReport`; bad files and bad spectra are listed there, not raised.
     """
     grid_for(modality)  # validates the modality name
+    if resolving_power is not None and not (math.isfinite(resolving_power)
+                                            and resolving_power > 0):
+        raise ConfigError(f"resolving_power must be a positive number (R = lambda / FWHM); "
+                          f"got {resolving_power}")
     start = time.perf_counter()
     root = Path(out)
     files = expand_paths(paths)
@@ -235,7 +245,7 @@ def ingest(paths: Sequence[str | Path], out: str | Path, *, modality: str,
                 continue
             try:
                 file_rows = _read_file_rows(path, modality, rest_frame, label_table, seen_ids,
-                                            report)
+                                            report, resolving_power)
             except Exception as exc:  # noqa: BLE001 - one bad file never stops the run
                 report.skipped_files.append((path.name, _reason(exc)))
                 continue
@@ -325,9 +335,11 @@ class _RowBatches:
 
 def _read_file_rows(path: Path, modality: str, rest_frame: bool,
                     label_table: LabelTable | None, seen_ids: set[str],
-                    report: IngestReport) -> list[dict[str, Any]]:
+                    report: IngestReport, resolving_power: float | None = None
+                    ) -> list[dict[str, Any]]:
     """The new catalog rows of one file (bad spectra and duplicates counted in ``report``)."""
     from specsearch.io.registry import read_spectra
+    from specsearch.preprocess.lsf import input_resolution
 
     rows: list[dict[str, Any]] = []
     skipped: list[tuple[str, str]] = []
@@ -335,6 +347,9 @@ def _read_file_rows(path: Path, modality: str, rest_frame: bool,
     ids: set[str] = set()
     for spec in read_spectra(path, modality=modality):
         name = spec.spectrum_id or path.name
+        if resolving_power is not None and input_resolution(spec) is None:
+            spec.meta.update(resolving_power=resolving_power,
+                             resolution_from="ingest --resolving-power")
         try:
             row = spectrum_row(spec, modality, rest_frame=rest_frame)
         except SpecsearchError as exc:
