@@ -116,3 +116,21 @@ def test_a_million_pixel_echelle_spectrum_is_matched_on_a_bounded_work_grid():
     assert np.isfinite(got).all() and (ivar > 0).sum() > 3800
     # the 6.3 A-period ripple is wider than the kernel: it survives, damped
     assert np.ptp(got[ivar > 0]) > 0.1
+
+
+def test_a_resolution_the_caller_knows_fills_in_only_where_the_file_says_none():
+    from specsearch.errors import ConfigError
+
+    wave = np.arange(4000.0, 6000.0, 0.8)
+    silent = _spectrum(wave, np.ones(wave.size))
+    assert resolution_match(silent, "lamost").source == "unknown"
+    assert lsf.state_resolution(silent, 5000.0, "ingest --resolving-power")
+    assert silent.meta["resolution_from"] == "ingest --resolving-power"
+    assert resolution_match(silent, "lamost").broaden      # 1.0 A < 0.7 x 2.8 A
+    stated = _spectrum(wave, np.ones(wave.size), fwhm_A=6.0)
+    assert not lsf.state_resolution(stated, 5000.0, "search --resolving-power")
+    assert stated.meta == {"fwhm_A": 6.0}                   # the file's own value wins
+    assert not lsf.state_resolution(silent, None, "unused")
+    for bad in (0.0, -5.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="resolving_power"):
+            lsf.state_resolution(_spectrum(wave, np.ones(wave.size)), bad, "x")

@@ -50,6 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--range", type=float, metavar="COSINE",
                    help="instead of k-NN: every neighbour with similarity >= COSINE")
     p.add_argument("--model", help="model directory for --spectrum (default: shipped model)")
+    p.add_argument("--resolving-power", type=float, metavar="R",
+                   help="R = lambda / FWHM of a --spectrum file that states none: a spectrum "
+                        "much sharper than LAMOST is broadened to R = 1800 first")
     p.add_argument("--format", default="table", choices=("table", "json", "csv"))
     p.add_argument("--ef-search", type=int, help="override the tuned HNSW ef_search")
     p.add_argument("--nprobe", type=int, help="override the tuned IVF nprobe")
@@ -98,8 +101,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         from specsearch.io.registry import read_spectra
         from specsearch.model.api import load_model
+        from specsearch.preprocess.lsf import state_resolution
         engine.attach_encoder(load_model(args.model))
         for spectrum in read_spectra(args.spectrum, modality=args.modality):
+            state_resolution(spectrum, args.resolving_power, "search --resolving-power")
             results.append(engine.search_spectrum(
                 spectrum, modality=args.modality, target_modality=args.target_modality,
                 **page))

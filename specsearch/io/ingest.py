@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -19,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from specsearch.errors import (CatalogError, ConfigError, ReaderError, SpecsearchError,
-                               SpectrumError)
+from specsearch.errors import CatalogError, ReaderError, SpecsearchError, SpectrumError
 from specsearch.fsutil import write_json_atomic
 from specsearch.io.catalog import LABEL_COLUMNS, CatalogWriter, open_catalog
 from specsearch.io.label_tables import LabelTable
 from specsearch.preprocess import grid_for, to_canonical_grid
+from specsearch.preprocess.lsf import check_resolving_power, state_resolution
 from specsearch.spectrum import Spectrum
 
 SPECTRUM_SUFFIXES = (".fits", ".fits.gz", ".fit", ".fit.gz", ".fts", ".fts.gz", ".csv",
@@ -216,10 +215,8 @@ def ingest(paths: Sequence[str | Path], out: str | Path, *, modality: str,
         An :class:`IngestReport`; bad files and bad spectra are listed there, not raised.
     """
     grid_for(modality)  # validates the modality name
-    if resolving_power is not None and not (math.isfinite(resolving_power)
-                                            and resolving_power > 0):
-        raise ConfigError(f"resolving_power must be a positive number (R = lambda / FWHM); "
-                          f"got {resolving_power}")
+    if resolving_power is not None:
+        check_resolving_power(resolving_power)
     start = time.perf_counter()
     root = Path(out)
     files = expand_paths(paths)
@@ -339,7 +336,6 @@ def _read_file_rows(path: Path, modality: str, rest_frame: bool,
                     ) -> list[dict[str, Any]]:
     """The new catalog rows of one file (bad spectra and duplicates counted in ``report``)."""
     from specsearch.io.registry import read_spectra
-    from specsearch.preprocess.lsf import input_resolution
 
     rows: list[dict[str, Any]] = []
     skipped: list[tuple[str, str]] = []
@@ -347,9 +343,7 @@ def _read_file_rows(path: Path, modality: str, rest_frame: bool,
     ids: set[str] = set()
     for spec in read_spectra(path, modality=modality):
         name = spec.spectrum_id or path.name
-        if resolving_power is not None and input_resolution(spec) is None:
-            spec.meta.update(resolving_power=resolving_power,
-                             resolution_from="ingest --resolving-power")
+        state_resolution(spec, resolving_power, "ingest --resolving-power")
         try:
             row = spectrum_row(spec, modality, rest_frame=rest_frame)
         except SpecsearchError as exc:

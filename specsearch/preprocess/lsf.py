@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from specsearch.errors import ConfigError
 from specsearch.preprocess.grids import Grid, grid_for
 from specsearch.spectrum import Spectrum
 
@@ -102,6 +103,30 @@ def input_resolution(spectrum: Spectrum) -> tuple[str, float] | None:
     if power is not None:
         return "resolving_power", power
     return None
+
+
+def check_resolving_power(resolving_power: float) -> float:
+    """``resolving_power`` if it is a positive finite number, else ConfigError naming it."""
+    if not (np.isfinite(resolving_power) and resolving_power > 0):
+        raise ConfigError(f"resolving_power must be a positive number (R = lambda / FWHM); "
+                          f"got {resolving_power}")
+    return float(resolving_power)
+
+
+def state_resolution(spectrum: Spectrum, resolving_power: float | None, source: str) -> bool:
+    """Give ``spectrum`` the resolving power a caller knows (``ingest`` / ``search
+    --resolving-power``) when its file states none; a stated one wins. True if set.
+
+    Raises:
+        ConfigError: ``resolving_power`` is not a positive finite number.
+    """
+    if resolving_power is None:
+        return False
+    check_resolving_power(resolving_power)
+    if input_resolution(spectrum) is not None:
+        return False
+    spectrum.meta.update(resolving_power=float(resolving_power), resolution_from=source)
+    return True
 
 
 def _input_sigma_ln(kind: str, value: float, wave: np.ndarray) -> np.ndarray:
