@@ -56,6 +56,7 @@ class ParseRequest:
     row: int
     max_bytes: int
     limits: dict[str, Any]
+    resolving_power: float | None = None
 
 
 @dataclass
@@ -77,6 +78,7 @@ def parse_here(request: ParseRequest, data: bytes) -> ParsedUpload:
     from service.spectra import choose_modality, to_grid
     from specsearch.io.limits import use_limits
     from specsearch.io.registry import read_spectra_bytes
+    from specsearch.preprocess.lsf import state_resolution
 
     with use_limits(InputLimits(**request.limits)), np.errstate(all="ignore"):
         spectra = read_spectra_bytes(data, request.filename, modality=request.modality,
@@ -87,6 +89,7 @@ def parse_here(request: ParseRequest, data: bytes) -> ParsedUpload:
             raise QueryError(f"{request.filename}: row={request.row} but the file holds "
                              f"{len(spectra)} spectra (rows 0-{len(spectra) - 1})")
         spec = spectra[request.row]
+        state_resolution(spec, request.resolving_power, "upload resolving_power")
         modality = choose_modality(spec, request.modality)
         flux, ivar = to_grid(spec, modality)
     return ParsedUpload(modality=modality, flux=flux, ivar=ivar,

@@ -134,6 +134,10 @@ class ArraysSearch(SearchOptions):
     modality: Modality | None = Field(None, description="grid to put it on (default: "
                                                         "chosen from the pixel spacing)")
     air: bool = Field(False, description="wavelengths are in air (converted to vacuum)")
+    resolving_power: float | None = Field(
+        None, gt=0, allow_inf_nan=False,
+        description="R = lambda / FWHM of the spectrum: one much sharper than LAMOST is "
+                    "broadened to R = 1800 first")
 
 
 class EmbeddingSearch(SearchOptions):
@@ -168,6 +172,7 @@ class ArraysPredict(BaseModel):
     ivar: list[float | None] | None = Field(None, max_length=MAX_ARRAY_PIXELS)
     modality: Modality | None = None
     air: bool = False
+    resolving_power: float | None = Field(None, gt=0, allow_inf_nan=False)
     translate: bool = True
 
 

@@ -17,6 +17,7 @@ from specsearch.errors import QueryError, SpectrumError
 from specsearch.io.generic import estimate_noise
 from specsearch.io.ingest import spectrum_row
 from specsearch.preprocess import air_to_vacuum, grid_for, prepare_model_input
+from specsearch.preprocess.lsf import state_resolution
 from specsearch.spectrum import Spectrum
 
 XP_SPACING_A = 10.0
@@ -78,7 +79,7 @@ def to_grid(spectrum: Spectrum, modality: str) -> tuple[np.ndarray, np.ndarray]:
 
 def from_arrays(wavelength: list[float], flux: list[float | None],
                 ivar: list[float | None] | None, *, modality: str | None,
-                air: bool) -> GridSpectrum:
+                air: bool, resolving_power: float | None = None) -> GridSpectrum:
     """A JSON spectrum (NaN/None flux = bad pixel; no ivar = DER_SNR noise estimate).
 
     Raises:
@@ -112,6 +113,7 @@ def from_arrays(wavelength: list[float], flux: list[float | None],
     spec = Spectrum(wavelength=wave, flux=f, ivar=iv, mask=~np.isfinite(f),
                     spectrum_id="query", path="request body")
     spec = spec.validated()
+    state_resolution(spec, resolving_power, "request resolving_power")
     mod = choose_modality(spec, modality)
     grid_flux, grid_ivar = to_grid(spec, mod)
     return GridSpectrum(spectrum=spec, modality=mod, flux=grid_flux, ivar=grid_ivar)

@@ -441,3 +441,34 @@ def test_api_keys_and_cors(index, tmp_path, live_server):
         other = c.options("/v1/info", headers={"Origin": "https://evil.example",
                                                "Access-Control-Request-Method": "GET"})
         assert "access-control-allow-origin" not in other.headers
+
+
+def test_resolving_power_broadens_a_sharp_spectrum_on_both_routes(client):
+    """A spectrum that states no resolution and is too coarsely sampled to be taken as
+    Nyquist-sampled is broadened to LAMOST's R = 1800 once the request says its R."""
+    wave = np.arange(3800.0, 9000.0, 0.8)
+    centres = np.arange(4000.0, 8900.0, 150.0)
+    sigma = centres / 5000.0 / 2.3548                              # R = 5000 lines
+    flux = 1.0 - 0.5 * np.exp(-0.5 * ((wave[:, None] - centres) / sigma) ** 2).sum(1)
+    body = {"wavelength": wave.tolist(), "flux": flux.tolist(), "translate": False}
+    plain = client.post("/v1/predict/spectrum", json=body)
+    told = client.post("/v1/predict/spectrum", json={**body, "resolving_power": 5000})
+    assert plain.status_code == told.status_code == 200, (plain.text, told.text)
+
+    def teff(r):
+        return r.json()["predictions"]["teff"]["value"]
+
+    # (the display curve is binned, which keeps equivalent widths: the model's reading
+    # shows the broadening)
+    assert abs(teff(told) - teff(plain)) > 1.0
+    csv = "wavelength,flux\n" + "\n".join(f"{w:.2f},{f:.8f}" for w, f in zip(wave, flux))
+    up = client.post("/v1/predict/upload", params={"resolving_power": 5000, "translate": False},
+                     files={"file": ("sharp.csv", csv.encode())})
+    assert up.status_code == 200, up.text
+    assert teff(up) == pytest.approx(teff(told), abs=0.5)
+    for bad in (0, -5):
+        r = client.post("/v1/predict/spectrum", json={**body, "resolving_power": bad})
+        assert r.status_code == 422 and "resolving_power" in r.text
+        r = client.post("/v1/search/upload", params={"resolving_power": bad},
+                        files={"file": ("sharp.csv", csv.encode())})
+        assert r.status_code == 422 and "resolving_power" in r.text

@@ -66,12 +66,13 @@ async def predict_upload(
     modality: Annotated[Modality | None, Query()] = None,
     air: Annotated[bool | None, Query()] = None,
     row: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    resolving_power: Annotated[float | None, Query(gt=0, allow_inf_nan=False)] = None,
     translate: bool = True,
 ) -> Prediction:
     data = await read_upload(file, state.settings.max_upload_bytes)
 
     grid = await parse_upload(state, data, file.filename or "upload", modality=modality,
-                              air=air, row=row)
+                              air=air, row=row, resolving_power=resolving_power)
     return await state.worker.run("predict_upload", predict_grid, state, grid, translate)
 
 
@@ -80,7 +81,7 @@ async def predict_upload(
 async def predict_arrays(state: State, body: ArraysPredict) -> Prediction:
     def work() -> Prediction:
         grid = from_arrays(body.wavelength, body.flux, body.ivar, modality=body.modality,
-                           air=body.air)
+                           air=body.air, resolving_power=body.resolving_power)
         return predict_grid(state, grid, body.translate)
 
     return await state.worker.run("predict_arrays", work)

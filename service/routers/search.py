@@ -177,6 +177,9 @@ async def search_upload(
     modality: Annotated[Modality | None, Query(description="grid (default: from the file)")]
     = None,
     air: Annotated[bool | None, Query(description="generic files: wavelengths in air")] = None,
+    resolving_power: Annotated[float | None, Query(
+        gt=0, allow_inf_nan=False, description="R = lambda / FWHM of a file that states "
+        "none: a spectrum much sharper than LAMOST is broadened to R = 1800 first")] = None,
     row: Annotated[int, Query(ge=0, le=1_000_000, description="spectrum number in a "
                                                                "multi-spectrum file")] = 0,
     include_spectra: bool = False,
@@ -185,7 +188,7 @@ async def search_upload(
     opts = _options(k, target, filters or [], offset, limit, include_spectra)
 
     grid = await parse_upload(state, data, file.filename or "upload", modality=modality,
-                              air=air, row=row)
+                              air=air, row=row, resolving_power=resolving_power)
     return await state.worker.run("search_upload", search_grid, state, grid, opts, "upload")
 
 
@@ -194,7 +197,7 @@ async def search_upload(
 async def search_arrays(state: State, body: ArraysSearch) -> SearchResponse:
     def work() -> SearchResponse:
         grid = from_arrays(body.wavelength, body.flux, body.ivar, modality=body.modality,
-                           air=body.air)
+                           air=body.air, resolving_power=body.resolving_power)
         return search_grid(state, grid, body, "arrays")
 
     return await state.worker.run("search_arrays", work)
