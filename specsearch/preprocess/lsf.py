@@ -14,17 +14,18 @@ before it rebins it.
 * ``meta['fwhm_A']``: the line-spread FWHM in Angstrom (FITS ``FWHM`` card, e.g. MILES'
   2.5 A; a ``# fwhm_A = ...`` comment in a text table);
 * ``meta['resolving_power']``: R = lambda / FWHM (ESO ``SPEC_RES``, SDSS ``wdisp``, a
-  ``# resolving_power = ...`` comment);
+  ``# resolving_power = ...`` comment, or the user's, :func:`state_resolution`: ``ingest``
+  / ``search --resolving-power``, the API's ``resolving_power``);
 * neither: when the sampling is much finer than the target line width (a step below
   :data:`FINE_STEP_FACTOR` of it) the spectrum is taken as Nyquist-sampled (FWHM = 2
   pixels, the sharpest its sampling allows); otherwise it is left as it is (LAMOST's own
   files, SDSS, spectra exported on the LAMOST grid).
 
 **When**: only if the input FWHM at the median wavelength of its overlap with the grid is
-below :data:`SHARPER_FACTOR` of the target's. MILES (2.5 A against LAMOST's 3.0 A at 5400 A:
-0.82) is left alone: the shipped model was fine-tuned on native MILES spectra, and
-broadening them moves its predictions by less than their scatter (10 K, 0.02 dex on the
-held-out MILES stars; BENCHMARKS.md, "Resolution matching").
+below :data:`SHARPER_FACTOR` of the target's. MILES (2.5 A against LAMOST's 3.1 A at 5560 A:
+0.81) is left alone: the shipped model was fine-tuned on native MILES spectra, and
+broadening them moves its median errors on the held-out MILES stars by 5 K and 0.01 dex,
+well inside their scatter (BENCHMARKS.md, "Resolution matching").
 
 **How**: the spectrum is rebinned onto a fine log-wavelength work grid (a quarter of the
 target's Gaussian sigma a pixel: bounded work whatever the input's sampling), convolved
