@@ -71,15 +71,19 @@ def test_upload_real_lamost_file_in_browser(served, tmp_path, lamost_sample_file
             page = browser.new_page(viewport={"width": 1280, "height": 1100})
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
+            sent: list[str] = []
+            page.on("request", lambda req: sent.append(req.url))
             page.goto(f"{served}/")
             page.set_input_files("#file", str(files[0]))
             page.fill("#k", "8")
+            page.fill("#resolving-power", "2000")  # LAMOST states none; 2000 > 0.7 x 1800
             page.check("#cross")
             page.click("#go")
             page.wait_for_selector("#neighbours tbody tr", timeout=30_000)
             rows = page.locator("#neighbours tbody tr")
             assert rows.count() == 8
             assert "xp" in rows.first.inner_text()
+            assert any("/v1/search/upload?" in u and "resolving_power=2000" in u for u in sent)
             summary = page.inner_text("#query-summary")
             assert files[0].name in summary and "cross-modal" in summary
             # The canvas has been drawn on: count non-white pixels.

@@ -75,6 +75,8 @@ async function runSearch(tab) {
     const file = $("#file").files[0];
     if (!file) throw new Error("choose a file to upload");
     if (modality) params.set("modality", modality);
+    const power = $("#resolving-power").value.trim();
+    if (power) params.set("resolving_power", power);
     const form = new FormData();
     form.append("file", file, file.name);
     return api(`/v1/search/upload?${params}`, {method: "POST", body: form});
@@ -83,6 +85,7 @@ async function runSearch(tab) {
     const arrays = parsePasted($("#pasted").value);
     const body = Object.assign(arrays, {
       modality: modality || null, air: $("#air").checked, k: Number(params.get("k")),
+      resolving_power: Number($("#resolving-power").value) || null,
       target: params.get("target"), filters: params.getAll("filter"), include_spectra: true});
     return api("/v1/search/spectrum", {method: "POST", body: JSON.stringify(body),
                                        headers: {"Content-Type": "application/json"}});
