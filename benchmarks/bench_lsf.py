@@ -139,10 +139,11 @@ def real_miles(model, real: Path) -> dict:
 def _miles_at_lamost(spec):
     """A MILES spectrum on the LAMOST grid broadened to R = 1800 with ingest's kernel (which
     itself leaves MILES alone: 2.5 A is 0.81x LAMOST's width)."""
-    from specsearch.preprocess import LAMOST_GRID, broadened_flux, resample
+    from specsearch.preprocess import LAMOST_GRID, broadened_flux, resample, resolution_match
 
     _, ivar = resample(spec, LAMOST_GRID)
-    flux = np.where(ivar > 0, broadened_flux(spec, LAMOST_GRID), 0.0)
+    match = resolution_match(spec.validated(), LAMOST_GRID)   # source fwhm_A, 2.5 A
+    flux = np.where(ivar > 0, broadened_flux(spec.validated(), LAMOST_GRID, match), 0.0)
     return dataclasses.replace(_spectrum(LAMOST_GRID.wavelength, flux, ivar.astype(float)),
                                spectrum_id=spec.spectrum_id)
 

@@ -28,8 +28,7 @@ from specsearch.errors import ReaderError
 from specsearch.io._fits import (fits_medium, hdu_data, header_float, header_gaia_source_id,
                                  header_get, header_int, header_str)
 from specsearch.io._text import UNIT_WORDS, classify_name
-from specsearch.io.spectrum_build import (column_wavelengths, error_column, file_stem,
-                                          finish_spectrum)
+from specsearch.io.spectrum_build import column_arrays, file_stem, finish_spectrum
 from specsearch.spectrum import Spectrum
 
 ROLE_ORDER = ("wavelength", "loglam", "flux", "ivar", "error", "variance", "mask")
@@ -226,26 +225,22 @@ def read_table_spectrum(hdul: fits.HDUList, path: Path, air: bool | None,
     except (ValueError, TypeError, KeyError, IndexError, AttributeError, VerifyError) as exc:
         # astropy parses table columns lazily: damage in TFORMn/TDIMn shows up only here
         raise ReaderError(path, f"damaged FITS table: {type(exc).__name__}: {exc}") from exc
-    cols, header, tmeta = table.columns, table.header, table.meta
+    header, tmeta = table.header, table.meta
+    arrays = column_arrays(path, table.columns, table.names, override=unit,
+                           stated=table.wavelength_unit, stated_from="column unit or name")
     meta: dict[str, Any] = {"format": "generic-fits-table", "table": table.hdu_name,
-                            "columns": dict(table.names)}
-    wave, decided = column_wavelengths(path, cols, table.names, override=unit,
-                                       stated=table.wavelength_unit,
-                                       stated_from="column unit or name")
-    meta.update(decided)
+                            **arrays.meta}
     medium, medium_from = table.medium, table.medium_from
     if medium is None:
         medium, medium_from = fits_medium(header)
     if medium is None:
         medium, medium_from = "air", "default for FITS tables (IRAF convention: air)"
-    errors = error_column(cols)
-    extra_mask = cols["mask"] != 0 if "mask" in cols else None
     meta.update({k: v for k, v in tmeta.items() if k not in ("spectrum_id", "bunit")})
     meta["object"] = header_str(header, "OBJECT", "OBJNAME")
     source_id, _ = header_gaia_source_id(header)
-    return finish_spectrum(path, wave, cols["flux"], errors, meta, air=air, medium=medium,
-                           medium_from=medium_from,
+    return finish_spectrum(path, arrays.wave, table.columns["flux"], arrays.errors, meta,
+                           air=air, medium=medium, medium_from=medium_from,
                            spectrum_id=str(tmeta.get("spectrum_id") or file_stem(path)),
                            source_id=source_id, ra=header_float(header, "PLUG_RA", "RA"),
                            dec=header_float(header, "PLUG_DEC", "DEC"),
-                           flux_unit=str(tmeta.get("bunit") or ""), extra_mask=extra_mask)
+                           flux_unit=str(tmeta.get("bunit") or ""), extra_mask=arrays.mask)

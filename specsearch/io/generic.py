@@ -72,9 +72,9 @@ from specsearch.io._fits import (AIR_LIBRARIES, fits_medium, has_fits_suffix, hd
 from specsearch.io._text import (classify_name, has_text_suffix, looks_like_text_spectrum,
                                  parse_text)
 from specsearch.io.fits_table import read_table_spectrum
-from specsearch.io.spectrum_build import (NOISE_FLOOR, column_wavelengths, error_column,
-                                          estimate_noise, file_stem, finish_spectrum,
-                                          guess_wavelength_unit, to_angstrom, to_float)
+from specsearch.io.spectrum_build import (NOISE_FLOOR, column_arrays, estimate_noise,
+                                          file_stem, finish_spectrum, guess_wavelength_unit,
+                                          to_angstrom, to_float)
 from specsearch.spectrum import Spectrum
 
 __all__ = ["AIR_LIBRARIES", "FORMAT_NAME", "NOISE_FLOOR", "estimate_noise",
@@ -272,29 +272,24 @@ def _read_fits(path: Path, air: bool | None, unit: str | None) -> Spectrum:
 
 def _read_text(path: Path, air: bool | None, unit: str | None) -> Spectrum:
     table = parse_text(path)
-    cols = table.columns
+    arrays = column_arrays(path, table.columns, table.names, override=unit,
+                           stated=table.wavelength_unit, stated_from="column name or comment")
     meta: dict[str, Any] = {"format": "generic-text", "header_less": table.header_less,
-                            "columns": dict(table.names)}
-    wave, decided = column_wavelengths(path, cols, table.names, override=unit,
-                                       stated=table.wavelength_unit,
-                                       stated_from="column name or comment")
-    meta.update(decided)
-    errors = error_column(cols)
+                            **arrays.meta}
     cm = table.comment_meta
     medium, medium_from = table.medium, table.medium_from
     if medium is None:
         medium, medium_from = "vacuum", "default for text tables (project convention: vacuum)"
-    extra_mask = cols["mask"] != 0 if "mask" in cols else None
     meta.update({k: cm[k] for k in ("object", "z", "fwhm_A", "resolving_power") if k in cm})
     for key in ("z", "fwhm_A", "resolving_power"):
         if key in meta:
             meta[key] = to_float(meta[key])
     source_id = cm.get("source_id")
-    return finish_spectrum(path, wave, cols["flux"], errors, meta, air=air, medium=medium,
-                           medium_from=medium_from,
+    return finish_spectrum(path, arrays.wave, table.columns["flux"], arrays.errors, meta,
+                           air=air, medium=medium, medium_from=medium_from,
                            spectrum_id=str(cm.get("spectrum_id") or file_stem(path)),
                            source_id=int(source_id) if str(source_id or "").isdigit()
                            else None,
                            ra=to_float(cm.get("ra")), dec=to_float(cm.get("dec")),
-                           flux_unit=str(cm.get("flux_unit", "")), extra_mask=extra_mask,
+                           flux_unit=str(cm.get("flux_unit", "")), extra_mask=arrays.mask,
                            snr=to_float(cm.get("snr")))

@@ -8,6 +8,7 @@ air to vacuum, order, masks and validation (:func:`finish_spectrum`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,16 +47,34 @@ def guess_wavelength_unit(values: np.ndarray) -> str:
     return "um" if top < 30.0 else "nm" if top < 2500.0 else "Angstrom"
 
 
-def column_wavelengths(path: Path, columns: dict[str, np.ndarray], names: dict[str, str], *,
-                       override: str | None, stated: str | None, stated_from: str
-                       ) -> tuple[np.ndarray, dict[str, str]]:
-    """Angstrom wavelengths from a table's ``wavelength`` (or ``loglam``) column, and how the
-    unit was decided (``unit_from``, ``wavelength_unit``, for the spectrum's meta).
+@dataclass
+class ColumnArrays:
+    """What a table of columns by role gives a spectrum (text or FITS table).
+
+    Attributes:
+        wave: Angstrom wavelengths (air or vacuum as the file has them).
+        errors: (values, kind) of the error column (ivar, then error, then variance), or None.
+        mask: True where a mask column is non-zero, or None without one.
+        meta: ``columns`` (role -> name as written), ``unit_from``, ``wavelength_unit``.
+    """
+
+    wave: np.ndarray
+    errors: tuple[np.ndarray, str] | None
+    mask: np.ndarray | None
+    meta: dict[str, Any]
+
+
+def column_arrays(path: Path, columns: dict[str, np.ndarray], names: dict[str, str], *,
+                  override: str | None, stated: str | None, stated_from: str) -> ColumnArrays:
+    """The arrays of a table's ``wavelength`` (or ``loglam``), error and mask columns.
 
     Args:
         columns, names: the table's columns and their names as written, by role.
-        override: the caller's unit (wins); stated: the unit the file states (its column
-            name, ``TUNITn`` or a comment), decided by ``stated_from``; else the values'.
+        override: the caller's wavelength unit (wins); stated: the unit the file states (its
+            column name, ``TUNITn`` or a comment), recorded as ``stated_from``; else the
+            unit the values look like (:func:`guess_wavelength_unit`).
+    Raises:
+        ReaderError: the wavelength unit is unknown (names the file and the column).
     """
     if "wavelength" in columns:
         raw = columns["wavelength"]
@@ -68,12 +87,11 @@ def column_wavelengths(path: Path, columns: dict[str, np.ndarray], names: dict[s
     except ReaderError as exc:
         column = names.get("wavelength") or names.get("loglam")
         raise ReaderError(path, f"column {column!r}: {exc.reason}") from exc
-    return wave, {"unit_from": unit_from, "wavelength_unit": unit}
-
-
-def error_column(columns: dict[str, np.ndarray]) -> tuple[np.ndarray, str] | None:
-    """(values, kind) of a table's error column, preferring ivar, then error, then variance."""
-    return next(((columns[k], k) for k in ("ivar", "error", "variance") if k in columns), None)
+    errors = next(((columns[k], k) for k in ("ivar", "error", "variance") if k in columns),
+                  None)
+    mask = columns["mask"] != 0 if "mask" in columns else None
+    return ColumnArrays(wave, errors, mask, {"columns": dict(names), "unit_from": unit_from,
+                                             "wavelength_unit": unit})
 
 
 def to_angstrom(values: np.ndarray, unit: str) -> np.ndarray:

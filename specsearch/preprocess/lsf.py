@@ -130,15 +130,6 @@ def state_resolution(spectrum: Spectrum, resolving_power: float | None, source: 
     return True
 
 
-def _input_sigma_ln(kind: str, value: float, wave: np.ndarray) -> np.ndarray:
-    """The input line-spread sigma in ln(wavelength) at ``wave``."""
-    if kind == "fwhm_A":
-        return value / (FWHM_PER_SIGMA * wave)
-    if kind == "resolving_power":
-        return np.full(wave.shape, 1.0 / (FWHM_PER_SIGMA * value))
-    return np.full(wave.shape, value)  # "sigma_ln": already in ln units
-
-
 def resolution_match(spectrum: Spectrum, grid: Grid | str, *,
                      wavelength: np.ndarray | None = None) -> ResolutionMatch | None:
     """Decide whether ``spectrum`` is broadened before it goes onto ``grid``.
@@ -161,9 +152,8 @@ def resolution_match(spectrum: Spectrum, grid: Grid | str, *,
     target = at / power
     stated = input_resolution(spectrum)
     if stated is not None:
-        kind, value = stated
-        fwhm = float(_input_sigma_ln(kind, value, np.array([at]))[0] * FWHM_PER_SIGMA * at)
-        source = kind
+        source, value = stated
+        fwhm = value if source == "fwhm_A" else at / value
     else:
         step = float(np.median(np.diff(wave[(wave >= lo) & (wave <= hi)])))
         if step < FINE_STEP_FACTOR * target:
@@ -188,28 +178,29 @@ def _work_grid(name: str) -> tuple[Grid, float]:
                 log_spacing=True), step
 
 
-def broadened_flux(spectrum: Spectrum, grid: Grid | str, *,
+def broadened_flux(spectrum: Spectrum, grid: Grid | str, match: ResolutionMatch, *,
                    wavelength: np.ndarray | None = None) -> np.ndarray:
     """``spectrum``'s flux broadened to the grid's resolution, on the grid (float32).
 
-    The caller decides that it should be (:func:`resolution_match`); pixels of the grid the
-    spectrum does not cover come out 0.
+    ``match`` is :func:`resolution_match`'s answer for the same spectrum, grid and
+    wavelengths (with an input FWHM; the caller decides whether to broaden). The input's
+    line width follows it: constant in Angstrom for a stated ``fwhm_A`` or an assumed
+    Nyquist sampling, constant in log wavelength for a resolving power. Pixels of the grid
+    the spectrum does not cover come out 0.
     """
     from specsearch.preprocess.resample import rebinner  # resample imports this module
 
+    if match.input_fwhm_A is None:
+        raise ValueError("broadened_flux needs a ResolutionMatch with an input FWHM")
     grid = grid_for(grid) if isinstance(grid, str) else grid
     wave = spectrum.wavelength if wavelength is None else wavelength
     work, step = _work_grid(grid.name)
     flux_w, ivar_w = rebinner(wave, work)(spectrum.flux, spectrum.ivar)
     flux_w, good = flux_w.astype(np.float64), ivar_w > 0
     sigma_t = 1.0 / (FWHM_PER_SIGMA * GRID_RESOLUTION[grid.name])
-    stated = input_resolution(spectrum)
-    if stated is None:  # assumed Nyquist: resolution_match said so
-        inside = (wave >= grid.wavelength[0]) & (wave <= grid.wavelength[-1])
-        steps = np.diff(np.log(wave[inside])) if inside.sum() > 1 else np.diff(np.log(wave))
-        stated = ("sigma_ln", ASSUMED_PIXELS_PER_FWHM * float(np.median(steps))
-                  / FWHM_PER_SIGMA)
-    sigma_in = _input_sigma_ln(*stated, work.wavelength)
+    sigma_ln = match.input_fwhm_A / (FWHM_PER_SIGMA * match.wavelength_A)
+    sigma_in = (np.full(work.npix, sigma_ln) if match.source == "resolving_power" else
+                match.input_fwhm_A / (FWHM_PER_SIGMA * work.wavelength))
     box = step / np.sqrt(12.0)  # the work grid's own pixel box
     sigma_px = np.sqrt(np.clip(sigma_t ** 2 - sigma_in ** 2 - box ** 2, 0.0, None)) / step
     sigma_px = np.maximum(sigma_px, 1e-3)

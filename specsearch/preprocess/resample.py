@@ -151,6 +151,6 @@ def to_canonical_grid(spectrum: Spectrum, modality: str, *, rest_frame: bool = T
     flux, ivar = _rebin(spec, wave, grid)
     match = resolution_match(spec, grid, wavelength=wave)
     if match is not None and match.broaden:
-        sharp = broadened_flux(spec, grid, wavelength=wave)
+        sharp = broadened_flux(spec, grid, match, wavelength=wave)
         flux = np.where(ivar > 0, sharp, 0.0).astype(np.float32)
     return flux, ivar, z_removed

@@ -183,20 +183,21 @@ def augment(modality: str, x: torch.Tensor, w: torch.Tensor, cfg: AugmentConfig,
         x, w = add_noise(x, w, cfg.p_noise, cfg.max_snr_drop, gen)
     if cfg.p_mask:
         x, w = mask_segments(x, w, cfg.p_mask, cfg.max_segments, cfg.max_segment_frac, gen)
-    if cfg.p_red_cut and modality == "lamost":
-        x, w = red_cut(x, w, cfg.p_red_cut, *cfg.red_cut_a, gen)
     if sx.shape[-1]:
         if cfg.p_sed_tilt:
             sx = sed_tilt(sx, sw, cfg.p_sed_tilt, cfg.sed_tilt, cfg.sed_curve, gen)
         sx, sw = sed_follow_mask(sx, sw, w)
         x, w = torch.cat([x, sx], dim=-1), torch.cat([w, sw], dim=-1)
+    if cfg.p_red_cut and modality == "lamost":
+        x, w = red_cut_view(modality, x, w, cfg, gen)   # last: its SED follows the cut
     return x, w
 
 
 def red_cut_view(modality: str, x: torch.Tensor, w: torch.Tensor, cfg: AugmentConfig,
                  gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """``augment``'s red cut alone, on copies of an already augmented view: for a caller
-    that also needs the view before the cut (``finetune``'s head distillation)."""
+    """The red cut of ``augment`` (its last step), on copies of a view: ``augment`` calls
+    it, and so does a caller that also needs the view before the cut (``finetune``'s head
+    distillation)."""
     x, w, sx, sw = split_pixels(modality, x, w)
     if cfg.p_red_cut and modality == "lamost":
         x, w = red_cut(x, w, cfg.p_red_cut, *cfg.red_cut_a, gen)
