@@ -16,7 +16,6 @@ Writes benchmarks/results/realism.json and realism_lamost.png / realism_xp.png.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time

@@ -4,13 +4,17 @@ catalog with a toy "real" set (no ../shared needed)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from specsearch.cli import main
+from specsearch.errors import ConfigError
 from specsearch.hunt.calibration import fit_measurement, refit_noise
 from specsearch.model import load_model
+from specsearch.model.training.configs import FinetuneConfig
 from specsearch.model.training.finetune import noisy_label_nll
 from specsearch.model.training.real_sets import (SPLIT_CODES, RealSet, load_all, save_sets,
                                                  star_split)
@@ -75,6 +79,28 @@ def _toy_real_sets(n: int = 160) -> dict[str, RealSet]:
     return {"lamost_dr10": lam, "xp_patch": xp}
 
 
+def test_hot_label_noise_widens_lamost_labels_of_hot_stars_only():
+    from specsearch.model.training.real_sets import HOT_TEFF, LABEL_NOISE, prepare_real
+
+    sets = _toy_real_sets(60)
+    lam = sets["lamost_dr10"]
+    lam.labels["teff"][:30] = 8000.0            # catalogue A stars
+    lam.labels["teff"][30:] = 5500.0
+    miles = dataclasses.replace(lam, name="miles")
+    names = ["teff", "logg", "feh"]
+    plain = prepare_real([lam, miles], names, "train")
+    hot = prepare_real([lam, miles], names, "train", hot_noise={"logg": 0.5, "feh": 0.3})
+    is_lam = hot.set_index == 0
+    a_star = is_lam & (hot.labels[:, 0] >= HOT_TEFF)
+    assert a_star.any() and (is_lam & ~a_star).any()
+    np.testing.assert_allclose(hot.label_noise[a_star][:, 1:], [[0.5, 0.3]] * a_star.sum())
+    np.testing.assert_array_equal(hot.label_noise[a_star][:, 0], plain.label_noise[a_star][:, 0])
+    np.testing.assert_array_equal(hot.label_noise[~a_star], plain.label_noise[~a_star])
+    assert plain.label_noise[0, 1] == np.float32(LABEL_NOISE["lamost_dr10"]["logg"])
+    with pytest.raises(ConfigError, match="hot_label_noise"):
+        FinetuneConfig(hot_label_noise=(("logg", -1.0),))
+
+
 def test_real_sets_round_trip(tmp_path):
     sets = _toy_real_sets(40)
     save_sets(tmp_path / "real.npz", sets)
@@ -105,7 +131,8 @@ def test_finetune_cli_end_to_end(tmp_path, capsys):
                  "--noise-blind", "40", "--clean-anchor", "1",
                  "--snr-adversary", "0.5", "--head-distill", "2",
                  "--distill-synthetic", "--sed-inputs", "--sed-lr-factor", "5",
-                 "--red-cut", "0.2", "--red-cut-real", "0.5"]) == 0
+                 "--red-cut", "0.2", "--red-cut-real", "0.5",
+                 "--coverage-inputs", "4", "--hot-label-noise", "logg=0.4,feh=0.25"]) == 0
     text = capsys.readouterr().out
     assert "fine-tuned" in text and "z-width on the real calibration stars" in text
     old, new = load_model(base), load_model(out)
@@ -119,6 +146,9 @@ def test_finetune_cli_end_to_end(tmp_path, capsys):
     assert ft["config"]["head_distill"] == 2.0 and ft["history_last"]["head_distill"] > 0.0
     assert ft["config"]["distill_synthetic"] is True
     assert ft["config"]["augment"]["p_red_cut"] == 0.2 and ft["config"]["real_red_cut"] == 0.5
+    assert ft["config"]["coverage_bins"] == 4 and new.config.head.coverage_bins == 4
+    assert ft["config"]["hot_label_noise"] == {"logg": 0.4, "feh": 0.25}
+    assert float(new.net.heads["lamost"].net[0].weight[:, -4:].detach().abs().max()) > 0
     assert not any("adversary" in k or k.startswith("f.") for k in new.net.state_dict())
     # SED inputs were added (zero-initialised) and trained, with the SED augmentation
     assert new.net.cfg.encoders["lamost"].sed_bins == 16
@@ -223,9 +253,6 @@ def test_snr_critic_learns_a_noise_signature_and_reverses_its_gradient():
 
 
 def test_finetune_config_checks_the_anchor_and_critic_options():
-    from specsearch.errors import ConfigError
-    from specsearch.model.training.configs import FinetuneConfig
-
     cfg = FinetuneConfig(anchor_modalities=("lamost",), anchor_real=False, snr_adversary=0.5)
     assert cfg.to_dict()["anchor_modalities"] == ["lamost"]
     with pytest.raises(ConfigError, match="anchor_modalities"):

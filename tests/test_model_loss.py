@@ -296,6 +296,54 @@ def test_sed_inputs_start_unchanged_then_read_the_sed_columns():
             assert torch.allclose(back.net.encode("lamost", x, w), after, atol=1e-6)
 
 
+def test_coverage_inputs_start_unchanged_then_tell_the_heads_what_is_missing(tmp_path):
+    from specsearch.errors import ConfigError
+    from specsearch.model.api import load_model
+    from specsearch.model.checkpoint import save_model_dir
+    from specsearch.model.layers import coverage_features
+    from specsearch.model.network import add_coverage_inputs
+    from specsearch.preprocess import grid_for
+
+    torch.manual_seed(6)
+    net = SpecCLIPNet(model_config("small").with_data(label_names=["teff", "feh"],
+                                                      class_names=[])).eval()
+    npix = grid_for("lamost").npix
+    x = torch.rand(4, npix) + 0.5
+    w = torch.full_like(x, 100.0)
+    cut = w.clone()
+    cut[:, int(0.77 * npix):] = 0.0         # no red arm (as MILES beyond 7410 A)
+    with torch.no_grad():
+        before = net.forward_outputs("lamost", x, cut, decode=False)
+        add_coverage_inputs(net, 8)
+        assert net.cfg.head.coverage_bins == 8
+        after = net.forward_outputs("lamost", x, cut, decode=False)
+        assert after.quality.shape == (4, 10)
+        assert torch.equal(after.embedding, before.embedding)
+        assert torch.allclose(after.label_mu, before.label_mu, atol=1e-6)
+        cov = after.quality[0, 2:]
+        assert torch.allclose(cov[:6], torch.ones(6)) and float(cov[7]) == 0.0
+        assert 0.0 < float(cov[6]) < 1.0
+        # once trained (here: random weights on the new columns) the same embedding reads
+        # differently with and without its red end; the embedding itself does not change
+        for head in net.heads.values():
+            head.net[0].weight[:, -8:].normal_()
+        whole = net.forward_outputs("lamost", x, w, decode=False)
+        cut_out = net.forward_outputs("lamost", x, cut, decode=False)
+        assert not torch.allclose(whole.label_mu, cut_out.label_mu, atol=1e-3)
+        assert add_coverage_inputs(net, 8) is net         # same number: nothing to do
+        with pytest.raises(ConfigError, match="already read 8"):
+            add_coverage_inputs(net, 4)
+    save_model_dir(tmp_path, net, net.cfg, training={})
+    back = load_model(tmp_path)
+    assert back.config.head.coverage_bins == 8
+    with torch.no_grad():
+        again = back.net.forward_outputs("lamost", x, cut, decode=False)
+    assert torch.allclose(again.label_mu, cut_out.label_mu, atol=1e-6)
+    g = torch.ones(2, 10)
+    g[1, 5:] = 0.0
+    assert coverage_features(g, 2).tolist() == [[1.0, 1.0], [1.0, 0.0]]
+
+
 def test_augment_leaves_sed_columns_to_the_sed_augmentations():
     from specsearch.model.training.augment import add_noise_to_snr
     from specsearch.preprocess import SED_BINS, grid_for

@@ -62,6 +62,21 @@ def _shares(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
 
 
+def _label_values(text: str) -> tuple[tuple[str, float], ...]:
+    """``logg=0.3,feh=0.2`` -> (("logg", 0.3), ("feh", 0.2))."""
+    out = []
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        try:
+            out.append((name.strip(), float(value)))
+        except ValueError:
+            out = []
+        if not (sep and name.strip() and out and out[-1][1] > 0):
+            raise argparse.ArgumentTypeError(f"expected LABEL=SIGMA pairs with SIGMA > 0, "
+                                             f"comma-separated; got {text!r}")
+    return tuple(out)
+
+
 def _probability(text: str) -> float:
     try:
         value = float(text)
@@ -195,6 +210,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--red-cut-real", type=_probability, default=ft.real_red_cut, metavar="P",
                    help="the same for the real LAMOST views only (the synthetic views keep "
                         "their red end unless --red-cut)")
+    f.add_argument("--coverage-inputs", type=int, default=ft.coverage_bins, metavar="K",
+                   help="give the heads the good-pixel fraction in K stretches of the grid "
+                        "(new zero-initialised inputs), so that they read spectra without a "
+                        "red arm with their own calibration (0: as the model has it)")
+    f.add_argument("--hot-label-noise", type=_label_values, default=ft.hot_label_noise,
+                   metavar="LABEL=SIGMA,...",
+                   help="LAMOST pipeline labels of stars with a catalogue Teff >= 7000 K count "
+                        "with at least this uncertainty, e.g. logg=0.3,feh=0.2 (LASP is least "
+                        "reliable for A stars)")
     f.add_argument("--heads-only", action="store_true",
                    help="train only the parameter heads, on the frozen encoders (the "
                         "embedding stays the starting model's), on the synthetic and real "
@@ -338,7 +362,8 @@ def run_finetune(args: argparse.Namespace) -> int:
                          hard_group=args.hard_group, seed=args.seed, device=args.device,
                          augment=dataclasses.replace(FinetuneConfig().augment,
                                                      p_red_cut=args.red_cut),
-                         real_red_cut=args.red_cut_real)
+                         real_red_cut=args.red_cut_real, coverage_bins=args.coverage_inputs,
+                         hot_label_noise=args.hot_label_noise)
     result = finetune(args.model, args.catalog, args.real_data, args.out, cfg,
                       progress=not args.no_progress, overwrite=args.overwrite,
                       command=shlex.join(["specsearch", *sys.argv[1:]]),

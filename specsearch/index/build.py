@@ -22,12 +22,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from specsearch.errors import CatalogError, ConfigError, SearchIndexError
+from specsearch.fsutil import now_iso
 from specsearch.index.atomic import AtomicDirectory
 from specsearch.index.backends import Backend, make_backend
 from specsearch.index.config import IndexConfig, make_config
 from specsearch.index.hashing import shard_of
 from specsearch.index.manifest import (MANIFEST, FileEntry, IndexManifest, ModalityManifest,
-                                       ShardEntry, now_iso, read_index_manifest, write_json)
+                                       ShardEntry, read_index_manifest, write_json)
 from specsearch.index.threads import faiss_threads
 from specsearch.io.parquet import list_column_to_numpy
 

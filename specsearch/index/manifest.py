@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from specsearch.errors import SearchIndexError
-from specsearch.fsutil import now_iso, write_json_atomic
+from specsearch.fsutil import write_json_atomic
 from specsearch.index.config import METRIC, IndexConfig, SearchKnobs, config_from_dict
 from specsearch.index.hashing import SHARD_HASH
 

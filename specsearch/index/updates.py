@@ -26,13 +26,13 @@ import numpy as np
 import pyarrow as pa
 
 from specsearch.errors import SearchIndexError
+from specsearch.fsutil import now_iso
 from specsearch.index.atomic import AtomicDirectory, link_or_copy, recover
 from specsearch.index.build import (EmbeddingSource, normalise_rows, shard_stem,
                                     train_and_fill, write_shard)
 from specsearch.index.hashing import shard_of
 from specsearch.index.manifest import (MANIFEST, IndexManifest, ModalityManifest, ShardEntry,
-                                       now_iso, read_index_manifest, read_modality_manifest,
-                                       write_json)
+                                       read_index_manifest, read_modality_manifest, write_json)
 from specsearch.index.shard import Shard
 from specsearch.io.parquet import list_column_to_numpy
 

@@ -102,10 +102,17 @@ class HeadConfig:
     Attributes:
         hidden: width of the hidden layers.
         depth: hidden layers (>= 1).
+        coverage_bins: besides the embedding and the quality (log S/N, good fraction), the
+            head reads the good-pixel fraction in this many equal stretches of the
+            modality's pixel grid (:func:`specsearch.model.layers.coverage_features`), so it
+            knows which part of the spectrum the embedding saw: a LAMOST-grid spectrum
+            without its red arm (MILES, libraries, a failed arm) is read with its own
+            calibration instead of the one of whole spectra. 0: not read.
     """
 
     hidden: int = 256
     depth: int = 2
+    coverage_bins: int = 0
 
 
 @dataclass(frozen=True)
@@ -184,6 +191,9 @@ class ModelConfig:
     def validate(self) -> "ModelConfig":
         if self.embedding_dim < 2:
             raise ConfigError(f"embedding_dim must be >= 2, got {self.embedding_dim}")
+        if not 0 <= self.head.coverage_bins <= 64:
+            raise ConfigError(f"head.coverage_bins must be in 0-64, got "
+                              f"{self.head.coverage_bins}")
         for m, enc in self.encoders.items():
             if m not in MODALITIES:
                 raise ConfigError(f"encoder for unknown modality {m!r}; expected {MODALITIES}")

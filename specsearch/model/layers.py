@@ -228,8 +228,18 @@ class Decoder(nn.Module):
         return self.net(emb)
 
 
+def coverage_features(good: torch.Tensor, bins: int) -> torch.Tensor:
+    """(B, bins) good-pixel fraction in ``bins`` equal stretches of the pixel grid (the
+    head's coverage inputs, ``HeadConfig.coverage_bins``)."""
+    edges = torch.linspace(0, good.shape[-1], bins + 1).round().long().tolist()
+    return torch.stack([good[:, a:b].mean(-1) for a, b in zip(edges[:-1], edges[1:])], -1)
+
+
 class Head(nn.Module):
     """Embedding + quality features -> label means, log sigmas (standardised) and class logits.
+
+    The quality features are (log S/N, good fraction), followed by ``cfg.coverage_bins``
+    coverage fractions when the config asks for them.
 
     Buffers: ``sigma_scale`` (L,) is the post-hoc calibration factor of each label's
     uncertainty, fitted on validation data so that z-scores have unit width;
@@ -242,7 +252,8 @@ class Head(nn.Module):
                  n_classes: int) -> None:
         super().__init__()
         self.n_labels, self.n_classes = n_labels, n_classes
-        self.net = _mlp(embedding_dim + 2, cfg.hidden, cfg.depth, 2 * n_labels + n_classes)
+        self.net = _mlp(embedding_dim + 2 + cfg.coverage_bins, cfg.hidden, cfg.depth,
+                        2 * n_labels + n_classes)
         self.register_buffer("sigma_scale", torch.ones(n_labels))
         self.register_buffer("sigma_floor", torch.zeros(n_labels))
 

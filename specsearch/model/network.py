@@ -14,8 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from specsearch.errors import ConfigError
 from specsearch.model.config import ModelConfig
-from specsearch.model.layers import Decoder, Head, Normaliser, build_encoder, sed_features
+from specsearch.model.layers import (Decoder, Head, Normaliser, build_encoder,
+                                     coverage_features, sed_features)
 from specsearch.preprocess.model_input import sed_columns, split_sed
 
 
@@ -29,7 +31,8 @@ class ModelOutputs:
 
     Attributes:
         embedding: (B, D) L2-normalised embedding.
-        quality: (B, 2) log10(1 + mean S/N per pixel), good-pixel fraction.
+        quality: (B, Q) log10(1 + mean S/N per pixel), good-pixel fraction, then (with
+            ``head.coverage_bins``) the good fraction per stretch of the grid.
         label_mu: (B, L) standardised label means (see :meth:`SpecCLIPNet.labels_physical`).
         label_log_sigma: (B, L) standardised log uncertainties (before calibration).
         class_logits: (B, C) rare-population classifier logits (C may be 0).
@@ -79,7 +82,11 @@ class SpecCLIPNet(nn.Module):
 
     def encode_with_quality(self, modality: str, x: torch.Tensor, w: torch.Tensor
                             ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, width) prepared flux and weight -> (B, D) normalised embedding, (B, 2) quality.
+        """(B, width) prepared flux and weight -> (B, D) normalised embedding, (B, Q) quality.
+
+        The quality is (log S/N, good fraction) and, with ``head.coverage_bins``, the good
+        fraction per stretch of the grid (what the heads read; the encoders' FiLM reads the
+        first two columns only).
 
         ``width`` is the modality's pixels, optionally followed by its SED columns
         (:func:`specsearch.preprocess.prepared_width`): an encoder without ``sed_bins``
@@ -96,6 +103,9 @@ class SpecCLIPNet(nn.Module):
         norm = self.normalisers[modality]
         z, good = norm.features(xp, wp)
         quality = norm.quality(wp, good)
+        if self.cfg.head.coverage_bins:     # what the head reads besides (log S/N, good)
+            quality = torch.cat([quality, coverage_features(good, self.cfg.head.coverage_bins)
+                                 .to(quality.dtype)], dim=-1)
         sed = None
         if enc.sed_bins:
             if xs.shape[-1] != enc.sed_bins:    # not given: unknown
@@ -111,9 +121,9 @@ class SpecCLIPNet(nn.Module):
         fixed S/N next to the spectrum's good-pixel fraction."""
         snr = self.cfg.encoders[modality].film_snr
         if snr is None:
-            return quality
+            return quality[:, :2]
         fixed = torch.full_like(quality[:, :1], math.log10(1.0 + snr))
-        return torch.cat([fixed, quality[:, 1:]], dim=-1)
+        return torch.cat([fixed, quality[:, 1:2]], dim=-1)
 
     def encode(self, modality: str, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return self.encode_with_quality(modality, x, w)[0]
@@ -186,6 +196,32 @@ def add_sed_inputs(net: SpecCLIPNet) -> SpecCLIPNet:
         if enc.cfg.sed_bins and getattr(enc, "inp_sed", None) is None:
             ref = next(enc.parameters())
             enc.inp_sed = _sed_input(enc.cfg).to(device=ref.device, dtype=ref.dtype)
+    return net
+
+
+def add_coverage_inputs(net: SpecCLIPNet, bins: int) -> SpecCLIPNet:
+    """Give ``net``'s heads ``bins`` coverage inputs (``HeadConfig.coverage_bins``), in
+    place: each head's first layer grows by ``bins`` zero-initialised input columns, so the
+    converted model predicts exactly as before until it is trained
+    (``specsearch finetune --coverage-inputs``). A model that already reads coverage
+    keeps its heads when ``bins`` is its own and refuses another number."""
+    have = net.cfg.head.coverage_bins
+    if have == bins:
+        return net
+    if have:
+        raise ConfigError(f"the model's heads already read {have} coverage bins; "
+                          f"cannot change to {bins}")
+    net.cfg = dataclasses.replace(net.cfg, head=dataclasses.replace(
+        net.cfg.head, coverage_bins=int(bins))).validate()
+    for head in net.heads.values():
+        first = head.net[0]
+        grown = nn.Linear(first.in_features + bins, first.out_features).to(
+            device=first.weight.device, dtype=first.weight.dtype)
+        with torch.no_grad():
+            grown.weight.zero_()
+            grown.weight[:, :first.in_features].copy_(first.weight)
+            grown.bias.copy_(first.bias)
+        head.net[0] = grown
     return net
 
 

@@ -202,7 +202,9 @@ class FinetuneConfig:
         head_distill: weight of a term that keeps the head predictions on the real LAMOST
             views where the starting model puts them (its frozen copy is the teacher; mean
             squared difference in standardised label units); 0: off. ``distill_synthetic``
-            applies it to the synthetic views of both modalities as well.
+            applies it to the synthetic views of both modalities as well. With a red cut
+            the teacher reads each view before its cut, so a spectrum without its red arm
+            learns to read as the teacher reads the whole spectrum.
         sed_inputs: give the encoders SED inputs first
             (:func:`specsearch.model.network.add_sed_inputs`: the LAMOST encoder also reads
             the SED the continuum normalisation divides out; zero-initialised, so training
@@ -221,6 +223,16 @@ class FinetuneConfig:
             (beyond a random ``augment.red_cut_a``) in place of ``augment.p_red_cut``, which
             then cuts only the synthetic views: the heads learn spectra without a red arm
             from real labels while the synthetic views keep the whole spectrum.
+        coverage_bins: when > 0, give the heads this many coverage inputs first
+            (:func:`specsearch.model.network.add_coverage_inputs`: the good-pixel fraction in
+            equal stretches of the grid, zero-initialised), so that with ``p_red_cut`` /
+            ``real_red_cut`` they learn spectra without a red arm apart from whole ones; a
+            head change, allowed with ``heads_only``.
+        hot_label_noise: (label, uncertainty) pairs: the LAMOST pipeline labels of stars
+            with a catalogue Teff >= 7000 K count with at least this uncertainty in the
+            likelihood (LASP's A-star log g and [Fe/H] disagree with the synthetic truth and
+            MILES' compilation; :func:`specsearch.model.training.real_sets.prepare_real`).
+            Empty: each catalogue's one typical uncertainty (``LABEL_NOISE``).
         real_sets: which real sets train the heads (labels) and the views;
             real_set_weights: the share of each in a real batch (MILES, a few hundred stars
             over 3540-7410 A only, would otherwise be a small minority next to LAMOST DR10).
@@ -255,6 +267,8 @@ class FinetuneConfig:
     hard_group: int = 32
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     real_red_cut: float = 0.0
+    coverage_bins: int = 0
+    hot_label_noise: tuple[tuple[str, float], ...] = ()
     real_sets: tuple[str, ...] = ("lamost_dr10", "lamost_dr1", "miles")
     real_set_weights: tuple[float, ...] = (0.5, 0.1, 0.4)
     seed: int = 0
@@ -274,6 +288,12 @@ class FinetuneConfig:
                               "it needs identity or snr_slope > 0")
         if not 0.0 <= self.real_red_cut <= 1.0:
             raise ConfigError(f"real_red_cut must be a probability; got {self.real_red_cut}")
+        for name, value in self.hot_label_noise:
+            if not (isinstance(name, str) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"hot_label_noise takes (label, uncertainty > 0) pairs; got "
+                                  f"{list(self.hot_label_noise)}")
+        if not 0 <= self.coverage_bins <= 64:
+            raise ConfigError(f"coverage_bins must be in 0-64; got {self.coverage_bins}")
         if not 0.0 <= self.sed_tilt_p <= 1.0:
             raise ConfigError(f"sed_tilt_p must be a probability; got {self.sed_tilt_p}")
         if not (math.isfinite(self.sed_lr_factor) and self.sed_lr_factor > 0):
@@ -298,4 +318,5 @@ class FinetuneConfig:
         d["real_sets"] = list(self.real_sets)
         d["anchor_modalities"] = list(self.anchor_modalities)
         d["real_set_weights"] = list(self.real_set_weights)
+        d["hot_label_noise"] = {k: v for k, v in self.hot_label_noise}
         return d

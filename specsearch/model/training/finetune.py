@@ -58,8 +58,8 @@ from specsearch.model.training.hard_negatives import label_neighbours, sample_ba
 from specsearch.model.training.identity import (SnrAdversary, clean_anchor_loss,
                                                  identity_terms, second_visits)
 from specsearch.model.training.loss import SpecCLIPLoss, identity_loss
-from specsearch.model.network import (SpecCLIPNet, add_sed_inputs, has_sed_inputs,
-                                      make_noise_blind)
+from specsearch.model.network import (SpecCLIPNet, add_coverage_inputs, add_sed_inputs,
+                                      has_sed_inputs, make_noise_blind)
 from specsearch.model.training.real_sets import PreparedReal, RealSet, load_all, prepare_real
 
 @dataclass
@@ -168,7 +168,7 @@ def _prepare_data(net: SpecCLIPNet, training: dict[str, Any], catalog: str | Pat
     if not used:
         raise ConfigError(f"{real}: none of the real sets {list(cfg.real_sets)} found; "
                           f"expected the layout of the shared real-data folder")
-    r_train = prepare_real(used, names, "train")
+    r_train = prepare_real(used, names, "train", hot_noise=dict(cfg.hot_label_noise) or None)
     xp_set = all_sets.get("xp_patch")
     train_pos = cache.positions("train")
     partner = other_visit(cache.index["source_id"], train_pos, len(cache))
@@ -210,8 +210,16 @@ def _step_loss(net: SpecCLIPNet, loss_fn: SpecCLIPLoss, data: _Data, cfg: Finetu
     tb = to_device(data.cache.load(pos), device)
     targets = {m: (tb["x"][m], tb["w"][m]) for m in mods}
     va, vb = {}, {}
+    uncut_synth = teacher is not None and cfg.distill_synthetic and bool(cfg.augment.p_red_cut)
+    ta = {}     # the synthetic views the teacher reads (before any red cut)
     for m in mods:
-        va[m], vb[m] = _views(m, *targets[m], gen, cfg.augment)
+        if uncut_synth:     # as for the real views below: the teacher reads the whole view
+            ta[m], vb[m] = _views(m, *targets[m], gen,
+                                  dataclasses.replace(cfg.augment, p_red_cut=0.0))
+            va[m] = red_cut_view(m, *ta[m], cfg.augment, gen)
+        else:
+            va[m], vb[m] = _views(m, *targets[m], gen, cfg.augment)
+            ta[m] = va[m]
     outs = {m: net.forward_outputs(m, *va[m], decode=True) for m in mods}
     y = (tb["labels"] - label_mean) / label_std
     terms = loss_fn(outs, targets, net.logit_scale, labels=y, classes=tb["classes"],
@@ -247,7 +255,7 @@ def _step_loss(net: SpecCLIPNet, loss_fn: SpecCLIPLoss, data: _Data, cfg: Finetu
         # (standardised label units)
         pairs = [(r_out.label_mu, "lamost", tx, tw)]
         if cfg.distill_synthetic:
-            pairs += [(outs[m].label_mu, m, *va[m]) for m in mods]
+            pairs += [(outs[m].label_mu, m, *ta[m]) for m in mods]
         with torch.no_grad():
             t_mu = [teacher.forward_outputs(m, x, w, decode=False).label_mu
                     for _, m, x, w in pairs]
@@ -372,6 +380,8 @@ def _finetune(model_path: str | Path, catalog: str | Path, real_data: str | Path
         make_noise_blind(net, cfg.noise_blind)
     if cfg.sed_inputs:
         add_sed_inputs(net)
+    if cfg.coverage_bins:
+        add_coverage_inputs(net, cfg.coverage_bins)
     if has_sed_inputs(net.cfg):     # the SED flux-calibration augmentation
         cfg = dataclasses.replace(cfg, augment=dataclasses.replace(
             cfg.augment, p_sed_tilt=cfg.sed_tilt_p))

@@ -320,7 +320,18 @@ def calibration_groups(s: RealSet, sel: np.ndarray, set_index: int) -> np.ndarra
     return g
 
 
-def prepare_real(sets: list[RealSet], label_names: list[str], split: str) -> PreparedReal:
+HOT_TEFF = 7000.0
+"""Catalogue Teff (K) from which a LAMOST pipeline label counts as a hot star's (LASP is
+less reliable for A stars; see ``prepare_real``'s ``hot_noise``)."""
+
+
+def prepare_real(sets: list[RealSet], label_names: list[str], split: str, *,
+                 hot_noise: dict[str, float] | None = None) -> PreparedReal:
+    """The ``split`` rows of ``sets`` prepared for the network, with each label's own
+    uncertainty (``LABEL_NOISE``). ``hot_noise`` (label -> uncertainty) raises that
+    uncertainty to at least the given value for LAMOST pipeline labels of stars with a
+    catalogue Teff >= ``HOT_TEFF``, so that in the likelihood the synthetic truth and
+    MILES' compilation outweigh LASP where LASP is least reliable."""
     xs, ws, ys, ns, ids, idx, grp = [], [], [], [], [], [], []
     for k, s in enumerate(sets):
         sel = s.in_split(split)
@@ -330,8 +341,15 @@ def prepare_real(sets: list[RealSet], label_names: list[str], split: str) -> Pre
         ws.append(mi.weight[good])
         ys.append(s.select(sel).label_matrix(label_names)[good])
         noise = LABEL_NOISE.get(s.name, {})
-        ns.append(np.tile(np.array([noise.get(n, 0.0) for n in label_names], np.float32),
-                          (int(good.sum()), 1)))
+        n_rows = np.tile(np.array([noise.get(n, 0.0) for n in label_names], np.float32),
+                         (int(good.sum()), 1))
+        teff = s.labels.get("teff")
+        if hot_noise and s.name.startswith("lamost") and teff is not None:
+            hot = np.asarray(teff, np.float64)[sel][good] >= HOT_TEFF
+            for j, n in enumerate(label_names):
+                if n in hot_noise:
+                    n_rows[hot, j] = np.maximum(n_rows[hot, j], hot_noise[n])
+        ns.append(n_rows)
         ids.append(star_ids(s.star[sel][good]))
         idx.append(np.full(int(good.sum()), k, np.int64))
         grp.append(calibration_groups(s, sel, k)[good])
