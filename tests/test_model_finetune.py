@@ -207,6 +207,12 @@ def test_finetune_cli_end_to_end(tmp_path, capsys):
     assert main(["finetune", "--model", str(base), "--catalog", str(cat), "--real-data",
                  str(tmp_path), "--real-cache", str(tmp_path / "real.npz"), "--out", str(out),
                  "--steps", "1", "--no-progress"]) == 2
+    # and label noise for a label the model does not predict
+    assert main(["finetune", "--model", str(base), "--catalog", str(cat), "--real-data",
+                 str(tmp_path), "--real-cache", str(tmp_path / "real.npz"), "--out",
+                 str(tmp_path / "ft-bad"), "--steps", "1", "--no-progress",
+                 "--hot-label-noise", "vsini=3"]) == 2
+    assert "hot_label_noise names ['vsini']" in capsys.readouterr().err
 
 
 def test_snr_critic_learns_a_noise_signature_and_reverses_its_gradient():

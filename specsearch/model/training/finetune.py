@@ -376,6 +376,10 @@ def _finetune(model_path: str | Path, catalog: str | Path, real_data: str | Path
     torch.manual_seed(cfg.seed)
     base = load_model(model_path, device=device)
     net = base.net
+    unknown = sorted({k for k, _ in cfg.hot_label_noise} - set(net.cfg.label_names))
+    if unknown:
+        raise ConfigError(f"hot_label_noise names {unknown}, which {model_path} does not "
+                          f"predict; its labels are {list(net.cfg.label_names)}")
     if cfg.noise_blind is not None:
         make_noise_blind(net, cfg.noise_blind)
     if cfg.sed_inputs:
