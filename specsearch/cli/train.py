@@ -66,14 +66,15 @@ def _label_values(text: str) -> tuple[tuple[str, float], ...]:
     """``logg=0.3,feh=0.2`` -> (("logg", 0.3), ("feh", 0.2))."""
     out = []
     for part in text.split(","):
-        name, sep, value = part.partition("=")
+        name, _, value = part.partition("=")
         try:
-            out.append((name.strip(), float(value)))
+            sigma = float(value)
         except ValueError:
-            out = []
-        if not (sep and name.strip() and out and out[-1][1] > 0):
+            sigma = float("nan")
+        if not (name.strip() and 0 < sigma < float("inf")):     # NaN fails too
             raise argparse.ArgumentTypeError(f"expected LABEL=SIGMA pairs with SIGMA > 0, "
                                              f"comma-separated; got {text!r}")
+        out.append((name.strip(), sigma))
     return tuple(out)
 
 

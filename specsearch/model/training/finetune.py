@@ -107,6 +107,20 @@ def _views(modality: str, x: torch.Tensor, w: torch.Tensor, gen: torch.Generator
             augment(modality, x, w, VIEW_AUGMENT, gen))
 
 
+def _views_for_teacher(modality: str, x: torch.Tensor, w: torch.Tensor, gen: torch.Generator,
+                       cfg: AugmentConfig, uncut_teacher: bool):
+    """:func:`_views` plus the view the distillation teacher reads: view A itself, or with
+    ``uncut_teacher`` (a teacher and a red cut) view A before its red cut, so that
+    distillation holds the heads where the starting model puts whole spectra and leaves
+    the cut ones free to move where the labels (and the clean anchor) want them.
+    Returns (view A, view B, teacher's view)."""
+    if not uncut_teacher:
+        a, b = _views(modality, x, w, gen, cfg)
+        return a, b, a
+    whole, b = _views(modality, x, w, gen, dataclasses.replace(cfg, p_red_cut=0.0))
+    return red_cut_view(modality, *whole, cfg, gen), b, whole
+
+
 def finetune(model_path: str | Path, catalog: str | Path, real_data: str | Path,
              out: str | Path, cfg: FinetuneConfig = FinetuneConfig(), **kwargs: Any
              ) -> FinetuneResult:
@@ -209,17 +223,10 @@ def _step_loss(net: SpecCLIPNet, loss_fn: SpecCLIPLoss, data: _Data, cfg: Finetu
         pos = np.sort(data.train_pos[_rows(rng, data.train_pos.size, cfg.synth_batch)])
     tb = to_device(data.cache.load(pos), device)
     targets = {m: (tb["x"][m], tb["w"][m]) for m in mods}
-    va, vb = {}, {}
-    uncut_synth = teacher is not None and cfg.distill_synthetic and bool(cfg.augment.p_red_cut)
-    ta = {}     # the synthetic views the teacher reads (before any red cut)
+    va, vb, ta = {}, {}, {}     # ta: the synthetic views the teacher reads
+    uncut = teacher is not None and cfg.distill_synthetic and bool(cfg.augment.p_red_cut)
     for m in mods:
-        if uncut_synth:     # as for the real views below: the teacher reads the whole view
-            ta[m], vb[m] = _views(m, *targets[m], gen,
-                                  dataclasses.replace(cfg.augment, p_red_cut=0.0))
-            va[m] = red_cut_view(m, *ta[m], cfg.augment, gen)
-        else:
-            va[m], vb[m] = _views(m, *targets[m], gen, cfg.augment)
-            ta[m] = va[m]
+        va[m], vb[m], ta[m] = _views_for_teacher(m, *targets[m], gen, cfg.augment, uncut)
     outs = {m: net.forward_outputs(m, *va[m], decode=True) for m in mods}
     y = (tb["labels"] - label_mean) / label_std
     terms = loss_fn(outs, targets, net.logit_scale, labels=y, classes=tb["classes"],
@@ -232,16 +239,8 @@ def _step_loss(net: SpecCLIPNet, loss_fn: SpecCLIPLoss, data: _Data, cfg: Finetu
     rx, rw = torch.from_numpy(rt.x[ri]).to(device), torch.from_numpy(rt.w[ri]).to(device)
     real_aug = (dataclasses.replace(cfg.augment, p_red_cut=cfg.real_red_cut)
                 if cfg.real_red_cut else cfg.augment)
-    if teacher is not None and real_aug.p_red_cut:
-        # The teacher reads each real view before its red cut: distillation holds the heads
-        # where the starting model puts whole spectra, and leaves the cut ones free to
-        # move to where the labels (and the clean anchor) want them.
-        uncut = dataclasses.replace(real_aug, p_red_cut=0.0)
-        (tx, tw), (rxb, rwb) = _views("lamost", rx, rw, gen, uncut)
-        rxa, rwa = red_cut_view("lamost", tx, tw, real_aug, gen)
-    else:
-        (rxa, rwa), (rxb, rwb) = _views("lamost", rx, rw, gen, real_aug)
-        tx, tw = rxa, rwa
+    (rxa, rwa), (rxb, rwb), (tx, tw) = _views_for_teacher(
+        "lamost", rx, rw, gen, real_aug, teacher is not None and bool(real_aug.p_red_cut))
     r_out = net.forward_outputs("lamost", rxa, rwa, decode=False)
     ry = (torch.from_numpy(rt.labels[ri]).to(device) - label_mean) / label_std
     rn = torch.from_numpy(rt.label_noise[ri]).to(device) / label_std
