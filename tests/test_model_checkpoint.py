@@ -94,7 +94,10 @@ def test_missing_files(tmp_path):
 
 
 def test_registry_lists_and_rejects_names():
-    assert {"small", "specclip"} <= set(list_models())
+    assert {"small", "medium", "specclip"} <= set(list_models())
+    small, medium = model_config("small"), model_config("medium")
+    assert medium.encoders["lamost"].hidden == 2 * small.encoders["lamost"].hidden
+    assert medium.encoders["xp"] == small.encoders["xp"] and medium.head == small.head
     with pytest.raises(ConfigError, match="valid names: .*small.*specclip"):
         model_config("huge")
     spec = model_config("specclip")

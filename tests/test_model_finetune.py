@@ -15,7 +15,7 @@ from specsearch.errors import ConfigError
 from specsearch.hunt.calibration import fit_measurement, refit_noise
 from specsearch.model import load_model
 from specsearch.model.training.configs import FinetuneConfig
-from specsearch.model.training.finetune import noisy_label_nll
+from specsearch.model.training.finetune import _teacher_from, noisy_label_nll
 from specsearch.model.training.real_sets import (SPLIT_CODES, RealSet, load_all, save_sets,
                                                  star_split)
 
@@ -188,6 +188,26 @@ def test_finetune_cli_end_to_end(tmp_path, capsys):
     assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("heads."))
     np.testing.assert_array_equal(refit.embed_numpy("lamost", rs.flux, rs.ivar).embedding,
                                   b.embedding)
+    # another model of the same base as the distillation teacher (recorded by its hash);
+    # one that prepares its inputs differently, or a teacher without distillation, is refused
+    taught = tmp_path / "taught"
+    assert main(["finetune", "--model", str(heads), "--catalog", str(cat), "--real-data",
+                 str(tmp_path), "--real-cache", str(tmp_path / "real.npz"), "--out",
+                 str(taught), "--steps", "2", "--device", "cpu", "--no-progress",
+                 "--heads-only", "--head-distill", "50", "--distill-synthetic",
+                 "--teacher", str(out), "--red-cut-real", "0.5"]) == 0
+    tft = load_model(taught).full_config["training"]["finetune"]
+    assert tft["teacher_hash"] == new.model_hash and tft["base_hash"] == refit.model_hash
+    assert tft["history_last"]["head_distill"] > 0.0
+    student = load_model(heads).net
+    student.normalisers["lamost"].mean += 0.5
+    with pytest.raises(ConfigError, match="normalisers.lamost.mean differs"):
+        _teacher_from(out, student, torch.device("cpu"))
+    assert main(["finetune", "--model", str(heads), "--catalog", str(cat), "--real-data",
+                 str(tmp_path), "--real-cache", str(tmp_path / "real.npz"), "--out",
+                 str(tmp_path / "no-distill"), "--steps", "1", "--no-progress",
+                 "--teacher", str(out)]) == 2
+    assert "only read by head_distill" in capsys.readouterr().err
     # a domain check fitted on the (toy) real spectra, for this model only
     assert main(["domain-fit", "--model", str(heads), "--real-data", str(tmp_path),
                  "--real-cache", str(tmp_path / "real.npz")]) == 0

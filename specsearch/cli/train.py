@@ -194,6 +194,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--head-distill", type=float, default=ft.head_distill,
                    help="weight of keeping the head predictions on real spectra where the "
                         "starting model puts them (0: off)")
+    f.add_argument("--teacher", metavar="MODEL", default=None,
+                   help="the model whose head predictions --head-distill holds this one to "
+                        "(default: the starting model); it must come from the same base")
     f.add_argument("--distill-synthetic", action="store_true",
                    help="apply --head-distill to the synthetic spectra too")
     f.add_argument("--real-set-weights", type=_shares, default=ft.real_set_weights,
@@ -368,7 +371,8 @@ def run_finetune(args: argparse.Namespace) -> int:
     result = finetune(args.model, args.catalog, args.real_data, args.out, cfg,
                       progress=not args.no_progress, overwrite=args.overwrite,
                       command=shlex.join(["specsearch", *sys.argv[1:]]),
-                      real_cache=args.real_cache, cache_dir=args.cache)
+                      real_cache=args.real_cache, cache_dir=args.cache,
+                      teacher_model=args.teacher)
     print(f"fine-tuned -> {result.out} (hash {result.model_hash[:12]}): {result.steps} steps, "
           f"{result.seconds / 60:.1f} min; real training spectra {result.n_real_train}")
     print("  real-data uncertainty floor (lamost): "

@@ -233,6 +233,14 @@ def _small() -> ModelConfig:
     )
 
 
+def _medium() -> ModelConfig:
+    """``small`` with a LAMOST encoder twice as wide (512): more room for what tells one
+    star from a look-alike (repeat-visit retrieval); XP, decoders and heads as ``small``."""
+    cfg = _small()
+    lam = dataclasses.replace(cfg.encoders["lamost"], hidden=512)
+    return dataclasses.replace(cfg, name="medium", encoders={**cfg.encoders, "lamost": lam})
+
+
 def _specclip() -> ModelConfig:
     return ModelConfig(
         name="specclip", embedding_dim=768,
@@ -246,7 +254,7 @@ def _specclip() -> ModelConfig:
     )
 
 
-_REGISTRY = {"small": _small, "specclip": _specclip}
+_REGISTRY = {"small": _small, "medium": _medium, "specclip": _specclip}
 
 
 def list_models() -> list[str]:

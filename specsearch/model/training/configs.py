@@ -200,8 +200,9 @@ class FinetuneConfig:
             it learns which of two visits of a star is the noisier from their embeddings, the
             encoders learn to hide it); 0: off.
         head_distill: weight of a term that keeps the head predictions on the real LAMOST
-            views where the starting model puts them (its frozen copy is the teacher; mean
-            squared difference in standardised label units); 0: off. ``distill_synthetic``
+            views where the starting model puts them (its frozen copy is the teacher, or
+            the ``teacher_model`` given to ``finetune``; mean squared difference in
+            standardised label units); 0: off. ``distill_synthetic``
             applies it to the synthetic views of both modalities as well. With a red cut
             the teacher reads each view before its cut, so a spectrum without its red arm
             learns to read as the teacher reads the whole spectrum.

@@ -335,6 +335,31 @@ def _real_views(net: SpecCLIPNet, data: _Data, cfg: FinetuneConfig, rng: np.rand
     return loss
 
 
+def _teacher_from(path: str | Path, net: SpecCLIPNet, device: torch.device
+                  ) -> tuple[SpecCLIPNet, str]:
+    """Another model as the distillation teacher, checked to read the student's inputs:
+    the same modalities, labels, label standardisation and per-pixel input normalisation
+    (models fine-tuned from one base share them)."""
+    teacher = load_model(path, device=device)
+    tnet = teacher.net
+    if tuple(tnet.cfg.label_names) != tuple(net.cfg.label_names) or \
+            tuple(tnet.cfg.modalities) != tuple(net.cfg.modalities):
+        raise ConfigError(f"teacher {path} predicts {list(tnet.cfg.label_names)} from "
+                          f"{list(tnet.cfg.modalities)}; the model being fine-tuned predicts "
+                          f"{list(net.cfg.label_names)} from {list(net.cfg.modalities)}")
+    buffers = {"label_mean": (tnet.label_mean, net.label_mean),
+               "label_std": (tnet.label_std, net.label_std)}
+    for m in net.cfg.modalities:
+        for b in ("mean", "std"):
+            buffers[f"normalisers.{m}.{b}"] = (getattr(tnet.normalisers[m], b),
+                                               getattr(net.normalisers[m], b))
+    for name, (a, b) in buffers.items():
+        if a.shape != b.shape or not torch.allclose(a.to(b.device), b, rtol=1e-5, atol=1e-6):
+            raise ConfigError(f"teacher {path} prepares its inputs differently ({name} "
+                              f"differs): a teacher must share the fine-tuned model's base")
+    return tnet, teacher.model_hash
+
+
 def _optimiser(net: torch.nn.Module, cfg: FinetuneConfig):
     """AdamW (no weight decay on biases and norms) with the warm-up + cosine schedule; the
     SED input weights (new, zero-initialised, see ``sed_inputs``) at ``sed_lr_factor``
@@ -357,12 +382,16 @@ def _finetune(model_path: str | Path, catalog: str | Path, real_data: str | Path
               out: str | Path, cfg: FinetuneConfig = FinetuneConfig(), *,
               progress: bool = True, overwrite: bool = False, command: str = "",
               real_cache: str | Path | None = None,
-              cache_dir: str | Path | None = None) -> FinetuneResult:
+              cache_dir: str | Path | None = None,
+              teacher_model: str | Path | None = None) -> FinetuneResult:
     """Fine-tune ``model_path`` on the synthetic ``catalog`` plus the real spectra under
     ``real_data``; write the calibrated model to ``out`` (see the module docstring).
 
     ``cache_dir`` keeps the prepared synthetic pairs for later runs (default: OUT/cache,
     removed at the end); ``real_cache`` an ``.npz`` of the real sets (read once).
+    ``teacher_model``: the model whose head predictions ``cfg.head_distill`` holds the
+    student to (default: a frozen copy of ``model_path``); it must read the same prepared
+    inputs and predict the same labels on the same scale (:func:`_teacher_from`).
     """
     from tqdm.auto import tqdm
 
@@ -401,9 +430,15 @@ def _finetune(model_path: str | Path, catalog: str | Path, real_data: str | Path
         net.heads.train().requires_grad_(True)
     loss_fn = SpecCLIPLoss(cfg.loss)
     opt, sched = _optimiser(net, cfg)
-    teacher = None
+    if teacher_model is not None and not cfg.head_distill:
+        raise ConfigError("a teacher model is only read by head_distill; set it > 0")
+    teacher, teacher_hash = None, None
     if cfg.head_distill:
-        teacher = copy.deepcopy(net).to(device).eval()
+        if teacher_model is None:
+            teacher, teacher_hash = copy.deepcopy(net), base.model_hash
+        else:
+            teacher, teacher_hash = _teacher_from(teacher_model, net, device)
+        teacher = teacher.to(device).eval()
         teacher.requires_grad_(False)
     adversary, adv_opt = None, None
     if cfg.snr_adversary:
@@ -448,6 +483,7 @@ def _finetune(model_path: str | Path, catalog: str | Path, real_data: str | Path
     digest = save_model_dir(out, net, net.cfg, training={
         **training, "finetune": {
             "command": command, "base_model": str(model_path), "base_hash": base.model_hash,
+            "teacher_hash": teacher_hash,
             "catalog_fingerprint": data.fingerprint, "config": cfg.to_dict(),
             "real_train": n_real,
             "real_cal": {s.name: int(s.in_split("cal").sum()) for s in data.used},
