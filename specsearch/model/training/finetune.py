@@ -417,6 +417,17 @@ def _finetune(model_path: str | Path, catalog: str | Path, real_data: str | Path
     if has_sed_inputs(net.cfg):     # the SED flux-calibration augmentation
         cfg = dataclasses.replace(cfg, augment=dataclasses.replace(
             cfg.augment, p_sed_tilt=cfg.sed_tilt_p))
+    # the distillation teacher (checked before any data is read)
+    if teacher_model is not None and not cfg.head_distill:
+        raise ConfigError("a teacher model is only read by head_distill; set it > 0")
+    teacher, teacher_hash = None, None
+    if cfg.head_distill:
+        if teacher_model is None:
+            teacher, teacher_hash = copy.deepcopy(net), base.model_hash
+        else:
+            teacher, teacher_hash = _teacher_from(teacher_model, net, device)
+        teacher = teacher.to(device).eval()
+        teacher.requires_grad_(False)
     training = dict(base.full_config.get("training", {}))
     if "finetune" in training:      # the base was fine-tuned itself: keep that record
         training["finetune_stages"] = [*training.get("finetune_stages", []),
@@ -430,16 +441,6 @@ def _finetune(model_path: str | Path, catalog: str | Path, real_data: str | Path
         net.heads.train().requires_grad_(True)
     loss_fn = SpecCLIPLoss(cfg.loss)
     opt, sched = _optimiser(net, cfg)
-    if teacher_model is not None and not cfg.head_distill:
-        raise ConfigError("a teacher model is only read by head_distill; set it > 0")
-    teacher, teacher_hash = None, None
-    if cfg.head_distill:
-        if teacher_model is None:
-            teacher, teacher_hash = copy.deepcopy(net), base.model_hash
-        else:
-            teacher, teacher_hash = _teacher_from(teacher_model, net, device)
-        teacher = teacher.to(device).eval()
-        teacher.requires_grad_(False)
     adversary, adv_opt = None, None
     if cfg.snr_adversary:
         adversary = SnrAdversary(net.cfg.modalities, net.cfg.embedding_dim).to(device)
