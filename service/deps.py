@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Query, Request
 
+from service.schemas import Medium
 from service.worker import Worker
 from service.settings import Settings
 from service.state import ServiceState
@@ -46,5 +47,11 @@ FilterParam = Annotated[list[str], Query(
     description="repeatable: 'snr>=20', 'feh_pred<-2', 'mag_g<15', "
                 "'cone=RA,DEC,RADIUS_DEG', any stored column")]
 OffsetParam = Annotated[int, Query(ge=0, le=1_000_000, description="rows to skip")]
+MediumParam = Annotated[Medium | None, Query(
+    description="wavelength medium of a generic file (FITS, text), whatever the file "
+                "states; default: the file decides (one that says nothing is air for FITS, "
+                "vacuum for text). LAMOST and Gaia XP files state their own: 400")]
+AirParam = Annotated[bool | None, Query(
+    deprecated=True, description="older spelling of medium: true = air, false = vacuum")]
 SourceIdParam = Annotated[int, Path(ge=-(2 ** 63), le=2 ** 63 - 1,
                                     description="Gaia DR3 source_id or survey id (int64)")]

@@ -71,6 +71,10 @@ class ParsedUpload:
     source_id: int | None
     spectra_in_file: int
     row: int
+    medium: str | None = None
+    """Generic files: the medium the wavelengths were read in (``meta['wavelength_medium']``);
+    None for survey files."""
+    medium_from: str | None = None
 
 
 def parse_here(request: ParseRequest, data: bytes) -> ParsedUpload:
@@ -95,7 +99,9 @@ def parse_here(request: ParseRequest, data: bytes) -> ParsedUpload:
     return ParsedUpload(modality=modality, flux=flux, ivar=ivar,
                         filename=spec.path or request.filename,
                         spectrum_id=spec.spectrum_id or None, source_id=spec.source_id,
-                        spectra_in_file=len(spectra), row=request.row)
+                        spectra_in_file=len(spectra), row=request.row,
+                        medium=spec.meta.get("wavelength_medium"),
+                        medium_from=spec.meta.get("medium_from"))
 
 
 # --------------------------------------------------------------------------- child side

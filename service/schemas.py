@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Modality = Literal["lamost", "xp"]
+Medium = Literal["air", "vacuum"]
+"""Wavelength media a client may state (``specsearch.io.registry.MEDIA``)."""
 Target = Literal["same", "cross", "lamost", "xp"]
 MetadataValue = str | int | float | bool | None
 
@@ -71,6 +73,13 @@ class Curve(BaseModel):
     flux: list[float | None]
 
 
+MEDIUM_DESCRIPTION = ("the medium the spectrum's wavelengths were read in (converted to "
+                      "vacuum); null for LAMOST and Gaia XP files, which state their own, "
+                      "and for stored stars")
+MEDIUM_FROM_DESCRIPTION = ("what decided the medium: the request (medium or air), a header "
+                           "card or column name, or the default of the file type")
+
+
 class QueryInfo(BaseModel):
     """What was searched for."""
 
@@ -83,6 +92,8 @@ class QueryInfo(BaseModel):
     row: int | None = None
     good_fraction: float | None = Field(
         None, description="fraction of usable pixels on the canonical grid")
+    medium: Medium | None = Field(None, description=MEDIUM_DESCRIPTION)
+    medium_from: str | None = Field(None, description=MEDIUM_FROM_DESCRIPTION)
     predictions: dict[str, Estimate] = Field(default_factory=dict)
     domain: Domain | None = Field(None, description="the domain check of an embedded "
                                                     "spectrum (None for stored stars)")
@@ -153,6 +164,8 @@ class Prediction(BaseModel):
     spectra_in_file: int | None = None
     row: int | None = None
     good_fraction: float
+    medium: Medium | None = Field(None, description=MEDIUM_DESCRIPTION)
+    medium_from: str | None = Field(None, description=MEDIUM_FROM_DESCRIPTION)
     predictions: dict[str, Estimate]
     class_probabilities: dict[str, float] = Field(default_factory=dict)
     domain: Domain | None = None

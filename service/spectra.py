@@ -42,6 +42,8 @@ class GridSpectrum:
     filename: str | None = None
     spectra_in_file: int | None = None
     row: int | None = None
+    medium: str | None = None          # air/vacuum as read (generic files, arrays)
+    medium_from: str | None = None
 
     @property
     def good_fraction(self) -> float:
@@ -116,7 +118,8 @@ def from_arrays(wavelength: list[float], flux: list[float | None],
     state_resolution(spec, resolving_power, "request resolving_power")
     mod = choose_modality(spec, modality)
     grid_flux, grid_ivar = to_grid(spec, mod)
-    return GridSpectrum(spectrum=spec, modality=mod, flux=grid_flux, ivar=grid_ivar)
+    return GridSpectrum(spectrum=spec, modality=mod, flux=grid_flux, ivar=grid_ivar,
+                        medium="air" if air else "vacuum", medium_from="request field air")
 
 
 def display_curve(flux: np.ndarray, ivar: np.ndarray, modality: str

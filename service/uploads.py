@@ -21,7 +21,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.parse_pool import ParseRequest
 from service.settings import Settings
 from service.spectra import GridSpectrum
+from specsearch.errors import QueryError
 from specsearch.io.limits import InputLimits
+from specsearch.io.registry import air_from_medium
 from specsearch.preprocess import grid_for
 from specsearch.spectrum import Spectrum
 
@@ -115,6 +117,16 @@ async def read_upload(file: UploadFile, max_bytes: int) -> bytes:
     return b"".join(parts)
 
 
+def upload_air(medium: str | None, air: bool | None) -> bool | None:
+    """The readers' ``air=`` for an upload's ``medium`` (or its older spelling ``air``);
+    None: the file decides. QueryError (400) when the two disagree."""
+    stated = air_from_medium(medium)
+    if stated is not None and air is not None and stated != air:
+        raise QueryError(f"medium={medium} contradicts air={str(air).lower()}; send medium "
+                         f"alone (air is its older spelling)")
+    return stated if stated is not None else air
+
+
 def upload_limits(settings: Settings) -> InputLimits:
     """The reader limits of one upload (see :class:`service.settings.Settings`)."""
     return InputLimits(max_decompressed_bytes=settings.max_decompressed_bytes,
@@ -157,4 +169,5 @@ async def parse_upload(state: "ServiceState", data: bytes, filename: str, *,
                         modality=parsed.modality, path=parsed.filename)
     return GridSpectrum(spectrum=spectrum, modality=parsed.modality, flux=parsed.flux,
                         ivar=parsed.ivar, filename=parsed.filename,
-                        spectra_in_file=parsed.spectra_in_file, row=parsed.row)
+                        spectra_in_file=parsed.spectra_in_file, row=parsed.row,
+                        medium=parsed.medium, medium_from=parsed.medium_from)

@@ -51,8 +51,9 @@ def test_modality_mismatch_and_bad_options(samples):
     with pytest.raises(ReaderError, match="holds lamost spectra, not xp") as info:
         next(read_spectra(path, modality="xp"))
     assert path.name in str(info.value)
-    with pytest.raises(ConfigError, match="air= applies to generic spectra only"):
+    with pytest.raises(ConfigError, match="--medium .* generic spectra only") as info:
         next(read_spectra(path, air=True))
+    assert path.name in str(info.value)
     with pytest.raises(ConfigError, match="unknown modality"):
         next(read_spectra(path, modality="sdss"))
     # a forced format that does not fit still fails with a ReaderError naming the file

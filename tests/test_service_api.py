@@ -206,6 +206,9 @@ def test_arrays_equal_csv_upload(client, state):
     assert [n["source_id"] for n in arrays.json()["neighbours"]] == \
         [n["source_id"] for n in up.json()["neighbours"]]
     assert arrays.json()["query"]["modality"] == "lamost"
+    # Which medium the wavelengths were read in, and what decided it (through a parse worker).
+    assert up.json()["query"]["medium"] == arrays.json()["query"]["medium"] == "vacuum"
+    assert up.json()["query"]["medium_from"].startswith("default for text tables")
 
 
 def test_filters_and_pagination(client, state):

@@ -8,13 +8,13 @@ import numpy as np
 from fastapi import APIRouter, Depends, File, Query, UploadFile
 
 from service import convert
-from service.deps import State
+from service.deps import AirParam, MediumParam, State
 from service.schemas import ArraysPredict, Curve, Modality, Prediction
 from service.schemas import API_ERRORS, UPLOAD_ERRORS
 from service.security import require_api_key
 from service.spectra import GridSpectrum, display_curve, from_arrays, model_curve
 from service.state import ServiceState
-from service.uploads import parse_upload, read_upload
+from service.uploads import parse_upload, read_upload, upload_air
 from specsearch.errors import SpectrumError
 
 router = APIRouter(prefix="/v1/predict", tags=["predict"],
@@ -43,7 +43,8 @@ def predict_grid(state: ServiceState, grid: GridSpectrum, translate: bool) -> Pr
     w, f = display_curve(grid.flux, grid.ivar, grid.modality)
     out = Prediction(modality=grid.modality, filename=grid.filename,
                      spectra_in_file=grid.spectra_in_file, row=grid.row,
-                     good_fraction=grid.good_fraction, predictions=preds,
+                     good_fraction=grid.good_fraction, medium=grid.medium,
+                     medium_from=grid.medium_from, predictions=preds,
                      class_probabilities=classes,
                      domain=convert.domain(model, grid.modality, batch),
                      input=Curve(label="input", modality=grid.modality, wavelength=w, flux=f))
@@ -64,15 +65,17 @@ async def predict_upload(
     state: State,
     file: Annotated[UploadFile, File(description="a spectrum file (as for search)")],
     modality: Annotated[Modality | None, Query()] = None,
-    air: Annotated[bool | None, Query()] = None,
+    medium: MediumParam = None,
+    air: AirParam = None,
     row: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
     resolving_power: Annotated[float | None, Query(gt=0, allow_inf_nan=False)] = None,
     translate: bool = True,
 ) -> Prediction:
+    stated_air = upload_air(medium, air)
     data = await read_upload(file, state.settings.max_upload_bytes)
 
     grid = await parse_upload(state, data, file.filename or "upload", modality=modality,
-                              air=air, row=row, resolving_power=resolving_power)
+                              air=stated_air, row=row, resolving_power=resolving_power)
     return await state.worker.run("predict_upload", predict_grid, state, grid, translate)
 
 

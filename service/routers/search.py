@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, File, Query, Response, UploadFile
 
 from service import convert
 from service.batching import BatchKey, SearchJob
-from service.deps import FilterParam, OffsetParam, SourceIdParam, State
+from service.deps import AirParam, FilterParam, MediumParam, OffsetParam, SourceIdParam, State
 from service.errors import NotFoundError
 from service.schemas import (
     ArraysSearch,
@@ -28,7 +28,7 @@ from service.schemas import API_ERRORS, UPLOAD_ERRORS
 from service.security import require_api_key
 from service.spectra import GridSpectrum, display_curve, from_arrays, model_curve
 from service.state import ServiceState
-from service.uploads import parse_upload, read_upload
+from service.uploads import parse_upload, read_upload, upload_air
 from specsearch.errors import QueryError, SpectrumError
 from specsearch.query import Neighbours
 
@@ -150,7 +150,8 @@ def search_grid(state: ServiceState, grid: GridSpectrum, opts: SearchOptions,
     info = QueryInfo(kind=kind, modality=grid.modality, filename=grid.filename,
                      spectrum_id=grid.spectrum.spectrum_id or None,
                      source_id=grid.spectrum.source_id, spectra_in_file=grid.spectra_in_file,
-                     row=grid.row, good_fraction=grid.good_fraction, predictions=preds,
+                     row=grid.row, good_fraction=grid.good_fraction, medium=grid.medium,
+                     medium_from=grid.medium_from, predictions=preds,
                      domain=convert.domain(state.model, grid.modality, batch))
     return _respond(state, info, np.asarray(batch.embedding[0], np.float32), opts, grid,
                     start)
@@ -176,7 +177,8 @@ async def search_upload(
     offset: OffsetParam = 0, limit: LimitParam = None,
     modality: Annotated[Modality | None, Query(description="grid (default: from the file)")]
     = None,
-    air: Annotated[bool | None, Query(description="generic files: wavelengths in air")] = None,
+    medium: MediumParam = None,
+    air: AirParam = None,
     resolving_power: Annotated[float | None, Query(
         gt=0, allow_inf_nan=False, description="R = lambda / FWHM of a file that states "
         "none: a spectrum much sharper than LAMOST is broadened to R = 1800 first")] = None,
@@ -184,11 +186,12 @@ async def search_upload(
                                                                "multi-spectrum file")] = 0,
     include_spectra: bool = False,
 ) -> SearchResponse:
+    stated_air = upload_air(medium, air)
     data = await read_upload(file, state.settings.max_upload_bytes)
     opts = _options(k, target, filters or [], offset, limit, include_spectra)
 
     grid = await parse_upload(state, data, file.filename or "upload", modality=modality,
-                              air=air, row=row, resolving_power=resolving_power)
+                              air=stated_air, row=row, resolving_power=resolving_power)
     return await state.worker.run("search_upload", search_grid, state, grid, opts, "upload")
 
 

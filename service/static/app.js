@@ -77,6 +77,7 @@ async function runSearch(tab) {
     if (modality) params.set("modality", modality);
     const power = $("#resolving-power").value.trim();
     if (power) params.set("resolving_power", power);
+    if ($("#medium").value) params.set("medium", $("#medium").value);
     const form = new FormData();
     form.append("file", file, file.name);
     return api(`/v1/search/upload?${params}`, {method: "POST", body: form});

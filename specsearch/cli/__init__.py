@@ -36,6 +36,27 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter,
     """Keep example blocks as written and show defaults."""
 
 
+MEDIUM_HELP = ("wavelength medium of {what}, whatever the file states; default: the file "
+               "decides (FITS CTYPE1 AWAV/WAVE, AIRORVAC or VACUUM cards, a text column name "
+               "or '# medium = ...' comment), and a file that says nothing is air for FITS, "
+               "vacuum for text. Spectra are converted to vacuum either way")
+
+
+def add_medium_option(parser: argparse.ArgumentParser, what: str, extra: str = "") -> None:
+    """``--medium {air,vacuum}`` (``args.medium``; :func:`medium_air` turns it into the
+    readers' ``air=``). ``what`` names the files it applies to in the help text."""
+    # specsearch.io.registry.MEDIA, spelled out: importing the readers would slow --help
+    parser.add_argument("--medium", choices=("air", "vacuum"), default=None,
+                        help=MEDIUM_HELP.format(what=what) + extra)
+
+
+def medium_air(args: argparse.Namespace) -> bool | None:
+    """The readers' ``air=`` for ``--medium`` (None: not given, the file decides)."""
+    from specsearch.io.registry import air_from_medium
+
+    return air_from_medium(getattr(args, "medium", None))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="specsearch",

@@ -52,7 +52,7 @@ cross-fitted reliability (expected vs observed counts below -1.5 ... -3, ECE).
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from specsearch.cli import HelpFormatter
+    from specsearch.cli import HelpFormatter, add_medium_option
 
     p = sub.add_parser("anomalies", help="ranked outlier / anomaly candidate list",
                        description="Score every object for outlierness and write the top "
@@ -106,6 +106,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, default=100, help="rows in the list")
     p.add_argument("--filter", action="append", default=[], help="metadata filter")
     p.add_argument("--model", help="model directory for --spectrum (default: shipped)")
+    add_medium_option(p, "the generic --spectrum files (FITS, text); LAMOST and Gaia XP "
+                         "files state their own and refuse it")
     p.add_argument("--out", required=True, help="output file (.parquet .csv .fits .vot)")
     p.set_defaults(run=run_like)
 
@@ -131,6 +133,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed-weight", type=float, default=0.3,
                    help="weight of seed similarity in the ranking (0..1)")
     p.add_argument("--model", help="model directory for --seed-spectra")
+    add_medium_option(p, "the generic --seed-spectra files (FITS, text); LAMOST and Gaia XP "
+                         "files state their own and refuse it")
     p.add_argument("--adapt-prior", action="store_true",
                    help="refit the fraction of stars below --feh-max to this pool (a "
                         "pre-selected sample unlike the survey the calibration describes); "
@@ -207,6 +211,7 @@ def run_anomalies(args: argparse.Namespace) -> int:
 def run_like(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from specsearch.cli import medium_air
     from specsearch.query.similar import embed_spectrum_files, more_like_this_engine
     from specsearch.rows import write_table
     from specsearch.errors import QueryError
@@ -214,6 +219,9 @@ def run_like(args: argparse.Namespace) -> int:
 
     if not args.source_id and not args.spectrum:
         raise QueryError("give at least one --source-id or --spectrum example")
+    if args.medium is not None and not args.spectrum:
+        raise QueryError("--medium states the wavelength medium of --spectrum files; "
+                         "this search has none (drop --medium)")
     engine = SearchEngine.open(args.index_dir)
     vectors, modality = [], None
     for s in args.source_id:
@@ -225,7 +233,8 @@ def run_like(args: argparse.Namespace) -> int:
         model = load_model(args.model)
         modality = modality or ("lamost" if "lamost" in engine.modalities
                                 else engine.modalities[0])
-        vectors.extend(embed_spectrum_files(args.spectrum, modality, model))
+        vectors.extend(embed_spectrum_files(args.spectrum, modality, model,
+                                            air=medium_air(args)))
     table = more_like_this_engine(engine, np.asarray(vectors), modality=args.target_modality
                                   or modality, k=args.k, mode=args.mode, filter=args.filter,
                                   exclude_source_ids=args.source_id)
@@ -236,14 +245,19 @@ def run_like(args: argparse.Namespace) -> int:
 
 
 def run_hunt(args: argparse.Namespace) -> int:
+    from specsearch.cli import medium_air
+    from specsearch.errors import QueryError
     from specsearch.hunt.pipeline import run_hunt as run
 
+    if args.medium is not None and not args.seed_spectra:
+        raise QueryError("--medium states the wavelength medium of --seed-spectra files; "
+                         "this hunt has none (drop --medium)")
     res = run(args.index_dir, out=args.out, feh_max=args.feh_max, mode=args.mode,
               top=args.top, min_prob=args.min_prob, filters=args.filter,
               calibration=args.calibration, seed_spectra=args.seed_spectra,
               seed_source_ids=args.seed_source_id, seed_weight=args.seed_weight,
               model_dir=args.model, embeddings=args.embeddings, verify=not args.no_verify,
-              adapt_prior=args.adapt_prior)
+              adapt_prior=args.adapt_prior, seed_air=medium_air(args))
     r = res.result
     print(f"{r.n_stars} stars searched; expected {r.expected_total:.1f} with "
           f"[Fe/H] < {args.feh_max} ({'calibrated' if r.calibrated else 'UNCALIBRATED'})")

@@ -23,8 +23,14 @@ Example:
       --labels ../shared/data/real/pairs_lamost_xp.csv --on obsid \\
       --rename gaia_dr3_source_id=source_id --out catalogs/lamost_dr8
   specsearch ingest --modality xp gaia_xp_chunk.fits --out catalogs/xp
-  specsearch ingest --modality lamost library/*.txt --resolving-power 10000 \
+  specsearch ingest --modality lamost library/*.txt --resolving-power 10000 \\
       --out catalogs/library        # sharp spectra are broadened to LAMOST's R = 1800
+  specsearch ingest --modality lamost observed/ --medium vacuum --out catalogs/mine
+                                    # generic spectra in vacuum that do not say so
+
+--medium applies to the generic spectra (FITS, text) only: LAMOST and Gaia XP files state
+their own wavelength convention and are read as usual, so a folder that mixes survey files
+and library spectra is ingested in one run; the summary says how many files it applied to.
 
 Bad files are reported and skipped; re-running into the same catalog adds nothing twice.
 Ctrl-C stops after the file being read (press it again to abandon that file); every file
@@ -37,7 +43,7 @@ every file was skipped; 2 bad options or an unreadable label table / ledger.
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from specsearch.cli import HelpFormatter
+    from specsearch.cli import HelpFormatter, add_medium_option
 
     p = sub.add_parser("ingest", help="read survey files into a Parquet catalog",
                        description="Read LAMOST FITS, Gaia XP tables or generic spectra, put "
@@ -60,6 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "spectra much sharper than LAMOST (R = 1800) are broadened to it "
                         "before they are put on the grid (a resolution the file states "
                         "wins)")
+    add_medium_option(p, "the generic files (FITS, text)",
+                      "; LAMOST and Gaia XP files are read as usual (they state their own)")
     p.add_argument("--rows-per-file", type=int, default=50_000)
     p.add_argument("--max-file-mb", type=int, default=256,
                    help="largest content (MB, after gzip decompression) of a file read "
@@ -71,6 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from specsearch.cli import medium_air
     from specsearch.io.ingest import ingest
     from specsearch.io.limits import DEFAULT_LIMITS, use_limits
 
@@ -86,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
         report = ingest(args.paths, args.out, modality=args.modality, labels=args.labels,
                         on=args.on, rename=rename, rest_frame=not args.observed_frame,
                         rows_per_file=args.rows_per_file, progress=not args.no_progress,
-                        should_stop=stop.is_set, resolving_power=args.resolving_power)
+                        should_stop=stop.is_set, resolving_power=args.resolving_power,
+                        air=medium_air(args))
     print(report.summary())
     if args.report:
         write_json_atomic(Path(args.report), {**asdict(report), "exit_code": report.exit_code})

@@ -6,8 +6,12 @@ import argparse
 import io
 import json
 import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from specsearch.spectrum import Spectrum
 
 EPILOG = """\
 Example:
@@ -18,6 +22,7 @@ Example:
   specsearch search indexes/survey --embedding queries.npy --modality xp --k 100 \\
       --offset 50 --limit 50 --format csv
   specsearch search indexes/survey --source-id 1234567890 --range 0.9
+  specsearch search indexes/survey --spectrum my_star.csv --modality lamost --medium air
 
 Filters (ANDed): COLUMN OP VALUE with OP one of < <= > >= = != (e.g. snr>=20,
 feh_pred<-2, population=halo|thick), cone=RA,DEC,RADIUS_DEG, modality=xp.
@@ -28,7 +33,7 @@ TABLE_COLUMNS = ("rank", "similarity", "source_id", "spectrum_id", "ra", "dec", 
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from specsearch.cli import HelpFormatter
+    from specsearch.cli import HelpFormatter, add_medium_option
 
     p = sub.add_parser("search", help="nearest neighbours in an index",
                        description="k-NN (or range) search by source_id, embedding or "
@@ -53,6 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resolving-power", type=float, metavar="R",
                    help="R = lambda / FWHM of a --spectrum file that states none: a spectrum "
                         "much sharper than LAMOST is broadened to R = 1800 first")
+    add_medium_option(p, "a generic --spectrum file (FITS, text); LAMOST and Gaia XP files "
+                         "state their own and refuse it")
     p.add_argument("--format", default="table", choices=("table", "json", "csv"))
     p.add_argument("--ef-search", type=int, help="override the tuned HNSW ef_search")
     p.add_argument("--nprobe", type=int, help="override the tuned IVF nprobe")
@@ -66,6 +73,10 @@ def run(args: argparse.Namespace) -> int:
     from specsearch.errors import QueryError
     from specsearch.query import SearchEngine
 
+    if args.medium is not None and args.spectrum is None:
+        raise QueryError("--medium states the wavelength medium of a --spectrum file; "
+                         "this search has none (drop --medium)")
+    spectra = _read_query_spectra(args) if args.spectrum is not None else []
     engine = SearchEngine.open(args.index_dir, verify=not args.no_verify)
     knobs = None
     if args.ef_search or args.nprobe or args.refine_factor:
@@ -99,17 +110,27 @@ def run(args: argparse.Namespace) -> int:
             got = engine.search(np.atleast_2d(vectors), modality=target, **page)
             results += got
     else:
-        from specsearch.io.registry import read_spectra
         from specsearch.model.api import load_model
-        from specsearch.preprocess.lsf import state_resolution
         engine.attach_encoder(load_model(args.model))
-        for spectrum in read_spectra(args.spectrum, modality=args.modality):
-            state_resolution(spectrum, args.resolving_power, "search --resolving-power")
+        for spectrum in spectra:
             results.append(engine.search_spectrum(
                 spectrum, modality=args.modality, target_modality=args.target_modality,
                 **page))
     _print(results, args.format)
     return 0
+
+
+def _read_query_spectra(args: argparse.Namespace) -> list[Spectrum]:
+    """The spectra of ``--spectrum``, read before the index and the model are opened: a
+    file or option that does not fit fails at once (a large index takes a while to open)."""
+    from specsearch.cli import medium_air
+    from specsearch.io.registry import read_spectra
+    from specsearch.preprocess.lsf import state_resolution
+
+    spectra = list(read_spectra(args.spectrum, modality=args.modality, air=medium_air(args)))
+    for spectrum in spectra:
+        state_resolution(spectrum, args.resolving_power, "search --resolving-power")
+    return spectra
 
 
 def _print(results, fmt: str) -> None:

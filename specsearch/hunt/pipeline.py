@@ -58,10 +58,11 @@ def find_calibration(model_hash: str, calibration: str | Path | None = None,
 
 
 def seed_vectors(loaded, *, seed_spectra: Sequence[str | Path] = (),
-                 seed_source_ids: Sequence[int] = (), model_dir: str | Path | None = None
-                 ) -> np.ndarray | None:
+                 seed_source_ids: Sequence[int] = (), model_dir: str | Path | None = None,
+                 seed_air: bool | None = None) -> np.ndarray | None:
     """(m, D) unit vectors of the seeds: stored vectors of ``seed_source_ids`` (any modality
-    that has them) and encoded ``seed_spectra`` files (needs the model)."""
+    that has them) and encoded ``seed_spectra`` files (needs the model; ``seed_air``: their
+    wavelengths are in air / vacuum, generic files only, None: the files decide)."""
     parts = []
     for s in seed_source_ids:
         found = [t for t in loaded.tables.values() if np.any(t.source_id == int(s))]
@@ -76,7 +77,7 @@ def seed_vectors(loaded, *, seed_spectra: Sequence[str | Path] = (),
             raise ConfigError(f"model {model.model_hash} differs from the index's model "
                               f"{loaded.provenance.get('model_hash')}: pass --model")
         modality = "lamost" if "lamost" in loaded.tables else next(iter(loaded.tables))
-        parts.append(embed_spectrum_files(seed_spectra, modality, model))
+        parts.append(embed_spectrum_files(seed_spectra, modality, model, air=seed_air))
     return np.concatenate(parts) if parts else None
 
 
@@ -92,13 +93,14 @@ def run_hunt(source: str | Path, *, out: str | Path, feh_max: float = -2.0,
              seed_spectra: Sequence[str | Path] = (), seed_source_ids: Sequence[int] = (),
              seed_weight: float = 0.3, model_dir: str | Path | None = None,
              embeddings: str | Path | None = None, fmt: str | None = None,
-             verify: bool = True, adapt_prior: bool = False) -> HuntRun:
+             verify: bool = True, adapt_prior: bool = False,
+             seed_air: bool | None = None) -> HuntRun:
     """Rank the stars of an index (or embeddings dataset) and write the chosen list."""
     modalities = None if mode in ("any", "both") else [mode]
     loaded = load_source(source, modalities, embeddings=embeddings, verify=verify)
     cal = find_calibration(loaded.provenance.get("model_hash", ""), calibration, model_dir)
     seeds = seed_vectors(loaded, seed_spectra=seed_spectra, seed_source_ids=seed_source_ids,
-                         model_dir=model_dir)
+                         model_dir=model_dir, seed_air=seed_air)
     if adapt_prior:
         check_pool_filters(filters, cal.label)
     config = HuntConfig(feh_max=feh_max, mode=mode, top=top, min_prob=min_prob,

@@ -37,8 +37,9 @@ or ``WAT1_001 units=``; a text column name such as ``wavelength_nm`` or a ``# wa
 ``wavelength_unit=`` overrides. ``meta['unit_from']`` records which rule decided.
 
 **Air or vacuum** (result is always vacuum; the conversion is
-:func:`specsearch.preprocess.air_to_vacuum`, nowhere else): ``air=True/False`` overrides.
-Otherwise the file decides: FITS ``CTYPE1`` AWAV (air) / WAVE (vacuum), ``AIRORVAC``,
+:func:`specsearch.preprocess.air_to_vacuum`, nowhere else): ``air=True/False`` overrides
+(the CLI's ``--medium``, the HTTP ``medium``). Otherwise the file decides: FITS
+``CTYPE1`` AWAV (air) / WAVE (vacuum), ``AIRORVAC``,
 ``VACUUM = T/F``; MILES is recognised by its ``TPLLIB = 'MILES'`` header card (MILES is in
 air but does not say so). FITS tables: the wavelength column's ``TUCDn`` (``obs.atmos``:
 air, as ESO writes it; ``em.wl`` alone: vacuum), ``air``/``vac`` in its name, the header

@@ -4,6 +4,11 @@ One bad file among thousands is reported and skipped; every good spectrum is wri
 Re-running into an existing catalog adds nothing twice: files already ingested (same path,
 size and modification time) are skipped, and rows whose ``spectrum_id`` is already in the
 catalog are dropped.
+
+A wavelength medium the caller states (``air=``, the CLI's ``--medium``) applies to the
+generic spectra among the files only: LAMOST and Gaia XP files state their own convention
+and are read as usual, so one run can ingest a folder that mixes survey files and library
+spectra.
 """
 
 from __future__ import annotations
@@ -44,6 +49,10 @@ class IngestReport:
     skipped_rows: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     interrupted: bool = False
+    medium: str | None = None
+    """The caller's wavelength medium (``air``/``vacuum``), None when the files decided."""
+    files_medium_applied: int = 0
+    """Generic files read in ``medium`` (survey files keep the convention they state)."""
 
     @property
     def exit_code(self) -> int:
@@ -62,6 +71,10 @@ class IngestReport:
                  f"{self.rows_duplicate} duplicates dropped, "
                  f"{len(self.skipped_rows)} bad spectra skipped",
                  f"time: {self.seconds:.1f} s"]
+        if self.medium is not None:
+            lines.append(f"medium {self.medium} (caller's override) applied to "
+                         f"{self.files_medium_applied} generic file(s); LAMOST and Gaia XP "
+                         f"files keep their own")
         if self.interrupted:
             lines.insert(0, "interrupted: the files listed as ingested are in the catalog; "
                             "run the same command again to ingest the rest")
@@ -187,7 +200,7 @@ def ingest(paths: Sequence[str | Path], out: str | Path, *, modality: str,
            rename: dict[str, str] | None = None, rest_frame: bool = True,
            rows_per_file: int = 50_000, batch_rows: int = 2000, progress: bool = True,
            should_stop: Callable[[], bool] | None = None,
-           resolving_power: float | None = None) -> IngestReport:
+           resolving_power: float | None = None, air: bool | None = None) -> IngestReport:
     """Turn survey files (LAMOST FITS, Gaia XP tables, generic spectra) into a catalog.
 
     A file counts as done (in the ledger, skipped by a rerun) only once all its rows are
@@ -211,6 +224,11 @@ def ingest(paths: Sequence[str | Path], out: str | Path, *, modality: str,
         resolving_power: R = lambda / FWHM of spectra whose file states no resolution
             (a stated one wins): spectra much sharper than LAMOST are broadened to it
             (:mod:`specsearch.preprocess.lsf`).
+        air: the wavelengths of the generic files are in air (True) or vacuum (False),
+            whatever they state; None lets each file decide (:mod:`specsearch.io.generic`).
+            Survey files (LAMOST, Gaia XP) are read as usual: they state their own
+            convention (the module docstring); ``report.files_medium_applied`` counts the
+            files it applied to.
     Returns:
         An :class:`IngestReport`; bad files and bad spectra are listed there, not raised.
     """
@@ -221,7 +239,8 @@ def ingest(paths: Sequence[str | Path], out: str | Path, *, modality: str,
     root = Path(out)
     files = expand_paths(paths)
     label_table = LabelTable.read(labels, on or "source_id", rename) if labels else None
-    report = IngestReport(files_seen=len(files))
+    report = IngestReport(files_seen=len(files),
+                          medium=None if air is None else "air" if air else "vacuum")
     ledger = _Ledger(root, modality)
     seen_ids = _existing_ids(root, modality)
     writer = CatalogWriter(root, modality, rows_per_file=rows_per_file,
@@ -242,7 +261,7 @@ def ingest(paths: Sequence[str | Path], out: str | Path, *, modality: str,
                 continue
             try:
                 file_rows = _read_file_rows(path, modality, rest_frame, label_table, seen_ids,
-                                            report, resolving_power)
+                                            report, resolving_power, air)
             except Exception as exc:  # noqa: BLE001 - one bad file never stops the run
                 report.skipped_files.append((path.name, _reason(exc)))
                 continue
@@ -332,16 +351,21 @@ class _RowBatches:
 
 def _read_file_rows(path: Path, modality: str, rest_frame: bool,
                     label_table: LabelTable | None, seen_ids: set[str],
-                    report: IngestReport, resolving_power: float | None = None
-                    ) -> list[dict[str, Any]]:
-    """The new catalog rows of one file (bad spectra and duplicates counted in ``report``)."""
-    from specsearch.io.registry import read_spectra
+                    report: IngestReport, resolving_power: float | None = None,
+                    air: bool | None = None) -> list[dict[str, Any]]:
+    """The new catalog rows of one file (bad spectra and duplicates counted in ``report``).
+    ``air`` is used when the file is a generic spectrum, ignored for survey files."""
+    from specsearch.io.registry import detect_format, read_spectra
 
+    fmt = None
+    if air is not None:
+        info = detect_format(path)   # read_spectra would detect it anyway: pass it on
+        fmt, air = info.name, air if info.modality is None else None
     rows: list[dict[str, Any]] = []
     skipped: list[tuple[str, str]] = []
     duplicates = labelled = 0
     ids: set[str] = set()
-    for spec in read_spectra(path, modality=modality):
+    for spec in read_spectra(path, modality=modality, format=fmt, air=air):
         name = spec.spectrum_id or path.name
         state_resolution(spec, resolving_power, "ingest --resolving-power")
         try:
@@ -361,6 +385,8 @@ def _read_file_rows(path: Path, modality: str, rest_frame: bool,
     report.skipped_rows += skipped
     report.rows_duplicate += duplicates
     report.rows_labelled += labelled
+    if air is not None:
+        report.files_medium_applied += 1
     return rows
 
 

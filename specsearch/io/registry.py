@@ -71,6 +71,21 @@ UPLOAD_SUFFIXES = (".fits.gz", ".fit.gz", ".fts.gz", ".csv.gz", ".txt.gz", ".dat
 _XP_HINTS = (b"bp_coef", b"rp_coef")
 
 
+MEDIA = ("air", "vacuum")
+"""Names of the wavelength media a caller may state (``--medium``, the HTTP ``medium``)."""
+
+
+def air_from_medium(medium: str | None) -> bool | None:
+    """``air=`` of :func:`read_spectra` for a medium name: ``air`` True, ``vacuum`` False,
+    None (the file decides) None. ConfigError naming the valid names otherwise."""
+    if medium is None:
+        return None
+    if medium not in MEDIA:
+        raise ConfigError(f"unknown wavelength medium {medium!r}; expected one of "
+                          f"{list(MEDIA)} (or none: the file decides)")
+    return medium == "air"
+
+
 def list_formats() -> list[str]:
     """Names of the registered formats, in detection order."""
     return [f.name for f in FORMATS]
@@ -175,7 +190,8 @@ def read_spectra(path: str | Path, *, modality: str | None = None, format: str |
             with it (``meta['format']`` still says ``generic-...``).
         format: skip detection and use this format (see :func:`list_formats`).
         air: generic spectra only: the file's wavelengths are in air (True) or vacuum
-            (False); None lets the file decide (:mod:`specsearch.io.generic`).
+            (False); None lets the file decide (:mod:`specsearch.io.generic`). The CLI's
+            ``--medium`` and the service's ``medium`` (:func:`air_from_medium`).
     Yields:
         :class:`Spectrum` objects (vacuum Angstrom).
     Raises:
@@ -193,8 +209,10 @@ def read_spectra(path: str | Path, *, modality: str | None = None, format: str |
                                 f"{modality}; read it with modality={info.modality!r} "
                                 f"(--modality {info.modality})")
     if air is not None and info.modality is not None:
-        raise ConfigError(f"air= applies to generic spectra only; {info.name} files "
-                          f"state their own wavelength convention")
+        raise ConfigError(f"{path}: --medium (air= in Python, medium over HTTP) applies to "
+                          f"generic spectra only; {info.name} files state their own "
+                          f"wavelength convention (air or vacuum): leave it out for this "
+                          f"file")
     try:
         module = _load(info)
     except ImportError as exc:

@@ -115,7 +115,8 @@ def finish_spectrum(path: Path, wave: np.ndarray, flux: np.ndarray,
     if not np.isfinite(flux).any():
         raise ReaderError(path, f"no finite flux value in {flux.size} pixels")
     if air is not None:
-        medium, medium_from = ("air" if air else "vacuum"), "caller (air= argument)"
+        medium = "air" if air else "vacuum"
+        medium_from = "caller (air=, --medium or the HTTP medium)"
     meta.update(filename=path.name, wavelength_medium=medium, medium_from=medium_from)
     if medium == "air":
         wave = air_to_vacuum(wave)

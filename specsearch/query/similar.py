@@ -57,19 +57,23 @@ def example_vectors(table: EmbeddingTable, source_ids: Sequence[int]) -> np.ndar
     return np.asarray(out, dtype=np.float32).reshape(len(out), table.vectors.shape[1])
 
 
-def embed_spectrum_files(paths: Sequence[str | Path], modality: str, model) -> np.ndarray:
+def embed_spectrum_files(paths: Sequence[str | Path], modality: str, model, *,
+                         air: bool | None = None) -> np.ndarray:
     """(m, D) embeddings of spectra read from files (any format the readers accept), put on
     ``modality``'s canonical grid and encoded by ``model`` (``specsearch.model.SpecModel``).
+    ``air``: the generic files' wavelengths are in air / vacuum (``read_spectra``'s
+    ``air=``; a survey file refuses it).
 
     Raises:
         SpectrumError: a spectrum the model cannot encode (too few good pixels).
+        ConfigError: ``air`` given for a survey file.
     """
     from specsearch.io.registry import read_spectra
     from specsearch.preprocess import resample
 
     flux, ivar, names = [], [], []
     for path in paths:
-        for spec in read_spectra(path, modality=modality):
+        for spec in read_spectra(path, modality=modality, air=air):
             f, iv = resample(spec, modality)
             flux.append(f)
             ivar.append(iv)
