@@ -20,7 +20,11 @@ One run measures the embedding and a baseline of the same run on every same-star
 4. **ceilings** (:mod:`identity_ceiling`, ``--ceiling-n`` stars of their own): LAMOST->XP
    partner top-1 of idealised searchers that know the star's noiseless XP spectrum exactly,
    up to an SED slope/curvature known to the synthetic or to the real LAMOST calibration
-   scatter, or up to a free one, next to the embedding on the same stars.
+   scatter, or up to a free one, next to the embedding on the same stars. And on task 1's
+   own stars (``--no-visit-ceiling`` skips it), the LAMOST other-visit ceiling
+   (:func:`identity_ceiling.visit_ceiling`): searchers that know every star's noiseless
+   spectrum, on a noise-only query, on two noisy visits, and on the observed query with its
+   systematics modelled.
 5. **real**: :func:`specsearch.model.evaluation.evaluate_real.identity` (DR10 and DR8 repeat visits
    among every real LAMOST spectrum, embedding vs raw pixels) and
    :func:`specsearch.model.evaluation.evaluate_real.cross_modal` (each real LAMOST visit's own Gaia XP
@@ -51,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from identity_ceiling import xp_partner_ceilings  # noqa: E402
+from identity_ceiling import visit_ceiling, xp_partner_ceilings  # noqa: E402
 from identity_tasks import (  # noqa: E402
     K_NEIGHBOURS, SNR_RANGE, VISITS, cross_modal_synth, iter_visit_batches, label_vectors,
     partner_ranks, rank_summary, snr_neighbour_rho, unit, xp_raw)
@@ -124,16 +128,19 @@ class Stopwatch:
         return ", ".join(f"{k} {v:.0f}/{self.cpu_s[k]:.0f}" for k, v in self.wall_s.items())
 
 
-def synthetic_tasks(model, n: int, seed: int, clock: Stopwatch) -> dict[str, Any]:
-    """Generate, embed and score the synthetic tasks (1-3 of the module doc)."""
+def synthetic_tasks(model, n: int, seed: int, clock: Stopwatch, *,
+                    visit_ceiling_on: bool = True) -> dict[str, Any]:
+    """Generate, embed and score the synthetic tasks (1-3 of the module doc), and with
+    ``visit_ceiling_on`` the other-visit ceiling on the same stars (4)."""
     from specsearch.model.evaluation.evaluate_real import raw_pixels
+    from specsearch.preprocess import grid_for
 
     keep: dict[str, list[np.ndarray]] = {}
 
     def add(key: str, value: np.ndarray) -> None:
         keep.setdefault(key, []).append(value)
 
-    batches = iter_visit_batches(n, seed)
+    batches = iter_visit_batches(n, seed, with_truth=visit_ceiling_on)
     while True:
         with clock.stage("synth_generation"):
             vb = next(batches, None)
@@ -155,6 +162,11 @@ def synthetic_tasks(model, n: int, seed: int, clock: Stopwatch) -> dict[str, Any
             for v, tag in enumerate(VISITS):
                 add(f"raw_lamost_{tag}", raw_pixels(vb.lamost_flux[v], vb.lamost_ivar[v]))
                 add(f"raw_xp_{tag}", xp_raw(vb.xp_flux[v]))
+        if vb.lamost_truth is not None:
+            add("truth", vb.lamost_truth)
+            add("flux_a", vb.lamost_flux[0])
+            add("ivar_a", vb.lamost_ivar[0])
+            add("ivar_b", vb.lamost_ivar[1])
         for k, val in vb.labels.items():
             add(f"label_{k}", val)
         step(f"synthetic stars: {sum(len(x) for x in keep['snr_a'])}/{n}")
@@ -178,6 +190,17 @@ def synthetic_tasks(model, n: int, seed: int, clock: Stopwatch) -> dict[str, Any
                                for name, kind in (("embedding", "emb"), ("raw_pixels", "raw"))}
             for lo, hi in SNR_BINS
             if (sel := (a["snr_a"] >= lo) & (a["snr_a"] < hi)).any()}
+    if "truth" in a:
+        with clock.stage("synth_visit_ceiling"):
+            ceil = visit_ceiling(a.pop("truth"), a.pop("flux_a"), a.pop("ivar_a"),
+                                 a.pop("ivar_b"), grid_for("lamost").wavelength,
+                                 seed=seed + 1)
+            ceil["embedding"] = ranks["lamost", "emb"]
+            out["lamost_visit_ceiling"] = {
+                "all": {k: rank_summary(r) for k, r in ceil.items()},
+                **{f"{lo:g}-{hi:g}": {k: rank_summary(r[sel]) for k, r in ceil.items()}
+                   for lo, hi in SNR_BINS
+                   if (sel := (a["snr_a"] >= lo) & (a["snr_a"] < hi)).any()}}
     with clock.stage("synth_noise_knn"):
         snr = np.concatenate([a["snr_a"], a["snr_b"]])
         partner = np.concatenate([np.arange(n, 2 * n), np.arange(n)])
@@ -247,6 +270,16 @@ def table_rows(syn: dict[str, Any], real: dict[str, Any]) -> list[Row]:
         rows.append(Row(f"synth LAMOST other visit top-1, query S/N {tag} "
                         f"(n={got['embedding']['n']:,})", got["embedding"]["top1"],
                         got["raw_pixels"]["top1"]))
+    for tag, got in syn.get("lamost_visit_ceiling", {}).items():
+        what = (f"among {n:,}" if tag == "all"
+                else f"query S/N {tag} (n={got['embedding']['n']:,})")
+        for key, how in (("noise_only", "noise-only query vs the noiseless spectra"),
+                         ("bayes_noisy", "both visits noisy, no systematics, Bayes with the "
+                                         "stars' spectra known"),
+                         ("observed_poly", "the observed query vs the noiseless spectra, "
+                                           "continuum fitted, tellurics masked")):
+            rows.append(Row(f"synth LAMOST other visit top-1 {what}, baseline = ceiling: "
+                            f"{how}", got["embedding"]["top1"], got[key]["top1"]))
     ne, nr = syn["noise_invariance"]["embedding"], syn["noise_invariance"]["raw_pixels"]
     rows.append(Row("synth LAMOST: Spearman rho(S/N, 10 neighbours' median S/N)", ne["rho"],
                     nr["rho"], "abs <= 0.1", abs(ne["rho"]) <= 0.1, kind="rho"))
@@ -297,6 +330,8 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=14_014, help="seed of the synthetic stars")
     p.add_argument("--ceiling-n", type=int, default=2000,
                    help="stars of the cross-modal ceiling rows (0: skip them)")
+    p.add_argument("--no-visit-ceiling", action="store_true",
+                   help="skip the other-visit ceiling rows (~1 min at n = 10,000)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results"
                    / "identity.json")
@@ -321,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model(args.model)
         step(f"model {model.model_hash[:12]} ({model.path}); {args.n_synth:,} stars, "
              f"seed {args.seed}, {args.threads} threads")
-        syn = synthetic_tasks(model, args.n_synth, args.seed, clock)
+        syn = synthetic_tasks(model, args.n_synth, args.seed, clock,
+                              visit_ceiling_on=not args.no_visit_ceiling)
         if args.ceiling_n:
             step(f"cross-modal ceilings among {args.ceiling_n:,}")
             with clock.stage("synth_ceilings"):

@@ -27,6 +27,10 @@ class VisitBatch:
 
     ``lamost_flux[v]`` etc. are the (n, npix) canonical-grid arrays of visit ``v`` (0 = A,
     1 = B); row ``i`` of every array is star ``i``; ``labels`` holds (n,) true labels.
+    ``lamost_truth`` (only when asked for) is each star's noiseless LAMOST spectrum without
+    any visit's systematics: the instrument's broadening and sampling, the realism
+    correction and the star's flux scale, but no velocity residual, telluric residual or
+    flux-calibration error.
     """
 
     labels: dict[str, np.ndarray]
@@ -35,25 +39,28 @@ class VisitBatch:
     lamost_snr: tuple[np.ndarray, np.ndarray]
     xp_flux: tuple[np.ndarray, np.ndarray]
     xp_ivar: tuple[np.ndarray, np.ndarray]
+    lamost_truth: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.lamost_flux[0].shape[0])
 
 
-def iter_visit_batches(n: int, seed: int, *, batch: int = 1000, rv_error_kms: float = 5.0
-                       ) -> Iterator[VisitBatch]:
+def iter_visit_batches(n: int, seed: int, *, batch: int = 1000, rv_error_kms: float = 5.0,
+                       with_truth: bool = False) -> Iterator[VisitBatch]:
     """Yield batches of ``n`` synthetic stars with two independent visits each, built as
     :func:`specsearch.synth.survey.generate_batch` builds a star (without artefacts).
 
     Batch ``b`` draws the star from ``SeedSequence([seed, b])`` and each visit from its own
-    child sequence, so the two visits share the star and nothing else.
+    child sequence, so the two visits share the star and nothing else. ``with_truth`` adds
+    :attr:`VisitBatch.lamost_truth` (the visits are the same either way).
     """
     from specsearch.synth.individuality import draw as draw_individuality
     from specsearch.synth.individuality import extinction_for
     from specsearch.synth.labels import resolve_fractions
-    from specsearch.synth.lamost import observe_lamost
+    from specsearch.synth.lamost import lamost_operator, observe_lamost
     from specsearch.synth.mix import sample_labels
     from specsearch.synth.model import model_spectra
+    from specsearch.synth.realism import load as load_realism
     from specsearch.synth.xp import observe_xp
 
     fractions = resolve_fractions(None, 1.0)
@@ -77,10 +84,15 @@ def iter_visit_batches(n: int, seed: int, *, batch: int = 1000, rv_error_kms: fl
         cols = {k: np.asarray(getattr(labels, k), np.float64)
                 for k in ("teff", "logg", "feh", "alpha_fe", "ebv", "rv", "mag_g")}
         cols["population"] = labels.population.astype(str)
+        truth = None
+        if with_truth:     # observe_lamost's noiseless flux before the visit's systematics
+            truth = (np.asarray(lamost_operator() @ extincted.T, np.float32).T
+                     * (xps[0].scale * 1e17).astype(np.float32)[:, None]
+                     * load_realism()["lamost"].factor(labels.teff))
         yield VisitBatch(cols, tuple(v.flux for v in lam), tuple(v.ivar for v in lam),
                          tuple(v.snr for v in lam),
                          tuple(x.flux.astype(np.float32) for x in xps),
-                         tuple(x.ivar.astype(np.float32) for x in xps))
+                         tuple(x.ivar.astype(np.float32) for x in xps), truth)
 
 
 def xp_raw(flux: np.ndarray) -> np.ndarray:

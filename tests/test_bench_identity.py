@@ -152,3 +152,50 @@ def test_ceilings_on_a_few_stars():
     assert got["sed_known"]["median_rank"] <= got["sed_free"]["median_rank"]
     assert 0.0 <= got["embedding"]["top1"] <= 1.0
     assert sum(v["n"] for v in got["top1_by_g"].values()) == 40
+
+
+def test_truth_is_the_visits_without_noise_or_systematics():
+    """The systematics-free truth differs from each visit's noiseless flux only by the
+    visit's smooth calibration, telluric residual and sub-pixel velocity residual; the
+    visits are the same with or without it."""
+    (plain,) = iter_visit_batches(20, seed=4, batch=20)
+    (with_truth,) = iter_visit_batches(20, seed=4, batch=20, with_truth=True)
+    assert plain.lamost_truth is None
+    np.testing.assert_array_equal(plain.lamost_flux[0], with_truth.lamost_flux[0])
+    t = with_truth.lamost_truth
+    assert t.shape == plain.lamost_flux[0].shape and np.isfinite(t).all() and (t > 0).all()
+    wave = grid_for("lamost").wavelength
+    blue = (wave > 4000) & (wave < 5500)
+    for v in range(2):
+        f, w = with_truth.lamost_flux[v], with_truth.lamost_ivar[v]
+        ratio = np.nanmedian(np.where(w > 0, f, np.nan)[:, blue] / t[:, blue], axis=1)
+        assert np.all(np.abs(ratio - 1.0) < 0.1)
+        # residuals in the blue are noise: reduced chi-square ~1 after the scale
+        chi = np.nanmean(np.where(w > 0, (f - ratio[:, None] * t) ** 2 * w, np.nan)[:, blue],
+                         axis=1)
+        assert np.all(chi < 1.6)
+
+
+def test_visit_ceiling_finds_the_star_and_fails_without_information():
+    """Sixty stars: every searcher of the ceiling finds (nearly) every star. Told the
+    wrong stars' spectra, the searcher of the observed visits finds none; at S/N ~0.05 the
+    searchers of noisy visits find hardly any."""
+    from identity_ceiling import visit_ceiling
+
+    b = list(iter_visit_batches(60, seed=6, batch=30, with_truth=True))
+    truth = _cat(b, lambda x: x.lamost_truth)
+    flux, ivar_a, ivar_b = (_cat(b, lambda x: x.lamost_flux[0]),
+                            _cat(b, lambda x: x.lamost_ivar[0]),
+                            _cat(b, lambda x: x.lamost_ivar[1]))
+    wave = grid_for("lamost").wavelength
+    got = visit_ceiling(truth, flux, ivar_a, ivar_b, wave, seed=1, block=25)
+    assert set(got) == {"noise_only", "bayes_noisy", "observed_poly"}
+    for name, ranks in got.items():
+        assert ranks.shape == (60,) and ranks.min() >= 1 and ranks.max() <= 60
+        assert rank_summary(ranks)["top1"] >= 0.95, name
+    wrong = visit_ceiling(truth[np.roll(np.arange(60), 7)], flux, ivar_a, ivar_b, wave,
+                          seed=1, block=25)
+    assert rank_summary(wrong["observed_poly"])["top1"] <= 0.05
+    faint = visit_ceiling(truth, flux, ivar_a * 1e-6, ivar_b * 1e-6, wave, seed=1, block=25)
+    for name in ("noise_only", "bayes_noisy"):
+        assert rank_summary(faint[name])["top1"] <= 0.3, name
