@@ -72,8 +72,8 @@ class ParsedUpload:
     spectra_in_file: int
     row: int
     medium: str | None = None
-    """Generic files: the medium the wavelengths were read in (``meta['wavelength_medium']``);
-    None for survey files."""
+    """The medium the wavelengths were read in (``meta['wavelength_medium']``: generic and
+    LAMOST files); None for Gaia XP tables."""
     medium_from: str | None = None
 
 

@@ -74,7 +74,7 @@ class Curve(BaseModel):
 
 
 MEDIUM_DESCRIPTION = ("the medium the spectrum's wavelengths were read in (converted to "
-                      "vacuum); null for LAMOST and Gaia XP files, which state their own, "
+                      "vacuum); null for Gaia XP files (no wavelengths: basis coefficients) "
                       "and for stored stars")
 MEDIUM_FROM_DESCRIPTION = ("what decided the medium: the request (medium or air), a header "
                            "card or column name, or the default of the file type")

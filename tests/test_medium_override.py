@@ -141,8 +141,9 @@ def test_search_medium_on_a_survey_file_names_the_option_and_the_file(lamost_fil
     err = capsys.readouterr().err
     assert rc == 2
     assert "--medium" in err and "generic spectra only" in err and lamost_file.name in err
-    rc = main(["search", str(tmp_path / "no-index"), "--source-id", "1", "--medium", "air"])
-    assert rc == 2 and "--medium" in capsys.readouterr().err
+    for option in (["--medium", "air"], ["--resolving-power", "5000"]):
+        rc = main(["search", str(tmp_path / "no-index"), "--source-id", "1", *option])
+        assert rc == 2 and f"{option[0]} describes a --spectrum file" in capsys.readouterr().err
 
 
 def test_cli_refuses_an_unknown_medium(fits_no_medium, tmp_path, capsys):
@@ -248,7 +249,8 @@ def test_http_medium_on_a_lamost_file_is_a_400_naming_it(client, lamost_file):
         detail = r.json()["detail"]
         assert "medium" in detail and "generic spectra only" in detail
         assert lamost_file.name in detail and "/tmp" not in detail
-    assert post(client, lamost_file).json()["medium"] is None   # LAMOST states its own
+    got = post(client, lamost_file).json()                  # LAMOST states its own
+    assert got["medium"] == "vacuum" and got["medium_from"] == "the file (VACUUM card)"
 
 
 def test_openapi_documents_medium(tmp_path):

@@ -73,9 +73,11 @@ def run(args: argparse.Namespace) -> int:
     from specsearch.errors import QueryError
     from specsearch.query import SearchEngine
 
-    if args.medium is not None and args.spectrum is None:
-        raise QueryError("--medium states the wavelength medium of a --spectrum file; "
-                         "this search has none (drop --medium)")
+    for option, value in (("--medium", args.medium),
+                          ("--resolving-power", args.resolving_power)):
+        if value is not None and args.spectrum is None:
+            raise QueryError(f"{option} describes a --spectrum file; this search has none "
+                             f"(drop {option})")
     spectra = _read_query_spectra(args) if args.spectrum is not None else []
     engine = SearchEngine.open(args.index_dir, verify=not args.no_verify)
     knobs = None

@@ -102,7 +102,8 @@ def read_lamost(path: str | Path, *, use_ormask: bool = False) -> Spectrum:
         raise ReaderError(path, f"no finite flux value in {npix} pixels ({layout} layout)")
     if not np.any(np.isfinite(flux) & (flux != 0)):
         raise ReaderError(path, f"flux is zero everywhere ({npix} pixels, {layout} layout)")
-    if header_get(header, "VACUUM") is False:  # LAMOST is vacuum; honour a file that says otherwise
+    vacuum_card = header_get(header, "VACUUM")
+    if vacuum_card is False:  # LAMOST is vacuum; honour a file that says otherwise
         wave = air_to_vacuum(wave)
     mask = (andmask != 0) | ~np.isfinite(andmask) | (flux == 0) | ~np.isfinite(flux) \
         | ~np.isfinite(ivar) | (ivar <= 0)
@@ -110,7 +111,10 @@ def read_lamost(path: str | Path, *, use_ormask: bool = False) -> Spectrum:
         mask |= (ormask != 0)
     meta = _header_meta(header)
     meta.update(layout=layout, wavelength_from=wavelength_from, filename=path.name,
-                n_ormask=int(np.count_nonzero(ormask)), use_ormask=use_ormask)
+                n_ormask=int(np.count_nonzero(ormask)), use_ormask=use_ormask,
+                wavelength_medium="air" if vacuum_card is False else "vacuum",
+                medium_from="the file (VACUUM card)" if vacuum_card is not None
+                else "the LAMOST format (vacuum)")
     obsid = meta.get("obsid")
     source_id, gaia_key = header_gaia_source_id(header)
     if gaia_key:
