@@ -151,6 +151,10 @@ def synthetic_tasks(model, n: int, seed: int, clock: Stopwatch, *,
                 bl = model.embed_numpy("lamost", vb.lamost_flux[v], vb.lamost_ivar[v])
                 bx = model.embed_numpy("xp", vb.xp_flux[v], vb.xp_ivar[v])
                 add(f"emb_lamost_{tag}", bl.embedding)
+                if model.has_identity("lamost"):
+                    iv = model.identity_numpy("lamost", vb.lamost_flux[v], vb.lamost_ivar[v])
+                    add(f"id_lamost_{tag}", iv)
+                    add(f"embid_lamost_{tag}", np.c_[unit(bl.embedding), iv])
                 add(f"emb_xp_{tag}", bx.embedding)
                 add(f"good_lamost_{tag}", bl.good)
                 add(f"good_xp_{tag}", bx.good)
@@ -174,20 +178,22 @@ def synthetic_tasks(model, n: int, seed: int, clock: Stopwatch, *,
     lab = {k[6:]: v for k, v in a.items() if k.startswith("label_")}
 
     with clock.stage("synth_visit_retrieval"):
-        e = {k: unit(a[k]) for k in a if k.startswith(("emb_", "raw_"))}
+        e = {k: unit(a[k]) for k in a if k.startswith(("emb_", "raw_", "id_", "embid_"))}
+        lamost_kinds = [("embedding", "emb"), ("raw_pixels", "raw")]
+        if "id_lamost_a" in e:      # the model's identity vectors, alone and with the embedding
+            lamost_kinds += [("identity", "id"), ("embedding+identity", "embid")]
         out: dict[str, Any] = {"n_stars": n, "seed": seed, "snr_range": list(SNR_RANGE),
                                "n_unusable": {k[5:]: int((~a[k]).sum()) for k in a
                                               if k.startswith("good_")}}
+        kinds = {"lamost": lamost_kinds, "xp": [("embedding", "emb"), ("raw_pixels", "raw")]}
         ranks = {(mod, kind): partner_ranks(e[f"{kind}_{mod}_a"], e[f"{kind}_{mod}_b"])
-                 for mod in ("lamost", "xp") for kind in ("emb", "raw")}
-        for mod in ("lamost", "xp"):
-            out[f"{mod}_visits"] = {name: rank_summary(ranks[mod, kind])
-                                    for name, kind in (("embedding", "emb"),
-                                                       ("raw_pixels", "raw"))}
+                 for mod, ks in kinds.items() for _, kind in ks}
+        for mod, ks in kinds.items():
+            out[f"{mod}_visits"] = {name: rank_summary(ranks[mod, kind]) for name, kind in ks}
         # by the query's S/N: how much of the miss is information the noise took away
         out["lamost_visits_by_query_snr"] = {
             f"{lo:g}-{hi:g}": {name: rank_summary(ranks["lamost", kind][sel])
-                               for name, kind in (("embedding", "emb"), ("raw_pixels", "raw"))}
+                               for name, kind in lamost_kinds}
             for lo, hi in SNR_BINS
             if (sel := (a["snr_a"] >= lo) & (a["snr_a"] < hi)).any()}
     if "truth" in a:
@@ -207,7 +213,7 @@ def synthetic_tasks(model, n: int, seed: int, clock: Stopwatch, *,
         out["noise_invariance"] = {
             name: snr_neighbour_rho(np.vstack([e[f"{kind}_lamost_a"], e[f"{kind}_lamost_b"]]),
                                     snr, partner)
-            for name, kind in (("embedding", "emb"), ("raw_pixels", "raw"))}
+            for name, kind in lamost_kinds}
     with clock.stage("synth_cross_modal"):
         names = model.label_names
         true = np.stack([lab[k] for k in ("teff", "logg", "feh")], 1)
@@ -266,10 +272,22 @@ def table_rows(syn: dict[str, Any], real: dict[str, Any]) -> list[Row]:
                  Row(f"synth {label} other visit top-5", e["top5"], r["top5"]),
                  Row(f"synth {label} other visit median rank", e["median_rank"],
                      r["median_rank"], kind="rank")]
+    lv = syn["lamost_visits"]
+    for kind in ("identity", "embedding+identity"):
+        if kind in lv:
+            row = Row(f"synth LAMOST other visit top-1 among {n:,}, {kind} vectors",
+                      lv[kind]["top1"], lv["raw_pixels"]["top1"], ">= 0.95 and >= 2x baseline")
+            row.met = lv[kind]["top1"] >= 0.95 and row.ratio >= 2.0
+            rows += [row, Row(f"synth LAMOST other visit median rank, {kind} vectors",
+                              lv[kind]["median_rank"], lv["raw_pixels"]["median_rank"],
+                              kind="rank")]
     for tag, got in syn.get("lamost_visits_by_query_snr", {}).items():
-        rows.append(Row(f"synth LAMOST other visit top-1, query S/N {tag} "
-                        f"(n={got['embedding']['n']:,})", got["embedding"]["top1"],
-                        got["raw_pixels"]["top1"]))
+        for kind in ("embedding", "identity", "embedding+identity"):
+            if kind in got:
+                what = "" if kind == "embedding" else f", {kind} vectors"
+                rows.append(Row(f"synth LAMOST other visit top-1, query S/N {tag} "
+                                f"(n={got[kind]['n']:,}){what}", got[kind]["top1"],
+                                got["raw_pixels"]["top1"]))
     for tag, got in syn.get("lamost_visit_ceiling", {}).items():
         what = (f"among {n:,}" if tag == "all"
                 else f"query S/N {tag} (n={got['embedding']['n']:,})")
@@ -283,6 +301,11 @@ def table_rows(syn: dict[str, Any], real: dict[str, Any]) -> list[Row]:
     ne, nr = syn["noise_invariance"]["embedding"], syn["noise_invariance"]["raw_pixels"]
     rows.append(Row("synth LAMOST: Spearman rho(S/N, 10 neighbours' median S/N)", ne["rho"],
                     nr["rho"], "abs <= 0.1", abs(ne["rho"]) <= 0.1, kind="rho"))
+    for kind in ("identity", "embedding+identity"):
+        if (ni := syn["noise_invariance"].get(kind)) is not None:
+            rows.append(Row(f"synth LAMOST: Spearman rho(S/N, 10 neighbours' median S/N), "
+                            f"{kind} vectors", ni["rho"], nr["rho"], "abs <= 0.1",
+                            abs(ni["rho"]) <= 0.1, kind="rho"))
     for tag, key in (("< 20", "lt_20"), (">= 80", "ge_80")):
         k = f"neighbour_median_snr_query_snr_{key}"
         rows.append(Row(f"synth LAMOST: neighbours' median S/N, queries S/N {tag}",
@@ -311,6 +334,13 @@ def table_rows(syn: dict[str, Any], real: dict[str, Any]) -> list[Row]:
         rows += [row, Row(f"real {label} other visit top-5", e["top5"], r["top5"]),
                  Row(f"real {label} other visit median rank", e["median_rank"],
                      r["median_rank"], kind="rank")]
+        for kind in ("identity", "embedding+identity"):
+            if (x := got.get(kind)) and x.get("n"):
+                row = Row(f"real {label} other visit top-1, {kind} vectors", x["top1"],
+                          r["top1"], ">= 0.90 and >= 2x baseline")
+                row.met = x["top1"] >= 0.90 and (r["top1"] == 0 or row.ratio >= 2.0)
+                rows += [row, Row(f"real {label} other visit top-5, {kind} vectors",
+                                  x["top5"], r["top5"])]
     cm = real.get("cross_modal", {})
     if cm.get("partner_rank_per_star"):
         ranks = cm["partner_rank_per_star"]

@@ -26,6 +26,15 @@ Embedding with residuals (specsearch embed --with-residual), the service and the
 flag spectra whose relative reconstruction error passes the threshold (out_of_domain).
 """
 
+IDENTITY_EPILOG = """\
+Example:
+  specsearch train-identity --catalog runs/synth100k --out runs/model-id \\
+      --cache runs/ft-cache --threads 2          # the shipped model + identity vectors
+
+Then SpecModel.identity_numpy("lamost", flux, ivar) gives the identity vectors, and
+benchmarks/bench_identity.py scores them beside the embedding.
+"""
+
 HEADS_EPILOG = """\
 Example:
   specsearch train-heads --model models/small --catalog catalogs/synth100k \\
@@ -243,6 +252,44 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--no-progress", action="store_true", help="no progress bars")
     f.set_defaults(run=run_finetune)
 
+    from specsearch.model.training.identity_encoder import IdentityTrainConfig
+    it = IdentityTrainConfig()
+    i = sub.add_parser("train-identity", help="add identity vectors (which star) to a model",
+                       description="Give a trained model an identity encoder of its own "
+                                   "(ModelConfig.identity_encoders) and train it on the "
+                                   "catalog's repeat visits: two visits of a star must find "
+                                   "each other among look-alike stars. The rest of the model "
+                                   "is frozen: embeddings and predictions do not change. "
+                                   "Prints the validation stars' other-visit top-1 of the "
+                                   "identity vectors and of the embedding.",
+                       formatter_class=HelpFormatter, epilog=IDENTITY_EPILOG)
+    i.add_argument("--model", help="model directory (default: the shipped default model)")
+    i.add_argument("--catalog", required=True,
+                   help="the paired catalog the model was trained on, with repeat visits "
+                        "(specsearch synth --repeat-fraction)")
+    i.add_argument("--out", required=True, help="output model directory")
+    i.add_argument("--modality", default=it.modality, choices=("lamost", "xp"))
+    i.add_argument("--hidden", type=int, default=it.hidden, help="encoder width")
+    i.add_argument("--depth", type=int, default=it.depth, help="residual blocks")
+    i.add_argument("--dim", type=int, default=it.dim, help="identity vector dimension")
+    i.add_argument("--steps", type=int, default=it.steps)
+    i.add_argument("--batch", type=int, default=it.batch, help="stars per batch")
+    i.add_argument("--lr", type=float, default=it.lr)
+    i.add_argument("--temperature", type=float, default=it.temperature)
+    i.add_argument("--hard-negatives", type=float, default=it.hard_fraction,
+                   help="share of each batch made of look-alike groups")
+    i.add_argument("--hard-group", type=int, default=it.hard_group, help="stars per group")
+    i.add_argument("--min-snr", type=float, default=it.min_snr,
+                   help="train on stars whose visits both reach this S/N")
+    i.add_argument("--seed", type=int, default=it.seed)
+    i.add_argument("--device", default=it.device, choices=("auto", "cpu", "cuda"))
+    i.add_argument("--threads", type=int, help="torch CPU threads")
+    i.add_argument("--cache", help="keep the prepared pairs here (a fine-tuning --cache of "
+                                   "the same catalog is reused)")
+    i.add_argument("--overwrite", action="store_true", help="replace a model in OUT")
+    i.add_argument("--no-progress", action="store_true", help="no progress bars")
+    i.set_defaults(run=run_train_identity)
+
     d = sub.add_parser("domain-fit", help="fit a model's domain check on real spectra",
                        description="Fit the thresholds that flag spectra unlike anything the "
                                    "model knows (its reconstruction misses them: parameters "
@@ -345,6 +392,31 @@ def run_domain_fit(args: argparse.Namespace) -> int:
               f"{ref['value']:.3f} of {ref['n']} real spectra, median {ref['median']:.3f})")
     for name, r in report.items():
         print(f"  held-out {name}: {r['flagged']} of {r['n_test']} flagged")
+    return 0
+
+
+def run_train_identity(args: argparse.Namespace) -> int:
+    import shlex
+    import sys
+
+    from specsearch.model.api import default_model_path
+    from specsearch.model.training.identity_encoder import IdentityTrainConfig, train_identity
+
+    _threads(args)
+    cfg = IdentityTrainConfig(modality=args.modality, hidden=args.hidden, depth=args.depth,
+                              dim=args.dim, steps=args.steps, batch=args.batch, lr=args.lr,
+                              temperature=args.temperature, hard_fraction=args.hard_negatives,
+                              hard_group=args.hard_group, min_snr=args.min_snr,
+                              seed=args.seed, device=args.device)
+    res = train_identity(args.model or default_model_path(), args.catalog, args.out, cfg,
+                         cache_dir=args.cache, progress=not args.no_progress,
+                         overwrite=args.overwrite,
+                         command=shlex.join(["specsearch", *sys.argv[1:]]))
+    v = res.val
+    print(f"model {res.model_hash[:12]} -> {res.out} ({res.steps} steps, {res.seconds:.0f} s, "
+          f"{res.n_stars} training visits with another visit)")
+    print(f"validation, other visit top-1 among {int(v['n'])}: identity vectors "
+          f"{v['identity_top1']:.3f}, embedding {v['embedding_top1']:.3f}")
     return 0
 
 

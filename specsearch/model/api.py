@@ -288,6 +288,43 @@ class SpecModel:
         t = a if isinstance(a, torch.Tensor) else as_tensor(np.asarray(a, np.float32))
         return t.to(self.device, non_blocking=True)
 
+    def has_identity(self, modality: str) -> bool:
+        """Whether the model has identity vectors for ``modality`` (:meth:`identity_numpy`)."""
+        return self.net.has_identity(modality)
+
+    @torch.inference_mode()
+    def identity_numpy(self, modality: str, flux: np.ndarray, ivar: np.ndarray, *,
+                       batch_size: int | None = None) -> np.ndarray:
+        """(n, identity_dim) float32 L2-normalised identity vectors of (n, N) canonical-grid
+        spectra: "which star" within one instrument, where the embedding says "what kind of
+        star" (``ModelConfig.identity_encoders``). NaN rows for the spectra
+        ``prepare_model_input`` rejects.
+
+        Raises:
+            SpectrumError: wrong number of pixels for the modality's grid.
+            ConfigError: the model has no identity encoder for ``modality``.
+        """
+        self._check_modality(modality)
+        if not self.net.has_identity(modality):
+            raise ConfigError(f"model {self.model_hash[:12]} has no {modality} identity "
+                              f"encoder; add one with specsearch train-identity")
+        npix = grid_for(modality).npix
+        flux, ivar = _atleast_2d(flux), _atleast_2d(ivar)
+        if flux.shape[-1] != npix or flux.shape != ivar.shape:
+            raise SpectrumError(f"{modality} spectra must be (n, {npix}) on the canonical grid; "
+                                f"got flux {flux.shape} and ivar {ivar.shape}")
+        if batch_size is None:
+            batch_size = default_batch_size(modality, gpu=self.device.type == "cuda")
+        out = np.empty((flux.shape[0], self.net.cfg.identity_dim), np.float32)
+        for start in range(0, flux.shape[0], max(1, int(batch_size))):
+            sl = slice(start, start + max(1, int(batch_size)))
+            mi = prepare_model_input_torch(self._tensor(flux[sl]), self._tensor(ivar[sl]),
+                                           modality)
+            vec = self.net.identity(modality, mi.flux, mi.weight).float().cpu().numpy()
+            vec[~mi.good.cpu().numpy()] = np.nan
+            out[sl] = vec
+        return out
+
     def _embed_chunk(self, modality, flux, ivar, with_residual, partner, autocast,
                      with_domain=False) -> dict[str, np.ndarray]:
         # Preprocessing runs on the model's device (a GPU does it in a fraction of the time

@@ -139,6 +139,14 @@ class ModelConfig:
         init_temperature: initial InfoNCE temperature (learnable).
         label_names: regression labels of the heads (filled by training).
         class_names: classes of the rare-population classifier (empty: no classifier).
+        identity_encoders: optional per-modality *identity* encoders (empty: none): a
+            second encoder of the same input, trained for nothing but telling a star from
+            its look-alikes (two visits of one star must find each other among many
+            stars; ``specsearch train-identity``), into its own L2-normalised space of
+            ``identity_dim``. The shared embedding keeps "what kind of star" for
+            cross-modal search and the heads; the identity vectors answer "which star"
+            within one instrument (:meth:`SpecCLIPNet.identity`).
+        identity_dim: dimension of the identity vectors.
     """
 
     name: str
@@ -152,6 +160,8 @@ class ModelConfig:
     init_temperature: float = 0.07
     label_names: tuple[str, ...] = ()
     class_names: tuple[str, ...] = ()
+    identity_encoders: dict[str, EncoderConfig] = field(default_factory=dict)
+    identity_dim: int = 128
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -183,6 +193,9 @@ class ModelConfig:
                 init_temperature=float(data.get("init_temperature", 0.07)),
                 label_names=tuple(data.get("label_names", ())),
                 class_names=tuple(data.get("class_names", ())),
+                identity_encoders={m: EncoderConfig(**c) for m, c
+                                   in data.get("identity_encoders", {}).items()},
+                identity_dim=int(data.get("identity_dim", 128)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"model config is malformed ({type(exc).__name__}: {exc}); "
@@ -213,6 +226,16 @@ class ModelConfig:
                                   f"{enc.sed_bins}")
         if self.shrinkage_snr is not None and not self.shrinkage_snr > 0:
             raise ConfigError(f"shrinkage_snr must be a positive S/N; got {self.shrinkage_snr}")
+        for m, enc in self.identity_encoders.items():
+            if m not in self.encoders:
+                raise ConfigError(f"identity_encoders.{m}: the model has no {m} encoder "
+                                  f"(modalities {list(self.modalities)})")
+            if enc.kind != "mlp" or enc.npix != self.encoders[m].npix or enc.sed_bins:
+                raise ConfigError(f"identity_encoders.{m} must be an 'mlp' encoder of the "
+                                  f"{self.encoders[m].npix} {m} pixels without SED inputs; "
+                                  f"got {enc}")
+        if self.identity_encoders and self.identity_dim < 2:
+            raise ConfigError(f"identity_dim must be >= 2, got {self.identity_dim}")
         if set(self.decoders) != set(self.encoders):
             raise ConfigError(f"decoders {sorted(self.decoders)} must match encoders "
                               f"{sorted(self.encoders)}")

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from specsearch.errors import ConfigError
-from specsearch.model.config import ModelConfig
+from specsearch.model.config import EncoderConfig, ModelConfig
 from specsearch.model.layers import (Decoder, Head, Normaliser, build_encoder,
                                      coverage_features, sed_features)
 from specsearch.preprocess.model_input import sed_columns, split_sed
@@ -71,6 +71,10 @@ class SpecCLIPNet(nn.Module):
                                                              cfg.encoders[t].npix)
              for s in mods for t in mods})
         self.heads = nn.ModuleDict({m: Head(cfg.head, D, L, C) for m in mods})
+        if cfg.identity_encoders:     # absent (no parameters) in models without them
+            self.identity_encoders = nn.ModuleDict(
+                {m: build_encoder(c, cfg.identity_dim)
+                 for m, c in cfg.identity_encoders.items()})
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
         self.register_buffer("label_mean", torch.zeros(L))
         self.register_buffer("label_std", torch.ones(L))
@@ -127,6 +131,31 @@ class SpecCLIPNet(nn.Module):
 
     def encode(self, modality: str, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return self.encode_with_quality(modality, x, w)[0]
+
+    def has_identity(self, modality: str) -> bool:
+        """Whether the model has an identity encoder for ``modality``."""
+        return modality in self.cfg.identity_encoders
+
+    def identity(self, modality: str, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """(B, width) prepared flux and weight -> (B, identity_dim) L2-normalised identity
+        vectors (``ModelConfig.identity_encoders``): the same standardised input and
+        quality the embedding's encoder reads (noise-blind when the model is), SED columns
+        ignored. ValueError when the model has none for ``modality``."""
+        if not self.has_identity(modality):
+            raise ValueError(f"this model has no {modality} identity encoder (train one with "
+                             f"specsearch train-identity)")
+        enc = self.cfg.identity_encoders[modality]
+        xp, _ = split_sed(x, enc.npix)
+        wp, _ = split_sed(w, enc.npix)
+        norm = self.normalisers[modality]
+        z, good = norm.features(xp, wp)
+        quality = norm.quality(wp, good)
+        snr = enc.film_snr
+        if snr is not None:
+            quality = torch.cat([torch.full_like(quality[:, :1], math.log10(1.0 + snr)),
+                                 quality[:, 1:2]], dim=-1)
+        vec = self.identity_encoders[modality](z, good, quality[:, :2])
+        return F.normalize(vec.float(), dim=-1)
 
     def decode(self, source: str, target: str, emb: torch.Tensor) -> torch.Tensor:
         """(B, D) embedding of ``source`` -> (B, N_target) spectrum in prepared-flux units."""
@@ -222,6 +251,34 @@ def add_coverage_inputs(net: SpecCLIPNet, bins: int) -> SpecCLIPNet:
             grown.weight[:, :first.in_features].copy_(first.weight)
             grown.bias.copy_(first.bias)
         head.net[0] = grown
+    return net
+
+
+def add_identity_encoder(net: SpecCLIPNet, modality: str, hidden: int, depth: int,
+                         dim: int) -> SpecCLIPNet:
+    """Give ``net`` a freshly initialised ``modality`` identity encoder, in place
+    (``ModelConfig.identity_encoders``; ``specsearch train-identity``): an MLP encoder of
+    the same pixels with ``hidden`` width and ``depth`` residual blocks into ``dim``
+    dimensions, reading the input the way the modality's embedding encoder does (its mask
+    summary, and its FiLM with the same fixed S/N when that encoder is noise-blind). One
+    the model already has is replaced. Nothing else changes: embeddings and predictions
+    stay as they were."""
+    main = net.cfg.encoders.get(modality)
+    if main is None:
+        raise ConfigError(f"the model has no {modality} encoder (modalities "
+                          f"{list(net.cfg.modalities)})")
+    enc = EncoderConfig(kind="mlp", npix=main.npix, hidden=int(hidden), depth=int(depth),
+                        mlp_ratio=1.0, mask_pool=main.mask_pool, snr_film=main.snr_film,
+                        film_snr=main.film_snr)
+    # the other modalities' identity encoders stay when the dimension does
+    identity = {m: c for m, c in net.cfg.identity_encoders.items()
+                if m != modality and int(dim) == net.cfg.identity_dim}
+    net.cfg = dataclasses.replace(net.cfg, identity_encoders={**identity, modality: enc},
+                                  identity_dim=int(dim)).validate()
+    ref = next(net.parameters())
+    modules = {m: v for m, v in getattr(net, "identity_encoders", {}).items() if m in identity}
+    modules[modality] = build_encoder(enc, int(dim)).to(device=ref.device, dtype=ref.dtype)
+    net.identity_encoders = nn.ModuleDict(modules)
     return net
 
 

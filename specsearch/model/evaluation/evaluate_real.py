@@ -164,13 +164,18 @@ def identity(model, sets: dict[str, RealSet]) -> dict[str, Any]:
     origin = np.concatenate([np.full(len(s), s.name) for s in lam])
     batch = model.embed_numpy("lamost", flux, ivar)
     raw = raw_pixels(flux, ivar)
+    vectors = {"embedding": batch.embedding, "raw_pixels": raw}
+    if model.has_identity("lamost"):
+        # the model's identity vectors, and their cosine averaged with the embedding's
+        ident = model.identity_numpy("lamost", flux, ivar)
+        vectors["identity"] = ident
+        vectors["embedding+identity"] = np.c_[batch.embedding, ident] / np.sqrt(2.0)
     out: dict[str, Any] = {"pool": int(len(star)), "split": "test (repeat-visit stars)"}
     for name in ("lamost_dr10", "lamost_dr8"):
         q = origin == name
         if not q.any():
             continue
-        out[name] = {"embedding": same_star_retrieval(batch.embedding, star, q),
-                     "raw_pixels": same_star_retrieval(raw, star, q)}
+        out[name] = {k: same_star_retrieval(v, star, q) for k, v in vectors.items()}
     return out
 
 
@@ -448,6 +453,11 @@ def real_goal_rows(real: dict[str, Any]) -> list[dict[str, Any]]:
             if r is not None:
                 add(f"{name} embedding / raw-pixel top-1", e / r if r else float("inf"),
                     ">= 2", r == 0 and e > 0 or (r > 0 and e / r >= 2))
+        i = _get(real, "identity", name, "identity", "top1")
+        if i is not None:
+            add(f"{name} repeat visits top-1, identity vectors", i,
+                ">= 0.9" if name == "lamost_dr10" else ">= 2x raw", i >= 0.9 if name ==
+                "lamost_dr10" else i >= 2 * (r or 0))
     ranks = _get(real, "cross_modal", "partner_rank_per_star")
     if ranks:
         worst = max(ranks.values())

@@ -132,6 +132,12 @@ def format_real(real: dict[str, Any]) -> list[str]:
                              f"{_f(r.get('top1'))}, top-5 {_f(e.get('top5'))} / "
                              f"{_f(r.get('top5'))}, median rank {_f(e.get('median_rank'), 1)} / "
                              f"{_f(r.get('median_rank'), 1)}")
+                for extra in ("identity", "embedding+identity"):
+                    if extra in ident[k]:
+                        x = ident[k][extra]
+                        lines.append(f"      {extra} vectors: top-1 {_f(x.get('top1'))}, top-5 "
+                                     f"{_f(x.get('top5'))}, median rank "
+                                     f"{_f(x.get('median_rank'), 1)}")
     cm = real.get("cross_modal") or {}
     if "xp_pool" in cm:
         lines.append(f"  real LAMOST -> own Gaia XP among {cm['xp_pool']}: ranks per visit "

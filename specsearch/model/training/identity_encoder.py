@@ -1,0 +1,313 @@
+"""``specsearch train-identity``: teach a trained model to tell a star from its look-alikes.
+
+The shared embedding is trained for several jobs at once (cross-modal alignment with XP,
+reconstruction, translation, the heads): it keeps "what kind of star", and a LAMOST visit
+finds its own star's other visit among 10,000 for 72% of queries, while searchers that know
+the stars' spectra find it for every one (BENCHMARKS.md, "Identity retrieval": the
+other-visit ceiling). No linear read-out of the encoder's hidden layers does better than
+0.75: its first layer already keeps too little of the star.
+
+So the identity vectors come from an encoder of their own (``ModelConfig.
+identity_encoders``), trained here for one job: the two independent visits of a synthetic
+star (``specsearch synth --repeat-fraction``; independent noise, S/N, velocity residual,
+telluric residual and flux calibration) must find each other among every visit of the
+batch (symmetric NT-Xent at a fixed temperature). Each visit also gets the training
+augmentations (lower S/N, sub-pixel shifts, masked segments, calibration tilt), and part of
+each batch is made of groups of look-alike stars (nearest in standardised labels:
+:mod:`specsearch.model.training.hard_negatives`), so that the encoder must learn what tells
+neighbours apart, as a search among millions must. The rest of the model is frozen and
+unchanged: embeddings, predictions and calibrations stay as they were (the model's hash
+changes: it carries more weights).
+
+The validation pairs (the catalog's ``val`` split, the same stars the model never trained
+on) give the other-visit top-1 of the identity vectors against the embedding's, in the
+training record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from specsearch.errors import ConfigError
+from specsearch.model.api import load_model, resolve_device
+from specsearch.model.checkpoint import save_model_dir
+from specsearch.model.network import SpecCLIPNet, add_identity_encoder
+from specsearch.model.training.augment import augment
+from specsearch.model.training.cache import PairCache, build_cache, population_classes
+from specsearch.model.training.configs import AugmentConfig
+from specsearch.model.training.data import catalog_fingerprint, join_pairs, other_visit
+from specsearch.model.training.hard_negatives import label_neighbours
+
+
+@dataclass(frozen=True)
+class IdentityTrainConfig:
+    """What ``specsearch train-identity`` trains, and how.
+
+    Attributes:
+        modality: the instrument whose identity encoder is trained (``lamost``).
+        hidden, depth, dim: the encoder's width, residual blocks and output dimension.
+        steps, batch, lr, weight_decay: AdamW with a cosine schedule over ``steps``
+            batches of ``batch`` stars (each seen as both its visits).
+        temperature: the NT-Xent temperature (fixed).
+        hard_fraction, hard_group: the share of each batch made of groups of
+            ``hard_group`` look-alike stars (0: random stars only).
+        min_snr: only stars whose two visits both reach this S/N train (and validate):
+            the survey's faintest visits share too little to learn from, and a same-star
+            search is asked of spectra a survey would trust.
+        augment: the augmentations each visit gets (smaller S/N drops and shifts than the
+            fine-tuning default: the visits carry their own noise and velocity residuals).
+        val_pairs: validation pairs scored at the end (and every ``val_every`` steps).
+        seed: every random draw (batches, augmentations, initialisation).
+        device: ``auto``, ``cpu`` or ``cuda``.
+    """
+
+    modality: str = "lamost"
+    hidden: int = 1024
+    depth: int = 1
+    dim: int = 128
+    steps: int = 1500
+    batch: int = 1024
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    temperature: float = 0.05
+    hard_fraction: float = 0.5
+    hard_group: int = 8
+    min_snr: float = 10.0
+    augment: AugmentConfig = AugmentConfig(max_snr_drop=2.5, max_shift_px=0.15)
+    val_pairs: int = 4096
+    val_every: int = 500
+    seed: int = 0
+    device: str = "auto"
+
+    def validate(self) -> "IdentityTrainConfig":
+        if self.steps < 1 or self.batch < 4:
+            raise ConfigError(f"steps must be >= 1 and batch >= 4; got {self.steps} and "
+                              f"{self.batch}")
+        if not 0.0 <= self.hard_fraction <= 1.0 or self.hard_group < 2:
+            raise ConfigError(f"hard_fraction must be in [0, 1] and hard_group >= 2; got "
+                              f"{self.hard_fraction} and {self.hard_group}")
+        if not (self.temperature > 0 and self.lr > 0 and self.hidden >= 8 and self.dim >= 2
+                and self.depth >= 0 and self.min_snr >= 0):
+            raise ConfigError(f"temperature and lr must be > 0, hidden >= 8, dim >= 2, "
+                              f"depth >= 0, min_snr >= 0; got {self}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class IdentityTrainResult:
+    out: str
+    model_hash: str
+    steps: int
+    seconds: float
+    n_stars: int
+    val: dict[str, float]
+    history: list[dict[str, float]]
+
+
+@dataclass
+class _Pairs:
+    cache: PairCache
+    pos: np.ndarray            # cache positions of training visits that have a partner
+    partner: np.ndarray        # (len(cache),) the other visit's position, -1 none
+    groups: np.ndarray | None  # (len(pos), hard_group - 1) look-alikes' positions
+    val_pos: np.ndarray        # validation visits with a partner
+    fingerprint: str
+
+
+def _pairs(net: SpecCLIPNet, training: dict[str, Any], catalog: str | Path,
+           cache_root: Path, cfg: IdentityTrainConfig, progress: bool) -> _Pairs:
+    """The model's own training split of ``catalog`` (its pair cache), and the visits in it
+    that have another visit of the same star."""
+    from specsearch.io.catalog import open_catalog
+
+    tcfg = training.get("train_config", {})
+    cat = open_catalog(catalog)
+    fingerprint = catalog_fingerprint(cat)
+    pairs = join_pairs(cat, val_fraction=tcfg.get("val_fraction", 0.05),
+                       test_fraction=tcfg.get("test_fraction", 0.05))
+    trainval = np.flatnonzero(pairs.split != 2)
+    classes = population_classes(cat, pairs, trainval)
+    if list(classes) != list(net.cfg.class_names):
+        raise ConfigError(f"{catalog}: population classes {classes} differ from the model's "
+                          f"{list(net.cfg.class_names)}; train its identity encoder on the "
+                          f"catalog it was trained on")
+    cache = build_cache(cat, pairs, trainval, cache_root, label_names=list(net.cfg.label_names),
+                        class_names=classes, fingerprint=fingerprint, progress=progress)
+    sid = cache.index["source_id"]
+    train_pos, val_pos = cache.positions("train"), cache.positions("val")
+    partner = other_visit(sid, train_pos, len(cache))
+    val_partner = other_visit(sid, val_pos, len(cache))
+    partner = np.where(partner >= 0, partner, val_partner)
+    snr = np.asarray(cache.index[f"snr_{cfg.modality}"], np.float64)
+    bright = np.where(partner >= 0, np.minimum(snr, snr[np.maximum(partner, 0)]), 0.0)
+    partner = np.where(bright >= cfg.min_snr, partner, -1)
+    pos = train_pos[partner[train_pos] >= 0]
+    if pos.size < cfg.batch:
+        raise ConfigError(f"{catalog}: {pos.size} training visits have another visit of "
+                          f"their star (both at S/N >= {cfg.min_snr:g}); the identity encoder "
+                          f"needs at least a batch ({cfg.batch}): make the survey with "
+                          f"specsearch synth --repeat-fraction 0.5")
+    groups = None
+    if cfg.hard_fraction > 0:
+        groups = label_neighbours(cache.labels, net.cfg.label_names,
+                                  net.label_std.cpu().numpy(), pos, sid, cfg.hard_group - 1)
+    vpos = val_pos[partner[val_pos] >= 0]
+    # one visit per validation star as the query
+    _, first = np.unique(sid[vpos], return_index=True)
+    vpos = np.sort(np.random.default_rng(0).permutation(vpos[first])[:cfg.val_pairs])
+    return _Pairs(cache=cache, pos=pos, partner=partner, groups=groups, val_pos=vpos,
+                  fingerprint=fingerprint)
+
+
+def _batch_positions(data: _Pairs, cfg: IdentityTrainConfig, rng: np.random.Generator
+                     ) -> np.ndarray:
+    """Positions of one batch's first visits: look-alike groups plus random visits, one
+    visit per star."""
+    picked = []
+    if data.groups is not None:
+        n_groups = int(cfg.hard_fraction * cfg.batch) // cfg.hard_group
+        seeds = rng.choice(data.pos.size, n_groups, replace=False)
+        picked += [data.pos[seeds], data.groups[seeds].ravel()]
+    picked.append(data.pos[rng.choice(data.pos.size, cfg.batch, replace=False)])
+    pos = np.concatenate(picked)
+    sid = data.cache.index["source_id"][pos]
+    _, first = np.unique(sid, return_index=True)       # one visit per star, groups first
+    return pos[np.sort(first)][:cfg.batch]     # every one has a second visit (data.pos)
+
+
+def _load(cache: PairCache, pos: np.ndarray, modality: str, device: torch.device
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(flux, weight) of cache positions ``pos`` in that order."""
+    order = np.argsort(pos, kind="stable")
+    got = cache.load(pos[order])
+    back = np.empty_like(order)
+    back[order] = np.arange(order.size)
+    x = torch.from_numpy(got.x[modality][back]).to(device)
+    w = torch.from_numpy(got.w[modality][back]).to(device)
+    return x, w
+
+
+@torch.no_grad()
+def _val_top1(net: SpecCLIPNet, data: _Pairs, modality: str, device: torch.device
+              ) -> dict[str, float]:
+    """Other-visit top-1 among the validation stars: identity vectors and embedding."""
+    out: dict[str, list[np.ndarray]] = {}
+    for s in range(0, data.val_pos.size, 1024):
+        pa = data.val_pos[s:s + 1024]
+        for tag, pos in (("a", pa), ("b", data.partner[pa])):
+            x, w = _load(data.cache, pos, modality, device)
+            out.setdefault(f"id_{tag}", []).append(net.identity(modality, x, w).cpu().numpy())
+            out.setdefault(f"emb_{tag}", []).append(net.encode(modality, x, w).cpu().numpy())
+    v = {k: np.concatenate(a) for k, a in out.items()}
+    res = {"n": float(data.val_pos.size)}
+    for kind in ("id", "emb"):
+        sim = v[f"{kind}_a"] @ v[f"{kind}_b"].T
+        res[f"{'identity' if kind == 'id' else 'embedding'}_top1"] = float(
+            np.mean(np.argmax(sim, axis=1) == np.arange(sim.shape[0])))
+    return res
+
+
+def train_identity(model_path: str | Path, catalog: str | Path, out: str | Path,
+                   cfg: IdentityTrainConfig = IdentityTrainConfig(), *,
+                   cache_dir: str | Path | None = None, progress: bool = True,
+                   overwrite: bool = False, command: str = "") -> IdentityTrainResult:
+    """Add an identity encoder to ``model_path`` and train it on ``catalog``'s repeat
+    visits (see the module docstring); write the model to ``out``.
+
+    ``cache_dir`` keeps the prepared pairs for later runs (the fine-tuning cache of the same
+    catalog can be reused; default: OUT/cache, removed at the end).
+    """
+    import math
+    import shutil
+
+    from tqdm.auto import tqdm
+
+    from specsearch.fsutil import write_json_atomic
+
+    cfg = cfg.validate()
+    t0 = time.time()
+    out = Path(out)
+    if (out / "config.json").exists() and not overwrite:
+        raise ConfigError(f"{out} already holds a model; pass --overwrite or choose another "
+                          f"--out")
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    base = load_model(model_path, device=device)
+    net = base.net
+    if cfg.modality not in net.cfg.modalities:
+        raise ConfigError(f"{model_path} has no {cfg.modality} encoder (modalities "
+                          f"{list(net.cfg.modalities)})")
+    training = dict(base.full_config.get("training", {}))
+    cache_root = Path(cache_dir) if cache_dir is not None else out / "cache"
+    data = _pairs(net, training, catalog, cache_root, cfg, progress)
+    add_identity_encoder(net, cfg.modality, cfg.hidden, cfg.depth, cfg.dim)
+    net.to(device).eval().requires_grad_(False)
+    encoder = net.identity_encoders[cfg.modality]
+    encoder.train().requires_grad_(True)
+    opt = torch.optim.AdamW(encoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
+    rng = np.random.default_rng(cfg.seed)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    history: list[dict[str, float]] = []
+    loss_sum, n_acc = 0.0, 0
+    bar = tqdm(total=cfg.steps, desc="train-identity", unit="step", disable=not progress)
+    for step in range(cfg.steps):
+        pos = _batch_positions(data, cfg, rng)
+        swap = rng.random(pos.size) < 0.5           # either visit may be the query
+        first = np.where(swap, data.partner[pos], pos)
+        second = np.where(swap, pos, data.partner[pos])
+        views = []
+        for p in (first, second):
+            x, w = _load(data.cache, p, cfg.modality, device)
+            x, w = augment(cfg.modality, x, w, cfg.augment, gen)
+            views.append(net.identity(cfg.modality, x, w))
+        logits = views[0] @ views[1].T / cfg.temperature
+        target = torch.arange(pos.size, device=device)
+        loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(encoder.parameters(), 5.0)
+        opt.step()
+        sched.step()
+        loss_sum += float(loss.detach())
+        n_acc += 1
+        bar.update(1)
+        last = step + 1 == cfg.steps
+        if (step + 1) % 100 == 0 or last:
+            entry = {"step": step + 1, "lr": opt.param_groups[0]["lr"],
+                     "elapsed_seconds": time.time() - t0, "loss": loss_sum / n_acc}
+            if (step + 1) % cfg.val_every == 0 and not last:
+                encoder.eval()
+                entry |= _val_top1(net, data, cfg.modality, device)
+                encoder.train()
+            history.append(entry)
+            loss_sum, n_acc = 0.0, 0
+            bar.set_postfix(loss=f"{entry['loss']:.3f}")
+    bar.close()
+    net.eval()
+    val = _val_top1(net, data, cfg.modality, device)
+    seconds = time.time() - t0
+    digest = save_model_dir(out, net, net.cfg, training={
+        **training, "identity": {
+            "command": command, "base_model": str(model_path), "base_hash": base.model_hash,
+            "catalog_fingerprint": data.fingerprint, "config": cfg.to_dict(),
+            "n_training_visits": int(data.pos.size), "seconds": seconds, "val": val,
+            "history_last": history[-1] if history else {}}})
+    write_json_atomic(out / "identity_log.json", history)
+    if cache_dir is None:
+        shutil.rmtree(cache_root, ignore_errors=True)
+    return IdentityTrainResult(out=str(out), model_hash=digest, steps=cfg.steps,
+                               seconds=seconds, n_stars=int(data.pos.size), val=val,
+                               history=history)

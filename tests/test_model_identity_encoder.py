@@ -1,0 +1,106 @@
+"""Identity vectors: ``ModelConfig.identity_encoders``, ``specsearch train-identity`` end to
+end on a toy catalog with repeat visits, and ``SpecModel.identity_numpy``."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from specsearch.cli import main
+from specsearch.errors import ConfigError
+from specsearch.io.catalog import open_catalog
+from specsearch.model import load_model
+from specsearch.model.config import EncoderConfig, ModelConfig, model_config
+
+from test_model_data import make_paired_catalog
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
+
+
+def test_config_round_trip_and_checks():
+    cfg = model_config("small").with_data(label_names=("teff",), class_names=())
+    assert cfg.identity_encoders == {} and ModelConfig.from_dict(cfg.to_dict()) == cfg
+    enc = EncoderConfig(kind="mlp", npix=cfg.encoders["lamost"].npix, hidden=64, depth=1)
+    with_id = dataclasses.replace(cfg, identity_encoders={"lamost": enc}, identity_dim=32)
+    assert ModelConfig.from_dict(with_id.to_dict()) == with_id.validate()
+    bad = [dataclasses.replace(cfg, identity_encoders={"lamost": dataclasses.replace(
+               enc, kind="transformer")}),
+           dataclasses.replace(cfg, identity_encoders={"lamost": dataclasses.replace(
+               enc, npix=100)}),
+           dataclasses.replace(cfg, identity_encoders={"lamost": enc}, identity_dim=1)]
+    for c in bad:
+        with pytest.raises(ConfigError, match="identity"):
+            c.validate()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A toy base model and its catalog (120 of 250 stars visited twice)."""
+    root = tmp_path_factory.mktemp("identity")
+    cat = make_paired_catalog(root / "cat", 240, revisits=120)
+    base = root / "base"
+    assert main(["train", "--catalog", str(cat), "--out", str(base), "--epochs", "1",
+                 "--batch-size", "64", "--embedding-dim", "16", "--device", "cpu",
+                 "--no-progress"]) == 0
+    return root, cat, base
+
+
+def _visit_pairs(cat):
+    """(flux, ivar) of the first and second visits of the stars visited twice."""
+    c = open_catalog(cat)
+    sid = c.read_column("lamost", "source_id").to_numpy()
+    flux, ivar = (np.stack(c.read_column("lamost", k).to_numpy(zero_copy_only=False))
+                  .astype(np.float32) for k in ("flux", "ivar"))
+    first, second = {}, {}
+    for i, s in enumerate(sid):
+        (second if s in first else first).setdefault(s, i)
+    a = np.array([first[s] for s in second])
+    b = np.array(list(second.values()))
+    return (flux[a], ivar[a]), (flux[b], ivar[b])
+
+
+def test_train_identity_end_to_end(trained, capsys):
+    root, cat, base = trained
+    out = root / "with-id"
+    assert main(["train-identity", "--model", str(base), "--catalog", str(cat), "--out",
+                 str(out), "--steps", "60", "--batch", "48", "--hidden", "64", "--depth", "1",
+                 "--dim", "8", "--hard-group", "4", "--lr", "3e-3", "--device", "cpu",
+                 "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "identity vectors" in text and "embedding" in text
+    old, new = load_model(base), load_model(out)
+    assert new.model_hash != old.model_hash
+    assert not old.has_identity("lamost") and new.has_identity("lamost")
+    assert not new.has_identity("xp")
+    record = new.full_config["training"]["identity"]
+    assert record["base_hash"] == old.model_hash and record["config"]["dim"] == 8
+    assert set(record["val"]) == {"n", "identity_top1", "embedding_top1"}
+    (fa, ia), (fb, ib) = _visit_pairs(cat)
+    # the rest of the model is untouched: same embeddings and predictions
+    e_old, e_new = old.embed_numpy("lamost", fa, ia), new.embed_numpy("lamost", fa, ia)
+    np.testing.assert_array_equal(e_old.embedding, e_new.embedding)
+    np.testing.assert_array_equal(e_old.predictions, e_new.predictions)
+    # identity vectors: unit rows, NaN for an unusable spectrum, and they find the other visit
+    va = new.identity_numpy("lamost", fa, ia, batch_size=50)
+    vb = new.identity_numpy("lamost", fb, ib)
+    assert va.shape == (len(fa), 8) and va.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(va, axis=1), 1.0, rtol=1e-5)
+    bad = new.identity_numpy("lamost", fa[:2], np.zeros_like(ia[:2]))
+    assert np.isnan(bad).all()
+    top1 = np.mean(np.argmax(va @ vb.T, axis=1) == np.arange(len(va)))
+    assert top1 >= 0.8, top1     # one step of training: ~0.06
+    # a model without them says so, naming the command
+    with pytest.raises(ConfigError, match="train-identity"):
+        old.identity_numpy("lamost", fa, ia)
+
+
+def test_train_identity_needs_repeat_visits(tmp_path, trained):
+    _, _, base = trained
+    cat = make_paired_catalog(tmp_path / "cat", 240, revisits=0)
+    with pytest.raises(ConfigError, match="repeat-fraction"):
+        from specsearch.model.training.identity_encoder import (IdentityTrainConfig,
+                                                                train_identity)
+        train_identity(base, cat, tmp_path / "out", IdentityTrainConfig(device="cpu"),
+                       progress=False)
