@@ -104,3 +104,19 @@ def test_train_identity_needs_repeat_visits(tmp_path, trained):
                                                                 train_identity)
         train_identity(base, cat, tmp_path / "out", IdentityTrainConfig(device="cpu"),
                        progress=False)
+
+
+def test_real_goal_rows_score_the_identity_vectors_with_the_embedding():
+    from specsearch.model.evaluation.evaluate_real import real_goal_rows
+
+    def got(top1):
+        return {"n": 34, "top1": top1, "top5": 1.0, "median_rank": 1.0}
+
+    ident = {"lamost_dr10": {"embedding": got(0.82), "raw_pixels": got(0.65),
+                             "identity": got(0.80), "embedding+identity": got(0.91)}}
+    rows = {r["what"]: r for r in real_goal_rows({"identity": ident})}
+    both = rows["lamost_dr10 repeat visits top-1, embedding + identity vectors"]
+    assert both["value"] == 0.91 and both["met"]
+    assert not rows["lamost_dr10 repeat visits top-1 (pool: all real LAMOST)"]["met"]
+    ident["lamost_dr10"].pop("embedding+identity")         # a model without them
+    assert not any("identity" in r["what"] for r in real_goal_rows({"identity": ident}))
