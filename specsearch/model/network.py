@@ -120,10 +120,12 @@ class SpecCLIPNet(nn.Module):
                                       sed)
         return F.normalize(emb.float(), dim=-1), quality
 
-    def _encoder_quality(self, modality: str, quality: torch.Tensor) -> torch.Tensor:
-        """What the encoder's FiLM sees: the spectrum's quality, or with ``film_snr`` set a
-        fixed S/N next to the spectrum's good-pixel fraction."""
-        snr = self.cfg.encoders[modality].film_snr
+    def _encoder_quality(self, modality: str, quality: torch.Tensor,
+                         enc: EncoderConfig | None = None) -> torch.Tensor:
+        """What an encoder's FiLM sees (``enc``, default the modality's embedding encoder):
+        the spectrum's quality, or with ``film_snr`` set a fixed S/N next to the spectrum's
+        good-pixel fraction."""
+        snr = (enc or self.cfg.encoders[modality]).film_snr
         if snr is None:
             return quality[:, :2]
         fixed = torch.full_like(quality[:, :1], math.log10(1.0 + snr))
@@ -149,12 +151,8 @@ class SpecCLIPNet(nn.Module):
         wp, _ = split_sed(w, enc.npix)
         norm = self.normalisers[modality]
         z, good = norm.features(xp, wp)
-        quality = norm.quality(wp, good)
-        snr = enc.film_snr
-        if snr is not None:
-            quality = torch.cat([torch.full_like(quality[:, :1], math.log10(1.0 + snr)),
-                                 quality[:, 1:2]], dim=-1)
-        vec = self.identity_encoders[modality](z, good, quality[:, :2])
+        quality = self._encoder_quality(modality, norm.quality(wp, good), enc)
+        vec = self.identity_encoders[modality](z, good, quality)
         return F.normalize(vec.float(), dim=-1)
 
     def decode(self, source: str, target: str, emb: torch.Tensor) -> torch.Tensor:

@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from specsearch.errors import CatalogError
-from specsearch.io.catalog import Catalog, list_column_to_numpy
+from specsearch.errors import CatalogError, ConfigError
+from specsearch.io.catalog import Catalog, list_column_to_numpy, open_catalog
 from specsearch.fsutil import write_json_atomic
 from specsearch.model.training.data import (CACHE_DTYPE, CACHE_VERSION, FLUX_OFFSET, SPLITS,
-                                            PairTable, float_column, stream_rows)
+                                            PairTable, catalog_fingerprint, float_column,
+                                            join_pairs, stream_rows)
 from specsearch.preprocess import prepare_model_input, prepared_width
 
 MODS = ("lamost", "xp")
@@ -229,3 +230,30 @@ def pixel_statistics(cache: PairCache, pos: np.ndarray, modality: str, *,
     signal = np.maximum(var - sn / n, 0.05 * var)
     return {"mean": mean.astype(np.float32), "std": std.astype(np.float32),
             "signal_var": np.maximum(signal, 1e-10).astype(np.float32)}
+
+
+def model_cache(catalog: str | Path, root: str | Path, *, label_names: list[str],
+                class_names: list[str], training: dict, progress: bool = True
+                ) -> tuple[PairCache, str]:
+    """The pair cache of a trained model's catalog, split as the model's training split it
+    (``training['train_config']``: the val/test fractions), for the stages that continue
+    a model (``finetune``, ``train-identity``). Returns (cache, catalog fingerprint).
+
+    Raises:
+        ConfigError: the catalog's population classes are not the model's (it is not the
+            catalog the model was trained on).
+    """
+    tcfg = training.get("train_config", {})
+    cat = open_catalog(catalog)
+    fingerprint = catalog_fingerprint(cat)
+    pairs = join_pairs(cat, val_fraction=tcfg.get("val_fraction", 0.05),
+                       test_fraction=tcfg.get("test_fraction", 0.05))
+    trainval = np.flatnonzero(pairs.split != 2)
+    classes = population_classes(cat, pairs, trainval)
+    if list(classes) != list(class_names):
+        raise ConfigError(f"{catalog}: population classes {classes} differ from the model's "
+                          f"{list(class_names)}; continue a model on the catalog it was "
+                          f"trained on")
+    cache = build_cache(cat, pairs, trainval, root, label_names=label_names,
+                        class_names=classes, fingerprint=fingerprint, progress=progress)
+    return cache, fingerprint

@@ -46,14 +46,13 @@ import torch
 
 from specsearch.model.training.configs import VIEW_AUGMENT, FinetuneConfig
 from specsearch.errors import ConfigError
-from specsearch.io.catalog import open_catalog
 from specsearch.fsutil import write_json_atomic
 from specsearch.model.api import load_model, resolve_device
 from specsearch.model.training.augment import AugmentConfig, augment, red_cut_view
-from specsearch.model.training.cache import build_cache, population_classes
+from specsearch.model.training.cache import model_cache
 from specsearch.model.training.calibrate import calibrate, calibrate_real_floor, to_device
 from specsearch.model.checkpoint import save_model_dir
-from specsearch.model.training.data import catalog_fingerprint, join_pairs, other_visit
+from specsearch.model.training.data import other_visit
 from specsearch.model.training.hard_negatives import label_neighbours, sample_batch
 from specsearch.model.training.identity import (SnrAdversary, clean_anchor_loss,
                                                  identity_terms, second_visits)
@@ -160,19 +159,9 @@ def _prepare_data(net: SpecCLIPNet, training: dict[str, Any], catalog: str | Pat
                   real_data: str | Path, cfg: FinetuneConfig, cache_root: Path,
                   real_cache: str | Path | None, progress: bool) -> _Data:
     names = list(net.cfg.label_names)
-    tcfg = training.get("train_config", {})
-    cat = open_catalog(catalog)
-    fingerprint = catalog_fingerprint(cat)
-    pairs = join_pairs(cat, val_fraction=tcfg.get("val_fraction", 0.05),
-                       test_fraction=tcfg.get("test_fraction", 0.05))
-    trainval = np.flatnonzero(pairs.split != 2)
-    classes = population_classes(cat, pairs, trainval)
-    if list(classes) != list(net.cfg.class_names):
-        raise ConfigError(f"{catalog}: population classes {classes} differ from the model's "
-                          f"{list(net.cfg.class_names)}; fine-tune on the catalog it was "
-                          f"trained on")
-    cache = build_cache(cat, pairs, trainval, cache_root, label_names=names,
-                        class_names=classes, fingerprint=fingerprint, progress=progress)
+    cache, fingerprint = model_cache(catalog, cache_root, label_names=names,
+                                     class_names=list(net.cfg.class_names),
+                                     training=training, progress=progress)
     val_pos = cache.positions("val")
     val_pos = np.sort(np.random.default_rng(0).permutation(val_pos)[:4096])
     real = Path(real_data)

@@ -41,9 +41,9 @@ from specsearch.model.api import load_model, resolve_device
 from specsearch.model.checkpoint import save_model_dir
 from specsearch.model.network import SpecCLIPNet, add_identity_encoder
 from specsearch.model.training.augment import augment
-from specsearch.model.training.cache import PairCache, build_cache, population_classes
+from specsearch.model.training.cache import PairCache, model_cache
 from specsearch.model.training.configs import AugmentConfig
-from specsearch.model.training.data import catalog_fingerprint, join_pairs, other_visit
+from specsearch.model.training.data import other_visit
 from specsearch.model.training.hard_negatives import label_neighbours
 
 
@@ -129,21 +129,10 @@ def _pairs(net: SpecCLIPNet, training: dict[str, Any], catalog: str | Path,
            cache_root: Path, cfg: IdentityTrainConfig, progress: bool) -> _Pairs:
     """The model's own training split of ``catalog`` (its pair cache), and the visits in it
     that have another visit of the same star."""
-    from specsearch.io.catalog import open_catalog
-
-    tcfg = training.get("train_config", {})
-    cat = open_catalog(catalog)
-    fingerprint = catalog_fingerprint(cat)
-    pairs = join_pairs(cat, val_fraction=tcfg.get("val_fraction", 0.05),
-                       test_fraction=tcfg.get("test_fraction", 0.05))
-    trainval = np.flatnonzero(pairs.split != 2)
-    classes = population_classes(cat, pairs, trainval)
-    if list(classes) != list(net.cfg.class_names):
-        raise ConfigError(f"{catalog}: population classes {classes} differ from the model's "
-                          f"{list(net.cfg.class_names)}; train its identity encoder on the "
-                          f"catalog it was trained on")
-    cache = build_cache(cat, pairs, trainval, cache_root, label_names=list(net.cfg.label_names),
-                        class_names=classes, fingerprint=fingerprint, progress=progress)
+    cache, fingerprint = model_cache(catalog, cache_root,
+                                     label_names=list(net.cfg.label_names),
+                                     class_names=list(net.cfg.class_names),
+                                     training=training, progress=progress)
     sid = cache.index["source_id"]
     train_pos, val_pos = cache.positions("train"), cache.positions("val")
     partner = other_visit(sid, train_pos, len(cache))
