@@ -109,6 +109,10 @@ class SearchResponse(BaseModel):
     filters: list[str]
     neighbours: list[Neighbour]
     took_ms: float
+    ranked_by: str = Field("embedding", description="embedding, or embedding+identity: a "
+                           "same-instrument search of an index with identity vectors orders "
+                           "its candidates by the mean of the two cosines (the similarity "
+                           "shown)")
     spectra: list[Curve] | None = Field(
         None, description="query then neighbours (include_spectra=true), for plotting")
 
@@ -128,6 +132,10 @@ class SearchOptions(BaseModel):
     offset: int = Field(0, ge=0)
     limit: int | None = Field(None, ge=1, description="page size (default: k)")
     include_spectra: bool = Field(False, description="return curves for a plot")
+    identity: bool = Field(True, description="same-instrument searches: re-rank by identity "
+                                             "vectors where the model and index have them "
+                                             "(finds a star's other visits among "
+                                             "look-alikes)")
 
 
 class ArraysSearch(SearchOptions):

@@ -94,13 +94,15 @@ def _curves(state: ServiceState, query: GridSpectrum | None, query_vec: np.ndarr
 
 
 def _respond(state: ServiceState, info: QueryInfo, vec: np.ndarray, opts: SearchOptions,
-             grid: GridSpectrum | None, start: float, *, exclude: int | None = None
-             ) -> SearchResponse:
+             grid: GridSpectrum | None, start: float, *, exclude: int | None = None,
+             identity: np.ndarray | None = None) -> SearchResponse:
     target = target_modality(opts.target, info.modality, state.engine.modalities)
+    same = target == info.modality
     result = state.engine.search(vec, modality=target, k=opts.k, offset=opts.offset,
                                  limit=opts.limit, filter=opts.filters,
                                  exclude_source_ids=[exclude] if exclude is not None
-                                 and target == info.modality else None)
+                                 and same else None,
+                                 identity=identity if same and opts.identity else None)
     spectra = _curves(state, grid, vec, info.modality, target, result) \
         if opts.include_spectra else None
     return _response(state, info, opts, target, result, start, spectra)
@@ -114,7 +116,8 @@ def _response_fields(state: ServiceState, info: QueryInfo, opts: SearchOptions, 
             "filters": list(opts.filters),
             "neighbours": convert.neighbour_dicts(result,
                                                   state.engine.index.manifest.label_names),
-            "took_ms": (time.perf_counter() - start) * 1e3, "spectra": None}
+            "took_ms": (time.perf_counter() - start) * 1e3,
+            "ranked_by": result.query.get("ranked_by", "embedding"), "spectra": None}
 
 
 def _response(state: ServiceState, info: QueryInfo, opts: SearchOptions, target: str,
@@ -138,8 +141,12 @@ def search_grid(state: ServiceState, grid: GridSpectrum, opts: SearchOptions,
                 kind: str) -> SearchResponse:
     """Embed a gridded client spectrum and search (runs in a worker thread)."""
     start = time.perf_counter()
+    with_identity = bool(opts.identity and state.engine.has_identity(grid.modality)
+                         and target_modality(opts.target, grid.modality,
+                                             state.engine.modalities) == grid.modality)
+    extra = {"with_identity": True} if with_identity else {}
     batch = state.model.embed_numpy(grid.modality, grid.flux[None], grid.ivar[None],
-                                    with_domain=True)
+                                    with_domain=True, **extra)
     name = grid.filename or "spectrum"
     if not bool(batch.good[0]):
         raise SpectrumError(f"{name}: only {grid.good_fraction:.0%} of the {grid.modality} "
@@ -153,18 +160,23 @@ def search_grid(state: ServiceState, grid: GridSpectrum, opts: SearchOptions,
                      row=grid.row, good_fraction=grid.good_fraction, medium=grid.medium,
                      medium_from=grid.medium_from, predictions=preds,
                      domain=convert.domain(state.model, grid.modality, batch))
+    id_vecs = getattr(batch, "identity", None)
+    identity = None if id_vecs is None else id_vecs[0]
     return _respond(state, info, np.asarray(batch.embedding[0], np.float32), opts, grid,
-                    start)
+                    start, identity=identity)
 
 
 def _options(k: int, target: Target, filters: list[str], offset: int, limit: int | None,
-             include_spectra: bool) -> SearchOptions:
+             include_spectra: bool, identity: bool = True) -> SearchOptions:
     return SearchOptions(k=k, target=target, filters=filters, offset=offset, limit=limit,
-                         include_spectra=include_spectra)
+                         include_spectra=include_spectra, identity=identity)
 
 
 K = Annotated[int, Query(ge=1, le=10_000, description="neighbours (<= server max_k)")]
 LimitParam = Annotated[int | None, Query(ge=1, le=10_000, description="page size")]
+IdentityParam = Annotated[bool, Query(description="same-instrument searches: re-rank by "
+                                                  "identity vectors where the model and index "
+                                                  "have them")]
 
 
 @router.post("/upload", responses=UPLOAD_ERRORS, response_model=SearchResponse,
@@ -184,11 +196,11 @@ async def search_upload(
         "none: a spectrum much sharper than LAMOST is broadened to R = 1800 first")] = None,
     row: Annotated[int, Query(ge=0, le=1_000_000, description="spectrum number in a "
                                                                "multi-spectrum file")] = 0,
-    include_spectra: bool = False,
+    include_spectra: bool = False, identity: IdentityParam = True,
 ) -> SearchResponse:
     stated_air = upload_air(medium, air)
     data = await read_upload(file, state.settings.max_upload_bytes)
-    opts = _options(k, target, filters or [], offset, limit, include_spectra)
+    opts = _options(k, target, filters or [], offset, limit, include_spectra, identity)
 
     grid = await parse_upload(state, data, file.filename or "upload", modality=modality,
                               air=stated_air, row=row, resolving_power=resolving_power)
@@ -240,8 +252,9 @@ async def search_source(
     = None,
     k: K = 10, target: Target = "same", filters: FilterParam = [],
     offset: OffsetParam = 0, limit: LimitParam = None, include_spectra: bool = False,
+    identity: IdentityParam = True,
 ) -> SearchResponse:
-    opts = _options(k, target, filters or [], offset, limit, include_spectra)
+    opts = _options(k, target, filters or [], offset, limit, include_spectra, identity)
 
     def work() -> SearchResponse:
         start = time.perf_counter()
@@ -256,6 +269,9 @@ async def search_source(
         row = state.engine.lookup(source_id, query_modality).slice(0, 1).to_pylist()[0]
         info.spectrum_id = str(row.get("spectrum_id") or "") or None
         info.predictions = convert.estimates(row, state.engine.index.manifest.label_names)
-        return _respond(state, info, vec, opts, None, start, exclude=source_id)
+        id_vec = (state.engine.identity_of(source_id, query_modality)
+                  if opts.identity else None)
+        return _respond(state, info, vec, opts, None, start, exclude=source_id,
+                        identity=id_vec)
 
     return await state.worker.run("search_source", work)

@@ -64,6 +64,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ef-search", type=int, help="override the tuned HNSW ef_search")
     p.add_argument("--nprobe", type=int, help="override the tuned IVF nprobe")
     p.add_argument("--refine-factor", type=float, help="override the re-ranking depth")
+    p.add_argument("--no-identity", action="store_true",
+                   help="same-instrument --source-id/--spectrum queries: rank by the "
+                        "embedding only (default: re-rank by identity vectors where the "
+                        "index has them)")
     p.add_argument("--no-verify", action="store_true",
                    help="skip shard sha256 checks at open (sizes are still checked)")
     p.set_defaults(run=run)
@@ -97,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
                                                modality=args.target_modality or modality))
         else:
             results.append(engine.search_source(args.source_id, modality=args.modality,
-                                                target_modality=args.target_modality, **page))
+                                                target_modality=args.target_modality,
+                                                identity=not args.no_identity, **page))
     elif args.embedding is not None:
         vectors = np.load(args.embedding, allow_pickle=False)
         if vectors.ndim not in (1, 2):
@@ -117,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         for spectrum in spectra:
             results.append(engine.search_spectrum(
                 spectrum, modality=args.modality, target_modality=args.target_modality,
-                **page))
+                identity=not args.no_identity, **page))
     _print(results, args.format)
     return 0
 
@@ -158,6 +163,7 @@ def _print(results, fmt: str) -> None:
         q = res.query
         print(f"# query {q.get('kind')} {q.get('source_id', q.get('spectrum_id', ''))} -> "
               f"{res.modality}: {len(res)} of {res.total} neighbours"
+              + (f", ranked by {q['ranked_by']}" if q.get("ranked_by") else "")
               + (f"; predictions {q['predictions']}" if q.get("predictions") else ""))
         if (q.get("domain") or {}).get("out_of_domain"):
             print(f"# WARNING: the model does not know stars like this one (reconstruction "

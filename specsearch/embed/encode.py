@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from specsearch.embed.spectra import SpectraChunk, spectra_arrays
+from specsearch.io.embeddings import IDENTITY_COLUMN
 
 
 class Encoder(Protocol):
@@ -28,7 +29,19 @@ class Encoder(Protocol):
                     with_residual: bool = False) -> Any:
         """Embed (n, npix) canonical-grid spectra; returns an object with ``embedding``
         (n, D), ``good`` (n,), ``predictions``/``uncertainties`` (n, L), optional
-        ``class_prob`` (n, C) and residuals."""
+        ``class_prob`` (n, C), residuals and ``identity`` (n, identity_dim).
+
+        A model with identity encoders (``SpecModel.has_identity``) also takes
+        ``with_identity=True``; see :func:`identity_dim_of`."""
+
+
+def identity_dim_of(model: Encoder, modality: str) -> int:
+    """Dimension of ``model``'s identity vectors of ``modality``; 0 when it has none
+    (encoders without the optional ``has_identity``/``identity_dim`` have none)."""
+    has = getattr(model, "has_identity", None)
+    if has is None or not has(modality):
+        return 0
+    return int(getattr(model, "identity_dim", 0))
 
 
 def _row_picker(good: np.ndarray):
@@ -73,7 +86,9 @@ def embed_chunk(model: Encoder, modality: str, chunk: SpectraChunk, *,
     batch = chunk.batch
     if batch.num_rows == 0:
         return None
-    extra = {} if precision == "auto" else {"autocast": precision}
+    extra: dict[str, Any] = {} if precision == "auto" else {"autocast": precision}
+    if identity_dim_of(model, modality):
+        extra["with_identity"] = True
     out = model.embed_numpy(modality, chunk.flux, chunk.ivar, with_residual=with_residual,
                             **extra)
     good = np.asarray(out.good, dtype=bool)
@@ -92,6 +107,8 @@ def embed_chunk(model: Encoder, modality: str, chunk: SpectraChunk, *,
         "embedding": take(np.asarray(out.embedding, dtype=np.float32)),
         **_head_columns(model, out, take, n, with_residual),
     }
+    if extra.get("with_identity") and getattr(out, "identity", None) is not None:
+        cols[IDENTITY_COLUMN] = take(np.asarray(out.identity, dtype=np.float32))
     names = batch.schema.names
     for f in meta_columns:
         if f.name in cols:

@@ -18,10 +18,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from specsearch.embed.config import EmbedConfig
-from specsearch.embed.encode import Encoder
+from specsearch.embed.encode import Encoder, identity_dim_of
 from specsearch.errors import CatalogError
 from specsearch.fsutil import atomic_path
-from specsearch.io.embeddings import EmbeddingsWriter
+from specsearch.io.embeddings import VECTOR_COLUMNS, EmbeddingsWriter
 
 META_KEY = b"specsearch.embed"
 
@@ -53,12 +53,12 @@ def output_is_current(out_path: Path, signature: dict[str, Any], model_hash: str
 
 
 def output_write_options(schema: pa.Schema) -> dict[str, Any]:
-    """Parquet options for an embeddings file: zstd everywhere except the embedding column,
-    stored plain (float vectors do not compress: zstd saves ~5% of the file and makes the
-    index builder's read of the vectors ~6x slower)."""
+    """Parquet options for an embeddings file: zstd everywhere except the vector columns
+    (embedding, identity), stored plain (float vectors do not compress: zstd saves ~5% of
+    the file and makes the index builder's read of the vectors ~6x slower)."""
     names = schema.names
-    return {"compression": {n: "none" if n == "embedding" else "zstd" for n in names},
-            "use_dictionary": [n for n in names if n != "embedding"]}
+    return {"compression": {n: "none" if n in VECTOR_COLUMNS else "zstd" for n in names},
+            "use_dictionary": [n for n in names if n not in VECTOR_COLUMNS]}
 
 
 def write_output(table: pa.Table, out_path: Path, signature: dict[str, Any],
@@ -73,12 +73,13 @@ def write_output(table: pa.Table, out_path: Path, signature: dict[str, Any],
 def open_output(out: Path, modality: str, model: Encoder, catalog: Path,
                 config: EmbedConfig) -> EmbeddingsWriter:
     """Create or reopen the embeddings dataset for ``modality`` (refuses another model's
-    dataset unless ``config.overwrite``); its schema is what every output file follows."""
+    dataset unless ``config.overwrite``); its schema is what every output file follows
+    (with an ``identity`` column when the model has identity vectors for ``modality``)."""
     return EmbeddingsWriter(
         out, modality, model_hash=model.model_hash, embedding_dim=model.embedding_dim,
         label_names=list(model.label_names), class_names=list(model.class_names),
         dtype=config.dtype, extra_manifest={"catalog": str(Path(catalog).resolve())},
-        overwrite_model=config.overwrite)
+        overwrite_model=config.overwrite, identity_dim=identity_dim_of(model, modality))
 
 
 class ParquetSink:

@@ -224,6 +224,18 @@ def train_and_fill(backend: Backend, vectors: np.ndarray, *, threads: int | None
                         threads=threads)
 
 
+def rows_write_options(schema: pa.Schema) -> dict[str, Any]:
+    """Parquet options of a shard's rows file: the identity vectors (if any) plain, neither
+    dictionary-encoded nor compressed (float vectors do neither well, and both slow the
+    read at open)."""
+    from specsearch.io.embeddings import IDENTITY_COLUMN
+    names = schema.names
+    if IDENTITY_COLUMN not in names:
+        return {}
+    return {"use_dictionary": [n for n in names if n != IDENTITY_COLUMN],
+            "compression": {n: "none" if n == IDENTITY_COLUMN else "snappy" for n in names}}
+
+
 def write_shard(folder: Path, shard: int, backend: Backend, *, deleted: np.ndarray | None,
                 vectors: np.ndarray | None = None, rows: pa.Table | None = None) -> ShardEntry:
     """Save ``backend`` (and ``vectors``/``rows`` unless already written under their names)
@@ -235,7 +247,7 @@ def write_shard(folder: Path, shard: int, backend: Backend, *, deleted: np.ndarr
     if vectors is not None:
         np.save(vec_path, vectors)
     if rows is not None:
-        pq.write_table(rows, rows_path)
+        pq.write_table(rows, rows_path, **rows_write_options(rows.schema))
     tomb = None
     n_deleted = 0
     if deleted is not None and deleted.any():
@@ -264,7 +276,8 @@ def _spool_modality(source: EmbeddingSource, modality: str, folder: Path,
     vec_files = [np.lib.format.open_memmap(folder / f"{shard_stem(s)}.vectors.npy", mode="w+",
                                            dtype=options.vector_dtype, shape=(int(c), dim))
                  for s, c in enumerate(counts)]
-    writers = [pq.ParquetWriter(folder / f"{shard_stem(s)}.rows.parquet", row_schema)
+    writers = [pq.ParquetWriter(folder / f"{shard_stem(s)}.rows.parquet", row_schema,
+                                **rows_write_options(row_schema))
                for s in range(n_shards)]
     filled = np.zeros(n_shards, np.int64)
     try:

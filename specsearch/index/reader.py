@@ -74,6 +74,40 @@ def preferred_vector(shard: Any, rows: np.ndarray) -> np.ndarray:
     return np.asarray(shard.vectors[rows[0]], dtype=np.float32)
 
 
+def preferred_row(table: Any) -> int:
+    """Position of the preferred row of one source's rows table (:func:`preferred_vector`'s
+    choice: the highest S/N, else the first)."""
+    if table.num_rows > 1 and "snr" in table.column_names:
+        snr = table.column("snr").to_numpy(zero_copy_only=False).astype(float)
+        return int(np.argmax(np.nan_to_num(snr, nan=-np.inf)))
+    return 0
+
+
+def identity_vectors(table: Any) -> np.ndarray | None:
+    """(n, d) float32 identity vectors of a rows table (NaN rows where null), or None when
+    it has no identity column."""
+    from specsearch.io.embeddings import IDENTITY_COLUMN
+    if IDENTITY_COLUMN not in table.column_names:
+        return None
+    col = table.column(IDENTITY_COLUMN).combine_chunks()
+    size = col.type.list_size
+    # The child values of every slot, null ones included (then overwritten with NaN).
+    flat = col.values.slice(col.offset * size, len(col) * size)
+    vecs = flat.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(col), size)
+    if col.null_count:
+        vecs = vecs.copy()
+        vecs[col.is_null().to_numpy(zero_copy_only=False)] = np.nan
+    return vecs
+
+
+def without_identity(table: Any) -> Any:
+    """``table`` without the identity column (results and lookups never show it)."""
+    from specsearch.io.embeddings import IDENTITY_COLUMN
+    if IDENTITY_COLUMN in table.column_names:
+        return table.drop_columns([IDENTITY_COLUMN])
+    return table
+
+
 class ModalityIndex:
     """All shards of one modality, searched as one index."""
 

@@ -7,7 +7,9 @@ Layout::
     EMB/xp/part-00000.parquet
 
 Columns: ``spectrum_id``, ``source_id``, ``modality``, ``embedding`` (fixed-size list,
-L2-normalised), for each label ``L``: ``L_pred`` and ``L_err`` (1 sigma), and any metadata
+L2-normalised), for each label ``L``: ``L_pred`` and ``L_err`` (1 sigma), ``identity``
+(fixed-size list, L2-normalised) when the model has identity vectors for the modality
+(``identity_dims`` in the manifest; see ``SpecModel.identity_numpy``), and any metadata
 the builder copies from the catalog for filters and evaluation (``ra``, ``dec``, ``snr``,
 ``mag_g``, true labels, ``population``...). A dataset holds the output of exactly one model:
 writers refuse to add rows made by another model hash.
@@ -33,14 +35,20 @@ from specsearch.io.parquet import (
     list_column_to_numpy,
 )
 
-__all__ = ["Embeddings", "EmbeddingsWriter", "embeddings_schema", "open_embeddings"]
+__all__ = ["Embeddings", "EmbeddingsWriter", "embeddings_schema", "open_embeddings",
+           "IDENTITY_COLUMN", "VECTOR_COLUMNS"]
 
 EMBEDDING_DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
+IDENTITY_COLUMN = "identity"
+"""The identity vectors' column: same-instrument "which star" vectors that same-star
+searches re-rank by (:meth:`specsearch.query.SearchEngine.search`); never shown in results."""
+VECTOR_COLUMNS = ("embedding", IDENTITY_COLUMN)
 
 
 def embeddings_schema(embedding_dim: int, label_names: Sequence[str],
-                      dtype: str = "float32") -> pa.Schema:
-    """Required columns of an embeddings dataset (metadata columns are appended freely)."""
+                      dtype: str = "float32", identity_dim: int = 0) -> pa.Schema:
+    """Required columns of an embeddings dataset (metadata columns are appended freely);
+    ``identity_dim`` > 0 adds the nullable ``identity`` column."""
     if dtype not in EMBEDDING_DTYPES:
         raise CatalogError(f"embedding dtype must be one of {sorted(EMBEDDING_DTYPES)}, "
                            f"got {dtype!r}")
@@ -53,6 +61,9 @@ def embeddings_schema(embedding_dim: int, label_names: Sequence[str],
     ]
     for name in label_names:
         fields += [pa.field(f"{name}_pred", pa.float32()), pa.field(f"{name}_err", pa.float32())]
+    if identity_dim > 0:
+        fields.append(pa.field(IDENTITY_COLUMN,
+                               fixed_list_type(identity_dim, EMBEDDING_DTYPES[dtype])))
     return pa.schema(fields, metadata={b"specsearch.kind": b"embeddings"})
 
 
@@ -72,6 +83,10 @@ class Embeddings(PartitionedDataset):
     @property
     def label_names(self) -> list[str]:
         return list(self.manifest.get("label_names", []))
+
+    def identity_dim(self, modality: str) -> int:
+        """Dimension of ``modality``'s identity vectors (0: none)."""
+        return int(self.manifest.get("identity_dims", {}).get(modality, 0))
 
     def read_vectors(self, modality: str) -> tuple[np.ndarray, np.ndarray]:
         """(source_id (n,) int64, embedding (n, D) float32) of one modality.
@@ -109,10 +124,10 @@ class EmbeddingsWriter(ModalityWriter):
                  class_names: Sequence[str] = (), dtype: str = "float32",
                  rows_per_file: int = 100_000, file_prefix: str = "part",
                  extra_manifest: Mapping[str, Any] | None = None,
-                 overwrite_model: bool = False) -> None:
+                 overwrite_model: bool = False, identity_dim: int = 0) -> None:
         self.root = Path(root)
         self.modality = modality
-        self.schema = embeddings_schema(embedding_dim, label_names, dtype)
+        self.schema = embeddings_schema(embedding_dim, label_names, dtype, identity_dim)
         manifest_path = self.root / "embeddings.json"
         manifest: dict[str, Any] = {}
         if manifest_path.is_file():
@@ -132,6 +147,8 @@ class EmbeddingsWriter(ModalityWriter):
             "label_names": list(label_names), "class_names": list(class_names),
             "updated": now_iso(),
         })
+        dims = {**manifest.get("identity_dims", {}), modality: int(identity_dim)}
+        manifest["identity_dims"] = {m: d for m, d in dims.items() if d > 0}
         manifest.update(dict(extra_manifest or {}))
         self.root.mkdir(parents=True, exist_ok=True)
         write_json_atomic(manifest_path, manifest)

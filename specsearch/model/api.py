@@ -56,6 +56,9 @@ class EmbeddingBatch:
         out_of_domain: (n,) bool, the spectra the model's domain check flags (their
             parameters are unreliable: the model has not learnt stars like them); None
             when not asked for or the model has no ``domain_check.json``.
+        identity: (n, identity_dim) float32 L2-normalised identity vectors ("which star",
+            :meth:`SpecModel.identity_numpy`), NaN rows where ``good`` is False; None when
+            not asked for or the model has no identity encoder for the modality.
     """
 
     embedding: np.ndarray
@@ -69,6 +72,7 @@ class EmbeddingBatch:
     translation_residual: np.ndarray | None = None
     recon_relative: np.ndarray | None = None
     out_of_domain: np.ndarray | None = None
+    identity: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.embedding.shape[0])
@@ -218,7 +222,7 @@ class SpecModel:
     @torch.inference_mode()
     def embed_numpy(self, modality: str, flux: np.ndarray, ivar: np.ndarray, *,
                     batch_size: int | None = None, with_residual: bool = False,
-                    with_domain: bool = False,
+                    with_domain: bool = False, with_identity: bool = False,
                     partner: tuple[np.ndarray, np.ndarray] | None = None,
                     autocast: bool | str | None = None) -> EmbeddingBatch:
         """Embed (n, N) canonical-grid flux/ivar of ``modality`` (see :class:`EmbeddingBatch`).
@@ -233,6 +237,8 @@ class SpecModel:
                 implies ``with_domain``.
             with_domain: the relative reconstruction error and the domain flag only (one
                 decoder pass; see :mod:`specsearch.model.domain`).
+            with_identity: the identity vectors too, from the same preprocessed input
+                (ignored when the model has no identity encoder for ``modality``).
             partner: optional row-aligned (flux, ivar) of the other modality, used for the
                 translation residual (implies ``with_residual``).
             autocast: the network's precision: None or "auto" (bf16 autocast on CUDA, fp32
@@ -262,7 +268,8 @@ class SpecModel:
             sl = slice(start, start + batch_size)
             got = self._embed_chunk(modality, flux[sl], ivar[sl], with_residual,
                                     None if partner is None else (pf[sl], pi[sl]), autocast,
-                                    with_domain=with_domain or with_residual)
+                                    with_domain=with_domain or with_residual,
+                                    with_identity=with_identity)
             for k, v in got.items():
                 parts.setdefault(k, []).append(v)
         cat = {k: v[0] if len(v) == 1 else np.concatenate(v) for k, v in parts.items()}
@@ -282,7 +289,7 @@ class SpecModel:
             class_names=self.class_names,
             recon_residual=cat.get("recon_residual"),
             translation_residual=cat.get("translation_residual"),
-            recon_relative=relative, out_of_domain=flags)
+            recon_relative=relative, out_of_domain=flags, identity=cat.get("identity"))
 
     def _tensor(self, a: np.ndarray | torch.Tensor) -> torch.Tensor:
         t = a if isinstance(a, torch.Tensor) else as_tensor(np.asarray(a, np.float32))
@@ -291,6 +298,11 @@ class SpecModel:
     def has_identity(self, modality: str) -> bool:
         """Whether the model has identity vectors for ``modality`` (:meth:`identity_numpy`)."""
         return self.net.has_identity(modality)
+
+    @property
+    def identity_dim(self) -> int:
+        """Dimension of the identity vectors (0 for a model without identity encoders)."""
+        return int(self.net.cfg.identity_dim) if self.net.cfg.identity_encoders else 0
 
     @torch.inference_mode()
     def identity_numpy(self, modality: str, flux: np.ndarray, ivar: np.ndarray, *,
@@ -326,7 +338,7 @@ class SpecModel:
         return out
 
     def _embed_chunk(self, modality, flux, ivar, with_residual, partner, autocast,
-                     with_domain=False) -> dict[str, np.ndarray]:
+                     with_domain=False, with_identity=False) -> dict[str, np.ndarray]:
         # Preprocessing runs on the model's device (a GPU does it in a fraction of the time
         # the host would need).
         mi = prepare_model_input_torch(self._tensor(flux), self._tensor(ivar), modality)
@@ -336,6 +348,8 @@ class SpecModel:
             value, err = self.net.labels_physical(modality, out.label_mu, out.label_log_sigma)
             result = {"embedding": out.embedding, "pred": value, "err": err,
                       "class_prob": torch.softmax(out.class_logits, -1)}
+            if with_identity and self.net.has_identity(modality):
+                result["identity"] = self.net.identity(modality, x, w)
             if with_domain:          # implied by with_residual (see embed_numpy)
                 out.recon = self.net.decode(modality, modality, out.embedding)
                 result["recon_relative"] = relative_residual(out.recon, x, w)

@@ -41,7 +41,7 @@ class _SharedRows:
 
     def rows_of(self, i: int):
         if self.table is None:
-            self.table = self.engine._fetch_rows(self.mi, np.concatenate(self.ids))
+            self.table = self.engine._result_rows(self.mi, np.concatenate(self.ids))
         return self.table.slice(int(self.starts[i]), len(self.ids[i]))
 
 

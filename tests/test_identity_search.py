@@ -1,0 +1,170 @@
+"""Identity vectors through the engine: the embedding builder writes them, the index keeps
+them beside the rows, same-instrument searches re-rank by them (and only those), and no
+result table, lookup or JSON shows them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from specsearch.embed import EmbedConfig, build_embeddings
+from specsearch.index import BuildOptions, build_index
+from specsearch.io.catalog import open_catalog
+from specsearch.io.embeddings import open_embeddings
+from specsearch.io.parquet import list_column_to_numpy
+from specsearch.model import load_model
+from specsearch.model.checkpoint import save_model_dir
+from specsearch.model.network import add_identity_encoder
+from specsearch.preprocess import grid_for
+from specsearch.query import SearchEngine
+from specsearch.query.engine import RERANK_MIN
+from specsearch.spectrum import Spectrum
+
+from test_model_data import make_paired_catalog
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A model with a (randomly initialised) LAMOST identity encoder, a toy catalog with
+    repeat visits, its embeddings and an exact (flat) index."""
+    root = tmp_path_factory.mktemp("identity-search")
+    base = load_model()
+    torch.manual_seed(0)
+    add_identity_encoder(base.net, "lamost", hidden=32, depth=1, dim=16)
+    save_model_dir(root / "model", base.net, base.net.cfg,
+                   training=base.full_config.get("training"))
+    model = load_model(root / "model")
+    cat = make_paired_catalog(root / "cat", 120, revisits=60, unpaired=0)
+    emb = root / "emb"
+    build_embeddings(cat, model, emb, EmbedConfig(progress=False))
+    build_index(emb, root / "index", BuildOptions(kind="flat", target_recall=None))
+    return root, model, cat, emb
+
+
+def _rows(emb, modality):
+    """Every row of one modality of an embeddings dataset."""
+    return pa.concat_tables(pq.read_table(p) for p in open_embeddings(emb).files(modality))
+
+
+def test_builder_writes_identity_for_the_modalities_that_have_it(built):
+    root, model, cat, emb = built
+    ds = open_embeddings(emb)
+    assert ds.identity_dim("lamost") == 16 and ds.identity_dim("xp") == 0
+    lamost, xp = _rows(emb, "lamost"), _rows(emb, "xp")
+    assert "identity" in lamost.column_names and "identity" not in xp.column_names
+    assert lamost.schema.field("identity").type.list_size == 16
+    # the stored vectors are the model's own, row for row
+    c = open_catalog(cat)
+    flux, ivar = (np.stack(c.read_column("lamost", k).to_numpy(zero_copy_only=False))
+                  .astype(np.float32) for k in ("flux", "ivar"))
+    want = model.identity_numpy("lamost", flux, ivar)
+    got = list_column_to_numpy(lamost.column("identity"))
+    order = {s: i for i, s in enumerate(c.read_column("lamost", "spectrum_id").to_pylist())}
+    rows = [order[s] for s in lamost.column("spectrum_id").to_pylist()]
+    np.testing.assert_allclose(got, want[rows], atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+def _expected(emb, source_id, k):
+    """The re-rank by hand: the embedding's top max(50, 5k) other rows, ordered by the mean
+    of the two cosines to the query star's preferred (highest S/N) row."""
+    t = _rows(emb, "lamost")
+    sid = t.column("source_id").to_numpy()
+    e = list_column_to_numpy(t.column("embedding"))
+    e = e / np.linalg.norm(e, axis=1, keepdims=True)
+    ident = list_column_to_numpy(t.column("identity"))
+    own = np.flatnonzero(sid == source_id)
+    q = own[np.argmax(t.column("snr").to_numpy()[own])]
+    emb_sim = e @ e[q]
+    emb_sim[own] = -np.inf
+    window = np.argsort(-emb_sim, kind="stable")[:max(RERANK_MIN, 5 * k)]
+    score = 0.5 * (emb_sim[window] + ident[window] @ ident[q])
+    best = window[np.argsort(-score, kind="stable")[:k]]
+    return t.column("spectrum_id").to_numpy(zero_copy_only=False)[best], np.sort(score)[::-1][:k]
+
+
+@pytest.mark.parametrize("k", [5, 40])
+def test_same_instrument_search_reranks_by_identity(built, k):
+    root, model, cat, emb = built
+    engine = SearchEngine.open(root / "index")
+    assert engine.has_identity("lamost") and not engine.has_identity("xp")
+    revisited = int(_rows(emb, "lamost").column("source_id").to_numpy()[-1])
+    res = engine.search_source(revisited, k=k)
+    assert res.query["ranked_by"] == "embedding+identity"
+    want_ids, want_score = _expected(emb, revisited, k)
+    assert list(res.spectrum_id) == list(want_ids)
+    np.testing.assert_allclose(res.similarity, want_score, atol=1e-5)
+    assert "identity" not in res.metadata.column_names
+    assert "identity" not in engine.lookup(revisited).column_names
+    assert all("identity" not in row for row in res.to_dicts())
+    # paging a re-ranked window gives its slices
+    page = engine.search_source(revisited, k=k, offset=2, limit=3)
+    assert list(page.spectrum_id) == list(want_ids[2:5])
+
+
+def test_identity_off_and_cross_modal_rank_by_the_embedding(built):
+    root, model, cat, emb = built
+    engine = SearchEngine.open(root / "index")
+    star = int(_rows(emb, "lamost").column("source_id").to_numpy()[-1])
+    plain = engine.search_source(star, k=8, identity=False)
+    _, vec = engine.vector_of(star, "lamost")
+    direct = engine.search(vec, modality="lamost", k=8, exclude_source_ids=[star])
+    assert "ranked_by" not in plain.query
+    assert list(plain.spectrum_id) == list(direct.spectrum_id)
+    cross = engine.search_source(star, target_modality="xp", k=5)
+    assert "ranked_by" not in cross.query and cross.modality == "xp"
+
+
+def test_spectrum_query_reranks_with_the_models_identity_vector(built):
+    root, model, cat, emb = built
+    engine = SearchEngine.open(root / "index", encoder=model)
+    c = open_catalog(cat)
+    flux = np.asarray(c.read_column("lamost", "flux")[0].as_py(), np.float32)
+    ivar = np.asarray(c.read_column("lamost", "ivar")[0].as_py(), np.float32)
+    spec = Spectrum(wavelength=grid_for("lamost").wavelength, flux=flux, ivar=ivar,
+                    mask=ivar <= 0, modality="lamost", spectrum_id="q")
+    res = engine.search_spectrum(spec, k=5)
+    assert res.query["ranked_by"] == "embedding+identity"
+    # the query's own row (same spectrum): both cosines 1
+    assert res.similarity[0] == pytest.approx(1.0, abs=1e-4)
+    assert "ranked_by" not in engine.search_spectrum(spec, k=5, identity=False).query
+    assert "ranked_by" not in engine.search_spectrum(spec, k=5, target_modality="xp").query
+
+
+def test_service_reports_the_ranking_and_hides_the_vectors(built):
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    root, model, cat, emb = built
+    star = int(_rows(emb, "lamost").column("source_id").to_numpy()[-1])
+    app = create_app(Settings(index_dir=root / "index", model_dir=root / "model"))
+    with TestClient(app) as client:
+        body = client.get(f"/v1/search/source/{star}", params={"k": 5}).json()
+        assert body["ranked_by"] == "embedding+identity"
+        assert all("identity" not in n for n in body["neighbours"])
+        off = client.get(f"/v1/search/source/{star}",
+                         params={"k": 5, "identity": "false"}).json()
+        assert off["ranked_by"] == "embedding"
+        obj = client.get(f"/v1/objects/{star}").json()
+        assert "identity" not in str(obj)
+
+
+def test_distributed_engine_reranks_the_same(built):
+    from test_distributed_engine import distributed
+
+    root, model, cat, emb = built
+    build_index(emb, root / "index4", BuildOptions(kind="flat", target_recall=None, shards=4))
+    star = int(_rows(emb, "lamost").column("source_id").to_numpy()[-1])
+    local = SearchEngine.open(root / "index4").search_source(star, k=10)
+    remote = distributed(root / "index4", 2).search_source(star, k=10)
+    assert remote.query["ranked_by"] == local.query["ranked_by"] == "embedding+identity"
+    assert list(remote.source_id) == list(local.source_id)
+    np.testing.assert_allclose(remote.similarity, local.similarity, atol=1e-6)
+    assert "identity" not in remote.metadata.column_names
