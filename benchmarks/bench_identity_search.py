@@ -1,0 +1,126 @@
+"""What the identity re-rank costs a same-star search (issue 14).
+
+An index whose rows carry identity vectors (``identity`` column) answers same-instrument
+by-source queries by re-ranking the embedding's top max(50, 5k) by the mean of the two
+cosines (:mod:`specsearch.query.engine`). This builds one index of ``--n`` clustered
+128-d embeddings (:mod:`specsearch.index.synthetic`) with 128-d identity vectors, and times
+``SearchEngine.search_source`` one query at a time (1 thread, warm) with and without the
+re-rank, for each ``--k``; and it reports what the identity column adds to the rows a
+shard holds in memory. The baseline is the same engine, same queries, ``identity=False``.
+
+Usage:
+  python benchmarks/bench_identity_search.py --n 200000 --queries 300
+Prints a table and writes ``benchmarks/results/identity_search.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _parse(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=200_000, help="rows in the index")
+    ap.add_argument("--queries", type=int, default=300, help="by-source queries timed")
+    ap.add_argument("--k", default="10,100", help="result windows")
+    ap.add_argument("--kind", default="auto", help="index kind (auto: the builder's choice)")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "float16"),
+                    help="identity vectors' storage")
+    ap.add_argument("--threads", type=int, default=2, help="build threads")
+    ap.add_argument("--out", type=Path, default=RESULTS / "identity_search.json")
+    return ap.parse_args(argv)
+
+
+def _time(fn, queries) -> np.ndarray:
+    out = []
+    for q in queries:
+        t0 = time.perf_counter()
+        fn(int(q))
+        out.append(time.perf_counter() - t0)
+    return np.asarray(out) * 1e3
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    import pyarrow as pa
+
+    from specsearch.fsutil import write_json_atomic
+    from specsearch.index import BuildOptions, build_index
+    from specsearch.index.build import ArrayEmbeddings
+    from specsearch.index.synthetic import clustered_unit_vectors
+    from specsearch.index.threads import ThreadPolicy
+    from specsearch.query import SearchEngine
+
+    n = args.n
+    emb = clustered_unit_vectors(n, 128, seed=1)
+    ident = clustered_unit_vectors(n, 128, seed=2)
+    sid = np.arange(n, dtype=np.int64) * 3 + 7
+    rng = np.random.default_rng(0)
+    dtype = pa.float16() if args.dtype == "float16" else pa.float32()
+    identity = pa.FixedSizeListArray.from_arrays(
+        pa.array(ident.astype(args.dtype).ravel(), dtype), 128)
+    snr = rng.uniform(5, 150, n).astype(np.float32)
+    cols = {"embedding": emb, "source_id": sid, "snr": snr, "identity": identity}
+    source = ArrayEmbeddings({"lamost": cols}, model_hash="bench-identity-search")
+    ks = [int(k) for k in args.k.split(",")]
+    queries = rng.choice(sid, size=args.queries, replace=False)
+    result: dict = {"n": n, "queries": args.queries, "kind": args.kind,
+                    "identity_dtype": args.dtype, "machine": platform.machine(),
+                    "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"), "rows": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        build_index(source, Path(tmp) / "index",
+                    BuildOptions(kind=args.kind, threads=args.threads, tune_queries=200))
+        result["build_s"] = time.perf_counter() - t0
+        engine = SearchEngine.open(Path(tmp) / "index",
+                                   threads=ThreadPolicy(single=1, batch=args.threads))
+        shard = engine.index["lamost"].shards[0]
+        rows = shard.rows
+        result["backend"] = engine.index["lamost"].manifest.backend.to_dict().get("kind")
+        result["rows_bytes_per_row"] = rows.nbytes / rows.num_rows
+        result["identity_bytes_per_row"] = rows.column("identity").nbytes / rows.num_rows
+        for k in ks:
+            for fn in (lambda s: engine.search_source(s, k=k),
+                       lambda s: engine.search_source(s, k=k, identity=False)):
+                _time(fn, queries[:20])                    # warm
+            with_id = _time(lambda s: engine.search_source(s, k=k), queries)
+            plain = _time(lambda s: engine.search_source(s, k=k, identity=False), queries)
+            check = engine.search_source(int(queries[0]), k=k)
+            assert check.query.get("ranked_by") == "embedding+identity"
+            result["rows"].append({
+                "k": k, "window": max(50, 5 * k),
+                "embedding_ms_p50": float(np.median(plain)),
+                "embedding_ms_p95": float(np.percentile(plain, 95)),
+                "reranked_ms_p50": float(np.median(with_id)),
+                "reranked_ms_p95": float(np.percentile(with_id, 95)),
+                "ratio_p50": float(np.median(with_id) / np.median(plain))})
+    print(f"identity re-rank: {n:,} rows ({result['backend']}), {args.queries} by-source "
+          f"queries one at a time, 1 thread; build {result['build_s']:.0f} s")
+    print(f"rows in memory: {result['rows_bytes_per_row']:.0f} B/row, of which identity "
+          f"{result['identity_bytes_per_row']:.0f} B ({args.dtype})")
+    print(f"{'k':>5} {'window':>7} {'embedding p50/p95 ms':>22} {'re-ranked p50/p95 ms':>22} "
+          f"{'ratio':>6}")
+    for r in result["rows"]:
+        print(f"{r['k']:>5} {r['window']:>7} "
+              f"{r['embedding_ms_p50']:>10.3f} / {r['embedding_ms_p95']:<9.3f} "
+              f"{r['reranked_ms_p50']:>10.3f} / {r['reranked_ms_p95']:<9.3f} "
+              f"{r['ratio_p50']:>6.2f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(args.out, result)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
