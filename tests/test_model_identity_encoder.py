@@ -120,3 +120,30 @@ def test_real_goal_rows_score_the_identity_vectors_with_the_embedding():
     assert not rows["lamost_dr10 repeat visits top-1 (pool: all real LAMOST)"]["met"]
     ident["lamost_dr10"].pop("embedding+identity")         # a model without them
     assert not any("identity" in r["what"] for r in real_goal_rows({"identity": ident}))
+
+
+def test_resample_snr_draws_each_visit_its_own_noise_level():
+    """--resample-snr: each visit's S/N drops to a log-uniform draw in [min_snr, its S/N],
+    whatever the other visit's, so two visits' noise levels no longer agree."""
+    import torch
+    from scipy.stats import spearmanr
+
+    from specsearch.model.training.identity_encoder import IdentityTrainConfig, _resample_snr
+
+    rng = np.random.default_rng(0)
+    n = 4000
+    star_snr = np.exp(rng.uniform(np.log(12), np.log(150), n))       # both visits alike
+    snr_a, snr_b = star_snr * rng.uniform(0.9, 1.1, n), star_snr * rng.uniform(0.9, 1.1, n)
+    assert spearmanr(snr_a, snr_b).correlation > 0.95
+    cfg = IdentityTrainConfig(min_snr=10.0, resample_snr=True)
+    gen = torch.Generator().manual_seed(0)
+    got = []
+    for snr in (snr_a, snr_b):
+        x, w = torch.zeros(n, 64), torch.ones(n, 64)
+        x, w = _resample_snr(x, w, snr, cfg, rng, gen)
+        factor = 1.0 / np.sqrt(w[:, 0].numpy())                   # weight / factor^2
+        new = snr / factor
+        assert (factor >= 1 - 1e-5).all() and (new >= 10 - 1e-3).all()
+        assert (new <= snr + 1e-3).all() and float(x.std()) > 0    # noise was added
+        got.append(new)
+    assert abs(spearmanr(got[0], got[1]).correlation) < 0.5     # ~0.37 (from > 0.95)

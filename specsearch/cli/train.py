@@ -281,6 +281,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--hard-group", type=int, default=it.hard_group, help="stars per group")
     i.add_argument("--min-snr", type=float, default=it.min_snr,
                    help="train on stars whose visits both reach this S/N")
+    i.add_argument("--resample-snr", action="store_true",
+                   help="lower each visit's S/N to its own log-uniform draw between "
+                        "--min-snr and its S/N, so that the two visits' noise levels say "
+                        "nothing about each other (else the vectors learn the noise level)")
     i.add_argument("--seed", type=int, default=it.seed)
     i.add_argument("--device", default=it.device, choices=("auto", "cpu", "cuda"))
     i.add_argument("--threads", type=int, help="torch CPU threads")
@@ -407,7 +411,8 @@ def run_train_identity(args: argparse.Namespace) -> int:
                               dim=args.dim, steps=args.steps, batch=args.batch, lr=args.lr,
                               temperature=args.temperature, hard_fraction=args.hard_negatives,
                               hard_group=args.hard_group, min_snr=args.min_snr,
-                              seed=args.seed, device=args.device)
+                              resample_snr=args.resample_snr, seed=args.seed,
+                              device=args.device)
     res = train_identity(args.model or default_model_path(), args.catalog, args.out, cfg,
                          cache_dir=args.cache, progress=not args.no_progress,
                          overwrite=args.overwrite,

@@ -40,7 +40,7 @@ from specsearch.errors import ConfigError
 from specsearch.model.api import load_model, resolve_device
 from specsearch.model.checkpoint import save_model_dir
 from specsearch.model.network import SpecCLIPNet, add_identity_encoder
-from specsearch.model.training.augment import augment
+from specsearch.model.training.augment import add_noise_to_snr, augment
 from specsearch.model.training.cache import PairCache, model_cache
 from specsearch.model.training.configs import AugmentConfig
 from specsearch.model.training.data import other_visit
@@ -64,6 +64,12 @@ class IdentityTrainConfig:
             search is asked of spectra a survey would trust.
         augment: the augmentations each visit gets (smaller S/N drops and shifts than the
             fine-tuning default: the visits carry their own noise and velocity residuals).
+        resample_snr: before the augmentations, lower each visit's S/N to its own
+            log-uniform draw between ``min_snr`` and its S/N, independently of the other
+            visit. A survey's two visits of a star have similar S/N (its magnitude sets
+            both: Spearman 0.68 in the synthetic survey), and an encoder left to it learns
+            the noise level as a clue to the star; its neighbours then follow the query's
+            S/N.
         val_pairs: validation pairs scored at the end (and every ``val_every`` steps).
         seed: every random draw (batches, augmentations, initialisation).
         device: ``auto``, ``cpu`` or ``cuda``.
@@ -82,6 +88,7 @@ class IdentityTrainConfig:
     hard_group: int = 8
     min_snr: float = 10.0
     augment: AugmentConfig = AugmentConfig(max_snr_drop=2.5, max_shift_px=0.15)
+    resample_snr: bool = False
     val_pairs: int = 4096
     val_every: int = 500
     seed: int = 0
@@ -175,6 +182,18 @@ def _batch_positions(data: _Pairs, cfg: IdentityTrainConfig, rng: np.random.Gene
     return pos[np.sort(first)][:cfg.batch]     # every one has a second visit (data.pos)
 
 
+def _resample_snr(x: torch.Tensor, w: torch.Tensor, snr: np.ndarray,
+                  cfg: IdentityTrainConfig, rng: np.random.Generator, gen: torch.Generator
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's S/N lowered to a log-uniform draw between ``cfg.min_snr`` and its own
+    (``IdentityTrainConfig.resample_snr``)."""
+    own = np.maximum(np.asarray(snr, np.float64), 1e-3)
+    low = np.minimum(cfg.min_snr, own) if cfg.min_snr > 0 else own
+    target = np.exp(rng.uniform(np.log(low), np.log(own)))
+    factor = torch.from_numpy((own / target).astype(np.float32)).to(x.device)
+    return add_noise_to_snr(x, w, factor, gen, cfg.modality)
+
+
 def _load(cache: PairCache, pos: np.ndarray, modality: str, device: torch.device
           ) -> tuple[torch.Tensor, torch.Tensor]:
     """(flux, weight) of cache positions ``pos`` in that order."""
@@ -249,6 +268,7 @@ def train_identity(model_path: str | Path, catalog: str | Path, out: str | Path,
         opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    snr = np.asarray(data.cache.index[f"snr_{cfg.modality}"], np.float64)
     history: list[dict[str, float]] = []
     loss_sum, n_acc = 0.0, 0
     bar = tqdm(total=cfg.steps, desc="train-identity", unit="step", disable=not progress)
@@ -260,6 +280,8 @@ def train_identity(model_path: str | Path, catalog: str | Path, out: str | Path,
         views = []
         for p in (first, second):
             x, w = _load(data.cache, p, cfg.modality, device)
+            if cfg.resample_snr:
+                x, w = _resample_snr(x, w, snr[p], cfg, rng, gen)
             x, w = augment(cfg.modality, x, w, cfg.augment, gen)
             views.append(net.identity(cfg.modality, x, w))
         logits = views[0] @ views[1].T / cfg.temperature
