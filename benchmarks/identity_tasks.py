@@ -152,6 +152,36 @@ def knn(query: np.ndarray, gallery: np.ndarray, k: int, *,
     return D, I
 
 
+def reranked_knn(emb_q: np.ndarray, emb_g: np.ndarray, id_q: np.ndarray, id_g: np.ndarray,
+                 window: int, *, exclude: np.ndarray | None = None, block: int = 1024
+                 ) -> np.ndarray:
+    """(nq, window) gallery indices as the search engine ranks a same-instrument query of an
+    index with identity vectors (:mod:`specsearch.query.engine`): each query's embedding
+    top-``window``, ordered by the mean of the embedding and identity inner products.
+    Pass :func:`unit` rows."""
+    _, I = knn(emb_q, emb_g, window, exclude=exclude, block=block)
+    out = np.empty_like(I)
+    for s in range(0, I.shape[0], block):
+        e = min(I.shape[0], s + block)
+        idx = I[s:e]
+        score = 0.5 * (np.einsum("qd,qkd->qk", emb_q[s:e], emb_g[idx])
+                       + np.einsum("qd,qkd->qk", id_q[s:e], id_g[idx]))
+        out[s:e] = np.take_along_axis(idx, np.argsort(-score, axis=1, kind="stable"), 1)
+    return out
+
+
+def reranked_partner_ranks(emb_q: np.ndarray, emb_g: np.ndarray, id_q: np.ndarray,
+                           id_g: np.ndarray, window: int) -> np.ndarray:
+    """(n,) rank of gallery row ``i`` for query row ``i`` under :func:`reranked_knn`; a
+    partner outside the embedding's window keeps its embedding rank (> window)."""
+    order = reranked_knn(emb_q, emb_g, id_q, id_g, window)
+    hit = order == np.arange(order.shape[0])[:, None]
+    ranks = partner_ranks(emb_q, emb_g)
+    found = hit.any(1)
+    ranks[found] = hit[found].argmax(1) + 1
+    return ranks
+
+
 def rank_summary(ranks: np.ndarray) -> dict[str, float]:
     """top-1/5/10 fractions and median rank of a rank array."""
     r = np.asarray(ranks)
@@ -160,14 +190,20 @@ def rank_summary(ranks: np.ndarray) -> dict[str, float]:
 
 
 def snr_neighbour_rho(vectors: np.ndarray, snr: np.ndarray, partner: np.ndarray,
-                      k: int = K_NEIGHBOURS) -> dict[str, float]:
+                      k: int = K_NEIGHBOURS, *, identity: np.ndarray | None = None,
+                      window: int = 50) -> dict[str, float]:
     """Spearman rho between each row's S/N and the median S/N of its k nearest neighbours
-    (inner product), excluding the row itself and ``partner[i]`` (its other visit)."""
+    (inner product), excluding the row itself and ``partner[i]`` (its other visit). With
+    ``identity`` (row-aligned unit identity vectors), the neighbours are the engine's
+    re-rank of the embedding's top ``window`` (:func:`reranked_knn`)."""
     from scipy.stats import spearmanr
 
     n = vectors.shape[0]
     exclude = np.stack([np.arange(n), partner], axis=1)
-    _, I = knn(vectors, vectors, k, exclude=exclude)
+    if identity is None:
+        _, I = knn(vectors, vectors, k, exclude=exclude)
+    else:
+        I = reranked_knn(vectors, vectors, identity, identity, window, exclude=exclude)[:, :k]
     med = np.median(snr[I], axis=1)
     lo, hi = snr < 20, snr >= 80
     return {"n": int(n), "rho": float(spearmanr(snr, med).statistic),

@@ -168,3 +168,17 @@ def test_distributed_engine_reranks_the_same(built):
     assert list(remote.source_id) == list(local.source_id)
     np.testing.assert_allclose(remote.similarity, local.similarity, atol=1e-6)
     assert "identity" not in remote.metadata.column_names
+
+
+def test_float16_embeddings_store_float16_identity_vectors(built, tmp_path):
+    root, model, cat, emb = built
+    half = tmp_path / "emb16"
+    build_embeddings(cat, model, half, EmbedConfig(progress=False, dtype="float16"))
+    t16, t32 = _rows(half, "lamost"), _rows(emb, "lamost")
+    assert t16.schema.field("identity").type.value_type == pa.float16()
+    np.testing.assert_allclose(list_column_to_numpy(t16.column("identity")),
+                               list_column_to_numpy(t32.column("identity")), atol=2e-3)
+    build_index(half, tmp_path / "index16", BuildOptions(kind="flat", target_recall=None))
+    star = int(t16.column("source_id").to_numpy()[-1])
+    res = SearchEngine.open(tmp_path / "index16").search_source(star, k=5)
+    assert res.query["ranked_by"] == "embedding+identity"

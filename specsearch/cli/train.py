@@ -28,8 +28,10 @@ flag spectra whose relative reconstruction error passes the threshold (out_of_do
 
 IDENTITY_EPILOG = """\
 Example:
-  specsearch train-identity --catalog runs/synth100k --out runs/model-id \\
-      --cache runs/ft-cache --threads 2          # the shipped model + identity vectors
+  specsearch synth --n 200000 --seed 21 --metal-poor-boost 3 --repeat-fraction 1 \\
+      --shard-size 25000 --workers 2 --out runs/synth200k-rep   # every star seen twice
+  specsearch train-identity --model runs/model-heads --catalog runs/synth200k-rep \\
+      --out runs/model-id --cache runs/id-cache-200k --threads 2   # the shipped stage 4
 
 Then SpecModel.identity_numpy("lamost", flux, ivar) gives the identity vectors, and
 benchmarks/bench_identity.py scores them beside the embedding.
@@ -281,10 +283,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--hard-group", type=int, default=it.hard_group, help="stars per group")
     i.add_argument("--min-snr", type=float, default=it.min_snr,
                    help="train on stars whose visits both reach this S/N")
-    i.add_argument("--resample-snr", action="store_true",
+    i.add_argument("--resample-snr", action=argparse.BooleanOptionalAction,
+                   default=it.resample_snr,
                    help="lower each visit's S/N to its own log-uniform draw between "
                         "--min-snr and its S/N, so that the two visits' noise levels say "
-                        "nothing about each other (else the vectors learn the noise level)")
+                        "little about each other (without it the vectors learn the noise "
+                        "level as a clue, and their neighbours follow the query's S/N)")
     i.add_argument("--seed", type=int, default=it.seed)
     i.add_argument("--device", default=it.device, choices=("auto", "cpu", "cuda"))
     i.add_argument("--threads", type=int, help="torch CPU threads")

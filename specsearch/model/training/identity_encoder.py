@@ -76,10 +76,10 @@ class IdentityTrainConfig:
     """
 
     modality: str = "lamost"
-    hidden: int = 1024
+    hidden: int = 512
     depth: int = 1
     dim: int = 128
-    steps: int = 1500
+    steps: int = 4000
     batch: int = 1024
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -88,7 +88,7 @@ class IdentityTrainConfig:
     hard_group: int = 8
     min_snr: float = 10.0
     augment: AugmentConfig = AugmentConfig(max_snr_drop=2.5, max_shift_px=0.15)
-    resample_snr: bool = False
+    resample_snr: bool = True
     val_pairs: int = 4096
     val_every: int = 500
     seed: int = 0
