@@ -97,7 +97,10 @@ def _query_section(out: Path, engine, model, real: Path | None, figures: Path
            f"{spectrum.meta.get('subclass')}, S/N_g {spectrum.snr}).", "",
            "Predicted parameters of the query: " + ", ".join(
                f"{k} = {v[0]:.3g} ± {v[1]:.2g}" for k, v in preds.items()) + ".", "",
-           "Nearest LAMOST spectra (the first is the query's own catalog entry):", "",
+           "Nearest LAMOST spectra (the first is the query's own catalog entry"
+           + ("; ranked by the mean of the embedding and identity-vector cosines, so the "
+              "star's other visits come before its look-alikes" if
+              same.query.get("ranked_by") == "embedding+identity" else "") + "):", "",
            _markdown_table(same.to_dicts(), SHOW_COLUMNS), "",
            "Cross-modal: nearest Gaia XP spectra to the same LAMOST query:", "",
            _markdown_table(cross.to_dicts(), SHOW_COLUMNS), ""]
