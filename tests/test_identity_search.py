@@ -182,3 +182,10 @@ def test_float16_embeddings_store_float16_identity_vectors(built, tmp_path):
     star = int(t16.column("source_id").to_numpy()[-1])
     res = SearchEngine.open(tmp_path / "index16").search_source(star, k=5)
     assert res.query["ranked_by"] == "embedding+identity"
+    # an update keeps them: the float32 rows upserted into the float16 index
+    from specsearch.index import add_embeddings
+    report = add_embeddings(tmp_path / "index16", emb)
+    assert report.replaced["lamost"] == t32.num_rows
+    after = SearchEngine.open(tmp_path / "index16").search_source(star, k=5)
+    assert after.query["ranked_by"] == "embedding+identity"
+    assert list(after.source_id) == list(res.source_id)
