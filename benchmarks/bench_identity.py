@@ -60,7 +60,7 @@ from identity_tasks import (  # noqa: E402
     K_NEIGHBOURS, SNR_RANGE, VISITS, cross_modal_synth, iter_visit_batches, label_vectors,
     partner_ranks, rank_summary, reranked_partner_ranks, snr_neighbour_rho, unit, xp_raw)
 
-from specsearch.query.engine import RERANK_MIN  # noqa: E402
+from specsearch.query.identity import RERANK_MIN  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- the run

@@ -20,7 +20,7 @@ from specsearch.model.checkpoint import save_model_dir
 from specsearch.model.network import add_identity_encoder
 from specsearch.preprocess import grid_for
 from specsearch.query import SearchEngine
-from specsearch.query.engine import RERANK_MIN
+from specsearch.query.identity import RERANK_MIN
 from specsearch.spectrum import Spectrum
 
 from test_model_data import make_paired_catalog

@@ -9,11 +9,8 @@
 
 Same-star searches (a stored star, or a spectrum, against its own instrument) of an index
 built with identity vectors (an ``identity`` column, :mod:`specsearch.io.embeddings`) are
-re-ranked: the embedding's top ``max(RERANK_MIN, RERANK_FACTOR * k)`` candidates are
-ordered by the mean of their embedding and identity cosines (``query["ranked_by"]`` says
-so; the ``similarity`` is then that mean). The embedding says "what kind of star", the
-identity vector "which star": together they find a star's other visits among its
-look-alikes (BENCHMARKS.md, "Identity vectors").
+re-ranked by them (:mod:`specsearch.query.identity`; ``query["ranked_by"]`` says so, and
+the ``similarity`` is then the mean of the embedding and identity cosines).
 
 Queries are L2-normalised float32 embeddings. Every modality's index was checked at open to
 come from one model (:mod:`specsearch.index.manifest`), so cross-modal search compares
@@ -39,16 +36,12 @@ from specsearch.index.reader import (IndexDirectory, ModalityIndex, identity_vec
 from specsearch.index.threads import ThreadPolicy, faiss_threads
 from specsearch.query.direct import SingleQueryPlan
 from specsearch.query.filters import Filter
+from specsearch.query.identity import rerank, rerank_window
 from specsearch.query.results import Neighbours
 from specsearch.spectrum import Spectrum
 
 MAX_K = 10_000
 """Largest result window (k, or offset + limit) a query may ask for."""
-RERANK_MIN = 50
-RERANK_FACTOR = 5
-"""An identity re-rank orders the embedding's top max(RERANK_MIN, RERANK_FACTOR * k):
-measured on the synthetic repeat visits, re-ranking the top 50 gives the same other-visit
-top-1 as ranking every row by the mean cosine (0.877 both; the top 20: 0.876)."""
 
 
 FilterLike = Filter | str | list[str] | tuple[str, ...] | None
@@ -218,20 +211,11 @@ class SearchEngine:
 
     def _rerank(self, mi: ModalityIndex, identity: np.ndarray, sims: np.ndarray,
                 ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(1, m) candidates re-ordered by the mean of the embedding and identity cosines;
-        a candidate without an identity vector keeps its embedding cosine."""
+        """(1, m) candidates in :func:`specsearch.query.identity.rerank` order."""
         valid = ids[0] >= 0
-        if not valid.any():
-            return sims, ids
-        vecs = identity_vectors(self._fetch_rows(mi, ids[0][valid]))
-        score = sims[0].astype(np.float32).copy()
-        if vecs is not None:
-            id_sims = vecs @ identity
-            score[valid] = np.where(np.isfinite(id_sims), 0.5 * (score[valid] + id_sims),
-                                    score[valid])
-        score[~valid] = -np.inf
-        order = np.argsort(-score, kind="stable")
-        return score[order][None], ids[0][order][None]
+        vecs = identity_vectors(self._fetch_rows(mi, ids[0][valid])) if valid.any() else None
+        score, order = rerank(sims[0], ids[0], identity, vecs)
+        return score[None], order[None]
 
     # ----------------------------------------------------------------- shard access
     # Every read of shard data goes through the methods below, so an engine whose shards
@@ -298,8 +282,8 @@ class SearchEngine:
                 by over-fetching, so the top-k of the other rows stays exact.
             identity: the query's (identity_dim,) identity vector (one query only): when
                 ``modality``'s index stores identity vectors, the embedding's top
-                max(RERANK_MIN, RERANK_FACTOR * k) are re-ranked by the mean of the two
-                cosines (see the module docstring); ignored otherwise.
+                candidates are re-ranked by them (:mod:`specsearch.query.identity`);
+                ignored otherwise.
 
         One float32 (D,) query without filter, knobs, exclusions or paging on a one-shard
         index takes a direct path (:mod:`specsearch.query.direct`): same result, ~10-15 us
@@ -321,14 +305,14 @@ class SearchEngine:
         if exclude_source_ids is not None and len(exclude_source_ids):
             excluded = np.unique(np.asarray(exclude_source_ids, dtype=np.int64))
             n_excl = self._count_rows(mi, excluded)
-        rerank = None
+        query_identity = None
         if identity is not None and self.has_identity(mi.modality):
             if not single:
                 raise QueryError("an identity re-rank takes one query at a time")
-            rerank = np.asarray(identity, np.float32).ravel()
-            if not np.isfinite(rerank).all():
-                rerank = None
-        window = k if rerank is None else min(max(RERANK_MIN, RERANK_FACTOR * k), self.max_k)
+            query_identity = np.asarray(identity, np.float32).ravel()
+            if not np.isfinite(query_identity).all():
+                query_identity = None
+        window = k if query_identity is None else rerank_window(k, self.max_k)
         fetch = min(window + n_excl, max(mi.count, 1))
         sims, ids = self._knn(mi, q, fetch, knobs=knobs, flt=flt,
                               threads=self.threads.threads_for(len(q)))
@@ -341,8 +325,8 @@ class SearchEngine:
             sims = np.take_along_axis(sims, order, 1)
             ids = np.take_along_axis(ids, order, 1)
         base = {"kind": "embedding", "filter": str(flt), **(query or {})}
-        if rerank is not None:
-            sims, ids = self._rerank(mi, rerank, sims[:, :window], ids[:, :window])
+        if query_identity is not None:
+            sims, ids = self._rerank(mi, query_identity, sims[:, :window], ids[:, :window])
             base["ranked_by"] = "embedding+identity"
         sims, ids = sims[:, :k], ids[:, :k]
         out = [self._neighbours(mi, sims[i], ids[i], offset, limit, base)
