@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from specsearch.embed import EmbedConfig, build_embeddings
+from specsearch.errors import QueryError
 from specsearch.index import BuildOptions, build_index
 from specsearch.io.catalog import open_catalog
 from specsearch.io.embeddings import open_embeddings
@@ -116,6 +117,8 @@ def test_identity_off_and_cross_modal_rank_by_the_embedding(built):
     direct = engine.search(vec, modality="lamost", k=8, exclude_source_ids=[star])
     assert "ranked_by" not in plain.query
     assert list(plain.spectrum_id) == list(direct.spectrum_id)
+    with pytest.raises(QueryError, match="dimension 3"):
+        engine.search(vec, modality="lamost", k=8, identity=np.ones(3, np.float32))
     cross = engine.search_source(star, target_modality="xp", k=5)
     assert "ranked_by" not in cross.query and cross.modality == "xp"
 

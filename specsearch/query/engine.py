@@ -214,6 +214,9 @@ class SearchEngine:
         """(1, m) candidates in :func:`specsearch.query.identity.rerank` order."""
         valid = ids[0] >= 0
         vecs = identity_vectors(self._fetch_rows(mi, ids[0][valid])) if valid.any() else None
+        if vecs is not None and vecs.shape[1] != identity.size:
+            raise QueryError(f"the query's identity vector has dimension {identity.size}; "
+                             f"the {mi.modality} index stores {vecs.shape[1]}-d ones")
         score, order = rerank(sims[0], ids[0], identity, vecs)
         return score[None], order[None]
 
