@@ -157,6 +157,17 @@ def test_service_reports_the_ranking_and_hides_the_vectors(built):
         assert off["ranked_by"] == "embedding"
         obj = client.get(f"/v1/objects/{star}").json()
         assert "identity" not in str(obj)
+        c = open_catalog(cat)
+        flux = np.asarray(c.read_column("lamost", "flux")[0].as_py(), np.float64)
+        ivar = np.asarray(c.read_column("lamost", "ivar")[0].as_py(), np.float64)
+        good = ivar > 0
+        body = {"wavelength": grid_for("lamost").wavelength[good].tolist(),
+                "flux": flux[good].tolist(), "ivar": ivar[good].tolist(),
+                "modality": "lamost", "k": 5}
+        got = client.post("/v1/search/spectrum", json=body).json()
+        assert got["ranked_by"] == "embedding+identity", got
+        cross = client.post("/v1/search/spectrum", json={**body, "target": "cross"}).json()
+        assert cross["ranked_by"] == "embedding"
 
 
 def test_distributed_engine_reranks_the_same(built):
