@@ -269,8 +269,10 @@ async def search_source(
         row = state.engine.lookup(source_id, query_modality).slice(0, 1).to_pylist()[0]
         info.spectrum_id = str(row.get("spectrum_id") or "") or None
         info.predictions = convert.estimates(row, state.engine.index.manifest.label_names)
+        same = target_modality(opts.target, query_modality,
+                               state.engine.modalities) == query_modality
         id_vec = (state.engine.identity_of(source_id, query_modality)
-                  if opts.identity else None)
+                  if opts.identity and same else None)
         return _respond(state, info, vec, opts, None, start, exclude=source_id,
                         identity=id_vec)
 

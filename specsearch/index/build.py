@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from specsearch.errors import CatalogError, ConfigError, SearchIndexError
+from specsearch.io.embeddings import IDENTITY_COLUMN
 from specsearch.fsutil import now_iso
 from specsearch.index.atomic import AtomicDirectory
 from specsearch.index.backends import Backend, make_backend
@@ -228,7 +229,6 @@ def rows_write_options(schema: pa.Schema) -> dict[str, Any]:
     """Parquet options of a shard's rows file: the identity vectors (if any) plain, neither
     dictionary-encoded nor compressed (float vectors do neither well, and both slow the
     read at open)."""
-    from specsearch.io.embeddings import IDENTITY_COLUMN
     names = schema.names
     if IDENTITY_COLUMN not in names:
         return {}

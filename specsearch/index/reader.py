@@ -23,6 +23,7 @@ from specsearch.index.hashing import shard_of
 from specsearch.index.manifest import (IndexManifest, ModalityManifest, read_index_manifest,
                                        read_modality_manifest)
 from specsearch.index.shard import Shard, topk_rows
+from specsearch.io.embeddings import IDENTITY_COLUMN
 
 ROW_BITS = 40
 """A global row id is ``shard << ROW_BITS | row`` (shards up to 2^40 rows each)."""
@@ -86,7 +87,6 @@ def preferred_row(table: Any) -> int:
 def identity_vectors(table: Any) -> np.ndarray | None:
     """(n, d) float32 identity vectors of a rows table (NaN rows where null), or None when
     it has no identity column."""
-    from specsearch.io.embeddings import IDENTITY_COLUMN
     if IDENTITY_COLUMN not in table.column_names:
         return None
     col = table.column(IDENTITY_COLUMN).combine_chunks()
@@ -102,7 +102,6 @@ def identity_vectors(table: Any) -> np.ndarray | None:
 
 def without_identity(table: Any) -> Any:
     """``table`` without the identity column (results and lookups never show it)."""
-    from specsearch.io.embeddings import IDENTITY_COLUMN
     if IDENTITY_COLUMN in table.column_names:
         return table.drop_columns([IDENTITY_COLUMN])
     return table

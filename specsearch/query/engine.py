@@ -34,6 +34,7 @@ from specsearch.index.reader import (IndexDirectory, ModalityIndex, identity_vec
                                      open_index, preferred_row, preferred_vector,
                                      stored_rows, without_identity)
 from specsearch.index.threads import ThreadPolicy, faiss_threads
+from specsearch.io.embeddings import IDENTITY_COLUMN
 from specsearch.query.direct import SingleQueryPlan
 from specsearch.query.filters import Filter
 from specsearch.query.identity import rerank, rerank_window
@@ -192,7 +193,6 @@ class SearchEngine:
 
     def has_identity(self, modality: str) -> bool:
         """Whether ``modality``'s index stores identity vectors (same-star re-ranking)."""
-        from specsearch.io.embeddings import IDENTITY_COLUMN
         return IDENTITY_COLUMN in self.index[modality].manifest.columns
 
     def identity_of(self, source_id: int, modality: str) -> np.ndarray | None:

@@ -47,7 +47,7 @@ import torch
 from specsearch.model.training.configs import VIEW_AUGMENT, FinetuneConfig
 from specsearch.errors import ConfigError
 from specsearch.fsutil import write_json_atomic
-from specsearch.model.api import load_model, resolve_device
+from specsearch.model.api import SpecModel, load_model, resolve_device
 from specsearch.model.training.augment import AugmentConfig, augment, red_cut_view
 from specsearch.model.training.cache import model_cache
 from specsearch.model.training.calibrate import calibrate, calibrate_real_floor, to_device
@@ -119,6 +119,18 @@ def _views_for_teacher(modality: str, x: torch.Tensor, w: torch.Tensor, gen: tor
     whole, b = _views(modality, x, w, gen, dataclasses.replace(cfg, p_red_cut=0.0))
     return red_cut_view(modality, *whole, cfg, gen), b, whole
 
+
+
+def open_base(model_path: str | Path, out: Path, *, device: str, seed: int,
+              overwrite: bool) -> tuple[SpecModel, torch.device]:
+    """(the starting model on ``device``, the device) for a stage that writes a new model
+    into ``out`` (refused when ``out`` already holds one, unless ``overwrite``); seeds torch."""
+    if (out / "config.json").exists() and not overwrite:
+        raise ConfigError(f"{out} already holds a model; pass --overwrite or choose another "
+                          f"--out")
+    dev = resolve_device(device)
+    torch.manual_seed(seed)
+    return load_model(model_path, device=dev), dev
 
 def finetune(model_path: str | Path, catalog: str | Path, real_data: str | Path,
              out: str | Path, cfg: FinetuneConfig = FinetuneConfig(), **kwargs: Any
@@ -386,12 +398,8 @@ def _finetune(model_path: str | Path, catalog: str | Path, real_data: str | Path
 
     t0 = time.time()
     out = Path(out)
-    if (out / "config.json").exists() and not overwrite:
-        raise ConfigError(f"{out} already holds a model; pass --overwrite or choose another "
-                          f"--out")
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    base = load_model(model_path, device=device)
+    base, device = open_base(model_path, out, device=cfg.device, seed=cfg.seed,
+                             overwrite=overwrite)
     net = base.net
     unknown = sorted({k for k, _ in cfg.hot_label_noise} - set(net.cfg.label_names))
     if unknown:

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from specsearch.errors import ConfigError
-from specsearch.model.api import load_model, resolve_device
+from specsearch.model.training.finetune import open_base
 from specsearch.model.checkpoint import save_model_dir
 from specsearch.model.network import SpecCLIPNet, add_identity_encoder
 from specsearch.model.training.augment import add_noise_to_snr, augment
@@ -246,12 +246,8 @@ def train_identity(model_path: str | Path, catalog: str | Path, out: str | Path,
     cfg = cfg.validate()
     t0 = time.time()
     out = Path(out)
-    if (out / "config.json").exists() and not overwrite:
-        raise ConfigError(f"{out} already holds a model; pass --overwrite or choose another "
-                          f"--out")
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    base = load_model(model_path, device=device)
+    base, device = open_base(model_path, out, device=cfg.device, seed=cfg.seed,
+                             overwrite=overwrite)
     net = base.net
     if cfg.modality not in net.cfg.modalities:
         raise ConfigError(f"{model_path} has no {cfg.modality} encoder (modalities "
