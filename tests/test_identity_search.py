@@ -1,5 +1,5 @@
 """Identity vectors through the engine: the embedding builder writes them, the index keeps
-them beside the rows, same-instrument searches re-rank by them (and only those), and no
+them per shard beside the vectors, same-instrument searches re-rank by them (and only those), and no
 result table, lookup or JSON shows them."""
 
 from __future__ import annotations
@@ -203,3 +203,105 @@ def test_float16_embeddings_store_float16_identity_vectors(built, tmp_path):
     after = SearchEngine.open(tmp_path / "index16").search_source(star, k=5)
     assert after.query["ranked_by"] == "embedding+identity"
     assert list(after.source_id) == list(res.source_id)
+
+
+def test_identity_vectors_live_beside_the_vectors_memory_mapped(built):
+    """The shards keep them in their own .npy (memory-mapped like the vectors), not in the
+    rows table that is read into memory at open."""
+    root, model, cat, emb = built
+    folder = root / "index" / "lamost"
+    man = SearchEngine.open(root / "index").index["lamost"].manifest
+    assert man.identity_dim == 16 and "identity" not in man.columns
+    (entry,) = man.shards
+    assert entry.identity is not None and entry.identity.name == "shard-00000.identity.npy"
+    assert "identity" not in pq.read_schema(folder / entry.rows.name).names
+    shard = SearchEngine.open(root / "index").index["lamost"].shards[0]
+    assert isinstance(shard.identity, np.memmap) and shard.identity.shape == (entry.count, 16)
+    t = _rows(emb, "lamost")
+    np.testing.assert_array_equal(
+        np.asarray(shard.identity), list_column_to_numpy(t.column("identity")))
+    xp = SearchEngine.open(root / "index").index["xp"].manifest
+    assert xp.identity_dim == 0 and all(e.identity is None for e in xp.shards)
+
+
+def _to_previous_layout(index_dir):
+    """Rewrite a built index as the previous release wrote it: identity vectors as a rows
+    column, no identity file."""
+    import json
+
+    from specsearch.index.manifest import FileEntry
+    from specsearch.io.parquet import fixed_list_type
+
+    folder = index_dir / "lamost"
+    man = json.loads((folder / "manifest.json").read_text())
+    for entry in man["shards"]:
+        ident = np.load(folder / entry["identity"]["name"])
+        rows = pq.read_table(folder / entry["rows"]["name"])
+        col = pa.FixedSizeListArray.from_arrays(pa.array(ident.ravel()), ident.shape[1])
+        rows = rows.append_column(pa.field("identity", fixed_list_type(ident.shape[1],
+                                                                       pa.float32())), col)
+        pq.write_table(rows, folder / entry["rows"]["name"])
+        (folder / entry["identity"]["name"]).unlink()
+        entry["rows"] = FileEntry.of(folder / entry["rows"]["name"]).__dict__
+        entry["identity"] = None
+    man["columns"].append("identity")
+    man.pop("identity_dim")
+    (folder / "manifest.json").write_text(json.dumps(man))
+
+
+def test_an_index_of_the_previous_layout_reranks_the_same_and_updates_move_them(built,
+                                                                                tmp_path):
+    import shutil
+
+    from specsearch.index import add_embeddings
+
+    root, model, cat, emb = built
+    old = tmp_path / "old"
+    shutil.copytree(root / "index", old)
+    _to_previous_layout(old)
+    star = int(_rows(emb, "lamost").column("source_id").to_numpy()[-1])
+    want = SearchEngine.open(root / "index").search_source(star, k=10)
+    engine = SearchEngine.open(old)
+    assert engine.index["lamost"].manifest.identity_dim == 0
+    got = engine.search_source(star, k=10)
+    assert got.query["ranked_by"] == "embedding+identity"
+    assert list(got.spectrum_id) == list(want.spectrum_id)
+    assert "identity" not in got.metadata.column_names
+    assert "identity" not in engine.lookup(star).column_names
+    # an update rewrites the shard in the current layout
+    add_embeddings(old, emb)
+    after = SearchEngine.open(old)
+    man = after.index["lamost"].manifest
+    assert man.identity_dim == 16 and man.shards[0].identity is not None
+    assert list(after.search_source(star, k=10).spectrum_id) == list(want.spectrum_id)
+
+
+def test_deletes_and_compaction_keep_identity_vectors_with_their_rows(built, tmp_path):
+    import shutil
+
+    from specsearch.index import compact, delete_sources
+
+    root, model, cat, emb = built
+    idx = tmp_path / "idx"
+    shutil.copytree(root / "index", idx)
+    sids = _rows(emb, "lamost").column("source_id").to_numpy()
+    star = int(sids[-1])
+    before = SearchEngine.open(idx).search_source(star, k=20)
+    gone = [int(s) for s in before.source_id[::3]]
+    delete_sources(idx, gone)
+    kept = [s for s in before.source_id if int(s) not in gone]
+    deleted = SearchEngine.open(idx).search_source(star, k=20)
+    assert SearchEngine.open(idx).index["lamost"].manifest.shards[0].identity is not None
+    compact(idx)
+    compacted = SearchEngine.open(idx)
+    assert compacted.index["lamost"].manifest.shards[0].tombstones is None
+    res = compacted.search_source(star, k=20)
+    assert res.query["ranked_by"] == "embedding+identity"
+    assert list(res.source_id) == list(deleted.source_id)
+    np.testing.assert_allclose(res.similarity, deleted.similarity, atol=1e-6)
+    # the rows that stayed keep their scores (identity vectors still with their rows)
+    was = dict(zip(before.spectrum_id, before.similarity))
+    stayed = [i for i, s in enumerate(res.spectrum_id) if s in was]
+    assert len(stayed) >= len(kept) // 2
+    np.testing.assert_allclose(res.similarity[stayed],
+                               [was[res.spectrum_id[i]] for i in stayed], atol=1e-6)

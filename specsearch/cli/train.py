@@ -289,6 +289,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "--min-snr and its S/N, so that the two visits' noise levels say "
                         "little about each other (without it the vectors learn the noise "
                         "level as a clue, and their neighbours follow the query's S/N)")
+    i.add_argument("--resume", action="store_true",
+                   help="go on training the identity encoder the model already has (its "
+                        "width, depth and dimension; a second cosine schedule from its "
+                        "weights) instead of a fresh one")
     i.add_argument("--seed", type=int, default=it.seed)
     i.add_argument("--device", default=it.device, choices=("auto", "cpu", "cuda"))
     i.add_argument("--threads", type=int, help="torch CPU threads")
@@ -415,8 +419,8 @@ def run_train_identity(args: argparse.Namespace) -> int:
                               dim=args.dim, steps=args.steps, batch=args.batch, lr=args.lr,
                               temperature=args.temperature, hard_fraction=args.hard_negatives,
                               hard_group=args.hard_group, min_snr=args.min_snr,
-                              resample_snr=args.resample_snr, seed=args.seed,
-                              device=args.device)
+                              resample_snr=args.resample_snr, resume=args.resume,
+                              seed=args.seed, device=args.device)
     res = train_identity(args.model or default_model_path(), args.catalog, args.out, cfg,
                          cache_dir=args.cache, progress=not args.no_progress,
                          overwrite=args.overwrite,

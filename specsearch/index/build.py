@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from specsearch.errors import CatalogError, ConfigError, SearchIndexError
-from specsearch.io.embeddings import IDENTITY_COLUMN
+from specsearch.io.embeddings import IDENTITY_COLUMN, VECTOR_COLUMNS, identity_vectors
 from specsearch.fsutil import now_iso
 from specsearch.index.atomic import AtomicDirectory
 from specsearch.index.backends import Backend, make_backend
@@ -225,29 +225,23 @@ def train_and_fill(backend: Backend, vectors: np.ndarray, *, threads: int | None
                         threads=threads)
 
 
-def rows_write_options(schema: pa.Schema) -> dict[str, Any]:
-    """Parquet options of a shard's rows file: the identity vectors (if any) plain, neither
-    dictionary-encoded nor compressed (float vectors do neither well, and both slow the
-    read at open)."""
-    names = schema.names
-    if IDENTITY_COLUMN not in names:
-        return {}
-    return {"use_dictionary": [n for n in names if n != IDENTITY_COLUMN],
-            "compression": {n: "none" if n == IDENTITY_COLUMN else "snappy" for n in names}}
-
-
 def write_shard(folder: Path, shard: int, backend: Backend, *, deleted: np.ndarray | None,
-                vectors: np.ndarray | None = None, rows: pa.Table | None = None) -> ShardEntry:
-    """Save ``backend`` (and ``vectors``/``rows`` unless already written under their names)
-    as shard ``shard`` in ``folder``; return its manifest entry with sizes and checksums."""
+                vectors: np.ndarray | None = None, rows: pa.Table | None = None,
+                identity: np.ndarray | None = None) -> ShardEntry:
+    """Save ``backend`` (and ``vectors``/``rows``/``identity`` unless already written under
+    their names) as shard ``shard`` in ``folder``; return its manifest entry with sizes and
+    checksums. The identity file is listed when there is one (written or spooled)."""
     stem = shard_stem(shard)
     index_path = folder / f"{stem}{backend.file_suffix}"
     backend.save(index_path)
     vec_path, rows_path = folder / f"{stem}.vectors.npy", folder / f"{stem}.rows.parquet"
+    id_path = folder / f"{stem}.identity.npy"
     if vectors is not None:
         np.save(vec_path, vectors)
     if rows is not None:
-        pq.write_table(rows, rows_path, **rows_write_options(rows.schema))
+        pq.write_table(rows, rows_path)
+    if identity is not None:
+        np.save(id_path, identity)
     tomb = None
     n_deleted = 0
     if deleted is not None and deleted.any():
@@ -257,12 +251,15 @@ def write_shard(folder: Path, shard: int, backend: Backend, *, deleted: np.ndarr
         n_deleted = int(deleted.sum())
     return ShardEntry(shard=shard, count=backend.ntotal, deleted=n_deleted,
                       index=FileEntry.of(index_path), vectors=FileEntry.of(vec_path),
-                      rows=FileEntry.of(rows_path), tombstones=tomb)
+                      rows=FileEntry.of(rows_path), tombstones=tomb,
+                      identity=FileEntry.of(id_path) if id_path.is_file() else None)
 
 
 def _spool_modality(source: EmbeddingSource, modality: str, folder: Path,
-                    options: BuildOptions) -> tuple[list[int], list[str]]:
-    """Pass 1 + 2: per-shard vectors (.npy) and rows (.parquet). Returns counts, columns."""
+                    options: BuildOptions) -> tuple[list[int], list[str], int]:
+    """Pass 1 + 2: per-shard vectors (.npy), rows (.parquet) and, when the embeddings
+    carry them, identity vectors (.npy, memory-mapped at query time like the vectors).
+    Returns counts, row columns, identity dimension (0: none)."""
     dim, n_shards = source.embedding_dim, options.shards
     counts = np.zeros(n_shards, np.int64)
     for batch in source.iter_batches(modality, ["source_id"], options.batch_size):
@@ -272,12 +269,16 @@ def _spool_modality(source: EmbeddingSource, modality: str, folder: Path,
     if "embedding" not in schema.names or "source_id" not in schema.names:
         raise CatalogError(f"embeddings of {modality!r} need columns embedding and source_id;"
                            f" found {schema.names}")
-    row_schema = pa.schema([f for f in schema if f.name != "embedding"])
+    row_schema = pa.schema([f for f in schema if f.name not in VECTOR_COLUMNS])
+    id_dim = (schema.field(IDENTITY_COLUMN).type.list_size
+              if IDENTITY_COLUMN in schema.names else 0)
     vec_files = [np.lib.format.open_memmap(folder / f"{shard_stem(s)}.vectors.npy", mode="w+",
                                            dtype=options.vector_dtype, shape=(int(c), dim))
                  for s, c in enumerate(counts)]
-    writers = [pq.ParquetWriter(folder / f"{shard_stem(s)}.rows.parquet", row_schema,
-                                **rows_write_options(row_schema))
+    id_files = [np.lib.format.open_memmap(folder / f"{shard_stem(s)}.identity.npy", mode="w+",
+                                          dtype=options.vector_dtype, shape=(int(c), id_dim))
+                for s, c in enumerate(counts)] if id_dim else []
+    writers = [pq.ParquetWriter(folder / f"{shard_stem(s)}.rows.parquet", row_schema)
                for s in range(n_shards)]
     filled = np.zeros(n_shards, np.int64)
     try:
@@ -285,10 +286,14 @@ def _spool_modality(source: EmbeddingSource, modality: str, folder: Path,
             vecs = normalise_rows(list_column_to_numpy(batch.column("embedding"), np.float32),
                                   f"{modality} batch {b}")
             shards = shard_of(batch.column("source_id").to_numpy(), n_shards)
-            table = pa.Table.from_batches([batch]).drop_columns(["embedding"]).cast(row_schema)
+            table = pa.Table.from_batches([batch])
+            ident = identity_vectors(table) if id_dim else None
+            table = table.select(row_schema.names).cast(row_schema)
             for s in np.unique(shards):
                 sel = np.flatnonzero(shards == s)
                 vec_files[s][filled[s]:filled[s] + len(sel)] = vecs[sel]
+                if ident is not None:
+                    id_files[s][filled[s]:filled[s] + len(sel)] = ident[sel]
                 writers[s].write_table(table.take(pa.array(sel)))
                 filled[s] += len(sel)
     finally:
@@ -297,10 +302,10 @@ def _spool_modality(source: EmbeddingSource, modality: str, folder: Path,
     if not np.array_equal(filled, counts):
         raise CatalogError(f"{modality}: the dataset changed while it was read "
                            f"({filled.sum()} rows on pass 2, {counts.sum()} on pass 1)")
-    for v in vec_files:
+    for v in (*vec_files, *id_files):
         v.flush()
-    del vec_files
-    return [int(c) for c in counts], row_schema.names
+    del vec_files, id_files
+    return [int(c) for c in counts], row_schema.names, id_dim
 
 
 def build_modality(source: EmbeddingSource, modality: str, folder: Path,
@@ -312,7 +317,7 @@ def build_modality(source: EmbeddingSource, modality: str, folder: Path,
     from specsearch.index.tuning import tune, tuning_rows, tuning_take
 
     folder.mkdir(parents=True, exist_ok=True)
-    counts, columns = _spool_modality(source, modality, folder, options)
+    counts, columns, id_dim = _spool_modality(source, modality, folder, options)
     if atomic:
         atomic.checkpoint(f"after_vectors:{modality}")
     dim = source.embedding_dim
@@ -338,7 +343,7 @@ def build_modality(source: EmbeddingSource, modality: str, folder: Path,
     manifest = ModalityManifest(
         modality=modality, model_hash=source.model_hash, embedding_dim=dim, backend=config,
         search=config.search_defaults(), n_shards=options.shards, shards=entries,
-        vector_dtype=options.vector_dtype, columns=columns)
+        vector_dtype=options.vector_dtype, columns=columns, identity_dim=id_dim)
     index = ModalityIndex(folder, manifest,
                           [Shard(folder, e, manifest, mmap=True) for e in entries])
     with faiss_threads(options.threads):

@@ -9,6 +9,9 @@ Layout of an index directory::
                                                       lookup by source_id, compaction)
     INDEX_DIR/<modality>/shard-00000.rows.parquet     row -> source_id, spectrum_id and all
                                                       metadata / head predictions (filters)
+    INDEX_DIR/<modality>/shard-00000.identity.npy     optional (n, d) identity vectors of a
+                                                      model with an identity encoder
+                                                      (same-star re-rank; NaN rows: none)
     INDEX_DIR/<modality>/shard-00000.deleted.npy      optional bool tombstones (n,)
 
 Every shard file carries its byte size and sha256 in the manifest. One index per modality;
@@ -79,9 +82,11 @@ class ShardEntry:
     vectors: FileEntry
     rows: FileEntry
     tombstones: FileEntry | None = None
+    identity: FileEntry | None = None
 
     def files(self) -> list[FileEntry]:
-        return [f for f in (self.index, self.vectors, self.rows, self.tombstones) if f]
+        return [f for f in (self.index, self.vectors, self.rows, self.tombstones,
+                            self.identity) if f]
 
     @property
     def live(self) -> int:
@@ -90,7 +95,7 @@ class ShardEntry:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ShardEntry":
         files = {k: (FileEntry(**d[k]) if d.get(k) else None)
-                 for k in ("index", "vectors", "rows", "tombstones")}
+                 for k in ("index", "vectors", "rows", "tombstones", "identity")}
         return cls(shard=int(d["shard"]), count=int(d["count"]), deleted=int(d["deleted"]),
                    **files)
 
@@ -121,10 +126,19 @@ class ModalityManifest:
     shards: list[ShardEntry]
     vector_dtype: str = "float32"
     columns: list[str] = field(default_factory=list)
+    identity_dim: int = 0
+    """Dimension of the shards' identity vectors (``shard-*.identity.npy``); 0: none."""
     tuning: Tuning | None = None
     metric: str = METRIC
     shard_hash: str = SHARD_HASH
     format_version: int = FORMAT_VERSION
+
+    @property
+    def has_identity(self) -> bool:
+        """Whether the shards hold identity vectors (an index of the previous layout kept
+        them as a rows column, which :class:`specsearch.index.shard.Shard` reads alike)."""
+        from specsearch.io.embeddings import IDENTITY_COLUMN
+        return self.identity_dim > 0 or IDENTITY_COLUMN in self.columns
 
     @property
     def count(self) -> int:
@@ -156,7 +170,8 @@ class ModalityManifest:
                        search=SearchKnobs.from_dict(d["search"]), n_shards=int(d["n_shards"]),
                        shards=[ShardEntry.from_dict(s) for s in d["shards"]],
                        vector_dtype=d.get("vector_dtype", "float32"),
-                       columns=list(d.get("columns", [])), tuning=tuning)
+                       columns=list(d.get("columns", [])),
+                       identity_dim=int(d.get("identity_dim", 0)), tuning=tuning)
         except (KeyError, TypeError, ValueError) as exc:
             raise SearchIndexError(f"{where}: malformed manifest ({type(exc).__name__}: "
                                    f"{exc}); rebuild the index") from None

@@ -23,7 +23,7 @@ from specsearch.index.hashing import shard_of
 from specsearch.index.manifest import (IndexManifest, ModalityManifest, read_index_manifest,
                                        read_modality_manifest)
 from specsearch.index.shard import Shard, topk_rows
-from specsearch.io.embeddings import IDENTITY_COLUMN
+
 
 ROW_BITS = 40
 """A global row id is ``shard << ROW_BITS | row`` (shards up to 2^40 rows each)."""
@@ -66,45 +66,46 @@ def stored_rows(shard: Callable[[int], Any], ids: np.ndarray):
     return pa.concat_tables([shard(int(s)).rows.slice(int(r), 1) for s, r in zip(number, row)])
 
 
-def preferred_vector(shard: Any, rows: np.ndarray) -> np.ndarray:
-    """(D,) stored vector of a source's preferred row among its (non-empty) ``rows`` of
-    ``shard``: the highest S/N one when there are several, else the first."""
+def preferred_position(shard: Any, rows: np.ndarray) -> int:
+    """The row of ``shard`` a source's (non-empty) ``rows`` stand for: the highest S/N one
+    when there are several, else the first."""
     if len(rows) > 1 and "snr" in shard.rows.column_names:
         snr = np.nan_to_num(shard.column("snr")[rows].astype(float), nan=-np.inf)
-        rows = rows[[int(np.argmax(snr))]]
-    return np.asarray(shard.vectors[rows[0]], dtype=np.float32)
+        return int(rows[int(np.argmax(snr))])
+    return int(rows[0])
 
 
-def preferred_row(table: Any) -> int:
-    """Position of the preferred row of one source's rows table (:func:`preferred_vector`'s
-    choice: the highest S/N, else the first)."""
-    if table.num_rows > 1 and "snr" in table.column_names:
-        snr = table.column("snr").to_numpy(zero_copy_only=False).astype(float)
-        return int(np.argmax(np.nan_to_num(snr, nan=-np.inf)))
-    return 0
+def preferred_vector(shard: Any, rows: np.ndarray) -> np.ndarray:
+    """(D,) stored vector of a source's preferred row among its (non-empty) ``rows`` of
+    ``shard`` (:func:`preferred_position`)."""
+    return np.asarray(shard.vectors[preferred_position(shard, rows)], dtype=np.float32)
 
 
-def identity_vectors(table: Any) -> np.ndarray | None:
-    """(n, d) float32 identity vectors of a rows table (NaN rows where null), or None when
-    it has no identity column."""
-    if IDENTITY_COLUMN not in table.column_names:
+def preferred_identity(shard: Any, rows: np.ndarray) -> np.ndarray | None:
+    """(d,) identity vector of a source's preferred row (:func:`preferred_position`), or
+    None (the shard has none, or that row's is missing)."""
+    if shard.identity is None:
         return None
-    col = table.column(IDENTITY_COLUMN).combine_chunks()
-    size = col.type.list_size
-    # The child values of every slot, null ones included (then overwritten with NaN).
-    flat = col.values.slice(col.offset * size, len(col) * size)
-    vecs = flat.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(col), size)
-    if col.null_count:
-        vecs = vecs.copy()
-        vecs[col.is_null().to_numpy(zero_copy_only=False)] = np.nan
-    return vecs
+    vec = np.asarray(shard.identity[preferred_position(shard, rows)], dtype=np.float32)
+    return vec if np.isfinite(vec).all() else None
 
 
-def without_identity(table: Any) -> Any:
-    """``table`` without the identity column (results and lookups never show it)."""
-    if IDENTITY_COLUMN in table.column_names:
-        return table.drop_columns([IDENTITY_COLUMN])
-    return table
+def stored_identity(shard: Callable[[int], Any], ids: np.ndarray) -> np.ndarray | None:
+    """(n, d) float32 identity vectors of non-empty global ``ids`` in their order (NaN rows:
+    none), or None when their shards hold none; ``shard(number)`` gives a loaded shard."""
+    number, row = split_ids(ids)
+    out = None
+    for s in np.unique(number):
+        held = shard(int(s)).identity
+        if held is None:
+            continue
+        sel = number == s
+        if out is None:
+            out = np.full((len(ids), held.shape[1]), np.nan, np.float32)
+        order = np.argsort(row[sel], kind="stable")   # ascending reads of the memory map
+        got = np.asarray(held[row[sel][order]], dtype=np.float32)
+        out[np.flatnonzero(sel)[order]] = got
+    return out
 
 
 class ModalityIndex:

@@ -27,6 +27,7 @@ from specsearch.errors import QueryError, SearchIndexError
 from specsearch.index.backends import Backend, load_backend
 from specsearch.index.config import SearchKnobs
 from specsearch.index.manifest import ModalityManifest, ShardEntry
+from specsearch.io.embeddings import IDENTITY_COLUMN, identity_vectors
 
 EXACT_SCAN_ROWS = 2_000
 """A filtered shard query scans exactly when at most this many rows pass, or at most
@@ -96,6 +97,19 @@ class Shard:
         if self.rows.num_rows != entry.count:
             raise SearchIndexError(f"{folder / entry.rows.name}: {self.rows.num_rows} rows, "
                                    f"manifest says {entry.count}")
+        self.identity: np.ndarray | None = None
+        """(count, identity_dim) identity vectors (NaN rows: none), or None."""
+        if entry.identity is not None:
+            self.identity = np.load(folder / entry.identity.name,
+                                    mmap_mode="r" if mmap else None)
+            if self.identity.shape != (entry.count, manifest.identity_dim):
+                raise SearchIndexError(f"{folder / entry.identity.name}: shape "
+                                       f"{self.identity.shape}, expected ({entry.count}, "
+                                       f"{manifest.identity_dim})")
+        elif IDENTITY_COLUMN in self.rows.column_names:
+            # the previous layout kept them in the rows table
+            self.identity = identity_vectors(self.rows)
+            self.rows = self.rows.drop_columns([IDENTITY_COLUMN])
         self.deleted: np.ndarray | None = None
         if entry.tombstones is not None:
             self.deleted = np.load(folder / entry.tombstones.name).astype(bool)

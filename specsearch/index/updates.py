@@ -34,6 +34,7 @@ from specsearch.index.hashing import shard_of
 from specsearch.index.manifest import (MANIFEST, IndexManifest, ModalityManifest, ShardEntry,
                                        read_index_manifest, read_modality_manifest, write_json)
 from specsearch.index.shard import Shard
+from specsearch.io.embeddings import VECTOR_COLUMNS, identity_vectors
 from specsearch.io.parquet import list_column_to_numpy
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,17 @@ def _rewrite(root: Path, top: IndexManifest, manifests: dict[str, ModalityManife
     return top.generation
 
 
+def _kept_identity(manifest: ModalityManifest, shard: Shard,
+                   live: np.ndarray | None = None) -> np.ndarray | None:
+    """The identity vectors a rewritten shard keeps (its ``live`` rows, default all), and
+    the manifest's identity dimension set from them (an index of the previous layout kept
+    them in the rows table: a rewritten shard moves them to its own file)."""
+    if shard.identity is None:
+        return None
+    manifest.identity_dim = int(shard.identity.shape[1])
+    return np.asarray(shard.identity if live is None else shard.identity[live])
+
+
 def _align(table: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
     """``table`` with exactly ``schema``'s columns (missing ones null, extra ones dropped)."""
     cols = []
@@ -97,7 +109,7 @@ def _align(table: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
             cols.append(table.column(f.name).cast(f.type))
         else:
             cols.append(pa.nulls(table.num_rows, f.type))
-    extra = sorted(set(table.column_names) - set(schema.names) - {"embedding"})
+    extra = sorted(set(table.column_names) - set(schema.names) - set(VECTOR_COLUMNS))
     if extra:
         log.warning("%s: columns %s are not in the index and are dropped", where, extra)
     return pa.Table.from_arrays(cols, schema=schema)
@@ -148,6 +160,15 @@ def add_embeddings(index_dir: str | Path, embeddings: str | Path | EmbeddingSour
         entry = manifest.shards[s]
         shard = Shard(root / modality, entry, manifest, mmap=False)
         new_vecs, new_rows = pending[modality][s]
+        identity = _kept_identity(manifest, shard)
+        if identity is not None:
+            new_id = identity_vectors(new_rows)
+            if new_id is None:
+                new_id = np.full((len(new_vecs), identity.shape[1]), np.nan)
+            if new_id.shape[1] != identity.shape[1]:
+                raise SearchIndexError(f"new {modality} identity vectors have dimension "
+                                       f"{new_id.shape[1]}, the index {identity.shape[1]}")
+            identity = np.concatenate([identity, new_id.astype(identity.dtype)])
         new_rows = _align(new_rows, shard.rows.schema, f"new {modality} rows")
         deleted = np.zeros(shard.count + len(new_vecs), bool)
         if shard.deleted is not None:
@@ -162,7 +183,7 @@ def add_embeddings(index_dir: str | Path, embeddings: str | Path | EmbeddingSour
         vectors = np.concatenate([shard.vectors, new_vecs.astype(shard.vectors.dtype)])
         rows = pa.concat_tables([shard.rows, new_rows])
         return write_shard(folder, s, shard.backend, deleted=deleted, vectors=vectors,
-                           rows=rows)
+                           rows=rows, identity=identity)
 
     changed = {m: {s: None for s in p} for m, p in pending.items()}
     report.generation = _rewrite(root, top, manifests, changed, writer, crash_at)
@@ -204,14 +225,15 @@ def delete_sources(index_dir: str | Path, source_ids: np.ndarray | list[int], *,
         manifest = manifests[modality]
         entry = manifest.shards[s]
         src = root / modality
-        for f in (entry.index, entry.vectors, entry.rows):
-            link_or_copy(src / f.name, folder / f.name)
+        for f in (entry.index, entry.vectors, entry.rows, entry.identity):
+            if f is not None:
+                link_or_copy(src / f.name, folder / f.name)
         tomb = folder / f"{shard_stem(s)}.deleted.npy"
         np.save(tomb, masks[modality][s])
         from specsearch.index.manifest import FileEntry
         return ShardEntry(shard=s, count=entry.count, deleted=int(masks[modality][s].sum()),
                           index=entry.index, vectors=entry.vectors, rows=entry.rows,
-                          tombstones=FileEntry.of(tomb))
+                          tombstones=FileEntry.of(tomb), identity=entry.identity)
 
     if not any(masks.values()):
         report.generation = top.generation
@@ -250,7 +272,8 @@ def compact(index_dir: str | Path, *, modalities: list[str] | None = None,
         train_and_fill(backend, vectors, threads=threads, seed=s)
         backend.set_default_knobs(manifest.search)
         return write_shard(folder, s, backend, deleted=None, vectors=vectors,
-                           rows=shard.rows.take(pa.array(live)))
+                           rows=shard.rows.take(pa.array(live)),
+                           identity=_kept_identity(manifest, shard, live))
 
     if not any(todo.values()):
         report.generation = top.generation

@@ -36,13 +36,29 @@ from specsearch.io.parquet import (
 )
 
 __all__ = ["Embeddings", "EmbeddingsWriter", "embeddings_schema", "open_embeddings",
-           "IDENTITY_COLUMN", "VECTOR_COLUMNS"]
+           "IDENTITY_COLUMN", "VECTOR_COLUMNS", "identity_vectors"]
 
 EMBEDDING_DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
 IDENTITY_COLUMN = "identity"
 """The identity vectors' column: same-instrument "which star" vectors that same-star
 searches re-rank by (:meth:`specsearch.query.SearchEngine.search`); never shown in results."""
 VECTOR_COLUMNS = ("embedding", IDENTITY_COLUMN)
+
+
+def identity_vectors(table: Any) -> np.ndarray | None:
+    """(n, d) float32 identity vectors of a table of embeddings rows (NaN rows where null),
+    or None when it has no identity column."""
+    if IDENTITY_COLUMN not in table.column_names:
+        return None
+    col = table.column(IDENTITY_COLUMN).combine_chunks()
+    size = col.type.list_size
+    # The child values of every slot, null ones included (then overwritten with NaN).
+    flat = col.values.slice(col.offset * size, len(col) * size)
+    vecs = flat.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(col), size)
+    if col.null_count:
+        vecs = vecs.copy()
+        vecs[col.is_null().to_numpy(zero_copy_only=False)] = np.nan
+    return vecs
 
 
 def embeddings_schema(embedding_dim: int, label_names: Sequence[str],

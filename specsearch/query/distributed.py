@@ -252,9 +252,10 @@ class DistributedEngine(SearchEngine):
         return table.take(pa.array(np.argsort(order, kind="stable")))
 
     def _source_info(self, mi: RemoteModality, source_id: int
-                     ) -> tuple[np.ndarray | None, int, pa.Table | None]:
-        """(vector, live rows, rows table) of a source, from its group once, then cached:
-        a by-source query needs all three (query vector, exclusion, predictions)."""
+                     ) -> tuple[np.ndarray | None, int, pa.Table | None, np.ndarray | None]:
+        """(vector, live rows, rows table, identity vector) of a source, from its group
+        once, then cached: a by-source query needs them all (query vector, exclusion,
+        predictions, re-rank)."""
         key = (mi.modality, int(source_id))
         with self._lock:
             if key in self._sources:
@@ -277,3 +278,22 @@ class DistributedEngine(SearchEngine):
 
     def _source_table(self, mi: RemoteModality, source_id: int) -> pa.Table | None:
         return self._source_info(mi, source_id)[2]
+
+    def _source_identity(self, mi: RemoteModality, source_id: int) -> np.ndarray | None:
+        return self._source_info(mi, source_id)[3]
+
+    def _fetch_identity(self, mi: RemoteModality, ids: np.ndarray) -> np.ndarray | None:
+        ids = np.asarray(ids, np.int64)
+        shard, _ = split_ids(ids)
+        where = self._by_owner(mi.modality, shard)
+        answers = self._call("identity", {g: dict(modality=mi.modality, ids=ids[pos])
+                                          for g, pos in where.items()})
+        out = None
+        for g, pos in where.items():
+            got = answers[g]
+            if got is None:
+                continue
+            if out is None:
+                out = np.full((len(ids), got.shape[1]), np.nan, np.float32)
+            out[pos] = got
+        return out

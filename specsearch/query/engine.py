@@ -8,8 +8,8 @@
     hits = engine.search_spectrum(spectrum, target_modality="xp")
 
 Same-star searches (a stored star, or a spectrum, against its own instrument) of an index
-built with identity vectors (an ``identity`` column, :mod:`specsearch.io.embeddings`) are
-re-ranked by them (:mod:`specsearch.query.identity`; ``query["ranked_by"]`` says so, and
+built with identity vectors (the embeddings' ``identity`` column, :mod:`specsearch.io.
+embeddings`, kept per shard beside the vectors) are re-ranked by them (:mod:`specsearch.query.identity`; ``query["ranked_by"]`` says so, and
 the ``similarity`` is then the mean of the embedding and identity cosines).
 
 Queries are L2-normalised float32 embeddings. Every modality's index was checked at open to
@@ -30,11 +30,10 @@ import numpy as np
 from specsearch.embed.encode import Encoder, identity_dim_of
 from specsearch.errors import ModelError, NotFoundError, QueryError, SpectrumError
 from specsearch.index.config import SearchKnobs
-from specsearch.index.reader import (IndexDirectory, ModalityIndex, identity_vectors,
-                                     open_index, preferred_row, preferred_vector,
-                                     stored_rows, without_identity)
+from specsearch.index.reader import (IndexDirectory, ModalityIndex, open_index,
+                                     preferred_identity, preferred_vector, stored_identity,
+                                     stored_rows)
 from specsearch.index.threads import ThreadPolicy, faiss_threads
-from specsearch.io.embeddings import IDENTITY_COLUMN
 from specsearch.query.direct import SingleQueryPlan
 from specsearch.query.filters import Filter
 from specsearch.query.identity import rerank, rerank_window
@@ -188,32 +187,25 @@ class SearchEngine:
                           total=total, fetch=lambda: self._result_rows(mi, ids))
 
     def _result_rows(self, mi: ModalityIndex, ids: np.ndarray):
-        """The rows results show: the stored rows without the identity vectors."""
-        return without_identity(self._fetch_rows(mi, ids))
+        """The rows results show (the identity vectors are not among them)."""
+        return self._fetch_rows(mi, ids)
 
     def has_identity(self, modality: str) -> bool:
         """Whether ``modality``'s index stores identity vectors (same-star re-ranking)."""
-        return IDENTITY_COLUMN in self.index[modality].manifest.columns
+        return self.index[modality].manifest.has_identity
 
     def identity_of(self, source_id: int, modality: str) -> np.ndarray | None:
         """The stored identity vector of a source's preferred row in ``modality`` (the one
-        :meth:`vector_of` gives), or None (no identity column, no row, a null vector)."""
+        :meth:`vector_of` gives), or None (no identity vectors, no row, a missing one)."""
         if not self.has_identity(modality):
             return None
-        table = self._source_table(self.index[modality], source_id)
-        if table is None:
-            return None
-        vecs = identity_vectors(table)
-        row = preferred_row(table)
-        if vecs is None or not np.isfinite(vecs[row]).all():
-            return None
-        return vecs[row]
+        return self._source_identity(self.index[modality], source_id)
 
     def _rerank(self, mi: ModalityIndex, identity: np.ndarray, sims: np.ndarray,
                 ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(1, m) candidates in :func:`specsearch.query.identity.rerank` order."""
         valid = ids[0] >= 0
-        vecs = identity_vectors(self._fetch_rows(mi, ids[0][valid])) if valid.any() else None
+        vecs = self._fetch_identity(mi, ids[0][valid]) if valid.any() else None
         if vecs is not None and vecs.shape[1] != identity.size:
             raise QueryError(f"the query's identity vector has dimension {identity.size}; "
                              f"the {mi.modality} index stores {vecs.shape[1]}-d ones")
@@ -251,6 +243,16 @@ class SearchEngine:
         if not len(ids):
             return mi.shards[0].rows.schema.empty_table()
         return stored_rows(lambda s: mi.shards[s], ids)
+
+    def _fetch_identity(self, mi: ModalityIndex, ids: np.ndarray) -> np.ndarray | None:
+        """(n, d) identity vectors of non-empty global ids in their order (NaN rows: none),
+        or None when the shards hold none."""
+        return stored_identity(lambda s: mi.shards[s], ids)
+
+    def _source_identity(self, mi: ModalityIndex, source_id: int) -> np.ndarray | None:
+        """The identity vector of a source's preferred row, or None."""
+        s, rows = mi.locate(int(source_id))
+        return preferred_identity(mi.shards[s], rows) if len(rows) else None
 
     def _source_vector(self, mi: ModalityIndex, source_id: int) -> np.ndarray | None:
         """The stored vector of a source's preferred row, or None."""
@@ -496,7 +498,7 @@ class SearchEngine:
         for name in ([modality] if modality else self.modalities):
             table = self._source_table(self.index[name], source_id)
             if table is not None:
-                tables.append(without_identity(table))
+                tables.append(table)
         if not tables:
             raise NotFoundError(f"source_id {source_id} is not in this index")
         return pa.concat_tables(tables, promote_options="permissive")

@@ -27,8 +27,9 @@ from specsearch.index.config import SearchKnobs
 from specsearch.index.hashing import shard_of
 from specsearch.index.manifest import (ModalityManifest, read_index_manifest,
                                        read_modality_manifest)
-from specsearch.index.reader import (IndexDirectory, global_ids, preferred_vector,
-                                     read_manifests, split_ids, stored_rows)
+from specsearch.index.reader import (IndexDirectory, global_ids, preferred_identity,
+                                     preferred_vector, read_manifests, split_ids,
+                                     stored_identity, stored_rows)
 from specsearch.index.shard import Shard
 from specsearch.index.threads import faiss_threads
 from specsearch.query.filters import Filter
@@ -269,17 +270,24 @@ class ShardGroup:
                 .empty_table()
         return stored_rows(lambda s: self._shard(modality, s), ids)
 
+    def identity(self, modality: str, ids: np.ndarray) -> np.ndarray | None:
+        """Identity vectors of global ids (all in this group's shards), in their order (NaN
+        rows: none), or None when the shards hold none."""
+        return stored_identity(lambda s: self._shard(modality, s), ids)
+
     def source_info(self, modality: str, source_id: int
-                    ) -> tuple[np.ndarray | None, int, pa.Table | None]:
-        """(stored vector of the preferred row, live rows, stored rows table) of a source
-        whose shard is in this group; (None, 0, None) when it has no row."""
+                    ) -> tuple[np.ndarray | None, int, pa.Table | None, np.ndarray | None]:
+        """(stored vector of the preferred row, live rows, stored rows table, identity
+        vector of the preferred row) of a source whose shard is in this group; (None, 0,
+        None, None) when it has no row."""
         n_shards = self.manifests[modality].n_shards
         number = int(shard_of(np.array([source_id], np.int64), n_shards)[0])
         shard = self._shard(modality, number)
         rows = shard.rows_of_source(int(source_id))
         if not len(rows):
-            return None, 0, None
-        return preferred_vector(shard, rows), len(rows), shard.rows.take(pa.array(rows))
+            return None, 0, None, None
+        return (preferred_vector(shard, rows), len(rows), shard.rows.take(pa.array(rows)),
+                preferred_identity(shard, rows))
 
     def describe(self) -> dict[str, Any]:
         return {"group": self.spec.group, "shards": self.spec.names, "rows": self.spec.rows}

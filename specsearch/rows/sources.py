@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from specsearch.errors import CatalogError, QueryError
-from specsearch.index.reader import without_identity
+from specsearch.io.embeddings import VECTOR_COLUMNS
 from specsearch.io.parquet import list_column_to_numpy
 
 
@@ -121,8 +121,9 @@ def table_from_embeddings(root: str | Path, modality: str, *,
     vecs, metas = [], []
     for batch in emb.iter_batches(modality, batch_size=batch_size):
         vecs.append(list_column_to_numpy(batch.column("embedding"), np.float32))
-        metas.append(without_identity(pa.Table.from_batches([batch]).drop_columns(
-            ["embedding"])))
+        table = pa.Table.from_batches([batch])
+        metas.append(table.drop_columns([c for c in VECTOR_COLUMNS
+                                         if c in table.column_names]))
     vectors = np.concatenate(vecs) if vecs else np.zeros((0, emb.embedding_dim), np.float32)
     meta = pa.concat_tables(metas, promote_options="permissive") if metas else pa.table({})
     return EmbeddingTable(modality=modality, vectors=_unit(vectors), meta=meta,
@@ -179,7 +180,7 @@ def table_from_index(index_dir, modality: str, *, threads: int | None = None
         pos_parts.append(pos)
         base[i + 1] = base[i] + shard.count
         vecs.append(np.asarray(shard.vectors[rows], dtype=np.float32))
-        metas.append(without_identity(shard.rows.take(pa.array(rows))))
+        metas.append(shard.rows.take(pa.array(rows)))
     # Shards are searched by their number; map numbers to our order of shards.
     shard_base = np.zeros(max([s.number for s in mindex.shards], default=0) + 1, np.int64)
     for i, shard in enumerate(mindex.shards):

@@ -70,6 +70,10 @@ class IdentityTrainConfig:
             both: Spearman 0.68 in the synthetic survey), and an encoder left to it learns
             the noise level as a clue to the star; its neighbours then follow the query's
             S/N.
+        resume: go on training the identity encoder the model already has for
+            ``modality`` (its width, depth and dimension; ``hidden``, ``depth`` and ``dim``
+            are then ignored) instead of a fresh one: a second cosine schedule from its
+            weights (a warm restart).
         val_pairs: validation pairs scored at the end (and every ``val_every`` steps).
         seed: every random draw (batches, augmentations, initialisation).
         device: ``auto``, ``cpu`` or ``cuda``.
@@ -89,6 +93,7 @@ class IdentityTrainConfig:
     min_snr: float = 10.0
     augment: AugmentConfig = AugmentConfig(max_snr_drop=2.5, max_shift_px=0.15)
     resample_snr: bool = True
+    resume: bool = False
     val_pairs: int = 4096
     val_every: int = 500
     seed: int = 0
@@ -254,8 +259,12 @@ def train_identity(model_path: str | Path, catalog: str | Path, out: str | Path,
                           f"{list(net.cfg.modalities)})")
     training = dict(base.full_config.get("training", {}))
     cache_root = Path(cache_dir) if cache_dir is not None else out / "cache"
+    if cfg.resume and not net.has_identity(cfg.modality):
+        raise ConfigError(f"{model_path} has no {cfg.modality} identity encoder to go on "
+                          f"training (train one without resume first)")
     data = _pairs(net, training, catalog, cache_root, cfg, progress)
-    add_identity_encoder(net, cfg.modality, cfg.hidden, cfg.depth, cfg.dim)
+    if not cfg.resume:
+        add_identity_encoder(net, cfg.modality, cfg.hidden, cfg.depth, cfg.dim)
     net.to(device).eval().requires_grad_(False)
     encoder = net.identity_encoders[cfg.modality]
     encoder.train().requires_grad_(True)
@@ -311,7 +320,9 @@ def train_identity(model_path: str | Path, catalog: str | Path, out: str | Path,
             "command": command, "base_model": str(model_path), "base_hash": base.model_hash,
             "catalog_fingerprint": data.fingerprint, "config": cfg.to_dict(),
             "n_training_visits": int(data.pos.size), "seconds": seconds, "val": val,
-            "history_last": history[-1] if history else {}}})
+            "history_last": history[-1] if history else {},
+            **({"previous": training["identity"]}
+               if cfg.resume and "identity" in training else {})}})
     write_json_atomic(out / "identity_log.json", history)
     if cache_dir is None:
         shutil.rmtree(cache_root, ignore_errors=True)
