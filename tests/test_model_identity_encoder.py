@@ -106,6 +106,31 @@ def test_train_identity_needs_repeat_visits(tmp_path, trained):
                        progress=False)
 
 
+def test_resume_goes_on_from_the_models_identity_encoder(tmp_path, trained):
+    from specsearch.model.training.identity_encoder import IdentityTrainConfig, train_identity
+
+    _, cat, base = trained
+    small = IdentityTrainConfig(steps=1, batch=48, hidden=32, depth=1, dim=8, hard_group=4,
+                                device="cpu", val_pairs=64)
+    first = train_identity(base, cat, tmp_path / "first", small, progress=False)
+    with pytest.raises(ConfigError, match="no lamost identity encoder"):
+        train_identity(base, cat, tmp_path / "x", dataclasses.replace(small, resume=True),
+                       progress=False)
+    # a second schedule at a vanishing learning rate: the same vectors, not a fresh encoder
+    # (the width asked for is ignored: the encoder's own is kept)
+    again = dataclasses.replace(small, resume=True, steps=2, lr=1e-12, hidden=64, seed=1)
+    res = train_identity(tmp_path / "first", cat, tmp_path / "second", again, progress=False)
+    one, two = load_model(tmp_path / "first"), load_model(tmp_path / "second")
+    assert two.net.cfg.identity_encoders["lamost"].hidden == 32
+    (fa, ia), _ = _visit_pairs(cat)
+    np.testing.assert_allclose(two.identity_numpy("lamost", fa, ia),
+                               one.identity_numpy("lamost", fa, ia), atol=1e-5)
+    record = two.full_config["training"]["identity"]
+    assert record["base_hash"] == first.model_hash and record["config"]["resume"]
+    assert record["previous"]["base_hash"] == load_model(base).model_hash
+    assert res.model_hash != first.model_hash
+
+
 def test_real_goal_rows_score_the_identity_vectors_with_the_embedding():
     from specsearch.model.evaluation.evaluate_real import real_goal_rows
 
