@@ -222,6 +222,19 @@ def test_identity_vectors_live_beside_the_vectors_memory_mapped(built):
         np.asarray(shard.identity), list_column_to_numpy(t.column("identity")))
     xp = SearchEngine.open(root / "index").index["xp"].manifest
     assert xp.identity_dim == 0 and all(e.identity is None for e in xp.shards)
+    info = SearchEngine.open(root / "index").info()["modalities"]
+    assert info["lamost"]["identity"] and info["lamost"]["identity_dim"] == 16
+    assert not info["xp"]["identity"]
+
+
+def test_index_info_says_which_modalities_have_identity_vectors(built, capsys):
+    from specsearch.cli import main
+
+    root, model, cat, emb = built
+    assert main(["index", "info", str(root / "index")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "identity vectors (16-d" in next(ln for ln in lines if "lamost" in ln)
+    assert "identity" not in next(ln for ln in lines if ln.strip().startswith("xp"))
 
 
 def _to_previous_layout(index_dir):

@@ -135,7 +135,9 @@ def run_info(args: argparse.Namespace) -> int:
         print(f"  {name:7s} {m['count']:>11,d} rows ({m['deleted']} deleted) in {m['shards']} "
               f"shard(s), {m['bytes'] / 2**20:,.1f} MiB  backend {m['backend']}  "
               f"search {m['search']}  recall@10 "
-              f"{'n/a' if recall is None else f'{recall:.4f}'}")
+              f"{'n/a' if recall is None else f'{recall:.4f}'}"
+              + (f"  identity vectors ({m['identity_dim'] or '?'}-d: same-star re-rank)"
+                 if m["identity"] else ""))
     return 0
 
 

@@ -105,7 +105,8 @@ class SearchEngine:
                 "search": m.search.to_dict(),
                 "measured_recall": m.tuning.measured_recall if m.tuning else None,
                 "bytes": sum(f.bytes for s in m.shards for f in s.files()),
-                "columns": m.columns}
+                "columns": m.columns, "identity": m.has_identity,
+                "identity_dim": m.identity_dim}
         return out
 
     def attach_encoder(self, encoder: Encoder) -> None:
