@@ -131,6 +131,18 @@ def test_resume_goes_on_from_the_models_identity_encoder(tmp_path, trained):
     assert res.model_hash != first.model_hash
 
 
+def test_red_cut_reaches_the_augmentations(tmp_path, trained, capsys):
+    _, cat, base = trained
+    common = ["train-identity", "--model", str(base), "--catalog", str(cat), "--steps", "1",
+              "--batch", "48", "--hidden", "32", "--dim", "8", "--hard-group", "4",
+              "--device", "cpu", "--no-progress"]
+    assert main([*common, "--out", str(tmp_path / "bad"), "--red-cut", "1.5"]) == 2
+    assert "--red-cut" in capsys.readouterr().err
+    assert main([*common, "--out", str(tmp_path / "cut"), "--red-cut", "0.5"]) == 0
+    record = load_model(tmp_path / "cut").full_config["training"]["identity"]
+    assert record["config"]["augment"]["p_red_cut"] == 0.5
+
+
 def test_real_goal_rows_score_the_identity_vectors_with_the_embedding():
     from specsearch.model.evaluation.evaluate_real import real_goal_rows
 

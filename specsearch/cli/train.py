@@ -289,6 +289,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "--min-snr and its S/N, so that the two visits' noise levels say "
                         "little about each other (without it the vectors learn the noise "
                         "level as a clue, and their neighbours follow the query's S/N)")
+    i.add_argument("--red-cut", type=float, default=it.augment.p_red_cut,
+                   help="probability that a view loses everything redward of a wavelength "
+                        "drawn in %g-%g A (the augmentation of the same name): the two "
+                        "visits must still find each other when one lacks its red arm"
+                        % it.augment.red_cut_a)
     i.add_argument("--resume", action="store_true",
                    help="go on training the identity encoder the model already has (its "
                         "width, depth and dimension; a second cosine schedule from its "
@@ -411,11 +416,15 @@ def run_train_identity(args: argparse.Namespace) -> int:
     import shlex
     import sys
 
+    from specsearch.errors import ConfigError
     from specsearch.model.api import default_model_path
     from specsearch.model.training.identity_encoder import IdentityTrainConfig, train_identity
 
     _threads(args)
-    cfg = IdentityTrainConfig(modality=args.modality, hidden=args.hidden, depth=args.depth,
+    if not 0.0 <= args.red_cut <= 1.0:
+        raise ConfigError(f"--red-cut must be a probability in [0, 1]; got {args.red_cut}")
+    augment = dataclasses.replace(IdentityTrainConfig().augment, p_red_cut=args.red_cut)
+    cfg = IdentityTrainConfig(modality=args.modality, augment=augment, hidden=args.hidden, depth=args.depth,
                               dim=args.dim, steps=args.steps, batch=args.batch, lr=args.lr,
                               temperature=args.temperature, hard_fraction=args.hard_negatives,
                               hard_group=args.hard_group, min_snr=args.min_snr,
