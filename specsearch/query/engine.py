@@ -30,14 +30,13 @@ import numpy as np
 from specsearch.embed.encode import Encoder, identity_dim_of
 from specsearch.errors import ModelError, NotFoundError, QueryError, SpectrumError
 from specsearch.index.config import SearchKnobs
-from specsearch.index.reader import (IndexDirectory, ModalityIndex, open_index,
-                                     preferred_identity, preferred_vector, stored_identity,
-                                     stored_rows)
-from specsearch.index.threads import ThreadPolicy, faiss_threads
+from specsearch.index.reader import IndexDirectory, ModalityIndex, open_index
+from specsearch.index.threads import ThreadPolicy
 from specsearch.query.direct import SingleQueryPlan
 from specsearch.query.filters import Filter
 from specsearch.query.identity import rerank, rerank_window
 from specsearch.query.results import Neighbours
+from specsearch.query.shard_access import LocalShardAccess
 from specsearch.spectrum import Spectrum
 
 MAX_K = 10_000
@@ -47,7 +46,7 @@ MAX_K = 10_000
 FilterLike = Filter | str | list[str] | tuple[str, ...] | None
 
 
-class SearchEngine:
+class SearchEngine(LocalShardAccess):
     """Search an opened index directory (see module docstring).
 
     Args:
@@ -213,59 +212,6 @@ class SearchEngine:
         score, order = rerank(sims[0], ids[0], identity, vecs)
         return score[None], order[None]
 
-    # ----------------------------------------------------------------- shard access
-    # Every read of shard data goes through the methods below, so an engine whose shards
-    # live in other processes (specsearch.query.distributed) overrides these and nothing
-    # else: the query logic above and below is shared, and so are its results.
-
-    def _knn(self, mi: ModalityIndex, q: np.ndarray, k: int, *, knobs: SearchKnobs | None,
-             flt: Filter, threads: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` (similarity, global id) of (nq, D) unit queries over all shards."""
-        with faiss_threads(threads):
-            return mi.knn(q, k, knobs=knobs, filter_masks=self._masks(mi, flt),
-                          threads=threads)
-
-    def _range(self, mi: ModalityIndex, q: np.ndarray, threshold: float, *,
-               knobs: SearchKnobs | None, flt: Filter, max_results: int
-               ) -> tuple[np.ndarray, np.ndarray]:
-        """(similarities, global ids) of one query's rows above ``threshold``."""
-        with faiss_threads(self.threads.single):
-            ((sims, ids),) = mi.range(q, threshold, knobs=knobs,
-                                      filter_masks=self._masks(mi, flt),
-                                      max_results=max_results)
-        return sims, ids
-
-    def _count_rows(self, mi: ModalityIndex, source_ids: np.ndarray) -> int:
-        """Live rows of these (unique) sources."""
-        return sum(len(mi.locate(int(s))[1]) for s in source_ids)
-
-    def _fetch_rows(self, mi: ModalityIndex, ids: np.ndarray):
-        """The stored rows (pyarrow Table) of global ids, in their order."""
-        if not len(ids):
-            return mi.shards[0].rows.schema.empty_table()
-        return stored_rows(lambda s: mi.shards[s], ids)
-
-    def _fetch_identity(self, mi: ModalityIndex, ids: np.ndarray) -> np.ndarray | None:
-        """(n, d) identity vectors of non-empty global ids in their order (NaN rows: none),
-        or None when the shards hold none."""
-        return stored_identity(lambda s: mi.shards[s], ids)
-
-    def _source_identity(self, mi: ModalityIndex, source_id: int) -> np.ndarray | None:
-        """The identity vector of a source's preferred row, or None."""
-        s, rows = mi.locate(int(source_id))
-        return preferred_identity(mi.shards[s], rows) if len(rows) else None
-
-    def _source_vector(self, mi: ModalityIndex, source_id: int) -> np.ndarray | None:
-        """The stored vector of a source's preferred row, or None."""
-        s, rows = mi.locate(int(source_id))
-        return preferred_vector(mi.shards[s], rows) if len(rows) else None
-
-    def _source_table(self, mi: ModalityIndex, source_id: int):
-        """The stored rows (pyarrow Table) of one source, or None."""
-        import pyarrow as pa
-        s, rows = mi.locate(int(source_id))
-        return mi.shards[s].rows.take(pa.array(rows)) if len(rows) else None
-
     # ----------------------------------------------------------------- k-NN
 
     def search(self, embedding: np.ndarray, *, modality: str | None = None, k: int = 10,
@@ -366,9 +312,6 @@ class SearchEngine:
         plan = SingleQueryPlan.of(mi, self.max_k) if local else None
         self._plans[modality] = plan
         return plan
-
-    def _source_ids(self, mi: ModalityIndex, ids: np.ndarray) -> np.ndarray:
-        return mi.source_ids(ids)
 
     def vector_of(self, source_id: int, modality: str | None = None) -> tuple[str, np.ndarray]:
         """(modality, (D,) stored vector) of a source; with several spectra of the star in
