@@ -9,7 +9,8 @@
 exclusion of the query star, cross-modal targets and pagination are SearchEngine's own code.
 Only its shard reads (``_knn``, ``_range``, ``_fetch_rows``, ``_source_ids``, ...: the
 methods of :class:`~specsearch.query.shard_access.LocalShardAccess`) are replaced by calls
-to the :class:`~specsearch.query.shard_groups.ShardGroup` holding each shard; per-shard top-k lists are merged in shard order with the same FAISS heap as
+to the :class:`~specsearch.query.shard_groups.ShardGroup` holding each shard; per-shard
+top-k lists are merged in shard order with the same FAISS heap as
 :meth:`~specsearch.index.reader.ModalityIndex.knn`, so ids and similarities are identical
 to the single-process engine over the same directory.
 
