@@ -162,6 +162,12 @@ class ArraysSearch(SearchOptions):
 class EmbeddingSearch(SearchOptions):
     embedding: list[float] = Field(min_length=1, max_length=8192)
     modality: Modality
+    identity_vector: list[float] | None = Field(
+        None, min_length=1, max_length=8192,
+        description="the query's identity vector (an embeddings dataset's identity column, "
+                    "or SpecModel.identity_numpy): a same-instrument search of an index with "
+                    "identity vectors re-ranks by it, as searches by source_id or spectrum "
+                    "do")
 
 
 class Prediction(BaseModel):

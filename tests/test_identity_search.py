@@ -318,3 +318,34 @@ def test_deletes_and_compaction_keep_identity_vectors_with_their_rows(built, tmp
     assert len(stayed) >= len(kept) // 2
     np.testing.assert_allclose(res.similarity[stayed],
                                [was[res.spectrum_id[i]] for i in stayed], atol=1e-6)
+
+
+def test_embedding_route_reranks_with_an_identity_vector(built):
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    root, model, cat, emb = built
+    t = _rows(emb, "lamost")
+    row = t.num_rows - 1
+    vec = list_column_to_numpy(t.column("embedding"))[row]
+    ident = list_column_to_numpy(t.column("identity"))[row]
+    want = SearchEngine.open(root / "index").search(vec, modality="lamost", k=6,
+                                                    identity=ident)
+    assert want.query["ranked_by"] == "embedding+identity"
+    app = create_app(Settings(index_dir=root / "index", model_dir=root / "model"))
+    with TestClient(app) as client:
+        body = {"embedding": vec.tolist(), "modality": "lamost", "k": 6}
+        plain = client.post("/v1/search/embedding", json=body).json()
+        assert plain["ranked_by"] == "embedding"
+        got = client.post("/v1/search/embedding",
+                          json={**body, "identity_vector": (3 * ident).tolist()}).json()
+        assert got["ranked_by"] == "embedding+identity"
+        assert [n["spectrum_id"] for n in got["neighbours"]] == list(want.spectrum_id)
+        off = client.post("/v1/search/embedding", json={**body, "identity": False,
+                                                         "identity_vector": ident.tolist()})
+        assert off.json()["ranked_by"] == "embedding"
+        for bad, why in (([0.0] * 16, "finite and non-zero"), ([1.0] * 3, "dimension 3")):
+            r = client.post("/v1/search/embedding", json={**body, "identity_vector": bad})
+            assert r.status_code == 400 and why in r.text, r.text

@@ -221,7 +221,7 @@ async def search_arrays(state: State, body: ArraysSearch) -> SearchResponse:
 @router.post("/embedding", response_model=SearchResponse,
              summary="neighbours of an embedding vector")
 async def search_embedding(state: State, body: EmbeddingSearch) -> SearchResponse | Response:
-    if state.batcher is not None and not body.include_spectra:
+    if state.batcher is not None and not body.include_spectra and body.identity_vector is None:
         start = time.perf_counter()
         with np.errstate(over="ignore"):  # huge values -> inf, refused by the engine
             vec = np.asarray(body.embedding, dtype=np.float32)
@@ -238,9 +238,23 @@ async def search_embedding(state: State, body: EmbeddingSearch) -> SearchRespons
         with np.errstate(over="ignore"):  # huge values -> inf, refused by the engine
             vec = np.asarray(body.embedding, dtype=np.float32)
         info = QueryInfo(kind="embedding", modality=body.modality)
-        return _respond(state, info, vec, body, None, start)
+        return _respond(state, info, vec, body, None, start,
+                        identity=_identity_vector(body.identity_vector))
 
     return await state.worker.run("search_embedding", work)
+
+
+def _identity_vector(values: list[float] | None) -> np.ndarray | None:
+    """A request's identity vector, unit length; QueryError (400) when it is not finite
+    and non-zero."""
+    if values is None:
+        return None
+    with np.errstate(over="ignore"):
+        vec = np.asarray(values, dtype=np.float32)
+    norm = float(np.sqrt(vec.astype(np.float64) @ vec)) if np.isfinite(vec).all() else 0.0
+    if not norm > 0:
+        raise QueryError("identity_vector must be finite and non-zero")
+    return vec / np.float32(norm)
 
 
 @router.get("/source/{source_id}", response_model=SearchResponse,
