@@ -349,3 +349,16 @@ def test_embedding_route_reranks_with_an_identity_vector(built):
         for bad, why in (([0.0] * 16, "finite and non-zero"), ([1.0] * 3, "dimension 3")):
             r = client.post("/v1/search/embedding", json={**body, "identity_vector": bad})
             assert r.status_code == 400 and why in r.text, r.text
+
+
+def test_an_identity_column_of_variable_length_is_refused_by_name(tmp_path):
+    from specsearch.errors import CatalogError
+    from specsearch.index.build import ArrayEmbeddings
+
+    n = 20
+    emb = np.random.default_rng(0).normal(size=(n, 8)).astype(np.float32)
+    ident = pa.array([[1.0, 0.0]] * n, pa.list_(pa.float32()))
+    source = ArrayEmbeddings({"lamost": {"embedding": emb, "source_id": np.arange(n),
+                                         "identity": ident}}, model_hash="m")
+    with pytest.raises(CatalogError, match="'identity' must be a fixed-size list"):
+        build_index(source, tmp_path / "idx", BuildOptions(kind="flat", target_recall=None))

@@ -270,8 +270,13 @@ def _spool_modality(source: EmbeddingSource, modality: str, folder: Path,
         raise CatalogError(f"embeddings of {modality!r} need columns embedding and source_id;"
                            f" found {schema.names}")
     row_schema = pa.schema([f for f in schema if f.name not in VECTOR_COLUMNS])
-    id_dim = (schema.field(IDENTITY_COLUMN).type.list_size
-              if IDENTITY_COLUMN in schema.names else 0)
+    id_dim = 0
+    if IDENTITY_COLUMN in schema.names:
+        id_type = schema.field(IDENTITY_COLUMN).type
+        if not pa.types.is_fixed_size_list(id_type):
+            raise CatalogError(f"embeddings of {modality!r}: column {IDENTITY_COLUMN!r} must "
+                               f"be a fixed-size list of floats; found {id_type}")
+        id_dim = id_type.list_size
     vec_files = [np.lib.format.open_memmap(folder / f"{shard_stem(s)}.vectors.npy", mode="w+",
                                            dtype=options.vector_dtype, shape=(int(c), dim))
                  for s, c in enumerate(counts)]
