@@ -184,3 +184,81 @@ def test_resample_snr_draws_each_visit_its_own_noise_level():
         assert (new <= snr + 1e-3).all() and float(x.std()) > 0    # noise was added
         got.append(new)
     assert abs(spearmanr(got[0], got[1]).correlation) < 0.5     # ~0.37 (from > 0.95)
+
+
+def test_cross_batch_memory_adds_negatives_but_never_the_star_itself():
+    import torch
+    import torch.nn.functional as F
+
+    from specsearch.model.training.identity_encoder import _Memory, _nt_xent
+
+    g = torch.Generator().manual_seed(0)
+    a = F.normalize(torch.randn(6, 4, generator=g), dim=1)
+    b = F.normalize(a + 0.3 * torch.randn(6, 4, generator=g), dim=1)
+    sid = torch.arange(100, 106)
+    plain = _nt_xent([a, b], sid, 0.1, None)
+    target = torch.arange(6)
+    logits = a @ b.T / 0.1
+    want = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+    torch.testing.assert_close(plain, want)
+    # memory entries are negatives, except a star's own (an earlier visit of it)
+    mem = _Memory(8, 4, torch.device("cpu"))
+    mem_sid = torch.tensor([100, 1001, 102])
+    mem.push([b[:3], a[:3]], mem_sid)
+    got = _nt_xent([a, b], sid, 0.1, mem)
+    want = 0.0
+    for q, k, mk in ((a, b, a[:3]), (b, a, b[:3])):    # the memory keeps view 0 as b
+        for i in range(6):
+            keys = torch.cat([k, mk[(mem_sid != sid[i])]])
+            want = want + 0.5 * F.cross_entropy((q[i] @ keys.T / 0.1)[None],
+                                                torch.tensor([i])) / 6
+    torch.testing.assert_close(got, want)
+    # look-alikes of the queries raise the loss; the ring keeps the newest
+    mem.push([b, a], sid + 1000)          # 9 pushed into 8 slots
+    assert mem.filled == 8 and mem.head == 1
+    assert sorted(mem.sid.tolist()) == sorted([1001, 102, *range(1100, 1106)])
+    assert _nt_xent([a, b], sid, 0.1, mem) > plain + 0.1
+    # the memory is detached: gradients reach only the batch's own vectors
+    a2 = a.clone().requires_grad_(True)
+    _nt_xent([a2, b], sid, 0.1, mem).backward()
+    assert a2.grad is not None and not mem.vec.requires_grad
+
+
+def test_memory_option_reaches_the_training_record(tmp_path, trained):
+    _, cat, base = trained
+    assert main(["train-identity", "--model", str(base), "--catalog", str(cat), "--steps", "3",
+                 "--batch", "48", "--hidden", "32", "--dim", "8", "--hard-group", "4",
+                 "--memory", "96", "--memory-start", "1", "--device", "cpu", "--no-progress",
+                 "--out", str(tmp_path / "mem")]) == 0
+    record = load_model(tmp_path / "mem").full_config["training"]["identity"]
+    assert record["config"]["memory"] == 96 and record["config"]["memory_start"] == 1
+    with pytest.raises(ConfigError, match="memory"):
+        from specsearch.model.training.identity_encoder import IdentityTrainConfig
+        IdentityTrainConfig(memory=-1).validate()
+
+
+def test_own_noise_identity_encoder_reads_the_spectrums_noise(tmp_path, trained):
+    """--own-noise: the identity encoder's input shrinks each pixel by its own inverse
+    variance and its FiLM sees the spectrum's S/N, while the embedding stays noise-blind."""
+    import torch
+
+    from specsearch.model.network import add_identity_encoder, make_noise_blind
+
+    _, cat, base = trained
+    assert main(["train-identity", "--model", str(base), "--catalog", str(cat), "--steps", "2",
+                 "--batch", "48", "--hidden", "32", "--dim", "8", "--hard-group", "4",
+                 "--own-noise", "--device", "cpu", "--no-progress",
+                 "--out", str(tmp_path / "own")]) == 0
+    model = load_model(tmp_path / "own")
+    enc = model.net.cfg.identity_encoders["lamost"]
+    assert enc.own_noise and enc.snr_film and enc.film_snr is None
+    assert model.full_config["training"]["identity"]["config"]["own_noise"]
+    # on a noise-blind network, only the own-noise encoder's vectors move with the weights
+    net = make_noise_blind(load_model(base).net, 30.0).eval()
+    (fa, ia), _ = _visit_pairs(cat)
+    x, w = torch.from_numpy(fa[:8]), torch.from_numpy(ia[:8])
+    for own in (False, True):
+        add_identity_encoder(net, "lamost", 32, 1, 8, own_noise=own)
+        with torch.no_grad():
+            moved = (net.identity("lamost", x, w) - net.identity("lamost", x, w * 4)).abs()
+        assert (moved.max() > 1e-3) == own, own

@@ -294,6 +294,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "drawn in %g-%g A (the augmentation of the same name): the two "
                         "visits must still find each other when one lacks its red arm"
                         % it.augment.red_cut_a)
+    i.add_argument("--memory", type=int, default=it.memory, metavar="N",
+                   help="a cross-batch memory: the last N stars' vectors join each "
+                        "batch's negatives (0: off)")
+    i.add_argument("--memory-start", type=int, default=it.memory_start, metavar="STEP",
+                   help="the step from which the memory's vectors are used")
+    i.add_argument("--own-noise", action="store_true",
+                   help="the identity encoder reads each visit's own per-pixel noise and "
+                        "S/N (not the embedding encoder's noise-blind input)")
     i.add_argument("--resume", action="store_true",
                    help="go on training the identity encoder the model already has (its "
                         "width, depth and dimension; a second cosine schedule from its "
@@ -429,6 +437,8 @@ def run_train_identity(args: argparse.Namespace) -> int:
                               temperature=args.temperature, hard_fraction=args.hard_negatives,
                               hard_group=args.hard_group, min_snr=args.min_snr,
                               resample_snr=args.resample_snr, resume=args.resume,
+                              memory=args.memory, memory_start=args.memory_start,
+                              own_noise=args.own_noise,
                               seed=args.seed, device=args.device)
     res = train_identity(args.model or default_model_path(), args.catalog, args.out, cfg,
                          cache_dir=args.cache, progress=not args.no_progress,

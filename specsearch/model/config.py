@@ -66,6 +66,12 @@ class EncoderConfig:
             model converted from one without them starts out unchanged. A spectrum
             without those columns (or with them unmeasured) is encoded as one whose SED
             is unknown.
+        own_noise: read the spectrum's own noise even where the model's normaliser is
+            noise-blind (``ModelConfig.shrinkage_snr``): the input shrinkage uses each
+            pixel's own inverse variance (a Wiener filter per pixel, so a noisy blue end
+            or a telluric band counts for less) and the FiLM the spectrum's own S/N.
+            For identity encoders trained on visits whose S/N say nothing about each
+            other (``specsearch train-identity --own-noise``).
     """
 
     kind: str
@@ -80,6 +86,7 @@ class EncoderConfig:
     snr_film: bool = False
     film_snr: float | None = None
     sed_bins: int = 0
+    own_noise: bool = False
 
 
 @dataclass(frozen=True)

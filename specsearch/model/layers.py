@@ -37,7 +37,8 @@ class Normaliser(nn.Module):
         self.register_buffer("recon_floor", torch.full((npix,), 0.01))
         self.register_buffer("trans_floor", torch.full((npix,), 0.02))
 
-    def features(self, x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def features(self, x: torch.Tensor, w: torch.Tensor, own_noise: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """Standardised, noise-shrunk flux (B, N) and the good-pixel mask (B, N) as 0./1.
 
         z = (x - mean) / std * s w / (s w + 1), written as (x - mean) / (std + std / (s w))
@@ -49,10 +50,15 @@ class Normaliser(nn.Module):
 
         With ``fixed_snr`` set, w in the shrinkage is that S/N squared for every pixel of
         every spectrum (a fixed Wiener filter): masked pixels still give 0, but nothing else
-        depends on the spectrum's noise level.
+        depends on the spectrum's noise level. ``own_noise`` shrinks by the spectrum's own
+        w whatever ``shrinkage`` and ``fixed_snr`` say (``EncoderConfig.own_noise``).
         """
         good = (w > 0).to(x.dtype)
-        if self.shrinkage and self.fixed_snr is not None:
+        if own_noise:
+            denom = (self.std / self.signal_var) / w
+            denom.add_(self.std)
+            z = (x - self.mean).div_(denom)
+        elif self.shrinkage and self.fixed_snr is not None:
             sw = self.signal_var * float(self.fixed_snr) ** 2
             z = (x - self.mean).mul_((sw / (sw + 1.0) / self.std) * good)
         elif self.shrinkage:

@@ -150,7 +150,7 @@ class SpecCLIPNet(nn.Module):
         xp, _ = split_sed(x, enc.npix)
         wp, _ = split_sed(w, enc.npix)
         norm = self.normalisers[modality]
-        z, good = norm.features(xp, wp)
+        z, good = norm.features(xp, wp, own_noise=enc.own_noise)
         quality = self._encoder_quality(modality, norm.quality(wp, good), enc)
         vec = self.identity_encoders[modality](z, good, quality)
         return F.normalize(vec.float(), dim=-1)
@@ -253,21 +253,23 @@ def add_coverage_inputs(net: SpecCLIPNet, bins: int) -> SpecCLIPNet:
 
 
 def add_identity_encoder(net: SpecCLIPNet, modality: str, hidden: int, depth: int,
-                         dim: int) -> SpecCLIPNet:
+                         dim: int, own_noise: bool = False) -> SpecCLIPNet:
     """Give ``net`` a freshly initialised ``modality`` identity encoder, in place
     (``ModelConfig.identity_encoders``; ``specsearch train-identity``): an MLP encoder of
     the same pixels with ``hidden`` width and ``depth`` residual blocks into ``dim``
     dimensions, reading the input the way the modality's embedding encoder does (its mask
-    summary, and its FiLM with the same fixed S/N when that encoder is noise-blind). One
-    the model already has is replaced. Nothing else changes: embeddings and predictions
+    summary, and its FiLM with the same fixed S/N when that encoder is noise-blind; with
+    ``own_noise``, the spectrum's own per-pixel noise and S/N: ``EncoderConfig.
+    own_noise``). One the model already has is replaced. Nothing else changes: embeddings and predictions
     stay as they were."""
     main = net.cfg.encoders.get(modality)
     if main is None:
         raise ConfigError(f"the model has no {modality} encoder (modalities "
                           f"{list(net.cfg.modalities)})")
     enc = EncoderConfig(kind="mlp", npix=main.npix, hidden=int(hidden), depth=int(depth),
-                        mlp_ratio=1.0, mask_pool=main.mask_pool, snr_film=main.snr_film,
-                        film_snr=main.film_snr)
+                        mlp_ratio=1.0, mask_pool=main.mask_pool,
+                        snr_film=main.snr_film or own_noise,
+                        film_snr=None if own_noise else main.film_snr, own_noise=own_noise)
     # the other modalities' identity encoders stay when the dimension does
     identity = {m: c for m, c in net.cfg.identity_encoders.items()
                 if m != modality and int(dim) == net.cfg.identity_dim}

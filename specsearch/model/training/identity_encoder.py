@@ -70,6 +70,18 @@ class IdentityTrainConfig:
             both: Spearman 0.68 in the synthetic survey), and an encoder left to it learns
             the noise level as a clue to the star; its neighbours then follow the query's
             S/N.
+        memory, memory_start: a cross-batch memory (XBM, Wang et al. 2020): the vectors
+            of the last ``memory`` stars' visits (both views, detached) join each batch's
+            negatives from step ``memory_start`` on (the encoder's vectors drift slowly
+            once the first steps are over). A batch of 1,024 stars asks the encoder to
+            tell a star from 1,023 others; a search among millions asks for finer
+            distinctions, and the memory gives each step ``memory`` more look-alikes to
+            be told apart from at the cost of a matrix product. A star's own earlier
+            visits in the memory are left out (they are not negatives). 0: off.
+        own_noise: the encoder reads each visit's own noise (``EncoderConfig.own_noise``:
+            per-pixel input shrinkage and FiLM by its S/N) instead of the noise-blind
+            input of the embedding's encoder; with ``resample_snr`` the two visits' noise
+            levels say little about each other, so the noise level is no clue to the star.
         resume: go on training the identity encoder the model already has for
             ``modality`` (its width, depth and dimension; ``hidden``, ``depth`` and ``dim``
             are then ignored) instead of a fresh one: a second cosine schedule from its
@@ -93,6 +105,9 @@ class IdentityTrainConfig:
     min_snr: float = 10.0
     augment: AugmentConfig = AugmentConfig(max_snr_drop=2.5, max_shift_px=0.15)
     resample_snr: bool = True
+    memory: int = 0
+    memory_start: int = 500
+    own_noise: bool = False
     resume: bool = False
     val_pairs: int = 4096
     val_every: int = 500
@@ -107,9 +122,11 @@ class IdentityTrainConfig:
             raise ConfigError(f"hard_fraction must be in [0, 1] and hard_group >= 2; got "
                               f"{self.hard_fraction} and {self.hard_group}")
         if not (self.temperature > 0 and self.lr > 0 and self.hidden >= 8 and self.dim >= 2
-                and self.depth >= 0 and self.min_snr >= 0):
+                and self.depth >= 0 and self.min_snr >= 0 and self.memory >= 0
+                and self.memory_start >= 0):
             raise ConfigError(f"temperature and lr must be > 0, hidden >= 8, dim >= 2, "
-                              f"depth >= 0, min_snr >= 0; got {self}")
+                              f"depth >= 0, min_snr, memory and memory_start >= 0; got "
+                              f"{self}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -231,6 +248,44 @@ def _val_top1(net: SpecCLIPNet, data: _Pairs, modality: str, device: torch.devic
     return res
 
 
+class _Memory:
+    """A first-in first-out store of past views' vectors and their stars
+    (``IdentityTrainConfig.memory``)."""
+
+    def __init__(self, size: int, dim: int, device: torch.device):
+        self.vec = torch.zeros(2, size, dim, device=device)
+        self.sid = torch.full((size,), -1, dtype=torch.int64, device=device)
+        self.size, self.head, self.filled = size, 0, 0
+
+    def push(self, views: list[torch.Tensor], sid: torch.Tensor) -> None:
+        n = min(sid.numel(), self.size)
+        at = (self.head + torch.arange(n, device=sid.device)) % self.size
+        for v in (0, 1):
+            self.vec[v, at] = views[v][-n:].detach()
+        self.sid[at] = sid[-n:]
+        self.head = (self.head + n) % self.size
+        self.filled = min(self.size, self.filled + n)
+
+
+def _nt_xent(views: list[torch.Tensor], sid: torch.Tensor, temperature: float,
+             memory: _Memory | None) -> torch.Tensor:
+    """Symmetric NT-Xent between the two views of each star; with a memory, each view's
+    negatives also hold the other view of the memory's stars (the star's own left out)."""
+    target = torch.arange(sid.numel(), device=sid.device)
+    if memory is None or memory.filled == 0:
+        logits = views[0] @ views[1].T / temperature
+        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+    own = torch.cat([torch.zeros(sid.numel(), sid.numel(), dtype=torch.bool,
+                                 device=sid.device),
+                     sid[:, None] == memory.sid[None, :memory.filled]], dim=1)
+    loss = torch.zeros((), device=sid.device)
+    for q, k in ((0, 1), (1, 0)):
+        keys = torch.cat([views[k], memory.vec[k, :memory.filled]])
+        logits = (views[q] @ keys.T / temperature).masked_fill(own, float("-inf"))
+        loss = loss + 0.5 * F.cross_entropy(logits, target)
+    return loss
+
+
 def train_identity(model_path: str | Path, catalog: str | Path, out: str | Path,
                    cfg: IdentityTrainConfig = IdentityTrainConfig(), *,
                    cache_dir: str | Path | None = None, progress: bool = True,
@@ -264,7 +319,8 @@ def train_identity(model_path: str | Path, catalog: str | Path, out: str | Path,
                           f"training (train one without resume first)")
     data = _pairs(net, training, catalog, cache_root, cfg, progress)
     if not cfg.resume:
-        add_identity_encoder(net, cfg.modality, cfg.hidden, cfg.depth, cfg.dim)
+        add_identity_encoder(net, cfg.modality, cfg.hidden, cfg.depth, cfg.dim,
+                             own_noise=cfg.own_noise)
     net.to(device).eval().requires_grad_(False)
     encoder = net.identity_encoders[cfg.modality]
     encoder.train().requires_grad_(True)
@@ -274,6 +330,8 @@ def train_identity(model_path: str | Path, catalog: str | Path, out: str | Path,
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     snr = np.asarray(data.cache.index[f"snr_{cfg.modality}"], np.float64)
+    sids = torch.from_numpy(np.asarray(data.cache.index["source_id"], np.int64))
+    memory: _Memory | None = None
     history: list[dict[str, float]] = []
     loss_sum, n_acc = 0.0, 0
     bar = tqdm(total=cfg.steps, desc="train-identity", unit="step", disable=not progress)
@@ -289,9 +347,13 @@ def train_identity(model_path: str | Path, catalog: str | Path, out: str | Path,
                 x, w = _resample_snr(x, w, snr[p], cfg, rng, gen)
             x, w = augment(cfg.modality, x, w, cfg.augment, gen)
             views.append(net.identity(cfg.modality, x, w))
-        logits = views[0] @ views[1].T / cfg.temperature
-        target = torch.arange(pos.size, device=device)
-        loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+        sid = sids[pos].to(device)
+        loss = _nt_xent(views, sid, cfg.temperature,
+                        memory if step >= cfg.memory_start else None)
+        if cfg.memory > 0:
+            if memory is None:
+                memory = _Memory(cfg.memory, views[0].shape[1], device)
+            memory.push(views, sid)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(encoder.parameters(), 5.0)
