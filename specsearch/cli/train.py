@@ -432,8 +432,8 @@ def run_train_identity(args: argparse.Namespace) -> int:
     if not 0.0 <= args.red_cut <= 1.0:
         raise ConfigError(f"--red-cut must be a probability in [0, 1]; got {args.red_cut}")
     augment = dataclasses.replace(IdentityTrainConfig().augment, p_red_cut=args.red_cut)
-    cfg = IdentityTrainConfig(modality=args.modality, augment=augment, hidden=args.hidden, depth=args.depth,
-                              dim=args.dim, steps=args.steps, batch=args.batch, lr=args.lr,
+    cfg = IdentityTrainConfig(modality=args.modality, augment=augment, hidden=args.hidden,
+                              depth=args.depth, dim=args.dim, steps=args.steps, batch=args.batch, lr=args.lr,
                               temperature=args.temperature, hard_fraction=args.hard_negatives,
                               hard_group=args.hard_group, min_snr=args.min_snr,
                               resample_snr=args.resample_snr, resume=args.resume,

@@ -54,14 +54,10 @@ class Normaliser(nn.Module):
         w whatever ``shrinkage`` and ``fixed_snr`` say (``EncoderConfig.own_noise``).
         """
         good = (w > 0).to(x.dtype)
-        if own_noise:
-            denom = (self.std / self.signal_var) / w
-            denom.add_(self.std)
-            z = (x - self.mean).div_(denom)
-        elif self.shrinkage and self.fixed_snr is not None:
+        if self.shrinkage and self.fixed_snr is not None and not own_noise:
             sw = self.signal_var * float(self.fixed_snr) ** 2
             z = (x - self.mean).mul_((sw / (sw + 1.0) / self.std) * good)
-        elif self.shrinkage:
+        elif self.shrinkage or own_noise:
             denom = (self.std / self.signal_var) / w
             denom.add_(self.std)
             z = (x - self.mean).div_(denom)

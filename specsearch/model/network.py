@@ -260,8 +260,8 @@ def add_identity_encoder(net: SpecCLIPNet, modality: str, hidden: int, depth: in
     dimensions, reading the input the way the modality's embedding encoder does (its mask
     summary, and its FiLM with the same fixed S/N when that encoder is noise-blind; with
     ``own_noise``, the spectrum's own per-pixel noise and S/N: ``EncoderConfig.
-    own_noise``). One the model already has is replaced. Nothing else changes: embeddings and predictions
-    stay as they were."""
+    own_noise``). One the model already has is replaced. Nothing else changes: embeddings
+    and predictions stay as they were."""
     main = net.cfg.encoders.get(modality)
     if main is None:
         raise ConfigError(f"the model has no {modality} encoder (modalities "

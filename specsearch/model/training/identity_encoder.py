@@ -83,9 +83,9 @@ class IdentityTrainConfig:
             input of the embedding's encoder; with ``resample_snr`` the two visits' noise
             levels say little about each other, so the noise level is no clue to the star.
         resume: go on training the identity encoder the model already has for
-            ``modality`` (its width, depth and dimension; ``hidden``, ``depth`` and ``dim``
-            are then ignored) instead of a fresh one: a second cosine schedule from its
-            weights (a warm restart).
+            ``modality`` (its width, depth, dimension and input; ``hidden``, ``depth``,
+            ``dim`` and ``own_noise`` are then ignored) instead of a fresh one: a second
+            cosine schedule from its weights (a warm restart).
         val_pairs: validation pairs scored at the end (and every ``val_every`` steps).
         seed: every random draw (batches, augmentations, initialisation).
         device: ``auto``, ``cpu`` or ``cuda``.
