@@ -56,14 +56,19 @@ def toy_xp(labels, rng, snr):
 
 
 def make_paired_catalog(root, n_stars: int = 400, *, seed: int = 0, revisits: int = 20,
-                        unpaired: int = 10, rows_per_file: int = 150):
+                        unpaired: int = 10, rows_per_file: int = 150,
+                        extra_class: str | None = None):
     """A small paired catalog: n_stars with both spectra, ``revisits`` second LAMOST visits,
-    ``unpaired`` LAMOST-only stars. Returns the catalog path."""
+    ``unpaired`` LAMOST-only stars; ``extra_class`` names the population of every 8th star
+    (a third class). Returns the catalog path."""
     rng = np.random.default_rng(seed)
     n_l = n_stars + unpaired
     lab = toy_labels(rng, n_l)
     sid = np.arange(1000, 1000 + n_l, dtype=np.int64) * 7
     pop = np.where(lab["feh"] < -2.0, "metal_poor", "normal")
+    if extra_class is not None:
+        pop = pop.astype(object)
+        pop[::8] = extra_class
     snr_l = rng.uniform(15, 120, n_l).astype(np.float32)
     fl, il = toy_lamost(lab, rng, snr_l)
     idx = np.concatenate([np.arange(n_l), np.arange(revisits)])

@@ -235,6 +235,40 @@ def test_finetune_cli_end_to_end(tmp_path, capsys):
     assert "hot_label_noise names ['vsini']" in capsys.readouterr().err
 
 
+def test_finetune_new_classes_grows_the_population_classifier(tmp_path, capsys):
+    """A catalog with a population the model has never seen (as a survey made with
+    ``--fractions ultracool=...``): refused as another catalog unless ``--new-classes``,
+    which grows the heads' classifier, keeps every embedding and learns the new class."""
+    cat = make_paired_catalog(tmp_path / "cat", 240, revisits=10)
+    base = tmp_path / "base"
+    assert main(["train", "--catalog", str(cat), "--out", str(base), "--epochs", "1",
+                 "--batch-size", "64", "--embedding-dim", "16", "--device", "cpu",
+                 "--no-progress"]) == 0
+    save_sets(tmp_path / "real.npz", _toy_real_sets())
+    grown = make_paired_catalog(tmp_path / "cat-uc", 240, revisits=10, extra_class="ultracool")
+    args = ["finetune", "--model", str(base), "--catalog", str(grown), "--real-data",
+            str(tmp_path), "--real-cache", str(tmp_path / "real.npz"), "--steps", "40",
+            "--lr", "1e-2", "--device", "cpu", "--no-progress", "--heads-only"]
+    assert main([*args, "--out", str(tmp_path / "refused")]) == 2
+    assert "differ from the model's" in capsys.readouterr().err
+    out = tmp_path / "grown"
+    assert main([*args, "--out", str(out), "--new-classes"]) == 0
+    old, new = load_model(base), load_model(out)
+    assert old.class_names == ("metal_poor", "normal")
+    assert new.class_names == ("metal_poor", "normal", "ultracool")
+    assert new.full_config["training"]["finetune"]["config"]["new_classes"] is True
+    rs = _toy_real_sets(20)["lamost_dr10"]
+    np.testing.assert_array_equal(new.embed_numpy("lamost", rs.flux, rs.ivar).embedding,
+                                  old.embed_numpy("lamost", rs.flux, rs.ivar).embedding)
+    rng = np.random.default_rng(0)
+    lab = toy_labels(rng, 64)
+    flux, ivar = toy_lamost(lab, rng, np.full(64, 60.0, np.float32))
+    probs = new.embed_numpy("lamost", flux, ivar).class_prob
+    assert probs.shape == (64, 3) and np.allclose(probs.sum(1), 1.0, atol=1e-5)
+    # trained 40 steps on an eighth of the stars: the new class is no longer at ~e^-10
+    assert float(probs[:, 2].mean()) > 1e-3
+
+
 def test_snr_critic_learns_a_noise_signature_and_reverses_its_gradient():
     """Embeddings that carry the visit's S/N let the critic predict which visit is the
     noisier; the same star's labels cancel in the difference. The encoders' gradient is

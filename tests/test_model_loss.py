@@ -376,3 +376,44 @@ def test_augment_leaves_sed_columns_to_the_sed_augmentations():
     assert not torch.allclose(xt[:, npix:], x[:, npix:])
     assert torch.allclose(xt[:, npix:].sum(1), torch.zeros(32), atol=1e-4)
     assert (xt[:, npix:] - x[:, npix:]).abs().max() <= 2 * (0.05 + 0.02) + 1e-4
+
+
+def test_new_population_classes_start_unchanged_and_keep_the_old_rows(tmp_path):
+    from specsearch.errors import ConfigError
+    from specsearch.model.api import load_model
+    from specsearch.model.checkpoint import save_model_dir
+    from specsearch.model.network import NEW_CLASS_LOGIT, add_population_classes
+    from specsearch.preprocess import grid_for
+
+    torch.manual_seed(7)
+    old = ["normal", "vmp", "white_dwarf"]
+    net = SpecCLIPNet(model_config("small").with_data(label_names=["teff", "feh"],
+                                                      class_names=old)).eval()
+    npix = grid_for("lamost").npix
+    x = torch.rand(4, npix) + 0.5
+    w = torch.full_like(x, 100.0)
+    new = ["normal", "ultracool", "vmp", "white_dwarf"]      # sorted, as catalogs give them
+    with torch.no_grad():
+        before = net.forward_outputs("lamost", x, w, decode=False)
+        add_population_classes(net, new)
+        after = net.forward_outputs("lamost", x, w, decode=False)
+    assert net.cfg.class_names == tuple(new)
+    assert after.class_logits.shape == (4, 4)
+    assert torch.equal(after.label_mu, before.label_mu)
+    assert torch.equal(after.label_log_sigma, before.label_log_sigma)
+    # the old classes' logits moved to their new places; the new one far below them
+    assert torch.equal(after.class_logits[:, [0, 2, 3]], before.class_logits)
+    low = before.class_logits.min(dim=1).values
+    assert (after.class_logits[:, 1] < low + NEW_CLASS_LOGIT / 2).all()
+    probs_before = torch.softmax(before.class_logits, -1)
+    probs_after = torch.softmax(after.class_logits, -1)[:, [0, 2, 3]]
+    assert torch.allclose(probs_after, probs_before, atol=1e-3)
+    assert add_population_classes(net, new) is net        # nothing to add
+    with pytest.raises(ConfigError, match="must hold"):
+        add_population_classes(net, ["normal", "vmp"])   # would drop classes
+    save_model_dir(tmp_path, net, net.cfg, training={})
+    back = load_model(tmp_path)
+    assert back.class_names == tuple(new)
+    with torch.no_grad():
+        again = back.net.forward_outputs("lamost", x, w, decode=False)
+    assert torch.allclose(again.class_logits, after.class_logits, atol=1e-6)

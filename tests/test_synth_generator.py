@@ -19,7 +19,7 @@ from specsearch.synth.labels import population_counts, resolve_fractions
 from specsearch.synth.mix import sample_labels
 
 RARE = {"vmp": 0.03, "emp": 0.02, "carbon": 0.02, "white_dwarf": 0.02, "wd_md": 0.02,
-        "emission": 0.02, "hot_ob": 0.02, "binary": 0.05}
+        "emission": 0.02, "hot_ob": 0.02, "binary": 0.05, "ultracool": 0.02}
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_labels_within_declared_ranges():
         finite = np.isfinite(v)
         assert ((v[finite] >= lo) & (v[finite] <= hi)).all(), name
     undefined = ~np.isfinite(labels.feh)
-    assert set(labels.population[undefined]) <= {"white_dwarf", "wd_md"}
+    assert set(labels.population[undefined]) <= {"white_dwarf", "wd_md", "ultracool"}
     assert set(labels.population[~np.isfinite(labels.teff)]) <= {"wd_md"}
     wd = labels.population == "white_dwarf"
     assert (labels.logg[wd] > 7).all() and (labels.logg[~wd & np.isfinite(labels.logg)]
@@ -154,3 +154,52 @@ def test_cli_synth(tmp_path, capsys):
     assert rc == 0 and "20 stars" in capsys.readouterr().out
     assert main(["synth", "--n", "5", "--out", str(tmp_path / "d"),
                  "--fractions", "carbon"]) == 2
+
+
+def test_ultracool_dwarfs_come_from_the_templates_and_follow_teff():
+    """Ultracool dwarfs: Teff below the emulator's dwarfs, [Fe/H] not labelled, spectra
+    interpolated between the shipped type templates (the node spectrum at a node's Teff),
+    very red; off by default, so default surveys draw nothing."""
+    from specsearch.synth.grid import model_wavelength
+    from specsearch.synth.model import model_spectra
+    from specsearch.synth.ultracool import TEFF_RANGE, load, ultracool_spectra
+
+    assert resolve_fractions()["ultracool"] == 0.0
+    assert population_counts(np.random.default_rng(0), 10_000, resolve_fractions())[
+        "ultracool"] == 0
+    labels = sample_labels(np.random.default_rng(4), 4_000, resolve_fractions(RARE))
+    ucd = labels.population == "ultracool"
+    assert 60 <= ucd.sum() <= 100
+    assert (labels.teff[ucd] >= TEFF_RANGE[0]).all() and (labels.teff[ucd] <= TEFF_RANGE[1]).all()
+    assert np.isnan(labels.feh[ucd]).all() and (labels.logg[ucd] > 5.0).all()
+    assert (labels.mag_g[ucd] >= 13.5).all()
+
+    nodes, log_flux = load()
+    assert np.all(np.diff(nodes) > 0) and log_flux.shape == (nodes.size, model_wavelength().size)
+    np.testing.assert_allclose(ultracool_spectra(nodes[2:3])[0], np.exp(log_flux[2]),
+                               rtol=1e-5)
+    mid = ultracool_spectra(np.array([0.5 * (nodes[3] + nodes[4])]))[0]
+    np.testing.assert_allclose(np.log(mid), 0.5 * (log_flux[3] + log_flux[4]), atol=1e-5)
+    wave = model_wavelength()
+    spec = ultracool_spectra(np.array([2000.0, 2400.0, 2800.0]))
+    assert np.isfinite(spec).all() and (spec > 0).all()
+    red = spec[:, (wave > 8000) & (wave < 9000)].mean(1)
+    blue = spec[:, (wave > 5000) & (wave < 6000)].mean(1)
+    # Very red throughout; along the M sequence cooler is redder (in the L dwarfs the
+    # optical colours turn over, as the co-adds' own r-i does).
+    assert (red / blue > 5).all() and red[1] / blue[1] > red[2] / blue[2]
+    flux = model_spectra(sample_labels(np.random.default_rng(4), 4_000,
+                                       resolve_fractions(RARE)))
+    np.testing.assert_allclose(flux[ucd], ultracool_spectra(labels.teff[ucd]), rtol=1e-6)
+
+
+def test_ultracool_templates_refuse_a_missing_or_foreign_file(tmp_path):
+    from specsearch.synth.ultracool import load
+
+    with pytest.raises(ConfigError, match="missing"):
+        load(str(tmp_path / "absent.npz"))
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, teff=np.array([2000.0, 2500.0]), log_flux=np.zeros((2, 10)),
+             wavelength=np.arange(10.0))
+    with pytest.raises(ConfigError, match="model grid"):
+        load(str(bad))

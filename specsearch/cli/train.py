@@ -229,6 +229,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="give the heads the good-pixel fraction in K stretches of the grid "
                         "(new zero-initialised inputs), so that they read spectra without a "
                         "red arm with their own calibration (0: as the model has it)")
+    f.add_argument("--new-classes", action="store_true",
+                   help="the catalog may hold population classes the model lacks (e.g. a "
+                        "survey made with --fractions ultracool=0.01): the heads grow an "
+                        "output for each, starting from a logit of -10")
     f.add_argument("--hot-label-noise", type=_label_values, default=ft.hot_label_noise,
                    metavar="LABEL=SIGMA,...",
                    help="LAMOST pipeline labels of stars with a catalogue Teff >= 7000 K count "
@@ -471,7 +475,7 @@ def run_finetune(args: argparse.Namespace) -> int:
                          augment=dataclasses.replace(FinetuneConfig().augment,
                                                      p_red_cut=args.red_cut),
                          real_red_cut=args.red_cut_real, coverage_bins=args.coverage_inputs,
-                         hot_label_noise=args.hot_label_noise)
+                         new_classes=args.new_classes, hot_label_noise=args.hot_label_noise)
     result = finetune(args.model, args.catalog, args.real_data, args.out, cfg,
                       progress=not args.no_progress, overwrite=args.overwrite,
                       command=shlex.join(["specsearch", *sys.argv[1:]]),

@@ -252,6 +252,48 @@ def add_coverage_inputs(net: SpecCLIPNet, bins: int) -> SpecCLIPNet:
     return net
 
 
+NEW_CLASS_LOGIT = -10.0
+"""Starting logit of a class the heads grow (:func:`add_population_classes`)."""
+
+
+def add_population_classes(net: SpecCLIPNet, classes: list[str] | tuple[str, ...]
+                           ) -> SpecCLIPNet:
+    """Give ``net``'s heads the population classes ``classes`` (which must include every
+    class the model has), in place: each head's last layer keeps its label outputs and
+    each old class's row (moved to the class's place in ``classes``); a new class starts
+    with zero weights and a constant logit of :data:`NEW_CLASS_LOGIT` below the old ones'
+    lowest bias, so the converted model classifies as before until it is trained
+    (``specsearch finetune --new-classes``)."""
+    old = list(net.cfg.class_names)
+    new = list(classes)
+    missing = sorted(set(old) - set(new))
+    if missing or len(set(new)) != len(new):
+        raise ConfigError(f"population classes {new} must hold each of the model's {old} "
+                          f"once (missing {missing})")
+    if new == old:
+        return net
+    L = len(net.cfg.label_names)
+    net.cfg = net.cfg.with_data(label_names=net.cfg.label_names, class_names=new)
+    for head in net.heads.values():
+        last = head.net[-1]
+        grown = nn.Linear(last.in_features, 2 * L + len(new)).to(
+            device=last.weight.device, dtype=last.weight.dtype)
+        with torch.no_grad():
+            grown.weight.zero_()
+            grown.weight[:2 * L].copy_(last.weight[:2 * L])
+            grown.bias[:2 * L].copy_(last.bias[:2 * L])
+            floor = (float(last.bias[2 * L:].min()) if old else 0.0) + NEW_CLASS_LOGIT
+            grown.bias[2 * L:] = floor
+            for i, name in enumerate(new):
+                if name in old:
+                    j = 2 * L + old.index(name)
+                    grown.weight[2 * L + i].copy_(last.weight[j])
+                    grown.bias[2 * L + i] = last.bias[j]
+        head.net[-1] = grown
+        head.n_classes = len(new)
+    return net
+
+
 def add_identity_encoder(net: SpecCLIPNet, modality: str, hidden: int, depth: int,
                          dim: int, own_noise: bool = False) -> SpecCLIPNet:
     """Give ``net`` a freshly initialised ``modality`` identity encoder, in place

@@ -24,7 +24,7 @@ from scipy.special import ndtr, ndtri
 from specsearch.errors import ConfigError
 
 POPULATIONS: tuple[str, ...] = ("normal", "vmp", "emp", "carbon", "white_dwarf", "wd_md",
-                                "emission", "hot_ob", "binary")
+                                "emission", "hot_ob", "binary", "ultracool")
 """Population labels (``population`` column)."""
 
 DEFAULT_FRACTIONS: dict[str, float] = {
@@ -36,15 +36,18 @@ DEFAULT_FRACTIONS: dict[str, float] = {
     "emission": 0.005,     # dMe, Be and T Tauri-like (Balmer / Ca II in emission)
     "hot_ob": 0.003,       # O/B main sequence, sdB/sdO
     "binary": 0.05,        # unresolved pairs of two normal main-sequence stars
+    "ultracool": 0.0,      # late-M / early-L dwarfs from real SDSS co-adds (synth/ultracool.py)
 }
-"""Default fraction of each rare population; ``normal`` takes the rest."""
+"""Default fraction of each rare population; ``normal`` takes the rest. ``ultracool`` is off
+by default, so that surveys made before it existed come out the same for the same seed
+(a population of fraction 0 draws nothing); the shipped model's training survey sets it."""
 
 ARTEFACT_KINDS: tuple[str, ...] = ("dead_fibre", "sky_residual", "flux_tilt", "arm_join")
 DEFAULT_ARTEFACT_FRACTION = 0.01
 """Fraction of LAMOST spectra with an instrument artefact (kinds drawn uniformly)."""
 
 LABEL_RANGES: dict[str, tuple[float, float]] = {
-    "teff": (2600.0, 60000.0),    # K
+    "teff": (1900.0, 60000.0),    # K
     "logg": (-0.5, 9.5),          # dex (cgs)
     "feh": (-4.5, 0.7),           # dex
     "alpha_fe": (-0.2, 0.7),      # dex
@@ -136,10 +139,14 @@ def resolve_fractions(fractions: dict[str, float] | None = None,
 
 def population_counts(rng: np.random.Generator, n: int,
                       fractions: dict[str, float]) -> dict[str, int]:
-    """Counts per population for a batch of ``n``: floor(f n) plus a Bernoulli remainder."""
+    """Counts per population for a batch of ``n``: floor(f n) plus a Bernoulli remainder
+    (a population of fraction 0 takes no draw from ``rng``)."""
     counts = {}
     for name in POPULATIONS[1:]:
         exact = fractions.get(name, 0.0) * n
+        if exact <= 0.0:
+            counts[name] = 0
+            continue
         counts[name] = int(np.floor(exact) + (rng.random() < exact - np.floor(exact)))
     excess = sum(counts.values()) - n
     for name in reversed(POPULATIONS[1:]):   # only with fractions summing to ~1

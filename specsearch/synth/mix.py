@@ -221,12 +221,24 @@ def _binary(rng: np.random.Generator, n: int) -> dict:
             "state": np.full(n, "dwarf", dtype=object), "extra": extra}
 
 
+def _ultracool(rng: np.random.Generator, n: int) -> dict:
+    from specsearch.synth.ultracool import TEFF_RANGE
+
+    teff = rng.uniform(*TEFF_RANGE, n)
+    # Field late-M / L dwarfs: log g ~5.1-5.4, rising as Teff falls; metallicity not
+    # labelled (the co-adds average every [Fe/H] bin of SSPP, unreliable this cool).
+    logg = np.interp(teff, [1900.0, 2900.0], [5.35, 5.15]) + rng.normal(0.0, 0.05, n)
+    return {"teff": teff, "logg": logg, "feh": np.full(n, np.nan),
+            "alpha_fe": np.full(n, np.nan), "component": np.full(n, "thin", dtype=object),
+            "state": np.full(n, "ucd", dtype=object)}
+
+
 _SAMPLERS = {
     "normal": lambda rng, n: _normal(rng, n),
     "vmp": lambda rng, n: _metal_poor(rng, n, -3.0, NORMAL_FEH_FLOOR),
     "emp": lambda rng, n: _metal_poor(rng, n, -4.3, -3.0),
     "carbon": _carbon, "white_dwarf": _white_dwarf, "wd_md": _wd_md, "emission": _emission,
-    "hot_ob": _hot_ob, "binary": _binary,
+    "hot_ob": _hot_ob, "binary": _binary, "ultracool": _ultracool,
 }
 
 
@@ -247,6 +259,8 @@ def sample_labels(rng: np.random.Generator, n: int,
         d.update(_common(rng, k, d["component"]))
         if pop in ("white_dwarf", "wd_md"):
             d["mag_g"] = rng.uniform(15.5, 18.3, k)     # intrinsically faint: near the limit
+        elif pop == "ultracool":
+            d["mag_g"] = rng.uniform(13.5, 17.6, k)
         parts.append((d, extra))
     order = rng.permutation(n)
     keys = ("teff", "logg", "feh", "alpha_fe", "ebv", "rv", "mag_g", "population",

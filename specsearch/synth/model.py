@@ -185,7 +185,7 @@ def model_spectra(labels: StellarLabels, individuality=None) -> np.ndarray:
     flux = np.zeros((n, wave.size), dtype=np.float32)
     x = labels.extra
     pop = labels.population
-    single = np.flatnonzero(~np.isin(pop, ("white_dwarf", "wd_md")))
+    single = np.flatnonzero(~np.isin(pop, ("white_dwarf", "wd_md", "ultracool")))
     if single.size:
         flux[single] = stellar_spectra(
             labels.teff[single], labels.logg[single], labels.feh[single],
@@ -195,6 +195,11 @@ def model_spectra(labels: StellarLabels, individuality=None) -> np.ndarray:
     wd = np.flatnonzero(pop == "white_dwarf")
     if wd.size:
         flux[wd] = white_dwarf_spectra(labels.teff[wd], labels.logg[wd], x["wd_type"][wd])
+    ucd = np.flatnonzero(pop == "ultracool")
+    if ucd.size:
+        from specsearch.synth.ultracool import ultracool_spectra
+
+        flux[ucd] = ultracool_spectra(labels.teff[ucd])
     pair = np.flatnonzero(pop == "wd_md")
     if pair.size:
         flux[pair] = white_dwarf_spectra(x["teff_wd"][pair], x["logg_wd"][pair],

@@ -145,7 +145,10 @@ def generate_batch(config: SynthConfig, shard: int, batch: int) -> tuple[dict, d
     intrinsic = model_spectra(labels, ind)
     ext = extinction_curve()[None, :] if ind is None else extinction_for(ind.r_v)
     extincted = (intrinsic * 10.0 ** (-0.4 * labels.ebv[:, None] * ext)).astype(np.float32)
-    teff = labels.teff if config.realism else None
+    # The realism corrections were fitted for the emulator's stars; the ultracool dwarfs
+    # are real co-adds already (NaN Teff turns the correction off).
+    teff = (np.where(labels.population == "ultracool", np.nan, labels.teff)
+            if config.realism else None)
     lam, xp = _observe(config, extincted, labels.rv, labels.mag_g, teff, rng)
     ra, dec = draw_sky_positions(rng, n)
     index = np.arange(start, start + n, dtype=np.int64)

@@ -187,8 +187,10 @@ def _classifier(model: SpecModel, batch, population: np.ndarray) -> dict[str, An
     res = {}
     for c in names:
         t, p = truth == c, pred == c
-        res[c] = {"n": int(t.sum()), "recall": float((t & p).sum() / max(t.sum(), 1)),
-                  "precision": float((t & p).sum() / max(p.sum(), 1))}
+        # undefined (None) without such stars / such predictions in the catalog
+        res[c] = {"n": int(t.sum()),
+                  "recall": float((t & p).sum() / t.sum()) if t.any() else None,
+                  "precision": float((t & p).sum() / p.sum()) if p.any() else None}
     return res
 
 

@@ -63,8 +63,8 @@ def format_report(report: dict[str, Any]) -> str:
         if classes:
             lines += ["", f"rare-population classifier from {mod} (argmax)"]
             for cname, s in classes.items():
-                lines.append(f"  {cname:<12} n={s['n']:<6} recall {s['recall']:.3f}  "
-                             f"precision {s['precision']:.3f}")
+                lines.append(f"  {cname:<12} n={s['n']:<6} recall {_f(s['recall'], 3)}  "
+                             f"precision {_f(s['precision'], 3)}")
     if report.get("real"):
         lines += [""] + format_real(report["real"])
     if report.get("goals"):

@@ -233,15 +233,18 @@ def pixel_statistics(cache: PairCache, pos: np.ndarray, modality: str, *,
 
 
 def model_cache(catalog: str | Path, root: str | Path, *, label_names: list[str],
-                class_names: list[str], training: dict, progress: bool = True
-                ) -> tuple[PairCache, str]:
+                class_names: list[str], training: dict, progress: bool = True,
+                new_classes: bool = False) -> tuple[PairCache, str]:
     """The pair cache of a trained model's catalog, split as the model's training split it
     (``training['train_config']``: the val/test fractions), for the stages that continue
     a model (``finetune``, ``train-identity``). Returns (cache, catalog fingerprint).
 
+    ``new_classes``: the catalog may also hold classes the model lacks (the cache keeps
+    the catalog's classes, ``cache.meta["class_names"]``; the caller grows the model's heads).
+
     Raises:
         ConfigError: the catalog's population classes are not the model's (it is not the
-            catalog the model was trained on).
+            catalog the model was trained on), or with ``new_classes`` lack one of them.
     """
     tcfg = training.get("train_config", {})
     cat = open_catalog(catalog)
@@ -250,7 +253,8 @@ def model_cache(catalog: str | Path, root: str | Path, *, label_names: list[str]
                        test_fraction=tcfg.get("test_fraction", 0.05))
     trainval = np.flatnonzero(pairs.split != 2)
     classes = population_classes(cat, pairs, trainval)
-    if list(classes) != list(class_names):
+    grows = new_classes and set(class_names) <= set(classes)
+    if list(classes) != list(class_names) and not grows:
         raise ConfigError(f"{catalog}: population classes {classes} differ from the model's "
                           f"{list(class_names)}; continue a model on the catalog it was "
                           f"trained on")

@@ -229,6 +229,10 @@ class FinetuneConfig:
             equal stretches of the grid, zero-initialised), so that with ``p_red_cut`` /
             ``real_red_cut`` they learn spectra without a red arm apart from whole ones; a
             head change, allowed with ``heads_only``.
+        new_classes: accept a catalog whose population classes include ones the model
+            lacks: the heads grow an output for each
+            (:func:`specsearch.model.network.add_population_classes`, from a logit of
+            -10, so the converted model classifies as before).
         hot_label_noise: (label, uncertainty) pairs: the LAMOST pipeline labels of stars
             with a catalogue Teff >= 7000 K count with at least this uncertainty in the
             likelihood (LASP's A-star log g and [Fe/H] disagree with the synthetic truth and
@@ -269,6 +273,7 @@ class FinetuneConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     real_red_cut: float = 0.0
     coverage_bins: int = 0
+    new_classes: bool = False
     hot_label_noise: tuple[tuple[str, float], ...] = ()
     real_sets: tuple[str, ...] = ("lamost_dr10", "lamost_dr1", "miles")
     real_set_weights: tuple[float, ...] = (0.5, 0.1, 0.4)

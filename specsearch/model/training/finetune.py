@@ -57,7 +57,8 @@ from specsearch.model.training.hard_negatives import label_neighbours, sample_ba
 from specsearch.model.training.identity import (SnrAdversary, clean_anchor_loss,
                                                  identity_terms, second_visits)
 from specsearch.model.training.loss import SpecCLIPLoss, identity_loss
-from specsearch.model.network import (SpecCLIPNet, add_coverage_inputs, add_sed_inputs,
+from specsearch.model.network import (SpecCLIPNet, add_coverage_inputs,
+                                      add_population_classes, add_sed_inputs,
                                       has_sed_inputs, make_noise_blind)
 from specsearch.model.training.real_sets import PreparedReal, RealSet, load_all, prepare_real
 
@@ -173,7 +174,10 @@ def _prepare_data(net: SpecCLIPNet, training: dict[str, Any], catalog: str | Pat
     names = list(net.cfg.label_names)
     cache, fingerprint = model_cache(catalog, cache_root, label_names=names,
                                      class_names=list(net.cfg.class_names),
-                                     training=training, progress=progress)
+                                     training=training, progress=progress,
+                                     new_classes=cfg.new_classes)
+    if list(cache.meta["class_names"]) != list(net.cfg.class_names):   # only with new_classes
+        add_population_classes(net, cache.meta["class_names"])
     val_pos = cache.positions("val")
     val_pos = np.sort(np.random.default_rng(0).permutation(val_pos)[:4096])
     real = Path(real_data)
