@@ -50,7 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="catalog directory to write")
     p.add_argument("--metal-poor-boost", type=float, default=1.0,
                    help="multiply the vmp/emp fractions (over-sample [Fe/H] < -2)")
-    p.add_argument("--fractions", help="population fractions, e.g. carbon=0.01,wd_md=0.002")
+    p.add_argument("--fractions", help="population fractions, e.g. carbon=0.01,wd_md=0.002; "
+                   "ultracool (late-M / L dwarfs from real SDSS co-adds) is 0 unless set")
     p.add_argument("--artefact-fraction", type=float, default=DEFAULT_ARTEFACT_FRACTION,
                    help="fraction of LAMOST spectra with an instrument artefact")
     p.add_argument("--shard-size", type=int, default=50_000, help="stars per shard file")
