@@ -14,8 +14,8 @@ Example:
 
 Writes CATALOG/lamost/ and CATALOG/xp/ (one row per star each, joined on source_id) with the
 true labels (teff, logg, feh, alpha_fe, ebv, rv, mag_g, population, is_artefact, ...).
-Populations: normal vmp emp carbon white_dwarf wd_md emission hot_ob binary. Re-running
-the same command resumes an interrupted run.
+Populations: normal vmp emp carbon white_dwarf wd_md emission hot_ob binary ultracool
+(ultracool: 0 unless set). Re-running the same command resumes an interrupted run.
 """
 
 
