@@ -203,3 +203,17 @@ def test_ultracool_templates_refuse_a_missing_or_foreign_file(tmp_path):
              wavelength=np.arange(10.0))
     with pytest.raises(ConfigError, match="model grid"):
         load(str(bad))
+
+
+def test_a_population_of_fraction_zero_takes_no_random_draw():
+    """Adding a population with fraction 0 leaves every earlier survey's stream alone:
+    population_counts draws once per population with a positive fraction, never for 0."""
+    fr = resolve_fractions()                      # ultracool = 0 by default
+    positive = sum(1 for name in POPULATIONS[1:] if fr.get(name, 0.0) > 0)
+    assert positive == len(POPULATIONS) - 2
+    rng = np.random.default_rng(0)
+    population_counts(rng, 1_000, fr)
+    after = rng.random()
+    ref = np.random.default_rng(0)
+    ref.random(positive)
+    assert after == ref.random()
