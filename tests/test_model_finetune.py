@@ -116,13 +116,20 @@ def test_real_sets_round_trip(tmp_path):
             (back["lamost_dr10"].split == SPLIT_CODES["test"])).all()
 
 
-def test_finetune_cli_end_to_end(tmp_path, capsys):
+def _toy_base(tmp_path):
+    """A toy paired catalog, a base model trained on it for one epoch, and the toy real
+    sets saved as tmp_path/real.npz. Returns (catalog, base model) paths."""
     cat = make_paired_catalog(tmp_path / "cat", 240, revisits=10)
     base = tmp_path / "base"
     assert main(["train", "--catalog", str(cat), "--out", str(base), "--epochs", "1",
                  "--batch-size", "64", "--embedding-dim", "16", "--device", "cpu",
                  "--no-progress"]) == 0
     save_sets(tmp_path / "real.npz", _toy_real_sets())
+    return cat, base
+
+
+def test_finetune_cli_end_to_end(tmp_path, capsys):
+    cat, base = _toy_base(tmp_path)
     out = tmp_path / "ft"
     assert main(["finetune", "--model", str(base), "--catalog", str(cat), "--real-data",
                  str(tmp_path), "--real-cache", str(tmp_path / "real.npz"), "--out", str(out),
@@ -239,12 +246,7 @@ def test_finetune_new_classes_grows_the_population_classifier(tmp_path, capsys):
     """A catalog with a population the model has never seen (as a survey made with
     ``--fractions ultracool=...``): refused as another catalog unless ``--new-classes``,
     which grows the heads' classifier, keeps every embedding and learns the new class."""
-    cat = make_paired_catalog(tmp_path / "cat", 240, revisits=10)
-    base = tmp_path / "base"
-    assert main(["train", "--catalog", str(cat), "--out", str(base), "--epochs", "1",
-                 "--batch-size", "64", "--embedding-dim", "16", "--device", "cpu",
-                 "--no-progress"]) == 0
-    save_sets(tmp_path / "real.npz", _toy_real_sets())
+    _, base = _toy_base(tmp_path)
     grown = make_paired_catalog(tmp_path / "cat-uc", 240, revisits=10, extra_class="ultracool")
     args = ["finetune", "--model", str(base), "--catalog", str(grown), "--real-data",
             str(tmp_path), "--real-cache", str(tmp_path / "real.npz"), "--steps", "40",
