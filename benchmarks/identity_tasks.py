@@ -246,3 +246,67 @@ def label_vectors(pred: np.ndarray, names: tuple[str, ...]) -> tuple[np.ndarray,
     q = np.hstack([x, np.ones((len(x), 1))])
     g = np.hstack([2.0 * x, -(x * x).sum(1, keepdims=True)])
     return q, g
+
+
+def _params(pred: np.ndarray, err: np.ndarray, names: tuple[str, ...], i: int
+            ) -> dict[str, tuple[float, float]]:
+    """Row ``i``'s (value, uncertainty) of the :data:`TOLERANCE` labels."""
+    return {k: (float(pred[i, names.index(k)]), float(err[i, names.index(k)]))
+            for k in TOLERANCE}
+
+
+def agreement_reranked(emb_q: np.ndarray, emb_g: np.ndarray, pred_q: np.ndarray,
+                       err_q: np.ndarray, pred_g: np.ndarray, err_g: np.ndarray,
+                       names: tuple[str, ...], labels: dict[str, np.ndarray], window: int
+                       ) -> dict[str, Any]:
+    """The engine's cross-modal re-rank (:mod:`specsearch.query.agreement`): each query's
+    top ``window`` gallery rows by cosine, ordered by cosine + weight x log agreement of the
+    heads' predictions (query row ``i``'s partner is gallery row ``i``). Partner ranks (a
+    partner outside the window keeps its embedding rank) and the top-10's label agreement."""
+    from specsearch.query import agreement as agree
+
+    if window < K_NEIGHBOURS:
+        raise ValueError(f"the re-rank window ({window}) must hold the top {K_NEIGHBOURS}")
+    S, C = knn(emb_q, emb_g, window)
+    top = np.empty((len(C), K_NEIGHBOURS), np.int64)
+    ranks = partner_ranks(emb_q, emb_g)
+    cols = [names.index(k) for k in TOLERANCE]
+    for i in range(len(C)):
+        params = {k: v for k, v in _params(pred_q, err_q, names, i).items()
+                  if np.isfinite(v[0]) and np.isfinite(v[1]) and v[1] > 0}
+        values = {k: pred_g[C[i], c] for k, c in zip(TOLERANCE, cols) if k in params}
+        errors = {k: err_g[C[i], c] for k, c in zip(TOLERANCE, cols) if k in params}
+        _, order = agree.rerank(S[i], C[i], params, values, errors)
+        top[i] = order[:K_NEIGHBOURS]
+        hit = np.flatnonzero(order == i)
+        if hit.size:
+            ranks[i] = hit[0] + 1
+    return {**rank_summary(ranks), "label_agreement_top10": label_agreement(top, labels, labels)}
+
+
+def agreement_ceiling(known: np.ndarray, pred: np.ndarray, err: np.ndarray,
+                      labels: dict[str, np.ndarray], *, query_side: bool,
+                      block: int = 200) -> dict[str, float]:
+    """Top-10 label agreement of a searcher that ranks every gallery row by the probability
+    that its true (TOLERANCE) labels lie within tolerance of the query's, given Gaussian
+    errors. ``query_side``: the query is known by its predictions ``pred`` +- ``err`` and
+    the gallery by its true labels ``known``; else the query by ``known`` and the gallery
+    by its predictions. Either bounds a re-rank that reads the heads' predictions."""
+    from scipy.special import ndtr
+
+    tol = np.array(list(TOLERANCE.values()))
+    n = len(known)
+    top = np.empty((n, K_NEIGHBOURS), np.int64)
+    for s in range(0, n, block):
+        e = min(n, s + block)
+        if query_side:
+            d = known[None, :, :] - pred[s:e, None, :]
+            sd = np.broadcast_to(err[s:e, None, :], d.shape)
+        else:
+            d = pred[None, :, :] - known[s:e, None, :]
+            sd = np.broadcast_to(err[None, :, :], d.shape)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            p = ndtr((tol - d) / sd) - ndtr((-tol - d) / sd)
+            score = np.nan_to_num(np.log(np.clip(p, 1e-300, 1.0)).sum(-1), nan=-1e9)
+        top[s:e] = np.argsort(-score, axis=1, kind="stable")[:, :K_NEIGHBOURS]
+    return label_agreement(top, labels, labels)

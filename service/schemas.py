@@ -109,10 +109,12 @@ class SearchResponse(BaseModel):
     filters: list[str]
     neighbours: list[Neighbour]
     took_ms: float
-    ranked_by: str = Field("embedding", description="embedding, or embedding+identity: a "
+    ranked_by: str = Field("embedding", description="embedding; embedding+identity: a "
                            "same-instrument search of an index with identity vectors orders "
                            "its candidates by the mean of the two cosines (the similarity "
-                           "shown)")
+                           "shown); embedding+parameters: a cross-modal search orders them "
+                           "by the cosine plus the weighted log probability that their "
+                           "parameters agree with the query's (the similarity shown)")
     spectra: list[Curve] | None = Field(
         None, description="query then neighbours (include_spectra=true), for plotting")
 
@@ -136,6 +138,10 @@ class SearchOptions(BaseModel):
                                              "vectors where the model and index have them "
                                              "(finds a star's other visits among "
                                              "look-alikes)")
+    agreement: bool = Field(True, description="cross-modal searches by source_id or "
+                                              "spectrum: re-rank by how well the "
+                                              "neighbours' predicted parameters agree with "
+                                              "the query's")
 
 
 class ArraysSearch(SearchOptions):

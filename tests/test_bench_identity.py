@@ -13,6 +13,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from identity_tasks import (  # noqa: E402
     SNR_RANGE,
+    TOLERANCE,
+    agreement_ceiling,
+    agreement_reranked,
     iter_visit_batches,
     knn,
     label_agreement,
@@ -220,3 +223,48 @@ def test_reranked_ranks_are_the_engines_and_the_exact_mean_when_the_window_is_ev
     order = reranked_knn(ea, eb, ia, ib, 5)
     assert order.shape == (n, 5) and (np.sort(order, 1) == np.sort(
         np.argsort(-(ea @ eb.T), 1, kind="stable")[:, :5], 1)).all()
+
+
+def _label_world(n: int = 300, seed: int = 3):
+    """Stars with true (teff, logg, feh), predictions with per-star errors, and embeddings
+    that know the labels only coarsely (cosine of labels in units of 5x the tolerance)."""
+    rng = np.random.default_rng(seed)
+    true = np.c_[rng.uniform(4500, 6500, n), rng.uniform(1.0, 4.8, n), rng.uniform(-2, 0.4, n)]
+    labels = dict(zip(TOLERANCE, true.T))
+    err = np.c_[rng.uniform(20, 300, n), rng.uniform(0.05, 0.6, n), rng.uniform(0.02, 0.4, n)]
+    pred = true + rng.normal(size=true.shape) * err
+    tol = np.array(list(TOLERANCE.values()))
+    emb = unit(np.c_[true / (5 * tol), np.full(n, 40.0)] + rng.normal(0, 0.5, (n, 4)))
+    return labels, true, pred, err, emb
+
+
+def test_agreement_rerank_brings_agreeing_neighbours_up_and_keeps_partner_ranks_exact():
+    labels, true, pred, err, emb = _label_world()
+    names = tuple(TOLERANCE)
+    plain = label_agreement(knn(emb, emb, 10)[1], labels, labels)["fraction_within"]
+    got = agreement_reranked(emb, emb, pred, err, pred, err, names, labels, 50)
+    assert got["label_agreement_top10"]["fraction_within"] > plain
+    # the partner (here the star itself) is top-1 by cosine; the re-rank moves it down
+    # only where its parameters are too uncertain to agree with anything (itself included)
+    # better than a sharper look-alike does
+    precise = err[:, 2] < 0.1
+    assert got["n"] == len(true) and 0.5 < got["top1"] < 1.0
+    again = agreement_reranked(emb[precise], emb[precise], pred[precise], err[precise],
+                               pred[precise], err[precise], names,
+                               {k: v[precise] for k, v in labels.items()}, 50)
+    assert again["top1"] > got["top1"]
+    with pytest.raises(ValueError, match="window"):
+        agreement_reranked(emb, emb, pred, err, pred, err, names, labels, 5)
+
+
+def test_agreement_ceilings_bound_by_the_side_that_is_known_through_predictions():
+    labels, true, pred, err, _ = _label_world()
+    exact = agreement_ceiling(true, true, np.full_like(err, 1e-6), labels, query_side=True)
+    noisy_query = agreement_ceiling(true, pred, err, labels, query_side=True)
+    noisy_gallery = agreement_ceiling(true, pred, err, labels, query_side=False)
+    truth = label_agreement(knn(*(unit(np.c_[true / np.array(list(TOLERANCE.values())),
+                                            np.ones(len(true))]),) * 2, 10)[1],
+                            labels, labels)["fraction_within"]
+    assert exact["fraction_within"] >= truth - 0.05
+    assert noisy_query["fraction_within"] < exact["fraction_within"]
+    assert noisy_gallery["fraction_within"] < exact["fraction_within"]

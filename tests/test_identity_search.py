@@ -120,6 +120,8 @@ def test_identity_off_and_cross_modal_rank_by_the_embedding(built):
     with pytest.raises(QueryError, match="dimension 3"):
         engine.search(vec, modality="lamost", k=8, identity=np.ones(3, np.float32))
     cross = engine.search_source(star, target_modality="xp", k=5)
+    assert cross.query["ranked_by"] == "embedding+parameters" and cross.modality == "xp"
+    cross = engine.search_source(star, target_modality="xp", k=5, agreement=False)
     assert "ranked_by" not in cross.query and cross.modality == "xp"
 
 
@@ -136,7 +138,8 @@ def test_spectrum_query_reranks_with_the_models_identity_vector(built):
     # the query's own row (same spectrum): both cosines 1
     assert res.similarity[0] == pytest.approx(1.0, abs=1e-4)
     assert "ranked_by" not in engine.search_spectrum(spec, k=5, identity=False).query
-    assert "ranked_by" not in engine.search_spectrum(spec, k=5, target_modality="xp").query
+    assert engine.search_spectrum(spec, k=5, target_modality="xp").query["ranked_by"] == \
+        "embedding+parameters"
 
 
 def test_service_reports_the_ranking_and_hides_the_vectors(built):
@@ -167,6 +170,9 @@ def test_service_reports_the_ranking_and_hides_the_vectors(built):
         got = client.post("/v1/search/spectrum", json=body).json()
         assert got["ranked_by"] == "embedding+identity", got
         cross = client.post("/v1/search/spectrum", json={**body, "target": "cross"}).json()
+        assert cross["ranked_by"] == "embedding+parameters"
+        cross = client.post("/v1/search/spectrum",
+                            json={**body, "target": "cross", "agreement": False}).json()
         assert cross["ranked_by"] == "embedding"
 
 

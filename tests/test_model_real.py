@@ -38,6 +38,11 @@ def test_repeat_visits_of_a_real_star_agree(model, real_sets):
     ranks = np.array(cm["partner_rank_per_visit"])
     # their real Gaia XP spectra rank in the top half of the 2000 XP sources of the field
     assert ranks.size == 9 and np.median(ranks) < 1000
+    # a search by source_id queries the star's best visit; ranks beyond the re-rank's
+    # window of 50 are the cosine's, inside it the parameter re-rank's
+    engine = cm["partner_rank_per_star_engine"]
+    assert engine.keys() == cm["partner_rank_per_star"].keys()
+    assert all(1 <= r <= cm["xp_pool"] for r in engine.values())
 
 
 def test_window_ablation_reports_shift_bias_and_scatter(model, real_sets):

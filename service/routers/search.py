@@ -95,14 +95,20 @@ def _curves(state: ServiceState, query: GridSpectrum | None, query_vec: np.ndarr
 
 def _respond(state: ServiceState, info: QueryInfo, vec: np.ndarray, opts: SearchOptions,
              grid: GridSpectrum | None, start: float, *, exclude: int | None = None,
-             identity: np.ndarray | None = None) -> SearchResponse:
+             identity: np.ndarray | None = None,
+             parameters: dict[str, tuple[float, float]] | None = None) -> SearchResponse:
+    """Search, re-ranked by identity vectors in-modality (``opts.identity``) or by the
+    agreement of ``parameters`` (the query's predictions) cross-modal (``opts.agreement``;
+    :mod:`specsearch.query.agreement`)."""
     target = target_modality(opts.target, info.modality, state.engine.modalities)
     same = target == info.modality
     result = state.engine.search(vec, modality=target, k=opts.k, offset=opts.offset,
                                  limit=opts.limit, filter=opts.filters,
                                  exclude_source_ids=[exclude] if exclude is not None
                                  and same else None,
-                                 identity=identity if same and opts.identity else None)
+                                 identity=identity if same and opts.identity else None,
+                                 parameters=(parameters or None) if not same
+                                 and opts.agreement else None)
     spectra = _curves(state, grid, vec, info.modality, target, result) \
         if opts.include_spectra else None
     return _response(state, info, opts, target, result, start, spectra)
@@ -162,14 +168,18 @@ def search_grid(state: ServiceState, grid: GridSpectrum, opts: SearchOptions,
                      domain=convert.domain(state.model, grid.modality, batch))
     id_vecs = getattr(batch, "identity", None)
     identity = None if id_vecs is None else id_vecs[0]
+    params = {n: (float(batch.predictions[0, i]), float(batch.uncertainties[0, i]))
+              for i, n in enumerate(batch.label_names)}
     return _respond(state, info, np.asarray(batch.embedding[0], np.float32), opts, grid,
-                    start, identity=identity)
+                    start, identity=identity, parameters=params)
 
 
 def _options(k: int, target: Target, filters: list[str], offset: int, limit: int | None,
-             include_spectra: bool, identity: bool = True) -> SearchOptions:
+             include_spectra: bool, identity: bool = True, agreement: bool = True
+             ) -> SearchOptions:
     return SearchOptions(k=k, target=target, filters=filters, offset=offset, limit=limit,
-                         include_spectra=include_spectra, identity=identity)
+                         include_spectra=include_spectra, identity=identity,
+                         agreement=agreement)
 
 
 K = Annotated[int, Query(ge=1, le=10_000, description="neighbours (<= server max_k)")]
@@ -177,6 +187,9 @@ LimitParam = Annotated[int | None, Query(ge=1, le=10_000, description="page size
 IdentityParam = Annotated[bool, Query(description="same-instrument searches: re-rank by "
                                                   "identity vectors where the model and index "
                                                   "have them")]
+AgreementParam = Annotated[bool, Query(description="cross-modal searches: re-rank by how "
+                                                   "well the neighbours' predicted parameters "
+                                                   "agree with the query's")]
 
 
 @router.post("/upload", responses=UPLOAD_ERRORS, response_model=SearchResponse,
@@ -197,10 +210,12 @@ async def search_upload(
     row: Annotated[int, Query(ge=0, le=1_000_000, description="spectrum number in a "
                                                                "multi-spectrum file")] = 0,
     include_spectra: bool = False, identity: IdentityParam = True,
+    agreement: AgreementParam = True,
 ) -> SearchResponse:
     stated_air = upload_air(medium, air)
     data = await read_upload(file, state.settings.max_upload_bytes)
-    opts = _options(k, target, filters or [], offset, limit, include_spectra, identity)
+    opts = _options(k, target, filters or [], offset, limit, include_spectra, identity,
+                    agreement)
 
     grid = await parse_upload(state, data, file.filename or "upload", modality=modality,
                               air=stated_air, row=row, resolving_power=resolving_power)
@@ -266,9 +281,10 @@ async def search_source(
     = None,
     k: K = 10, target: Target = "same", filters: FilterParam = [],
     offset: OffsetParam = 0, limit: LimitParam = None, include_spectra: bool = False,
-    identity: IdentityParam = True,
+    identity: IdentityParam = True, agreement: AgreementParam = True,
 ) -> SearchResponse:
-    opts = _options(k, target, filters or [], offset, limit, include_spectra, identity)
+    opts = _options(k, target, filters or [], offset, limit, include_spectra, identity,
+                    agreement)
 
     def work() -> SearchResponse:
         start = time.perf_counter()
@@ -287,7 +303,9 @@ async def search_source(
                                state.engine.modalities) == query_modality
         id_vec = (state.engine.identity_of(source_id, query_modality)
                   if opts.identity and same else None)
+        params = (state.engine.source_parameters(source_id, query_modality)
+                  if opts.agreement and not same else None)
         return _respond(state, info, vec, opts, None, start, exclude=source_id,
-                        identity=id_vec)
+                        identity=id_vec, parameters=params)
 
     return await state.worker.run("search_source", work)

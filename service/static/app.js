@@ -113,7 +113,9 @@ function renderResults(res) {
   line.textContent = `Query: ${what} (${q.modality}) \u2192 ${res.neighbours.length} ` +
     `${res.target_modality} neighbours${res.cross_modal ? " (cross-modal)" : ""}` +
     `${res.ranked_by === "embedding+identity" ? ", ranked by embedding + identity " +
-      "(the star's other visits first)" : ""} in ` +
+      "(the star's other visits first)" : ""}` +
+    `${res.ranked_by === "embedding+parameters" ? ", ranked by embedding + parameter " +
+      "agreement (neighbours whose parameters match the query's first)" : ""} in ` +
     `${res.took_ms.toFixed(1)} ms. Predicted Teff ${pe("teff")} K, log g ${pe("logg")}, ` +
     `[Fe/H] ${pe("feh")}.`;
   $("#query-summary").appendChild(line);

@@ -68,6 +68,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="same-instrument --source-id/--spectrum queries: rank by the "
                         "embedding only (default: re-rank by identity vectors where the "
                         "index has them)")
+    p.add_argument("--no-agreement", action="store_true",
+                   help="cross-modal --source-id/--spectrum queries: rank by the embedding "
+                        "only (default: re-rank by how well the neighbours' predicted "
+                        "parameters agree with the query's)")
     p.add_argument("--no-verify", action="store_true",
                    help="skip shard sha256 checks at open (sizes are still checked)")
     p.set_defaults(run=run)
@@ -102,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             results.append(engine.search_source(args.source_id, modality=args.modality,
                                                 target_modality=args.target_modality,
-                                                identity=not args.no_identity, **page))
+                                                identity=not args.no_identity,
+                                                agreement=not args.no_agreement, **page))
     elif args.embedding is not None:
         vectors = np.load(args.embedding, allow_pickle=False)
         if vectors.ndim not in (1, 2):
@@ -122,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         for spectrum in spectra:
             results.append(engine.search_spectrum(
                 spectrum, modality=args.modality, target_modality=args.target_modality,
-                identity=not args.no_identity, **page))
+                identity=not args.no_identity, agreement=not args.no_agreement, **page))
     _print(results, args.format)
     return 0
 

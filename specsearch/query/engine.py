@@ -10,7 +10,11 @@
 Same-star searches (a stored star, or a spectrum, against its own instrument) of an index
 built with identity vectors (the embeddings' ``identity`` column, :mod:`specsearch.io.
 embeddings`, kept per shard beside the vectors) are re-ranked by them (:mod:`specsearch.query.identity`; ``query["ranked_by"]`` says so, and
-the ``similarity`` is then the mean of the embedding and identity cosines).
+the ``similarity`` is then the mean of the embedding and identity cosines). Cross-modal
+searches of a stored star or a spectrum are re-ranked by how well the candidates' predicted
+parameters agree with the query's (:mod:`specsearch.query.agreement`; ``ranked_by``
+``embedding+parameters``, the ``similarity`` then the cosine plus the weighted log
+agreement).
 
 Queries are L2-normalised float32 embeddings. Every modality's index was checked at open to
 come from one model (:mod:`specsearch.index.manifest`), so cross-modal search compares
@@ -33,6 +37,7 @@ from specsearch.index.config import SearchKnobs
 from specsearch.index.reader import IndexDirectory, ModalityIndex, open_index
 from specsearch.index.threads import ThreadPolicy
 from specsearch.query.direct import SingleQueryPlan
+from specsearch.query import agreement as agree
 from specsearch.query.filters import Filter
 from specsearch.query.identity import rerank, rerank_window
 from specsearch.query.results import Neighbours
@@ -212,6 +217,39 @@ class SearchEngine(LocalShardAccess):
         score, order = rerank(sims[0], ids[0], identity, vecs)
         return score[None], order[None]
 
+    def _rerank_agreement(self, mi: ModalityIndex, params: dict[str, tuple[float, float]],
+                          sims: np.ndarray, ids: np.ndarray
+                          ) -> tuple[np.ndarray, np.ndarray] | None:
+        """(1, m) candidates in :func:`specsearch.query.agreement.rerank` order, or None
+        when the rows store none of the query's parameters."""
+        valid = ids[0] >= 0
+        if not valid.any():
+            return None
+        rows = self._fetch_rows(mi, ids[0][valid])
+        labels = agree.usable(params, rows.column_names)
+        if not labels:
+            return None
+        values = {n: rows.column(f"{n}_pred").to_numpy(zero_copy_only=False) for n in labels}
+        errors = {n: rows.column(f"{n}_err").to_numpy(zero_copy_only=False) for n in labels}
+        score, order = agree.rerank(sims[0], ids[0], params, values, errors)
+        return score[None], order[None]
+
+    def source_parameters(self, source_id: int, modality: str
+                          ) -> dict[str, tuple[float, float]]:
+        """(value, uncertainty) of the :data:`~specsearch.query.agreement.TOLERANCE` labels
+        stored for a source's preferred row in ``modality`` (highest S/N, as
+        :meth:`vector_of`); empty when the rows store none."""
+        table = self._source_table(self.index[modality], source_id)
+        if table is None or not len(table):
+            return {}
+        row = 0
+        if len(table) > 1 and "snr" in table.column_names:
+            snr = np.asarray(table.column("snr").to_numpy(zero_copy_only=False), float)
+            row = int(np.argmax(np.nan_to_num(snr, nan=-np.inf)))
+        return agree.query_parameters({c: table.column(c)[row].as_py()
+                                       for c in table.column_names
+                                       if c.endswith(("_pred", "_err"))})
+
     # ----------------------------------------------------------------- k-NN
 
     def search(self, embedding: np.ndarray, *, modality: str | None = None, k: int = 10,
@@ -219,7 +257,9 @@ class SearchEngine(LocalShardAccess):
                knobs: SearchKnobs | None = None,
                exclude_source_ids: np.ndarray | list[int] | None = None,
                query: dict[str, Any] | None = None,
-               identity: np.ndarray | None = None) -> Neighbours | list[Neighbours]:
+               identity: np.ndarray | None = None,
+               parameters: dict[str, tuple[float, float]] | None = None
+               ) -> Neighbours | list[Neighbours]:
         """k-NN of embedding(s) in ``modality``'s index.
 
         Args:
@@ -236,13 +276,17 @@ class SearchEngine(LocalShardAccess):
                 ``modality``'s index stores identity vectors, the embedding's top
                 candidates are re-ranked by them (:mod:`specsearch.query.identity`);
                 ignored otherwise.
+            parameters: the query's predicted (value, uncertainty) per label (one query
+                only; not with ``identity``): the embedding's top candidates are re-ranked
+                by how well their stored predictions agree (:mod:`specsearch.query.
+                agreement`); ignored when the rows store none of them.
 
         One float32 (D,) query without filter, knobs, exclusions or paging on a one-shard
         index takes a direct path (:mod:`specsearch.query.direct`): same result, ~10-15 us
         of Python on a slow core instead of 130-180.
         """
         if (filter is None and knobs is None and exclude_source_ids is None and offset == 0
-                and limit is None and identity is None):
+                and limit is None and identity is None and parameters is None):
             plan = self._single_plan(modality)
             hit = plan and plan.search(embedding, k, self.threads.threads_for(1), query,
                                        self._result_rows)
@@ -264,7 +308,13 @@ class SearchEngine(LocalShardAccess):
             query_identity = np.asarray(identity, np.float32).ravel()
             if not np.isfinite(query_identity).all():
                 query_identity = None
-        window = k if query_identity is None else rerank_window(k, self.max_k)
+        if parameters is not None and not single:
+            raise QueryError("a parameter re-rank takes one query at a time")
+        if parameters is not None and query_identity is not None:
+            raise QueryError("a search re-ranks by identity vectors or by parameters, not both")
+        params = dict(parameters) if parameters else None
+        window = (k if query_identity is None and params is None
+                  else rerank_window(k, self.max_k))
         fetch = min(window + n_excl, max(mi.count, 1))
         sims, ids = self._knn(mi, q, fetch, knobs=knobs, flt=flt,
                               threads=self.threads.threads_for(len(q)))
@@ -280,6 +330,11 @@ class SearchEngine(LocalShardAccess):
         if query_identity is not None:
             sims, ids = self._rerank(mi, query_identity, sims[:, :window], ids[:, :window])
             base["ranked_by"] = "embedding+identity"
+        elif params is not None:
+            got = self._rerank_agreement(mi, params, sims[:, :window], ids[:, :window])
+            if got is not None:
+                sims, ids = got
+                base["ranked_by"] = "embedding+parameters"
         sims, ids = sims[:, :k], ids[:, :k]
         out = [self._neighbours(mi, sims[i], ids[i], offset, limit, base)
                for i in range(len(q))]
@@ -329,14 +384,16 @@ class SearchEngine(LocalShardAccess):
                       target_modality: str | None = None, k: int = 10, offset: int = 0,
                       limit: int | None = None, filter: FilterLike = None,
                       knobs: SearchKnobs | None = None,
-                      exclude_self: bool | None = None, identity: bool = True) -> Neighbours:
+                      exclude_self: bool | None = None, identity: bool = True,
+                      agreement: bool = True) -> Neighbours:
         """Neighbours of a star by its source_id, using its stored embedding.
 
         ``modality`` is the modality of the query spectrum (default: the first that has the
         star), ``target_modality`` the one searched (default: the same). ``exclude_self``
         (default: True in-modality, False cross-modal, where finding the star's own partner
         spectrum is the point) drops the star's own rows. ``identity``: in-modality, re-rank
-        by the stored identity vectors where the index has them (module docstring).
+        by the stored identity vectors where the index has them; ``agreement``:
+        cross-modal, re-rank by the agreement of the stored parameters (module docstring).
         """
         flt = filter if isinstance(filter, Filter) else Filter.parse(filter)
         query_modality, vec = self.vector_of(source_id, modality)
@@ -345,10 +402,13 @@ class SearchEngine(LocalShardAccess):
             exclude_self = target == query_modality
         id_vec = (self.identity_of(source_id, query_modality)
                   if identity and target == query_modality else None)
+        params = (self.source_parameters(source_id, query_modality)
+                  if agreement and target != query_modality else None)
         return self.search(vec, modality=target, k=k, offset=offset, limit=limit, filter=flt,
                            knobs=knobs, exclude_source_ids=[source_id] if exclude_self else None,
                            query={"kind": "source_id", "source_id": int(source_id),
-                                  "query_modality": query_modality}, identity=id_vec)
+                                  "query_modality": query_modality}, identity=id_vec,
+                           parameters=params or None)
 
     def embed_spectrum(self, spectrum: Spectrum, modality: str | None = None
                        ) -> tuple[str, np.ndarray, dict[str, Any]]:
@@ -397,13 +457,15 @@ class SearchEngine(LocalShardAccess):
     def search_spectrum(self, spectrum: Spectrum, *, modality: str | None = None,
                         target_modality: str | None = None, k: int = 10, offset: int = 0,
                         limit: int | None = None, filter: FilterLike = None,
-                        knobs: SearchKnobs | None = None, identity: bool = True
-                        ) -> Neighbours:
+                        knobs: SearchKnobs | None = None, identity: bool = True,
+                        agreement: bool = True) -> Neighbours:
         """Neighbours of an observed spectrum (any grid; encoded by the attached model).
         ``query`` of the result holds the model's predictions for it and, for a model with
         a domain check, ``domain`` (``out_of_domain``: the parameters are unreliable).
         ``identity``: in-modality, re-rank by identity vectors where the model and the
-        index have them (module docstring)."""
+        index have them; ``agreement``: cross-modal, re-rank by the agreement of the
+        candidates' stored parameters with the model's predictions for the spectrum
+        (module docstring)."""
         flt = filter if isinstance(filter, Filter) else Filter.parse(filter)
         name = modality or spectrum.modality
         target = target_modality or flt.modality or name
@@ -413,8 +475,11 @@ class SearchEngine(LocalShardAccess):
                  "spectrum_id": spectrum.spectrum_id, "predictions": preds}
         if domain is not None:
             query["domain"] = domain
+        params = ({n: preds[n] for n in agree.TOLERANCE if n in preds}
+                  if agreement and (target or name) != name else None)
         return self.search(vec, modality=target or name, k=k, offset=offset, limit=limit,
-                           filter=flt, knobs=knobs, query=query, identity=id_vec)
+                           filter=flt, knobs=knobs, query=query, identity=id_vec,
+                           parameters=params or None)
 
     # ----------------------------------------------------------------- range / lookup
 

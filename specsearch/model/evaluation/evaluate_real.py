@@ -194,7 +194,7 @@ def cross_modal(model, sets: dict[str, RealSet]) -> dict[str, Any]:
             continue
         sims = np.where(bx.good, bx.embedding @ bl.embedding[i], -np.inf)
         ranks.append(int((sims > sims[hit[0]]).sum()) + 1)
-    per_star = {}
+    per_star, engine = {}, {}
     for s in np.unique(lam.meta["source_id"]):
         hit = np.flatnonzero(xsid == s)
         k = (lam.meta["source_id"] == s) & bl.good
@@ -203,8 +203,38 @@ def cross_modal(model, sets: dict[str, RealSet]) -> dict[str, Any]:
             q /= np.linalg.norm(q)
             sims = np.where(bx.good, bx.embedding @ q, -np.inf)
             per_star[str(int(s))] = int((sims > sims[hit[0]]).sum()) + 1
+            engine[str(int(s))] = _engine_rank(model, bl, bx, k, hit[0], lam.snr)
     return {"xp_pool": int(bx.good.sum()), "partner_rank_per_visit": ranks,
-            "partner_rank_per_star": per_star}
+            "partner_rank_per_star": per_star, "partner_rank_per_star_engine": engine}
+
+
+def _engine_rank(model, bl, bx, visits: np.ndarray, partner: int,
+                 snr: np.ndarray | None) -> int:
+    """The rank of a star's own XP spectrum as the search engine returns it for a search by
+    the star's source_id: its highest-S/N visit's embedding and predictions, the XP
+    embedding's top :func:`~specsearch.query.identity.rerank_window` re-ranked by parameter
+    agreement (:mod:`specsearch.query.agreement`); outside that window, the cosine rank."""
+    from specsearch.query import agreement as agree
+    from specsearch.query.identity import rerank_window
+
+    rows = np.flatnonzero(visits)
+    best = rows[int(np.argmax(np.nan_to_num(snr[rows], nan=-np.inf)))] if snr is not None \
+        else rows[0]
+    sims = np.where(bx.good, bx.embedding @ bl.embedding[best], -np.inf)
+    rank = int((sims > sims[partner]).sum()) + 1
+    window = np.argsort(-sims, kind="stable")[:rerank_window(10, len(sims))]
+    names = list(model.label_names)
+    params = {n: (float(bl.predictions[best, names.index(n)]),
+                  float(bl.uncertainties[best, names.index(n)]))
+              for n in agree.TOLERANCE if n in names}
+    labels = [n for n in params if np.isfinite(params[n][0]) and params[n][1] > 0]
+    if partner not in window or not labels:
+        return rank
+    _, order = agree.rerank(
+        sims[window], window, {n: params[n] for n in labels},
+        {n: bx.predictions[window, names.index(n)] for n in labels},
+        {n: bx.uncertainties[window, names.index(n)] for n in labels})
+    return int(np.flatnonzero(order == partner)[0]) + 1
 
 
 def real_xp(model, real: Path) -> dict[str, Any]:
