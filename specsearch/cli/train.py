@@ -229,6 +229,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="give the heads the good-pixel fraction in K stretches of the grid "
                         "(new zero-initialised inputs), so that they read spectra without a "
                         "red arm with their own calibration (0: as the model has it)")
+    f.add_argument("--head-fill", type=float, default=ft.head_fill_a, metavar="ANGSTROM",
+                   help="the LAMOST heads read spectra that lack the grid beyond ANGSTROM "
+                        "(a tenth or more of it masked: libraries, slit spectra, failed red "
+                        "arms) with the missing pixels filled by the model's own "
+                        "reconstruction; the embedding does not change (0: off)")
+    f.add_argument("--head-fill-rounds", type=int, default=ft.head_fill_rounds, metavar="N",
+                   help="decode-fill-encode rounds of --head-fill")
     f.add_argument("--new-classes", action="store_true",
                    help="the catalog may hold population classes the model lacks (e.g. a "
                         "survey made with --fractions ultracool=0.01): the heads grow an "
@@ -475,7 +482,8 @@ def run_finetune(args: argparse.Namespace) -> int:
                          augment=dataclasses.replace(FinetuneConfig().augment,
                                                      p_red_cut=args.red_cut),
                          real_red_cut=args.red_cut_real, coverage_bins=args.coverage_inputs,
-                         new_classes=args.new_classes, hot_label_noise=args.hot_label_noise)
+                         new_classes=args.new_classes, hot_label_noise=args.hot_label_noise,
+                         head_fill_a=args.head_fill, head_fill_rounds=args.head_fill_rounds)
     result = finetune(args.model, args.catalog, args.real_data, args.out, cfg,
                       progress=not args.no_progress, overwrite=args.overwrite,
                       command=shlex.join(["specsearch", *sys.argv[1:]]),

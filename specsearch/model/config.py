@@ -123,6 +123,31 @@ class HeadConfig:
 
 
 @dataclass(frozen=True)
+class FillConfig:
+    """The heads of one modality read a spectrum whose missing end is filled in by the
+    model's own reconstruction (:meth:`specsearch.model.network.SpecCLIPNet.head_features`).
+
+    A spectrum that lacks the red end of its grid (a library or slit spectrum that stops at
+    7,400 A, a failed red arm) embeds away from whole spectra of its kind, and heads trained
+    on whole spectra read it biased. Here each masked pixel from ``start`` on is replaced by
+    the decoded spectrum of the current embedding, and the spectrum is embedded again,
+    ``rounds`` times; the heads read the last embedding (with the quality of the spectrum as
+    observed, so the uncertainties still know what was missing). Only spectra with at least
+    ``min_missing`` of the pixels from ``start`` on masked are filled; the search embedding
+    is never changed.
+
+    Attributes:
+        start: first pixel of the stretch that is filled.
+        rounds: decode-fill-encode rounds (>= 1).
+        min_missing: fraction of the stretch that must be masked for a spectrum to be filled.
+    """
+
+    start: int
+    rounds: int = 3
+    min_missing: float = 0.1
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """A complete architecture (plus the data-dependent names filled in by training).
 
@@ -154,6 +179,8 @@ class ModelConfig:
             cross-modal search and the heads; the identity vectors answer "which star"
             within one instrument (:meth:`SpecCLIPNet.identity`).
         identity_dim: dimension of the identity vectors.
+        head_fill: per modality, the heads read spectra with their missing end filled in
+            (:class:`FillConfig`); empty: the heads read the embedding.
     """
 
     name: str
@@ -169,6 +196,7 @@ class ModelConfig:
     class_names: tuple[str, ...] = ()
     identity_encoders: dict[str, EncoderConfig] = field(default_factory=dict)
     identity_dim: int = 128
+    head_fill: dict[str, FillConfig] = field(default_factory=dict)
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -203,6 +231,7 @@ class ModelConfig:
                 identity_encoders={m: EncoderConfig(**c) for m, c
                                    in data.get("identity_encoders", {}).items()},
                 identity_dim=int(data.get("identity_dim", 128)),
+                head_fill={m: FillConfig(**c) for m, c in data.get("head_fill", {}).items()},
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"model config is malformed ({type(exc).__name__}: {exc}); "
@@ -241,6 +270,14 @@ class ModelConfig:
                 raise ConfigError(f"identity_encoders.{m} must be an 'mlp' encoder of the "
                                   f"{self.encoders[m].npix} {m} pixels without SED inputs; "
                                   f"got {enc}")
+        for m, fill in self.head_fill.items():
+            if m not in self.encoders:
+                raise ConfigError(f"head_fill.{m}: the model has no {m} encoder "
+                                  f"(modalities {list(self.modalities)})")
+            if not (0 <= fill.start < self.encoders[m].npix and 1 <= fill.rounds <= 10
+                    and 0.0 < fill.min_missing <= 1.0):
+                raise ConfigError(f"head_fill.{m} needs 0 <= start < {self.encoders[m].npix}, "
+                                  f"rounds in 1-10 and min_missing in (0, 1]; got {fill}")
         if self.identity_encoders and self.identity_dim < 2:
             raise ConfigError(f"identity_dim must be >= 2, got {self.identity_dim}")
         if set(self.decoders) != set(self.encoders):

@@ -10,12 +10,13 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from specsearch.errors import ConfigError
-from specsearch.model.config import EncoderConfig, ModelConfig
+from specsearch.model.config import EncoderConfig, FillConfig, ModelConfig
 from specsearch.model.layers import (Decoder, Head, Normaliser, build_encoder,
                                      coverage_features, sed_features)
 from specsearch.preprocess.model_input import sed_columns, split_sed
@@ -173,11 +174,51 @@ class SpecCLIPNet(nn.Module):
         sigma = torch.hypot(torch.exp(log_sigma) * head.sigma_scale, head.sigma_floor)
         return self.label_mean + self.label_std * mu, self.label_std * sigma
 
+    def filled_embedding(self, modality: str, x: torch.Tensor, w: torch.Tensor,
+                         emb: torch.Tensor) -> torch.Tensor:
+        """(B, D) the embedding the heads read: ``emb`` (the embedding of ``x, w``), with
+        the rows that lack the stretch ``ModelConfig.head_fill`` names re-embedded after
+        their masked pixels there are filled with the model's own reconstruction
+        (:class:`~specsearch.model.config.FillConfig`). The fill rounds run without
+        gradients; the last encoding keeps them (for an encoder being trained)."""
+        fill = self.cfg.head_fill.get(modality)
+        if fill is None:
+            return emb
+        npix = self.cfg.encoders[modality].npix
+        hole = w[:, :npix] <= 0
+        hole[:, :fill.start] = False
+        rows = torch.nonzero(hole[:, fill.start:].float().mean(1) >= fill.min_missing
+                             ).squeeze(1)
+        if rows.numel() == 0:
+            return emb
+        xs, ws, hole = x[rows].clone(), w[rows].clone(), hole[rows]
+        seen = ws[:, :npix] > 0
+        level = torch.where(seen, ws[:, :npix], torch.full_like(ws[:, :npix], float("nan"))
+                            ).nanmedian(dim=1).values.nan_to_num(1.0)[:, None]
+        e = emb[rows].detach()
+        with torch.no_grad():
+            for r in range(fill.rounds):
+                rec = self.decode(modality, modality, e).to(xs.dtype)
+                xs[:, :npix] = torch.where(hole, rec, xs[:, :npix])
+                ws[:, :npix] = torch.where(hole, level.to(ws.dtype).expand_as(hole),
+                                           ws[:, :npix])
+                if r + 1 < fill.rounds:
+                    e = self.encode(modality, xs, ws)
+        filled = self.encode(modality, xs, ws)
+        return emb.index_copy(0, rows, filled.to(emb.dtype))
+
+    def head_features(self, modality: str, x: torch.Tensor, w: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(embedding, the embedding the heads read (:meth:`filled_embedding`), quality) of
+        prepared flux and weight."""
+        emb, quality = self.encode_with_quality(modality, x, w)
+        return emb, self.filled_embedding(modality, x, w, emb), quality
+
     # ------------------------------------------------------------------ all at once
     def forward_outputs(self, modality: str, x: torch.Tensor, w: torch.Tensor, *,
                         decode: bool = True) -> ModelOutputs:
-        emb, quality = self.encode_with_quality(modality, x, w)
-        mu, log_sigma, logits = self.head(modality, emb, quality)
+        emb, head_emb, quality = self.head_features(modality, x, w)
+        mu, log_sigma, logits = self.head(modality, head_emb, quality)
         out = ModelOutputs(embedding=emb, quality=quality, label_mu=mu,
                            label_log_sigma=log_sigma, class_logits=logits)
         if decode:
@@ -249,6 +290,26 @@ def add_coverage_inputs(net: SpecCLIPNet, bins: int) -> SpecCLIPNet:
             grown.weight[:, :first.in_features].copy_(first.weight)
             grown.bias.copy_(first.bias)
         head.net[0] = grown
+    return net
+
+
+def set_head_fill(net: SpecCLIPNet, modality: str, start_a: float, rounds: int = 3,
+                  min_missing: float = 0.1) -> SpecCLIPNet:
+    """Make ``net``'s ``modality`` heads read spectra whose grid beyond ``start_a``
+    (Angstrom) is at least ``min_missing`` masked with the missing pixels filled by the
+    model's own reconstruction (:class:`~specsearch.model.config.FillConfig`), in place; no
+    weights change (the heads then want refitting: ``specsearch finetune --heads-only
+    --head-fill``)."""
+    from specsearch.preprocess import grid_for
+
+    wave = grid_for(modality).wavelength
+    start = int(np.searchsorted(wave, start_a))
+    if not 0 <= start < wave.size:
+        raise ConfigError(f"head fill from {start_a} A lies outside the {modality} grid "
+                          f"({wave[0]:.0f}-{wave[-1]:.0f} A)")
+    net.cfg = dataclasses.replace(net.cfg, head_fill={
+        **net.cfg.head_fill, modality: FillConfig(start=start, rounds=int(rounds),
+                                                  min_missing=float(min_missing))}).validate()
     return net
 
 

@@ -229,6 +229,11 @@ class FinetuneConfig:
             equal stretches of the grid, zero-initialised), so that with ``p_red_cut`` /
             ``real_red_cut`` they learn spectra without a red arm apart from whole ones; a
             head change, allowed with ``heads_only``.
+        head_fill_a: when > 0, the LAMOST heads read spectra that lack the grid beyond this
+            wavelength (Angstrom; at least a tenth of it masked) with the missing pixels
+            filled by the model's own reconstruction, ``head_fill_rounds`` times
+            (:func:`specsearch.model.network.set_head_fill`,
+            :class:`specsearch.model.config.FillConfig`); the embedding does not change.
         new_classes: accept a catalog whose population classes include ones the model
             lacks: the heads grow an output for each
             (:func:`specsearch.model.network.add_population_classes`, from a logit of
@@ -273,6 +278,8 @@ class FinetuneConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     real_red_cut: float = 0.0
     coverage_bins: int = 0
+    head_fill_a: float = 0.0
+    head_fill_rounds: int = 3
     new_classes: bool = False
     hot_label_noise: tuple[tuple[str, float], ...] = ()
     real_sets: tuple[str, ...] = ("lamost_dr10", "lamost_dr1", "miles")
@@ -300,6 +307,11 @@ class FinetuneConfig:
                                   f"{list(self.hot_label_noise)}")
         if not 0 <= self.coverage_bins <= 64:
             raise ConfigError(f"coverage_bins must be in 0-64; got {self.coverage_bins}")
+        if not (math.isfinite(self.head_fill_a) and self.head_fill_a >= 0
+                and 1 <= self.head_fill_rounds <= 10):
+            raise ConfigError(f"head_fill_a must be a wavelength >= 0 (0: off) and "
+                              f"head_fill_rounds 1-10; got {self.head_fill_a} and "
+                              f"{self.head_fill_rounds}")
         if not 0.0 <= self.sed_tilt_p <= 1.0:
             raise ConfigError(f"sed_tilt_p must be a probability; got {self.sed_tilt_p}")
         if not (math.isfinite(self.sed_lr_factor) and self.sed_lr_factor > 0):

@@ -59,7 +59,7 @@ from specsearch.model.training.identity import (SnrAdversary, clean_anchor_loss,
 from specsearch.model.training.loss import SpecCLIPLoss, identity_loss
 from specsearch.model.network import (SpecCLIPNet, add_coverage_inputs,
                                       add_population_classes, add_sed_inputs,
-                                      has_sed_inputs, make_noise_blind)
+                                      has_sed_inputs, make_noise_blind, set_head_fill)
 from specsearch.model.training.real_sets import PreparedReal, RealSet, load_all, prepare_real
 
 @dataclass
@@ -415,6 +415,8 @@ def _finetune(model_path: str | Path, catalog: str | Path, real_data: str | Path
         add_sed_inputs(net)
     if cfg.coverage_bins:
         add_coverage_inputs(net, cfg.coverage_bins)
+    if cfg.head_fill_a:
+        set_head_fill(net, "lamost", cfg.head_fill_a, cfg.head_fill_rounds)
     if has_sed_inputs(net.cfg):     # the SED flux-calibration augmentation
         cfg = dataclasses.replace(cfg, augment=dataclasses.replace(
             cfg.augment, p_sed_tilt=cfg.sed_tilt_p))

@@ -47,7 +47,7 @@ def _features(net: SpecCLIPNet, cache, pos, device, gen=None) -> dict[str, torch
             x, w = tb["x"][m], tb["w"][m]
             if gen is not None:
                 x, w = augment(m, x, w, AugmentConfig(), gen)
-            emb, q = net.encode_with_quality(m, x, w)
+            _, emb, q = net.head_features(m, x, w)
             feats[m].append(torch.cat([emb, q], dim=-1))
     return {m: torch.cat(v) for m, v in feats.items()}
 
