@@ -181,9 +181,18 @@ def test_finetune_cli_end_to_end(tmp_path, capsys):
     assert main(["finetune", "--model", str(out), "--catalog", str(cat), "--real-data",
                  str(tmp_path), "--real-cache", str(tmp_path / "real.npz"), "--out",
                  str(heads), "--steps", "3", "--lr", "1e-2", "--device", "cpu",
-                 "--no-progress", "--heads-only", "--real-set-weights", "0.3,0.1,0.6"]) == 0
+                 "--no-progress", "--heads-only", "--real-set-weights", "0.3,0.1,0.6",
+                 "--catalogue-offsets", "lamost_dr10", "--head-fill", "6000"]) == 0
     refit = load_model(heads)
     assert refit.full_config["training"]["finetune"]["config"]["heads_only"] is True
+    # the (toy) DR10 labels were read on a scale of their own (a learnt, recorded offset),
+    # and the heads read spectra without their red end filled in
+    rec = refit.full_config["training"]["finetune"]
+    assert rec["config"]["catalogue_offsets"] == ["lamost_dr10"]
+    assert set(rec["catalogue_offsets"]) == {"lamost_dr10"}
+    assert set(rec["catalogue_offsets"]["lamost_dr10"]) == set(refit.label_names)
+    assert any(v != 0.0 for v in rec["catalogue_offsets"]["lamost_dr10"].values())
+    assert refit.net.cfg.head_fill["lamost"].rounds == 3
     assert refit.full_config["training"]["finetune"]["config"]["real_set_weights"] == \
         [0.3, 0.1, 0.6]
     stages = refit.full_config["training"]["finetune_stages"]     # the earlier stage's record
@@ -240,6 +249,12 @@ def test_finetune_cli_end_to_end(tmp_path, capsys):
                  str(tmp_path / "ft-bad"), "--steps", "1", "--no-progress",
                  "--hot-label-noise", "vsini=3"]) == 2
     assert "hot_label_noise names ['vsini']" in capsys.readouterr().err
+    # and an offset for a catalogue the real data do not hold
+    assert main(["finetune", "--model", str(base), "--catalog", str(cat), "--real-data",
+                 str(tmp_path), "--real-cache", str(tmp_path / "real.npz"), "--out",
+                 str(tmp_path / "ft-bad2"), "--steps", "1", "--no-progress",
+                 "--catalogue-offsets", "miles"]) == 2
+    assert "catalogue_offsets names ['miles']" in capsys.readouterr().err
 
 
 def test_finetune_new_classes_grows_the_population_classifier(tmp_path, capsys):
@@ -327,6 +342,12 @@ def test_finetune_config_checks_the_anchor_and_critic_options():
         FinetuneConfig(head_distill=-1.0)
     with pytest.raises(ConfigError, match="second visits"):
         FinetuneConfig(snr_adversary=1.0, identity=0.0, snr_slope=0.0)
+    with pytest.raises(ConfigError, match="catalogue_offsets names \\['sdss'\\]"):
+        FinetuneConfig(catalogue_offsets=("miles", "sdss"))
+    assert FinetuneConfig(catalogue_offsets=("miles",)).to_dict()["catalogue_offsets"] == \
+        ["miles"]
+    with pytest.raises(ConfigError, match="head_fill_a"):
+        FinetuneConfig(head_fill_a=6000.0, head_fill_rounds=0)
     with pytest.raises(ConfigError, match="heads_only freezes the encoders"):
         FinetuneConfig(heads_only=True, clean_anchor=5.0)
     with pytest.raises(ConfigError, match="noise_blind"):

@@ -236,6 +236,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "reconstruction; the embedding does not change (0: off)")
     f.add_argument("--head-fill-rounds", type=int, default=ft.head_fill_rounds, metavar="N",
                    help="decode-fill-encode rounds of --head-fill")
+    f.add_argument("--catalogue-offsets", type=lambda s: tuple(x for x in s.split(",") if x),
+                   default=ft.catalogue_offsets, metavar="SETS",
+                   help="comma-separated real sets (e.g. miles) whose catalogue labels get a "
+                        "learnt per-label offset from the heads' scale (the LAMOST pipeline's "
+                        "and the synthetic truth's)")
     f.add_argument("--new-classes", action="store_true",
                    help="the catalog may hold population classes the model lacks (e.g. a "
                         "survey made with --fractions ultracool=0.01): the heads grow an "
@@ -483,7 +488,8 @@ def run_finetune(args: argparse.Namespace) -> int:
                                                      p_red_cut=args.red_cut),
                          real_red_cut=args.red_cut_real, coverage_bins=args.coverage_inputs,
                          new_classes=args.new_classes, hot_label_noise=args.hot_label_noise,
-                         head_fill_a=args.head_fill, head_fill_rounds=args.head_fill_rounds)
+                         head_fill_a=args.head_fill, head_fill_rounds=args.head_fill_rounds,
+                         catalogue_offsets=args.catalogue_offsets)
     result = finetune(args.model, args.catalog, args.real_data, args.out, cfg,
                       progress=not args.no_progress, overwrite=args.overwrite,
                       command=shlex.join(["specsearch", *sys.argv[1:]]),

@@ -234,6 +234,11 @@ class FinetuneConfig:
             filled by the model's own reconstruction, ``head_fill_rounds`` times
             (:func:`specsearch.model.network.set_head_fill`,
             :class:`specsearch.model.config.FillConfig`); the embedding does not change.
+        catalogue_offsets: real sets (of ``real_sets``) whose catalogue labels are on a
+            scale of their own: a per-label offset is learnt for each (labels = the heads'
+            scale + offset in the likelihood, and in the real-data calibration), so the
+            heads report every spectrum on the scale of the other catalogues and the
+            synthetic truth. The learnt offsets are recorded in the model's training record.
         new_classes: accept a catalog whose population classes include ones the model
             lacks: the heads grow an output for each
             (:func:`specsearch.model.network.add_population_classes`, from a logit of
@@ -280,6 +285,7 @@ class FinetuneConfig:
     coverage_bins: int = 0
     head_fill_a: float = 0.0
     head_fill_rounds: int = 3
+    catalogue_offsets: tuple[str, ...] = ()
     new_classes: bool = False
     hot_label_noise: tuple[tuple[str, float], ...] = ()
     real_sets: tuple[str, ...] = ("lamost_dr10", "lamost_dr1", "miles")
@@ -312,6 +318,10 @@ class FinetuneConfig:
             raise ConfigError(f"head_fill_a must be a wavelength >= 0 (0: off) and "
                               f"head_fill_rounds 1-10; got {self.head_fill_a} and "
                               f"{self.head_fill_rounds}")
+        stray = sorted(set(self.catalogue_offsets) - set(self.real_sets))
+        if stray:
+            raise ConfigError(f"catalogue_offsets names {stray}, which are not among the real "
+                              f"sets {list(self.real_sets)}")
         if not 0.0 <= self.sed_tilt_p <= 1.0:
             raise ConfigError(f"sed_tilt_p must be a probability; got {self.sed_tilt_p}")
         if not (math.isfinite(self.sed_lr_factor) and self.sed_lr_factor > 0):
@@ -336,5 +346,6 @@ class FinetuneConfig:
         d["real_sets"] = list(self.real_sets)
         d["anchor_modalities"] = list(self.anchor_modalities)
         d["real_set_weights"] = list(self.real_set_weights)
+        d["catalogue_offsets"] = list(self.catalogue_offsets)
         d["hot_label_noise"] = {k: v for k, v in self.hot_label_noise}
         return d

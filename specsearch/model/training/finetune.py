@@ -163,6 +163,12 @@ class _Data:
     real_cal: PreparedReal
     xp_train: PreparedReal | None
     partner: np.ndarray | None = None
+    offsets: torch.nn.Parameter | None = None
+    """(len(catalogue_offsets), L) learnt catalogue offsets (standardised units)."""
+    offset_rows: np.ndarray | None = None
+    """(len(real_train),) row of ``offsets`` each real training spectrum's labels take
+    (-1: none); ``offset_rows_cal`` the same for ``real_cal``."""
+    offset_rows_cal: np.ndarray | None = None
     neighbours: np.ndarray | None = None
     """(len(train_pos), hard_group - 1) look-alikes of each training row, with
     ``hard_negatives``."""
@@ -198,12 +204,33 @@ def _prepare_data(net: SpecCLIPNet, training: dict[str, Any], catalog: str | Pat
     if cfg.hard_negatives > 0:
         neighbours = label_neighbours(cache.labels, names, net.label_std.cpu().numpy(),
                                       train_pos, cache.index["source_id"], cfg.hard_group - 1)
+    r_cal = prepare_real(used, names, "cal")
+    offsets = rows = rows_cal = None
+    if cfg.catalogue_offsets:
+        missing = sorted(set(cfg.catalogue_offsets) - {s.name for s in used})
+        if missing:
+            raise ConfigError(f"catalogue_offsets names {missing}, which {real} does not "
+                              f"hold (found {[s.name for s in used]})")
+        # row of the offsets table per used set (-1: the set keeps the heads' scale)
+        of_set = np.array([cfg.catalogue_offsets.index(s.name) if s.name in
+                           cfg.catalogue_offsets else -1 for s in used], np.int64)
+        rows, rows_cal = of_set[r_train.set_index], of_set[r_cal.set_index]
+        offsets = torch.nn.Parameter(torch.zeros(len(cfg.catalogue_offsets), len(names)))
     return _Data(neighbours=neighbours, cache=cache, train_pos=train_pos, val_pos=val_pos,
                  partner=partner if (partner >= 0).any() else None,
                  fingerprint=fingerprint, used=used, real_train=r_train,
                  real_p=r_train.sampling_p(weights if len(weights) == len(used) else None),
-                 real_cal=prepare_real(used, names, "cal"),
+                 real_cal=r_cal, offsets=offsets, offset_rows=rows, offset_rows_cal=rows_cal,
                  xp_train=prepare_real([xp_set], [], "train") if xp_set is not None else None)
+
+
+def _catalogue_shift(data: _Data, rows: np.ndarray, device: torch.device,
+                     like: torch.Tensor) -> torch.Tensor:
+    """(len(rows), L) the learnt catalogue offset of each real training row (0 where its
+    set keeps the heads' scale), standardised units."""
+    k = torch.from_numpy(data.offset_rows[rows]).to(device)
+    return torch.where((k >= 0)[:, None], data.offsets.to(device)[k.clamp_min(0)],
+                       torch.zeros_like(like))
 
 
 def _rows(rng: np.random.Generator, n: int, k: int, p: np.ndarray | None = None
@@ -249,7 +276,10 @@ def _step_loss(net: SpecCLIPNet, loss_fn: SpecCLIPLoss, data: _Data, cfg: Finetu
     r_out = net.forward_outputs("lamost", rxa, rwa, decode=False)
     ry = (torch.from_numpy(rt.labels[ri]).to(device) - label_mean) / label_std
     rn = torch.from_numpy(rt.label_noise[ri]).to(device) / label_std
-    real_nll = cfg.real_labels * noisy_label_nll(r_out.label_mu, r_out.label_log_sigma,
+    r_mu = r_out.label_mu
+    if data.offsets is not None:        # catalogue labels = the heads' scale + offset
+        r_mu = r_mu + _catalogue_shift(data, ri, device, r_mu)
+    real_nll = cfg.real_labels * noisy_label_nll(r_mu, r_out.label_log_sigma,
                                                  ry, rn, cfg.loss.nll_beta)
     parts["real_labels"] = float(real_nll.detach())
     total = total + real_nll
@@ -365,10 +395,11 @@ def _teacher_from(path: str | Path, net: SpecCLIPNet, device: torch.device
     return tnet, teacher.model_hash
 
 
-def _optimiser(net: torch.nn.Module, cfg: FinetuneConfig):
+def _optimiser(net: torch.nn.Module, cfg: FinetuneConfig,
+               extra: torch.nn.Parameter | None = None):
     """AdamW (no weight decay on biases and norms) with the warm-up + cosine schedule; the
     SED input weights (new, zero-initialised, see ``sed_inputs``) at ``sed_lr_factor``
-    times the learning rate."""
+    times the learning rate; ``extra`` (the catalogue offsets) without weight decay."""
     sed = {id(p) for n, p in net.named_parameters() if ".inp_sed." in f".{n}"}
     params = [p for p in net.parameters() if p.requires_grad and id(p) not in sed]
     decay = [p for p in params if p.ndim >= 2]
@@ -379,6 +410,8 @@ def _optimiser(net: torch.nn.Module, cfg: FinetuneConfig):
     if new:
         groups.append({"params": new, "weight_decay": cfg.weight_decay,
                        "lr": cfg.lr * cfg.sed_lr_factor})
+    if extra is not None:
+        groups.append({"params": [extra], "weight_decay": 0.0})
     opt = torch.optim.AdamW(groups, lr=cfg.lr)
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr(s, cfg.steps))
 
@@ -443,7 +476,7 @@ def _finetune(model_path: str | Path, catalog: str | Path, real_data: str | Path
         net.eval().requires_grad_(False)
         net.heads.train().requires_grad_(True)
     loss_fn = SpecCLIPLoss(cfg.loss)
-    opt, sched = _optimiser(net, cfg)
+    opt, sched = _optimiser(net, cfg, data.offsets)
     adversary, adv_opt = None, None
     if cfg.snr_adversary:
         adversary = SnrAdversary(net.cfg.modalities, net.cfg.embedding_dim).to(device)
@@ -480,8 +513,15 @@ def _finetune(model_path: str | Path, catalog: str | Path, real_data: str | Path
     bar.close()
     net.eval()
     report = calibrate(net, data.cache, data.val_pos, device)
+    cal_labels, offsets = data.real_cal.labels, {}
+    if data.offsets is not None:        # the catalogues' labels on the heads' scale
+        phys = (data.offsets.detach().cpu() * net.label_std.cpu()).numpy()
+        offsets = {name: dict(zip(net.cfg.label_names, map(float, phys[i])))
+                   for i, name in enumerate(cfg.catalogue_offsets)}
+        k = data.offset_rows_cal
+        cal_labels = cal_labels - np.where((k >= 0)[:, None], phys[np.maximum(k, 0)], 0.0)
     floors, scales, widths = calibrate_real_floor(net, data.real_cal.x, data.real_cal.w,
-                                                 data.real_cal.labels, data.real_cal.group)
+                                                 cal_labels, data.real_cal.group)
     seconds = time.time() - t0
     n_real = {s.name: int(s.in_split("train").sum()) for s in data.used}
     digest = save_model_dir(out, net, net.cfg, training={
@@ -493,7 +533,7 @@ def _finetune(model_path: str | Path, catalog: str | Path, real_data: str | Path
             "real_cal": {s.name: int(s.in_split("cal").sum()) for s in data.used},
             "xp_patch_train": 0 if data.xp_train is None else int(data.xp_train.x.shape[0]),
             "seconds": seconds, "sigma_floor": floors, "real_sigma_scale": scales,
-            "real_z_width_cal": widths,
+            "real_z_width_cal": widths, "catalogue_offsets": offsets,
             "history_last": history[-1] if history else {}},
         "calibration": dataclasses.asdict(report), "calibrated": True})
     write_json_atomic(out / "finetune_log.json", history)
