@@ -102,7 +102,10 @@ def _query_section(out: Path, engine, model, real: Path | None, figures: Path
               "star's other visits come before its look-alikes" if
               same.query.get("ranked_by") == "embedding+identity" else "") + "):", "",
            _markdown_table(same.to_dicts(), SHOW_COLUMNS), "",
-           "Cross-modal: nearest Gaia XP spectra to the same LAMOST query:", "",
+           "Cross-modal: nearest Gaia XP spectra to the same LAMOST query" + (
+               " (the embedding's top 50 ranked by cosine plus the weighted log probability "
+               "that their predicted parameters agree with the query's)"
+               if cross.query.get("ranked_by") == "embedding+parameters" else "") + ":", "",
            _markdown_table(cross.to_dicts(), SHOW_COLUMNS), ""]
     rows = same.to_dicts()
     ids = [r["spectrum_id"] for r in rows[:5]]
