@@ -174,6 +174,13 @@ class EmbeddingSearch(SearchOptions):
                     "or SpecModel.identity_numpy): a same-instrument search of an index with "
                     "identity vectors re-ranks by it, as searches by source_id or spectrum "
                     "do")
+    parameters: dict[str, Estimate] | None = Field(
+        None, max_length=16, examples=[{"teff": {"value": 5800.0, "err": 60.0},
+                                        "feh": {"value": -1.2, "err": 0.1}}],
+        description="the query's predicted parameters with uncertainties (an embeddings "
+                    "dataset's {label}_pred / {label}_err): a cross-modal search re-ranks "
+                    "by their agreement with the neighbours', as searches by source_id or "
+                    "spectrum do")
 
 
 class Prediction(BaseModel):

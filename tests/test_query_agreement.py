@@ -217,3 +217,37 @@ def test_service_reranks_cross_modal_searches_and_can_be_told_not_to(built):
                          params={"k": 5, "modality": "lamost", "target": "cross",
                                  "agreement": "false"}).json()
         assert off["ranked_by"] == "embedding"
+
+
+def test_embedding_route_reranks_cross_modal_with_the_requests_parameters(built):
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    root, model, cat, emb = built
+    lam = _rows(emb, "lamost")
+    vec = list_column_to_numpy(lam.column("embedding"))[40]
+    params = _params(lam, 40)
+    want = SearchEngine.open(root / "index").search(vec, modality="xp", k=6,
+                                                    parameters=params)
+    assert want.query["ranked_by"] == "embedding+parameters"
+    app = create_app(Settings(index_dir=root / "index", model_dir=None))
+    with TestClient(app) as client:
+        body = {"embedding": vec.tolist(), "modality": "lamost", "target": "cross", "k": 6}
+        plain = client.post("/v1/search/embedding", json=body).json()
+        assert plain["ranked_by"] == "embedding"
+        sent = {n: {"value": v, "err": e} for n, (v, e) in params.items()}
+        got = client.post("/v1/search/embedding", json={**body, "parameters": sent}).json()
+        assert got["ranked_by"] == "embedding+parameters", got
+        assert [n["source_id"] for n in got["neighbours"]] == list(want.source_id)
+        off = client.post("/v1/search/embedding",
+                          json={**body, "parameters": sent, "agreement": False}).json()
+        assert off["ranked_by"] == "embedding"
+        # in-modality: parameters do not re-rank (the identity vectors' job)
+        same = client.post("/v1/search/embedding",
+                           json={**body, "target": "same", "parameters": sent}).json()
+        assert same["ranked_by"] == "embedding"
+        bad = client.post("/v1/search/embedding",
+                          json={**body, "parameters": {"feh": {"value": "low", "err": 1}}})
+        assert bad.status_code == 422

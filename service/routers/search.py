@@ -18,6 +18,7 @@ from service.schemas import (
     ArraysSearch,
     Curve,
     EmbeddingSearch,
+    Estimate,
     Modality,
     QueryInfo,
     SearchOptions,
@@ -236,7 +237,8 @@ async def search_arrays(state: State, body: ArraysSearch) -> SearchResponse:
 @router.post("/embedding", response_model=SearchResponse,
              summary="neighbours of an embedding vector")
 async def search_embedding(state: State, body: EmbeddingSearch) -> SearchResponse | Response:
-    if state.batcher is not None and not body.include_spectra and body.identity_vector is None:
+    if state.batcher is not None and not body.include_spectra and body.identity_vector is None \
+            and body.parameters is None:
         start = time.perf_counter()
         with np.errstate(over="ignore"):  # huge values -> inf, refused by the engine
             vec = np.asarray(body.embedding, dtype=np.float32)
@@ -254,9 +256,19 @@ async def search_embedding(state: State, body: EmbeddingSearch) -> SearchRespons
             vec = np.asarray(body.embedding, dtype=np.float32)
         info = QueryInfo(kind="embedding", modality=body.modality)
         return _respond(state, info, vec, body, None, start,
-                        identity=_identity_vector(body.identity_vector))
+                        identity=_identity_vector(body.identity_vector),
+                        parameters=_parameters(body.parameters))
 
     return await state.worker.run("search_embedding", work)
+
+
+def _parameters(values: dict[str, Estimate] | None) -> dict[str, tuple[float, float]] | None:
+    """A request's (value, uncertainty) per label; labels without both are left out (the
+    engine uses those the index stores with a finite value and a positive uncertainty)."""
+    if not values:
+        return None
+    return {name: (float(e.value), float(e.err)) for name, e in values.items()
+            if e.value is not None and e.err is not None} or None
 
 
 def _identity_vector(values: list[float] | None) -> np.ndarray | None:
