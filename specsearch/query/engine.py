@@ -36,8 +36,8 @@ from specsearch.errors import ModelError, NotFoundError, QueryError, SpectrumErr
 from specsearch.index.config import SearchKnobs
 from specsearch.index.reader import IndexDirectory, ModalityIndex, open_index
 from specsearch.index.threads import ThreadPolicy
-from specsearch.query.direct import SingleQueryPlan
 from specsearch.query import agreement as agree
+from specsearch.query.direct import SingleQueryPlan
 from specsearch.query.filters import Filter
 from specsearch.query.identity import rerank, rerank_window
 from specsearch.query.results import Neighbours
