@@ -37,6 +37,7 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--queries", type=int, default=300, help="by-source queries timed")
     ap.add_argument("--k", default="10,100", help="result windows")
     ap.add_argument("--kind", default="auto", help="index kind (auto: the builder's choice)")
+    ap.add_argument("--shards", type=int, default=1, help="shards per modality")
     ap.add_argument("--threads", type=int, default=2, help="build threads")
     ap.add_argument("--out", type=Path, default=RESULTS / "agreement_search.json")
     return ap.parse_args(argv)
@@ -85,13 +86,14 @@ def main(argv: list[str] | None = None) -> int:
         model_hash="bench-agreement-search")
     ks = [int(k) for k in args.k.split(",")]
     queries = rng.choice(sid, size=args.queries, replace=False)
-    result: dict = {"n": n, "queries": args.queries, "kind": args.kind,
+    result: dict = {"n": n, "queries": args.queries, "kind": args.kind, "shards": args.shards,
                     "machine": platform.machine(), "cpus": os.cpu_count(),
                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": []}
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         build_index(source, Path(tmp) / "index",
-                    BuildOptions(kind=args.kind, threads=args.threads, tune_queries=200))
+                    BuildOptions(kind=args.kind, threads=args.threads, tune_queries=200,
+                                 shards=args.shards))
         result["build_s"] = time.perf_counter() - t0
         engine = SearchEngine.open(Path(tmp) / "index",
                                    threads=ThreadPolicy(single=1, batch=args.threads))
@@ -114,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
                 "reranked_ms_p50": float(np.median(reranked)),
                 "reranked_ms_p95": float(np.percentile(reranked, 95)),
                 "ratio_p50": float(np.median(reranked) / np.median(plain))})
-    print(f"parameter-agreement re-rank: {n:,} stars x 2 modalities ({result['backend']}), "
+    print(f"parameter-agreement re-rank: {n:,} stars x 2 modalities ({result['backend']}, "
+          f"{args.shards} shard(s)), "
           f"{args.queries} cross-modal by-source queries one at a time, 1 thread; build "
           f"{result['build_s']:.0f} s")
     print(f"{'k':>5} {'window':>7} {'embedding p50/p95 ms':>22} {'re-ranked p50/p95 ms':>22} "

@@ -244,3 +244,27 @@ def test_bad_embeddings_are_refused(tmp_path, data):
         build_index(_source(bad, source_id), tmp_path / "idx", BuildOptions(kind="flat"))
     assert not (tmp_path / "idx").exists()
     assert not list(tmp_path.glob(".idx.tmp-*"))
+
+
+@pytest.mark.parametrize("n", [7, 32, 33, 500])
+def test_stored_rows_come_back_in_the_order_asked_for_across_shards(n):
+    """A few rows are sliced one by one, more are taken once per shard and reordered:
+    either way the table lists the ids' rows in their order, duplicates included."""
+    import pyarrow as pa
+
+    from specsearch.index.reader import ROW_BITS, stored_rows
+
+    class _Shard:
+        def __init__(self, number):
+            self.rows = pa.table({"shard": np.full(1000, number), "row": np.arange(1000),
+                                  "label": [f"{number}:{i}" for i in range(1000)]})
+
+    shards = [_Shard(s) for s in range(4)]
+    rng = np.random.default_rng(n)
+    number, row = rng.integers(0, 4, n), rng.integers(0, 1000, n)
+    row[-1], number[-1] = row[0], number[0]              # a duplicate
+    ids = (number.astype(np.int64) << ROW_BITS) | row
+    got = stored_rows(lambda s: shards[s], ids)
+    assert got.column("shard").to_numpy().tolist() == number.tolist()
+    assert got.column("row").to_numpy().tolist() == row.tolist()
+    assert got.column("label").to_pylist() == [f"{s}:{r}" for s, r in zip(number, row)]
