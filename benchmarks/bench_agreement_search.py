@@ -27,6 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rerank_cost import cost_rows, print_rows  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -41,15 +44,6 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2, help="build threads")
     ap.add_argument("--out", type=Path, default=RESULTS / "agreement_search.json")
     return ap.parse_args(argv)
-
-
-def _time(fn, queries) -> np.ndarray:
-    out = []
-    for q in queries:
-        t0 = time.perf_counter()
-        fn(int(q))
-        out.append(time.perf_counter() - t0)
-    return np.asarray(out) * 1e3
 
 
 def _columns(emb: np.ndarray, sid: np.ndarray, rng: np.random.Generator,
@@ -99,34 +93,16 @@ def main(argv: list[str] | None = None) -> int:
                                    threads=ThreadPolicy(single=1, batch=args.threads))
         result["backend"] = engine.index["xp"].manifest.backend.to_dict().get("kind")
 
-        def search(s, k, agreement):
-            return engine.search_source(s, modality="lamost", target_modality="xp", k=k,
-                                        agreement=agreement)
-        for k in ks:
-            for flag in (True, False):
-                _time(lambda s: search(s, k, flag), queries[:20])        # warm
-            reranked = _time(lambda s: search(s, k, True), queries)
-            plain = _time(lambda s: search(s, k, False), queries)
-            check = search(int(queries[0]), k, True)
-            assert check.query.get("ranked_by") == "embedding+parameters"
-            result["rows"].append({
-                "k": k, "window": max(50, 5 * k),
-                "embedding_ms_p50": float(np.median(plain)),
-                "embedding_ms_p95": float(np.percentile(plain, 95)),
-                "reranked_ms_p50": float(np.median(reranked)),
-                "reranked_ms_p95": float(np.percentile(reranked, 95)),
-                "ratio_p50": float(np.median(reranked) / np.median(plain))})
+        result["rows"] = cost_rows(
+            lambda s, k, rerank: engine.search_source(s, modality="lamost",
+                                                      target_modality="xp", k=k,
+                                                      agreement=rerank),
+            queries, ks, "embedding+parameters")
     print(f"parameter-agreement re-rank: {n:,} stars x 2 modalities ({result['backend']}, "
           f"{args.shards} shard(s)), "
           f"{args.queries} cross-modal by-source queries one at a time, 1 thread; build "
           f"{result['build_s']:.0f} s")
-    print(f"{'k':>5} {'window':>7} {'embedding p50/p95 ms':>22} {'re-ranked p50/p95 ms':>22} "
-          f"{'ratio':>6}")
-    for r in result["rows"]:
-        print(f"{r['k']:>5} {r['window']:>7} "
-              f"{r['embedding_ms_p50']:>10.3f} / {r['embedding_ms_p95']:<9.3f} "
-              f"{r['reranked_ms_p50']:>10.3f} / {r['reranked_ms_p95']:<9.3f} "
-              f"{r['ratio_p50']:>6.2f}")
+    print_rows(result["rows"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out, result)
     print(f"wrote {args.out}")

@@ -26,6 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rerank_cost import cost_rows, print_rows  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -41,15 +44,6 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2, help="build threads")
     ap.add_argument("--out", type=Path, default=RESULTS / "identity_search.json")
     return ap.parse_args(argv)
-
-
-def _time(fn, queries) -> np.ndarray:
-    out = []
-    for q in queries:
-        t0 = time.perf_counter()
-        fn(int(q))
-        out.append(time.perf_counter() - t0)
-    return np.asarray(out) * 1e3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,32 +87,14 @@ def main(argv: list[str] | None = None) -> int:
         assert "identity" not in rows.column_names and isinstance(shard.identity, np.memmap)
         result["identity_bytes_per_row"] = shard.identity.nbytes / shard.count
         result["identity_storage"] = "memory-mapped .identity.npy"
-        for k in ks:
-            for fn in (lambda s: engine.search_source(s, k=k),
-                       lambda s: engine.search_source(s, k=k, identity=False)):
-                _time(fn, queries[:20])                    # warm
-            with_id = _time(lambda s: engine.search_source(s, k=k), queries)
-            plain = _time(lambda s: engine.search_source(s, k=k, identity=False), queries)
-            check = engine.search_source(int(queries[0]), k=k)
-            assert check.query.get("ranked_by") == "embedding+identity"
-            result["rows"].append({
-                "k": k, "window": max(50, 5 * k),
-                "embedding_ms_p50": float(np.median(plain)),
-                "embedding_ms_p95": float(np.percentile(plain, 95)),
-                "reranked_ms_p50": float(np.median(with_id)),
-                "reranked_ms_p95": float(np.percentile(with_id, 95)),
-                "ratio_p50": float(np.median(with_id) / np.median(plain))})
+        result["rows"] = cost_rows(
+            lambda s, k, rerank: engine.search_source(s, k=k, identity=rerank), queries, ks,
+            "embedding+identity")
     print(f"identity re-rank: {n:,} rows ({result['backend']}), {args.queries} by-source "
           f"queries one at a time, 1 thread; build {result['build_s']:.0f} s")
     print(f"rows table in memory: {result['rows_bytes_per_row']:.0f} B/row; identity vectors "
           f"memory-mapped: {result['identity_bytes_per_row']:.0f} B/row ({args.dtype})")
-    print(f"{'k':>5} {'window':>7} {'embedding p50/p95 ms':>22} {'re-ranked p50/p95 ms':>22} "
-          f"{'ratio':>6}")
-    for r in result["rows"]:
-        print(f"{r['k']:>5} {r['window']:>7} "
-              f"{r['embedding_ms_p50']:>10.3f} / {r['embedding_ms_p95']:<9.3f} "
-              f"{r['reranked_ms_p50']:>10.3f} / {r['reranked_ms_p95']:<9.3f} "
-              f"{r['ratio_p50']:>6.2f}")
+    print_rows(result["rows"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out, result)
     print(f"wrote {args.out}")

@@ -39,8 +39,14 @@ def built(tmp_path_factory):
     add_identity_encoder(base.net, "lamost", hidden=32, depth=1, dim=16)
     save_model_dir(root / "model", base.net, base.net.cfg,
                    training=base.full_config.get("training"))
-    model = load_model(root / "model")
-    cat = make_paired_catalog(root / "cat", 120, revisits=60, unpaired=0)
+    return embed_and_index(root, load_model(root / "model"), 120, revisits=60)
+
+
+def embed_and_index(root, model, n_stars: int, *, revisits: int):
+    """A toy paired catalog of ``n_stars`` (``revisits`` second LAMOST visits) under
+    ``root``, ``model``'s embeddings of it and an exact (flat) index of them. Returns
+    (root, model, catalog, embeddings) paths and model."""
+    cat = make_paired_catalog(root / "cat", n_stars, revisits=revisits, unpaired=0)
     emb = root / "emb"
     build_embeddings(cat, model, emb, EmbedConfig(progress=False))
     build_index(emb, root / "index", BuildOptions(kind="flat", target_recall=None))

@@ -5,16 +5,12 @@ by-hand computation, and when it stays out of the way."""
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from scipy.stats import norm
 
-from specsearch.embed import EmbedConfig, build_embeddings
 from specsearch.errors import QueryError
 from specsearch.index import BuildOptions, build_index
 from specsearch.io.catalog import open_catalog
-from specsearch.io.embeddings import open_embeddings
 from specsearch.io.parquet import list_column_to_numpy
 from specsearch.model import load_model
 from specsearch.preprocess import grid_for
@@ -23,7 +19,7 @@ from specsearch.query import agreement as agree
 from specsearch.query.identity import RERANK_MIN
 from specsearch.spectrum import Spectrum
 
-from test_model_data import make_paired_catalog
+from test_identity_search import _rows, embed_and_index
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
@@ -79,17 +75,8 @@ def test_rerank_orders_by_cosine_plus_weighted_agreement_and_puts_empty_slots_la
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """The shipped model's embeddings of a toy paired catalog, in an exact (flat) index."""
-    root = tmp_path_factory.mktemp("agreement")
-    model = load_model()
-    cat = make_paired_catalog(root / "cat", 150, revisits=10, unpaired=0)
-    emb = root / "emb"
-    build_embeddings(cat, model, emb, EmbedConfig(progress=False))
-    build_index(emb, root / "index", BuildOptions(kind="flat", target_recall=None))
-    return root, model, cat, emb
-
-
-def _rows(emb, modality):
-    return pa.concat_tables(pq.read_table(p) for p in open_embeddings(emb).files(modality))
+    return embed_and_index(tmp_path_factory.mktemp("agreement"), load_model(), 150,
+                           revisits=10)
 
 
 def _params(table, i):
