@@ -77,6 +77,10 @@ def test_train_identity_end_to_end(trained, capsys):
     record = new.full_config["training"]["identity"]
     assert record["base_hash"] == old.model_hash and record["config"]["dim"] == 8
     assert set(record["val"]) == {"n", "identity_top1", "embedding_top1"}
+    # the same score on as many training stars (the memorisation gap)
+    assert set(record["fit"]) == set(record["val"])
+    assert record["fit"]["n"] == record["val"]["n"] > 0
+    assert "training stars, the same score" in text
     (fa, ia), (fb, ib) = _visit_pairs(cat)
     # the rest of the model is untouched: same embeddings and predictions
     e_old, e_new = old.embed_numpy("lamost", fa, ia), new.embed_numpy("lamost", fa, ia)
@@ -262,3 +266,19 @@ def test_own_noise_identity_encoder_reads_the_spectrums_noise(tmp_path, trained)
         with torch.no_grad():
             moved = (net.identity("lamost", x, w) - net.identity("lamost", x, w * 4)).abs()
         assert (moved.max() > 1e-3) == own, own
+
+
+def test_fit_probe_scores_training_stars_apart_from_the_validation_stars(tmp_path, trained):
+    from specsearch.model.training.finetune import open_base
+    from specsearch.model.training.identity_encoder import IdentityTrainConfig, _pairs
+
+    _, cat, base = trained
+    model, _ = open_base(base, tmp_path / "out", device="cpu", seed=0, overwrite=False)
+    cfg = IdentityTrainConfig(batch=48, hard_group=4, device="cpu", val_pairs=64)
+    data = _pairs(model.net, dict(model.full_config.get("training", {})), cat,
+                  tmp_path / "cache", cfg, False)
+    sid = data.cache.index["source_id"]
+    assert data.fit_pos is not None and data.fit_pos.size == data.val_pos.size > 0
+    assert np.isin(data.fit_pos, data.pos).all()                  # training visits only
+    assert np.unique(sid[data.fit_pos]).size == data.fit_pos.size  # one visit per star
+    assert not set(sid[data.fit_pos].tolist()) & set(sid[data.val_pos].tolist())

@@ -465,6 +465,11 @@ def run_train_identity(args: argparse.Namespace) -> int:
           f"{res.n_stars} training visits with another visit)")
     print(f"validation, other visit top-1 among {int(v['n'])}: identity vectors "
           f"{v['identity_top1']:.3f}, embedding {v['embedding_top1']:.3f}")
+    if res.fit:
+        print(f"training stars, the same score among {int(res.fit['n'])}: identity vectors "
+              f"{res.fit['identity_top1']:.3f} (above validation by "
+              f"{res.fit['identity_top1'] - v['identity_top1']:+.3f}: learnt of the training "
+              f"stars themselves)")
     return 0
 
 

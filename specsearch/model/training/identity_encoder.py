@@ -142,6 +142,7 @@ class IdentityTrainResult:
     n_stars: int
     val: dict[str, float]
     history: list[dict[str, float]]
+    fit: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 @dataclass
@@ -152,6 +153,7 @@ class _Pairs:
     groups: np.ndarray | None  # (len(pos), hard_group - 1) look-alikes' positions
     val_pos: np.ndarray        # validation visits with a partner
     fingerprint: str
+    fit_pos: np.ndarray | None = None   # as many training stars, scored alike at the end
 
 
 def _pairs(net: SpecCLIPNet, training: dict[str, Any], catalog: str | Path,
@@ -184,8 +186,10 @@ def _pairs(net: SpecCLIPNet, training: dict[str, Any], catalog: str | Path,
     # one visit per validation star as the query
     _, first = np.unique(sid[vpos], return_index=True)
     vpos = np.sort(np.random.default_rng(0).permutation(vpos[first])[:cfg.val_pairs])
+    _, first = np.unique(sid[pos], return_index=True)
+    fpos = np.sort(np.random.default_rng(1).permutation(pos[first])[:vpos.size])
     return _Pairs(cache=cache, pos=pos, partner=partner, groups=groups, val_pos=vpos,
-                  fingerprint=fingerprint)
+                  fingerprint=fingerprint, fit_pos=fpos)
 
 
 def _batch_positions(data: _Pairs, cfg: IdentityTrainConfig, rng: np.random.Generator
@@ -229,18 +233,20 @@ def _load(cache: PairCache, pos: np.ndarray, modality: str, device: torch.device
 
 
 @torch.no_grad()
-def _val_top1(net: SpecCLIPNet, data: _Pairs, modality: str, device: torch.device
-              ) -> dict[str, float]:
-    """Other-visit top-1 among the validation stars: identity vectors and embedding."""
+def _val_top1(net: SpecCLIPNet, data: _Pairs, modality: str, device: torch.device,
+              queries: np.ndarray | None = None) -> dict[str, float]:
+    """Other-visit top-1 among the validation stars (or the stars of ``queries``, one
+    visit each): identity vectors and embedding."""
+    queries = data.val_pos if queries is None else queries
     out: dict[str, list[np.ndarray]] = {}
-    for s in range(0, data.val_pos.size, 1024):
-        pa = data.val_pos[s:s + 1024]
+    for s in range(0, queries.size, 1024):
+        pa = queries[s:s + 1024]
         for tag, pos in (("a", pa), ("b", data.partner[pa])):
             x, w = _load(data.cache, pos, modality, device)
             out.setdefault(f"id_{tag}", []).append(net.identity(modality, x, w).cpu().numpy())
             out.setdefault(f"emb_{tag}", []).append(net.encode(modality, x, w).cpu().numpy())
     v = {k: np.concatenate(a) for k, a in out.items()}
-    res = {"n": float(data.val_pos.size)}
+    res = {"n": float(queries.size)}
     for kind in ("id", "emb"):
         sim = v[f"{kind}_a"] @ v[f"{kind}_b"].T
         res[f"{'identity' if kind == 'id' else 'embedding'}_top1"] = float(
@@ -376,12 +382,18 @@ def train_identity(model_path: str | Path, catalog: str | Path, out: str | Path,
     bar.close()
     net.eval()
     val = _val_top1(net, data, cfg.modality, device)
+    # the same score on as many training stars: the gap to ``val`` is what the encoder
+    # learnt of the training stars themselves rather than of stars in general (more stars
+    # in the catalog narrow it)
+    fit = _val_top1(net, data, cfg.modality, device, data.fit_pos) \
+        if data.fit_pos is not None and data.fit_pos.size else {}
     seconds = time.time() - t0
     digest = save_model_dir(out, net, net.cfg, training={
         **training, "identity": {
             "command": command, "base_model": str(model_path), "base_hash": base.model_hash,
             "catalog_fingerprint": data.fingerprint, "config": cfg.to_dict(),
             "n_training_visits": int(data.pos.size), "seconds": seconds, "val": val,
+            "fit": fit,
             "history_last": history[-1] if history else {},
             **({"previous": training["identity"]}
                if cfg.resume and "identity" in training else {})}})
@@ -390,4 +402,4 @@ def train_identity(model_path: str | Path, catalog: str | Path, out: str | Path,
         shutil.rmtree(cache_root, ignore_errors=True)
     return IdentityTrainResult(out=str(out), model_hash=digest, steps=cfg.steps,
                                seconds=seconds, n_stars=int(data.pos.size), val=val,
-                               history=history)
+                               history=history, fit=fit)
