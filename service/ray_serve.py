@@ -38,8 +38,8 @@ from specsearch.query.shard_groups import (ShardGroup, ShardGroupSpec, open_mani
                                            plan_shard_groups)
 
 APP_NAME = "specsearch"
-GROUP_METHODS = ("knn", "range", "source_ids", "rows", "identity", "source_info",
-                 "describe")
+GROUP_METHODS = ("knn", "range", "source_ids", "rows", "columns", "identity",
+                 "source_info", "describe")
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,9 @@ class ShardGroupReplica:
 
     def rows(self, **kw: Any) -> Any:
         return self.group.rows(**kw)
+
+    def columns(self, **kw: Any) -> Any:
+        return self.group.columns(**kw)
 
     def identity(self, **kw: Any) -> Any:
         return self.group.identity(**kw)

@@ -268,3 +268,36 @@ def test_stored_rows_come_back_in_the_order_asked_for_across_shards(n):
     assert got.column("shard").to_numpy().tolist() == number.tolist()
     assert got.column("row").to_numpy().tolist() == row.tolist()
     assert got.column("label").to_pylist() == [f"{s}:{r}" for s, r in zip(number, row)]
+
+
+@pytest.mark.parametrize("one_shard", [False, True])
+def test_stored_columns_match_the_stored_rows(one_shard):
+    """A re-rank reads a few numeric columns of its window from each shard's numpy copy:
+    the same values, order, duplicates and NaN (null) as taking the rows would give."""
+    import pyarrow as pa
+
+    from specsearch.index.reader import ROW_BITS, stored_columns, stored_rows
+    from specsearch.index.shard import Shard
+
+    class _Shard:
+        column = Shard.column          # the numpy column cache under test
+
+        def __init__(self, number):
+            v = np.arange(1000, dtype=np.float32) + 1000 * number
+            self._columns = {}
+            self.rows = pa.table({"a": v, "b": pa.array(np.where(v % 7 == 0, None, -v),
+                                                        pa.float32()), "c": v * 2})
+
+    shards = [_Shard(s) for s in range(4)]
+    rng = np.random.default_rng(3)
+    number = np.zeros(300, np.int64) if one_shard else rng.integers(0, 4, 300)
+    row = rng.integers(0, 1000, 300)
+    row[-1], number[-1] = row[0], number[0]
+    ids = (number.astype(np.int64) << ROW_BITS) | row
+    got = stored_columns(lambda s: shards[s], ids, ["a", "b"])
+    want = stored_rows(lambda s: shards[s], ids)
+    assert set(got) == {"a", "b"}
+    for name in ("a", "b"):
+        np.testing.assert_array_equal(got[name],
+                                      want.column(name).to_numpy(zero_copy_only=False))
+    assert np.isnan(got["b"]).any()

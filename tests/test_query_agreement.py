@@ -238,3 +238,25 @@ def test_embedding_route_reranks_cross_modal_with_the_requests_parameters(built)
         bad = client.post("/v1/search/embedding",
                           json={**body, "parameters": {"feh": {"value": "low", "err": 1}}})
         assert bad.status_code == 422
+
+
+def test_source_parameters_come_from_the_best_visit_locally_and_remotely(built):
+    """A star seen twice queries with its highest-S/N row's predictions, read from the
+    shards' columns here and from the source's cached rows in the distributed engine."""
+    from test_distributed_engine import distributed
+
+    root, model, cat, emb = built
+    lam = _rows(emb, "lamost")
+    sid = lam.column("source_id").to_numpy()
+    star = int(sid[3])                                   # the revisits are rows 0-9
+    rows = np.flatnonzero(sid == star)
+    assert rows.size == 2
+    snr = lam.column("snr").to_numpy()[rows]
+    assert snr[0] != snr[1]
+    want = _params(lam, int(rows[np.argmax(snr)]))
+    build_index(emb, root / "index-sp", BuildOptions(kind="flat", target_recall=None, shards=3))
+    for engine in (SearchEngine.open(root / "index-sp"), distributed(root / "index-sp", 2)):
+        got = engine.source_parameters(star, "lamost")
+        assert got.keys() == want.keys()
+        for name, value in want.items():
+            assert got[name] == pytest.approx(value)

@@ -205,3 +205,16 @@ def test_unavailable_shard_group_is_503_naming_its_shards(remote, ids, settings)
         assert time.monotonic() < deadline, r.text[:300]
         time.sleep(1)
     assert comparable(r.json()) == before
+
+
+def test_every_group_call_reaches_a_serve_replica():
+    """The distributed engine calls a group by method name: each one the Serve handles are
+    made for must exist on the replica and on the group it wraps (``columns``: the
+    parameter re-rank's window)."""
+    from service.ray_serve import GROUP_METHODS, ShardGroupReplica
+    from specsearch.query.shard_groups import ShardGroup
+
+    assert "columns" in GROUP_METHODS
+    for name in GROUP_METHODS:
+        assert callable(getattr(ShardGroupReplica, name, None)), name
+        assert callable(getattr(ShardGroup, name, None)), name

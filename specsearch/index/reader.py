@@ -77,6 +77,26 @@ def stored_rows(shard: Callable[[int], Any], ids: np.ndarray):
     return pa.concat_tables(parts).take(pa.array(back))
 
 
+def stored_columns(shard: Callable[[int], Any], ids: np.ndarray, names: list[str]
+                   ) -> dict[str, np.ndarray]:
+    """Numeric rows-table columns ``names`` of non-empty global ``ids``, in their order:
+    indexed out of each shard's numpy copy of the column (:meth:`Shard.column`, made once),
+    not taken as a table of every column (a re-rank that needs a few columns of its
+    window)."""
+    number, row = split_ids(ids)
+    out: dict[str, np.ndarray] = {}
+    groups = [(int(number[0]), slice(None))] if np.all(number == number[0]) else \
+        [(int(s), number == s) for s in np.unique(number)]
+    for s, sel in groups:
+        sh, r = shard(s), row[sel]
+        for name in names:
+            col = sh.column(name)[r]
+            if name not in out:
+                out[name] = np.empty(len(ids), col.dtype)
+            out[name][sel] = col
+    return out
+
+
 def preferred_position(shard: Any, rows: np.ndarray) -> int:
     """The row of ``shard`` a source's (non-empty) ``rows`` stand for: the highest S/N one
     when there are several, else the first."""

@@ -280,8 +280,35 @@ class DistributedEngine(SearchEngine):
     def _source_table(self, mi: RemoteModality, source_id: int) -> pa.Table | None:
         return self._source_info(mi, source_id)[2]
 
+    def _source_values(self, mi: RemoteModality, source_id: int, names: list[str]
+                       ) -> dict[str, float] | None:
+        table = self._source_table(mi, source_id)      # cached with the source's vector
+        if table is None or not len(table):
+            return None
+        row = 0
+        if len(table) > 1 and "snr" in table.column_names:
+            snr = np.asarray(table.column("snr").to_numpy(zero_copy_only=False), float)
+            row = int(np.argmax(np.nan_to_num(snr, nan=-np.inf)))
+        return {n: float(table.column(n).to_numpy(zero_copy_only=False)[row]) for n in names}
+
     def _source_identity(self, mi: RemoteModality, source_id: int) -> np.ndarray | None:
         return self._source_info(mi, source_id)[3]
+
+    def _fetch_columns(self, mi: RemoteModality, ids: np.ndarray, names: list[str]
+                       ) -> dict[str, np.ndarray]:
+        ids = np.asarray(ids, np.int64)
+        shard, _ = split_ids(ids)
+        where = self._by_owner(mi.modality, shard)
+        answers = self._call("columns", {g: dict(modality=mi.modality, ids=ids[pos],
+                                                 names=list(names))
+                                         for g, pos in where.items()})
+        out: dict[str, np.ndarray] = {}
+        for g, pos in where.items():
+            for name, col in answers[g].items():
+                if name not in out:
+                    out[name] = np.empty(len(ids), col.dtype)
+                out[name][pos] = col
+        return out
 
     def _fetch_identity(self, mi: RemoteModality, ids: np.ndarray) -> np.ndarray | None:
         ids = np.asarray(ids, np.int64)

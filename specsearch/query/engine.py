@@ -225,12 +225,13 @@ class SearchEngine(LocalShardAccess):
         valid = ids[0] >= 0
         if not valid.any():
             return None
-        rows = self._fetch_rows(mi, ids[0][valid])
-        labels = agree.usable(params, rows.column_names)
+        labels = agree.usable(params, mi.manifest.columns)
         if not labels:
             return None
-        values = {n: rows.column(f"{n}_pred").to_numpy(zero_copy_only=False) for n in labels}
-        errors = {n: rows.column(f"{n}_err").to_numpy(zero_copy_only=False) for n in labels}
+        cols = self._fetch_columns(mi, ids[0][valid],
+                                   [f"{n}_{x}" for n in labels for x in ("pred", "err")])
+        values = {n: cols[f"{n}_pred"] for n in labels}
+        errors = {n: cols[f"{n}_err"] for n in labels}
         score, order = agree.rerank(sims[0], ids[0], params, values, errors)
         return score[None], order[None]
 
@@ -239,16 +240,11 @@ class SearchEngine(LocalShardAccess):
         """(value, uncertainty) of the :data:`~specsearch.query.agreement.TOLERANCE` labels
         stored for a source's preferred row in ``modality`` (highest S/N, as
         :meth:`vector_of`); empty when the rows store none."""
-        table = self._source_table(self.index[modality], source_id)
-        if table is None or not len(table):
-            return {}
-        row = 0
-        if len(table) > 1 and "snr" in table.column_names:
-            snr = np.asarray(table.column("snr").to_numpy(zero_copy_only=False), float)
-            row = int(np.argmax(np.nan_to_num(snr, nan=-np.inf)))
-        return agree.query_parameters({c: table.column(c)[row].as_py()
-                                       for c in table.column_names
-                                       if c.endswith(("_pred", "_err"))})
+        mi = self.index[modality]
+        names = [f"{n}_{x}" for n in agree.TOLERANCE for x in ("pred", "err")
+                 if f"{n}_pred" in mi.manifest.columns and f"{n}_err" in mi.manifest.columns]
+        values = self._source_values(mi, source_id, names) if names else None
+        return agree.query_parameters(values) if values else {}
 
     # ----------------------------------------------------------------- k-NN
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 from specsearch.index.config import SearchKnobs
-from specsearch.index.reader import (ModalityIndex, preferred_identity, preferred_vector,
-                                     stored_identity, stored_rows)
+from specsearch.index.reader import (ModalityIndex, preferred_identity, preferred_position,
+                                     preferred_vector, stored_columns, stored_identity,
+                                     stored_rows)
 from specsearch.index.threads import faiss_threads
 from specsearch.query.filters import Filter
 
@@ -49,6 +50,11 @@ class LocalShardAccess:
             return mi.shards[0].rows.schema.empty_table()
         return stored_rows(lambda s: mi.shards[s], ids)
 
+    def _fetch_columns(self, mi: ModalityIndex, ids: np.ndarray, names: list[str]
+                       ) -> dict[str, np.ndarray]:
+        """Numeric stored columns ``names`` of non-empty global ids, in their order."""
+        return stored_columns(lambda s: mi.shards[s], ids, names)
+
     def _fetch_identity(self, mi: ModalityIndex, ids: np.ndarray) -> np.ndarray | None:
         """(n, d) identity vectors of non-empty global ids in their order (NaN rows: none),
         or None when the shards hold none."""
@@ -63,6 +69,17 @@ class LocalShardAccess:
         """The stored vector of a source's preferred row, or None."""
         s, rows = mi.locate(int(source_id))
         return preferred_vector(mi.shards[s], rows) if len(rows) else None
+
+    def _source_values(self, mi: ModalityIndex, source_id: int, names: list[str]
+                       ) -> dict[str, float] | None:
+        """Numeric stored columns ``names`` of a source's preferred row (highest S/N), or
+        None when it has no row."""
+        s, rows = mi.locate(int(source_id))
+        if not len(rows):
+            return None
+        shard = mi.shards[s]
+        row = preferred_position(shard, rows)
+        return {n: float(shard.column(n)[row]) for n in names}
 
     def _source_table(self, mi: ModalityIndex, source_id: int):
         """The stored rows (pyarrow Table) of one source, or None."""

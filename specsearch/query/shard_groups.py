@@ -29,7 +29,7 @@ from specsearch.index.manifest import (ModalityManifest, read_index_manifest,
                                        read_modality_manifest)
 from specsearch.index.reader import (IndexDirectory, global_ids, preferred_identity,
                                      preferred_vector, read_manifests, split_ids,
-                                     stored_identity, stored_rows)
+                                     stored_columns, stored_identity, stored_rows)
 from specsearch.index.shard import Shard
 from specsearch.index.threads import faiss_threads
 from specsearch.query.filters import Filter
@@ -269,6 +269,12 @@ class ShardGroup:
             return self.shards[modality, self.spec.numbers(modality)[0]].rows.schema \
                 .empty_table()
         return stored_rows(lambda s: self._shard(modality, s), ids)
+
+    def columns(self, modality: str, ids: np.ndarray, names: list[str]
+                ) -> dict[str, np.ndarray]:
+        """Numeric stored columns ``names`` of global ids (all in this group's shards), in
+        their order."""
+        return stored_columns(lambda s: self._shard(modality, s), ids, names)
 
     def identity(self, modality: str, ids: np.ndarray) -> np.ndarray | None:
         """Identity vectors of global ids (all in this group's shards), in their order (NaN
