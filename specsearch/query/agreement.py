@@ -71,21 +71,23 @@ def log_agreement(query: Mapping[str, tuple[float, float]],
     """(m,) summed log P(|true_candidate - true_query| <= tolerance) over the labels in
     ``values`` (each (m,), with ``errors``), Gaussian errors added in quadrature; each label
     contributes at least :data:`LOG_P_FLOOR` (also where a candidate lacks it)."""
-    total = None
-    for name, cand in values.items():
-        q, qe = query[name]
-        cand = np.asarray(cand, np.float64)
-        ce = np.asarray(errors[name], np.float64)
-        tol = TOLERANCE[name]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            s = np.sqrt(qe * qe + ce * ce)
-            d = cand - q
-            p = ndtr((tol - d) / s) - ndtr((-tol - d) / s)
-            logp = np.log(np.clip(p, 0.0, 1.0))
-        logp = np.where(np.isfinite(logp) & (ce >= 0), np.maximum(logp, LOG_P_FLOOR),
-                        LOG_P_FLOOR)
-        total = logp if total is None else total + logp
-    return np.zeros(0) if total is None else total
+    names = list(values)
+    if not names:
+        return np.zeros(0)
+    # all labels at once, (labels, m): one pass of small-array operations, not one a label
+    cand = np.array([np.asarray(values[n], np.float64) for n in names])
+    ce = np.array([np.asarray(errors[n], np.float64) for n in names])
+    q = np.array([[query[n][0]] for n in names], np.float64)
+    qe = np.array([[query[n][1]] for n in names], np.float64)
+    tol = np.array([[TOLERANCE[n]] for n in names], np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s = np.sqrt(qe * qe + ce * ce)
+        d = cand - q
+        p = ndtr((tol - d) / s) - ndtr((-tol - d) / s)
+        logp = np.log(np.clip(p, 0.0, 1.0))
+    logp = np.where(np.isfinite(logp) & (ce >= 0), np.maximum(logp, LOG_P_FLOOR),
+                    LOG_P_FLOOR)
+    return logp.sum(axis=0)
 
 
 def rerank(sims: np.ndarray, ids: np.ndarray, query: Mapping[str, tuple[float, float]],
