@@ -97,12 +97,17 @@ def stored_columns(shard: Callable[[int], Any], ids: np.ndarray, names: list[str
     return out
 
 
+def highest_snr(snr: np.ndarray) -> int:
+    """Position of the highest S/N (NaN counts as lowest): the row a source's several rows
+    are represented by."""
+    return int(np.argmax(np.nan_to_num(np.asarray(snr, float), nan=-np.inf)))
+
+
 def preferred_position(shard: Any, rows: np.ndarray) -> int:
     """The row of ``shard`` a source's (non-empty) ``rows`` stand for: the highest S/N one
     when there are several, else the first."""
     if len(rows) > 1 and "snr" in shard.rows.column_names:
-        snr = np.nan_to_num(shard.column("snr")[rows].astype(float), nan=-np.inf)
-        return int(rows[int(np.argmax(snr))])
+        return int(rows[highest_snr(shard.column("snr")[rows])])
     return int(rows[0])
 
 

@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from specsearch.errors import ConfigError, SearchIndexError, SpecsearchError
 from specsearch.index.config import SearchKnobs
-from specsearch.index.reader import IndexDirectory, merge_topk, split_ids
+from specsearch.index.reader import IndexDirectory, highest_snr, merge_topk, split_ids
 from specsearch.index.threads import ThreadPolicy
 from specsearch.query.engine import MAX_K, Encoder, SearchEngine
 from specsearch.query.filters import Filter
@@ -285,40 +285,37 @@ class DistributedEngine(SearchEngine):
         table = self._source_table(mi, source_id)      # cached with the source's vector
         if table is None or not len(table):
             return None
-        row = 0
-        if len(table) > 1 and "snr" in table.column_names:
-            snr = np.asarray(table.column("snr").to_numpy(zero_copy_only=False), float)
-            row = int(np.argmax(np.nan_to_num(snr, nan=-np.inf)))
+        row = highest_snr(table.column("snr").to_numpy(zero_copy_only=False)) \
+            if len(table) > 1 and "snr" in table.column_names else 0
         return {n: float(table.column(n).to_numpy(zero_copy_only=False)[row]) for n in names}
 
     def _source_identity(self, mi: RemoteModality, source_id: int) -> np.ndarray | None:
         return self._source_info(mi, source_id)[3]
 
-    def _fetch_columns(self, mi: RemoteModality, ids: np.ndarray, names: list[str]
-                       ) -> dict[str, np.ndarray]:
+    def _gather(self, method: str, mi: RemoteModality, ids: np.ndarray, **kw: Any
+                ) -> list[tuple[np.ndarray, Any]]:
+        """``method`` called on each group holding some of the global ``ids`` (with its
+        own ids and ``kw``): (positions of its ids in ``ids``, its answer) per group."""
         ids = np.asarray(ids, np.int64)
         shard, _ = split_ids(ids)
         where = self._by_owner(mi.modality, shard)
-        answers = self._call("columns", {g: dict(modality=mi.modality, ids=ids[pos],
-                                                 names=list(names))
-                                         for g, pos in where.items()})
+        answers = self._call(method, {g: dict(modality=mi.modality, ids=ids[pos], **kw)
+                                      for g, pos in where.items()})
+        return [(pos, answers[g]) for g, pos in where.items()]
+
+    def _fetch_columns(self, mi: RemoteModality, ids: np.ndarray, names: list[str]
+                       ) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
-        for g, pos in where.items():
-            for name, col in answers[g].items():
+        for pos, got in self._gather("columns", mi, ids, names=list(names)):
+            for name, col in got.items():
                 if name not in out:
                     out[name] = np.empty(len(ids), col.dtype)
                 out[name][pos] = col
         return out
 
     def _fetch_identity(self, mi: RemoteModality, ids: np.ndarray) -> np.ndarray | None:
-        ids = np.asarray(ids, np.int64)
-        shard, _ = split_ids(ids)
-        where = self._by_owner(mi.modality, shard)
-        answers = self._call("identity", {g: dict(modality=mi.modality, ids=ids[pos])
-                                          for g, pos in where.items()})
         out = None
-        for g, pos in where.items():
-            got = answers[g]
+        for pos, got in self._gather("identity", mi, ids):
             if got is None:
                 continue
             if out is None:

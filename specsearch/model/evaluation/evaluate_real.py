@@ -214,12 +214,12 @@ def _engine_rank(model, bl, bx, visits: np.ndarray, partner: int,
     the star's source_id: its highest-S/N visit's embedding and predictions, the XP
     embedding's top :func:`~specsearch.query.identity.rerank_window` re-ranked by parameter
     agreement (:mod:`specsearch.query.agreement`); outside that window, the cosine rank."""
+    from specsearch.index.reader import highest_snr
     from specsearch.query import agreement as agree
     from specsearch.query.identity import rerank_window
 
     rows = np.flatnonzero(visits)
-    best = rows[int(np.argmax(np.nan_to_num(snr[rows], nan=-np.inf)))] if snr is not None \
-        else rows[0]
+    best = rows[highest_snr(snr[rows])] if snr is not None else rows[0]
     sims = np.where(bx.good, bx.embedding @ bl.embedding[best], -np.inf)
     rank = int((sims > sims[partner]).sum()) + 1
     window = np.argsort(-sims, kind="stable")[:rerank_window(10, len(sims))]
