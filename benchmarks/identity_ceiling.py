@@ -36,6 +36,8 @@ import numpy as np
 
 from identity_tasks import SNR_RANGE, partner_ranks, rank_summary, unit
 
+from specsearch.preprocess import TELLURIC_BANDS
+
 CALIBRATION_SIGMA = (0.03, 0.02)
 """1-sigma slope and curvature of the synthetic LAMOST flux calibration (see the doc)."""
 REAL_CALIBRATION_SIGMA = (0.11, 0.03)
@@ -158,10 +160,10 @@ def xp_partner_ceilings(model, n: int = 2000, seed: int = 27_182) -> dict[str, A
 
 # ----------------------------------------------------------------------------- other visit
 
-TELLURIC_BANDS_A = ((6860.0, 6960.0), (7160.0, 7340.0), (7590.0, 7700.0), (8100.0, 8380.0),
-                    (8900.0, 1e9))
-"""Telluric absorption bands (A) the systematics-aware searcher leaves out (O2 B and A
-bands, the water bands; everything redward of 8900 A)."""
+TELLURIC_BANDS_A = TELLURIC_BANDS
+"""Telluric absorption bands (A) the systematics-aware searcher leaves out
+(:data:`specsearch.preprocess.TELLURIC_BANDS`: O2 B and A bands, the water bands,
+everything redward of 8900 A)."""
 VISIT_TOP = 32
 """Stars kept in each spectrum's posterior by the Bayes searcher (the rest weigh ~0)."""
 

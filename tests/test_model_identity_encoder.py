@@ -33,6 +33,9 @@ def test_config_round_trip_and_checks():
     for c in bad:
         with pytest.raises(ConfigError, match="identity"):
             c.validate()
+    with pytest.raises(ConfigError, match="ignore_bands"):
+        dataclasses.replace(cfg, encoders={**cfg.encoders, "lamost": dataclasses.replace(
+            cfg.encoders["lamost"], ignore_bands=((6860.0, 6960.0),))}).validate()
 
 
 @pytest.fixture(scope="module")
@@ -282,3 +285,55 @@ def test_fit_probe_scores_training_stars_apart_from_the_validation_stars(tmp_pat
     assert np.isin(data.fit_pos, data.pos).all()                  # training visits only
     assert np.unique(sid[data.fit_pos]).size == data.fit_pos.size  # one visit per star
     assert not set(sid[data.fit_pos].tolist()) & set(sid[data.val_pos].tolist())
+
+
+def test_ignore_bands_are_never_read_and_travel_with_the_model(tmp_path, trained, capsys):
+    """--ignore-bands telluric: the identity vectors do not move when the telluric bands'
+    pixels change (training and inference alike), the bands are in the saved config, and a
+    malformed band list is refused by name."""
+    import torch
+
+    from specsearch.model.network import add_identity_encoder
+    from specsearch.preprocess import TELLURIC_BANDS, band_mask, grid_for
+
+    _, cat, base = trained
+    common = ["train-identity", "--model", str(base), "--catalog", str(cat), "--steps", "2",
+              "--batch", "48", "--hidden", "32", "--dim", "8", "--hard-group", "4",
+              "--device", "cpu", "--no-progress"]
+    with pytest.raises(SystemExit) as exc:
+        main([*common, "--out", str(tmp_path / "bad"), "--ignore-bands", "7000-6900"])
+    assert exc.value.code == 2 and "--ignore-bands" in capsys.readouterr().err
+    assert main([*common, "--out", str(tmp_path / "tell"), "--ignore-bands", "telluric"]) == 0
+    model = load_model(tmp_path / "tell")
+    assert model.net.cfg.identity_encoders["lamost"].ignore_bands == TELLURIC_BANDS
+    assert model.full_config["training"]["identity"]["config"]["ignore_bands"]
+    assert ModelConfig.from_dict(model.net.cfg.to_dict()) == model.net.cfg
+
+    # the encoder's input: the prepared pixels inside the bands enter as masked ones (the
+    # continuum normalisation the embedding shares still sees them)
+    (fa, ia), _ = _visit_pairs(cat)
+    inside = band_mask(grid_for("lamost").wavelength, TELLURIC_BANDS)
+    assert 0 < inside.sum() < inside.size
+    from specsearch.preprocess import prepare_model_input
+
+    mi = prepare_model_input(fa[:8], ia[:8], "lamost")
+    x, w = torch.from_numpy(mi.flux), torch.from_numpy(mi.weight)
+    npix = inside.size
+    scale = torch.ones(x.shape[1])
+    scale[:npix][torch.from_numpy(inside)] = torch.linspace(0.5, 1.5, int(inside.sum()))
+    net = model.net.eval()
+    with torch.no_grad():
+        same = net.identity("lamost", x, w)
+        assert torch.allclose(net.identity("lamost", x * scale, w), same, atol=1e-6)
+        assert torch.allclose(net.identity("lamost", x, w * scale), same, atol=1e-6)
+        # outside the bands the same change moves them
+        out = torch.ones(x.shape[1])
+        out[:npix][torch.from_numpy(~inside)] = torch.linspace(0.5, 1.5, int((~inside).sum()))
+        assert (net.identity("lamost", x * out, w) - same).abs().max() > 1e-3
+        # and an encoder without the bands reads them
+        plain = load_model(base).net.eval()
+        add_identity_encoder(plain, "lamost", 32, 1, 8)
+        moved = plain.identity("lamost", x * scale, w) - plain.identity("lamost", x, w)
+    assert moved.abs().max() > 1e-3
+    with pytest.raises(ValueError, match="ignore_bands"):
+        EncoderConfig(kind="mlp", npix=10, ignore_bands=((5000.0, 4000.0),))

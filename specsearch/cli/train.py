@@ -99,6 +99,25 @@ def _probability(text: str) -> float:
     return value
 
 
+def _bands(text: str) -> tuple[tuple[float, float], ...]:
+    """``telluric`` or ``LO-HI[,LO-HI...]`` (Angstrom) -> wavelength ranges."""
+    if text.strip().lower() == "telluric":
+        from specsearch.preprocess import TELLURIC_BANDS
+
+        return TELLURIC_BANDS
+    bands = []
+    for part in text.split(","):
+        try:
+            lo, hi = (float(v) for v in part.split("-"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected 'telluric' or LO-HI[,LO-HI...] in Angstrom, got {part!r}")
+        if not (0 < lo < hi):
+            raise argparse.ArgumentTypeError(f"band {part!r}: expected 0 < LO < HI")
+        bands.append((lo, hi))
+    return tuple(bands)
+
+
 def _threads(args: argparse.Namespace) -> None:
     if getattr(args, "threads", None):
         import torch
@@ -318,6 +337,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--own-noise", action="store_true",
                    help="the identity encoder reads each visit's own per-pixel noise and "
                         "S/N (not the embedding encoder's noise-blind input)")
+    i.add_argument("--ignore-bands", type=_bands, default=it.ignore_bands,
+                   metavar="BANDS",
+                   help="wavelength ranges the encoder never reads, in training and at "
+                        "inference: 'telluric' (the O2 and water bands, and beyond 8900 A) "
+                        "or LO-HI[,LO-HI...] in Angstrom")
     i.add_argument("--resume", action="store_true",
                    help="go on training the identity encoder the model already has (its "
                         "width, depth and dimension; a second cosine schedule from its "
@@ -454,7 +478,7 @@ def run_train_identity(args: argparse.Namespace) -> int:
                               hard_group=args.hard_group, min_snr=args.min_snr,
                               resample_snr=args.resample_snr, resume=args.resume,
                               memory=args.memory, memory_start=args.memory_start,
-                              own_noise=args.own_noise,
+                              own_noise=args.own_noise, ignore_bands=args.ignore_bands,
                               seed=args.seed, device=args.device)
     res = train_identity(args.model or default_model_path(), args.catalog, args.out, cfg,
                          cache_dir=args.cache, progress=not args.no_progress,

@@ -72,6 +72,11 @@ class EncoderConfig:
             or a telluric band counts for less) and the FiLM the spectrum's own S/N.
             For identity encoders trained on visits whose S/N say nothing about each
             other (``specsearch train-identity --own-noise``).
+        ignore_bands: wavelength ranges ``(lo, hi)`` in Angstrom (the modality's grid,
+            vacuum) the encoder never reads: their pixels enter as masked ones, in
+            training and at inference alike. For identity encoders (``specsearch
+            train-identity --ignore-bands telluric``): a telluric band's residual is the
+            night's atmosphere, not the star, and differs from one visit to the next.
     """
 
     kind: str
@@ -87,6 +92,14 @@ class EncoderConfig:
     film_snr: float | None = None
     sed_bins: int = 0
     own_noise: bool = False
+    ignore_bands: tuple[tuple[float, float], ...] = ()
+
+    def __post_init__(self) -> None:
+        # JSON gives lists; keep the config hashable and comparable
+        bands = tuple((float(lo), float(hi)) for lo, hi in self.ignore_bands)
+        if any(not (lo < hi) for lo, hi in bands):
+            raise ValueError(f"ignore_bands must be (lo, hi) ranges with lo < hi; got {bands}")
+        object.__setattr__(self, "ignore_bands", bands)
 
 
 @dataclass(frozen=True)
@@ -260,6 +273,9 @@ class ModelConfig:
                 raise ConfigError(f"encoders.{m}.sed_bins must be 0 or {sed_columns(m)} (the "
                                   f"SED columns of a prepared {m} spectrum); got "
                                   f"{enc.sed_bins}")
+            if enc.ignore_bands:
+                raise ConfigError(f"encoders.{m}.ignore_bands: only identity encoders leave "
+                                  f"bands out; got {enc.ignore_bands}")
         if self.shrinkage_snr is not None and not self.shrinkage_snr > 0:
             raise ConfigError(f"shrinkage_snr must be a positive S/N; got {self.shrinkage_snr}")
         for m, enc in self.identity_encoders.items():

@@ -7,6 +7,7 @@ Inputs are what :func:`specsearch.preprocess.prepare_model_input` returns (``flu
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from specsearch.errors import ConfigError
 from specsearch.model.config import EncoderConfig, FillConfig, ModelConfig
 from specsearch.model.layers import (Decoder, Head, Normaliser, build_encoder,
                                      coverage_features, sed_features)
+from specsearch.preprocess.grids import band_mask, grid_for
 from specsearch.preprocess.model_input import sed_columns, split_sed
 
 
@@ -150,6 +152,10 @@ class SpecCLIPNet(nn.Module):
         enc = self.cfg.identity_encoders[modality]
         xp, _ = split_sed(x, enc.npix)
         wp, _ = split_sed(w, enc.npix)
+        if enc.ignore_bands:        # pixels the encoder never reads enter as masked ones
+            keep = torch.from_numpy(_kept_pixels(modality, enc.ignore_bands)).to(
+                device=wp.device, dtype=wp.dtype)
+            xp, wp = xp * keep, wp * keep
         norm = self.normalisers[modality]
         z, good = norm.features(xp, wp, own_noise=enc.own_noise)
         quality = self._encoder_quality(modality, norm.quality(wp, good), enc)
@@ -355,16 +361,24 @@ def add_population_classes(net: SpecCLIPNet, classes: list[str] | tuple[str, ...
     return net
 
 
+@functools.lru_cache(maxsize=8)
+def _kept_pixels(modality: str, bands: tuple[tuple[float, float], ...]) -> np.ndarray:
+    """(npix,) float32: 0 on ``modality``'s grid pixels inside ``bands``, 1 elsewhere."""
+    return (~band_mask(grid_for(modality).wavelength, bands)).astype(np.float32)
+
+
 def add_identity_encoder(net: SpecCLIPNet, modality: str, hidden: int, depth: int,
-                         dim: int, own_noise: bool = False) -> SpecCLIPNet:
+                         dim: int, own_noise: bool = False,
+                         ignore_bands: tuple[tuple[float, float], ...] = ()) -> SpecCLIPNet:
     """Give ``net`` a freshly initialised ``modality`` identity encoder, in place
     (``ModelConfig.identity_encoders``; ``specsearch train-identity``): an MLP encoder of
     the same pixels with ``hidden`` width and ``depth`` residual blocks into ``dim``
     dimensions, reading the input the way the modality's embedding encoder does (its mask
     summary, and its FiLM with the same fixed S/N when that encoder is noise-blind; with
     ``own_noise``, the spectrum's own per-pixel noise and S/N: ``EncoderConfig.
-    own_noise``). One the model already has is replaced. Nothing else changes: embeddings
-    and predictions stay as they were."""
+    own_noise``). It never reads the pixels in ``ignore_bands`` (``EncoderConfig.
+    ignore_bands``). One the model already has is replaced. Nothing else changes:
+    embeddings and predictions stay as they were."""
     main = net.cfg.encoders.get(modality)
     if main is None:
         raise ConfigError(f"the model has no {modality} encoder (modalities "
@@ -372,7 +386,8 @@ def add_identity_encoder(net: SpecCLIPNet, modality: str, hidden: int, depth: in
     enc = EncoderConfig(kind="mlp", npix=main.npix, hidden=int(hidden), depth=int(depth),
                         mlp_ratio=1.0, mask_pool=main.mask_pool,
                         snr_film=main.snr_film or own_noise,
-                        film_snr=None if own_noise else main.film_snr, own_noise=own_noise)
+                        film_snr=None if own_noise else main.film_snr, own_noise=own_noise,
+                        ignore_bands=tuple(ignore_bands))
     # the other modalities' identity encoders stay when the dimension does
     identity = {m: c for m, c in net.cfg.identity_encoders.items()
                 if m != modality and int(dim) == net.cfg.identity_dim}

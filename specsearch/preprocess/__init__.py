@@ -18,7 +18,8 @@ Everything public is importable from ``specsearch.preprocess`` itself.
 from specsearch.preprocess.continuum import (CONTINUUM_BIN, binned_continuum_torch,
                                              continuum, continuum_normalise, continuum_torch)
 from specsearch.preprocess.grids import (GRIDS, LAMOST_DLOGLAM, LAMOST_GRID, LAMOST_LOGLAM0,
-                                         LAMOST_NPIX, XP_FLUX_SCALE, XP_GRID, Grid, grid_for)
+                                         LAMOST_NPIX, TELLURIC_BANDS, XP_FLUX_SCALE, XP_GRID,
+                                         Grid, band_mask, grid_for)
 from specsearch.preprocess.lsf import (LAMOST_RESOLUTION, ResolutionMatch, broadened_flux,
                                        resolution_match)
 from specsearch.preprocess.model_input import (BATCH_PIXELS, GPU_BATCH_FACTOR,
@@ -34,7 +35,7 @@ from specsearch.preprocess.wavelengths import (air_to_vacuum, pixel_edges, to_re
 __all__ = [
     "BATCH_PIXELS", "CONTINUUM_BIN", "GPU_BATCH_FACTOR", "GRIDS", "LAMOST_DLOGLAM",
     "LAMOST_GRID", "LAMOST_LOGLAM0", "LAMOST_NPIX", "LAMOST_RESOLUTION", "ResolutionMatch",
-    "broadened_flux", "resolution_match", "MIN_GOOD_FRACTION", "REST_FRAME_MAX_Z",
+    "TELLURIC_BANDS", "band_mask", "broadened_flux", "resolution_match", "MIN_GOOD_FRACTION", "REST_FRAME_MAX_Z",
     "SED_BINS", "XP_FLUX_SCALE", "XP_GRID", "Grid", "ModelInput", "Rebinner",
     "air_to_vacuum", "as_tensor", "binned_continuum_torch", "continuum",
     "continuum_normalise", "continuum_torch", "default_batch_size", "grid_for",

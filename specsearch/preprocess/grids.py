@@ -71,6 +71,23 @@ XP_GRID = Grid(
 )
 GRIDS: dict[str, Grid] = {"lamost": LAMOST_GRID, "xp": XP_GRID}
 
+TELLURIC_BANDS: tuple[tuple[float, float], ...] = (
+    (6860.0, 6960.0), (7160.0, 7340.0), (7590.0, 7700.0), (8100.0, 8380.0), (8900.0, 9300.0))
+"""The LAMOST range's telluric absorption bands (Angstrom, with margins): the O2 B and A
+bands, the water bands near 7200 and 8200 A, and everything redward of 8900 A (water, with
+the strongest sky lines). What a pipeline's telluric correction leaves there changes from
+one night to the next."""
+
+
+def band_mask(wavelength: np.ndarray, bands) -> np.ndarray:
+    """(npix,) bool: True where ``wavelength`` lies in one of the ``(lo, hi)`` ``bands``
+    (lo inclusive, hi exclusive)."""
+    w = np.asarray(wavelength)
+    out = np.zeros(w.shape, bool)
+    for lo, hi in bands:
+        out |= (w >= lo) & (w < hi)
+    return out
+
 
 def grid_for(modality: str) -> Grid:
     """The canonical grid of ``modality`` (``lamost`` or ``xp``)."""

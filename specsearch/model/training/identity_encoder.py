@@ -82,9 +82,14 @@ class IdentityTrainConfig:
             per-pixel input shrinkage and FiLM by its S/N) instead of the noise-blind
             input of the embedding's encoder; with ``resample_snr`` the two visits' noise
             levels say little about each other, so the noise level is no clue to the star.
+        ignore_bands: wavelength ranges (Angstrom) the encoder never reads, in training
+            and at inference (``EncoderConfig.ignore_bands``); ``()``: none. ``--ignore-bands
+            telluric`` gives :data:`specsearch.preprocess.TELLURIC_BANDS`: two visits'
+            telluric residuals differ by the night, not by the star.
         resume: go on training the identity encoder the model already has for
             ``modality`` (its width, depth, dimension and input; ``hidden``, ``depth``,
-            ``dim`` and ``own_noise`` are then ignored) instead of a fresh one: a second
+            ``dim``, ``own_noise`` and ``ignore_bands`` are then ignored) instead of a
+            fresh one: a second
             cosine schedule from its weights (a warm restart).
         val_pairs: validation pairs scored at the end (and every ``val_every`` steps).
         seed: every random draw (batches, augmentations, initialisation).
@@ -108,6 +113,7 @@ class IdentityTrainConfig:
     memory: int = 0
     memory_start: int = 500
     own_noise: bool = False
+    ignore_bands: tuple[tuple[float, float], ...] = ()
     resume: bool = False
     val_pairs: int = 4096
     val_every: int = 500
@@ -127,6 +133,9 @@ class IdentityTrainConfig:
             raise ConfigError(f"temperature and lr must be > 0, hidden >= 8, dim >= 2, "
                               f"depth >= 0, min_snr, memory and memory_start >= 0; got "
                               f"{self}")
+        if any(not (float(lo) < float(hi)) for lo, hi in self.ignore_bands):
+            raise ConfigError(f"ignore_bands must be (lo, hi) wavelength ranges with lo < hi; "
+                              f"got {self.ignore_bands}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -326,7 +335,7 @@ def train_identity(model_path: str | Path, catalog: str | Path, out: str | Path,
     data = _pairs(net, training, catalog, cache_root, cfg, progress)
     if not cfg.resume:
         add_identity_encoder(net, cfg.modality, cfg.hidden, cfg.depth, cfg.dim,
-                             own_noise=cfg.own_noise)
+                             own_noise=cfg.own_noise, ignore_bands=cfg.ignore_bands)
     net.to(device).eval().requires_grad_(False)
     encoder = net.identity_encoders[cfg.modality]
     encoder.train().requires_grad_(True)
