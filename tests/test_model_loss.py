@@ -399,10 +399,13 @@ def test_new_population_classes_start_unchanged_and_keep_the_old_rows(tmp_path):
         after = net.forward_outputs("lamost", x, w, decode=False)
     assert net.cfg.class_names == tuple(new)
     assert after.class_logits.shape == (4, 4)
-    assert torch.equal(after.label_mu, before.label_mu)
-    assert torch.equal(after.label_log_sigma, before.label_log_sigma)
+    # the same weights in a last layer of another shape: equal up to the rounding of a
+    # matrix product blocked differently (BLAS guarantees no bit-equality across shapes)
+    same = dict(rtol=0.0, atol=1e-6)
+    assert torch.allclose(after.label_mu, before.label_mu, **same)
+    assert torch.allclose(after.label_log_sigma, before.label_log_sigma, **same)
     # the old classes' logits moved to their new places; the new one far below them
-    assert torch.equal(after.class_logits[:, [0, 2, 3]], before.class_logits)
+    assert torch.allclose(after.class_logits[:, [0, 2, 3]], before.class_logits, **same)
     low = before.class_logits.min(dim=1).values
     assert (after.class_logits[:, 1] < low + NEW_CLASS_LOGIT / 2).all()
     probs_before = torch.softmax(before.class_logits, -1)
