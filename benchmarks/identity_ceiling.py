@@ -36,7 +36,7 @@ import numpy as np
 
 from identity_tasks import SNR_RANGE, partner_ranks, rank_summary, unit
 
-from specsearch.preprocess import TELLURIC_BANDS
+from specsearch.preprocess import TELLURIC_BANDS, band_mask
 
 CALIBRATION_SIGMA = (0.03, 0.02)
 """1-sigma slope and curvature of the synthetic LAMOST flux calibration (see the doc)."""
@@ -240,9 +240,7 @@ def visit_ceiling(truth: np.ndarray, flux: np.ndarray, ivar: np.ndarray, ivar_b:
     t2 = t * t
     n = t.shape[0]
     x = (np.asarray(wavelength, np.float64) - 6400.0) / 2700.0
-    telluric = np.zeros(x.size, bool)
-    for lo, hi in TELLURIC_BANDS_A:
-        telluric |= (wavelength >= lo) & (wavelength < hi)
+    telluric = band_mask(wavelength, TELLURIC_BANDS_A)
 
     def noisy(s: int, e: int, w: np.ndarray) -> np.ndarray:
         sigma = np.where(w > 0, 1.0 / np.sqrt(np.maximum(w, 1e-300)), 0.0)

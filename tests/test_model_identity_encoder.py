@@ -294,7 +294,8 @@ def test_ignore_bands_are_never_read_and_travel_with_the_model(tmp_path, trained
     import torch
 
     from specsearch.model.network import add_identity_encoder
-    from specsearch.preprocess import TELLURIC_BANDS, band_mask, grid_for
+    from specsearch.preprocess import (TELLURIC_BANDS, band_mask, grid_for,
+                                       prepare_model_input)
 
     _, cat, base = trained
     common = ["train-identity", "--model", str(base), "--catalog", str(cat), "--steps", "2",
@@ -314,8 +315,6 @@ def test_ignore_bands_are_never_read_and_travel_with_the_model(tmp_path, trained
     (fa, ia), _ = _visit_pairs(cat)
     inside = band_mask(grid_for("lamost").wavelength, TELLURIC_BANDS)
     assert 0 < inside.sum() < inside.size
-    from specsearch.preprocess import prepare_model_input
-
     mi = prepare_model_input(fa[:8], ia[:8], "lamost")
     x, w = torch.from_numpy(mi.flux), torch.from_numpy(mi.weight)
     npix = inside.size

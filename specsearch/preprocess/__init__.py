@@ -35,7 +35,8 @@ from specsearch.preprocess.wavelengths import (air_to_vacuum, pixel_edges, to_re
 __all__ = [
     "BATCH_PIXELS", "CONTINUUM_BIN", "GPU_BATCH_FACTOR", "GRIDS", "LAMOST_DLOGLAM",
     "LAMOST_GRID", "LAMOST_LOGLAM0", "LAMOST_NPIX", "LAMOST_RESOLUTION", "ResolutionMatch",
-    "TELLURIC_BANDS", "band_mask", "broadened_flux", "resolution_match", "MIN_GOOD_FRACTION", "REST_FRAME_MAX_Z",
+    "TELLURIC_BANDS", "band_mask", "broadened_flux", "resolution_match", "MIN_GOOD_FRACTION",
+    "REST_FRAME_MAX_Z",
     "SED_BINS", "XP_FLUX_SCALE", "XP_GRID", "Grid", "ModelInput", "Rebinner",
     "air_to_vacuum", "as_tensor", "binned_continuum_torch", "continuum",
     "continuum_normalise", "continuum_torch", "default_batch_size", "grid_for",

@@ -89,8 +89,7 @@ class IdentityTrainConfig:
         resume: go on training the identity encoder the model already has for
             ``modality`` (its width, depth, dimension and input; ``hidden``, ``depth``,
             ``dim``, ``own_noise`` and ``ignore_bands`` are then ignored) instead of a
-            fresh one: a second
-            cosine schedule from its weights (a warm restart).
+            fresh one: a second cosine schedule from its weights (a warm restart).
         val_pairs: validation pairs scored at the end (and every ``val_every`` steps).
         seed: every random draw (batches, augmentations, initialisation).
         device: ``auto``, ``cpu`` or ``cuda``.
