@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from service.schemas import Domain, Estimate, Neighbour
+from service.schemas import Domain, Estimate, Neighbour, RadialVelocity
 from specsearch.query import Neighbours
 
 # Columns shown as first-class fields of a neighbour (the rest go to ``metadata``).
@@ -48,6 +48,15 @@ def domain(model: Any, modality: str, batch: Any, row: int = 0) -> Domain | None
     return Domain(recon_relative=number(rel[row]),
                   threshold=None if check is None else check.thresholds.get(modality),
                   out_of_domain=None if flags is None else bool(flags[row]))
+
+
+def rv(grid: Any) -> RadialVelocity | None:
+    """The radial velocity a :class:`service.spectra.GridSpectrum` had removed, if any."""
+    value = number(getattr(grid, "rv_kms", None))
+    source = getattr(grid, "rv_source", None)
+    if value is None or source is None:
+        return None
+    return RadialVelocity(removed_kms=round(value, 1), source=source)
 
 
 def estimate_fields(row: dict[str, Any], label_names: Sequence[str]

@@ -75,6 +75,9 @@ class ParsedUpload:
     """The medium the wavelengths were read in (``meta['wavelength_medium']``: generic and
     LAMOST files); None for Gaia XP tables."""
     medium_from: str | None = None
+    rv_kms: float | None = None
+    """The radial velocity removed (km/s), None if none."""
+    rv_source: str | None = None
 
 
 def parse_here(request: ParseRequest, data: bytes) -> ParsedUpload:
@@ -95,13 +98,14 @@ def parse_here(request: ParseRequest, data: bytes) -> ParsedUpload:
         spec = spectra[request.row]
         state_resolution(spec, request.resolving_power, "upload resolving_power")
         modality = choose_modality(spec, request.modality)
-        flux, ivar = to_grid(spec, modality)
+        flux, ivar, rv, rv_source = to_grid(spec, modality)
     return ParsedUpload(modality=modality, flux=flux, ivar=ivar,
                         filename=spec.path or request.filename,
                         spectrum_id=spec.spectrum_id or None, source_id=spec.source_id,
                         spectra_in_file=len(spectra), row=request.row,
                         medium=spec.meta.get("wavelength_medium"),
-                        medium_from=spec.meta.get("medium_from"))
+                        medium_from=spec.meta.get("medium_from"), rv_kms=rv,
+                        rv_source=rv_source)
 
 
 # --------------------------------------------------------------------------- child side
@@ -118,9 +122,15 @@ def _child_main(conn: Connection, memory_bytes: int) -> None:
     """Loop: receive (header, bytes), answer (header, flux, ivar) or an error header."""
     import resource
 
-    # Modules are imported before the cap, so the cap is the room left for one parse.
+    # Modules are imported before the cap, so the cap is the room left for one parse;
+    # torch and the radial-velocity templates too (a spectrum without a redshift has its
+    # velocity measured, as ingest does: specsearch.preprocess.rv)
     import service.spectra  # noqa: F401
     import specsearch.io.registry  # noqa: F401
+    import torch  # noqa: F401
+    from specsearch.preprocess.rv import prepare_default_templates
+
+    prepare_default_templates()
 
     try:
         limit = _address_space() + memory_bytes
@@ -207,7 +217,7 @@ class ParsePool:
         if method == "forkserver":
             # The fork server imports the parsers once; each child is a cheap fork of it.
             self._ctx.set_forkserver_preload(["service.parse_pool", "service.spectra",
-                                              "specsearch.io.registry"])
+                                              "specsearch.io.registry", "torch"])
 
     def limiter(self) -> Any:
         """An ``anyio.CapacityLimiter`` of ``workers`` threads (made inside the event loop),

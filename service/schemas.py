@@ -47,6 +47,16 @@ class Domain(BaseModel):
                           "training stars, or a spectrum too noisy to read")
 
 
+class RadialVelocity(BaseModel):
+    """The radial velocity removed to put an uploaded spectrum in the rest frame."""
+
+    removed_kms: float = Field(description="km/s (positive: the star recedes)")
+    source: Literal["header", "measured", "header+measured"] = Field(
+        description="header: the file's redshift; measured: cross-correlation with "
+                    "templates (the file gave none); header+measured: the spectrum "
+                    "contradicted the file's redshift and the measured rest was removed too")
+
+
 class Neighbour(BaseModel):
     rank: int = Field(description="1-based rank among all results (offset included)")
     source_id: int
@@ -80,6 +90,10 @@ MEDIUM_FROM_DESCRIPTION = ("what decided the medium: the request (medium or air)
                            "card or column name, or the default of the file type")
 
 
+RV_DESCRIPTION = ("the radial velocity removed before the model read the spectrum (null: "
+                  "none: already in the rest frame, a Gaia XP spectrum, or none found)")
+
+
 class QueryInfo(BaseModel):
     """What was searched for."""
 
@@ -94,6 +108,7 @@ class QueryInfo(BaseModel):
         None, description="fraction of usable pixels on the canonical grid")
     medium: Medium | None = Field(None, description=MEDIUM_DESCRIPTION)
     medium_from: str | None = Field(None, description=MEDIUM_FROM_DESCRIPTION)
+    radial_velocity: RadialVelocity | None = Field(None, description=RV_DESCRIPTION)
     predictions: dict[str, Estimate] = Field(default_factory=dict)
     domain: Domain | None = Field(None, description="the domain check of an embedded "
                                                     "spectrum (None for stored stars)")
@@ -193,6 +208,7 @@ class Prediction(BaseModel):
     good_fraction: float
     medium: Medium | None = Field(None, description=MEDIUM_DESCRIPTION)
     medium_from: str | None = Field(None, description=MEDIUM_FROM_DESCRIPTION)
+    radial_velocity: RadialVelocity | None = Field(None, description=RV_DESCRIPTION)
     predictions: dict[str, Estimate]
     class_probabilities: dict[str, float] = Field(default_factory=dict)
     domain: Domain | None = None

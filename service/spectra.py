@@ -44,6 +44,8 @@ class GridSpectrum:
     row: int | None = None
     medium: str | None = None          # air/vacuum as read (generic files, arrays)
     medium_from: str | None = None
+    rv_kms: float | None = None        # the radial velocity removed (None: none)
+    rv_source: str | None = None       # header, measured or header+measured
 
     @property
     def good_fraction(self) -> float:
@@ -69,14 +71,18 @@ def choose_modality(spectrum: Spectrum, requested: str | None) -> str:
     return "xp" if spacing > XP_SPACING_A else "lamost"
 
 
-def to_grid(spectrum: Spectrum, modality: str) -> tuple[np.ndarray, np.ndarray]:
-    """(flux, ivar) on the modality's canonical grid, as the catalog builder does it.
+def to_grid(spectrum: Spectrum, modality: str
+            ) -> tuple[np.ndarray, np.ndarray, float | None, str | None]:
+    """(flux, ivar, radial velocity removed in km/s or None, how it was found) on the
+    modality's canonical grid, as the catalog builder does it.
 
     Raises:
         SpectrumError: no usable pixel, no overlap with the grid, bad arrays.
     """
     row = spectrum_row(spectrum, modality)
-    return (np.asarray(row["flux"], np.float32), np.asarray(row["ivar"], np.float32))
+    rv = row["rv"]
+    return (np.asarray(row["flux"], np.float32), np.asarray(row["ivar"], np.float32),
+            None if rv is None else float(rv), row["rv_source"])
 
 
 def from_arrays(wavelength: list[float], flux: list[float | None],
@@ -117,9 +123,10 @@ def from_arrays(wavelength: list[float], flux: list[float | None],
     spec = spec.validated()
     state_resolution(spec, resolving_power, "request resolving_power")
     mod = choose_modality(spec, modality)
-    grid_flux, grid_ivar = to_grid(spec, mod)
+    grid_flux, grid_ivar, rv, rv_source = to_grid(spec, mod)
     return GridSpectrum(spectrum=spec, modality=mod, flux=grid_flux, ivar=grid_ivar,
-                        medium="air" if air else "vacuum", medium_from="request field air")
+                        medium="air" if air else "vacuum", medium_from="request field air",
+                        rv_kms=rv, rv_source=rv_source)
 
 
 def display_curve(flux: np.ndarray, ivar: np.ndarray, modality: str

@@ -16,8 +16,8 @@ from specsearch.hunt.calibration import fit_measurement, refit_noise
 from specsearch.model import load_model
 from specsearch.model.training.configs import FinetuneConfig
 from specsearch.model.training.finetune import _teacher_from, noisy_label_nll
-from specsearch.model.training.real_sets import (SPLIT_CODES, RealSet, load_all, save_sets,
-                                                 star_split)
+from specsearch.model.training.real_sets import (SPLIT_CODES, RealSet, cache_version, load_all,
+                                                 save_sets, star_split)
 
 from test_model_data import make_paired_catalog, toy_labels, toy_lamost, toy_xp
 
@@ -114,6 +114,14 @@ def test_real_sets_round_trip(tmp_path):
             assert np.array_equal(b.labels[name], v, equal_nan=True)
     assert (back["lamost_dr10"].in_split("test") ==
             (back["lamost_dr10"].split == SPLIT_CODES["test"])).all()
+    # a cache read by an older version is read again (here: no real folder, no sets)
+    from specsearch.model.training.real_sets import CACHE_VERSION, CACHE_VERSION_KEY
+    with np.load(tmp_path / "real.npz") as z:
+        assert int(z[CACHE_VERSION_KEY]) == CACHE_VERSION
+        old = {k: z[k] for k in z.files if k != CACHE_VERSION_KEY}
+    np.savez(tmp_path / "old.npz", **old)
+    assert load_all(tmp_path / "missing-folder", tmp_path / "old.npz") == {}
+    assert cache_version(tmp_path / "old.npz") == CACHE_VERSION
 
 
 def _toy_base(tmp_path):

@@ -263,6 +263,34 @@ def test_predict_upload(client, state, lamost_file):
     _assert_in_domain(body["domain"], state)
 
 
+def test_a_spectrum_at_a_radial_velocity_is_read_in_the_rest_frame(client, samples,
+                                                                     lamost_file):
+    """A library star sent at +230 km/s (no redshift given) comes back measured and read
+    as at rest; a LAMOST file's own redshift is reported as the header's."""
+    from specsearch.io.generic import read_generic
+
+    star = read_generic(samples / "miles" / "spectra" / "MILES_res2.50_star_m0838V.fits")
+    good = star.ivar > 0
+
+    def predict(wave):
+        r = client.post("/v1/predict/spectrum", json={
+            "wavelength": wave[good].tolist(), "flux": star.flux[good].tolist(),
+            "ivar": star.ivar[good].tolist(), "translate": False})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    rest, moved = predict(star.wavelength), predict(star.wavelength * (1 + 230 / 299792.458))
+    assert rest["radial_velocity"] is None
+    assert moved["radial_velocity"]["source"] == "measured"
+    assert moved["radial_velocity"]["removed_kms"] == pytest.approx(230, abs=15)
+    for name, tol in (("teff", 60.0), ("logg", 0.1), ("feh", 0.06)):
+        assert moved["predictions"][name]["value"] == pytest.approx(
+            rest["predictions"][name]["value"], abs=tol), name
+    r = upload(client, lamost_file, k=3)
+    assert r.status_code == 200, r.text
+    assert r.json()["query"]["radial_velocity"]["source"] in ("header", "header+measured")
+
+
 def test_anomaly_list(client):
     r = client.get("/v1/candidates/anomalies", params={"modality": "lamost", "limit": 20})
     assert r.status_code == 200, r.text

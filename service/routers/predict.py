@@ -44,7 +44,8 @@ def predict_grid(state: ServiceState, grid: GridSpectrum, translate: bool) -> Pr
     out = Prediction(modality=grid.modality, filename=grid.filename,
                      spectra_in_file=grid.spectra_in_file, row=grid.row,
                      good_fraction=grid.good_fraction, medium=grid.medium,
-                     medium_from=grid.medium_from, predictions=preds,
+                     medium_from=grid.medium_from, radial_velocity=convert.rv(grid),
+                     predictions=preds,
                      class_probabilities=classes,
                      domain=convert.domain(model, grid.modality, batch),
                      input=Curve(label="input", modality=grid.modality, wavelength=w, flux=f))

@@ -165,7 +165,8 @@ def search_grid(state: ServiceState, grid: GridSpectrum, opts: SearchOptions,
                      spectrum_id=grid.spectrum.spectrum_id or None,
                      source_id=grid.spectrum.source_id, spectra_in_file=grid.spectra_in_file,
                      row=grid.row, good_fraction=grid.good_fraction, medium=grid.medium,
-                     medium_from=grid.medium_from, predictions=preds,
+                     medium_from=grid.medium_from, radial_velocity=convert.rv(grid),
+                     predictions=preds,
                      domain=convert.domain(state.model, grid.modality, batch))
     id_vecs = getattr(batch, "identity", None)
     identity = None if id_vecs is None else id_vecs[0]

@@ -102,6 +102,14 @@ function estimate(preds, name, digits) {
   return e ? fmt(e.value, digits) : "";
 }
 
+function rvNote(rv) {
+  if (!rv) return "";
+  const how = {header: "the file's redshift", measured: "measured: the file gave none",
+    "header+measured": "measured: the spectrum contradicted the file's redshift"}[rv.source];
+  return ` Read in the rest frame: radial velocity ${fmt(rv.removed_kms, 0)} km/s removed ` +
+    `(${how || rv.source}).`;
+}
+
 function renderResults(res) {
   $("#results").hidden = false;
   const q = res.query, p = q.predictions || {};
@@ -117,7 +125,7 @@ function renderResults(res) {
     `${res.ranked_by === "embedding+parameters" ? ", ranked by embedding + parameter " +
       "agreement (neighbours whose parameters match the query's first)" : ""} in ` +
     `${res.took_ms.toFixed(1)} ms. Predicted Teff ${pe("teff")} K, log g ${pe("logg")}, ` +
-    `[Fe/H] ${pe("feh")}.`;
+    `[Fe/H] ${pe("feh")}.` + rvNote(q.radial_velocity);
   $("#query-summary").appendChild(line);
   if (q.domain && q.domain.out_of_domain) {
     const warn = document.createElement("p");

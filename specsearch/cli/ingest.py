@@ -61,6 +61,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "gaia_dr3_source_id=source_id (repeatable)")
     p.add_argument("--observed-frame", action="store_true",
                    help="keep the observed frame (default: remove the header redshift)")
+    p.add_argument("--rv", choices=("auto", "header"), default="auto",
+                   help="auto: remove the header redshift, then measure the radial velocity "
+                        "a LAMOST-grid spectrum still shows (cross-correlation with "
+                        "templates) and remove it when there is one (a file without a "
+                        "redshift, or with a wrong one); header: the header's only")
     p.add_argument("--resolving-power", type=float, metavar="R",
                    help="R = lambda / FWHM of spectra whose files state no resolution; "
                         "spectra much sharper than LAMOST (R = 1800) are broadened to it "
@@ -94,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     with _stop_on_ctrl_c() as stop, use_limits(limits):
         report = ingest(args.paths, args.out, modality=args.modality, labels=args.labels,
                         on=args.on, rename=rename, rest_frame=not args.observed_frame,
+                        rv=args.rv,
                         rows_per_file=args.rows_per_file, progress=not args.no_progress,
                         should_stop=stop.is_set, resolving_power=args.resolving_power,
                         air=medium_air(args))

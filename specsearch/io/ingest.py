@@ -27,7 +27,7 @@ from specsearch.errors import CatalogError, ReaderError, SpecsearchError, Spectr
 from specsearch.fsutil import write_json_atomic
 from specsearch.io.catalog import LABEL_COLUMNS, CatalogWriter, open_catalog
 from specsearch.io.label_tables import LabelTable
-from specsearch.preprocess import grid_for, to_canonical_grid
+from specsearch.preprocess import C_KMS, RV_MODES, grid_for, to_canonical_grid
 from specsearch.preprocess.lsf import check_resolving_power, state_resolution
 from specsearch.spectrum import Spectrum
 
@@ -53,6 +53,11 @@ class IngestReport:
     """The caller's wavelength medium (``air``/``vacuum``), None when the files decided."""
     files_medium_applied: int = 0
     """Generic files read in ``medium`` (survey files keep the convention they state)."""
+    rows_rv_measured: int = 0
+    """Rows whose radial velocity was measured and removed (no header redshift)."""
+    rows_rv_corrected: int = 0
+    """Rows whose spectrum contradicted its header redshift: the measured rest remainder
+    was removed too (``rv`` holds the sum)."""
 
     @property
     def exit_code(self) -> int:
@@ -71,6 +76,10 @@ class IngestReport:
                  f"{self.rows_duplicate} duplicates dropped, "
                  f"{len(self.skipped_rows)} bad spectra skipped",
                  f"time: {self.seconds:.1f} s"]
+        if self.rows_rv_measured or self.rows_rv_corrected:
+            lines.append(f"radial velocity measured and removed: {self.rows_rv_measured} "
+                         f"spectra without a header redshift, {self.rows_rv_corrected} whose "
+                         f"spectrum contradicted it")
         if self.medium is not None:
             lines.append(f"medium {self.medium} (caller's override) applied to "
                          f"{self.files_medium_applied} generic file(s); LAMOST and Gaia XP "
@@ -134,13 +143,17 @@ def _existing_ids(root: Path, modality: str) -> set[str]:
     return set(cat.read_column(modality, "spectrum_id").to_pylist())
 
 
-def spectrum_row(spec: Spectrum, modality: str, *, rest_frame: bool = True) -> dict[str, Any]:
+def spectrum_row(spec: Spectrum, modality: str, *, rest_frame: bool = True,
+                 rv: str = "auto") -> dict[str, Any]:
     """One catalog row from a spectrum: resampled onto the canonical grid, metadata kept.
 
     With ``rest_frame`` the header redshift (``meta['z']``, LAMOST's pipeline value) is
-    removed when present and finite; the row records it in ``rv`` (km/s).
+    removed when present and finite, and with ``rv="auto"`` a velocity the spectrum still
+    shows is measured and removed (:func:`specsearch.preprocess.to_canonical_grid`); the
+    row records the velocity removed in ``rv`` (km/s) and how it was found in
+    ``rv_source`` (not a catalog column: ingest counts it).
     """
-    flux, ivar, z = to_canonical_grid(spec, modality, rest_frame=rest_frame)
+    flux, ivar, z, rv_source = to_canonical_grid(spec, modality, rest_frame=rest_frame, rv=rv)
     # Values beyond float32 (1e300 fluxes, 1e-200 errors) overflow on the grid: masked, so
     # that no row carries inf/NaN flux with a positive ivar.
     with np.errstate(invalid="ignore"):
@@ -161,7 +174,7 @@ def spectrum_row(spec: Spectrum, modality: str, *, rest_frame: bool = True) -> d
         snr = float(np.median(flux[good] * np.sqrt(ivar[good]))) if good.any() else np.nan
     return {"spectrum_id": str(spectrum_id), "source_id": int(source_id),
             "flux": flux, "ivar": ivar, "ra": spec.ra, "dec": spec.dec, "snr": snr,
-            "rv": None if z is None else z * 299792.458,
+            "rv": None if z is None else z * C_KMS, "rv_source": rv_source,
             "origin": Path(spec.path).name if spec.path else None}
 
 
@@ -197,7 +210,7 @@ def _reason(exc: BaseException) -> str:
 
 def ingest(paths: Sequence[str | Path], out: str | Path, *, modality: str,
            labels: str | Path | None = None, on: str | None = None,
-           rename: dict[str, str] | None = None, rest_frame: bool = True,
+           rename: dict[str, str] | None = None, rest_frame: bool = True, rv: str = "auto",
            rows_per_file: int = 50_000, batch_rows: int = 2000, progress: bool = True,
            should_stop: Callable[[], bool] | None = None,
            resolving_power: float | None = None, air: bool | None = None) -> IngestReport:
@@ -220,6 +233,9 @@ def ingest(paths: Sequence[str | Path], out: str | Path, *, modality: str,
             alpha_fe, source_id, ra, dec, snr fill the catalog row; ``rename`` maps other
             label-table names onto those (``{"gaia_dr3_source_id": "source_id"}``).
         rest_frame: remove the header redshift when the file gives one (LAMOST ``Z``).
+        rv: ``auto`` also measures the velocity a LAMOST-grid spectrum still shows and
+            removes it (no header redshift, or a wrong one); ``header`` the header's only
+            (:data:`specsearch.preprocess.RV_MODES`).
         should_stop: polled between files; True ends the run cleanly.
         resolving_power: R = lambda / FWHM of spectra whose file states no resolution
             (a stated one wins): spectra much sharper than LAMOST are broadened to it
@@ -233,6 +249,8 @@ def ingest(paths: Sequence[str | Path], out: str | Path, *, modality: str,
         An :class:`IngestReport`; bad files and bad spectra are listed there, not raised.
     """
     grid_for(modality)  # validates the modality name
+    if rv not in RV_MODES:
+        raise ValueError(f"rv must be one of {RV_MODES}, got {rv!r}")
     if resolving_power is not None:
         check_resolving_power(resolving_power)
     start = time.perf_counter()
@@ -261,7 +279,7 @@ def ingest(paths: Sequence[str | Path], out: str | Path, *, modality: str,
                 continue
             try:
                 file_rows = _read_file_rows(path, modality, rest_frame, label_table, seen_ids,
-                                            report, resolving_power, air)
+                                            report, resolving_power, air, rv)
             except Exception as exc:  # noqa: BLE001 - one bad file never stops the run
                 report.skipped_files.append((path.name, _reason(exc)))
                 continue
@@ -352,7 +370,7 @@ class _RowBatches:
 def _read_file_rows(path: Path, modality: str, rest_frame: bool,
                     label_table: LabelTable | None, seen_ids: set[str],
                     report: IngestReport, resolving_power: float | None = None,
-                    air: bool | None = None) -> list[dict[str, Any]]:
+                    air: bool | None = None, rv: str = "auto") -> list[dict[str, Any]]:
     """The new catalog rows of one file (bad spectra and duplicates counted in ``report``).
     ``air`` is used when the file is a generic spectrum, ignored for survey files."""
     from specsearch.io.registry import detect_format, read_spectra
@@ -363,19 +381,22 @@ def _read_file_rows(path: Path, modality: str, rest_frame: bool,
         fmt, air = info.name, air if info.modality is None else None
     rows: list[dict[str, Any]] = []
     skipped: list[tuple[str, str]] = []
-    duplicates = labelled = 0
+    duplicates = labelled = measured = corrected = 0
     ids: set[str] = set()
     for spec in read_spectra(path, modality=modality, format=fmt, air=air):
         name = spec.spectrum_id or path.name
         state_resolution(spec, resolving_power, "ingest --resolving-power")
         try:
-            row = spectrum_row(spec, modality, rest_frame=rest_frame)
+            row = spectrum_row(spec, modality, rest_frame=rest_frame, rv=rv)
         except SpecsearchError as exc:
             skipped.append((name, str(exc)))
             continue
         if row["spectrum_id"] in seen_ids or row["spectrum_id"] in ids:
             duplicates += 1
             continue
+        source = row.pop("rv_source")
+        measured += source == "measured"
+        corrected += source == "header+measured"
         if label_table is not None and (lab := label_table.lookup(spec)) is not None:
             row.update({k: v for k, v in lab.items() if v is not None})
             labelled += 1
@@ -385,6 +406,8 @@ def _read_file_rows(path: Path, modality: str, rest_frame: bool,
     report.skipped_rows += skipped
     report.rows_duplicate += duplicates
     report.rows_labelled += labelled
+    report.rows_rv_measured += measured
+    report.rows_rv_corrected += corrected
     if air is not None:
         report.files_medium_applied += 1
     return rows

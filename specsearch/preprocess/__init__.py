@@ -9,6 +9,7 @@ the model use the same grids, and training, embedding and the query path all cal
 * :mod:`~specsearch.preprocess.wavelengths`: air/vacuum, rest frame, pixel edges;
 * :mod:`~specsearch.preprocess.resample`: flux-conserving rebinning onto a grid;
 * :mod:`~specsearch.preprocess.lsf`: resolution matching of sharper spectra before it;
+* :mod:`~specsearch.preprocess.rv`: radial velocities of spectra that come without one;
 * :mod:`~specsearch.preprocess.continuum`: the pseudo-continuum (torch, CPU or GPU);
 * :mod:`~specsearch.preprocess.model_input`: the scaling every encoder expects.
 
@@ -27,16 +28,19 @@ from specsearch.preprocess.model_input import (BATCH_PIXELS, GPU_BATCH_FACTOR,
                                                as_tensor, default_batch_size,
                                                prepare_model_input, prepare_model_input_torch,
                                                prepared_width, sed_columns, split_sed)
-from specsearch.preprocess.resample import (REST_FRAME_MAX_Z, Rebinner, rebinner, resample,
+from specsearch.preprocess.resample import (REST_FRAME_MAX_Z, RV_MIN_GAIN, RV_MODES,
+                                            CanonicalSpectrum, Rebinner, rebinner, resample,
                                             to_canonical_grid)
-from specsearch.preprocess.wavelengths import (air_to_vacuum, pixel_edges, to_rest_frame,
-                                               vacuum_to_air)
+from specsearch.preprocess.rv import RVMeasurement, measure_rv
+from specsearch.preprocess.wavelengths import (C_KMS, air_to_vacuum, pixel_edges,
+                                               to_rest_frame, vacuum_to_air)
 
 __all__ = [
     "BATCH_PIXELS", "CONTINUUM_BIN", "GPU_BATCH_FACTOR", "GRIDS", "LAMOST_DLOGLAM",
     "LAMOST_GRID", "LAMOST_LOGLAM0", "LAMOST_NPIX", "LAMOST_RESOLUTION", "ResolutionMatch",
     "TELLURIC_BANDS", "band_mask", "broadened_flux", "resolution_match", "MIN_GOOD_FRACTION",
-    "REST_FRAME_MAX_Z",
+    "REST_FRAME_MAX_Z", "RV_MIN_GAIN", "RV_MODES", "RVMeasurement", "C_KMS",
+    "CanonicalSpectrum", "measure_rv",
     "SED_BINS", "XP_FLUX_SCALE", "XP_GRID", "Grid", "ModelInput", "Rebinner",
     "air_to_vacuum", "as_tensor", "binned_continuum_torch", "continuum",
     "continuum_normalise", "continuum_torch", "default_batch_size", "grid_for",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -10,7 +11,7 @@ import scipy.sparse as sp
 from specsearch.errors import SpectrumError
 from specsearch.preprocess.grids import Grid, grid_for
 from specsearch.preprocess.lsf import broadened_flux, resolution_match
-from specsearch.preprocess.wavelengths import pixel_edges, to_rest_frame
+from specsearch.preprocess.wavelengths import C_KMS, pixel_edges, to_rest_frame
 from specsearch.spectrum import Spectrum
 
 
@@ -126,31 +127,84 @@ def _rebin(spec: Spectrum, wave: np.ndarray, grid: Grid, min_coverage: float = 0
 REST_FRAME_MAX_Z = 0.01
 """Header redshifts above this (3000 km/s: not a star's radial velocity) are not removed."""
 
+RV_MODES = ("auto", "header", "none")
+"""How :func:`to_canonical_grid` puts a spectrum in the rest frame: ``auto`` removes the
+header redshift, then measures what velocity is left (LAMOST grid) and removes it when the
+spectrum shows one; ``header`` removes the header redshift only; ``none`` keeps the
+observed frame."""
 
-def to_canonical_grid(spectrum: Spectrum, modality: str, *, rest_frame: bool = True
-                      ) -> tuple[np.ndarray, np.ndarray, float | None]:
+RV_MIN_GAIN = 0.008
+"""A measured velocity is removed only when the template fits it better than it fits zero
+velocity by this much (``r - r_zero`` of :class:`specsearch.preprocess.rv.RVMeasurement`).
+Real DR10 spectra in the rest frame, with noise added down to S/N 3-10, exceed it in 1% of
+cases (99th percentile 0.005-0.007); a header redshift off by 100 km/s exceeds it in ~90%
+at S/N 10, by 200 km/s in all (BENCHMARKS.md, "Spectra in the observed frame")."""
+
+
+class CanonicalSpectrum(NamedTuple):
+    """A spectrum on its canonical grid (:func:`to_canonical_grid`).
+
+    Attributes:
+        flux, ivar: float32 arrays of ``grid.npix``.
+        z_removed: the redshift removed (header and measured together), None if none.
+        rv_source: ``header``, ``measured`` (no header redshift), ``header+measured`` (the
+            spectrum contradicted its header) or None.
+    """
+
+    flux: np.ndarray
+    ivar: np.ndarray
+    z_removed: float | None
+    rv_source: str | None
+
+
+def to_canonical_grid(spectrum: Spectrum, modality: str, *, rest_frame: bool = True,
+                      rv: str = "auto") -> CanonicalSpectrum:
     """A spectrum on its modality's canonical grid, the way the catalog stores it.
 
     The one path from an observed spectrum to model input used by ingest, the query engine
     and the HTTP service alike. With ``rest_frame`` the survey's redshift (``meta['z']``,
-    LAMOST's pipeline value) is removed when it is finite and ``|z| <= REST_FRAME_MAX_Z``.
+    LAMOST's pipeline value) is removed when it is finite and ``|z| <= REST_FRAME_MAX_Z``;
+    with ``rv="auto"`` (the default) a LAMOST-grid spectrum's remaining radial velocity is
+    then measured by cross-correlation (:func:`specsearch.preprocess.rv.measure_rv`) and
+    removed when the spectrum shows one (:data:`RV_MIN_GAIN`): a file without a redshift,
+    or with a wrong one, still reaches the model in the rest frame. ``rest_frame=False``
+    is ``rv="none"``.
     A spectrum much sharper than the grid's instrument is broadened to it first
     (:mod:`specsearch.preprocess.lsf`; the flux only, ivar and mask stay the rebinned ones).
 
-    Returns:
-        (flux, ivar, z_removed) with float32 arrays of ``grid.npix`` and the redshift that
-        was removed (None if none).
+    Raises:
+        SpectrumError: no usable pixel on the grid.
+        ValueError: an unknown ``rv`` mode.
     """
+    if rv not in RV_MODES:
+        raise ValueError(f"rv must be one of {RV_MODES}, got {rv!r}")
+    if not rest_frame:
+        rv = "none"
     z = spectrum.meta.get("z")
-    use_z = (rest_frame and z is not None and np.isfinite(z)
+    use_z = (rv != "none" and z is not None and np.isfinite(z)
              and abs(float(z)) <= REST_FRAME_MAX_Z)
     z_removed = float(z) if use_z else None
+    source = "header" if use_z else None
     grid = grid_for(modality)
     spec = spectrum.validated()
-    wave = spec.wavelength if z_removed is None else to_rest_frame(spec.wavelength, z_removed)
+    flux, ivar = _on_grid(spec, grid, z_removed)
+    if rv == "auto" and grid.name == "lamost":
+        from specsearch.preprocess.rv import measure_rv
+
+        m = measure_rv(flux, ivar, min_gain=RV_MIN_GAIN)
+        if bool(m.ok[0]) and float(m.r[0] - m.r_zero[0]) >= RV_MIN_GAIN:
+            z_removed = (1.0 + (z_removed or 0.0)) * (1.0 + float(m.v_kms[0]) / C_KMS) - 1.0
+            source = "header+measured" if use_z else "measured"
+            flux, ivar = _on_grid(spec, grid, z_removed)
+    return CanonicalSpectrum(flux, ivar, z_removed, source)
+
+
+def _on_grid(spec: Spectrum, grid: Grid, z: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """A validated spectrum rebinned (and resolution-matched) at rest-frame redshift z."""
+    wave = spec.wavelength if z is None else to_rest_frame(spec.wavelength, z)
     flux, ivar = _rebin(spec, wave, grid)
     match = resolution_match(spec, grid, wavelength=wave)
     if match is not None and match.broaden:
         sharp = broadened_flux(spec, grid, match, wavelength=wave)
         flux = np.where(ivar > 0, sharp, 0.0).astype(np.float32)
-    return flux, ivar, z_removed
+    return flux, ivar

@@ -6,6 +6,9 @@ import numpy as np
 
 from specsearch.errors import SpectrumError
 
+C_KMS = 299792.458
+"""The speed of light (km/s)."""
+
 
 def air_to_vacuum(wavelength_air: np.ndarray) -> np.ndarray:
     """Air to vacuum wavelength (Angstrom), IAU standard (Morton 2000 / Ciddor 1996).

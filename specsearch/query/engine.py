@@ -410,8 +410,8 @@ class SearchEngine(LocalShardAccess):
                        ) -> tuple[str, np.ndarray, dict[str, Any]]:
         """(modality, (D,) embedding, predictions) of one spectrum via the attached encoder:
         put on the modality's canonical grid as ingest does
-        (:func:`specsearch.preprocess.to_canonical_grid`: rest frame where the file gives a
-        redshift) then encoded."""
+        (:func:`specsearch.preprocess.to_canonical_grid`: in the rest frame, from the file's
+        redshift or a measured radial velocity) then encoded."""
         name, vec, preds, _, _ = self._embed(spectrum, modality)
         return name, vec, preds
 
@@ -429,7 +429,7 @@ class SearchEngine(LocalShardAccess):
         if name is None:
             raise QueryError(f"{spectrum.path or spectrum.spectrum_id or 'spectrum'}: say which "
                              f"modality the spectrum is (lamost or xp)")
-        flux, ivar, _ = to_canonical_grid(spectrum, name)
+        flux, ivar = to_canonical_grid(spectrum, name)[:2]
         check = getattr(self.encoder, "domain_check", None)
         extra = {"with_domain": True} if check is not None else {}
         if identity and identity_dim_of(self.encoder, name):

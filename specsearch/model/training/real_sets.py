@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,15 @@ from specsearch.preprocess import prepare_model_input
 
 SPLIT_FRACTIONS = {"train": 0.65, "cal": 0.15, "test": 0.20}
 SPLIT_CODES = {"train": 0, "cal": 1, "test": 2}
+
+CACHE_VERSION = 2
+"""How the real spectra are read into a cache (:func:`load_all`): 2 puts spectra without a
+header redshift, or with one they contradict, in the rest frame by a measured radial
+velocity (:func:`specsearch.preprocess.to_canonical_grid`); 1 (unversioned caches)
+removed the header redshift only."""
+CACHE_VERSION_KEY = "_cache_version"
+
+log = logging.getLogger(__name__)
 LABEL_NOISE: dict[str, dict[str, float]] = {
     # typical label errors of the source catalogue (K, dex)
     "lamost_dr10": {"teff": 80.0, "logg": 0.12, "feh": 0.08},
@@ -232,7 +242,7 @@ def save_sets(path: str | Path, sets: dict[str, RealSet]) -> None:
     from specsearch.fsutil import write_bytes_atomic
     import io
 
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict[str, np.ndarray] = {CACHE_VERSION_KEY: np.array(CACHE_VERSION)}
     for name, s in sets.items():
         p = f"{name}/"
         arrays[p + "modality"] = np.array(s.modality)
@@ -253,7 +263,7 @@ def load_sets(path: str | Path) -> dict[str, RealSet]:
     """Read what :func:`save_sets` wrote (``allow_pickle=False``)."""
     with np.load(path, allow_pickle=False) as z:
         data = {k: z[k] for k in z.files}
-    names = sorted({k.split("/")[0] for k in data})
+    names = sorted({k.split("/")[0] for k in data if k != CACHE_VERSION_KEY})
     out = {}
     for n in names:
         p = f"{n}/"
@@ -265,12 +275,22 @@ def load_sets(path: str | Path) -> dict[str, RealSet]:
     return out
 
 
+def cache_version(path: str | Path) -> int:
+    """The :data:`CACHE_VERSION` a cache was written with (0: before versions)."""
+    with np.load(path, allow_pickle=False) as z:
+        return int(z[CACHE_VERSION_KEY]) if CACHE_VERSION_KEY in z.files else 0
+
+
 def load_all(real: str | Path, cache: str | Path | None = None) -> dict[str, RealSet]:
     """Every real set (LAMOST-grid sets and the XP patch), read once into ``cache`` if given
-    and reused from there afterwards (the cache records nothing but the arrays: delete it
-    when the real-data folder changes)."""
+    and reused from there afterwards. The cache records the arrays and the version of the
+    reading (:data:`CACHE_VERSION`; an older one is read again); delete it when the
+    real-data folder changes."""
     if cache is not None and Path(cache).is_file():
-        return load_sets(cache)
+        if cache_version(cache) == CACHE_VERSION:
+            return load_sets(cache)
+        log.info("%s was read by an older specsearch (version %d, now %d): reading the "
+                 "real sets again", cache, cache_version(cache), CACHE_VERSION)
     sets = load_lamost_sets(Path(real))
     xp = load_xp_patch(Path(real))
     if xp is not None:
