@@ -4,6 +4,7 @@ end on a toy catalog with repeat visits, and ``SpecModel.identity_numpy``."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 import pytest
@@ -136,6 +137,25 @@ def test_resume_goes_on_from_the_models_identity_encoder(tmp_path, trained):
     assert record["base_hash"] == first.model_hash and record["config"]["resume"]
     assert record["previous"]["base_hash"] == load_model(base).model_hash
     assert res.model_hash != first.model_hash
+
+
+def test_without_a_progress_bar_each_validation_is_a_log_line(tmp_path, trained, caplog):
+    from specsearch.model.training.identity_encoder import IdentityTrainConfig, train_identity
+
+    _, cat, base = trained
+    # the history keeps a row every 100 steps; validation runs on those every val_every
+    cfg = IdentityTrainConfig(steps=110, batch=16, hidden=16, depth=1, dim=8, hard_group=4,
+                              device="cpu", val_pairs=32, val_every=100)
+    with caplog.at_level(logging.INFO, logger="specsearch.model.training.identity_encoder"):
+        train_identity(base, cat, tmp_path / "out", cfg, progress=False)
+    lines = [r.getMessage() for r in caplog.records if "train-identity step" in r.getMessage()]
+    # the last step's validation is the final score, printed by the command itself
+    assert len(lines) == 1 and lines[0].startswith("train-identity step 100/110: loss "), lines
+    assert "validation other-visit top-1 " in lines[0]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="specsearch.model.training.identity_encoder"):
+        train_identity(base, cat, tmp_path / "bar", cfg, progress=True)
+    assert not [r for r in caplog.records if "train-identity step" in r.getMessage()]
 
 
 def test_red_cut_reaches_the_augmentations(tmp_path, trained, capsys):

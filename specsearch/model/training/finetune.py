@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import math
 import shutil
 import time
@@ -61,6 +62,9 @@ from specsearch.model.network import (SpecCLIPNet, add_coverage_inputs,
                                       add_population_classes, add_sed_inputs,
                                       has_sed_inputs, make_noise_blind, set_head_fill)
 from specsearch.model.training.real_sets import PreparedReal, RealSet, load_all, prepare_real
+
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class FinetuneResult:
@@ -510,6 +514,9 @@ def _finetune(model_path: str | Path, catalog: str | Path, real_data: str | Path
                             **{k: v / n_acc for k, v in sums.items()}})
             sums, n_acc = {}, 0
             bar.set_postfix(loss=f"{history[-1]['total']:.3f}")
+            if not progress and (step + 1) % 500 == 0:
+                log.info("finetune step %d/%d: loss %.3f (%.0f s)", step + 1, cfg.steps,
+                         history[-1]["total"], history[-1]["elapsed_seconds"])
     bar.close()
     net.eval()
     report = calibrate(net, data.cache, data.val_pos, device)

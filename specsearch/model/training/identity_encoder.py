@@ -27,6 +27,7 @@ training record.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,8 @@ from specsearch.model.training.cache import PairCache, model_cache
 from specsearch.model.training.configs import AugmentConfig
 from specsearch.model.training.data import other_visit
 from specsearch.model.training.hard_negatives import label_neighbours
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -387,6 +390,11 @@ def train_identity(model_path: str | Path, catalog: str | Path, out: str | Path,
             history.append(entry)
             loss_sum, n_acc = 0.0, 0
             bar.set_postfix(loss=f"{entry['loss']:.3f}")
+            if not progress and "identity_top1" in entry:
+                # a line a log file can show (a progress bar writes carriage returns)
+                log.info("train-identity step %d/%d: loss %.3f, validation other-visit "
+                         "top-1 %.3f (%.0f s)", step + 1, cfg.steps, entry["loss"],
+                         entry["identity_top1"], entry["elapsed_seconds"])
     bar.close()
     net.eval()
     val = _val_top1(net, data, cfg.modality, device)
