@@ -120,6 +120,21 @@ def test_noise_and_featureless_spectra_give_no_velocity(rng):
     assert not empty.ok[0] and empty.template[0] == -1
 
 
+def test_hostile_values_give_no_velocity_and_no_warning(rng):
+    import warnings
+
+    flux = rng.normal(1.0, 0.05, (4, LAMOST_NPIX))
+    ivar = np.full_like(flux, 400.0)
+    flux[0, ::7] = np.inf
+    flux[1] = 1e30
+    flux[2] = -flux[2]
+    ivar[3, :] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = measure_rv(flux, ivar)
+    assert not m.ok.any() and np.isfinite(m.r).all()
+
+
 def test_bad_arguments_are_named():
     with pytest.raises(SpectrumError, match="lamost grid"):
         measure_rv(np.ones(100), np.ones(100))

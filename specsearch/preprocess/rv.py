@@ -11,7 +11,7 @@ that :func:`specsearch.preprocess.to_canonical_grid` can remove it.
 
 Method (on the LAMOST grid, uniform in log wavelength, so a velocity is a pixel shift):
 
-1. the spectrum is continuum-normalised (:func:`~specsearch.preprocess.continuum_normalise`)
+1. the spectrum is continuum-normalised (:func:`~specsearch.preprocess.continuum`)
    and, like each (normalised) template, turned into line depths ``1 - f`` (clipped to
    [-0.5, 1] against cosmic rays), masked where it has no data, in the telluric bands
    (:data:`~specsearch.preprocess.TELLURIC_BANDS`: they stay at the observatory's rest
@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from specsearch.errors import SpectrumError
-from specsearch.preprocess.continuum import continuum_normalise
+from specsearch.preprocess.continuum import continuum
 from specsearch.preprocess.grids import LAMOST_DLOGLAM, LAMOST_GRID, TELLURIC_BANDS, band_mask
 from specsearch.preprocess.wavelengths import C_KMS
 
@@ -221,8 +221,11 @@ def measure_rv(flux: np.ndarray, ivar: np.ndarray, *, templates: np.ndarray | No
     if rows.size == 0:
         return RVMeasurement(v_kms=v, r=r_best, r_zero=r_zero, template=which, ok=np.isfinite(v))
     g = good[rows]
-    norm, _, _ = continuum_normalise(np.where(g, flux[rows], 0.0), np.where(g, ivar[rows], 0.0))
-    norm = np.asarray(norm, np.float64)
+    cont = continuum(np.where(g, flux[rows], 0.0), np.where(g, ivar[rows], 0.0))
+    with np.errstate(all="ignore"):        # hostile values: not read, never a warning
+        norm = np.where(g, flux[rows], 0.0) / cont
+    g &= np.isfinite(norm)
+    norm = np.where(g, norm, 1.0)
     full = _correlate(norm, g, prep, min_r, vmax_kms, 0)
     r_best[rows], r_zero[rows], which[rows] = full.r, full.r_zero, full.template
     # the windows must agree: a hot star's Balmer jump and wings, or a bad stretch of
