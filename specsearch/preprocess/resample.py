@@ -11,6 +11,7 @@ import scipy.sparse as sp
 from specsearch.errors import SpectrumError
 from specsearch.preprocess.grids import Grid, grid_for
 from specsearch.preprocess.lsf import broadened_flux, resolution_match
+from specsearch.preprocess.rv import measure_rv
 from specsearch.preprocess.wavelengths import C_KMS, pixel_edges, to_rest_frame
 from specsearch.spectrum import Spectrum
 
@@ -189,8 +190,6 @@ def to_canonical_grid(spectrum: Spectrum, modality: str, *, rest_frame: bool = T
     spec = spectrum.validated()
     flux, ivar = _on_grid(spec, grid, z_removed)
     if rv == "auto" and grid.name == "lamost":
-        from specsearch.preprocess.rv import measure_rv
-
         m = measure_rv(flux, ivar, min_gain=RV_MIN_GAIN)
         if bool(m.ok[0]) and float(m.r[0] - m.r_zero[0]) >= RV_MIN_GAIN:
             z_removed = (1.0 + (z_removed or 0.0)) * (1.0 + float(m.v_kms[0]) / C_KMS) - 1.0

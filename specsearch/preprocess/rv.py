@@ -74,7 +74,8 @@ class RVMeasurement:
         r_zero: the best template's correlation at zero velocity: ``r - r_zero`` is how much
             better the measured velocity fits than none (small for a spectrum already in
             the rest frame, whatever its noise).
-        ok: the measurement counts (``r >= min_r``, peak inside the window).
+        ok: the measurement counts: a whole-range peak of at least ``min_r`` inside the
+            search, confirmed by two wavelength windows (module docstring).
     """
 
     v_kms: np.ndarray
