@@ -52,11 +52,10 @@ def domain(model: Any, modality: str, batch: Any, row: int = 0) -> Domain | None
 
 def rv(grid: Any) -> RadialVelocity | None:
     """The radial velocity a :class:`service.spectra.GridSpectrum` had removed, if any."""
-    value = number(getattr(grid, "rv_kms", None))
-    source = getattr(grid, "rv_source", None)
-    if value is None or source is None:
+    value = number(grid.rv_kms)
+    if value is None or grid.rv_source is None:
         return None
-    return RadialVelocity(removed_kms=round(value, 1), source=source)
+    return RadialVelocity(removed_kms=round(value, 1), source=grid.rv_source)
 
 
 def estimate_fields(row: dict[str, Any], label_names: Sequence[str]

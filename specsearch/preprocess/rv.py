@@ -49,8 +49,15 @@ from specsearch.preprocess.wavelengths import C_KMS
 KMS_PER_PIXEL = C_KMS * (10.0 ** LAMOST_DLOGLAM - 1.0)
 """Velocity of one LAMOST-grid pixel (69.0 km/s)."""
 
-RV_WINDOW_A = (3850.0, 8900.0)
-"""Wavelengths the cross-correlation reads (the bluest pixels are noisy on most spectra)."""
+RV_WINDOWS_A = ((3850.0, 5000.0), (5000.0, 6500.0), (6500.0, 8900.0))
+"""Wavelength windows measured apart; two must agree (:data:`AGREE_KMS`). Together they are
+what the cross-correlation reads (the bluest pixels are noisy on most spectra)."""
+RV_WINDOW_A = (RV_WINDOWS_A[0][0], RV_WINDOWS_A[-1][1])
+_N_REGIONS = 1 + len(RV_WINDOWS_A)
+AGREE_KMS = 40.0
+WINDOW_MIN_R = 0.12
+"""Peak correlation a window's velocity needs (noise alone reaches ~0.11 over a third of
+the pixels; the agreement of two windows is the test that counts)."""
 
 DEFAULT_VMAX_KMS = 800.0
 DEFAULT_MIN_R = 0.25
@@ -252,15 +259,6 @@ def measure_rv(flux: np.ndarray, ivar: np.ndarray, *, templates: np.ndarray | No
             r_best[row] = _ncc_at(norm[k], g[k], prep, int(full.template[k]),
                                   _pixels(centre))
     return RVMeasurement(v_kms=v, r=r_best, r_zero=r_zero, template=which, ok=np.isfinite(v))
-
-
-RV_WINDOWS_A = ((3850.0, 5000.0), (5000.0, 6500.0), (6500.0, 8900.0))
-"""Wavelength windows measured apart; two must agree (:data:`AGREE_KMS`)."""
-_N_REGIONS = 1 + len(RV_WINDOWS_A)
-AGREE_KMS = 40.0
-WINDOW_MIN_R = 0.12
-"""Peak correlation a window's velocity needs (noise alone reaches ~0.11 over a third of
-the pixels; the agreement of two windows is the test that counts)."""
 
 
 def _agreement(vs: np.ndarray) -> float | None:

@@ -276,9 +276,9 @@ def load_sets(path: str | Path) -> dict[str, RealSet]:
 
 
 def cache_version(path: str | Path) -> int:
-    """The :data:`CACHE_VERSION` a cache was written with (0: before versions)."""
+    """The :data:`CACHE_VERSION` a cache was written with (1: a cache without one)."""
     with np.load(path, allow_pickle=False) as z:
-        return int(z[CACHE_VERSION_KEY]) if CACHE_VERSION_KEY in z.files else 0
+        return int(z[CACHE_VERSION_KEY]) if CACHE_VERSION_KEY in z.files else 1
 
 
 def load_all(real: str | Path, cache: str | Path | None = None) -> dict[str, RealSet]:
@@ -287,10 +287,11 @@ def load_all(real: str | Path, cache: str | Path | None = None) -> dict[str, Rea
     reading (:data:`CACHE_VERSION`; an older one is read again); delete it when the
     real-data folder changes."""
     if cache is not None and Path(cache).is_file():
-        if cache_version(cache) == CACHE_VERSION:
+        version = cache_version(cache)
+        if version == CACHE_VERSION:
             return load_sets(cache)
         log.info("%s was read by an older specsearch (version %d, now %d): reading the "
-                 "real sets again", cache, cache_version(cache), CACHE_VERSION)
+                 "real sets again", cache, version, CACHE_VERSION)
     sets = load_lamost_sets(Path(real))
     xp = load_xp_patch(Path(real))
     if xp is not None:
