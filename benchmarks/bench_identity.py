@@ -8,8 +8,9 @@ One run measures the embedding and a baseline of the same run on every same-star
    in 10-100, noise, RV residual, telluric residual, flux calibration) and twice by Gaia
    XP (independent coefficient noise). Query = visit A, gallery = every visit B: rank of
    the star's own other visit (1 = top). Baseline: raw pixels (cosine of
-   continuum-normalised pixels 4000-5600 A, :func:`specsearch.model.evaluation.evaluate_real.raw_pixels`);
-   for XP, cosine of the sampled spectrum divided by its median (SED shape).
+   continuum-normalised pixels 4000-5600 A,
+   :func:`specsearch.model.evaluation.real_identity.raw_pixels`); for XP, cosine of the
+   sampled spectrum divided by its median (SED shape).
 2. **noise invariance**: all LAMOST visits pooled, exact cosine k-NN; Spearman rho between
    a query's S/N and the median S/N of its 10 nearest neighbours (itself and its other
    visit excluded).
@@ -25,10 +26,10 @@ One run measures the embedding and a baseline of the same run on every same-star
    (:func:`identity_ceiling.visit_ceiling`): searchers that know every star's noiseless
    spectrum, on a noise-only query, on two noisy visits, and on the observed query with its
    systematics modelled.
-5. **real**: :func:`specsearch.model.evaluation.evaluate_real.identity` (DR10 and DR8 repeat visits
-   among every real LAMOST spectrum, embedding vs raw pixels) and
-   :func:`specsearch.model.evaluation.evaluate_real.cross_modal` (each real LAMOST visit's own Gaia XP
-   among the real XP sky patch).
+5. **real**: :func:`specsearch.model.evaluation.real_identity.identity` (DR10 and DR8
+   repeat visits among every real LAMOST spectrum, embedding vs raw pixels) and
+   :func:`specsearch.model.evaluation.real_identity.cross_modal` (each real LAMOST visit's
+   own Gaia XP among the real XP sky patch).
 
 Usage:
   python benchmarks/bench_identity.py                        # shipped model, n = 10000
@@ -135,7 +136,7 @@ def synthetic_tasks(model, n: int, seed: int, clock: Stopwatch, *,
                     visit_ceiling_on: bool = True) -> dict[str, Any]:
     """Generate, embed and score the synthetic tasks (1-3 of the module doc), and with
     ``visit_ceiling_on`` the other-visit ceiling on the same stars (4)."""
-    from specsearch.model.evaluation.evaluate_real import raw_pixels
+    from specsearch.model.evaluation.real_identity import raw_pixels
     from specsearch.preprocess import grid_for
 
     keep: dict[str, list[np.ndarray]] = {}
@@ -266,7 +267,7 @@ def synthetic_tasks(model, n: int, seed: int, clock: Stopwatch, *,
 
 def real_tasks(model, real: Path, cache: Path | None, clock: Stopwatch) -> dict[str, Any]:
     """Task 4: the real identity and cross-modal rows of ``specsearch evaluate``."""
-    from specsearch.model.evaluation.evaluate_real import cross_modal, identity
+    from specsearch.model.evaluation.real_identity import cross_modal, identity
     from specsearch.model.training.real_sets import load_all
 
     if not real.is_dir():

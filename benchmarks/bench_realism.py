@@ -61,7 +61,7 @@ def xp_rows(real: Path) -> tuple[list[dict], dict]:
 
     _, stats = fit_xp(real)          # the templates' reddening and the fit/held-out split
     transfer = load()["xp"]          # scored: the shipped correction
-    from specsearch.model.evaluation.evaluate_real import read_ipac_xp
+    from specsearch.model.evaluation.real_parameters import read_ipac_xp
 
     types = stats["types"]
     held = [i for i, f in enumerate(stats["fit"]) if not f]

@@ -197,8 +197,9 @@ def test_found_agreement_is_the_poisson_binomial_of_the_list():
 
 
 def test_pool_weights_are_the_mixture_maximum_likelihood():
-    from specsearch.hunt.calibration import (GRID, bin_evidence, bin_overlap,
-                                             fit_pool_weights, reweighted_prior)
+    from specsearch.hunt.calibration import GRID
+    from specsearch.hunt.pool_prior import (bin_evidence, bin_overlap, fit_pool_weights,
+                                            reweighted_prior)
 
     rng = np.random.default_rng(11)
     overlap = bin_overlap(np.array([-2.0]))            # two bins: below / above -2
@@ -277,7 +278,7 @@ def test_adapted_prior_finds_the_pools_own_fraction(calibration, fraction):
 
 
 def test_two_bin_fit_agrees_with_the_em():
-    from specsearch.hunt.calibration import fit_pool_weights
+    from specsearch.hunt.pool_prior import fit_pool_weights
 
     rng = np.random.default_rng(4)
     log_ev = rng.normal(0, 2, (3000, 2))

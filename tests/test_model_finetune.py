@@ -12,10 +12,11 @@ import torch
 
 from specsearch.cli import main
 from specsearch.errors import ConfigError
-from specsearch.hunt.calibration import fit_measurement, refit_noise
+from specsearch.hunt.calibration_fit import fit_measurement, refit_noise
 from specsearch.model import load_model
 from specsearch.model.training.configs import FinetuneConfig
-from specsearch.model.training.finetune import _teacher_from, noisy_label_nll
+from specsearch.model.training.finetune import _teacher_from
+from specsearch.model.training.finetune_loss import noisy_label_nll
 from specsearch.model.training.real_sets import (SPLIT_CODES, RealSet, cache_version, load_all,
                                                  save_sets, star_split)
 

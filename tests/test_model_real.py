@@ -10,8 +10,9 @@ import pytest
 from specsearch.io.ingest import spectrum_row
 from specsearch.io.registry import read_spectra
 from specsearch.model import load_model
-from specsearch.model.evaluation.evaluate_real import (WINDOWS_A, cross_modal, identity,
-                                                       same_star_retrieval, window_ablation)
+from specsearch.model.evaluation.real_identity import (cross_modal, identity,
+                                                       same_star_retrieval)
+from specsearch.model.evaluation.real_parameters import WINDOWS_A, window_ablation
 from specsearch.model.training.real_sets import load_all
 from specsearch.preprocess import LAMOST_GRID
 

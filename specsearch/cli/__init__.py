@@ -23,6 +23,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "specsearch.cli.embed",
     "specsearch.cli.synth",
     "specsearch.cli.train",
+    "specsearch.cli.finetune",
+    "specsearch.cli.evaluate",
     "specsearch.cli.index",
     "specsearch.cli.search",
     "specsearch.cli.anomalies",

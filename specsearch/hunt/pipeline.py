@@ -134,7 +134,7 @@ def run_calibrate(source: str | Path, *, out: str | Path, label: str = "feh",
     With ``real_data`` (a real-data folder, see :mod:`specsearch.model.training.real_sets`), the
     LAMOST noise model is then refitted on the real labelled stars of its ``cal`` split
     (embedded with ``model``, default: the shipped model), keeping the shape fitted on the
-    synthetic rows (:func:`~specsearch.hunt.calibration.refit_noise`).
+    synthetic rows (:func:`~specsearch.hunt.calibration_fit.refit_noise`).
     """
     loaded = load_source(source, None, embeddings=embeddings, verify=verify)
     tables = {m: t for m, t in loaded.tables.items() if t.has(label)}
@@ -153,7 +153,7 @@ def refit_on_real(cal: HuntCalibration, real_data: str | Path, *,
     """Refit the LAMOST noise model of ``cal`` on the real ``cal``-split labelled stars."""
     import dataclasses
 
-    from specsearch.hunt.calibration import refit_noise
+    from specsearch.hunt.calibration_fit import refit_noise
     from specsearch.model import load_model
     from specsearch.model.training.real_sets import load_all
 

@@ -24,11 +24,11 @@ import numpy as np
 from specsearch.rows import EmbeddingTable
 from specsearch.errors import ConfigError, QueryError
 from specsearch.fsutil import now_iso
-from specsearch.hunt.calibration import (GRID, POOL_BIN_EDGES, FehCalibration,
-                                         HuntCalibration, below_fraction_se, bin_evidence,
-                                         bin_overlap, cross_fitted_checks, fit_measurement,
-                                         fit_pool_weights, fit_prior, posterior_summaries,
-                                         reweighted_prior)
+from specsearch.hunt.calibration import (GRID, FehCalibration, HuntCalibration,
+                                         posterior_summaries)
+from specsearch.hunt.calibration_fit import cross_fitted_checks, fit_measurement, fit_prior
+from specsearch.hunt.pool_prior import (POOL_BIN_EDGES, below_fraction_se, bin_evidence,
+                                        bin_overlap, fit_pool_weights, reweighted_prior)
 
 MODES = ("any", "lamost", "xp", "both")
 
@@ -81,7 +81,7 @@ class StarEstimates:
         per_modality: modality -> {"row": first row of the star in that table (-1: none)}.
         prior_fraction: the prior's mass below the threshold that the posteriors used: the
             calibration's, or with ``adapt_prior`` the pool's own maximum-likelihood
-            fraction (:func:`specsearch.hunt.calibration.fit_pool_fraction`).
+            fraction (:func:`specsearch.hunt.pool_prior.fit_pool_weights`).
         prior_fraction_se: its standard error (None when not fitted).
         calibration_fraction: the calibration prior's mass below the threshold.
     """
@@ -108,7 +108,7 @@ def star_estimates(tables: Mapping[str, EmbeddingTable], calibration: HuntCalibr
     independently of the [Fe/H] reading: :func:`check_pool_filters`): the weights of the
     [Fe/H] bins that ``POOL_BIN_EDGES`` cut around the threshold (by default the two sides
     of it; the calibration's shape kept inside each), by maximum likelihood
-    (:func:`specsearch.hunt.calibration.fit_pool_weights`), for a pool selected to be
+    (:func:`specsearch.hunt.pool_prior.fit_pool_weights`), for a pool selected to be
     richer, or poorer, in metal-poor stars than the survey the calibration describes.
     p, and with it every expected number, follows the pool; with two bins the order of
     the stars barely changes (only where the threshold cuts a grid cell). Two passes

@@ -26,9 +26,14 @@ another seed's stars.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.special import ndtr
+
+if TYPE_CHECKING:
+    from specsearch.index.reader import ModalityIndex
+    from specsearch.query.shard_access import LocalShardAccess
 
 TOLERANCE = {"teff": 150.0, "logg": 0.3, "feh": 0.15}
 """Per label (K, dex): how close two stars' true parameters must be to count as alike (the
@@ -55,6 +60,16 @@ def query_parameters(row: Mapping[str, object]) -> dict[str, tuple[float, float]
         if np.isfinite(value) and np.isfinite(err) and err > 0:
             out[name] = (value, err)
     return out
+
+
+def stored_parameters(access: "LocalShardAccess", mi: "ModalityIndex", source_id: int
+                      ) -> dict[str, tuple[float, float]]:
+    """:func:`query_parameters` of a source's preferred row in ``mi`` (highest S/N), read
+    through ``access`` (the engine's shard reads); empty when the rows store none."""
+    names = [f"{n}_{x}" for n in TOLERANCE for x in ("pred", "err")
+             if f"{n}_pred" in mi.manifest.columns and f"{n}_err" in mi.manifest.columns]
+    values = access._source_values(mi, source_id, names) if names else None
+    return query_parameters(values) if values else {}
 
 
 def usable(query: Mapping[str, tuple[float, float]], columns: list[str]) -> list[str]:
@@ -110,3 +125,23 @@ def rerank(sims: np.ndarray, ids: np.ndarray, query: Mapping[str, tuple[float, f
     score[~valid] = -np.inf
     order = np.argsort(-score, kind="stable")
     return score[order].astype(np.float32), ids[order]
+
+
+def rerank_by_agreement(access: "LocalShardAccess", mi: "ModalityIndex",
+                        params: dict[str, tuple[float, float]], sims: np.ndarray,
+                        ids: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(1, m) candidates in :func:`rerank` order, their stored predictions read from
+    ``mi``'s shards through ``access`` (the engine's shard reads), or None when the rows
+    store none of the query's parameters."""
+    valid = ids[0] >= 0
+    if not valid.any():
+        return None
+    labels = usable(params, mi.manifest.columns)
+    if not labels:
+        return None
+    cols = access._fetch_columns(mi, ids[0][valid],
+                                 [f"{n}_{x}" for n in labels for x in ("pred", "err")])
+    values = {n: cols[f"{n}_pred"] for n in labels}
+    errors = {n: cols[f"{n}_err"] for n in labels}
+    score, order = rerank(sims[0], ids[0], params, values, errors)
+    return score[None], order[None]

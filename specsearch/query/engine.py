@@ -18,7 +18,8 @@ agreement).
 
 Queries are L2-normalised float32 embeddings. Every modality's index was checked at open to
 come from one model (:mod:`specsearch.index.manifest`), so cross-modal search compares
-like with like; an attached encoder must have that model's hash too.
+like with like; an attached encoder (spectrum queries, :mod:`specsearch.query.
+spectrum_queries`) must have that model's hash too.
 """
 
 from __future__ import annotations
@@ -31,18 +32,18 @@ from typing import Any
 
 import numpy as np
 
-from specsearch.embed.encode import Encoder, identity_dim_of
-from specsearch.errors import ModelError, NotFoundError, QueryError, SpectrumError
+from specsearch.embed.encode import Encoder
+from specsearch.errors import NotFoundError, QueryError
 from specsearch.index.config import SearchKnobs
 from specsearch.index.reader import IndexDirectory, ModalityIndex, open_index
 from specsearch.index.threads import ThreadPolicy
 from specsearch.query import agreement as agree
 from specsearch.query.direct import SingleQueryPlan
 from specsearch.query.filters import Filter
-from specsearch.query.identity import rerank, rerank_window
+from specsearch.query.identity import rerank_by_identity, rerank_window
 from specsearch.query.results import Neighbours
 from specsearch.query.shard_access import LocalShardAccess
-from specsearch.spectrum import Spectrum
+from specsearch.query.spectrum_queries import SpectrumQueries
 
 MAX_K = 10_000
 """Largest result window (k, or offset + limit) a query may ask for."""
@@ -51,7 +52,7 @@ MAX_K = 10_000
 FilterLike = Filter | str | list[str] | tuple[str, ...] | None
 
 
-class SearchEngine(LocalShardAccess):
+class SearchEngine(SpectrumQueries, LocalShardAccess):
     """Search an opened index directory (see module docstring).
 
     Args:
@@ -112,17 +113,6 @@ class SearchEngine(LocalShardAccess):
                 "columns": m.columns, "identity": m.has_identity,
                 "identity_dim": m.identity_dim}
         return out
-
-    def attach_encoder(self, encoder: Encoder) -> None:
-        """Use ``encoder`` for spectrum queries; it must be the model the index was built
-        from (its ``model_hash``), else its embeddings would not be comparable."""
-        got = getattr(encoder, "model_hash", None)
-        if got != self.model_hash:
-            raise ModelError(
-                f"the model ({str(got)[:16]}...) is not the one this index was built from "
-                f"({self.model_hash[:16]}...); load that model or rebuild the index with "
-                f"embeddings from this one")
-        self.encoder = encoder
 
     # ----------------------------------------------------------------- helpers
 
@@ -206,45 +196,12 @@ class SearchEngine(LocalShardAccess):
             return None
         return self._source_identity(self.index[modality], source_id)
 
-    def _rerank(self, mi: ModalityIndex, identity: np.ndarray, sims: np.ndarray,
-                ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(1, m) candidates in :func:`specsearch.query.identity.rerank` order."""
-        valid = ids[0] >= 0
-        vecs = self._fetch_identity(mi, ids[0][valid]) if valid.any() else None
-        if vecs is not None and vecs.shape[1] != identity.size:
-            raise QueryError(f"the query's identity vector has dimension {identity.size}; "
-                             f"the {mi.modality} index stores {vecs.shape[1]}-d ones")
-        score, order = rerank(sims[0], ids[0], identity, vecs)
-        return score[None], order[None]
-
-    def _rerank_agreement(self, mi: ModalityIndex, params: dict[str, tuple[float, float]],
-                          sims: np.ndarray, ids: np.ndarray
-                          ) -> tuple[np.ndarray, np.ndarray] | None:
-        """(1, m) candidates in :func:`specsearch.query.agreement.rerank` order, or None
-        when the rows store none of the query's parameters."""
-        valid = ids[0] >= 0
-        if not valid.any():
-            return None
-        labels = agree.usable(params, mi.manifest.columns)
-        if not labels:
-            return None
-        cols = self._fetch_columns(mi, ids[0][valid],
-                                   [f"{n}_{x}" for n in labels for x in ("pred", "err")])
-        values = {n: cols[f"{n}_pred"] for n in labels}
-        errors = {n: cols[f"{n}_err"] for n in labels}
-        score, order = agree.rerank(sims[0], ids[0], params, values, errors)
-        return score[None], order[None]
-
     def source_parameters(self, source_id: int, modality: str
                           ) -> dict[str, tuple[float, float]]:
         """(value, uncertainty) of the :data:`~specsearch.query.agreement.TOLERANCE` labels
         stored for a source's preferred row in ``modality`` (highest S/N, as
         :meth:`vector_of`); empty when the rows store none."""
-        mi = self.index[modality]
-        names = [f"{n}_{x}" for n in agree.TOLERANCE for x in ("pred", "err")
-                 if f"{n}_pred" in mi.manifest.columns and f"{n}_err" in mi.manifest.columns]
-        values = self._source_values(mi, source_id, names) if names else None
-        return agree.query_parameters(values) if values else {}
+        return agree.stored_parameters(self, self.index[modality], source_id)
 
     # ----------------------------------------------------------------- k-NN
 
@@ -324,10 +281,12 @@ class SearchEngine(LocalShardAccess):
             ids = np.take_along_axis(ids, order, 1)
         base = {"kind": "embedding", "filter": str(flt), **(query or {})}
         if query_identity is not None:
-            sims, ids = self._rerank(mi, query_identity, sims[:, :window], ids[:, :window])
+            sims, ids = rerank_by_identity(self, mi, query_identity, sims[:, :window],
+                                           ids[:, :window])
             base["ranked_by"] = "embedding+identity"
         elif params is not None:
-            got = self._rerank_agreement(mi, params, sims[:, :window], ids[:, :window])
+            got = agree.rerank_by_agreement(self, mi, params, sims[:, :window],
+                                            ids[:, :window])
             if got is not None:
                 sims, ids = got
                 base["ranked_by"] = "embedding+parameters"
@@ -404,77 +363,6 @@ class SearchEngine(LocalShardAccess):
                            knobs=knobs, exclude_source_ids=[source_id] if exclude_self else None,
                            query={"kind": "source_id", "source_id": int(source_id),
                                   "query_modality": query_modality}, identity=id_vec,
-                           parameters=params or None)
-
-    def embed_spectrum(self, spectrum: Spectrum, modality: str | None = None
-                       ) -> tuple[str, np.ndarray, dict[str, Any]]:
-        """(modality, (D,) embedding, predictions) of one spectrum via the attached encoder:
-        put on the modality's canonical grid as ingest does
-        (:func:`specsearch.preprocess.to_canonical_grid`: in the rest frame, from the file's
-        redshift or a measured radial velocity) then encoded."""
-        name, vec, preds, _, _ = self._embed(spectrum, modality)
-        return name, vec, preds
-
-    def _embed(self, spectrum: Spectrum, modality: str | None, *, identity: bool = False
-               ) -> tuple[str, np.ndarray, dict[str, Any], dict[str, Any] | None,
-                          np.ndarray | None]:
-        """:meth:`embed_spectrum` plus the model's domain check of the spectrum (None for
-        an encoder without one, see :mod:`specsearch.model.domain`) and, asked for and
-        where the encoder has them, its identity vector (else None)."""
-        from specsearch.preprocess import to_canonical_grid
-        if self.encoder is None:
-            raise QueryError("spectrum queries need a model: engine.attach_encoder("
-                             "load_model(...)) or `specsearch search --model`")
-        name = modality or spectrum.modality
-        if name is None:
-            raise QueryError(f"{spectrum.path or spectrum.spectrum_id or 'spectrum'}: say which "
-                             f"modality the spectrum is (lamost or xp)")
-        flux, ivar = to_canonical_grid(spectrum, name)[:2]
-        check = getattr(self.encoder, "domain_check", None)
-        extra = {"with_domain": True} if check is not None else {}
-        if identity and identity_dim_of(self.encoder, name):
-            extra["with_identity"] = True
-        batch = self.encoder.embed_numpy(name, flux[None], ivar[None], **extra)
-        if not bool(np.asarray(batch.good)[0]):
-            raise SpectrumError(f"{spectrum.path or spectrum.spectrum_id or 'spectrum'}: too few "
-                                f"usable pixels on the {name} grid to embed it")
-        preds = {n: (float(batch.predictions[0, i]), float(batch.uncertainties[0, i]))
-                 for i, n in enumerate(batch.label_names)}
-        domain = None
-        flags = getattr(batch, "out_of_domain", None)
-        if check is not None and flags is not None:
-            domain = {"recon_relative": float(batch.recon_relative[0]),
-                      "threshold": check.thresholds.get(name),
-                      "out_of_domain": bool(flags[0])}
-        id_vec = getattr(batch, "identity", None) if extra.get("with_identity") else None
-        return (name, np.asarray(batch.embedding[0], np.float32), preds, domain,
-                None if id_vec is None else np.asarray(id_vec[0], np.float32))
-
-    def search_spectrum(self, spectrum: Spectrum, *, modality: str | None = None,
-                        target_modality: str | None = None, k: int = 10, offset: int = 0,
-                        limit: int | None = None, filter: FilterLike = None,
-                        knobs: SearchKnobs | None = None, identity: bool = True,
-                        agreement: bool = True) -> Neighbours:
-        """Neighbours of an observed spectrum (any grid; encoded by the attached model).
-        ``query`` of the result holds the model's predictions for it and, for a model with
-        a domain check, ``domain`` (``out_of_domain``: the parameters are unreliable).
-        ``identity``: in-modality, re-rank by identity vectors where the model and the
-        index have them; ``agreement``: cross-modal, re-rank by the agreement of the
-        candidates' stored parameters with the model's predictions for the spectrum
-        (module docstring)."""
-        flt = filter if isinstance(filter, Filter) else Filter.parse(filter)
-        name = modality or spectrum.modality
-        target = target_modality or flt.modality or name
-        want = bool(identity and name and target == name and self.has_identity(name))
-        name, vec, preds, domain, id_vec = self._embed(spectrum, modality, identity=want)
-        query = {"kind": "spectrum", "query_modality": name,
-                 "spectrum_id": spectrum.spectrum_id, "predictions": preds}
-        if domain is not None:
-            query["domain"] = domain
-        params = ({n: preds[n] for n in agree.TOLERANCE if n in preds}
-                  if agreement and (target or name) != name else None)
-        return self.search(vec, modality=target or name, k=k, offset=offset, limit=limit,
-                           filter=flt, knobs=knobs, query=query, identity=id_vec,
                            parameters=params or None)
 
     # ----------------------------------------------------------------- range / lookup

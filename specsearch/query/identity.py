@@ -13,7 +13,15 @@ S/N does not follow the query's (Spearman +0.078).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+from specsearch.errors import QueryError
+
+if TYPE_CHECKING:
+    from specsearch.index.reader import ModalityIndex
+    from specsearch.query.shard_access import LocalShardAccess
 
 RERANK_MIN = 50
 RERANK_FACTOR = 5
@@ -47,3 +55,16 @@ def rerank(sims: np.ndarray, ids: np.ndarray, query: np.ndarray,
     score[~valid] = -np.inf
     order = np.argsort(-score, kind="stable")
     return score[order], ids[order]
+
+
+def rerank_by_identity(access: "LocalShardAccess", mi: "ModalityIndex", identity: np.ndarray,
+                       sims: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(1, m) candidates in :func:`rerank` order, their identity vectors read from ``mi``'s
+    shards through ``access`` (the engine's shard reads)."""
+    valid = ids[0] >= 0
+    vecs = access._fetch_identity(mi, ids[0][valid]) if valid.any() else None
+    if vecs is not None and vecs.shape[1] != identity.size:
+        raise QueryError(f"the query's identity vector has dimension {identity.size}; "
+                         f"the {mi.modality} index stores {vecs.shape[1]}-d ones")
+    score, order = rerank(sims[0], ids[0], identity, vecs)
+    return score[None], order[None]

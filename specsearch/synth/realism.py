@@ -144,7 +144,7 @@ def _fit_with_nuisance(r: np.ndarray, x: np.ndarray, k: np.ndarray, fit: np.ndar
 
 def fit_xp(real: Path) -> tuple[Transfer, dict]:
     """Fit the XP transfer function on the real dwarf templates (see the module doc)."""
-    from specsearch.model.evaluation.evaluate_real import read_ipac_xp
+    from specsearch.model.evaluation.real_parameters import read_ipac_xp
 
     real = Path(real)
     types = template_types(real)

@@ -1,0 +1,112 @@
+"""Queries by an observed spectrum: the :class:`SpectrumQueries` part of
+:class:`specsearch.query.SearchEngine` (the attached encoder, a spectrum's embedding and
+predictions, and the search that starts from them).
+
+    engine.attach_encoder(load_model(None))
+    name, vector, predictions = engine.embed_spectrum(spectrum)
+    hits = engine.search_spectrum(spectrum, target_modality="xp")
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from specsearch.embed.encode import Encoder, identity_dim_of
+from specsearch.errors import ModelError, QueryError, SpectrumError
+from specsearch.index.config import SearchKnobs
+from specsearch.query import agreement as agree
+from specsearch.query.filters import Filter
+from specsearch.query.results import Neighbours
+from specsearch.spectrum import Spectrum
+
+if TYPE_CHECKING:
+    from specsearch.query.engine import FilterLike
+
+
+class SpectrumQueries:
+    """Spectrum queries of :class:`~specsearch.query.SearchEngine` (the engine supplies
+    ``encoder``, ``model_hash``, ``has_identity`` and ``search``)."""
+
+    def attach_encoder(self, encoder: Encoder) -> None:
+        """Use ``encoder`` for spectrum queries; it must be the model the index was built
+        from (its ``model_hash``), else its embeddings would not be comparable."""
+        got = getattr(encoder, "model_hash", None)
+        if got != self.model_hash:
+            raise ModelError(
+                f"the model ({str(got)[:16]}...) is not the one this index was built from "
+                f"({self.model_hash[:16]}...); load that model or rebuild the index with "
+                f"embeddings from this one")
+        self.encoder = encoder
+
+    def embed_spectrum(self, spectrum: Spectrum, modality: str | None = None
+                       ) -> tuple[str, np.ndarray, dict[str, Any]]:
+        """(modality, (D,) embedding, predictions) of one spectrum via the attached encoder:
+        put on the modality's canonical grid as ingest does
+        (:func:`specsearch.preprocess.to_canonical_grid`: in the rest frame, from the file's
+        redshift or a measured radial velocity) then encoded."""
+        name, vec, preds, _, _ = self._embed(spectrum, modality)
+        return name, vec, preds
+
+    def _embed(self, spectrum: Spectrum, modality: str | None, *, identity: bool = False
+               ) -> tuple[str, np.ndarray, dict[str, Any], dict[str, Any] | None,
+                          np.ndarray | None]:
+        """:meth:`embed_spectrum` plus the model's domain check of the spectrum (None for
+        an encoder without one, see :mod:`specsearch.model.domain`) and, asked for and
+        where the encoder has them, its identity vector (else None)."""
+        from specsearch.preprocess import to_canonical_grid
+        if self.encoder is None:
+            raise QueryError("spectrum queries need a model: engine.attach_encoder("
+                             "load_model(...)) or `specsearch search --model`")
+        name = modality or spectrum.modality
+        if name is None:
+            raise QueryError(f"{spectrum.path or spectrum.spectrum_id or 'spectrum'}: say which "
+                             f"modality the spectrum is (lamost or xp)")
+        flux, ivar = to_canonical_grid(spectrum, name)[:2]
+        check = getattr(self.encoder, "domain_check", None)
+        extra = {"with_domain": True} if check is not None else {}
+        if identity and identity_dim_of(self.encoder, name):
+            extra["with_identity"] = True
+        batch = self.encoder.embed_numpy(name, flux[None], ivar[None], **extra)
+        if not bool(np.asarray(batch.good)[0]):
+            raise SpectrumError(f"{spectrum.path or spectrum.spectrum_id or 'spectrum'}: too few "
+                                f"usable pixels on the {name} grid to embed it")
+        preds = {n: (float(batch.predictions[0, i]), float(batch.uncertainties[0, i]))
+                 for i, n in enumerate(batch.label_names)}
+        domain = None
+        flags = getattr(batch, "out_of_domain", None)
+        if check is not None and flags is not None:
+            domain = {"recon_relative": float(batch.recon_relative[0]),
+                      "threshold": check.thresholds.get(name),
+                      "out_of_domain": bool(flags[0])}
+        id_vec = getattr(batch, "identity", None) if extra.get("with_identity") else None
+        return (name, np.asarray(batch.embedding[0], np.float32), preds, domain,
+                None if id_vec is None else np.asarray(id_vec[0], np.float32))
+
+    def search_spectrum(self, spectrum: Spectrum, *, modality: str | None = None,
+                        target_modality: str | None = None, k: int = 10, offset: int = 0,
+                        limit: int | None = None, filter: FilterLike = None,
+                        knobs: SearchKnobs | None = None, identity: bool = True,
+                        agreement: bool = True) -> Neighbours:
+        """Neighbours of an observed spectrum (any grid; encoded by the attached model).
+        ``query`` of the result holds the model's predictions for it and, for a model with
+        a domain check, ``domain`` (``out_of_domain``: the parameters are unreliable).
+        ``identity``: in-modality, re-rank by identity vectors where the model and the
+        index have them; ``agreement``: cross-modal, re-rank by the agreement of the
+        candidates' stored parameters with the model's predictions for the spectrum
+        (:mod:`specsearch.query.engine`)."""
+        flt = filter if isinstance(filter, Filter) else Filter.parse(filter)
+        name = modality or spectrum.modality
+        target = target_modality or flt.modality or name
+        want = bool(identity and name and target == name and self.has_identity(name))
+        name, vec, preds, domain, id_vec = self._embed(spectrum, modality, identity=want)
+        query = {"kind": "spectrum", "query_modality": name,
+                 "spectrum_id": spectrum.spectrum_id, "predictions": preds}
+        if domain is not None:
+            query["domain"] = domain
+        params = ({n: preds[n] for n in agree.TOLERANCE if n in preds}
+                  if agreement and (target or name) != name else None)
+        return self.search(vec, modality=target or name, k=k, offset=offset, limit=limit,
+                           filter=flt, knobs=knobs, query=query, identity=id_vec,
+                           parameters=params or None)
