@@ -13,7 +13,8 @@ from specsearch.io.ingest import ingest
 from specsearch.io.registry import read_spectra
 from specsearch.preprocess import (C_KMS, LAMOST_NPIX, RV_MIN_GAIN, measure_rv,
                                    to_canonical_grid)
-from specsearch.preprocess.rv import KMS_PER_PIXEL, default_templates, template_labels
+from specsearch.preprocess.rv import default_templates, template_labels
+from specsearch.preprocess.rv_correlation import KMS_PER_PIXEL
 
 
 def _one(path):
@@ -105,6 +106,29 @@ def test_a_library_spectrum_at_rest_stays_and_a_shifted_copy_comes_back(miles):
     xp_like = to_canonical_grid(dataclasses.replace(
         miles, wavelength=miles.wavelength * (1 + 250 / C_KMS)), "xp")
     assert xp_like.rv_source is None
+
+
+def test_window_velocities_agree_within_their_uncertainties():
+    from specsearch.preprocess.rv import AGREE_KMS, AGREE_MAX_KMS, _agreement
+
+    # a hot star at S/N 10: a precise blue window (Balmer lines) and a red one 60 km/s off
+    # with a broad peak agree, and the mean leans on the precise one
+    v, sigma = _agreement(np.array([[251.0, 7.0], [191.0, 24.0]]))
+    assert 240.0 < v < 251.0 and sigma < 7.0
+    # two precise windows as far apart do not
+    assert _agreement(np.array([[250.0, 3.0], [190.0, 3.0]])) is None
+    # within AGREE_KMS whatever their uncertainties
+    assert _agreement(np.array([[0.0, 0.5], [AGREE_KMS - 1.0, 0.5]])) is not None
+    # peaks of noise (uncertainties of hundreds of km/s) agree no further than the cap
+    assert _agreement(np.array([[0.0, 300.0], [AGREE_MAX_KMS + 10.0, 300.0]])) is None
+    # the largest agreeing group wins: a window pulled by a Balmer jump stays out
+    v, _ = _agreement(np.array([[189.0, 3.0], [0.0, 2.0], [4.0, 4.0]]))
+    assert abs(v) < 5.0
+    assert _agreement(np.array([[10.0, 5.0]])) is None
+    # a peak without an uncertainty (no curvature) widens nothing and still averages
+    assert _agreement(np.array([[0.0, np.inf], [100.0, np.inf]])) is None
+    v, sigma = _agreement(np.array([[0.0, np.inf], [30.0, np.nan]]))
+    assert v == pytest.approx(15.0) and np.isfinite(sigma)
 
 
 def test_noise_and_featureless_spectra_give_no_velocity(rng):

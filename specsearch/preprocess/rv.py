@@ -22,11 +22,15 @@ Method (on the LAMOST grid, uniform in log wavelength, so a velocity is a pixel 
    a parabola through the three best points give the velocity, which counts when the
    peak correlation reaches ``min_r`` away from the edge of the search;
 3. the same in three windows apart (3850-5000, 5000-6500, 6500-8900 A): at least two must
-   agree within 40 km/s, and the whole range's velocity is kept only if it agrees with
-   them (else theirs). A hot star's Balmer jump and wings can pull the whole range's peak
-   by 100-200 km/s where no metal line agrees; noise at S/N 3-10 makes a few such peaks
-   too. Whether a velocity is worth removing is the caller's test: ``r - r_zero``, how
-   much better it fits than zero velocity (:data:`specsearch.preprocess.RV_MIN_GAIN`).
+   agree, within 40 km/s or within 3 times their combined uncertainty (each peak's own,
+   from its height, curvature and the pixels read: Zucker 2003) up to 150 km/s, and the
+   whole range's velocity is kept only if it agrees with their inverse-variance mean
+   (else that mean). A hot star's Balmer jump and wings can pull the whole range's peak by
+   100-200 km/s where no metal line agrees; noise at S/N 3-10 makes a few such peaks too;
+   a hot star's broad lines make its red window's velocity imprecise, which its
+   uncertainty says. Whether a velocity is worth removing is the caller's test:
+   ``r - r_zero``, how much better it fits than zero velocity
+   (:data:`specsearch.preprocess.RV_MIN_GAIN`).
 
 Templates: 26 noise-free synthetic LAMOST spectra of the synthetic survey's stellar model
 (the physics the model was trained on), M dwarfs and K giants to late B stars at solar and
@@ -37,24 +41,28 @@ shipped in ``specsearch/data/preprocess/rv_templates.npz`` (float16, 120 kB).
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
 
 from specsearch.errors import SpectrumError
 from specsearch.preprocess.continuum import continuum
-from specsearch.preprocess.grids import LAMOST_DLOGLAM, LAMOST_GRID, TELLURIC_BANDS, band_mask
-from specsearch.preprocess.wavelengths import C_KMS
+from specsearch.preprocess.grids import LAMOST_GRID
+from specsearch.preprocess.rv_correlation import (
+    N_REGIONS, Prepared, correlate, ncc_at, pixels_of, prepare, read_mask, region_mask)
 
-KMS_PER_PIXEL = C_KMS * (10.0 ** LAMOST_DLOGLAM - 1.0)
-"""Velocity of one LAMOST-grid pixel (69.0 km/s)."""
-
-RV_WINDOWS_A = ((3850.0, 5000.0), (5000.0, 6500.0), (6500.0, 8900.0))
-"""Wavelength windows measured apart; two must agree (:data:`AGREE_KMS`). Together they are
-what the cross-correlation reads (the bluest pixels are noisy on most spectra)."""
-RV_WINDOW_A = (RV_WINDOWS_A[0][0], RV_WINDOWS_A[-1][1])
-_N_REGIONS = 1 + len(RV_WINDOWS_A)
 AGREE_KMS = 40.0
+AGREE_SIGMAS = 3.0
+"""Two velocities also agree within this many of their combined uncertainty
+(:func:`~specsearch.preprocess.rv_correlation.peak_sigma`): a hot star's broad lines put
+the red window's velocity 40-60 km/s from the blue window's at S/N 10, and a fixed
+:data:`AGREE_KMS` alone left a quarter of such stars without a velocity."""
+AGREE_MAX_KMS = 150.0
+"""...but never further apart than this (a peak of noise has an uncertainty of hundreds of
+km/s)."""
+SIGMA_FLOOR_KMS = 1.0
+"""Smallest uncertainty a window's velocity is weighted by."""
 WINDOW_MIN_R = 0.12
 """Peak correlation a window's velocity needs (noise alone reaches ~0.11 over a third of
 the pixels; the agreement of two windows is the test that counts)."""
@@ -118,66 +126,9 @@ def default_templates() -> np.ndarray:
     return _template_file()[1]
 
 
-@functools.lru_cache(maxsize=1)
-def _read_mask() -> np.ndarray:
-    wave = LAMOST_GRID.wavelength
-    return (~band_mask(wave, TELLURIC_BANDS) & (wave >= RV_WINDOW_A[0])
-            & (wave <= RV_WINDOW_A[1]))
-
-
-@functools.lru_cache(maxsize=None)
-def _region_mask(region: int) -> np.ndarray:
-    """Region 0: every pixel read; 1..: the :data:`RV_WINDOWS_A`."""
-    mask = _read_mask()
-    if region == 0:
-        return mask
-    lo, hi = RV_WINDOWS_A[region - 1]
-    wave = LAMOST_GRID.wavelength
-    return mask & (wave >= lo) & (wave < hi)
-
-
-def _depths(norm: np.ndarray, good: np.ndarray) -> np.ndarray:
-    """Mean-subtracted line depths, zero where not read."""
-    d = np.where(good, np.clip(1.0 - norm, -0.5, 1.0), 0.0)
-    n = np.maximum(good.sum(-1, keepdims=True), 1)
-    return np.where(good, d - d.sum(-1, keepdims=True) / n, 0.0)
-
-
-def _fractional_shifts(a: np.ndarray, step: float) -> np.ndarray:
-    """(Q, N): ``a`` (N,) moved red by 0, step, 2 step... < 1 pixel (:func:`_shift_exact`)."""
-    return np.stack([_shift_exact(a, f) for f in np.arange(0.0, 1.0 - 1e-9, step)])
-
-
-_FINE_STEP = 0.05          # pixels (3.5 km/s)
-_FINE_HALF = 1.5           # the fine search spans the whole-pixel peak +- this
-
-
-@dataclass(frozen=True)
-class _Prepared:
-    depths: np.ndarray     # (T, N) float32 line depths of the templates
-    coarse: np.ndarray     # (S*T, N) float32: every template at every whole-pixel shift
-    coarse_sq: np.ndarray  # its squares
-    shifts: np.ndarray     # (S,) whole-pixel shifts
-    fine: np.ndarray       # (T, Q, N) float32: each template moved by Q fractions of a pixel
-    norms: np.ndarray      # (R, S*T): sum of coarse^2 over each region's pixels (no gaps)
-
-
-def _prepare(tpl: np.ndarray, vmax_kms: float) -> _Prepared:
-    mask = _read_mask()
-    dep = _depths(np.asarray(tpl, np.float64), np.broadcast_to(mask, tpl.shape))
-    kmax = int(np.ceil(vmax_kms / KMS_PER_PIXEL))
-    shifts = np.arange(-kmax, kmax + 1)
-    # the depths are zero outside the read window, so a roll wraps zeros only
-    coarse = np.concatenate([np.roll(dep, int(k), axis=-1) for k in shifts]).astype(np.float32)
-    fine = np.stack([_fractional_shifts(row, _FINE_STEP) for row in dep]).astype(np.float32)
-    sq = coarse * coarse
-    norms = np.stack([sq @ _region_mask(r).astype(np.float32) for r in range(_N_REGIONS)])
-    return _Prepared(dep.astype(np.float32), coarse, sq, shifts, fine, norms)
-
-
 @functools.lru_cache(maxsize=2)
-def _prepared_default(vmax_kms: float) -> _Prepared:
-    return _prepare(default_templates(), vmax_kms)
+def _prepared_default(vmax_kms: float) -> Prepared:
+    return prepare(default_templates(), vmax_kms)
 
 
 def prepare_default_templates() -> None:
@@ -218,13 +169,13 @@ def measure_rv(flux: np.ndarray, ivar: np.ndarray, *, templates: np.ndarray | No
         tpl = np.atleast_2d(np.asarray(templates, np.float64))
         if tpl.shape[-1] != npix or not np.isfinite(tpl).all():
             raise ValueError(f"templates must be finite (T, {npix}); got {tpl.shape}")
-        prep = _prepare(tpl, float(vmax_kms))
+        prep = prepare(tpl, float(vmax_kms))
     n = flux.shape[0]
     v = np.full(n, np.nan)
     r_best, r_zero = np.zeros(n), np.zeros(n)
     which = np.full(n, -1, np.int64)
     with np.errstate(invalid="ignore"):
-        good = (ivar > 0) & np.isfinite(flux) & np.isfinite(ivar) & _read_mask()
+        good = (ivar > 0) & np.isfinite(flux) & np.isfinite(ivar) & read_mask()
     rows = np.where(good.sum(-1) >= 200)[0]
     if rows.size == 0:
         return RVMeasurement(v_kms=v, r=r_best, r_zero=r_zero, template=which, ok=np.isfinite(v))
@@ -234,137 +185,65 @@ def measure_rv(flux: np.ndarray, ivar: np.ndarray, *, templates: np.ndarray | No
         norm = np.where(g, flux[rows], 0.0) / cont
     g &= np.isfinite(norm)
     norm = np.where(g, norm, 1.0)
-    full = _correlate(norm, g, prep, min_r, vmax_kms, 0)
+    full = correlate(norm, g, prep, min_r, vmax_kms, 0)
     r_best[rows], r_zero[rows], which[rows] = full.r, full.r_zero, full.template
     # the windows must agree: a hot star's Balmer jump and wings, or a bad stretch of
     # spectrum, can pull the whole range's peak where no line agrees
-    checked = np.ones(rows.size, bool) if min_gain is None else \
-        np.isfinite(full.v) & (full.r - full.r_zero >= min_gain)
+    checked = np.isfinite(full.v)
+    if min_gain is not None:
+        checked &= full.r - full.r_zero >= min_gain
     if not checked.any():
         return RVMeasurement(v_kms=v, r=r_best, r_zero=r_zero, template=which, ok=np.isfinite(v))
-    parts = [_correlate(norm[checked], (g & _region_mask(r))[checked], prep, WINDOW_MIN_R,
-                        vmax_kms, r) for r in range(1, _N_REGIONS)]
+    parts = [correlate(norm[checked], (g & region_mask(r))[checked], prep, WINDOW_MIN_R,
+                        vmax_kms, r) for r in range(1, N_REGIONS)]
     at = np.cumsum(checked) - 1          # row k's position among the checked rows
     for k, row in enumerate(rows):
         if not checked[k]:
             continue
-        got = np.array([w.v[at[k]] for w in parts])
-        centre = _agreement(got[np.isfinite(got)])
+        got = [(w.v[at[k]], w.sigma[at[k]]) for w in parts]
+        centre = _agreement(np.array([p for p in got if np.isfinite(p[0])]).reshape(-1, 2))
         if centre is None:
             continue
-        if np.isfinite(full.v[k]) and abs(full.v[k] - centre) <= AGREE_KMS:
+        if np.isfinite(full.v[k]) and _agree(full.v[k], full.sigma[k], *centre):
             v[row] = full.v[k]
         else:                       # the whole range disagrees with the windows: theirs
-            v[row] = centre
-            r_best[row] = _ncc_at(norm[k], g[k], prep, int(full.template[k]),
-                                  _pixels(centre))
+            v[row] = centre[0]
+            r_best[row] = ncc_at(norm[k], g[k], prep, int(full.template[k]),
+                                  pixels_of(centre[0]))
     return RVMeasurement(v_kms=v, r=r_best, r_zero=r_zero, template=which, ok=np.isfinite(v))
 
 
-def _agreement(vs: np.ndarray) -> float | None:
-    """The mean of the largest group of velocities within :data:`AGREE_KMS` of each other
-    (at least two), None if no two agree."""
-    best: list[float] = []
-    for a in vs:
-        group = vs[np.abs(vs - a) <= AGREE_KMS]
-        if group.size >= 2 and group.size > len(best) and np.ptp(group) <= AGREE_KMS:
-            best = list(group)
-    return float(np.mean(best)) if best else None
+def _agree(v1: float, s1: float, v2: float, s2: float) -> bool:
+    """Two velocities (km/s) with their peaks' uncertainties agree: within
+    :data:`AGREE_KMS`, or within :data:`AGREE_SIGMAS` of their combined uncertainty up to
+    :data:`AGREE_MAX_KMS`."""
+    combined = float(np.hypot(s1, s2))
+    tol = AGREE_KMS
+    if np.isfinite(combined):            # a peak without a curvature widens nothing
+        tol = min(max(AGREE_KMS, AGREE_SIGMAS * combined), AGREE_MAX_KMS)
+    return abs(v1 - v2) <= tol
 
 
-@dataclass(frozen=True)
-class _Peaks:
-    v: np.ndarray          # (m,) km/s, NaN where no peak counts
-    r: np.ndarray
-    r_zero: np.ndarray
-    template: np.ndarray
+def _agreement(peaks: np.ndarray) -> tuple[float, float] | None:
+    """The inverse-variance mean (and its uncertainty) of the largest group of (v, sigma)
+    ``peaks`` that agree pairwise (:func:`_agree`; at least two; between groups of a size,
+    the most precise), None if no two agree."""
+    best: tuple[int, float, float] | None = None
+    n = len(peaks)
+    for size in range(n, 1, -1):
+        for group in itertools.combinations(range(n), size):
+            if not all(_agree(*peaks[a], *peaks[b])
+                       for a, b in itertools.combinations(group, 2)):
+                continue
+            err = peaks[list(group), 1]
+            err = np.where(np.isfinite(err), err, AGREE_MAX_KMS)   # no curvature: weak
+            w = 1.0 / np.maximum(err, SIGMA_FLOOR_KMS) ** 2
+            centre = float(np.sum(w * peaks[list(group), 0]) / w.sum())
+            sigma = float(w.sum() ** -0.5)
+            if best is None or sigma < best[2]:
+                best = (size, centre, sigma)
+        if best is not None:
+            return best[1], best[2]
+    return None
 
 
-def _correlate(norm: np.ndarray, good: np.ndarray, prep: _Prepared, min_r: float,
-               vmax_kms: float, region: int) -> _Peaks:
-    """Cross-correlation peaks of continuum-normalised rows over their ``good`` pixels
-    (all inside ``region``, see :func:`_region_mask`)."""
-    m, n_tpl = norm.shape[0], prep.depths.shape[0]
-    v, r_best = np.full(m, np.nan), np.zeros(m)
-    r_zero, which = np.zeros(m), np.full(m, -1, np.int64)
-    d = _depths(norm, good).astype(np.float32)
-    gf = good.astype(np.float32)
-    dn = np.sqrt((d.astype(np.float64) ** 2).sum(-1))
-    # whole pixels, every template: a matrix product over the region's columns only (the
-    # depths are zero elsewhere); the templates' norms over the region are precomputed,
-    # less what falls in each row's gaps
-    cols = np.flatnonzero(_region_mask(region))
-    sl = slice(int(cols[0]), int(cols[-1]) + 1)
-    tn = np.broadcast_to(prep.norms[region], (m, prep.norms.shape[1])).copy()
-    missing = _region_mask(region) & ~good          # the region's pixels a row lacks
-    gap_cols = np.flatnonzero(missing.any(0))
-    if gap_cols.size:   # take their share out: a product over the gaps only
-        tn -= missing[:, gap_cols].astype(np.float32) @ prep.coarse_sq[:, gap_cols].T
-        np.maximum(tn, 0.0, out=tn)
-    cc = (d[:, sl] @ prep.coarse[:, sl].T) / np.maximum(np.sqrt(tn) * dn[:, None], 1e-12)
-    best = cc.argmax(1)
-    s_idx, t_idx = np.divmod(best, n_tpl)
-    kmax = int(prep.shifts.max())
-    zero = int(np.where(prep.shifts == 0)[0][0])
-    q = prep.fine.shape[1]
-    for k in range(m):
-        if gf[k].sum() < 100:
-            continue
-        s0, t0 = int(prep.shifts[s_idx[k]]), int(t_idx[k])
-        r_best[k], which[k] = float(cc[k, best[k]]), t0
-        r_zero[k] = float(cc[k, zero * n_tpl + t0])
-        if abs(s0) >= kmax:                                  # at the window's edge
-            continue
-        # shift s = i + f (i whole, 0 <= f < 1): the spectrum moved by -i against the
-        # template moved by f
-        lo = int(np.floor(s0 - _FINE_HALF))
-        whole = np.arange(lo, int(np.floor(s0 + _FINE_HALF)) + 1)
-        dk = np.stack([np.roll(d[k], -i) for i in whole])
-        gk = np.stack([np.roll(gf[k], -i) for i in whole])
-        ft = prep.fine[t0]
-        curve = (dk @ ft.T) / np.maximum(np.sqrt(gk @ (ft * ft).T) * dn[k], 1e-12)
-        trial = (whole[:, None] + np.arange(q)[None, :] * _FINE_STEP).ravel()
-        curve = curve.ravel()
-        keep = np.abs(trial - s0) <= _FINE_HALF + 1e-9
-        trial, curve = trial[keep], curve[keep]
-        j = int(np.clip(curve.argmax(), 1, len(trial) - 2))
-        y0, y1, y2 = curve[j - 1], curve[j], curve[j + 1]
-        den = y0 - 2 * y1 + y2
-        off = float(np.clip(0.5 * (y0 - y2) / den, -1.0, 1.0)) if den < 0 else 0.0
-        px = trial[j] + off * _FINE_STEP
-        r_best[k] = max(r_best[k], float(curve.max()))
-        if r_best[k] >= min_r and abs(_velocity(px)) <= vmax_kms:
-            v[k] = _velocity(px)
-    return _Peaks(v, r_best, r_zero, which)
-
-
-def _ncc_at(norm: np.ndarray, good: np.ndarray, prep: _Prepared, template: int,
-            pixels: float) -> float:
-    """The normalised correlation of one row with one template moved by ``pixels``."""
-    d = _depths(norm[None], good[None])[0]
-    whole = int(np.floor(pixels))
-    t = _shift_exact(prep.depths[template].astype(np.float64), pixels - whole)
-    t = np.roll(t, whole)
-    num = float(d @ t)
-    den = np.sqrt(float((d * d).sum()) * float((good * t * t).sum()))
-    return num / max(den, 1e-12)
-
-
-def _shift_exact(a: np.ndarray, frac: float) -> np.ndarray:
-    """``a`` (N,) moved red by ``frac`` of a pixel by a Fourier phase shift, zero-padded
-    (linear interpolation would blur a template at fractional shifts and pull the peak
-    towards whole pixels)."""
-    n = a.shape[-1]
-    size = 1 << int(np.ceil(np.log2(2 * n)))
-    phase = np.exp(-2j * np.pi * np.fft.rfftfreq(size) * frac)
-    return np.fft.irfft(np.fft.rfft(a, size) * phase, size)[:n]
-
-
-def _pixels(v_kms: float) -> float:
-    """The pixel shift of velocity ``v_kms`` on the log grid (inverse of :func:`_velocity`)."""
-    return float(np.log10(1.0 + v_kms / C_KMS) / LAMOST_DLOGLAM)
-
-
-def _velocity(pixels: float) -> float:
-    """The velocity that moves rest-frame features by ``pixels`` on the log grid."""
-    return C_KMS * (10.0 ** (LAMOST_DLOGLAM * pixels) - 1.0)
