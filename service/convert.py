@@ -45,8 +45,14 @@ def domain(model: Any, modality: str, batch: Any, row: int = 0) -> Domain | None
         return None
     check = getattr(model, "domain_check", None)
     flags = getattr(batch, "out_of_domain", None)
+    coverage = getattr(batch, "window_coverage", None)
+    rule = None if check is None else check.coverage.get(modality)
     return Domain(recon_relative=number(rel[row]),
                   threshold=None if check is None else check.thresholds.get(modality),
+                  window_coverage=None if coverage is None else number(coverage[row]),
+                  min_coverage=None if rule is None else float(rule["min_fraction"]),
+                  coverage_window_a=None if rule is None else [float(x) for x in
+                                                               rule["window_A"]],
                   out_of_domain=None if flags is None else bool(flags[row]))
 
 

@@ -42,9 +42,18 @@ class Domain(BaseModel):
         description="median relative error of the model's reconstruction of the spectrum")
     threshold: float | None = Field(
         None, description="the model's threshold (None: the model has no domain check)")
+    window_coverage: float | None = Field(
+        None, description="the fraction of the model's coverage window with data (None: "
+                          "no coverage rule for this modality)")
+    min_coverage: float | None = Field(
+        None, description="the least window_coverage the model reads reliably")
+    coverage_window_a: list[float] | None = Field(
+        None, description="the coverage window, [lo, hi] in Angstrom")
     out_of_domain: bool | None = Field(
-        None, description="recon_relative above the threshold: a star unlike the "
-                          "training stars, or a spectrum too noisy to read")
+        None, description="recon_relative above the threshold (a star unlike the "
+                          "training stars, or a spectrum too noisy to read), or "
+                          "window_coverage below min_coverage (a spectrum without the "
+                          "part the model reads most, e.g. no blue arm)")
 
 
 class RadialVelocity(BaseModel):

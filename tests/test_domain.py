@@ -15,8 +15,9 @@ import torch
 from specsearch.embed.encode import _head_columns
 from specsearch.errors import ConfigError
 from specsearch.hunt import HuntCalibration, HuntConfig, hunt
-from specsearch.model.domain import (DOMAIN_FILE, DomainCheck, find_domain_check,
-                                     load_domain_check, relative_residual)
+from specsearch.model.domain import (DEFAULT_COVERAGE, DOMAIN_FILE, DomainCheck,
+                                     find_domain_check, load_domain_check, relative_residual,
+                                     window_coverage)
 from specsearch.rows import EmbeddingTable
 
 
@@ -56,6 +57,50 @@ def test_file_round_trip_and_model_match(tmp_path):
     assert find_domain_check("abc", None) is None
 
 
+def test_coverage_rule_flags_too_little_of_its_window(tmp_path):
+    wave = np.linspace(3700.0, 9100.0, 541)              # 10 A pixels
+    w = torch.ones(3, 541 + 16)                          # + SED columns, never counted
+    w[1, (wave < 4400).nonzero()[0]] = 0.0               # half of 3850-5000 gone
+    w[2, (wave < 5000).nonzero()[0]] = 0.0               # no blue end at all
+    w[:, 541:] = 0.0
+    cov = window_coverage(w, wave, [3850.0, 5000.0]).numpy()
+    assert cov[0] == 1.0 and 0.45 < cov[1] < 0.55 and cov[2] == 0.0
+    check = DomainCheck("abc", {"lamost": 0.25}, coverage={"lamost": {
+        "window_A": [3850.0, 5000.0], "min_fraction": 0.6}})
+    rel = np.array([0.01, 0.01, 0.01])
+    assert check.flags("lamost", rel, cov).tolist() == [False, True, True]
+    assert check.flags("lamost", rel).tolist() == [False, False, False]  # no coverage given
+    # a file with the rule reads back with it; a file written before the rule has none
+    check.save(tmp_path / DOMAIN_FILE)
+    assert load_domain_check(tmp_path / DOMAIN_FILE).coverage == check.coverage
+    old = json.loads((tmp_path / DOMAIN_FILE).read_text())
+    del old["coverage"]
+    (tmp_path / DOMAIN_FILE).write_text(json.dumps(old))
+    assert load_domain_check(tmp_path / DOMAIN_FILE).flags("lamost", rel, cov).tolist() == \
+        [False, False, False]
+
+
+def test_the_shipped_model_flags_a_spectrum_without_its_blue_end(samples):
+    from specsearch.io.registry import read_spectra
+    from specsearch.model import load_model
+    from specsearch.preprocess import LAMOST_GRID, to_canonical_grid
+
+    model = load_model(None)
+    assert model.domain_check.coverage == DEFAULT_COVERAGE
+    spec = next(iter(read_spectra(samples / "lamost" / "dr1" / "spectra" /
+                                  "spec-55862-B6212_sp06-008.fits")))     # an F5 star
+    grid = to_canonical_grid(spec, "lamost")
+    flux = np.stack([grid.flux] * 3)
+    ivar = np.stack([grid.ivar] * 3)
+    ivar[1, LAMOST_GRID.wavelength < 5000] = 0.0         # the red arm only
+    ivar[2, LAMOST_GRID.wavelength > 5700] = 0.0         # the blue arm only: still read
+    b = model.embed_numpy("lamost", flux, ivar, with_domain=True)
+    assert b.good.all() and b.out_of_domain.tolist() == [False, True, False]
+    assert b.window_coverage[0] > 0.9 and b.window_coverage[1] == 0.0
+    # the reconstruction alone would not have told: it fits where there is data
+    assert b.recon_relative[1] < model.domain_check.thresholds["lamost"]
+
+
 @pytest.mark.parametrize("content, match", [
     (b"{not json", "unreadable domain check"),
     (b"\xff\xfe\x00", "unreadable domain check"),
@@ -74,6 +119,16 @@ def test_file_round_trip_and_model_match(tmp_path):
     (json.dumps({"kind": "specsearch.domain_check", "format_version": 1,
                  "thresholds": []}).encode(), "finite positive"),
     (b"[" * 100_000, "bytes; a domain check is a few hundred"),
+    (json.dumps({"kind": "specsearch.domain_check", "format_version": 1,
+                 "thresholds": {"lamost": 0.2},
+                 "coverage": {"lamost": {"window_A": [5000, 3850],
+                                         "min_fraction": 0.5}}}).encode(), "coverage must"),
+    (json.dumps({"kind": "specsearch.domain_check", "format_version": 1,
+                 "thresholds": {"lamost": 0.2},
+                 "coverage": {"lamost": {"window_A": [3850, 5000],
+                                         "min_fraction": 2}}}).encode(), "coverage must"),
+    (json.dumps({"kind": "specsearch.domain_check", "format_version": 1,
+                 "thresholds": {"lamost": 0.2}, "coverage": [1]}).encode(), "coverage must"),
 ])
 def test_hostile_files_are_clear_errors(tmp_path, content, match):
     path = tmp_path / DOMAIN_FILE

@@ -142,6 +142,11 @@ def _assert_in_domain(domain, state):
     else:
         assert domain["threshold"] == pytest.approx(check.thresholds["lamost"])
         assert domain["out_of_domain"] is False
+        rule = check.coverage.get("lamost")
+        if rule is not None:
+            assert domain["window_coverage"] > rule["min_fraction"]
+            assert domain["min_coverage"] == rule["min_fraction"]
+            assert domain["coverage_window_a"] == rule["window_A"]
 
 
 def test_cross_modal_with_plot_curves(client, lamost_file):

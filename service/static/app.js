@@ -130,11 +130,20 @@ function renderResults(res) {
   if (q.domain && q.domain.out_of_domain) {
     const warn = document.createElement("p");
     warn.className = "error";
-    warn.textContent = "The model does not know stars like this one (or the spectrum is " +
-      "too noisy to read): it redraws the " +
-      `spectrum with a median error of ${fmt(q.domain.recon_relative * 100, 0)}% (its ` +
-      `threshold is ${fmt(q.domain.threshold * 100, 0)}%). Treat the predicted ` +
-      "parameters as unreliable; the neighbours are the closest known stars.";
+    const d = q.domain;
+    const short = d.window_coverage != null && d.min_coverage != null &&
+      d.coverage_window_a != null && d.window_coverage < d.min_coverage;
+    warn.textContent = (short
+      ? "The spectrum lacks the part the model reads most: only " +
+        `${fmt(d.window_coverage * 100, 0)}% of ${d.coverage_window_a.join("-")} A has ` +
+        "data (it needs " +
+        `${fmt(d.min_coverage * 100, 0)}%). `
+      : "The model does not know stars like this one (or the spectrum is too noisy to " +
+        "read): it redraws the spectrum with a median error of " +
+        `${fmt(d.recon_relative * 100, 0)}% (its threshold is ` +
+        `${fmt(d.threshold * 100, 0)}%). `) +
+      "Treat the predicted parameters as unreliable; the neighbours are the closest " +
+      "known stars.";
     $("#query-summary").appendChild(warn);
   }
   const tbody = $("#neighbours tbody");

@@ -83,6 +83,9 @@ def run_domain_fit(args: argparse.Namespace) -> int:
         ref = check.reference[m]
         print(f"  {m}: threshold {thr:.3f} ({ref['margin']:g} x q{ref['quantile']:g} "
               f"{ref['value']:.3f} of {ref['n']} real spectra, median {ref['median']:.3f})")
+        if (rule := check.coverage.get(m)) is not None:
+            lo, hi = rule["window_A"]
+            print(f"  {m}: coverage at least {rule['min_fraction']:g} of {lo:g}-{hi:g} A")
     for name, r in report.items():
         print(f"  held-out {name}: {r['flagged']} of {r['n_test']} flagged")
     return 0

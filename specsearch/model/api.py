@@ -23,7 +23,8 @@ import torch
 from specsearch.errors import ConfigError, ModelError, SpectrumError
 from specsearch.model.checkpoint import read_model_dir
 from specsearch.model.config import ModelConfig
-from specsearch.model.domain import DomainCheck, find_domain_check, relative_residual
+from specsearch.model.domain import (DomainCheck, find_domain_check, relative_residual,
+                                     window_coverage)
 from specsearch.model.network import ModelOutputs, SpecCLIPNet
 from specsearch.preprocess import (
     as_tensor,
@@ -54,8 +55,12 @@ class EmbeddingBatch:
             (:func:`specsearch.model.domain.relative_residual`), if residuals or the domain
             check were asked for.
         out_of_domain: (n,) bool, the spectra the model's domain check flags (their
-            parameters are unreliable: the model has not learnt stars like them); None
-            when not asked for or the model has no ``domain_check.json``.
+            parameters are unreliable: the model has not learnt stars like them, or the
+            spectrum lacks the window it reads most); None when not asked for or the
+            model has no ``domain_check.json``.
+        window_coverage: (n,) the fraction of the domain check's coverage window with
+            data (:func:`specsearch.model.domain.window_coverage`), when the check has a
+            coverage rule for the modality.
         identity: (n, identity_dim) float32 L2-normalised identity vectors ("which star",
             :meth:`SpecModel.identity_numpy`), NaN rows where ``good`` is False; None when
             not asked for or the model has no identity encoder for the modality.
@@ -72,6 +77,7 @@ class EmbeddingBatch:
     translation_residual: np.ndarray | None = None
     recon_relative: np.ndarray | None = None
     out_of_domain: np.ndarray | None = None
+    window_coverage: np.ndarray | None = None
     identity: np.ndarray | None = None
 
     def __len__(self) -> int:
@@ -277,8 +283,9 @@ class SpecModel:
         n = flux.shape[0]
         relative = cat.get("recon_relative")
         flags = None
+        coverage = cat.get("window_coverage")
         if relative is not None and (check := self.domain_check) is not None:
-            flags = check.flags(modality, relative)
+            flags = check.flags(modality, relative, coverage)
         return EmbeddingBatch(
             embedding=cat.get("embedding", np.zeros((n, self.embedding_dim), np.float32)),
             good=cat.get("good", np.zeros(n, bool)),
@@ -289,7 +296,8 @@ class SpecModel:
             class_names=self.class_names,
             recon_residual=cat.get("recon_residual"),
             translation_residual=cat.get("translation_residual"),
-            recon_relative=relative, out_of_domain=flags, identity=cat.get("identity"))
+            recon_relative=relative, out_of_domain=flags, window_coverage=coverage,
+            identity=cat.get("identity"))
 
     def _tensor(self, a: np.ndarray | torch.Tensor) -> torch.Tensor:
         t = a if isinstance(a, torch.Tensor) else as_tensor(np.asarray(a, np.float32))
@@ -353,6 +361,10 @@ class SpecModel:
             if with_domain:          # implied by with_residual (see embed_numpy)
                 out.recon = self.net.decode(modality, modality, out.embedding)
                 result["recon_relative"] = relative_residual(out.recon, x, w)
+                rule = self.domain_check.coverage.get(modality) if self.domain_check else None
+                if rule is not None:
+                    result["window_coverage"] = window_coverage(
+                        w, grid_for(modality).wavelength, rule["window_A"])
             if with_residual and self.net.other(modality) != modality:
                 out.translation = self.net.decode(modality, self.net.other(modality),
                                                   out.embedding)

@@ -19,6 +19,14 @@ spectra a flag is rare by construction and the held-out ``test`` split measures 
 The file is written for one model hash, like ``anomaly_defaults.json``; a file made for
 another model is ignored, and a malformed one is an error naming it.
 
+A spectrum can also lack what the model reads most: a LAMOST-grid spectrum without its
+blue end (a failed blue arm, the red arm of another spectrograph, a short echelle range)
+reconstructs well where it has data, yet its Teff comes out 150-1,100 K too cool with
+uncertainties up to 7 times too small (BENCHMARKS.md, "Spectra without their blue end"). The
+check's ``coverage`` rule flags a spectrum with less than ``min_fraction`` of its pixels
+good in the modality's window (:data:`DEFAULT_COVERAGE`: 3850-5000 A, the Balmer lines,
+Ca II H&K and the G band); no real spectrum of the reference sets comes close to it.
+
 ``SpecModel.embed_numpy(..., with_residual=True)`` (or ``with_domain=True``) then returns
 ``recon_relative`` and ``out_of_domain`` per spectrum: the embedding parquet, the service's
 predictions and search queries, and the hunt's candidates carry them.
@@ -47,6 +55,13 @@ MAX_BYTES = 64 * 1024
 MIN_ABS = 0.05          # |x| below this (prepared units ~1) is skipped: saturated line cores
 QUANTILE = 0.999
 MARGIN = 2.0
+DEFAULT_COVERAGE: dict[str, dict[str, Any]] = {
+    "lamost": {"window_A": [3850.0, 5000.0], "min_fraction": 0.5}}
+"""The coverage rule :func:`fit_domain_check` writes: per modality, the wavelength window
+(Angstrom) and the least fraction of its grid pixels a spectrum must have good. Measured on
+real DR10 spectra cut from the blue end (BENCHMARKS.md): with less than half of 3850-5000 A
+Teff turns 150-430 K too cool and twice as scattered while its uncertainties stay; with two
+thirds or more it reads as the whole spectrum does."""
 # Which real sets are the reference of each modality (see real_sets.load_all).
 REFERENCE_SETS = {"lamost": ("lamost_dr10", "lamost_dr1", "lamost_dr8", "miles"),
                   "xp": ("xp_patch",)}
@@ -66,30 +81,51 @@ def relative_residual(pred: torch.Tensor, x: torch.Tensor, w: torch.Tensor,
     return torch.nanmedian(rel.float(), dim=-1).values
 
 
+def window_coverage(w: torch.Tensor, wavelength: np.ndarray,
+                    window_a: tuple[float, float] | list[float]) -> torch.Tensor:
+    """(B,) the fraction of the grid pixels inside ``window_a`` (Angstrom) that are good
+    (prepared weight > 0) in each row of ``w`` (B, npix [+ SED columns, left out])."""
+    inside = (wavelength >= window_a[0]) & (wavelength < window_a[1])
+    cols = torch.as_tensor(np.flatnonzero(inside), device=w.device)
+    good = (w[..., :wavelength.size].index_select(-1, cols) > 0).float()
+    return good.mean(-1)
+
+
 class DomainCheck:
-    """Per-modality thresholds on :func:`relative_residual` for one model."""
+    """Per-modality thresholds on :func:`relative_residual` for one model, and the coverage
+    rule (``coverage``: per modality ``{"window_A": [lo, hi], "min_fraction": f}``)."""
 
     def __init__(self, model_hash: str, thresholds: dict[str, float],
-                 reference: dict[str, dict[str, Any]] | None = None, source: str = "") -> None:
+                 reference: dict[str, dict[str, Any]] | None = None, source: str = "",
+                 coverage: dict[str, dict[str, Any]] | None = None) -> None:
         self.model_hash = model_hash
         self.thresholds = dict(thresholds)
         self.reference = reference or {}
         self.source = source
+        self.coverage = dict(coverage or {})
         _check_thresholds(self.thresholds, "domain check")
+        _check_coverage(self.coverage, "domain check")
 
-    def flags(self, modality: str, recon_relative: np.ndarray) -> np.ndarray | None:
+    def flags(self, modality: str, recon_relative: np.ndarray,
+              coverage: np.ndarray | None = None) -> np.ndarray | None:
         """(n,) bool: the spectra whose reconstruction misses by more than the threshold
-        (False for NaN, i.e. no usable pixels); None without a threshold for ``modality``."""
+        (False for NaN, i.e. no usable pixels) or, given their ``coverage``
+        (:func:`window_coverage` of the modality's window), that have too little of the
+        window; None without a threshold for ``modality``."""
         thr = self.thresholds.get(modality)
         if thr is None:
             return None
         v = np.asarray(recon_relative, np.float64)
-        return np.isfinite(v) & (v > thr)
+        out = np.isfinite(v) & (v > thr)
+        rule = self.coverage.get(modality)
+        if rule is not None and coverage is not None:
+            out |= np.asarray(coverage, np.float64) < rule["min_fraction"]
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": KIND, "format_version": FORMAT_VERSION, "model_hash": self.model_hash,
-                "thresholds": self.thresholds, "reference": self.reference,
-                "source": self.source}
+                "thresholds": self.thresholds, "coverage": self.coverage,
+                "reference": self.reference, "source": self.source}
 
     def save(self, path: str | Path) -> Path:
         return write_json_atomic(path, self.to_dict())
@@ -115,9 +151,11 @@ def load_domain_check(path: str | Path) -> DomainCheck:
         raise ConfigError(f"{path}: not a specsearch domain check of format {FORMAT_VERSION}")
     thresholds = d.get("thresholds")
     _check_thresholds(thresholds, str(path))
+    coverage = d.get("coverage", {})          # absent in files written before the rule
+    _check_coverage(coverage, str(path))
     reference = d.get("reference") if isinstance(d.get("reference"), dict) else {}
     return DomainCheck(str(d.get("model_hash", "")), thresholds, reference,
-                       str(d.get("source", "")))
+                       str(d.get("source", "")), coverage)
 
 
 def find_domain_check(model_hash: str, model_dir: str | Path | None) -> DomainCheck | None:
@@ -172,7 +210,8 @@ def fit_domain_check(model, real: str | Path, *, cache: str | Path | None = None
             fit.append(v[ok & s.in_split("train", "cal")])
             sets_used.append(name)
             held_out[name] = {"modality": modality,
-                              "v": v[ok & s.in_split("test")]}
+                              "v": v[ok & s.in_split("test")],
+                              "coverage": _set_coverage(s, modality)[ok & s.in_split("test")]}
         values = np.concatenate(fit) if fit else np.zeros(0)
         if values.size < 100:
             log.warning("domain check: %d %s reference spectra; no %s threshold",
@@ -187,17 +226,33 @@ def fit_domain_check(model, real: str | Path, *, cache: str | Path | None = None
         raise ConfigError(f"{real}: no real reference spectra to fit a domain check on")
     check = DomainCheck(model.model_hash, thresholds, reference,
                         source=f"fit_domain_check on {Path(real).name}: {margin:g} x "
-                               f"q{quantile:g} of the train+cal splits")
+                               f"q{quantile:g} of the train+cal splits",
+                        coverage={m: rule for m, rule in DEFAULT_COVERAGE.items()
+                                  if m in thresholds})
     report = {}
     for name, h in held_out.items():
         thr = thresholds.get(h["modality"])
         if thr is None:
             continue
         v = h["v"]
-        report[name] = {"n_test": int(v.size), "flagged": int((v > thr).sum()),
-                        "flagged_fraction": float((v > thr).mean()) if v.size else math.nan,
+        flagged = check.flags(h["modality"], v, h["coverage"])
+        report[name] = {"n_test": int(v.size), "flagged": int(flagged.sum()),
+                        "flagged_fraction": float(flagged.mean()) if v.size else math.nan,
+                        "flagged_by_coverage": int((flagged & ~(v > thr)).sum()),
                         "max": float(v.max()) if v.size else math.nan}
     return check, report
+
+
+def _set_coverage(s, modality: str) -> np.ndarray:
+    """(n,) :func:`window_coverage` of a real set's spectra (all ones without a rule)."""
+    rule = DEFAULT_COVERAGE.get(modality)
+    if rule is None:
+        return np.ones(len(s))
+    from specsearch.preprocess import grid_for
+
+    good = (s.ivar > 0) & np.isfinite(s.flux) & np.isfinite(s.ivar) & (s.flux != 0)
+    return window_coverage(torch.from_numpy(good.astype(np.float32)),
+                           grid_for(modality).wavelength, rule["window_A"]).numpy()
 
 
 def _check_thresholds(thresholds: Any, where: str) -> None:
@@ -206,3 +261,20 @@ def _check_thresholds(thresholds: Any, where: str) -> None:
             and math.isfinite(v) and v > 0 for k, v in thresholds.items()):
         raise ConfigError(f"{where}: thresholds must map modality names to finite positive "
                           f"numbers; got {thresholds!r}")
+
+
+def _check_coverage(coverage: Any, where: str) -> None:
+    ok = isinstance(coverage, dict)
+    for modality, rule in (coverage.items() if ok else ()):
+        window = rule.get("window_A") if isinstance(rule, dict) else None
+        frac = rule.get("min_fraction") if isinstance(rule, dict) else None
+        ok &= (isinstance(modality, str) and isinstance(window, list) and len(window) == 2
+               and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                       and math.isfinite(x) for x in window)
+               and window[0] < window[1]
+               and isinstance(frac, (int, float)) and not isinstance(frac, bool)
+               and 0.0 < frac <= 1.0)
+    if not ok:
+        raise ConfigError(f"{where}: coverage must map modality names to "
+                          f'{{"window_A": [lo, hi], "min_fraction": f}} with lo < hi and '
+                          f"0 < f <= 1; got {coverage!r}")

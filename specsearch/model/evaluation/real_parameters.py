@@ -22,9 +22,11 @@ from specsearch.preprocess import grid_for
 
 LABELS = ("teff", "logg", "feh")
 WINDOWS_A = ((3700, 4500), (4500, 5500), (5500, 6500), (6500, 7400), (7400, 9100),
-             (6800, 9100))
-"""Windows masked one at a time; the last two are also the coverage of spectra that stop
-at 7400 A (MILES) or 6800 A (many libraries and slit spectra)."""
+             (6800, 9100), (3700, 4400), (3700, 5000), (3700, 5700))
+"""Windows masked one at a time; (7400, 9100) and (6800, 9100) are also the coverage of
+spectra that stop at 7400 A (MILES) or 6800 A (many libraries and slit spectra), the last
+three that of spectra without their blue end (a failed blue arm, another instrument's red
+arm), which the domain check's coverage rule flags from less than half of 3850-5000 A."""
 SCO18 = {"teff": 5823.0, "logg": 4.45, "feh": 0.054}
 """18 Sco, the solar twin (Melendez et al. 2014)."""
 
@@ -76,8 +78,9 @@ def labelled_set(model, s: RealSet, *, figures_dir: Path | None = None) -> dict[
 
 def window_ablation(model, s: RealSet) -> dict[str, Any]:
     """Median shift of each label when one wavelength window is masked (ivar = 0), and the
-    bias and robust sigma against the labels after, on the FGK S/N > 30 test stars: which
-    windows move which label, and how a spectrum without its red end reads."""
+    bias, robust sigma and z-width against the labels after, and the share the domain check
+    flags, on the FGK S/N > 30 test stars: which windows move which label, and how a
+    spectrum without its red or its blue end reads."""
     t = s.select(s.in_split("test"))
     sub = _subsets(t).get("FGK S/N>30")
     if sub is None or sub.sum() < 10:
@@ -89,7 +92,7 @@ def window_ablation(model, s: RealSet) -> dict[str, Any]:
     for lo, hi in WINDOWS_A:
         iv = t.ivar.copy()
         iv[:, (wave >= lo) & (wave < hi)] = 0.0
-        b = model.embed_numpy("lamost", t.flux, iv)
+        b = model.embed_numpy("lamost", t.flux, iv, with_domain=True)
         ok = base.good & b.good
         row = {}
         for name in LABELS:
@@ -101,6 +104,9 @@ def window_ablation(model, s: RealSet) -> dict[str, Any]:
                     resid = b.predictions[ok, j] - t.labels[name][ok]
                     row[f"{name}_bias"] = float(np.nanmedian(resid))
                     row[f"{name}_sigma"] = robust_sigma(resid)
+                    row[f"{name}_z"] = robust_sigma(resid / b.uncertainties[ok, j])
+        if b.out_of_domain is not None:     # the share the domain check flags
+            row["flagged"] = float(np.mean(b.out_of_domain[ok]))
         out[f"mask {lo}-{hi} A"] = row
     return out
 
