@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from service.schemas import Domain, Estimate, Neighbour, RadialVelocity
+from service.schemas import Domain, Estimate, Neighbour, RadialVelocity, Resolution
 from specsearch.query import Neighbours
 
 # Columns shown as first-class fields of a neighbour (the rest go to ``metadata``).
@@ -37,9 +37,11 @@ def number(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def domain(model: Any, modality: str, batch: Any, row: int = 0) -> Domain | None:
+def domain(model: Any, modality: str, batch: Any, row: int = 0, *,
+           broader: bool = False) -> Domain | None:
     """The domain check of row ``row`` of an ``EmbeddingBatch`` made ``with_domain``
-    (None when the batch has no relative residual)."""
+    (None when the batch has no relative residual); ``broader``: the spectrum is broader
+    than the model reads (:func:`resolution`), which puts it out of domain too."""
     rel = getattr(batch, "recon_relative", None)
     if rel is None:
         return None
@@ -53,7 +55,16 @@ def domain(model: Any, modality: str, batch: Any, row: int = 0) -> Domain | None
                   min_coverage=None if rule is None else float(rule["min_fraction"]),
                   coverage_window_a=None if rule is None else [float(x) for x in
                                                                rule["window_A"]],
-                  out_of_domain=None if flags is None else bool(flags[row]))
+                  out_of_domain=None if flags is None else bool(flags[row]) or broader)
+
+
+def resolution(grid: Any) -> Resolution | None:
+    """Set when a :class:`service.spectra.GridSpectrum` is broader than the model reads."""
+    pair = getattr(grid, "broader_fwhm_A", None)
+    if pair is None:
+        return None
+    return Resolution(input_fwhm_a=round(float(pair[0]), 2),
+                      model_fwhm_a=round(float(pair[1]), 2))
 
 
 def rv(grid: Any) -> RadialVelocity | None:

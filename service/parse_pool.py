@@ -78,6 +78,9 @@ class ParsedUpload:
     rv_kms: float | None = None
     """The radial velocity removed (km/s), None if none."""
     rv_source: str | None = None
+    broader_fwhm_A: tuple[float, float] | list[float] | None = None
+    """(its FWHM, the model's FWHM) in A when the spectrum is broader than the model's
+    resolution (:func:`service.spectra.to_grid`), else None (a list after JSON)."""
 
 
 def parse_here(request: ParseRequest, data: bytes) -> ParsedUpload:
@@ -98,14 +101,14 @@ def parse_here(request: ParseRequest, data: bytes) -> ParsedUpload:
         spec = spectra[request.row]
         state_resolution(spec, request.resolving_power, "upload resolving_power")
         modality = choose_modality(spec, request.modality)
-        flux, ivar, rv, rv_source = to_grid(spec, modality)
-    return ParsedUpload(modality=modality, flux=flux, ivar=ivar,
+        on = to_grid(spec, modality)
+    return ParsedUpload(modality=modality, flux=on.flux, ivar=on.ivar,
                         filename=spec.path or request.filename,
                         spectrum_id=spec.spectrum_id or None, source_id=spec.source_id,
                         spectra_in_file=len(spectra), row=request.row,
                         medium=spec.meta.get("wavelength_medium"),
-                        medium_from=spec.meta.get("medium_from"), rv_kms=rv,
-                        rv_source=rv_source)
+                        medium_from=spec.meta.get("medium_from"), rv_kms=on.rv_kms,
+                        rv_source=on.rv_source, broader_fwhm_A=on.broader_fwhm_A)
 
 
 # --------------------------------------------------------------------------- child side

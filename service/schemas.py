@@ -51,9 +51,10 @@ class Domain(BaseModel):
         None, description="the coverage window, [lo, hi] in Angstrom")
     out_of_domain: bool | None = Field(
         None, description="recon_relative above the threshold (a star unlike the "
-                          "training stars, or a spectrum too noisy to read), or "
+                          "training stars, or a spectrum too noisy to read), "
                           "window_coverage below min_coverage (a spectrum without the "
-                          "part the model reads most, e.g. no blue arm)")
+                          "part the model reads most, e.g. no blue arm), or a spectrum "
+                          "broader than the model reads (broader_than_model)")
 
 
 class RadialVelocity(BaseModel):
@@ -99,6 +100,21 @@ MEDIUM_FROM_DESCRIPTION = ("what decided the medium: the request (medium or air)
                            "card or column name, or the default of the file type")
 
 
+class Resolution(BaseModel):
+    """An uploaded spectrum broader than the resolution the model reads (LAMOST's R = 1800):
+    nothing sharpens it, and the model reads its shallower lines as a lower metallicity."""
+
+    input_fwhm_a: float = Field(description="the spectrum's line-spread FWHM in Angstrom "
+                                            "(stated, or two pixels of its sampling: a lower "
+                                            "bound)")
+    model_fwhm_a: float = Field(description="the FWHM the model reads, at the same wavelength")
+
+
+RESOLUTION_DESCRIPTION = ("set when the spectrum is broader than the model's resolution "
+                          "(more than 1.25x its FWHM): its [Fe/H] reads low (about -0.1 dex "
+                          "at R = 1200, -0.2 at R = 1000)")
+
+
 RV_DESCRIPTION = ("the radial velocity removed before the model read the spectrum (null: "
                   "none: already in the rest frame, a Gaia XP spectrum, or none found)")
 
@@ -118,6 +134,7 @@ class QueryInfo(BaseModel):
     medium: Medium | None = Field(None, description=MEDIUM_DESCRIPTION)
     medium_from: str | None = Field(None, description=MEDIUM_FROM_DESCRIPTION)
     radial_velocity: RadialVelocity | None = Field(None, description=RV_DESCRIPTION)
+    broader_than_model: Resolution | None = Field(None, description=RESOLUTION_DESCRIPTION)
     predictions: dict[str, Estimate] = Field(default_factory=dict)
     domain: Domain | None = Field(None, description="the domain check of an embedded "
                                                     "spectrum (None for stored stars)")
@@ -218,6 +235,7 @@ class Prediction(BaseModel):
     medium: Medium | None = Field(None, description=MEDIUM_DESCRIPTION)
     medium_from: str | None = Field(None, description=MEDIUM_FROM_DESCRIPTION)
     radial_velocity: RadialVelocity | None = Field(None, description=RV_DESCRIPTION)
+    broader_than_model: Resolution | None = Field(None, description=RESOLUTION_DESCRIPTION)
     predictions: dict[str, Estimate]
     class_probabilities: dict[str, float] = Field(default_factory=dict)
     domain: Domain | None = None

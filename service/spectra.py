@@ -10,6 +10,7 @@ indexed spectra), so a query is prepared exactly like the objects it is compared
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -17,7 +18,7 @@ from specsearch.errors import QueryError, SpectrumError
 from specsearch.io.generic import estimate_noise
 from specsearch.io.ingest import spectrum_row
 from specsearch.preprocess import air_to_vacuum, grid_for, prepare_model_input
-from specsearch.preprocess.lsf import state_resolution
+from specsearch.preprocess.lsf import resolution_match, state_resolution
 from specsearch.spectrum import Spectrum
 
 XP_SPACING_A = 10.0
@@ -46,6 +47,8 @@ class GridSpectrum:
     medium_from: str | None = None
     rv_kms: float | None = None        # the radial velocity removed (None: none)
     rv_source: str | None = None       # header, measured or header+measured
+    broader_fwhm_A: tuple[float, float] | None = None  # broader than the model reads:
+    #                                     (its FWHM or 2 pixels, the model's FWHM) in A
 
     @property
     def good_fraction(self) -> float:
@@ -71,18 +74,31 @@ def choose_modality(spectrum: Spectrum, requested: str | None) -> str:
     return "xp" if spacing > XP_SPACING_A else "lamost"
 
 
-def to_grid(spectrum: Spectrum, modality: str
-            ) -> tuple[np.ndarray, np.ndarray, float | None, str | None]:
-    """(flux, ivar, radial velocity removed in km/s or None, how it was found) on the
-    modality's canonical grid, as the catalog builder does it.
+class OnGrid(NamedTuple):
+    """A spectrum on its modality's grid (:func:`to_grid`)."""
+
+    flux: np.ndarray
+    ivar: np.ndarray
+    rv_kms: float | None            # the radial velocity removed, None if none
+    rv_source: str | None           # how it was found
+    broader_fwhm_A: tuple[float, float] | None   # broader than the model's resolution:
+    #                            (its FWHM or 2 of its pixels, the model's FWHM) in A
+
+
+def to_grid(spectrum: Spectrum, modality: str) -> OnGrid:
+    """The spectrum on the modality's canonical grid, as the catalog builder does it.
 
     Raises:
         SpectrumError: no usable pixel, no overlap with the grid, bad arrays.
     """
     row = spectrum_row(spectrum, modality)
     rv = row["rv"]
-    return (np.asarray(row["flux"], np.float32), np.asarray(row["ivar"], np.float32),
-            None if rv is None else float(rv), row["rv_source"])
+    match = resolution_match(spectrum, modality)
+    broader = None
+    if match is not None and match.broader and match.input_fwhm_A is not None:
+        broader = (float(match.input_fwhm_A), float(match.target_fwhm_A))
+    return OnGrid(np.asarray(row["flux"], np.float32), np.asarray(row["ivar"], np.float32),
+                  None if rv is None else float(rv), row["rv_source"], broader)
 
 
 def from_arrays(wavelength: list[float], flux: list[float | None],
@@ -123,10 +139,11 @@ def from_arrays(wavelength: list[float], flux: list[float | None],
     spec = spec.validated()
     state_resolution(spec, resolving_power, "request resolving_power")
     mod = choose_modality(spec, modality)
-    grid_flux, grid_ivar, rv, rv_source = to_grid(spec, mod)
-    return GridSpectrum(spectrum=spec, modality=mod, flux=grid_flux, ivar=grid_ivar,
+    on = to_grid(spec, mod)
+    return GridSpectrum(spectrum=spec, modality=mod, flux=on.flux, ivar=on.ivar,
                         medium="air" if air else "vacuum", medium_from="request field air",
-                        rv_kms=rv, rv_source=rv_source)
+                        rv_kms=on.rv_kms, rv_source=on.rv_source,
+                        broader_fwhm_A=on.broader_fwhm_A)
 
 
 def display_curve(flux: np.ndarray, ivar: np.ndarray, modality: str

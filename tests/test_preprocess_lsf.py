@@ -94,6 +94,53 @@ def test_lamost_sdss_and_miles_like_inputs_are_left_alone():
     assert resolution_match(native, "xp") is None  # XP inputs are never matched
 
 
+def test_spectra_broader_than_lamost_are_marked_and_counted_by_ingest(tmp_path):
+    from specsearch.io.ingest import ingest
+
+    wave = LAMOST_GRID.wavelength
+    native = _spectrum(wave, np.ones(wave.size))           # LAMOST's own sampling
+    assert not resolution_match(native, "lamost").broader
+    for power, broader in ((2000.0, False), (1600.0, False), (1200.0, True), (600.0, True)):
+        got = resolution_match(_spectrum(wave, np.ones(wave.size), resolving_power=power),
+                               "lamost")
+        assert got.broader is broader and not got.broaden, power
+    assert resolution_match(_spectrum(np.arange(3600.0, 9200.0, 2.0), np.ones(2800),
+                                      fwhm_A=8.0), "lamost").broader       # ~R 700
+    miles = _spectrum(3540.5 + 0.9 * np.arange(4300), np.ones(4300), fwhm_A=2.5)
+    assert not resolution_match(miles, "lamost").broader
+    # no stated resolution, 5 A pixels: no spectrum is sharper than 2 pixels (R < 600)
+    coarse_wave = np.arange(3700.0, 9100.0, 5.0)
+    assert resolution_match(_spectrum(coarse_wave, np.ones(coarse_wave.size)),
+                            "lamost").broader
+    rng = np.random.default_rng(1)
+    for name, w in (("coarse.csv", coarse_wave), ("native.csv", wave)):
+        f = 1.0 + 0.01 * rng.standard_normal(w.size)
+        np.savetxt(tmp_path / name, np.c_[w, f, np.full(w.size, 1e4)], delimiter=",",
+                   header="wavelength,flux,ivar", comments="")
+    report = ingest([tmp_path / "coarse.csv", tmp_path / "native.csv"], tmp_path / "cat",
+                    modality="lamost", air=False, progress=False)
+    assert report.rows_written == 2 and report.rows_broader == 1
+    assert "1 spectra are broader than LAMOST" in report.summary()
+    # the catalog keeps the ratio, and the embedding builder flags the broad spectrum
+    from collections import Counter
+
+    from specsearch.embed.encode import embed_table
+    from specsearch.io.catalog import open_catalog
+    from specsearch.model import load_model
+
+    import pyarrow as pa
+
+    table = pa.Table.from_batches(list(open_catalog(tmp_path / "cat").iter_batches(
+        "lamost"))).combine_chunks()
+    ratio = dict(zip(table.column("origin").to_pylist(),
+                     table.column("fwhm_ratio").to_pylist()))
+    assert ratio["coarse.csv"] > lsf.BROADER_FACTOR and ratio["native.csv"] is None  # unknown
+    cols = embed_table(load_model(None), "lamost", table.to_batches()[0], with_residual=True,
+                       meta_columns=[], skipped=Counter())
+    flags = dict(zip(table.column("origin").to_pylist(), cols["out_of_domain"]))
+    assert flags == {"coarse.csv": True, "native.csv": False}
+
+
 def test_gaps_stay_masked_and_do_not_darken_their_edges():
     wave = np.arange(4000.0, 6000.0, 0.05)
     ivar = np.ones(wave.size)

@@ -296,6 +296,32 @@ def test_a_spectrum_at_a_radial_velocity_is_read_in_the_rest_frame(client, sampl
     assert r.json()["query"]["radial_velocity"]["source"] in ("header", "header+measured")
 
 
+def test_a_spectrum_broader_than_the_model_reads_is_said_so(client, samples, lamost_file):
+    """A library star stated at R = 1000 (or sampled every 5 A) is read, with a note that
+    it is broader than the model's R = 1800; at its own resolution, and a LAMOST file, no
+    note."""
+    from specsearch.io.generic import read_generic
+
+    star = read_generic(samples / "miles" / "spectra" / "MILES_res2.50_star_m0838V.fits")
+    good = star.ivar > 0
+    body = {"wavelength": star.wavelength[good].tolist(), "flux": star.flux[good].tolist(),
+            "ivar": star.ivar[good].tolist(), "translate": False}
+    r = client.post("/v1/predict/spectrum", json={**body, "resolving_power": 1000.0})
+    assert r.status_code == 200, r.text
+    note = r.json()["broader_than_model"]
+    assert note["input_fwhm_a"] > 1.25 * note["model_fwhm_a"] > 0
+    assert r.json()["domain"]["out_of_domain"] is True          # as the catalog path flags it
+    assert client.post("/v1/predict/spectrum", json=body).json()["broader_than_model"] is None
+    coarse = np.arange(3700.0, 7400.0, 5.0)
+    r = client.post("/v1/predict/spectrum", json={
+        "wavelength": coarse.tolist(), "translate": False,
+        "flux": np.interp(coarse, star.wavelength[good], star.flux[good]).tolist()})
+    assert r.status_code == 200, r.text
+    assert r.json()["broader_than_model"]["input_fwhm_a"] == pytest.approx(10.0, rel=0.01)
+    r = upload(client, lamost_file, k=3)
+    assert r.status_code == 200 and r.json()["query"]["broader_than_model"] is None
+
+
 def test_anomaly_list(client):
     r = client.get("/v1/candidates/anomalies", params={"modality": "lamost", "limit": 20})
     assert r.status_code == 200, r.text

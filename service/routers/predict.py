@@ -45,9 +45,11 @@ def predict_grid(state: ServiceState, grid: GridSpectrum, translate: bool) -> Pr
                      spectra_in_file=grid.spectra_in_file, row=grid.row,
                      good_fraction=grid.good_fraction, medium=grid.medium,
                      medium_from=grid.medium_from, radial_velocity=convert.rv(grid),
+                     broader_than_model=convert.resolution(grid),
                      predictions=preds,
                      class_probabilities=classes,
-                     domain=convert.domain(model, grid.modality, batch),
+                     domain=convert.domain(model, grid.modality, batch,
+                                           broader=grid.broader_fwhm_A is not None),
                      input=Curve(label="input", modality=grid.modality, wavelength=w, flux=f))
     others = [m for m in model.modalities if m != grid.modality]
     if translate and others:

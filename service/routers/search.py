@@ -166,8 +166,10 @@ def search_grid(state: ServiceState, grid: GridSpectrum, opts: SearchOptions,
                      source_id=grid.spectrum.source_id, spectra_in_file=grid.spectra_in_file,
                      row=grid.row, good_fraction=grid.good_fraction, medium=grid.medium,
                      medium_from=grid.medium_from, radial_velocity=convert.rv(grid),
+                     broader_than_model=convert.resolution(grid),
                      predictions=preds,
-                     domain=convert.domain(state.model, grid.modality, batch))
+                     domain=convert.domain(state.model, grid.modality, batch,
+                                           broader=grid.broader_fwhm_A is not None))
     id_vecs = getattr(batch, "identity", None)
     identity = None if id_vecs is None else id_vecs[0]
     params = {n: (float(batch.predictions[0, i]), float(batch.uncertainties[0, i]))

@@ -110,6 +110,13 @@ function rvNote(rv) {
     `(${how || rv.source}).`;
 }
 
+function resolutionNote(r) {
+  if (!r) return "";
+  return ` The spectrum is broader than the model reads (line FWHM ${fmt(r.input_fwhm_a, 1)} ` +
+    `A against ${fmt(r.model_fwhm_a, 1)} A): its [Fe/H] reads too low (about -0.1 dex at ` +
+    "R = 1200, -0.2 at R = 1000).";
+}
+
 function renderResults(res) {
   $("#results").hidden = false;
   const q = res.query, p = q.predictions || {};
@@ -125,7 +132,8 @@ function renderResults(res) {
     `${res.ranked_by === "embedding+parameters" ? ", ranked by embedding + parameter " +
       "agreement (neighbours whose parameters match the query's first)" : ""} in ` +
     `${res.took_ms.toFixed(1)} ms. Predicted Teff ${pe("teff")} K, log g ${pe("logg")}, ` +
-    `[Fe/H] ${pe("feh")}.` + rvNote(q.radial_velocity);
+    `[Fe/H] ${pe("feh")}.` + rvNote(q.radial_velocity) +
+    resolutionNote(q.broader_than_model);
   $("#query-summary").appendChild(line);
   if (q.domain && q.domain.out_of_domain) {
     const warn = document.createElement("p");
@@ -133,11 +141,15 @@ function renderResults(res) {
     const d = q.domain;
     const short = d.window_coverage != null && d.min_coverage != null &&
       d.coverage_window_a != null && d.window_coverage < d.min_coverage;
+    const missed = d.recon_relative != null && d.threshold != null &&
+      d.recon_relative > d.threshold;
     warn.textContent = (short
       ? "The spectrum lacks the part the model reads most: only " +
         `${fmt(d.window_coverage * 100, 0)}% of ${d.coverage_window_a.join("-")} A has ` +
         "data (it needs " +
         `${fmt(d.min_coverage * 100, 0)}%). `
+      : !missed && q.broader_than_model
+      ? "The spectrum is broader than the model reads. "
       : "The model does not know stars like this one (or the spectrum is too noisy to " +
         "read): it redraws the spectrum with a median error of " +
         `${fmt(d.recon_relative * 100, 0)}% (its threshold is ` +

@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from specsearch.embed.spectra import SpectraChunk, spectra_arrays
 from specsearch.io.embeddings import IDENTITY_COLUMN
+from specsearch.preprocess.lsf import BROADER_FACTOR
 
 
 class Encoder(Protocol):
@@ -107,9 +108,14 @@ def embed_chunk(model: Encoder, modality: str, chunk: SpectraChunk, *,
         "embedding": take(np.asarray(out.embedding, dtype=np.float32)),
         **_head_columns(model, out, take, n, with_residual),
     }
+    names = batch.schema.names
+    if "out_of_domain" in cols and "fwhm_ratio" in names:
+        # broader than the model reads (ingest's fwhm_ratio): its [Fe/H] reads low
+        ratio = take_arrow(batch.column("fwhm_ratio")).to_numpy(zero_copy_only=False)
+        cols["out_of_domain"] = cols["out_of_domain"] | (
+            np.nan_to_num(np.asarray(ratio, np.float64), nan=0.0) > BROADER_FACTOR)
     if extra.get("with_identity") and getattr(out, "identity", None) is not None:
         cols[IDENTITY_COLUMN] = take(np.asarray(out.identity, dtype=np.float32))
-    names = batch.schema.names
     for f in meta_columns:
         if f.name in cols:
             continue

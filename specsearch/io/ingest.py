@@ -28,75 +28,15 @@ from specsearch.fsutil import write_json_atomic
 from specsearch.io.catalog import LABEL_COLUMNS, CatalogWriter, open_catalog
 from specsearch.io.label_tables import LabelTable
 from specsearch.preprocess import C_KMS, RV_MODES, grid_for, to_canonical_grid
-from specsearch.preprocess.lsf import check_resolving_power, state_resolution
+from specsearch.io.ingest_report import IngestReport
+from specsearch.preprocess.lsf import (BROADER_FACTOR, check_resolving_power,
+                                        resolution_match, state_resolution)
 from specsearch.spectrum import Spectrum
 
 SPECTRUM_SUFFIXES = (".fits", ".fits.gz", ".fit", ".fit.gz", ".fts", ".fts.gz", ".csv",
                      ".csv.gz", ".tsv", ".ecsv", ".txt", ".txt.gz", ".dat", ".dat.gz", ".vot",
                      ".xml", ".parquet")
 LEDGER = "ingest_ledger.json"
-@dataclass
-class IngestReport:
-    """What an ingest run did. ``skipped_files`` and ``skipped_rows`` hold (name, reason)."""
-
-    files_seen: int = 0
-    files_ingested: int = 0
-    files_already_ingested: int = 0
-    rows_written: int = 0
-    rows_duplicate: int = 0
-    rows_labelled: int = 0
-    skipped_files: list[tuple[str, str]] = field(default_factory=list)
-    skipped_rows: list[tuple[str, str]] = field(default_factory=list)
-    seconds: float = 0.0
-    interrupted: bool = False
-    medium: str | None = None
-    """The caller's wavelength medium (``air``/``vacuum``), None when the files decided."""
-    files_medium_applied: int = 0
-    """Generic files read in ``medium`` (survey files keep the convention they state)."""
-    rows_rv_measured: int = 0
-    """Rows whose radial velocity was measured and removed (no header redshift)."""
-    rows_rv_corrected: int = 0
-    """Rows whose spectrum contradicted its header redshift: the measured rest remainder
-    was removed too (``rv`` holds the sum)."""
-
-    @property
-    def exit_code(self) -> int:
-        """0 all files done, 3 done with skipped files or spectra, 1 failed (interrupted,
-        or files were given and every one was skipped)."""
-        if self.interrupted or (self.files_seen and not self.files_ingested
-                                and not self.files_already_ingested):
-            return 1
-        return 3 if self.skipped_files or self.skipped_rows else 0
-
-    def summary(self) -> str:
-        lines = [f"files: {self.files_seen} seen, {self.files_ingested} ingested, "
-                 f"{self.files_already_ingested} already in the catalog, "
-                 f"{len(self.skipped_files)} skipped",
-                 f"rows: {self.rows_written} written ({self.rows_labelled} with labels), "
-                 f"{self.rows_duplicate} duplicates dropped, "
-                 f"{len(self.skipped_rows)} bad spectra skipped",
-                 f"time: {self.seconds:.1f} s"]
-        if self.rows_rv_measured or self.rows_rv_corrected:
-            lines.append(f"radial velocity measured and removed: {self.rows_rv_measured} "
-                         f"spectra without a header redshift, {self.rows_rv_corrected} whose "
-                         f"spectrum contradicted it")
-        if self.medium is not None:
-            lines.append(f"medium {self.medium} (caller's override) applied to "
-                         f"{self.files_medium_applied} generic file(s); LAMOST and Gaia XP "
-                         f"files keep their own")
-        if self.interrupted:
-            lines.insert(0, "interrupted: the files listed as ingested are in the catalog; "
-                            "run the same command again to ingest the rest")
-        for name, reason in self.skipped_files[:20]:
-            lines.append(f"  skipped file {name}: {reason}")
-        for name, reason in self.skipped_rows[:20]:
-            lines.append(f"  skipped spectrum {name}: {reason}")
-        more = len(self.skipped_files) + len(self.skipped_rows) - 40
-        if more > 0:
-            lines.append(f"  ... and {more} more (see the report JSON)")
-        return "\n".join(lines)
-
-
 def stable_source_id(key: str) -> int:
     """A stable positive 63-bit id for a star with no survey id (e.g. ``miles:m0001V``)."""
     digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
@@ -151,7 +91,10 @@ def spectrum_row(spec: Spectrum, modality: str, *, rest_frame: bool = True,
     removed when present and finite, and with ``rv="auto"`` a velocity the spectrum still
     shows is measured and removed (:func:`specsearch.preprocess.to_canonical_grid`); the
     row records the velocity removed in ``rv`` (km/s) and how it was found in
-    ``rv_source`` (not a catalog column: ingest counts it).
+    ``rv_source`` (not a catalog column: ingest counts it). On a resolution-matched grid
+    (LAMOST's) it records ``fwhm_ratio``: the spectrum's line-spread FWHM over the model's,
+    None where unknown (a file that states no resolution and is sampled like LAMOST); above
+    :data:`~specsearch.preprocess.lsf.BROADER_FACTOR` the embedding builder flags it.
     """
     flux, ivar, z, rv_source = to_canonical_grid(spec, modality, rest_frame=rest_frame, rv=rv)
     # Values beyond float32 (1e300 fluxes, 1e-200 errors) overflow on the grid: masked, so
@@ -172,10 +115,15 @@ def spectrum_row(spec: Spectrum, modality: str, *, rest_frame: bool = True,
     if snr is None or not np.isfinite(snr):
         good = ivar > 0
         snr = float(np.median(flux[good] * np.sqrt(ivar[good]))) if good.any() else np.nan
-    return {"spectrum_id": str(spectrum_id), "source_id": int(source_id),
-            "flux": flux, "ivar": ivar, "ra": spec.ra, "dec": spec.dec, "snr": snr,
-            "rv": None if z is None else z * C_KMS, "rv_source": rv_source,
-            "origin": Path(spec.path).name if spec.path else None}
+    row = {"spectrum_id": str(spectrum_id), "source_id": int(source_id),
+           "flux": flux, "ivar": ivar, "ra": spec.ra, "dec": spec.dec, "snr": snr,
+           "rv": None if z is None else z * C_KMS, "rv_source": rv_source,
+           "origin": Path(spec.path).name if spec.path else None}
+    match = resolution_match(spec, modality)
+    if match is not None:
+        row["fwhm_ratio"] = (None if match.input_fwhm_A is None
+                             else match.input_fwhm_A / match.target_fwhm_A)
+    return row
 
 
 def _rows_to_columns(rows: list[dict[str, Any]], modality: str) -> dict[str, Any]:
@@ -184,7 +132,7 @@ def _rows_to_columns(rows: list[dict[str, Any]], modality: str) -> dict[str, Any
     for key in keys:
         values = [r.get(key) for r in rows]
         cols[key] = np.stack(values) if key in ("flux", "ivar") else values
-    for key in ("snr", "rv", *LABEL_COLUMNS):
+    for key in ("snr", "rv", "fwhm_ratio", *LABEL_COLUMNS):
         if key in cols:
             cols[key] = np.array([np.nan if v is None else v for v in cols[key]], np.float32)
     for key in ("ra", "dec"):
@@ -381,7 +329,7 @@ def _read_file_rows(path: Path, modality: str, rest_frame: bool,
         fmt, air = info.name, air if info.modality is None else None
     rows: list[dict[str, Any]] = []
     skipped: list[tuple[str, str]] = []
-    duplicates = labelled = measured = corrected = 0
+    duplicates = labelled = measured = corrected = broader = 0
     ids: set[str] = set()
     for spec in read_spectra(path, modality=modality, format=fmt, air=air):
         name = spec.spectrum_id or path.name
@@ -397,6 +345,8 @@ def _read_file_rows(path: Path, modality: str, rest_frame: bool,
         source = row.pop("rv_source")
         measured += source == "measured"
         corrected += source == "header+measured"
+        ratio = row.get("fwhm_ratio")
+        broader += ratio is not None and ratio > BROADER_FACTOR
         if label_table is not None and (lab := label_table.lookup(spec)) is not None:
             row.update({k: v for k, v in lab.items() if v is not None})
             labelled += 1
@@ -408,6 +358,7 @@ def _read_file_rows(path: Path, modality: str, rest_frame: bool,
     report.rows_labelled += labelled
     report.rows_rv_measured += measured
     report.rows_rv_corrected += corrected
+    report.rows_broader += broader
     if air is not None:
         report.files_medium_applied += 1
     return rows

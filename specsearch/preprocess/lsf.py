@@ -55,6 +55,12 @@ spectrum put on it is far sharper than XP, but XP's line-spread function is not 
 (use the Gaia XP readers for XP data)."""
 SHARPER_FACTOR = 0.7
 """Broaden only when the input FWHM is below this fraction of the target's."""
+BROADER_FACTOR = 1.25
+"""An input FWHM above this multiple of the target's (R below 1,440 for LAMOST) is broader
+than the model reads well: nothing can sharpen it, and its shallower lines read as a lower
+metallicity (the shipped model on real DR10 FGK stars: [Fe/H] -0.06 / -0.10 / -0.18 /
+-0.59 dex at R = 1400 / 1200 / 1000 / 600, with LAMOST-sized uncertainties; BENCHMARKS.md,
+"Two more ways a real spectrum can differ"). Ingest counts such spectra."""
 FINE_STEP_FACTOR = 0.2
 """Without a stated resolution, a spectrum whose median pixel step is below this fraction of
 the target FWHM is taken as Nyquist-sampled (FWHM = :data:`ASSUMED_PIXELS_PER_FWHM` pixels)."""
@@ -73,9 +79,13 @@ class ResolutionMatch:
         target_fwhm_A: the grid's FWHM at ``wavelength_A``.
         input_fwhm_A: the input's FWHM there, or None when unknown.
         source: where ``input_fwhm_A`` came from (``fwhm_A``, ``resolving_power``,
-            ``sampling`` (assumed Nyquist), or ``unknown``).
+            ``sampling`` (assumed Nyquist), ``sampling (at least)`` (two pixels of a
+            sampling too coarse for the grid's resolution: a lower bound), or ``unknown``).
         wavelength_A: the median wavelength of the input's good pixels on the grid.
         broaden: True when the spectrum is broadened before rebinning.
+        broader: True when the input is broader than the grid's instrument by more than
+            :data:`BROADER_FACTOR` (a stated resolution, or a sampling too coarse for any
+            sharper one: no spectrum is sharper than two of its pixels).
     """
 
     grid: str
@@ -84,6 +94,7 @@ class ResolutionMatch:
     source: str
     wavelength_A: float
     broaden: bool
+    broader: bool = False
 
 
 def _positive(value: object) -> float | None:
@@ -158,10 +169,14 @@ def resolution_match(spectrum: Spectrum, grid: Grid | str, *,
         step = float(np.median(np.diff(wave[(wave >= lo) & (wave <= hi)])))
         if step < FINE_STEP_FACTOR * target:
             fwhm, source = ASSUMED_PIXELS_PER_FWHM * step, "sampling"
-        else:
+        elif ASSUMED_PIXELS_PER_FWHM * step > BROADER_FACTOR * target:
+            # no FWHM stated, but none is sharper than two pixels: broader than the grid's
+            return ResolutionMatch(grid.name, target, ASSUMED_PIXELS_PER_FWHM * step,
+                                   "sampling (at least)", at, False, True)
+        else:       # LAMOST's own sampling and SDSS's: its FWHM is not known
             return ResolutionMatch(grid.name, target, None, "unknown", at, False)
     return ResolutionMatch(grid.name, target, fwhm, source, at,
-                           fwhm < SHARPER_FACTOR * target)
+                           fwhm < SHARPER_FACTOR * target, fwhm > BROADER_FACTOR * target)
 
 
 @functools.lru_cache(maxsize=4)
