@@ -34,6 +34,7 @@ predictions and search queries, and the hunt's candidates carry them.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -102,7 +103,7 @@ class DomainCheck:
         self.thresholds = dict(thresholds)
         self.reference = reference or {}
         self.source = source
-        self.coverage = dict(coverage or {})
+        self.coverage = copy.deepcopy(dict(coverage or {}))
         _check_thresholds(self.thresholds, "domain check")
         _check_coverage(self.coverage, "domain check")
 
@@ -227,8 +228,8 @@ def fit_domain_check(model, real: str | Path, *, cache: str | Path | None = None
     check = DomainCheck(model.model_hash, thresholds, reference,
                         source=f"fit_domain_check on {Path(real).name}: {margin:g} x "
                                f"q{quantile:g} of the train+cal splits",
-                        coverage={m: rule for m, rule in DEFAULT_COVERAGE.items()
-                                  if m in thresholds})
+                        coverage={m: copy.deepcopy(rule) for m, rule in
+                                  DEFAULT_COVERAGE.items() if m in thresholds})
     report = {}
     for name, h in held_out.items():
         thr = thresholds.get(h["modality"])
