@@ -234,7 +234,9 @@ def _domain_lines(embeddings: Path, model) -> list[str]:
     if not parts:
         return []
     return ["Domain check (spectra the model's reconstruction misses by more than its "
-            "threshold: their parameters are unreliable): " + "; ".join(parts) + ".", ""]
+            "threshold, LAMOST-grid spectra without most of 3850-5000 A, or broader than "
+            "the model reads: their parameters are unreliable): " + "; ".join(parts) + ".",
+            ""]
 
 
 def write_report(out: Path, cfg, *, real: Path | None) -> Path:
