@@ -57,6 +57,7 @@ class ParseRequest:
     max_bytes: int
     limits: dict[str, Any]
     resolving_power: float | None = None
+    telluric_uncorrected: bool = False
 
 
 @dataclass
@@ -88,6 +89,7 @@ def parse_here(request: ParseRequest, data: bytes) -> ParsedUpload:
     from service.spectra import choose_modality, to_grid
     from specsearch.io.limits import use_limits
     from specsearch.io.registry import read_spectra_bytes
+    from specsearch.preprocess import state_telluric
     from specsearch.preprocess.lsf import state_resolution
 
     with use_limits(InputLimits(**request.limits)), np.errstate(all="ignore"):
@@ -100,6 +102,7 @@ def parse_here(request: ParseRequest, data: bytes) -> ParsedUpload:
                              f"{len(spectra)} spectra (rows 0-{len(spectra) - 1})")
         spec = spectra[request.row]
         state_resolution(spec, request.resolving_power, "upload resolving_power")
+        state_telluric(spec, request.telluric_uncorrected, "upload telluric_uncorrected")
         modality = choose_modality(spec, request.modality)
         on = to_grid(spec, modality)
     return ParsedUpload(modality=modality, flux=on.flux, ivar=on.ivar,

@@ -110,6 +110,11 @@ class Resolution(BaseModel):
     model_fwhm_a: float = Field(description="the FWHM the model reads, at the same wavelength")
 
 
+TELLURIC_DESCRIPTION = ("the spectrum was not corrected for telluric absorption: its "
+                        "telluric bands (observed frame) are masked rather than read as "
+                        "the star")
+
+
 RESOLUTION_DESCRIPTION = ("set when the spectrum is broader than the model's resolution "
                           "(more than 1.25x its FWHM): its [Fe/H] reads low (about -0.1 dex "
                           "at R = 1200, -0.2 at R = 1000)")
@@ -204,6 +209,8 @@ class ArraysSearch(SearchOptions):
         None, gt=0, allow_inf_nan=False,
         description="R = lambda / FWHM of the spectrum: one much sharper than LAMOST is "
                     "broadened to R = 1800 first")
+    telluric_uncorrected: bool = Field(
+        False, description=TELLURIC_DESCRIPTION)
 
 
 class EmbeddingSearch(SearchOptions):
@@ -256,6 +263,7 @@ class ArraysPredict(BaseModel):
     modality: Modality | None = None
     air: bool = False
     resolving_power: float | None = Field(None, gt=0, allow_inf_nan=False)
+    telluric_uncorrected: bool = Field(False, description=TELLURIC_DESCRIPTION)
     translate: bool = True
 
 

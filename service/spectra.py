@@ -17,7 +17,7 @@ import numpy as np
 from specsearch.errors import QueryError, SpectrumError
 from specsearch.io.generic import estimate_noise
 from specsearch.io.ingest import spectrum_row
-from specsearch.preprocess import air_to_vacuum, grid_for, prepare_model_input
+from specsearch.preprocess import air_to_vacuum, grid_for, prepare_model_input, state_telluric
 from specsearch.preprocess.lsf import resolution_match, state_resolution
 from specsearch.spectrum import Spectrum
 
@@ -103,7 +103,8 @@ def to_grid(spectrum: Spectrum, modality: str) -> OnGrid:
 
 def from_arrays(wavelength: list[float], flux: list[float | None],
                 ivar: list[float | None] | None, *, modality: str | None,
-                air: bool, resolving_power: float | None = None) -> GridSpectrum:
+                air: bool, resolving_power: float | None = None,
+                telluric_uncorrected: bool = False) -> GridSpectrum:
     """A JSON spectrum (NaN/None flux = bad pixel; no ivar = DER_SNR noise estimate).
 
     Raises:
@@ -138,6 +139,7 @@ def from_arrays(wavelength: list[float], flux: list[float | None],
                     spectrum_id="query", path="request body")
     spec = spec.validated()
     state_resolution(spec, resolving_power, "request resolving_power")
+    state_telluric(spec, telluric_uncorrected, "request telluric_uncorrected")
     mod = choose_modality(spec, modality)
     on = to_grid(spec, mod)
     return GridSpectrum(spectrum=spec, modality=mod, flux=on.flux, ivar=on.ivar,

@@ -137,7 +137,8 @@ def upload_limits(settings: Settings) -> InputLimits:
 
 async def parse_upload(state: "ServiceState", data: bytes, filename: str, *,
                        modality: str | None, air: bool | None, row: int,
-                       resolving_power: float | None = None) -> GridSpectrum:
+                       resolving_power: float | None = None,
+                       telluric_uncorrected: bool = False) -> GridSpectrum:
     """Parse an upload in a parse worker: spectrum ``row`` on its grid.
 
     Waiting for a free worker counts against the request timeout (504); the parse itself
@@ -147,7 +148,8 @@ async def parse_upload(state: "ServiceState", data: bytes, filename: str, *,
     request = ParseRequest(filename=filename, modality=modality, air=air, row=row,
                            max_bytes=settings.max_upload_bytes,
                            limits=asdict(upload_limits(settings)),
-                           resolving_power=resolving_power)
+                           resolving_power=resolving_power,
+                           telluric_uncorrected=telluric_uncorrected)
     start = time.perf_counter()
     try:
         with anyio.fail_after(settings.request_timeout_s):

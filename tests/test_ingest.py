@@ -125,3 +125,21 @@ def test_resolving_power_for_files_that_state_none(tmp_path):
     with pytest.raises(ConfigError, match="resolving_power"):
         ingest([tmp_path / "in"], tmp_path / "bad", modality="lamost", progress=False,
                resolving_power=-1.0)
+
+
+def test_spectra_without_telluric_correction_are_ingested_with_the_bands_masked(samples,
+                                                                               tmp_path):
+    from specsearch.preprocess import LAMOST_GRID
+
+    path = samples / "lamost" / "format_samples" / "spec-55859-F5902_sp01-001_dr7.fits.gz"
+    ivar = {}
+    for flag in (False, True):
+        out = tmp_path / f"cat-{flag}"
+        report = ingest([path], out, modality="lamost", telluric_uncorrected=flag,
+                        progress=False)
+        assert report.rows_written == 1
+        ivar[flag] = list_column_to_numpy(open_catalog(out).read_column("lamost", "ivar"))[0]
+    a_band = (LAMOST_GRID.wavelength > 7610) & (LAMOST_GRID.wavelength < 7680)  # rest frame
+    assert (ivar[False][a_band] > 0).all() and (ivar[True][a_band] == 0).all()
+    blue = LAMOST_GRID.wavelength < 6500
+    np.testing.assert_array_equal(ivar[False][blue], ivar[True][blue])

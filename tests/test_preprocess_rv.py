@@ -131,6 +131,24 @@ def test_window_velocities_agree_within_their_uncertainties():
     assert v == pytest.approx(15.0) and np.isfinite(sigma)
 
 
+def test_a_spectrum_without_telluric_correction_has_its_bands_masked(dr8):
+    from specsearch.preprocess import TELLURIC_BANDS, LAMOST_GRID, band_mask, state_telluric
+
+    spec = dataclasses.replace(dr8, meta=dict(dr8.meta))
+    plain = to_canonical_grid(spec, "lamost", rv="header")
+    assert not state_telluric(spec, False, "test") and "telluric_uncorrected" not in spec.meta
+    assert state_telluric(spec, True, "test")
+    got = to_canonical_grid(spec, "lamost", rv="header")
+    # masked at the observed wavelengths: on the rest-frame grid the bands move by the
+    # star's -320 km/s (7.4 A at the A band)
+    shift = 1.0 + _kms(got.z_removed) / C_KMS
+    observed = band_mask(LAMOST_GRID.wavelength * shift, TELLURIC_BANDS)
+    inner = observed & np.roll(observed, 2) & np.roll(observed, -2)
+    assert (got.ivar[inner] == 0).all() and (plain.ivar[inner] > 0).mean() > 0.9
+    outside = ~observed & ~np.roll(observed, 1) & ~np.roll(observed, -1) & (got.ivar > 0)
+    np.testing.assert_array_equal(got.flux[outside], plain.flux[outside])
+
+
 def test_noise_and_featureless_spectra_give_no_velocity(rng):
     noise = rng.normal(1.0, 0.1, (50, LAMOST_NPIX))
     m = measure_rv(noise, np.full_like(noise, 100.0))

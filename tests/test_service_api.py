@@ -322,6 +322,25 @@ def test_a_spectrum_broader_than_the_model_reads_is_said_so(client, samples, lam
     assert r.status_code == 200 and r.json()["query"]["broader_than_model"] is None
 
 
+def test_telluric_uncorrected_masks_the_bands_on_both_routes(client, samples, lamost_file):
+    from specsearch.io.generic import read_generic
+
+    star = read_generic(samples / "miles" / "spectra" / "MILES_res2.50_star_m0838V.fits")
+    good = star.ivar > 0
+    body = {"wavelength": star.wavelength[good].tolist(), "flux": star.flux[good].tolist(),
+            "ivar": star.ivar[good].tolist(), "translate": False}
+    plain = client.post("/v1/predict/spectrum", json=body).json()
+    masked = client.post("/v1/predict/spectrum", json={**body, "telluric_uncorrected": True})
+    assert masked.status_code == 200, masked.text
+    assert masked.json()["good_fraction"] < plain["good_fraction"]     # bands 6860-7340 A
+    with lamost_file.open("rb") as fh:
+        r = client.post("/v1/search/upload", params={"k": 3, "telluric_uncorrected": "true"},
+                        files={"file": (lamost_file.name, fh)})
+    assert r.status_code == 200, r.text
+    assert r.json()["query"]["good_fraction"] < upload(client, lamost_file, k=3).json()[
+        "query"]["good_fraction"]
+
+
 def test_anomaly_list(client):
     r = client.get("/v1/candidates/anomalies", params={"modality": "lamost", "limit": 20})
     assert r.status_code == 200, r.text

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, File, Query, UploadFile
 from service import convert
 from service.deps import AirParam, MediumParam, State
 from service.schemas import ArraysPredict, Curve, Modality, Prediction
-from service.schemas import API_ERRORS, UPLOAD_ERRORS
+from service.schemas import API_ERRORS, TELLURIC_DESCRIPTION, UPLOAD_ERRORS
 from service.security import require_api_key
 from service.spectra import GridSpectrum, display_curve, from_arrays, model_curve
 from service.state import ServiceState
@@ -72,13 +72,15 @@ async def predict_upload(
     air: AirParam = None,
     row: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
     resolving_power: Annotated[float | None, Query(gt=0, allow_inf_nan=False)] = None,
+    telluric_uncorrected: Annotated[bool, Query(description=TELLURIC_DESCRIPTION)] = False,
     translate: bool = True,
 ) -> Prediction:
     stated_air = upload_air(medium, air)
     data = await read_upload(file, state.settings.max_upload_bytes)
 
     grid = await parse_upload(state, data, file.filename or "upload", modality=modality,
-                              air=stated_air, row=row, resolving_power=resolving_power)
+                              air=stated_air, row=row, resolving_power=resolving_power,
+                              telluric_uncorrected=telluric_uncorrected)
     return await state.worker.run("predict_upload", predict_grid, state, grid, translate)
 
 
@@ -87,7 +89,8 @@ async def predict_upload(
 async def predict_arrays(state: State, body: ArraysPredict) -> Prediction:
     def work() -> Prediction:
         grid = from_arrays(body.wavelength, body.flux, body.ivar, modality=body.modality,
-                           air=body.air, resolving_power=body.resolving_power)
+                           air=body.air, resolving_power=body.resolving_power,
+                           telluric_uncorrected=body.telluric_uncorrected)
         return predict_grid(state, grid, body.translate)
 
     return await state.worker.run("predict_arrays", work)

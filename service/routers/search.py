@@ -25,7 +25,7 @@ from service.schemas import (
     SearchResponse,
     Target,
 )
-from service.schemas import API_ERRORS, UPLOAD_ERRORS
+from service.schemas import API_ERRORS, TELLURIC_DESCRIPTION, UPLOAD_ERRORS
 from service.security import require_api_key
 from service.spectra import GridSpectrum, display_curve, from_arrays, model_curve
 from service.state import ServiceState
@@ -213,6 +213,7 @@ async def search_upload(
         "none: a spectrum much sharper than LAMOST is broadened to R = 1800 first")] = None,
     row: Annotated[int, Query(ge=0, le=1_000_000, description="spectrum number in a "
                                                                "multi-spectrum file")] = 0,
+    telluric_uncorrected: Annotated[bool, Query(description=TELLURIC_DESCRIPTION)] = False,
     include_spectra: bool = False, identity: IdentityParam = True,
     agreement: AgreementParam = True,
 ) -> SearchResponse:
@@ -222,7 +223,8 @@ async def search_upload(
                     agreement)
 
     grid = await parse_upload(state, data, file.filename or "upload", modality=modality,
-                              air=stated_air, row=row, resolving_power=resolving_power)
+                              air=stated_air, row=row, resolving_power=resolving_power,
+                              telluric_uncorrected=telluric_uncorrected)
     return await state.worker.run("search_upload", search_grid, state, grid, opts, "upload")
 
 
@@ -231,7 +233,8 @@ async def search_upload(
 async def search_arrays(state: State, body: ArraysSearch) -> SearchResponse:
     def work() -> SearchResponse:
         grid = from_arrays(body.wavelength, body.flux, body.ivar, modality=body.modality,
-                           air=body.air, resolving_power=body.resolving_power)
+                           air=body.air, resolving_power=body.resolving_power,
+                           telluric_uncorrected=body.telluric_uncorrected)
         return search_grid(state, grid, body, "arrays")
 
     return await state.worker.run("search_arrays", work)

@@ -78,6 +78,7 @@ async function runSearch(tab) {
     const power = $("#resolving-power").value.trim();
     if (power) params.set("resolving_power", power);
     if ($("#medium").value) params.set("medium", $("#medium").value);
+    if ($("#telluric").checked) params.set("telluric_uncorrected", "true");
     const form = new FormData();
     form.append("file", file, file.name);
     return api(`/v1/search/upload?${params}`, {method: "POST", body: form});
@@ -87,6 +88,7 @@ async function runSearch(tab) {
     const body = Object.assign(arrays, {
       modality: modality || null, air: $("#air").checked, k: Number(params.get("k")),
       resolving_power: Number($("#resolving-power").value) || null,
+      telluric_uncorrected: $("#telluric").checked,
       target: params.get("target"), filters: params.getAll("filter"), include_spectra: true});
     return api("/v1/search/spectrum", {method: "POST", body: JSON.stringify(body),
                                        headers: {"Content-Type": "application/json"}});

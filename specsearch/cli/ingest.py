@@ -27,6 +27,8 @@ Example:
       --out catalogs/library        # sharp spectra are broadened to LAMOST's R = 1800
   specsearch ingest --modality lamost observed/ --medium vacuum --out catalogs/mine
                                     # generic spectra in vacuum that do not say so
+  specsearch ingest --modality lamost slit/ --telluric-uncorrected --out catalogs/slit
+                                    # no telluric correction: the bands are masked
 
 --medium applies to the generic spectra (FITS, text) only: LAMOST and Gaia XP files state
 their own wavelength convention and are read as usual, so a folder that mixes survey files
@@ -71,6 +73,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "spectra much sharper than LAMOST (R = 1800) are broadened to it "
                         "before they are put on the grid (a resolution the file states "
                         "wins)")
+    p.add_argument("--telluric-uncorrected", action="store_true",
+                   help="the spectra were not corrected for telluric absorption (many "
+                        "spectrographs' reductions): the telluric bands (6860-6960, "
+                        "7160-7340, 7590-7700, 8100-8380 A and beyond 8900 A, observed "
+                        "frame) are masked rather than read as the star")
     add_medium_option(p, "the generic files (FITS, text)",
                       "; LAMOST and Gaia XP files are read as usual (they state their own)")
     p.add_argument("--rows-per-file", type=int, default=50_000)
@@ -102,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
                         rv=args.rv,
                         rows_per_file=args.rows_per_file, progress=not args.no_progress,
                         should_stop=stop.is_set, resolving_power=args.resolving_power,
-                        air=medium_air(args))
+                        air=medium_air(args), telluric_uncorrected=args.telluric_uncorrected)
     print(report.summary())
     if args.report:
         write_json_atomic(Path(args.report), {**asdict(report), "exit_code": report.exit_code})

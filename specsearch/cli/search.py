@@ -60,6 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "much sharper than LAMOST is broadened to R = 1800 first")
     add_medium_option(p, "a generic --spectrum file (FITS, text); LAMOST and Gaia XP files "
                          "state their own and refuse it")
+    p.add_argument("--telluric-uncorrected", action="store_true",
+                   help="the --spectrum file was not corrected for telluric absorption: "
+                        "its telluric bands are masked rather than read as the star")
     p.add_argument("--format", default="table", choices=("table", "json", "csv"))
     p.add_argument("--ef-search", type=int, help="override the tuned HNSW ef_search")
     p.add_argument("--nprobe", type=int, help="override the tuned IVF nprobe")
@@ -82,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
     from specsearch.query import SearchEngine
 
     for option, value in (("--medium", args.medium),
-                          ("--resolving-power", args.resolving_power)):
+                          ("--resolving-power", args.resolving_power),
+                          ("--telluric-uncorrected", args.telluric_uncorrected or None)):
         if value is not None and args.spectrum is None:
             raise QueryError(f"{option} describes a --spectrum file; this search has none "
                              f"(drop {option})")
@@ -137,11 +141,13 @@ def _read_query_spectra(args: argparse.Namespace) -> list[Spectrum]:
     file or option that does not fit fails at once (a large index takes a while to open)."""
     from specsearch.cli import medium_air
     from specsearch.io.registry import read_spectra
+    from specsearch.preprocess import state_telluric
     from specsearch.preprocess.lsf import state_resolution
 
     spectra = list(read_spectra(args.spectrum, modality=args.modality, air=medium_air(args)))
     for spectrum in spectra:
         state_resolution(spectrum, args.resolving_power, "search --resolving-power")
+        state_telluric(spectrum, args.telluric_uncorrected, "search --telluric-uncorrected")
     return spectra
 
 

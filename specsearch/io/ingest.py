@@ -27,7 +27,8 @@ from specsearch.errors import CatalogError, ReaderError, SpecsearchError, Spectr
 from specsearch.fsutil import write_json_atomic
 from specsearch.io.catalog import LABEL_COLUMNS, CatalogWriter, open_catalog
 from specsearch.io.label_tables import LabelTable
-from specsearch.preprocess import C_KMS, RV_MODES, grid_for, to_canonical_grid
+from specsearch.preprocess import (C_KMS, RV_MODES, grid_for, state_telluric,
+                                   to_canonical_grid)
 from specsearch.io.ingest_report import IngestReport
 from specsearch.preprocess.lsf import (BROADER_FACTOR, check_resolving_power,
                                         resolution_match, state_resolution)
@@ -161,7 +162,8 @@ def ingest(paths: Sequence[str | Path], out: str | Path, *, modality: str,
            rename: dict[str, str] | None = None, rest_frame: bool = True, rv: str = "auto",
            rows_per_file: int = 50_000, batch_rows: int = 2000, progress: bool = True,
            should_stop: Callable[[], bool] | None = None,
-           resolving_power: float | None = None, air: bool | None = None) -> IngestReport:
+           resolving_power: float | None = None, air: bool | None = None,
+           telluric_uncorrected: bool = False) -> IngestReport:
     """Turn survey files (LAMOST FITS, Gaia XP tables, generic spectra) into a catalog.
 
     A file counts as done (in the ledger, skipped by a rerun) only once all its rows are
@@ -188,6 +190,8 @@ def ingest(paths: Sequence[str | Path], out: str | Path, *, modality: str,
         resolving_power: R = lambda / FWHM of spectra whose file states no resolution
             (a stated one wins): spectra much sharper than LAMOST are broadened to it
             (:mod:`specsearch.preprocess.lsf`).
+        telluric_uncorrected: the spectra were not corrected for telluric absorption: the
+            telluric bands are masked (:func:`specsearch.preprocess.state_telluric`).
         air: the wavelengths of the generic files are in air (True) or vacuum (False),
             whatever they state; None lets each file decide (:mod:`specsearch.io.generic`).
             Survey files (LAMOST, Gaia XP) are read as usual: they state their own
@@ -227,7 +231,8 @@ def ingest(paths: Sequence[str | Path], out: str | Path, *, modality: str,
                 continue
             try:
                 file_rows = _read_file_rows(path, modality, rest_frame, label_table, seen_ids,
-                                            report, resolving_power, air, rv)
+                                            report, resolving_power, air, rv,
+                                            telluric_uncorrected)
             except Exception as exc:  # noqa: BLE001 - one bad file never stops the run
                 report.skipped_files.append((path.name, _reason(exc)))
                 continue
@@ -318,7 +323,8 @@ class _RowBatches:
 def _read_file_rows(path: Path, modality: str, rest_frame: bool,
                     label_table: LabelTable | None, seen_ids: set[str],
                     report: IngestReport, resolving_power: float | None = None,
-                    air: bool | None = None, rv: str = "auto") -> list[dict[str, Any]]:
+                    air: bool | None = None, rv: str = "auto",
+                    telluric_uncorrected: bool = False) -> list[dict[str, Any]]:
     """The new catalog rows of one file (bad spectra and duplicates counted in ``report``).
     ``air`` is used when the file is a generic spectrum, ignored for survey files."""
     from specsearch.io.registry import detect_format, read_spectra
@@ -334,6 +340,7 @@ def _read_file_rows(path: Path, modality: str, rest_frame: bool,
     for spec in read_spectra(path, modality=modality, format=fmt, air=air):
         name = spec.spectrum_id or path.name
         state_resolution(spec, resolving_power, "ingest --resolving-power")
+        state_telluric(spec, telluric_uncorrected, "ingest --telluric-uncorrected")
         try:
             row = spectrum_row(spec, modality, rest_frame=rest_frame, rv=rv)
         except SpecsearchError as exc:

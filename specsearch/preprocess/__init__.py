@@ -31,7 +31,7 @@ from specsearch.preprocess.model_input import (BATCH_PIXELS, GPU_BATCH_FACTOR,
                                                prepared_width, sed_columns, split_sed)
 from specsearch.preprocess.resample import (REST_FRAME_MAX_Z, RV_MIN_GAIN, RV_MODES,
                                             CanonicalSpectrum, Rebinner, rebinner, resample,
-                                            to_canonical_grid)
+                                            state_telluric, to_canonical_grid)
 from specsearch.preprocess.rv import RVMeasurement, measure_rv
 from specsearch.preprocess.wavelengths import (C_KMS, air_to_vacuum, pixel_edges,
                                                to_rest_frame, vacuum_to_air)
@@ -46,6 +46,7 @@ __all__ = [
     "air_to_vacuum", "as_tensor", "binned_continuum_torch", "continuum",
     "continuum_normalise", "continuum_torch", "default_batch_size", "grid_for",
     "pixel_edges", "prepare_model_input", "prepare_model_input_torch", "prepared_width",
-    "rebinner", "resample", "sed_columns", "split_sed", "to_canonical_grid",
+    "rebinner", "resample", "sed_columns", "split_sed", "state_telluric",
+    "to_canonical_grid",
     "to_rest_frame", "vacuum_to_air",
 ]
