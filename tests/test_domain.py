@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -173,3 +174,32 @@ def test_the_hunt_leaves_out_flagged_measurements():
     assert flagged.n_out_of_domain == 1
     assert 0 not in flagged.table.column("source_id").to_pylist()   # its reading says nothing
     assert flagged.table.column("source_id")[0].as_py() == 1
+
+
+def test_a_spectrum_query_says_why_it_is_out_of_domain(service_index, samples):
+    """The engine's spectrum queries (the CLI's ``search --spectrum``) carry the coverage
+    and the resolution reasons, and the CLI names them."""
+    from specsearch.cli.search import _domain_reason
+    from specsearch.io.registry import read_spectra
+    from specsearch.model import load_model
+    from specsearch.query import SearchEngine
+
+    index, model_dir, _ = service_index
+    model = load_model(model_dir)
+    if model.domain_check is None or not model.domain_check.coverage:
+        pytest.skip("the test model has no domain check with a coverage rule")
+    engine = SearchEngine.open(index, encoder=model)
+    spec = next(iter(read_spectra(samples / "lamost" / "dr1" / "spectra" /
+                                  "spec-55862-B6212_sp06-008.fits")))
+    whole = engine.search_spectrum(spec, k=3).query["domain"]
+    assert not whole["out_of_domain"] and whole["window_coverage"] > 0.9
+    red = replace(spec, ivar=np.where(spec.wavelength < 5200, 0.0, spec.ivar))
+    d = engine.search_spectrum(red, k=3).query["domain"]
+    assert d["out_of_domain"] and d["window_coverage"] == 0.0
+    assert "lacks most of 3850-5000 A" in _domain_reason(d)
+    broad = replace(spec, meta={**spec.meta, "resolving_power": 900.0})
+    d = engine.search_spectrum(broad, k=3).query["domain"]
+    assert d["out_of_domain"] and d["broader_than_model"]["input_fwhm_A"] > 5.0
+    assert "broader than the model reads" in _domain_reason(d)
+    assert "does not know stars" in _domain_reason(
+        {"recon_relative": 0.9, "threshold": 0.25, "out_of_domain": True})

@@ -176,10 +176,9 @@ def _print(results, fmt: str) -> None:
               f"{res.modality}: {len(res)} of {res.total} neighbours"
               + (f", ranked by {q['ranked_by']}" if q.get("ranked_by") else "")
               + (f"; predictions {q['predictions']}" if q.get("predictions") else ""))
-        if (q.get("domain") or {}).get("out_of_domain"):
-            print(f"# WARNING: the model does not know stars like this one (reconstruction "
-                  f"off by {q['domain']['recon_relative']:.0%}, threshold "
-                  f"{q['domain']['threshold']:.0%}): its predictions are unreliable")
+        d = q.get("domain") or {}
+        if d.get("out_of_domain"):
+            print(f"# WARNING: {_domain_reason(d)}: its predictions are unreliable")
         cols = [c for c in TABLE_COLUMNS if c in t.column_names]
         rows = [[_fmt(v) for v in row.values()] for row in t.select(cols).to_pylist()]
         widths = [max([len(c)] + [len(r[j]) for r in rows]) for j, c in enumerate(cols)]
@@ -202,3 +201,17 @@ def _json_default(obj):
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     return str(obj)
+
+
+def _domain_reason(d: dict) -> str:
+    """Why a query spectrum is out of the model's domain (``query['domain']``)."""
+    if (b := d.get("broader_than_model")) is not None:
+        return (f"the spectrum is broader than the model reads (FWHM {b['input_fwhm_A']:.1f} A "
+                f"against {b['model_fwhm_A']:.1f} A; its [Fe/H] reads low)")
+    threshold = d.get("threshold") or 0.0
+    if "window_coverage" in d and d["window_coverage"] < d["min_coverage"]:
+        lo, hi = d["coverage_window_A"]
+        return (f"the spectrum lacks most of {lo:g}-{hi:g} A (data in "
+                f"{d['window_coverage']:.0%} of it, {d['min_coverage']:.0%} needed)")
+    return (f"the model does not know stars like this one (reconstruction off by "
+            f"{d['recon_relative']:.0%}, threshold {threshold:.0%})")

@@ -53,9 +53,12 @@ class SpectrumQueries:
                ) -> tuple[str, np.ndarray, dict[str, Any], dict[str, Any] | None,
                           np.ndarray | None]:
         """:meth:`embed_spectrum` plus the model's domain check of the spectrum (None for
-        an encoder without one, see :mod:`specsearch.model.domain`) and, asked for and
-        where the encoder has them, its identity vector (else None)."""
+        an encoder without one, see :mod:`specsearch.model.domain`; with the share of the
+        check's coverage window that has data, and ``broader_than_model`` for a spectrum
+        broader than the model reads) and, asked for and where the encoder has them, its
+        identity vector (else None)."""
         from specsearch.preprocess import to_canonical_grid
+        from specsearch.preprocess.lsf import resolution_match
         if self.encoder is None:
             raise QueryError("spectrum queries need a model: engine.attach_encoder("
                              "load_model(...)) or `specsearch search --model`")
@@ -80,6 +83,18 @@ class SpectrumQueries:
             domain = {"recon_relative": float(batch.recon_relative[0]),
                       "threshold": check.thresholds.get(name),
                       "out_of_domain": bool(flags[0])}
+            coverage = getattr(batch, "window_coverage", None)
+            rule = getattr(check, "coverage", {}).get(name)
+            if coverage is not None and rule is not None:   # the window's share with data
+                domain.update(window_coverage=float(coverage[0]),
+                              min_coverage=float(rule["min_fraction"]),
+                              coverage_window_A=[float(x) for x in rule["window_A"]])
+            match = resolution_match(spectrum, name)
+            if match is not None and match.broader and match.input_fwhm_A is not None:
+                # broader than the model reads: its [Fe/H] reads low (preprocess.lsf)
+                domain.update(out_of_domain=True, broader_than_model={
+                    "input_fwhm_A": float(match.input_fwhm_A),
+                    "model_fwhm_A": float(match.target_fwhm_A)})
         id_vec = getattr(batch, "identity", None) if extra.get("with_identity") else None
         return (name, np.asarray(batch.embedding[0], np.float32), preds, domain,
                 None if id_vec is None else np.asarray(id_vec[0], np.float32))
