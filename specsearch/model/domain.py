@@ -249,11 +249,11 @@ def _set_coverage(s, modality: str) -> np.ndarray:
     rule = DEFAULT_COVERAGE.get(modality)
     if rule is None:
         return np.ones(len(s))
-    from specsearch.preprocess import grid_for
+    from specsearch.preprocess import grid_for, prepare_model_input
 
-    good = (s.ivar > 0) & np.isfinite(s.flux) & np.isfinite(s.ivar) & (s.flux != 0)
-    return window_coverage(torch.from_numpy(good.astype(np.float32)),
-                           grid_for(modality).wavelength, rule["window_A"]).numpy()
+    weight = prepare_model_input(s.flux, s.ivar, modality).weight   # the model's good pixels
+    return window_coverage(torch.from_numpy(weight), grid_for(modality).wavelength,
+                           rule["window_A"]).numpy()
 
 
 def _check_thresholds(thresholds: Any, where: str) -> None:
