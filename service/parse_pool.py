@@ -82,6 +82,8 @@ class ParsedUpload:
     broader_fwhm_A: tuple[float, float] | list[float] | None = None
     """(its FWHM, the model's FWHM) in A when the spectrum is broader than the model's
     resolution (:func:`service.spectra.to_grid`), else None (a list after JSON)."""
+    spikes_masked: int = 0
+    """Pixels of the file's spectrum masked as single-pixel spikes (cosmic rays)."""
 
 
 def parse_here(request: ParseRequest, data: bytes) -> ParsedUpload:
@@ -111,7 +113,8 @@ def parse_here(request: ParseRequest, data: bytes) -> ParsedUpload:
                         spectra_in_file=len(spectra), row=request.row,
                         medium=spec.meta.get("wavelength_medium"),
                         medium_from=spec.meta.get("medium_from"), rv_kms=on.rv_kms,
-                        rv_source=on.rv_source, broader_fwhm_A=on.broader_fwhm_A)
+                        rv_source=on.rv_source, broader_fwhm_A=on.broader_fwhm_A,
+                        spikes_masked=on.spikes_masked)
 
 
 # --------------------------------------------------------------------------- child side

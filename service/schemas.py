@@ -118,6 +118,9 @@ TELLURIC_DESCRIPTION = ("the spectrum was not corrected for telluric absorption:
 RESOLUTION_DESCRIPTION = ("set when the spectrum is broader than the model's resolution "
                           "(more than 1.25x its FWHM): its [Fe/H] reads low (about -0.1 dex "
                           "at R = 1200, -0.2 at R = 1000)")
+SPIKES_DESCRIPTION = ("pixels of the uploaded spectrum masked as single- or two-pixel spikes "
+                      "(cosmic rays, hot pixels: narrower than any line the spectrograph "
+                      "records) before it was read; None for stored stars")
 
 
 RV_DESCRIPTION = ("the radial velocity removed before the model read the spectrum (null: "
@@ -140,6 +143,7 @@ class QueryInfo(BaseModel):
     medium_from: str | None = Field(None, description=MEDIUM_FROM_DESCRIPTION)
     radial_velocity: RadialVelocity | None = Field(None, description=RV_DESCRIPTION)
     broader_than_model: Resolution | None = Field(None, description=RESOLUTION_DESCRIPTION)
+    spikes_masked: int | None = Field(None, description=SPIKES_DESCRIPTION)
     predictions: dict[str, Estimate] = Field(default_factory=dict)
     domain: Domain | None = Field(None, description="the domain check of an embedded "
                                                     "spectrum (None for stored stars)")
@@ -243,6 +247,7 @@ class Prediction(BaseModel):
     medium_from: str | None = Field(None, description=MEDIUM_FROM_DESCRIPTION)
     radial_velocity: RadialVelocity | None = Field(None, description=RV_DESCRIPTION)
     broader_than_model: Resolution | None = Field(None, description=RESOLUTION_DESCRIPTION)
+    spikes_masked: int = Field(0, description=SPIKES_DESCRIPTION)
     predictions: dict[str, Estimate]
     class_probabilities: dict[str, float] = Field(default_factory=dict)
     domain: Domain | None = None

@@ -49,6 +49,7 @@ class GridSpectrum:
     rv_source: str | None = None       # header, measured or header+measured
     broader_fwhm_A: tuple[float, float] | None = None  # broader than the model reads:
     #                                     (its FWHM or 2 pixels, the model's FWHM) in A
+    spikes_masked: int = 0             # its pixels masked as cosmic rays / hot pixels
 
     @property
     def good_fraction(self) -> float:
@@ -83,6 +84,7 @@ class OnGrid(NamedTuple):
     rv_source: str | None           # how it was found
     broader_fwhm_A: tuple[float, float] | None   # broader than the model's resolution:
     #                            (its FWHM or 2 of its pixels, the model's FWHM) in A
+    spikes_masked: int                   # its pixels masked as single-pixel spikes
 
 
 def to_grid(spectrum: Spectrum, modality: str) -> OnGrid:
@@ -98,7 +100,8 @@ def to_grid(spectrum: Spectrum, modality: str) -> OnGrid:
     if match is not None and match.broader and match.input_fwhm_A is not None:
         broader = (float(match.input_fwhm_A), float(match.target_fwhm_A))
     return OnGrid(np.asarray(row["flux"], np.float32), np.asarray(row["ivar"], np.float32),
-                  None if rv is None else float(rv), row["rv_source"], broader)
+                  None if rv is None else float(rv), row["rv_source"], broader,
+                  int(row["spikes_masked"]))
 
 
 def from_arrays(wavelength: list[float], flux: list[float | None],
@@ -145,7 +148,7 @@ def from_arrays(wavelength: list[float], flux: list[float | None],
     return GridSpectrum(spectrum=spec, modality=mod, flux=on.flux, ivar=on.ivar,
                         medium="air" if air else "vacuum", medium_from="request field air",
                         rv_kms=on.rv_kms, rv_source=on.rv_source,
-                        broader_fwhm_A=on.broader_fwhm_A)
+                        broader_fwhm_A=on.broader_fwhm_A, spikes_masked=on.spikes_masked)
 
 
 def display_curve(flux: np.ndarray, ivar: np.ndarray, modality: str

@@ -174,4 +174,5 @@ async def parse_upload(state: "ServiceState", data: bytes, filename: str, *,
                         spectra_in_file=parsed.spectra_in_file, row=parsed.row,
                         medium=parsed.medium, medium_from=parsed.medium_from,
                         rv_kms=parsed.rv_kms, rv_source=parsed.rv_source,
-                        broader_fwhm_A=parsed.broader_fwhm_A)
+                        broader_fwhm_A=parsed.broader_fwhm_A,
+                        spikes_masked=parsed.spikes_masked)

@@ -341,6 +341,37 @@ def test_telluric_uncorrected_masks_the_bands_on_both_routes(client, samples, la
         "query"]["good_fraction"]
 
 
+def test_cosmic_rays_are_masked_and_counted_on_both_routes(client, samples, lamost_file):
+    """Raised single pixels in an upload are masked before reading (the predictions move
+    back to the clean spectrum's) and the response says how many."""
+    import io
+
+    from specsearch.io.generic import read_generic
+
+    star = read_generic(samples / "miles" / "spectra" / "MILES_res2.50_star_m0838V.fits")
+    good = np.flatnonzero(star.ivar > 0)
+    flux = star.flux.copy()
+    hits = good[np.linspace(300, good.size - 300, 10).astype(int)]
+    flux[hits] += 5.0 * np.median(star.flux[good])
+    body = {"wavelength": star.wavelength[good].tolist(), "ivar": star.ivar[good].tolist(),
+            "translate": False}
+    clean = client.post("/v1/predict/spectrum", json={**body, "flux": star.flux[good].tolist()})
+    hit = client.post("/v1/predict/spectrum", json={**body, "flux": flux[good].tolist()})
+    assert hit.status_code == 200, hit.text
+    assert clean.json()["spikes_masked"] == 0 and hit.json()["spikes_masked"] == 10
+    for name, tol in (("teff", 30.0), ("logg", 0.05), ("feh", 0.03)):
+        assert hit.json()["predictions"][name]["value"] == pytest.approx(
+            clean.json()["predictions"][name]["value"], abs=tol), name
+    csv = "wavelength,flux,ivar\n" + "\n".join(
+        f"{w:.3f},{f:.6g},{i:.6g}" for w, f, i in
+        zip(star.wavelength[good], flux[good], star.ivar[good]))
+    r = client.post("/v1/search/upload", params={"k": 3},
+                    files={"file": ("star.csv", io.BytesIO(csv.encode()))})
+    assert r.status_code == 200, r.text
+    assert r.json()["query"]["spikes_masked"] == 10
+    assert upload(client, lamost_file, k=3).json()["query"]["spikes_masked"] == 0
+
+
 def test_anomaly_list(client):
     r = client.get("/v1/candidates/anomalies", params={"modality": "lamost", "limit": 20})
     assert r.status_code == 200, r.text

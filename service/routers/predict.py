@@ -46,6 +46,7 @@ def predict_grid(state: ServiceState, grid: GridSpectrum, translate: bool) -> Pr
                      good_fraction=grid.good_fraction, medium=grid.medium,
                      medium_from=grid.medium_from, radial_velocity=convert.rv(grid),
                      broader_than_model=convert.resolution(grid),
+                     spikes_masked=grid.spikes_masked,
                      predictions=preds,
                      class_probabilities=classes,
                      domain=convert.domain(model, grid.modality, batch,

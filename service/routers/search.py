@@ -167,6 +167,7 @@ def search_grid(state: ServiceState, grid: GridSpectrum, opts: SearchOptions,
                      row=grid.row, good_fraction=grid.good_fraction, medium=grid.medium,
                      medium_from=grid.medium_from, radial_velocity=convert.rv(grid),
                      broader_than_model=convert.resolution(grid),
+                     spikes_masked=grid.spikes_masked,
                      predictions=preds,
                      domain=convert.domain(state.model, grid.modality, batch,
                                            broader=grid.broader_fwhm_A is not None))

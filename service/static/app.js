@@ -119,6 +119,12 @@ function resolutionNote(r) {
     "R = 1200, -0.2 at R = 1000).";
 }
 
+function spikesNote(n) {
+  if (!n) return "";
+  return ` ${n} pixel${n === 1 ? "" : "s"} narrower than any spectral line (cosmic rays, ` +
+    "hot pixels) masked before reading.";
+}
+
 function renderResults(res) {
   $("#results").hidden = false;
   const q = res.query, p = q.predictions || {};
@@ -135,7 +141,7 @@ function renderResults(res) {
       "agreement (neighbours whose parameters match the query's first)" : ""} in ` +
     `${res.took_ms.toFixed(1)} ms. Predicted Teff ${pe("teff")} K, log g ${pe("logg")}, ` +
     `[Fe/H] ${pe("feh")}.` + rvNote(q.radial_velocity) +
-    resolutionNote(q.broader_than_model);
+    resolutionNote(q.broader_than_model) + spikesNote(q.spikes_masked);
   $("#query-summary").appendChild(line);
   if (q.domain && q.domain.out_of_domain) {
     const warn = document.createElement("p");

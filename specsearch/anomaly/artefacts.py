@@ -12,7 +12,9 @@ Per spectrum (:func:`quality_features`, vectorised over a batch):
 * ``negative_fraction``: good pixels with negative flux (a star has none above S/N ~3);
 * ``n_spikes`` / ``spike_sigma``: single-pixel outliers (cosmic rays, hot pixels): a pixel
   far from the mean of its two neighbours, in units of the noise, while the neighbours stay
-  near the continuum (an unresolved line at R~1800 spans >= 2-3 pixels, a spike one);
+  near the continuum (an unresolved line at R~1800 spans >= 2-3 pixels, a spike one;
+  :func:`specsearch.preprocess.spikes.find_spikes`, which masks the strongest before the
+  grid when a spectrum is read);
 * ``sky_sigma``: the strongest narrow residual (matched filter of the line spread) at
   night-sky line wavelengths ([O I] 5577/6300/6364, Na D, Hg, and the OH bands), with
   ``sky_rel`` its amplitude relative to the local flux;
@@ -36,6 +38,7 @@ import numpy as np
 from scipy.ndimage import maximum_filter1d, median_filter
 
 from specsearch.preprocess import air_to_vacuum, grid_for
+from specsearch.preprocess.spikes import find_spikes, ring_baseline
 
 C_KMS = 299_792.458
 
@@ -48,8 +51,6 @@ OH_BANDS_AIR: tuple[tuple[float, float], ...] = ((6830.0, 6980.0), (7240.0, 7410
 """Wavelength ranges (air, A) crowded with OH Meinel-band sky lines."""
 STELLAR_ABSORPTION_AIR: tuple[float, ...] = (5889.95, 5895.92)
 """Sky lines that are also strong stellar absorption lines: only positive residuals count."""
-SPIKE_REL = 0.2
-"""A single-pixel spike must depart from the continuum by at least this fraction of it."""
 NEGATIVE_SKY_REL = 0.6
 """A negative sky residual must be deeper than this fraction of the local flux (most
 stellar absorption lines at R~1800 are shallower)."""
@@ -144,26 +145,6 @@ def _sky_pixels(wave: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return test, pos_only
 
 
-def ring_baseline(flux: np.ndarray, good: np.ndarray, inner: int, outer: int) -> np.ndarray:
-    """(B, n) mean of the good pixels ``inner..outer`` pixels away on both sides of each
-    pixel: a local continuum that a feature narrower than ``inner`` pixels does not touch
-    (O(n) with cumulative sums; 0 where no good pixel is in the ring)."""
-    b, n = flux.shape
-    fz = np.where(good, flux, 0.0)
-    cf = np.concatenate([np.zeros((b, 1)), np.cumsum(fz, axis=1)], axis=1)
-    cg = np.concatenate([np.zeros((b, 1)), np.cumsum(good, axis=1)], axis=1)
-    i = np.arange(n)
-
-    def seg(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        lo, hi = np.clip(lo, 0, n), np.clip(hi, 0, n)
-        return cf[:, hi] - cf[:, lo], cg[:, hi] - cg[:, lo]
-
-    fl, gl = seg(i - outer, i - inner + 1)
-    fr, gr = seg(i + inner, i + outer + 1)
-    cnt = gl + gr
-    return np.where(cnt > 0, (fl + fr) / np.maximum(cnt, 1), 0.0)
-
-
 def _sky_residual(flux: np.ndarray, ivar: np.ndarray, good: np.ndarray, wave: np.ndarray
                   ) -> tuple[np.ndarray, np.ndarray]:
     """(B,) strongest line-shaped residual at sky pixels: significance and amplitude
@@ -212,26 +193,6 @@ def _sky_residual(flux: np.ndarray, ivar: np.ndarray, good: np.ndarray, wave: np
     return strength[rows, best], np.abs(rel[rows, best])
 
 
-def _spikes(flux: np.ndarray, ivar: np.ndarray, good: np.ndarray
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Single-pixel outliers: (mask (B, n-2), significance (B, n-2), count (B,)); the
-    local continuum is the mean of the pixels 2-4 away."""
-    cont = ring_baseline(flux, good, 2, 4).astype(np.float32)
-    f = flux.astype(np.float32)
-    var = np.where(good, 1.0 / np.where(good, ivar, 1.0), np.inf).astype(np.float32)
-    mid = f[:, 1:-1]
-    d = mid - 0.5 * (f[:, :-2] + f[:, 2:])
-    sd = np.sqrt(var[:, 1:-1] + 0.25 * (var[:, :-2] + var[:, 2:]))
-    sig = np.abs(d) / sd                       # 0 where a pixel is bad (sd = inf)
-    height = np.abs(mid - cont[:, 1:-1])
-    side = np.maximum(np.abs(f[:, :-2] - cont[:, :-2]), np.abs(f[:, 2:] - cont[:, 2:]))
-    # A spike also stands out from the flux itself (>= SPIKE_REL of the continuum): at
-    # S/N ~ 500 a 4% wiggle is "significant" but no data problem.
-    spike = (side < 0.3 * height) & (np.abs(d) > 0.7 * height) \
-        & (height > SPIKE_REL * np.abs(cont[:, 1:-1])) & (sig > 0)
-    return spike, sig, spike.sum(axis=1)
-
-
 def quality_features(flux: np.ndarray, ivar: np.ndarray, modality: str, *,
                      spike_sigma: float = ArtefactConfig.spike_sigma) -> dict[str, np.ndarray]:
     """Quality features of a batch of canonical-grid spectra (see the module docstring).
@@ -260,7 +221,7 @@ def quality_features(flux: np.ndarray, ivar: np.ndarray, modality: str, *,
     if modality != "lamost":
         return out
     wave = grid.wavelength
-    spike, sig, _ = _spikes(f, iv, good)
+    spike, sig = find_spikes(f, iv, good)
     strong = spike & (sig > spike_sigma)
     out["n_spikes"] = strong.sum(1).astype(np.float64)
     out["spike_sigma"] = np.where(spike, sig, 0.0).max(1)

@@ -85,19 +85,21 @@ def _existing_ids(root: Path, modality: str) -> set[str]:
 
 
 def spectrum_row(spec: Spectrum, modality: str, *, rest_frame: bool = True,
-                 rv: str = "auto") -> dict[str, Any]:
+                 rv: str = "auto", spikes: bool = True) -> dict[str, Any]:
     """One catalog row from a spectrum: resampled onto the canonical grid, metadata kept.
 
     With ``rest_frame`` the header redshift (``meta['z']``, LAMOST's pipeline value) is
     removed when present and finite, and with ``rv="auto"`` a velocity the spectrum still
     shows is measured and removed (:func:`specsearch.preprocess.to_canonical_grid`); the
     row records the velocity removed in ``rv`` (km/s) and how it was found in
-    ``rv_source`` (not a catalog column: ingest counts it). On a resolution-matched grid
+    ``rv_source``, and the input pixels masked as single-pixel spikes (cosmic rays) in
+    ``spikes_masked`` (neither is a catalog column: ingest counts them). On a resolution-matched grid
     (LAMOST's) it records ``fwhm_ratio``: the spectrum's line-spread FWHM over the model's,
     None where unknown (a file that states no resolution and is sampled like LAMOST); above
     :data:`~specsearch.preprocess.lsf.BROADER_FACTOR` the embedding builder flags it.
     """
-    flux, ivar, z, rv_source = to_canonical_grid(spec, modality, rest_frame=rest_frame, rv=rv)
+    flux, ivar, z, rv_source, n_spikes = to_canonical_grid(spec, modality, rest_frame=rest_frame,
+                                                          rv=rv, spikes=spikes)
     # Values beyond float32 (1e300 fluxes, 1e-200 errors) overflow on the grid: masked, so
     # that no row carries inf/NaN flux with a positive ivar.
     with np.errstate(invalid="ignore"):
@@ -119,6 +121,7 @@ def spectrum_row(spec: Spectrum, modality: str, *, rest_frame: bool = True,
     row = {"spectrum_id": str(spectrum_id), "source_id": int(source_id),
            "flux": flux, "ivar": ivar, "ra": spec.ra, "dec": spec.dec, "snr": snr,
            "rv": None if z is None else z * C_KMS, "rv_source": rv_source,
+           "spikes_masked": n_spikes,
            "origin": Path(spec.path).name if spec.path else None}
     match = resolution_match(spec, modality)
     if match is not None:
@@ -335,7 +338,7 @@ def _read_file_rows(path: Path, modality: str, rest_frame: bool,
         fmt, air = info.name, air if info.modality is None else None
     rows: list[dict[str, Any]] = []
     skipped: list[tuple[str, str]] = []
-    duplicates = labelled = measured = corrected = broader = 0
+    duplicates = labelled = measured = corrected = broader = spiked = spike_px = 0
     ids: set[str] = set()
     for spec in read_spectra(path, modality=modality, format=fmt, air=air):
         name = spec.spectrum_id or path.name
@@ -350,6 +353,9 @@ def _read_file_rows(path: Path, modality: str, rest_frame: bool,
             duplicates += 1
             continue
         source = row.pop("rv_source")
+        n_spikes = row.pop("spikes_masked")
+        spiked += n_spikes > 0
+        spike_px += n_spikes
         measured += source == "measured"
         corrected += source == "header+measured"
         ratio = row.get("fwhm_ratio")
@@ -366,6 +372,8 @@ def _read_file_rows(path: Path, modality: str, rest_frame: bool,
     report.rows_rv_measured += measured
     report.rows_rv_corrected += corrected
     report.rows_broader += broader
+    report.rows_spikes_masked += spiked
+    report.pixels_spikes_masked += spike_px
     if air is not None:
         report.files_medium_applied += 1
     return rows

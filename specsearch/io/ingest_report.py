@@ -1,5 +1,6 @@
 """What an ingest run did (:func:`specsearch.io.ingest.ingest`): files and rows written,
-skipped with their reasons, velocities removed, spectra broader than the model reads;
+skipped with their reasons, velocities removed, spectra broader than the model reads,
+cosmic rays masked;
 its exit code and the summary the CLI prints."""
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ class IngestReport:
     rows_broader: int = 0
     """Rows broader than the grid's instrument (:attr:`ResolutionMatch.broader
     <specsearch.preprocess.lsf.ResolutionMatch>`): the model reads their [Fe/H] too low."""
+    rows_spikes_masked: int = 0
+    """Rows with single-pixel spikes (cosmic rays, hot pixels) masked before the grid
+    (:mod:`specsearch.preprocess.spikes`); ``pixels_spikes_masked`` of their pixels."""
+    pixels_spikes_masked: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -62,6 +67,10 @@ class IngestReport:
                          f"R = 1800 (FWHM above {BROADER_FACTOR:g}x, stated or by their "
                          f"sampling): nothing sharpens them, and the model reads their "
                          f"[Fe/H] too low (about -0.1 dex at R = 1200, -0.2 at R = 1000)")
+        if self.rows_spikes_masked:
+            lines.append(f"single-pixel spikes (cosmic rays, hot pixels) masked: "
+                         f"{self.pixels_spikes_masked} pixels in {self.rows_spikes_masked} "
+                         f"spectra")
         if self.medium is not None:
             lines.append(f"medium {self.medium} (caller's override) applied to "
                          f"{self.files_medium_applied} generic file(s); LAMOST and Gaia XP "

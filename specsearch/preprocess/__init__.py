@@ -9,6 +9,7 @@ the model use the same grids, and training, embedding and the query path all cal
 * :mod:`~specsearch.preprocess.wavelengths`: air/vacuum, rest frame, pixel edges;
 * :mod:`~specsearch.preprocess.resample`: flux-conserving rebinning onto a grid;
 * :mod:`~specsearch.preprocess.lsf`: resolution matching of sharper spectra before it;
+* :mod:`~specsearch.preprocess.spikes`: cosmic rays and hot pixels, masked before it;
 * :mod:`~specsearch.preprocess.rv`: radial velocities of spectra that come without one
   (:mod:`~specsearch.preprocess.rv_correlation`: the cross-correlation it runs);
 * :mod:`~specsearch.preprocess.continuum`: the pseudo-continuum (torch, CPU or GPU);

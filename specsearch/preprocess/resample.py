@@ -12,6 +12,7 @@ from specsearch.errors import SpectrumError
 from specsearch.preprocess.grids import TELLURIC_BANDS, Grid, band_mask, grid_for
 from specsearch.preprocess.lsf import broadened_flux, resolution_match
 from specsearch.preprocess.rv import measure_rv
+from specsearch.preprocess.spikes import mask_spikes
 from specsearch.preprocess.wavelengths import C_KMS, pixel_edges, to_rest_frame
 from specsearch.spectrum import Spectrum
 
@@ -150,16 +151,19 @@ class CanonicalSpectrum(NamedTuple):
         z_removed: the redshift removed (header and measured together), None if none.
         rv_source: ``header``, ``measured`` (no header redshift), ``header+measured`` (the
             spectrum contradicted its header) or None.
+        spikes_masked: input pixels masked as single-pixel spikes (cosmic rays, hot
+            pixels; :mod:`specsearch.preprocess.spikes`) before the grid.
     """
 
     flux: np.ndarray
     ivar: np.ndarray
     z_removed: float | None
     rv_source: str | None
+    spikes_masked: int = 0
 
 
 def to_canonical_grid(spectrum: Spectrum, modality: str, *, rest_frame: bool = True,
-                      rv: str = "auto") -> CanonicalSpectrum:
+                      rv: str = "auto", spikes: bool = True) -> CanonicalSpectrum:
     """A spectrum on its modality's canonical grid, the way the catalog stores it.
 
     The one path from an observed spectrum to model input used by ingest, the query engine
@@ -173,7 +177,10 @@ def to_canonical_grid(spectrum: Spectrum, modality: str, *, rest_frame: bool = T
     A spectrum much sharper than the grid's instrument is broadened to it first
     (:mod:`specsearch.preprocess.lsf`; the flux only, ivar and mask stay the rebinned ones).
     A spectrum marked ``meta['telluric_uncorrected']`` (:func:`state_telluric`) has the
-    telluric bands masked at its observed wavelengths first.
+    telluric bands masked at its observed wavelengths first. With ``spikes`` (the default)
+    an optical spectrum's single-pixel spikes (cosmic rays, hot pixels: one pixel, its
+    neighbours at the continuum, which no line the optics recorded is) are masked on its
+    own pixels before anything else reads it (:func:`specsearch.preprocess.spikes.mask_spikes`).
 
     Raises:
         SpectrumError: no usable pixel on the grid.
@@ -190,8 +197,15 @@ def to_canonical_grid(spectrum: Spectrum, modality: str, *, rest_frame: bool = T
     source = "header" if use_z else None
     grid = grid_for(modality)
     spec = spectrum.validated()
-    if spec.meta.get("telluric_uncorrected") and grid.name == "lamost":
-        spec = _telluric_masked(spec)
+    n_spikes = 0
+    if grid.name == "lamost":
+        if spec.meta.get("telluric_uncorrected"):
+            spec = _telluric_masked(spec)
+        if spikes:
+            ivar, hit = mask_spikes(spec.flux, spec.ivar)
+            n_spikes = int(hit.sum())
+            if n_spikes:
+                spec = replace(spec, ivar=ivar, mask=spec.mask | hit)
     flux, ivar = _on_grid(spec, grid, z_removed)
     if rv == "auto" and grid.name == "lamost":
         m = measure_rv(flux, ivar, min_gain=RV_MIN_GAIN)
@@ -199,7 +213,7 @@ def to_canonical_grid(spectrum: Spectrum, modality: str, *, rest_frame: bool = T
             z_removed = (1.0 + (z_removed or 0.0)) * (1.0 + float(m.v_kms[0]) / C_KMS) - 1.0
             source = "header+measured" if use_z else "measured"
             flux, ivar = _on_grid(spec, grid, z_removed)
-    return CanonicalSpectrum(flux, ivar, z_removed, source)
+    return CanonicalSpectrum(flux, ivar, z_removed, source, n_spikes)
 
 
 def _on_grid(spec: Spectrum, grid: Grid, z: float | None) -> tuple[np.ndarray, np.ndarray]:

@@ -36,8 +36,10 @@ from specsearch.preprocess import prepare_model_input
 SPLIT_FRACTIONS = {"train": 0.65, "cal": 0.15, "test": 0.20}
 SPLIT_CODES = {"train": 0, "cal": 1, "test": 2}
 
-CACHE_VERSION = 3
-"""How the real spectra are read into a cache (:func:`load_all`): 3 measures those radial
+CACHE_VERSION = 4
+"""How the real spectra are read into a cache (:func:`load_all`): 4 masks single- and
+two-pixel spikes (cosmic rays, hot pixels; :mod:`specsearch.preprocess.spikes`) on each
+spectrum's own pixels; 3 measures those radial
 velocities with per-window peak uncertainties (windows agree within 3 sigma, their
 inverse-variance mean; a few spectra read a few km/s differently); 2 puts spectra without
 a header redshift, or with one they contradict, in the rest frame by a measured radial
