@@ -203,3 +203,9 @@ def test_a_spectrum_query_says_why_it_is_out_of_domain(service_index, samples):
     assert "broader than the model reads" in _domain_reason(d)
     assert "does not know stars" in _domain_reason(
         {"recon_relative": 0.9, "threshold": 0.25, "out_of_domain": True})
+    good = np.flatnonzero(spec.ivar > 0)
+    flux = spec.flux.copy()
+    flux[good[np.linspace(500, good.size - 500, 6).astype(int)]] += 5.0 * np.median(
+        spec.flux[good])
+    q = engine.search_spectrum(replace(spec, flux=flux), k=3).query
+    assert q["spikes_masked"] == 6 + engine.search_spectrum(spec, k=3).query["spikes_masked"]

@@ -176,6 +176,9 @@ def _print(results, fmt: str) -> None:
               f"{res.modality}: {len(res)} of {res.total} neighbours"
               + (f", ranked by {q['ranked_by']}" if q.get("ranked_by") else "")
               + (f"; predictions {q['predictions']}" if q.get("predictions") else ""))
+        if q.get("spikes_masked"):
+            print(f"# {q['spikes_masked']} pixels narrower than any line (cosmic rays, hot "
+                  f"pixels) masked before reading")
         d = q.get("domain") or {}
         if d.get("out_of_domain"):
             print(f"# WARNING: {_domain_reason(d)}: its predictions are unreliable")

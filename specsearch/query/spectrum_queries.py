@@ -9,7 +9,7 @@ predictions, and the search that starts from them).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -23,6 +23,17 @@ from specsearch.spectrum import Spectrum
 
 if TYPE_CHECKING:
     from specsearch.query.engine import FilterLike
+
+
+class EmbeddedSpectrum(NamedTuple):
+    """One spectrum as a query sees it (:meth:`SpectrumQueries._embed`)."""
+
+    modality: str
+    vector: np.ndarray                   # (D,) embedding
+    predictions: dict[str, Any]          # label -> (value, uncertainty)
+    domain: dict[str, Any] | None        # the domain check (None: the model has none)
+    identity: np.ndarray | None          # identity vector, asked for and where there is one
+    spikes_masked: int                   # pixels masked as cosmic rays / hot pixels
 
 
 class SpectrumQueries:
@@ -46,12 +57,11 @@ class SpectrumQueries:
         put on the modality's canonical grid as ingest does
         (:func:`specsearch.preprocess.to_canonical_grid`: in the rest frame, from the file's
         redshift or a measured radial velocity) then encoded."""
-        name, vec, preds, _, _ = self._embed(spectrum, modality)
-        return name, vec, preds
+        got = self._embed(spectrum, modality)
+        return got.modality, got.vector, got.predictions
 
     def _embed(self, spectrum: Spectrum, modality: str | None, *, identity: bool = False
-               ) -> tuple[str, np.ndarray, dict[str, Any], dict[str, Any] | None,
-                          np.ndarray | None]:
+               ) -> EmbeddedSpectrum:
         """:meth:`embed_spectrum` plus the model's domain check of the spectrum (None for
         an encoder without one, see :mod:`specsearch.model.domain`; with the share of the
         check's coverage window that has data, and ``broader_than_model`` for a spectrum
@@ -66,7 +76,7 @@ class SpectrumQueries:
         if name is None:
             raise QueryError(f"{spectrum.path or spectrum.spectrum_id or 'spectrum'}: say which "
                              f"modality the spectrum is (lamost or xp)")
-        flux, ivar = to_canonical_grid(spectrum, name)[:2]
+        flux, ivar, _, _, n_spikes = to_canonical_grid(spectrum, name)
         check = getattr(self.encoder, "domain_check", None)
         extra = {"with_domain": True} if check is not None else {}
         if identity and identity_dim_of(self.encoder, name):
@@ -96,8 +106,9 @@ class SpectrumQueries:
                     "input_fwhm_A": float(match.input_fwhm_A),
                     "model_fwhm_A": float(match.target_fwhm_A)})
         id_vec = getattr(batch, "identity", None) if extra.get("with_identity") else None
-        return (name, np.asarray(batch.embedding[0], np.float32), preds, domain,
-                None if id_vec is None else np.asarray(id_vec[0], np.float32))
+        return EmbeddedSpectrum(name, np.asarray(batch.embedding[0], np.float32), preds, domain,
+                                None if id_vec is None else np.asarray(id_vec[0], np.float32),
+                                n_spikes)
 
     def search_spectrum(self, spectrum: Spectrum, *, modality: str | None = None,
                         target_modality: str | None = None, k: int = 10, offset: int = 0,
@@ -105,8 +116,9 @@ class SpectrumQueries:
                         knobs: SearchKnobs | None = None, identity: bool = True,
                         agreement: bool = True) -> Neighbours:
         """Neighbours of an observed spectrum (any grid; encoded by the attached model).
-        ``query`` of the result holds the model's predictions for it and, for a model with
-        a domain check, ``domain`` (``out_of_domain``: the parameters are unreliable).
+        ``query`` of the result holds the model's predictions for it, ``spikes_masked``
+        (its pixels masked as cosmic rays before reading) and, for a model with a domain
+        check, ``domain`` (``out_of_domain``: the parameters are unreliable).
         ``identity``: in-modality, re-rank by identity vectors where the model and the
         index have them; ``agreement``: cross-modal, re-rank by the agreement of the
         candidates' stored parameters with the model's predictions for the spectrum
@@ -115,9 +127,11 @@ class SpectrumQueries:
         name = modality or spectrum.modality
         target = target_modality or flt.modality or name
         want = bool(identity and name and target == name and self.has_identity(name))
-        name, vec, preds, domain, id_vec = self._embed(spectrum, modality, identity=want)
+        name, vec, preds, domain, id_vec, n_spikes = self._embed(spectrum, modality,
+                                                                 identity=want)
         query = {"kind": "spectrum", "query_modality": name,
-                 "spectrum_id": spectrum.spectrum_id, "predictions": preds}
+                 "spectrum_id": spectrum.spectrum_id, "predictions": preds,
+                 "spikes_masked": n_spikes}
         if domain is not None:
             query["domain"] = domain
         params = ({n: preds[n] for n in agree.TOLERANCE if n in preds}
