@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     from specsearch.fsutil import write_json_atomic
     from specsearch.index import BuildOptions, build_index
-    from specsearch.index.build import ArrayEmbeddings
+    from specsearch.index.embedding_sources import ArrayEmbeddings
     from specsearch.index.synthetic import clustered_unit_vectors
     from specsearch.index.threads import ThreadPolicy
     from specsearch.query import SearchEngine

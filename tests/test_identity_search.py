@@ -18,7 +18,7 @@ from specsearch.io.embeddings import open_embeddings
 from specsearch.io.parquet import list_column_to_numpy
 from specsearch.model import load_model
 from specsearch.model.checkpoint import save_model_dir
-from specsearch.model.network import add_identity_encoder
+from specsearch.model.conversions import add_identity_encoder
 from specsearch.preprocess import grid_for
 from specsearch.query import SearchEngine
 from specsearch.query.identity import RERANK_MIN
@@ -365,7 +365,7 @@ def test_embedding_route_reranks_with_an_identity_vector(built):
 
 def test_an_identity_column_of_variable_length_is_refused_by_name(tmp_path):
     from specsearch.errors import CatalogError
-    from specsearch.index.build import ArrayEmbeddings
+    from specsearch.index.embedding_sources import ArrayEmbeddings
 
     n = 20
     emb = np.random.default_rng(0).normal(size=(n, 8)).astype(np.float32)

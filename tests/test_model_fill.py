@@ -13,7 +13,7 @@ from specsearch.errors import ConfigError
 from specsearch.model import load_model
 from specsearch.model.checkpoint import save_model_dir
 from specsearch.model.config import FillConfig, ModelConfig
-from specsearch.model.network import set_head_fill
+from specsearch.model.conversions import set_head_fill
 from specsearch.preprocess import grid_for
 from specsearch.preprocess.model_input import prepare_model_input_torch
 

@@ -260,7 +260,7 @@ def test_memory_option_reaches_the_training_record(tmp_path, trained):
     record = load_model(tmp_path / "mem").full_config["training"]["identity"]
     assert record["config"]["memory"] == 96 and record["config"]["memory_start"] == 1
     with pytest.raises(ConfigError, match="memory"):
-        from specsearch.model.training.identity_encoder import IdentityTrainConfig
+        from specsearch.model.training.identity_config import IdentityTrainConfig
         IdentityTrainConfig(memory=-1).validate()
 
 
@@ -269,7 +269,7 @@ def test_own_noise_identity_encoder_reads_the_spectrums_noise(tmp_path, trained)
     variance and its FiLM sees the spectrum's S/N, while the embedding stays noise-blind."""
     import torch
 
-    from specsearch.model.network import add_identity_encoder, make_noise_blind
+    from specsearch.model.conversions import add_identity_encoder, make_noise_blind
 
     _, cat, base = trained
     assert main(["train-identity", "--model", str(base), "--catalog", str(cat), "--steps", "2",
@@ -313,7 +313,7 @@ def test_ignore_bands_are_never_read_and_travel_with_the_model(tmp_path, trained
     malformed band list is refused by name."""
     import torch
 
-    from specsearch.model.network import add_identity_encoder
+    from specsearch.model.conversions import add_identity_encoder
     from specsearch.preprocess import (TELLURIC_BANDS, band_mask, grid_for,
                                        prepare_model_input)
 

@@ -98,7 +98,7 @@ def test_noise_blind_encoders_ignore_the_noise_level_only():
     import dataclasses
 
     from specsearch.errors import ConfigError
-    from specsearch.model.network import make_noise_blind
+    from specsearch.model.conversions import make_noise_blind
     cfg = model_config("small").with_data(label_names=["teff"], class_names=[])
     torch.manual_seed(3)
     net = SpecCLIPNet(cfg).eval()
@@ -254,7 +254,7 @@ def test_clean_anchor_loss_uses_clean_rows_only_and_trains_the_encoder():
 
 
 def test_sed_inputs_start_unchanged_then_read_the_sed_columns():
-    from specsearch.model.network import add_sed_inputs
+    from specsearch.model.conversions import add_sed_inputs
     from specsearch.preprocess import SED_BINS, grid_for
 
     torch.manual_seed(5)
@@ -301,7 +301,7 @@ def test_coverage_inputs_start_unchanged_then_tell_the_heads_what_is_missing(tmp
     from specsearch.model.api import load_model
     from specsearch.model.checkpoint import save_model_dir
     from specsearch.model.layers import coverage_features
-    from specsearch.model.network import add_coverage_inputs
+    from specsearch.model.conversions import add_coverage_inputs
     from specsearch.preprocess import grid_for
 
     torch.manual_seed(6)
@@ -382,7 +382,7 @@ def test_new_population_classes_start_unchanged_and_keep_the_old_rows(tmp_path):
     from specsearch.errors import ConfigError
     from specsearch.model.api import load_model
     from specsearch.model.checkpoint import save_model_dir
-    from specsearch.model.network import NEW_CLASS_LOGIT, add_population_classes
+    from specsearch.model.conversions import NEW_CLASS_LOGIT, add_population_classes
     from specsearch.preprocess import grid_for
 
     torch.manual_seed(7)

@@ -196,7 +196,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--no-progress", action="store_true", help="no progress bars")
     f.set_defaults(run=run_finetune)
 
-    from specsearch.model.training.identity_encoder import IdentityTrainConfig
+    from specsearch.model.training.identity_config import IdentityTrainConfig
     it = IdentityTrainConfig()
     i = sub.add_parser("train-identity", help="add identity vectors (which star) to a model",
                        description="Give a trained model an identity encoder of its own "
@@ -269,7 +269,8 @@ def run_train_identity(args: argparse.Namespace) -> int:
 
     from specsearch.errors import ConfigError
     from specsearch.model.api import default_model_path
-    from specsearch.model.training.identity_encoder import IdentityTrainConfig, train_identity
+    from specsearch.model.training.identity_config import IdentityTrainConfig
+    from specsearch.model.training.identity_encoder import train_identity
 
     apply_threads(args)
     if not 0.0 <= args.red_cut <= 1.0:

@@ -28,8 +28,8 @@ import pyarrow as pa
 from specsearch.errors import SearchIndexError
 from specsearch.fsutil import now_iso
 from specsearch.index.atomic import AtomicDirectory, link_or_copy, recover
-from specsearch.index.build import (EmbeddingSource, normalise_rows, shard_stem,
-                                    train_and_fill, write_shard)
+from specsearch.index.build import normalise_rows, shard_stem, train_and_fill, write_shard
+from specsearch.index.embedding_sources import EmbeddingSource
 from specsearch.index.hashing import shard_of
 from specsearch.index.manifest import (MANIFEST, IndexManifest, ModalityManifest, ShardEntry,
                                        read_index_manifest, read_modality_manifest, write_json)

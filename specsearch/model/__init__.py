@@ -7,14 +7,15 @@ Public API (what the embedding builder, the query engine and the service call)::
     batch = model.embed_numpy("xp", flux, ivar)        # -> EmbeddingBatch (numpy)
     emb = model.encode("lamost", x, w)                 # tensor path (prepared inputs)
 
-This package is inference (``api``, ``network``, ``layers``, ``config``, ``checkpoint``);
-training lives in :mod:`specsearch.model.training` and evaluation in
-:mod:`specsearch.model.evaluation` (inference never imports either); see README.md in this
-folder for the reproducible command that made the default model.
+This package is inference (``api``, ``embedding_batch``, ``network``, ``conversions``,
+``layers``, ``config``, ``checkpoint``); training lives in :mod:`specsearch.model.training`
+and evaluation in :mod:`specsearch.model.evaluation` (inference never imports either); see
+README.md in this folder for the reproducible command that made the default model.
 """
 
-from specsearch.model.api import EmbeddingBatch, SpecModel, default_model_path, load_model
+from specsearch.model.api import SpecModel, default_model_path, load_model
 from specsearch.model.config import ModelConfig, list_models, model_config
+from specsearch.model.embedding_batch import EmbeddingBatch
 
 __all__ = ["EmbeddingBatch", "ModelConfig", "SpecModel", "default_model_path", "list_models",
            "load_model", "model_config"]

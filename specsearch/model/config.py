@@ -56,7 +56,7 @@ class EncoderConfig:
             spectrum's own (the good-pixel fraction stays the spectrum's): with
             ``input_shrinkage`` off too, nothing in the encoder depends on the noise level
             except the pixels themselves (a "noise-blind" encoder, see
-            :func:`specsearch.model.network.make_noise_blind`). The heads still see the
+            :func:`specsearch.model.conversions.make_noise_blind`). The heads still see the
             spectrum's own S/N.
         sed_bins: SED values read after the pixels (0: none). A LAMOST spectrum's
             continuum normalisation divides out its SED; with ``sed_bins`` set to
@@ -180,7 +180,7 @@ class ModelConfig:
         shrinkage_snr: when set, the input shrinkage uses this fixed S/N per pixel in place
             of each pixel's own inverse variance: the same Wiener filter for every spectrum,
             so the encoder's input does not depend on the noise level (see
-            :func:`specsearch.model.network.noise_blind_config`).
+            :func:`specsearch.model.conversions.noise_blind_config`).
         init_temperature: initial InfoNCE temperature (learnable).
         label_names: regression labels of the heads (filled by training).
         class_names: classes of the rare-population classifier (empty: no classifier).

@@ -115,9 +115,9 @@ class TrainConfig:
             :func:`specsearch.model.training.loss.snr_slope`).
         noise_blind: when set, the encoders are noise-blind from the start (input shrinkage
             off, FiLM at this fixed S/N per pixel:
-            :func:`specsearch.model.network.noise_blind_config`); None: the architecture's.
+            :func:`specsearch.model.conversions.noise_blind_config`); None: the architecture's.
         sed_inputs: the LAMOST encoder also reads the SED columns of its input
-            (:func:`specsearch.model.network.sed_inputs_config`), with the SED
+            (:func:`specsearch.model.conversions.sed_inputs_config`), with the SED
             flux-calibration augmentation at probability ``augment.p_sed_tilt`` (set it).
     """
 
@@ -193,7 +193,7 @@ class FinetuneConfig:
             where they embed clean (the synthetic spectra of ``anchor_modalities``, and, with
             ``anchor_real``, the real LAMOST batch when LAMOST is one of them).
         noise_blind: when set, the S/N per pixel at which the encoders are made blind to the
-            noise level before training (:func:`specsearch.model.network.make_noise_blind`:
+            noise level before training (:func:`specsearch.model.conversions.make_noise_blind`:
             input shrinkage off, FiLM at this fixed S/N); None keeps the base model's.
         snr_adversary: strength of the reversed gradient from an S/N critic on the
             synthetic second visits (:class:`specsearch.model.training.identity.SnrAdversary`:
@@ -207,7 +207,7 @@ class FinetuneConfig:
             the teacher reads each view before its cut, so a spectrum without its red arm
             learns to read as the teacher reads the whole spectrum.
         sed_inputs: give the encoders SED inputs first
-            (:func:`specsearch.model.network.add_sed_inputs`: the LAMOST encoder also reads
+            (:func:`specsearch.model.conversions.add_sed_inputs`: the LAMOST encoder also reads
             the SED the continuum normalisation divides out; zero-initialised, so training
             starts from the base model's embedding). sed_tilt_p: probability of the SED
             flux-calibration augmentation (``AugmentConfig.p_sed_tilt``) on a model with SED
@@ -225,14 +225,14 @@ class FinetuneConfig:
             then cuts only the synthetic views: the heads learn spectra without a red arm
             from real labels while the synthetic views keep the whole spectrum.
         coverage_bins: when > 0, give the heads this many coverage inputs first
-            (:func:`specsearch.model.network.add_coverage_inputs`: the good-pixel fraction in
-            equal stretches of the grid, zero-initialised), so that with ``p_red_cut`` /
+            (:func:`specsearch.model.conversions.add_coverage_inputs`: the good-pixel fraction
+            in equal stretches of the grid, zero-initialised), so that with ``p_red_cut`` /
             ``real_red_cut`` they learn spectra without a red arm apart from whole ones; a
             head change, allowed with ``heads_only``.
         head_fill_a: when > 0, the LAMOST heads read spectra that lack the grid beyond this
             wavelength (Angstrom; at least a tenth of it masked) with the missing pixels
             filled by the model's own reconstruction, ``head_fill_rounds`` times
-            (:func:`specsearch.model.network.set_head_fill`,
+            (:func:`specsearch.model.conversions.set_head_fill`,
             :class:`specsearch.model.config.FillConfig`); the embedding does not change.
         catalogue_offsets: real sets (of ``real_sets``) whose catalogue labels are on a
             scale of their own: a per-label offset is learnt for each (labels = the heads'
@@ -241,7 +241,7 @@ class FinetuneConfig:
             synthetic truth. The learnt offsets are recorded in the model's training record.
         new_classes: accept a catalog whose population classes include ones the model
             lacks: the heads grow an output for each
-            (:func:`specsearch.model.network.add_population_classes`, from a logit of
+            (:func:`specsearch.model.conversions.add_population_classes`, from a logit of
             -10, so the converted model classifies as before).
         hot_label_noise: (label, uncertainty) pairs: the LAMOST pipeline labels of stars
             with a catalogue Teff >= 7000 K count with at least this uncertainty in the

@@ -19,7 +19,7 @@ spectrum; those share the spectrum's noise, which an encoder can learn to match 
 the star, so it is off by default.
 
 With ``noise_blind`` (the shipped recipe) the base model's encoders are first made blind to
-the noise level (:func:`specsearch.model.network.make_noise_blind`) and fine-tuning adapts
+the noise level (:func:`specsearch.model.conversions.make_noise_blind`) and fine-tuning adapts
 them; with ``clean_anchor`` a noisier copy of each clean spectrum must embed where the clean
 one does (:func:`specsearch.model.training.identity.clean_anchor_loss`).
 
@@ -58,8 +58,9 @@ from specsearch.model.training.finetune_data import prepare_data
 from specsearch.model.training.finetune_loss import step_loss
 from specsearch.model.training.identity import SnrAdversary
 from specsearch.model.training.loss import SpecCLIPLoss
-from specsearch.model.network import (SpecCLIPNet, add_coverage_inputs, add_sed_inputs,
-                                      has_sed_inputs, make_noise_blind, set_head_fill)
+from specsearch.model.conversions import (add_coverage_inputs, add_sed_inputs, has_sed_inputs,
+                                          make_noise_blind, set_head_fill)
+from specsearch.model.network import SpecCLIPNet
 
 log = logging.getLogger(__name__)
 

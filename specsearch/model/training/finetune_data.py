@@ -17,7 +17,8 @@ from specsearch.errors import ConfigError
 from specsearch.model.training.cache import model_cache
 from specsearch.model.training.data import other_visit
 from specsearch.model.training.hard_negatives import label_neighbours
-from specsearch.model.network import SpecCLIPNet, add_population_classes
+from specsearch.model.conversions import add_population_classes
+from specsearch.model.network import SpecCLIPNet
 from specsearch.model.training.real_sets import PreparedReal, RealSet, load_all, prepare_real
 
 

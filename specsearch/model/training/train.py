@@ -39,7 +39,8 @@ from specsearch.model.training.data import other_visit
 from specsearch.model.training.identity import identity_terms, second_visits
 from specsearch.model.training.pairs import PreparedPairs, prepare_pairs
 from specsearch.model.training.loss import SpecCLIPLoss
-from specsearch.model.network import SpecCLIPNet, noise_blind_config, sed_inputs_config
+from specsearch.model.conversions import noise_blind_config, sed_inputs_config
+from specsearch.model.network import SpecCLIPNet
 
 
 @dataclass
