@@ -145,3 +145,22 @@ def test_lamost_model_input_keeps_the_sed_after_the_pixels():
     lw = np.log10(wave)
     step = np.median(np.diff(sed[0][2:-2]))
     assert step == pytest.approx(-2.0 * (lw[-1] - lw[0]) / SED_BINS, rel=0.15)
+
+
+def test_a_gap_in_the_input_wavelengths_stays_masked_on_the_grid():
+    """Pixel edges are midpoints, so the two pixels beside a gap (a client that sent only
+    its good pixels, an instrument's chip gap) would stretch across it and fill the grid
+    there; each reaches no further than one typical step into a gap."""
+    from specsearch.preprocess import LAMOST_GRID, rebinner
+
+    wave = LAMOST_GRID.wavelength[100:3800]
+    gap = (wave > 7500) & (wave < 7700)
+    grid = LAMOST_GRID.wavelength
+    flux, ivar = rebinner(wave[~gap], LAMOST_GRID)(np.ones((~gap).sum()), np.ones((~gap).sum()))
+    inside = (grid > 7510) & (grid < 7690)
+    assert (ivar[inside] == 0).all()
+    covered = (ivar > 0) & ~inside
+    assert covered.sum() >= 3700 - gap.sum() - 4
+    np.testing.assert_allclose(flux[covered], 1.0, rtol=1e-6)
+    regular = rebinner(wave, LAMOST_GRID)(np.ones(wave.size), np.ones(wave.size))[1]
+    assert (regular > 0).sum() == 3700               # a regular grid loses nothing

@@ -76,6 +76,7 @@ def rebinner(wavelength_in: np.ndarray, grid: Grid | str) -> Rebinner:
     steps = np.diff(np.log(win))
     log_in = bool(np.allclose(steps, steps[0], rtol=1e-3))
     e_in = pixel_edges(win, log=log_in)
+    lo_in, hi_in = _gap_limited(win, e_in)
     e_out = grid.edges()
     # For each output pixel j, the run of input pixels [lo_j, hi_j) that overlap it.
     lo = np.clip(np.searchsorted(e_in, e_out[:-1], side="right") - 1, 0, win.size - 1)
@@ -84,13 +85,34 @@ def rebinner(wavelength_in: np.ndarray, grid: Grid | str) -> Rebinner:
     rows = np.repeat(np.arange(grid.npix), counts)
     cols = np.repeat(lo, counts) + (np.arange(counts.sum())
                                     - np.repeat(np.cumsum(counts) - counts, counts))
-    overlap = np.clip(np.minimum(e_in[cols + 1], e_out[rows + 1])
-                      - np.maximum(e_in[cols], e_out[rows]), 0.0, None)
+    overlap = np.clip(np.minimum(hi_in[cols], e_out[rows + 1])
+                      - np.maximum(lo_in[cols], e_out[rows]), 0.0, None)
     keep = overlap > 0
     matrix = sp.csr_matrix((overlap[keep], (rows[keep], cols[keep])),
                            shape=(grid.npix, win.size))
     return Rebinner(grid=grid, matrix=matrix, matrix_sq=matrix.multiply(matrix).tocsr(),
                     out_width=np.diff(e_out))
+
+
+GAP_STEPS = 2.0
+"""A step between two input pixels more than this many times the local typical step (the
+median of the 21 steps around it) is a gap: neither pixel beside it reaches further into
+it than one typical step, so the grid's pixels inside stay uncovered (masked) instead of
+being filled by the two stretched edge pixels."""
+
+
+def _gap_limited(win: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) edges of each input pixel: the midpoint ``edges``, but no more than one
+    local typical step from the pixel's centre (see :data:`GAP_STEPS`)."""
+    from scipy.ndimage import median_filter
+
+    step = np.diff(win)
+    typical = median_filter(step, size=21, mode="nearest")
+    reach = np.concatenate([[typical[0]], np.maximum(typical[:-1], typical[1:]),
+                            [typical[-1]]]) if step.size > 1 else np.repeat(step, 2)
+    lo = np.maximum(edges[:-1], win - reach)
+    hi = np.minimum(edges[1:], win + reach)
+    return lo, hi
 
 
 def resample(spectrum: Spectrum, grid: Grid | str, *, rest_frame_z: float | None = None,
