@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from service.schemas import Domain, Estimate, Neighbour, RadialVelocity, Resolution
+from service.schemas import Domain, Estimate, Neighbour, RadialVelocity, Resolution, Telluric
 from specsearch.query import Neighbours
 
 # Columns shown as first-class fields of a neighbour (the rest go to ``metadata``).
@@ -65,6 +65,29 @@ def resolution(grid: Any) -> Resolution | None:
         return None
     return Resolution(input_fwhm_a=round(float(pair[0]), 2),
                       model_fwhm_a=round(float(pair[1]), 2))
+
+
+def telluric(model: Any, grid: Any) -> tuple[Any, Telluric | None]:
+    """A :class:`service.spectra.GridSpectrum` checked for telluric absorption left in
+    (LAMOST grid): ``(grid, Telluric)``, the grid with its telluric bands masked where the
+    model finds the O2 A band (:func:`specsearch.model.telluric.check_telluric`) or the
+    request said it is uncorrected (then already masked when it was read)."""
+    from dataclasses import replace
+
+    from specsearch.model.telluric import check_telluric, without_telluric
+
+    if grid.modality != "lamost":
+        return grid, None
+    if grid.telluric_uncorrected:
+        return grid, Telluric(masked=True, source="request")
+    found = check_telluric(model, grid.flux[None], grid.ivar[None], grid.rv_kms)
+    info = Telluric(masked=bool(found.detected[0]),
+                    source="detected" if found.detected[0] else None,
+                    a_band_depth=number(round(float(found.depth[0]), 4)),
+                    a_band_sigma=number(round(float(found.sigma[0]), 4)))
+    if found.detected[0]:
+        grid = replace(grid, ivar=without_telluric(grid.ivar, grid.rv_kms))
+    return grid, info
 
 
 def rv(grid: Any) -> RadialVelocity | None:

@@ -112,7 +112,24 @@ class Resolution(BaseModel):
 
 TELLURIC_DESCRIPTION = ("the spectrum was not corrected for telluric absorption: its "
                         "telluric bands (observed frame) are masked rather than read as "
-                        "the star")
+                        "the star (left false, the model looks for an O2 A band left in "
+                        "and masks the bands where it finds one)")
+
+
+class Telluric(BaseModel):
+    """Telluric absorption in a LAMOST-grid spectrum: masked because the request said the
+    spectrum is not corrected, or because the model found the O2 A band left in
+    (``specsearch.model.telluric``)."""
+
+    masked: bool = Field(description="the telluric bands were masked before reading")
+    source: Literal["request", "detected"] | None = Field(
+        None, description="why: the request's telluric_uncorrected, or the A band found")
+    a_band_depth: float | None = Field(
+        None, description="how far the flux falls below the model's redrawing of the star "
+                          "in the O2 A band's core (continuum units; a corrected spectrum "
+                          "stays near 0, an uncorrected one reaches 0.4-0.7; null where the "
+                          "band has no data or the request stated it)")
+    a_band_sigma: float | None = Field(None, description="the noise of a_band_depth")
 
 
 RESOLUTION_DESCRIPTION = ("set when the spectrum is broader than the model's resolution "
@@ -144,6 +161,8 @@ class QueryInfo(BaseModel):
     radial_velocity: RadialVelocity | None = Field(None, description=RV_DESCRIPTION)
     broader_than_model: Resolution | None = Field(None, description=RESOLUTION_DESCRIPTION)
     spikes_masked: int | None = Field(None, description=SPIKES_DESCRIPTION)
+    telluric: Telluric | None = Field(None, description="telluric absorption (LAMOST-grid "
+                                                        "spectra sent by the client)")
     predictions: dict[str, Estimate] = Field(default_factory=dict)
     domain: Domain | None = Field(None, description="the domain check of an embedded "
                                                     "spectrum (None for stored stars)")
@@ -248,6 +267,8 @@ class Prediction(BaseModel):
     radial_velocity: RadialVelocity | None = Field(None, description=RV_DESCRIPTION)
     broader_than_model: Resolution | None = Field(None, description=RESOLUTION_DESCRIPTION)
     spikes_masked: int = Field(0, description=SPIKES_DESCRIPTION)
+    telluric: Telluric | None = Field(None, description="telluric absorption (LAMOST-grid "
+                                                        "spectra)")
     predictions: dict[str, Estimate]
     class_probabilities: dict[str, float] = Field(default_factory=dict)
     domain: Domain | None = None

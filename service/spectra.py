@@ -50,6 +50,7 @@ class GridSpectrum:
     broader_fwhm_A: tuple[float, float] | None = None  # broader than the model reads:
     #                                     (its FWHM or 2 pixels, the model's FWHM) in A
     spikes_masked: int = 0             # its pixels masked as cosmic rays / hot pixels
+    telluric_uncorrected: bool = False  # the request said so: its bands are masked
 
     @property
     def good_fraction(self) -> float:
@@ -148,7 +149,8 @@ def from_arrays(wavelength: list[float], flux: list[float | None],
     return GridSpectrum(spectrum=spec, modality=mod, flux=on.flux, ivar=on.ivar,
                         medium="air" if air else "vacuum", medium_from="request field air",
                         rv_kms=on.rv_kms, rv_source=on.rv_source,
-                        broader_fwhm_A=on.broader_fwhm_A, spikes_masked=on.spikes_masked)
+                        broader_fwhm_A=on.broader_fwhm_A, spikes_masked=on.spikes_masked,
+                        telluric_uncorrected=telluric_uncorrected)
 
 
 def display_curve(flux: np.ndarray, ivar: np.ndarray, modality: str

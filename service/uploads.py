@@ -175,4 +175,5 @@ async def parse_upload(state: "ServiceState", data: bytes, filename: str, *,
                         medium=parsed.medium, medium_from=parsed.medium_from,
                         rv_kms=parsed.rv_kms, rv_source=parsed.rv_source,
                         broader_fwhm_A=parsed.broader_fwhm_A,
-                        spikes_masked=parsed.spikes_masked)
+                        spikes_masked=parsed.spikes_masked,
+                        telluric_uncorrected=telluric_uncorrected)

@@ -209,3 +209,16 @@ def test_a_spectrum_query_says_why_it_is_out_of_domain(service_index, samples):
         spec.flux[good])
     q = engine.search_spectrum(replace(spec, flux=flux), k=3).query
     assert q["spikes_masked"] == 6 + engine.search_spectrum(spec, k=3).query["spikes_masked"]
+    # DR1's files have no data in the A band: nothing to find; the DR7 sample with the
+    # atmosphere put back is found, and its bands masked
+    assert engine.search_spectrum(spec, k=3).query["telluric"]["source"] is None
+    from specsearch.preprocess import LAMOST_GRID
+    from specsearch.synth.lamost import telluric_transmission
+    dr7 = next(iter(read_spectra(samples / "lamost" / "format_samples" /
+                                 "spec-55859-F5902_sp01-001_dr7.fits.gz")))
+    t = np.interp(dr7.wavelength, LAMOST_GRID.wavelength,
+                  telluric_transmission(np.zeros(1), np.full(1, 1.2), np.full(1, 1.0))[0])
+    left = replace(dr7, flux=dr7.flux * t, ivar=dr7.ivar / np.maximum(t, 1e-3) ** 2)
+    got = engine.search_spectrum(left, k=3).query["telluric"]
+    assert got["masked"] and got["source"] == "detected" and got["depth"] > 0.3
+    assert engine.search_spectrum(dr7, k=3).query["telluric"]["masked"] is False

@@ -372,6 +372,40 @@ def test_cosmic_rays_are_masked_and_counted_on_both_routes(client, samples, lamo
     assert upload(client, lamost_file, k=3).json()["query"]["spikes_masked"] == 0
 
 
+def test_telluric_absorption_left_in_is_found_and_masked(client, samples, lamost_file):
+    """A LAMOST spectrum with the atmosphere's bands put back (as a reduction without a
+    telluric correction leaves them) is found by the model and read with the bands masked;
+    the corrected file is read as it is (DR1's files have no data in the A band: no
+    depth)."""
+    from specsearch.io.registry import read_spectra
+    from specsearch.preprocess import LAMOST_GRID
+    from specsearch.synth.lamost import telluric_transmission
+
+    path = samples / "lamost" / "format_samples" / "spec-55859-F5902_sp01-001_dr7.fits.gz"
+    spec = next(read_spectra(path)).validated()
+    good = spec.ivar > 0
+    t = np.interp(spec.wavelength, LAMOST_GRID.wavelength,
+                  telluric_transmission(np.zeros(1), np.full(1, 1.5), np.full(1, 2.0))[0])
+    body = {"wavelength": spec.wavelength[good].tolist(), "translate": False}
+    clean = client.post("/v1/predict/spectrum", json={
+        **body, "flux": spec.flux[good].tolist(), "ivar": spec.ivar[good].tolist()})
+    left = client.post("/v1/predict/spectrum", json={
+        **body, "flux": (spec.flux * t)[good].tolist(),
+        "ivar": (spec.ivar / np.maximum(t, 1e-3) ** 2)[good].tolist()})
+    assert clean.status_code == left.status_code == 200, left.text
+    c, u = clean.json()["telluric"], left.json()["telluric"]
+    assert not c["masked"] and c["source"] is None and c["a_band_depth"] < 0.15
+    assert u["masked"] and u["source"] == "detected" and u["a_band_depth"] > 0.3
+    assert left.json()["good_fraction"] < clean.json()["good_fraction"]
+    stated = client.post("/v1/predict/spectrum", json={
+        **body, "flux": spec.flux[good].tolist(), "ivar": spec.ivar[good].tolist(),
+        "telluric_uncorrected": True}).json()["telluric"]
+    assert stated == {"masked": True, "source": "request", "a_band_depth": None,
+                      "a_band_sigma": None}
+    r = upload(client, lamost_file, k=3).json()["query"]["telluric"]
+    assert r["masked"] is False and r["a_band_depth"] is None
+
+
 def test_anomaly_list(client):
     r = client.get("/v1/candidates/anomalies", params={"modality": "lamost", "limit": 20})
     assert r.status_code == 200, r.text

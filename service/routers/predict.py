@@ -28,6 +28,7 @@ def predict_grid(state: ServiceState, grid: GridSpectrum, translate: bool) -> Pr
     import torch
 
     model = state.model
+    grid, telluric = convert.telluric(model, grid)
     batch = model.embed_numpy(grid.modality, grid.flux[None], grid.ivar[None],
                               with_domain=True)
     if not bool(batch.good[0]):
@@ -46,7 +47,7 @@ def predict_grid(state: ServiceState, grid: GridSpectrum, translate: bool) -> Pr
                      good_fraction=grid.good_fraction, medium=grid.medium,
                      medium_from=grid.medium_from, radial_velocity=convert.rv(grid),
                      broader_than_model=convert.resolution(grid),
-                     spikes_masked=grid.spikes_masked,
+                     spikes_masked=grid.spikes_masked, telluric=telluric,
                      predictions=preds,
                      class_probabilities=classes,
                      domain=convert.domain(model, grid.modality, batch,

@@ -148,6 +148,7 @@ def search_grid(state: ServiceState, grid: GridSpectrum, opts: SearchOptions,
                 kind: str) -> SearchResponse:
     """Embed a gridded client spectrum and search (runs in a worker thread)."""
     start = time.perf_counter()
+    grid, telluric = convert.telluric(state.model, grid)
     with_identity = bool(opts.identity and state.engine.has_identity(grid.modality)
                          and target_modality(opts.target, grid.modality,
                                              state.engine.modalities) == grid.modality)
@@ -167,7 +168,7 @@ def search_grid(state: ServiceState, grid: GridSpectrum, opts: SearchOptions,
                      row=grid.row, good_fraction=grid.good_fraction, medium=grid.medium,
                      medium_from=grid.medium_from, radial_velocity=convert.rv(grid),
                      broader_than_model=convert.resolution(grid),
-                     spikes_masked=grid.spikes_masked,
+                     spikes_masked=grid.spikes_masked, telluric=telluric,
                      predictions=preds,
                      domain=convert.domain(state.model, grid.modality, batch,
                                            broader=grid.broader_fwhm_A is not None))

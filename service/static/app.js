@@ -119,6 +119,13 @@ function resolutionNote(r) {
     "R = 1200, -0.2 at R = 1000).";
 }
 
+function telluricNote(t) {
+  if (!t || t.source !== "detected") return "";
+  return " Telluric absorption left in (the O2 A band lies " +
+    `${fmt(t.a_band_depth * 100, 0)}% below the model's redrawing of the star): the ` +
+    "telluric bands were masked before reading.";
+}
+
 function spikesNote(n) {
   if (!n) return "";
   return ` ${n} pixel${n === 1 ? "" : "s"} narrower than any spectral line (cosmic rays, ` +
@@ -141,7 +148,8 @@ function renderResults(res) {
       "agreement (neighbours whose parameters match the query's first)" : ""} in ` +
     `${res.took_ms.toFixed(1)} ms. Predicted Teff ${pe("teff")} K, log g ${pe("logg")}, ` +
     `[Fe/H] ${pe("feh")}.` + rvNote(q.radial_velocity) +
-    resolutionNote(q.broader_than_model) + spikesNote(q.spikes_masked);
+    resolutionNote(q.broader_than_model) + spikesNote(q.spikes_masked) +
+    telluricNote(q.telluric);
   $("#query-summary").appendChild(line);
   if (q.domain && q.domain.out_of_domain) {
     const warn = document.createElement("p");

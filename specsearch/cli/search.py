@@ -176,6 +176,10 @@ def _print(results, fmt: str) -> None:
               f"{res.modality}: {len(res)} of {res.total} neighbours"
               + (f", ranked by {q['ranked_by']}" if q.get("ranked_by") else "")
               + (f"; predictions {q['predictions']}" if q.get("predictions") else ""))
+        tel = q.get("telluric") or {}
+        if tel.get("source") == "detected":
+            print(f"# telluric absorption left in (O2 A band {tel['depth']:.2f} below the "
+                  f"model's redrawing of the star): its bands masked before reading")
         if q.get("spikes_masked"):
             print(f"# {q['spikes_masked']} pixels narrower than any line (cosmic rays, hot "
                   f"pixels) masked before reading")

@@ -34,6 +34,7 @@ class EmbeddedSpectrum(NamedTuple):
     domain: dict[str, Any] | None        # the domain check (None: the model has none)
     identity: np.ndarray | None          # identity vector, asked for and where there is one
     spikes_masked: int                   # pixels masked as cosmic rays / hot pixels
+    telluric: dict[str, Any] | None      # the telluric check (LAMOST grid), see _embed
 
 
 class SpectrumQueries:
@@ -76,7 +77,8 @@ class SpectrumQueries:
         if name is None:
             raise QueryError(f"{spectrum.path or spectrum.spectrum_id or 'spectrum'}: say which "
                              f"modality the spectrum is (lamost or xp)")
-        flux, ivar, _, _, n_spikes = to_canonical_grid(spectrum, name)
+        flux, ivar, z, _, n_spikes = to_canonical_grid(spectrum, name)
+        flux, ivar, telluric = self._telluric(spectrum, name, flux, ivar, z)
         check = getattr(self.encoder, "domain_check", None)
         extra = {"with_domain": True} if check is not None else {}
         if identity and identity_dim_of(self.encoder, name):
@@ -108,7 +110,30 @@ class SpectrumQueries:
         id_vec = getattr(batch, "identity", None) if extra.get("with_identity") else None
         return EmbeddedSpectrum(name, np.asarray(batch.embedding[0], np.float32), preds, domain,
                                 None if id_vec is None else np.asarray(id_vec[0], np.float32),
-                                n_spikes)
+                                n_spikes, telluric)
+
+    def _telluric(self, spectrum: Spectrum, modality: str, flux: np.ndarray,
+                  ivar: np.ndarray, z: float | None
+                  ) -> tuple[np.ndarray, np.ndarray, dict[str, Any] | None]:
+        """A LAMOST-grid spectrum checked for telluric absorption left in: its bands masked
+        where the model finds the O2 A band (:mod:`specsearch.model.telluric`; a spectrum
+        stated uncorrected, :func:`specsearch.preprocess.state_telluric`, had them masked
+        when it was read). Encoders without a decoder are not checked."""
+        from specsearch.model.telluric import check_telluric, without_telluric
+        from specsearch.preprocess import C_KMS
+
+        if modality != "lamost":
+            return flux, ivar, None
+        if spectrum.meta.get("telluric_uncorrected"):
+            return flux, ivar, {"masked": True, "source": "stated"}
+        if not (hasattr(self.encoder, "decode") and hasattr(self.encoder, "encode")):
+            return flux, ivar, None
+        rv = None if z is None else z * C_KMS
+        found = check_telluric(self.encoder, flux[None], ivar[None], rv)
+        detected = bool(found.detected[0])
+        info = {"masked": detected, "source": "detected" if detected else None,
+                "depth": float(found.depth[0]), "sigma": float(found.sigma[0])}
+        return flux, (without_telluric(ivar, rv) if detected else ivar), info
 
     def search_spectrum(self, spectrum: Spectrum, *, modality: str | None = None,
                         target_modality: str | None = None, k: int = 10, offset: int = 0,
@@ -117,8 +142,10 @@ class SpectrumQueries:
                         agreement: bool = True) -> Neighbours:
         """Neighbours of an observed spectrum (any grid; encoded by the attached model).
         ``query`` of the result holds the model's predictions for it, ``spikes_masked``
-        (its pixels masked as cosmic rays before reading) and, for a model with a domain
-        check, ``domain`` (``out_of_domain``: the parameters are unreliable).
+        (its pixels masked as cosmic rays before reading), for a LAMOST-grid spectrum
+        ``telluric`` (``masked``, ``source``: ``stated`` or ``detected``, the A band's
+        ``depth``; :meth:`_telluric`) and, for a model with a domain check, ``domain``
+        (``out_of_domain``: the parameters are unreliable).
         ``identity``: in-modality, re-rank by identity vectors where the model and the
         index have them; ``agreement``: cross-modal, re-rank by the agreement of the
         candidates' stored parameters with the model's predictions for the spectrum
@@ -127,11 +154,13 @@ class SpectrumQueries:
         name = modality or spectrum.modality
         target = target_modality or flt.modality or name
         want = bool(identity and name and target == name and self.has_identity(name))
-        name, vec, preds, domain, id_vec, n_spikes = self._embed(spectrum, modality,
-                                                                 identity=want)
+        name, vec, preds, domain, id_vec, n_spikes, telluric = self._embed(
+            spectrum, modality, identity=want)
         query = {"kind": "spectrum", "query_modality": name,
                  "spectrum_id": spectrum.spectrum_id, "predictions": preds,
                  "spikes_masked": n_spikes}
+        if telluric is not None:
+            query["telluric"] = telluric
         if domain is not None:
             query["domain"] = domain
         params = ({n: preds[n] for n in agree.TOLERANCE if n in preds}
