@@ -120,7 +120,8 @@ def as_they_are(real: Path) -> list[dict]:
     from specsearch.io.registry import read_spectra
     from specsearch.preprocess.spikes import mask_spikes
 
-    folders = {"lamost_dr1": real / "lamost" / "dr1", "lamost_dr8": real / "lamost" / "dr8_xp_matched",
+    folders = {"lamost_dr1": real / "lamost" / "dr1",
+               "lamost_dr8": real / "lamost" / "dr8_xp_matched",
                "lamost_dr10": real / "lamost" / "dr10_afg", "miles": real / "miles" / "spectra"}
     rows = []
     for name, folder in folders.items():

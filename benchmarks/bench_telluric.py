@@ -217,7 +217,7 @@ def main() -> int:
         dep = (f"{r['depth_p01']:+.3f} {r['depth_median']:+.3f} {r['depth_p99']:+.3f} "
                f"{r['depth_max']:+.3f}" if "depth_median" in r else "")
         print(f"{r['case'][:72]:72s} {r['with_a_band']:6d} {r['detected']:6.3f} {dep:>31s}")
-    print(f"\nheld-out DR10 FGK stars (S/N_g > 30): bias / sigma against LASP, z-widths")
+    print("\nheld-out DR10 FGK stars (S/N_g > 30): bias / sigma against LASP, z-widths")
     for r in result["readings"]:
         det = f" (found {r['detected']:.2f})" if "detected" in r else ""
         print(f"  {r['case']:36s} {r['read'] + det:32s} Teff {r['teff_bias']:+4.0f}/"

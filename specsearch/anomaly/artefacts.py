@@ -38,7 +38,7 @@ import numpy as np
 from scipy.ndimage import maximum_filter1d, median_filter
 
 from specsearch.preprocess import air_to_vacuum, grid_for
-from specsearch.preprocess.spikes import find_spikes, ring_baseline
+from specsearch.preprocess.spikes import find_spikes
 
 C_KMS = 299_792.458
 

@@ -24,11 +24,11 @@ continuum; the artefact screening (:mod:`specsearch.anomaly.artefacts`) counts i
 optical spectrum's own pixels, is stricter where a mask must be: the continuum is the
 ring's *median* (a wild pixel in the ring does not move it) from two good pixels at least
 on either side, a spike departs by :data:`MASK_REL` of it, and the significance is
-:data:`MASK_SIGMA`. A neighbour that departs
-either way counts against a spike: between two absorption lines the continuum peak is a
-narrow rise too, so a spike beside a line is left in rather than a star's pixel masked.
-It also masks a hit that lands on two pixels: a pair that rises together by
-:data:`PAIR_REL` of the continuum (a particle adds charge; two-pixel dips are left alone, as a narrow absorption line among others can mimic
+:data:`MASK_SIGMA`. A neighbour that departs either way counts against a spike: between
+two absorption lines the continuum's peak is a narrow rise too, so a spike beside a line
+is left in rather than a star's pixel masked. It also masks a hit that lands on two
+pixels: a pair that rises together by :data:`PAIR_REL` of the continuum (a particle adds
+charge; two-pixel dips are left alone, as a narrow absorption line among others can mimic
 one) while neither pixel beside it departs by :data:`PAIR_SIDE_FRACTION` of the pair's
 weaker pixel (a line centred between two pixels keeps more there down to a FWHM of 1.71
 pixels). Wider hits are left alone: at three pixels a particle and a Nyquist-sampled line
