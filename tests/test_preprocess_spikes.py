@@ -155,3 +155,21 @@ def test_ingest_reports_the_spikes_it_masked(tmp_path):
     assert report.rows_written == 1
     assert (report.rows_spikes_masked, report.pixels_spikes_masked) == (1, 3)
     assert "3 pixels in 1 spectra" in report.summary()
+
+
+def test_lines_narrower_than_a_pixel_and_a_half_are_not_masked():
+    """A spectrum whose stated resolution puts a line on ~1 pixel (a heavily binned one):
+    its unresolved lines look like spikes, so nothing is masked; stated at two pixels or
+    unstated (taken as Nyquist-sampled), its one-pixel hit is masked."""
+    from specsearch.spectrum import Spectrum
+
+    wave = np.arange(4000.0, 7000.0, 2.0)
+    rng = np.random.default_rng(8)
+    flux = 1.0 + rng.normal(0.0, 0.01, wave.size)
+    flux[[500, 900]] += 3.0                                  # unresolved emission lines
+    def spec(**meta):
+        return Spectrum(wavelength=wave, flux=flux, ivar=np.full(wave.size, 1e4),
+                        mask=np.zeros(wave.size, bool), meta=meta)
+    assert to_canonical_grid(spec(fwhm_A=2.2), "lamost", rv="none").spikes_masked == 0
+    assert to_canonical_grid(spec(fwhm_A=4.0), "lamost", rv="none").spikes_masked == 2
+    assert to_canonical_grid(spec(), "lamost", rv="none").spikes_masked == 2

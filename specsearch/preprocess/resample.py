@@ -202,7 +202,9 @@ def to_canonical_grid(spectrum: Spectrum, modality: str, *, rest_frame: bool = T
     telluric bands masked at its observed wavelengths first. With ``spikes`` (the default)
     an optical spectrum's single-pixel spikes (cosmic rays, hot pixels: one pixel, its
     neighbours at the continuum, which no line the optics recorded is) are masked on its
-    own pixels before anything else reads it (:func:`specsearch.preprocess.spikes.mask_spikes`).
+    own pixels before anything else reads it (:func:`specsearch.preprocess.spikes.mask_spikes`;
+    not for a spectrum whose stated resolution puts a line on fewer than
+    :data:`MIN_LINE_PIXELS` pixels).
 
     Raises:
         SpectrumError: no usable pixel on the grid.
@@ -223,7 +225,7 @@ def to_canonical_grid(spectrum: Spectrum, modality: str, *, rest_frame: bool = T
     if grid.name == "lamost":
         if spec.meta.get("telluric_uncorrected"):
             spec = _telluric_masked(spec)
-        if spikes:
+        if spikes and _lines_span_pixels(spec, grid):
             ivar, hit = mask_spikes(spec.flux, spec.ivar)
             n_spikes = int(hit.sum())
             if n_spikes:
@@ -236,6 +238,25 @@ def to_canonical_grid(spectrum: Spectrum, modality: str, *, rest_frame: bool = T
             source = "header+measured" if use_z else "measured"
             flux, ivar = _on_grid(spec, grid, z_removed)
     return CanonicalSpectrum(flux, ivar, z_removed, source, n_spikes)
+
+
+MIN_LINE_PIXELS = 1.6
+"""The spike mask (:mod:`specsearch.preprocess.spikes`) runs only where a line spans at
+least this many of the spectrum's pixels (FWHM): below ~1.5 pixels an unresolved line
+looks like a spike. A spectrum that states no resolution is taken as sampled at the
+Nyquist rate (two pixels), as :mod:`specsearch.preprocess.lsf` does."""
+
+
+def _lines_span_pixels(spec: Spectrum, grid: Grid) -> bool:
+    """Whether ``spec``'s stated line spread covers :data:`MIN_LINE_PIXELS` pixels."""
+    match = resolution_match(spec, grid)
+    if match is None or match.input_fwhm_A is None or match.source not in (
+            "fwhm_A", "resolving_power"):
+        return True
+    at = int(np.clip(np.searchsorted(spec.wavelength, match.wavelength_A), 1,
+                     spec.wavelength.size - 1))
+    pixel = float(spec.wavelength[at] - spec.wavelength[at - 1])
+    return pixel <= 0 or match.input_fwhm_A >= MIN_LINE_PIXELS * pixel
 
 
 def _on_grid(spec: Spectrum, grid: Grid, z: float | None) -> tuple[np.ndarray, np.ndarray]:
