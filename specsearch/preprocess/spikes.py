@@ -1,4 +1,4 @@
-"""Single- and two-pixel spikes (cosmic rays, hot or dead pixels): found by their shape.
+"""Single- and two-pixel spikes (cosmic rays, hot pixels): found by their shape.
 
 A reduction that leaves cosmic rays in hands the model pixels that no star makes, and it
 reads them as the star: eight raised pixels in a real DR10 spectrum (0.2%) widen the
@@ -24,15 +24,17 @@ continuum; the artefact screening (:mod:`specsearch.anomaly.artefacts`) counts i
 optical spectrum's own pixels, is stricter where a mask must be: the continuum is the
 ring's *median* (a wild pixel in the ring does not move it) from two good pixels at least
 on either side, a spike departs by :data:`MASK_REL` of it, and the significance is
-:data:`MASK_SIGMA`. A neighbour that departs either way counts against a spike: between
-two absorption lines the continuum's peak is a narrow rise too, so a spike beside a line
-is left in rather than a star's pixel masked. It also masks a hit that lands on two
-pixels: a pair that rises together by :data:`PAIR_REL` of the continuum (a particle adds
-charge; two-pixel dips are left alone, as a narrow absorption line among others can mimic
-one) while neither pixel beside it departs by :data:`PAIR_SIDE_FRACTION` of the pair's
-weaker pixel (a line centred between two pixels keeps more there down to a FWHM of 1.71
-pixels). Wider hits are left alone: at three pixels a particle and a Nyquist-sampled line
-cannot be told apart by shape.
+:data:`MASK_SIGMA`; and it masks raised pixels only (a particle or a hot pixel adds
+charge; a one-pixel dip may be an unresolved absorption line of a spectrum sampled coarser
+than the Nyquist rate that states no resolution, and a pipeline flags its own dead
+pixels). A neighbour that departs either way counts against a spike: between two
+absorption lines the continuum's peak is a narrow rise too, so a spike beside a line is
+left in rather than a star's pixel masked. It also masks a hit that lands on two pixels:
+a pair that rises together by :data:`PAIR_REL` of the continuum while neither pixel
+beside it departs by :data:`PAIR_SIDE_FRACTION` of the pair's weaker pixel (a line
+centred between two pixels keeps more there down to a FWHM of 1.71 pixels). Wider hits
+are left alone: at three pixels a particle and a Nyquist-sampled line cannot be told
+apart by shape.
 """
 
 from __future__ import annotations
@@ -188,7 +190,7 @@ def _strict_spikes(f: np.ndarray, ivar: np.ndarray, good: np.ndarray, sigma: flo
     d = f[1:-1] - 0.5 * (f[:-2] + f[2:])
     sd = np.sqrt(var[1:-1] + 0.25 * (var[:-2] + var[2:]))
     with np.errstate(invalid="ignore"):
-        single = np.flatnonzero(np.abs(d) > sigma * sd) + 1
+        single = np.flatnonzero(d > sigma * sd) + 1        # raised pixels only
         # a pair's summed rise over the pixels beside it is >= 0.85 of its rise over the
         # continuum when those stay within PAIR_SIDE_FRACTION of its weaker pixel
         rise = f[1:-2] + f[2:-1] - f[:-3] - f[3:]
@@ -197,10 +199,11 @@ def _strict_spikes(f: np.ndarray, ivar: np.ndarray, good: np.ndarray, sigma: flo
         at = np.concatenate([single - 1, single, single + 1])
         cont = _ring_median(f, good, at, _SINGLE_RING).reshape(3, -1)
         dep = f[at].reshape(3, -1) - cont
-        height = np.abs(dep[1])
+        height = dep[1]
         side = np.maximum(np.abs(dep[0]), np.abs(dep[2]))
         with np.errstate(invalid="ignore"):
-            hit = ((side < SIDE_FRACTION * height) & (np.abs(d[single - 1]) > 0.7 * height)
+            hit = ((height > 0) & (side < SIDE_FRACTION * height)
+                   & (d[single - 1] > 0.7 * height)
                    & (height > MASK_REL * np.abs(cont[1])) & np.isfinite(cont).all(0))
         out[single[hit]] = True
     if pair.size:
