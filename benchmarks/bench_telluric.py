@@ -16,7 +16,9 @@ In one run, on the real sets (``--real-data``, read through ``--real-cache``; re
   found) and with the bands always masked (the request's ``telluric_uncorrected``):
   bias / robust sigma against LASP and z-widths;
 * **speed**: ``check_telluric`` per spectrum in batches of 256 and one at a time (one
-  more encoder and decoder pass of the masked spectrum). Best of ``--repeats``.
+  more encoder and decoder pass of the masked spectrum), and the embedding builder's
+  model step (``embed_chunk``, batches of 1,024) over every DR10 row with and without
+  ``check_telluric``. Best of ``--repeats``.
 
 The telluric spectrum is the synthetic survey's model, not an observed one: the real
 absorption's shape differs in detail, its depth at R = 1800 is similar.
@@ -186,8 +188,30 @@ def speed(model, sets, repeats: int) -> dict:
                   32)
     embed = best(lambda: [model.embed_numpy("lamost", f[i:i + 1], iv[i:i + 1],
                                             with_domain=True) for i in range(32)], 32)
+    # the embedding builder's model step over every DR10 row, batches of 1,024
+    from collections import Counter
+
+    import pyarrow as pa
+
+    from specsearch.embed.encode import embed_chunk
+    from specsearch.embed.spectra import SpectraChunk
+
+    chunks = [SpectraChunk(pa.record_batch({"spectrum_id": [str(i) for i in range(a, b)],
+                                            "source_id": np.arange(a, b)}),
+                           s.flux[a:b], s.ivar[a:b], Counter())
+              for a, b in ((a, min(a + 1024, len(s))) for a in range(0, len(s), 1024))]
+
+    def build(check: bool) -> None:
+        for c in chunks:
+            embed_chunk(model, "lamost", c, with_residual=False, meta_columns=[],
+                        skipped=Counter(), check_telluric=check)
+
+    plain = best(lambda: build(False), len(s))
+    checked = best(lambda: build(True), len(s))
     return {"batch_ms": 1e3 * batch, "single_ms": 1e3 * single,
-            "embed_single_ms": 1e3 * embed, "ratio_single": (embed + single) / embed}
+            "embed_single_ms": 1e3 * embed, "ratio_single": (embed + single) / embed,
+            "builder_per_s": 1.0 / plain, "builder_checked_per_s": 1.0 / checked,
+            "builder_ratio": checked / plain}
 
 
 def main() -> int:
@@ -228,6 +252,9 @@ def main() -> int:
     print(f"\ncheck_telluric: {sp['batch_ms']:.2f} ms a spectrum in batches of 256, "
           f"{sp['single_ms']:.2f} ms one at a time (a single spectrum's embedding with the "
           f"domain check: {sp['embed_single_ms']:.2f} ms; together x{sp['ratio_single']:.2f})")
+    print(f"the embedding builder's model step over {len(sets['lamost_dr10'])} DR10 rows: "
+          f"{sp['builder_per_s']:,.0f} spectra/s, {sp['builder_checked_per_s']:,.0f} with "
+          f"check_telluric (x{sp['builder_ratio']:.2f} the time)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out, result)
     print(f"\nwrote {args.out}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -284,3 +285,50 @@ def test_tensor_inputs_precision_and_batch_size_options(tmp_path):
     assert auto_batch_size("lamost", gpu=True) == 8448 and auto_batch_size("xp", 77) == 77
     with pytest.raises(ConfigError, match="batch_size"):
         auto_batch_size("xp", 0)
+
+
+def test_check_telluric_masks_the_rows_that_carry_the_atmosphere(tmp_path, samples):
+    """``check_telluric``: LAMOST rows with the O2 A band left in are found and embedded as
+    the same spectra with their telluric bands masked; the others as they are."""
+    from specsearch.io.catalog import list_column_to_numpy, open_catalog
+    from specsearch.io.ingest import ingest
+    from specsearch.model import load_model
+    from specsearch.model.telluric import without_telluric
+    from specsearch.synth.lamost import telluric_transmission
+
+    src = samples / "lamost" / "format_samples"
+    ingest([src], tmp_path / "cat", modality="lamost", progress=False)
+    c = open_catalog(tmp_path / "cat")
+    (path,) = c.files("lamost")
+    t = pq.read_table(path)
+    flux = list_column_to_numpy(t.column("flux"))
+    ivar = list_column_to_numpy(t.column("ivar"))
+    rv = t.column("rv").to_numpy(zero_copy_only=False).astype(np.float64)
+    n = len(flux)
+    trans = telluric_transmission(rv, np.full(n, 1.5), np.full(n, 2.0)).astype(np.float32)
+    left = np.arange(n) == 0                                 # the first row only
+    flux2 = np.where(left[:, None], flux * trans, flux).astype(np.float32)
+    ivar2 = np.where(left[:, None], ivar / np.maximum(trans, 1e-3) ** 2, ivar)
+    t = (t.set_column(t.schema.get_field_index("flux"), "flux",
+                      pa.array(list(flux2), t.schema.field("flux").type))
+          .set_column(t.schema.get_field_index("ivar"), "ivar",
+                      pa.array(list(ivar2.astype(np.float32)), t.schema.field("ivar").type)))
+    pq.write_table(t, path)
+    model = load_model()
+    rep = build_embeddings(tmp_path / "cat", model, tmp_path / "emb",
+                           EmbedConfig(progress=False, check_telluric=True))
+    assert rep.rows_telluric_masked == 1 and "masked in 1 spectra" in rep.summary()
+    got = pq.read_table(open_embeddings(tmp_path / "emb").files("lamost")[0])
+    assert got.column("telluric_masked").to_pylist() == left.tolist()
+    depth = got.column("telluric_depth").to_numpy()
+    assert depth[0] > 0.3 and np.all(depth[1:] < 0.15)
+    masked = model.embed_numpy("lamost", flux2[:1], without_telluric(ivar2[:1], rv[:1]))
+    vec = list_column_to_numpy(got.column("embedding"))
+    assert np.allclose(vec[0], masked.embedding[0], atol=1e-5)
+    plain = model.embed_numpy("lamost", flux2[1:], ivar2[1:])
+    assert np.allclose(vec[1:], plain.embedding, atol=1e-5)
+    off = build_embeddings(tmp_path / "cat", model, tmp_path / "emb-off",
+                           EmbedConfig(progress=False))
+    assert off.rows_telluric_masked == 0
+    assert "telluric_masked" not in pq.read_table(
+        open_embeddings(tmp_path / "emb-off").files("lamost")[0]).column_names

@@ -43,6 +43,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="storage type of the embedding column")
     p.add_argument("--with-residual", action="store_true",
                    help="store reconstruction/translation residuals (for outlier scores)")
+    p.add_argument("--check-telluric", action="store_true",
+                   help="look for telluric absorption left in each LAMOST-grid spectrum "
+                        "(one more model pass, ~0.2 ms a spectrum) and embed those where "
+                        "the model finds it with the telluric bands masked; stores "
+                        "telluric_depth and telluric_masked (for catalogs from reductions "
+                        "that may not correct it)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace embeddings made by another model")
     p.add_argument("--ray-address", default=None, help="Ray cluster address (ray engine)")
@@ -61,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     configure_process(args.threads)
     config = EmbedConfig(modalities=args.modality, batch_size=args.batch_size,
                          dtype=args.dtype, with_residual=args.with_residual,
-                         precision=args.precision,
+                         precision=args.precision, check_telluric=args.check_telluric,
                          overwrite=args.overwrite, progress=not args.no_progress)
     if args.engine == "ray":
         from specsearch.embed.ray_engine import build_embeddings_ray

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -194,8 +195,11 @@ def _embed_file(model: Encoder, modality: str, path: Path, out_path: Path,
                 report.rows_in += n_in
                 cols = embed_chunk(model, modality, chunk, with_residual=config.with_residual,
                                    meta_columns=meta_cols, skipped=report.rows_skipped,
-                                   precision=config.precision)
+                                   precision=config.precision,
+                                   check_telluric=config.check_telluric)
                 if cols is not None:
+                    if "telluric_masked" in cols:
+                        report.rows_telluric_masked += int(np.sum(cols["telluric_masked"]))
                     table = columns_to_table(cols, schema)
                     rows += table.num_rows
                     sink.write(table)

@@ -28,6 +28,11 @@ class EmbedConfig:
             scores need them; costs a decoder pass).
         precision: the network's precision on the model's device: ``auto`` (bf16 autocast
             on a GPU, fp32 on a CPU), ``bf16``, ``fp16`` or ``fp32``.
+        check_telluric: look for telluric absorption a reduction left in each LAMOST-grid
+            row (:func:`specsearch.model.telluric.check_telluric`: one more encoder and
+            decoder pass, ~0.2 ms a row on a CPU), embed the rows where it is found with
+            the telluric bands masked, and store ``telluric_depth`` / ``telluric_masked``.
+            For catalogs from reductions that may not correct it (LAMOST's do).
         overwrite: replace an existing dataset made by another model.
         prefetch: batches read ahead by the reader thread.
         progress: show a tqdm bar with spectra/s and ETA.
@@ -39,6 +44,7 @@ class EmbedConfig:
     dtype: str = "float32"
     with_residual: bool = False
     precision: str = "auto"
+    check_telluric: bool = False
     overwrite: bool = False
     prefetch: int = 2
     progress: bool = True
@@ -64,6 +70,8 @@ class EmbedReport:
     files_reused: int = 0
     seconds: float = 0.0
     startup_seconds: float = 0.0
+    rows_telluric_masked: int = 0
+    """Rows embedded with their telluric bands masked (``check_telluric``)."""
 
     @property
     def spectra_per_s(self) -> float:
@@ -83,7 +91,10 @@ class EmbedReport:
                 f"{self.files_written} files written, {self.files_reused} reused; "
                 f"{self.seconds:.1f} s, {self.spectra_per_s:,.0f} spectra/s"
                 + (f" ({self.startup_seconds:.1f} s of start-up)"
-                   if self.startup_seconds else ""))
+                   if self.startup_seconds else "")
+                + (f"; telluric absorption found and its bands masked in "
+                   f"{self.rows_telluric_masked} spectra" if self.rows_telluric_masked
+                   else ""))
 
 
 def auto_batch_size(modality: str, batch_size: int | None = None, *,

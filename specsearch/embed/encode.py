@@ -79,10 +79,31 @@ def _head_columns(model: Encoder, out: Any, take, n: int, with_residual: bool
     return cols
 
 
+def _telluric_checked(model: Encoder, batch: pa.RecordBatch, flux: Any, ivar: Any
+                      ) -> tuple[Any, Any]:
+    """(ivar with the telluric bands masked where the model finds them, the check) of a
+    LAMOST-grid chunk (:mod:`specsearch.model.telluric`; the bands sit at each row's
+    observed wavelengths: the catalog's ``rv`` puts them back)."""
+    from specsearch.model.telluric import check_telluric, without_telluric
+
+    rv = None
+    if "rv" in batch.schema.names:
+        rv = np.asarray(batch.column("rv").to_numpy(zero_copy_only=False), np.float64)
+    flux, ivar = np.asarray(flux, np.float32), np.asarray(ivar, np.float32)
+    found = check_telluric(model, flux, ivar, rv)
+    if found.detected.any():
+        ivar = np.where(found.detected[:, None], without_telluric(ivar, rv), ivar)
+    return ivar, found
+
+
 def embed_chunk(model: Encoder, modality: str, chunk: SpectraChunk, *,
                 with_residual: bool, meta_columns: Sequence[pa.Field],
-                skipped: Counter, precision: str = "auto") -> dict[str, Any] | None:
-    """Encode one chunk; returns the output columns of its good rows (or None)."""
+                skipped: Counter, precision: str = "auto",
+                check_telluric: bool = False) -> dict[str, Any] | None:
+    """Encode one chunk; returns the output columns of its good rows (or None).
+    ``check_telluric``: LAMOST-grid rows are checked for telluric absorption left in and
+    embedded with the bands masked where it is found (``telluric_depth`` and
+    ``telluric_masked`` columns; models without a decoder are not checked)."""
     skipped.update(chunk.skipped)
     batch = chunk.batch
     if batch.num_rows == 0:
@@ -90,7 +111,10 @@ def embed_chunk(model: Encoder, modality: str, chunk: SpectraChunk, *,
     extra: dict[str, Any] = {} if precision == "auto" else {"autocast": precision}
     if identity_dim_of(model, modality):
         extra["with_identity"] = True
-    out = model.embed_numpy(modality, chunk.flux, chunk.ivar, with_residual=with_residual,
+    ivar, telluric = chunk.ivar, None
+    if check_telluric and modality == "lamost" and hasattr(model, "decode"):
+        ivar, telluric = _telluric_checked(model, batch, chunk.flux, chunk.ivar)
+    out = model.embed_numpy(modality, chunk.flux, ivar, with_residual=with_residual,
                             **extra)
     good = np.asarray(out.good, dtype=bool)
     n_bad = int((~good).sum())
@@ -114,6 +138,9 @@ def embed_chunk(model: Encoder, modality: str, chunk: SpectraChunk, *,
         ratio = take_arrow(batch.column("fwhm_ratio")).to_numpy(zero_copy_only=False)
         cols["out_of_domain"] = cols["out_of_domain"] | (
             np.nan_to_num(np.asarray(ratio, np.float64), nan=0.0) > BROADER_FACTOR)
+    if telluric is not None:
+        cols["telluric_depth"] = take(telluric.depth.astype(np.float32))
+        cols["telluric_masked"] = take(telluric.detected)
     if extra.get("with_identity") and getattr(out, "identity", None) is not None:
         cols[IDENTITY_COLUMN] = take(np.asarray(out.identity, dtype=np.float32))
     for f in meta_columns:
@@ -128,10 +155,12 @@ def embed_chunk(model: Encoder, modality: str, chunk: SpectraChunk, *,
 
 def embed_table(model: Encoder, modality: str, batch: pa.RecordBatch, *,
                 with_residual: bool, meta_columns: Sequence[pa.Field],
-                skipped: Counter, precision: str = "auto") -> dict[str, Any] | None:
+                skipped: Counter, precision: str = "auto",
+                check_telluric: bool = False) -> dict[str, Any] | None:
     """Encode one catalog batch; returns output columns for the good rows (or None)."""
     from specsearch.preprocess import grid_for
 
     chunk = spectra_arrays(batch, grid_for(modality).npix)
     return embed_chunk(model, modality, chunk, with_residual=with_residual,
-                       meta_columns=meta_columns, skipped=skipped, precision=precision)
+                       meta_columns=meta_columns, skipped=skipped, precision=precision,
+                       check_telluric=check_telluric)

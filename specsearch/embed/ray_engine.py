@@ -43,7 +43,8 @@ class EmbedActor:
 
     def __init__(self, model: str | Callable[[], Any] | None, modality: str, device: str,
                  with_residual: bool, meta_columns: list[pa.Field], schema_bytes: bytes,
-                 threads: int | None = None, precision: str = "auto") -> None:
+                 threads: int | None = None, precision: str = "auto",
+                 check_telluric: bool = False) -> None:
         from specsearch.embed.process import configure_process
 
         configure_process(threads)
@@ -51,6 +52,7 @@ class EmbedActor:
         self.modality = modality
         self.with_residual = with_residual
         self.precision = precision
+        self.check_telluric = check_telluric
         # The input file travels with each row as one more metadata column.
         self.meta_columns = [*meta_columns, pa.field(INPUT_COLUMN, pa.string())]
         self.schema = pa.ipc.read_schema(pa.py_buffer(schema_bytes))
@@ -64,7 +66,7 @@ class EmbedActor:
               .combine_chunks().to_batches()[0])
         cols = embed_table(self.model, self.modality, rb, with_residual=self.with_residual,
                            meta_columns=self.meta_columns, skipped=skipped,
-                           precision=self.precision)
+                           precision=self.precision, check_telluric=self.check_telluric)
         if cols is None:
             empty = columns_to_table({f.name: [] for f in self.schema}, self.schema)
             return empty.append_column(INPUT_COLUMN, pa.array([], pa.string()))
@@ -192,12 +194,15 @@ def _embed_pending(ray: Any, pending: list[tuple[Path, dict[str, Any], Path]], m
                 model=actors.model, modality=modality, device=actors.device,
                 with_residual=config.with_residual, meta_columns=meta_cols,
                 schema_bytes=schema.serialize().to_pybytes(), precision=config.precision,
-                threads=actors.threads))
+                threads=actors.threads, check_telluric=config.check_telluric))
         ds.write_parquet(str(staging), partition_cols=[INPUT_COLUMN])
         for path, sig, out_path in pending:
             table = _collect(staging, path, schema)
             write_output(table, out_path, sig, model_hash)
             report.rows_written += table.num_rows
+            if "telluric_masked" in table.column_names:
+                report.rows_telluric_masked += int(pc.sum(table.column("telluric_masked"))
+                                                   .as_py() or 0)
             report.files_written += 1
     finally:
         shutil.rmtree(staging, ignore_errors=True)

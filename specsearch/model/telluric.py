@@ -82,8 +82,8 @@ def check_telluric(model, flux: np.ndarray, ivar: np.ndarray,
     """Look for the O2 A band in (n, npix) LAMOST-grid spectra (rest frame, radial velocity
     ``rv_kms`` removed; None: 0) with ``model`` (a :class:`~specsearch.model.SpecModel`
     with a LAMOST decoder)."""
-    f = np.atleast_2d(np.asarray(flux, np.float32))
-    iv = np.atleast_2d(np.asarray(ivar, np.float32))
+    f = np.atleast_2d(np.array(flux, np.float32))        # copies: writable for torch
+    iv = np.atleast_2d(np.array(ivar, np.float32))
     n = f.shape[0]
     bands = telluric_pixels(rv_kms, n)
     v = np.nan_to_num(np.broadcast_to(np.asarray(0.0 if rv_kms is None else rv_kms,
