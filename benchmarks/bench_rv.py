@@ -42,32 +42,22 @@ from pathlib import Path
 
 import numpy as np
 
-from specsearch.fsutil import write_json_atomic
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-RESULTS = Path(__file__).resolve().parent / "results"
-LABELS = ("teff", "logg", "feh")
+from real_scoring import LABELS, held_out_fgk, mad, real_parser  # noqa: E402
+
+from specsearch.fsutil import write_json_atomic  # noqa: E402
 
 
 def _parse() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", help="model directory (default: the shipped default model)")
-    p.add_argument("--real-data", type=Path, required=True, help="../shared/data/real")
-    p.add_argument("--real-cache", type=Path, help="an .npz of the read real sets (reused)")
+    p = real_parser(__doc__, "rv.json", threads=1, seed=7)
     p.add_argument("--velocities", default="0,50,100,200,300,-250",
                    help="radial velocities (km/s) the spectra are moved to")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--out", type=Path, default=RESULTS / "rv.json")
     return p.parse_args()
 
 
 HOT_K = 7000.0
 """Stars at least this hot (LASP Teff) are scored apart in the noise rows."""
-
-
-def _mad(x: np.ndarray) -> float:
-    return float(1.4826 * np.median(np.abs(x - np.median(x))))
 
 
 def _moved(flux: np.ndarray, ivar: np.ndarray, v: float):
@@ -94,13 +84,11 @@ def _on_grid(flux, ivar, v: float, mode: str):
 
 def readings(model, sets, velocities) -> dict:
     s = sets["lamost_dr10"]
-    lab = s.label_matrix(list(LABELS)).astype(np.float64)
-    sel = (np.isfinite(lab).all(1) & s.in_split("test") & (s.snr > 30)
-           & (lab[:, 0] > 4000) & (lab[:, 0] < 7000))
-    flux, ivar, truth = s.flux[sel], s.ivar[sel], lab[sel]
+    sel, truth = held_out_fgk(s)
+    flux, ivar = s.flux[sel], s.ivar[sel]
     names = list(model.label_names)
     cols = [names.index(n) for n in LABELS]
-    out = {"stars": int(sel.sum()), "rows": []}
+    out = {"stars": int(sel.size), "rows": []}
     for v in velocities:
         for mode in ("header", "auto"):
             f, i, _ = _on_grid(flux, ivar, v, mode)
@@ -110,7 +98,7 @@ def readings(model, sets, velocities) -> dict:
                    "below_-1.5": float(np.mean(pred[:, 2] < -1.5))}
             for k, n in enumerate(LABELS):
                 row[f"{n}_bias"] = float(np.median(d[:, k]))
-                row[f"{n}_sigma"] = _mad(d[:, k])
+                row[f"{n}_sigma"] = mad(d[:, k])
             out["rows"].append(row)
     return out
 

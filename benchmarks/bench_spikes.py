@@ -36,10 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
-from specsearch.fsutil import write_json_atomic
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-RESULTS = Path(__file__).resolve().parent / "results"
-LABELS = ("teff", "logg", "feh")
+from real_scoring import held_out_fgk, real_parser, scores  # noqa: E402
+
+from specsearch.fsutil import write_json_atomic  # noqa: E402
 CASES = (("as observed", 0.0, 0.0, 1), ("0.2% of pixels +0.5x", 0.002, 0.5, 1),
          ("0.2% of pixels +1x", 0.002, 1.0, 1), ("0.2% of pixels +5x", 0.002, 5.0, 1),
          ("1% of pixels +5x", 0.01, 5.0, 1), ("0.2% two-pixel hits +5x", 0.002, 5.0, 2))
@@ -48,19 +49,7 @@ WAVE_BINS = (3500, 4000, 5000, 5500, 6000, 6500, 7000, 7600, 8000, 8500, 9300)
 
 
 def _parse() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", help="model directory (default: the shipped default model)")
-    p.add_argument("--real-data", type=Path, required=True, help="../shared/data/real")
-    p.add_argument("--real-cache", type=Path, help="an .npz of the read real sets (reused)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=RESULTS / "spikes.json")
-    return p.parse_args()
-
-
-def _mad(x: np.ndarray) -> float:
-    return float(1.4826 * np.median(np.abs(x - np.median(x))))
+    return real_parser(__doc__, "spikes.json", threads=2, seed=0).parse_args()
 
 
 def _held_out(sets: dict, real: Path) -> tuple[list, np.ndarray]:
@@ -68,12 +57,10 @@ def _held_out(sets: dict, real: Path) -> tuple[list, np.ndarray]:
     from specsearch.io.registry import read_spectra
 
     s = sets["lamost_dr10"]
-    lab = s.label_matrix(list(LABELS)).astype(np.float64)
-    sel = np.flatnonzero(np.isfinite(lab).all(1) & s.in_split("test") & (s.snr > 30)
-                         & (lab[:, 0] > 4000) & (lab[:, 0] < 7000))
+    sel, truth = held_out_fgk(s)
     files = {p.name: p for p in (real / "lamost" / "dr10_afg").rglob("*.fits*")}
     specs = [next(read_spectra(files[str(f)])) for f in s.meta["filename"][sel]]
-    return specs, lab[sel]
+    return specs, truth
 
 
 def _hit(specs: list, share: float, height: float, width: int, rng) -> tuple[list, int]:
@@ -94,25 +81,16 @@ def _hit(specs: list, share: float, height: float, width: int, rng) -> tuple[lis
 def readings(model, specs: list, truth: np.ndarray, seed: int) -> list[dict]:
     from specsearch.preprocess import to_canonical_grid
 
-    names = list(model.label_names)
-    cols = [names.index(n) for n in LABELS]
     rows = []
     rng = np.random.default_rng(seed)
     for name, share, height, width in CASES:
         hit, n_added = _hit(specs, share, height, width, rng) if share else (specs, 0)
         for masked in (False, True):
             grids = [to_canonical_grid(sp, "lamost", spikes=masked) for sp in hit]
-            b = model.embed_numpy("lamost", np.stack([g.flux for g in grids]),
-                                  np.stack([g.ivar for g in grids]))
-            d = b.predictions[:, cols].astype(np.float64) - truth
-            z = d / b.uncertainties[:, cols]
-            row = {"case": name, "masked": masked, "pixels_added": n_added,
-                   "pixels_masked": int(sum(g.spikes_masked for g in grids))}
-            for k, n in enumerate(LABELS):
-                row[f"{n}_bias"] = float(np.median(d[:, k]))
-                row[f"{n}_sigma"] = _mad(d[:, k])
-                row[f"{n}_z"] = float(1.4826 * np.median(np.abs(z[:, k])))
-            rows.append(row)
+            rows.append({"case": name, "masked": masked, "pixels_added": n_added,
+                         "pixels_masked": int(sum(g.spikes_masked for g in grids)),
+                         **scores(model, np.stack([g.flux for g in grids]),
+                                  np.stack([g.ivar for g in grids]), truth)})
     return rows
 
 

@@ -40,29 +40,18 @@ from pathlib import Path
 
 import numpy as np
 
-from specsearch.fsutil import write_json_atomic
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-RESULTS = Path(__file__).resolve().parent / "results"
-LABELS = ("teff", "logg", "feh")
+from real_scoring import held_out_fgk, real_parser, scores  # noqa: E402
+
+from specsearch.fsutil import write_json_atomic  # noqa: E402
 ATMOSPHERES = ((1.0, 0.5, 1.0), (1.2, 1.0, 1.0), (1.5, 2.0, 1.0), (2.0, 3.0, 1.0),
                (1.2, 1.0, 0.3))
 """(airmass, precipitable water in cm, share of the absorption left in)."""
 
 
 def _parse() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", help="model directory (default: the shipped default model)")
-    p.add_argument("--real-data", type=Path, required=True, help="../shared/data/real")
-    p.add_argument("--real-cache", type=Path, help="an .npz of the read real sets (reused)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=RESULTS / "telluric.json")
-    return p.parse_args()
-
-
-def _mad(x: np.ndarray) -> float:
-    return float(1.4826 * np.median(np.abs(x - np.median(x))))
+    return real_parser(__doc__, "telluric.json", threads=2, seed=0).parse_args()
 
 
 def _atmosphere(n: int, airmass: float, pwv: float, share: float, rng):
@@ -129,27 +118,16 @@ def readings(model, sets, seed: int) -> list[dict]:
     from specsearch.model.telluric import check_telluric, without_telluric
 
     s = sets["lamost_dr10"]
-    lab = s.label_matrix(list(LABELS)).astype(np.float64)
-    sel = (np.isfinite(lab).all(1) & s.in_split("test") & (s.snr > 30)
-           & (lab[:, 0] > 4000) & (lab[:, 0] < 7000))
-    flux, ivar, truth = s.flux[sel].astype(np.float64), s.ivar[sel].astype(np.float64), lab[sel]
-    names = list(model.label_names)
-    cols = [names.index(n) for n in LABELS]
+    sel, truth = held_out_fgk(s)
+    flux, ivar = s.flux[sel].astype(np.float64), s.ivar[sel].astype(np.float64)
     rng = np.random.default_rng(seed)
     rows = []
 
     def score(case: str, how: str, f, iv, detected=None):
-        b = model.embed_numpy("lamost", f, iv)
-        d = b.predictions[:, cols].astype(np.float64) - truth
-        z = d / b.uncertainties[:, cols]
         row = {"case": case, "read": how, "stars": int(f.shape[0])}
         if detected is not None:
             row["detected"] = float(np.mean(detected))
-        for k, n in enumerate(LABELS):
-            row[f"{n}_bias"] = float(np.median(d[:, k]))
-            row[f"{n}_sigma"] = _mad(d[:, k])
-            row[f"{n}_z"] = float(1.4826 * np.median(np.abs(z[:, k])))
-        rows.append(row)
+        rows.append({**row, **scores(model, f, iv, truth)})
 
     found = check_telluric(model, flux, ivar)
     score("corrected (as observed)", "as it is", flux, ivar)
