@@ -74,20 +74,18 @@ def telluric(model: Any, grid: Any) -> tuple[Any, Telluric | None]:
     request said it is uncorrected (then already masked when it was read)."""
     from dataclasses import replace
 
-    from specsearch.model.telluric import check_telluric, without_telluric
+    from specsearch.model.telluric import mask_where_found
 
     if grid.modality != "lamost":
         return grid, None
     if grid.telluric_uncorrected:
         return grid, Telluric(masked=True, source="request")
-    found = check_telluric(model, grid.flux[None], grid.ivar[None], grid.rv_kms)
+    ivar, found = mask_where_found(model, grid.flux, grid.ivar, grid.rv_kms)
     info = Telluric(masked=bool(found.detected[0]),
                     source="detected" if found.detected[0] else None,
                     a_band_depth=number(round(float(found.depth[0]), 4)),
                     a_band_sigma=number(round(float(found.sigma[0]), 4)))
-    if found.detected[0]:
-        grid = replace(grid, ivar=without_telluric(grid.ivar, grid.rv_kms))
-    return grid, info
+    return (replace(grid, ivar=ivar) if found.detected[0] else grid), info
 
 
 def rv(grid: Any) -> RadialVelocity | None:

@@ -84,16 +84,13 @@ def _telluric_checked(model: Encoder, batch: pa.RecordBatch, flux: Any, ivar: An
     """(ivar with the telluric bands masked where the model finds them, the check) of a
     LAMOST-grid chunk (:mod:`specsearch.model.telluric`; the bands sit at each row's
     observed wavelengths: the catalog's ``rv`` puts them back)."""
-    from specsearch.model.telluric import check_telluric, without_telluric
+    from specsearch.model.telluric import mask_where_found
 
     rv = None
     if "rv" in batch.schema.names:
         rv = np.asarray(batch.column("rv").to_numpy(zero_copy_only=False), np.float64)
-    flux, ivar = np.asarray(flux, np.float32), np.asarray(ivar, np.float32)
-    found = check_telluric(model, flux, ivar, rv)
-    if found.detected.any():
-        ivar = np.where(found.detected[:, None], without_telluric(ivar, rv), ivar)
-    return ivar, found
+    return mask_where_found(model, np.asarray(flux, np.float32),
+                            np.asarray(ivar, np.float32), rv)
 
 
 def embed_chunk(model: Encoder, modality: str, chunk: SpectraChunk, *,

@@ -119,3 +119,17 @@ def check_telluric(model, flux: np.ndarray, ivar: np.ndarray,
     with np.errstate(invalid="ignore"):
         detected = ok & known & (depth > DETECT_DEPTH) & (depth > DETECT_SIGMA * sigma)
     return TelluricCheck(depth=depth, sigma=sigma, detected=detected)
+
+
+def mask_where_found(model, flux: np.ndarray, ivar: np.ndarray,
+                     rv_kms: np.ndarray | float | None = None
+                     ) -> tuple[np.ndarray, TelluricCheck]:
+    """(ivar, check) of (n, npix) LAMOST-grid spectra: :func:`check_telluric`, and ``ivar``
+    with the telluric bands masked (:func:`without_telluric`) in the rows where the A band
+    was found (the input itself where none was)."""
+    found = check_telluric(model, flux, ivar, rv_kms)
+    if not found.detected.any():
+        return ivar, found
+    iv = np.atleast_2d(np.asarray(ivar))
+    masked = np.where(found.detected[:, None], without_telluric(iv, rv_kms), iv)
+    return (masked if np.ndim(ivar) == 2 else masked[0]).astype(iv.dtype, copy=False), found

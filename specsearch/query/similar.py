@@ -60,27 +60,36 @@ def example_vectors(table: EmbeddingTable, source_ids: Sequence[int]) -> np.ndar
 def embed_spectrum_files(paths: Sequence[str | Path], modality: str, model, *,
                          air: bool | None = None) -> np.ndarray:
     """(m, D) embeddings of spectra read from files (any format the readers accept), put on
-    ``modality``'s canonical grid and encoded by ``model`` (``specsearch.model.SpecModel``).
-    ``air``: the generic files' wavelengths are in air / vacuum (``read_spectra``'s
-    ``air=``; a survey file refuses it).
+    ``modality``'s canonical grid as ingest and the search engine do
+    (:func:`specsearch.preprocess.to_canonical_grid`: rest frame, resolution, cosmic rays;
+    LAMOST-grid spectra checked for telluric absorption left in,
+    :func:`specsearch.model.telluric.mask_where_found`) and encoded by ``model``
+    (``specsearch.model.SpecModel``). ``air``: the generic files' wavelengths are in air /
+    vacuum (``read_spectra``'s ``air=``; a survey file refuses it).
 
     Raises:
         SpectrumError: a spectrum the model cannot encode (too few good pixels).
         ConfigError: ``air`` given for a survey file.
     """
     from specsearch.io.registry import read_spectra
-    from specsearch.preprocess import resample
+    from specsearch.preprocess import C_KMS, to_canonical_grid
 
-    flux, ivar, names = [], [], []
+    flux, ivar, rv, names = [], [], [], []
     for path in paths:
         for spec in read_spectra(path, modality=modality, air=air):
-            f, iv = resample(spec, modality)
-            flux.append(f)
-            ivar.append(iv)
+            on = to_canonical_grid(spec, modality)
+            flux.append(on.flux)
+            ivar.append(on.ivar)
+            rv.append(np.nan if on.z_removed is None else on.z_removed * C_KMS)
             names.append(f"{path}:{spec.spectrum_id or len(names)}")
     if not flux:
         raise SpectrumError(f"no spectra in {list(map(str, paths))}")
-    out = model.embed_numpy(modality, np.stack(flux), np.stack(ivar))
+    ivars = np.stack(ivar)
+    if modality == "lamost" and hasattr(model, "decode"):
+        from specsearch.model.telluric import mask_where_found
+
+        ivars, _ = mask_where_found(model, np.stack(flux), ivars, np.array(rv))
+    out = model.embed_numpy(modality, np.stack(flux), ivars)
     bad = [n for n, g in zip(names, out.good) if not g]
     if bad:
         raise SpectrumError(f"cannot encode {bad}: too few good pixels on the {modality} grid")

@@ -119,7 +119,7 @@ class SpectrumQueries:
         where the model finds the O2 A band (:mod:`specsearch.model.telluric`; a spectrum
         stated uncorrected, :func:`specsearch.preprocess.state_telluric`, had them masked
         when it was read). Encoders without a decoder are not checked."""
-        from specsearch.model.telluric import check_telluric, without_telluric
+        from specsearch.model.telluric import mask_where_found
         from specsearch.preprocess import C_KMS
 
         if modality != "lamost":
@@ -129,11 +129,11 @@ class SpectrumQueries:
         if not (hasattr(self.encoder, "decode") and hasattr(self.encoder, "encode")):
             return flux, ivar, None
         rv = None if z is None else z * C_KMS
-        found = check_telluric(self.encoder, flux[None], ivar[None], rv)
+        ivar, found = mask_where_found(self.encoder, flux, ivar, rv)
         detected = bool(found.detected[0])
         info = {"masked": detected, "source": "detected" if detected else None,
                 "depth": float(found.depth[0]), "sigma": float(found.sigma[0])}
-        return flux, (without_telluric(ivar, rv) if detected else ivar), info
+        return flux, ivar, info
 
     def search_spectrum(self, spectrum: Spectrum, *, modality: str | None = None,
                         target_modality: str | None = None, k: int = 10, offset: int = 0,
