@@ -62,10 +62,14 @@ def telluric_pixels(rv_kms: np.ndarray | float | None, n: int = 1) -> np.ndarray
     """(n, npix) bool: the LAMOST grid's pixels (rest frame) inside the telluric bands for
     spectra from which radial velocity ``rv_kms`` was removed (the bands sit at observed
     wavelengths, rest x (1 + v/c)); None or NaN is taken as 0."""
+    return band_mask(_observed(rv_kms, n), TELLURIC_BANDS)
+
+
+def _observed(rv_kms: np.ndarray | float | None, n: int) -> np.ndarray:
+    """(n, npix) observed wavelengths of the LAMOST grid's rest-frame pixels."""
     v = np.nan_to_num(np.broadcast_to(np.asarray(0.0 if rv_kms is None else rv_kms,
                                                  np.float64), (n,)).astype(np.float64))
-    observed = LAMOST_GRID.wavelength[None, :] * (1.0 + v[:, None] / C_KMS)
-    return band_mask(observed, TELLURIC_BANDS)
+    return LAMOST_GRID.wavelength[None, :] * (1.0 + v[:, None] / C_KMS)
 
 
 def without_telluric(ivar: np.ndarray, rv_kms: np.ndarray | float | None) -> np.ndarray:
@@ -85,12 +89,9 @@ def check_telluric(model, flux: np.ndarray, ivar: np.ndarray,
     f = np.atleast_2d(np.array(flux, np.float32))        # copies: writable for torch
     iv = np.atleast_2d(np.array(ivar, np.float32))
     n = f.shape[0]
-    bands = telluric_pixels(rv_kms, n)
-    v = np.nan_to_num(np.broadcast_to(np.asarray(0.0 if rv_kms is None else rv_kms,
-                                                 np.float64), (n,)).astype(np.float64))
-    wave = LAMOST_GRID.wavelength
-    core = ((wave[None, :] * (1.0 + v[:, None] / C_KMS) > A_BAND_A[0])
-            & (wave[None, :] * (1.0 + v[:, None] / C_KMS) < A_BAND_A[1]))
+    observed = _observed(rv_kms, n)
+    bands = band_mask(observed, TELLURIC_BANDS)
+    core = band_mask(observed, (A_BAND_A,))
     device = model.device
     full = prepare_model_input_torch(torch.as_tensor(f, device=device),
                                      torch.as_tensor(iv, device=device), "lamost")
@@ -98,7 +99,7 @@ def check_telluric(model, flux: np.ndarray, ivar: np.ndarray,
                                      torch.as_tensor(np.where(bands, 0, iv), device=device),
                                      "lamost")
     redrawn = model.decode("lamost", "lamost", model.encode("lamost", star.flux, star.weight))
-    npix = wave.size
+    npix = LAMOST_GRID.npix
     x, w = full.flux[:, :npix].float(), full.weight[:, :npix].float()
     core_t = torch.as_tensor(core, device=device)
     wc = torch.where(core_t, w, torch.zeros_like(w))

@@ -84,12 +84,12 @@ def embed_spectrum_files(paths: Sequence[str | Path], modality: str, model, *,
             names.append(f"{path}:{spec.spectrum_id or len(names)}")
     if not flux:
         raise SpectrumError(f"no spectra in {list(map(str, paths))}")
-    ivars = np.stack(ivar)
+    fluxes, ivars = np.stack(flux), np.stack(ivar)
     if modality == "lamost" and hasattr(model, "decode"):
         from specsearch.model.telluric import mask_where_found
 
-        ivars, _ = mask_where_found(model, np.stack(flux), ivars, np.array(rv))
-    out = model.embed_numpy(modality, np.stack(flux), ivars)
+        ivars, _ = mask_where_found(model, fluxes, ivars, np.array(rv))
+    out = model.embed_numpy(modality, fluxes, ivars)
     bad = [n for n, g in zip(names, out.good) if not g]
     if bad:
         raise SpectrumError(f"cannot encode {bad}: too few good pixels on the {modality} grid")
